@@ -1,0 +1,281 @@
+//! The work for one client: the [`Handler`] trait, its closure adapter and
+//! the context a running handler sees.
+
+use std::fmt;
+use std::io;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::admission::Refusal;
+use crate::manager::Slot;
+
+/// The work for one client, built when the client arrives but not started.
+///
+/// A [`Manager`](crate::Manager) owns every handler from
+/// [`submit`](crate::Manager::submit) on. Exactly one of these happens to it:
+///
+/// - [`run`](Handler::run) is called once, on one of the manager's worker
+///   threads, when a running slot is free and the handler reaches the head
+///   of the queue;
+/// - [`refused`](Handler::refused) is called when the admission policy or a
+///   shutdown turns it away after it was queued (a queue-wait deadline, or
+///   waiting when [`shutdown`](crate::Manager::shutdown) began);
+/// - it is dropped unrun when [`is_abandoned`](Handler::is_abandoned) says
+///   its client left while it waited.
+///
+/// A handler refused by [`submit`](crate::Manager::submit) itself comes back
+/// to the caller inside [`Refused`](crate::Refused), which can still call
+/// [`refused`](Handler::refused) on it, or do something else.
+///
+/// Handlers need not be sockets: any `Send + 'static` work will do. The two
+/// optional queries, [`source`](Handler::source) and
+/// [`is_abandoned`](Handler::is_abandoned), let a network handler take part
+/// in per-source limits and let the manager skip clients that hung up.
+///
+/// For one-off work, [`handler_fn`] turns a closure into a handler.
+pub trait Handler: Send + Sized + 'static {
+    /// Serves the client. Called at most once, on a manager worker thread.
+    ///
+    /// The handler occupies a running slot until this returns (or panics).
+    /// Long-running handlers should register a stop hook with
+    /// [`Running::on_stop`] so that a shutdown can ask them to finish.
+    ///
+    /// An `Err` is logged at debug level and counted in
+    /// [`Stats::failed`](crate::Stats::failed); it does not affect other
+    /// handlers. A panic is caught, logged at error level, counted in
+    /// [`Stats::panicked`](crate::Stats::panicked), and the slot is freed.
+    fn run(self, ctx: &Running) -> io::Result<()>;
+
+    /// The address the work came from, for per-source limits and for
+    /// [`RunningInfo`](crate::RunningInfo). Called once, at submission.
+    ///
+    /// The default is `None`: the handler counts against no source.
+    fn source(&self) -> Option<IpAddr> {
+        None
+    }
+
+    /// Whether the client is already gone, so running this handler would be
+    /// wasted. Called once when the handler reaches the head of the queue;
+    /// `true` drops it unrun and counts it in
+    /// [`Stats::abandoned`](crate::Stats::abandoned).
+    ///
+    /// Must not block. The default is `false`.
+    fn is_abandoned(&self) -> bool {
+        false
+    }
+
+    /// Tells the handler it will not be run, and why, so a protocol can say
+    /// so to its client before the connection closes (`ERR busy`,
+    /// `ERR unavailable`). The handler is dropped afterwards.
+    ///
+    /// Called on the thread that made the decision: the submitting thread,
+    /// the manager's deadline thread, or the thread that called
+    /// [`shutdown`](crate::Manager::shutdown). It should therefore be quick
+    /// and must not block for long. The default does nothing.
+    fn refused(self, reason: Refusal) {
+        let _ = reason;
+    }
+}
+
+/// A [`Handler`] made from a closure; see [`handler_fn`].
+pub struct FnHandler<F> {
+    work: F,
+    source: Option<IpAddr>,
+}
+
+/// Turns a closure into a [`Handler`], for tests, benches and one-off work.
+///
+/// ```
+/// use filesrv::{handler_fn, Handler};
+///
+/// let h = handler_fn(|_ctx| Ok(())).with_source("127.0.0.1".parse().unwrap());
+/// assert_eq!(h.source(), Some("127.0.0.1".parse().unwrap()));
+/// ```
+pub fn handler_fn<F>(work: F) -> FnHandler<F>
+where
+    F: FnOnce(&Running) -> io::Result<()> + Send + 'static,
+{
+    FnHandler { work, source: None }
+}
+
+impl<F> FnHandler<F> {
+    /// Sets the source address the handler reports (default: none).
+    pub fn with_source(mut self, source: IpAddr) -> Self {
+        self.source = Some(source);
+        self
+    }
+}
+
+impl<F> Handler for FnHandler<F>
+where
+    F: FnOnce(&Running) -> io::Result<()> + Send + 'static,
+{
+    fn run(self, ctx: &Running) -> io::Result<()> {
+        (self.work)(ctx)
+    }
+
+    fn source(&self) -> Option<IpAddr> {
+        self.source
+    }
+}
+
+impl<F> fmt::Debug for FnHandler<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FnHandler")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How urgently a shutdown asks a running handler to stop; passed to the
+/// hook registered with [`Running::on_stop`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Stop {
+    /// The grace period began: finish the request in progress, then stop.
+    /// A handler idle between requests should stop now.
+    Graceful,
+    /// The grace period is over: stop at once (e.g. shut the socket down).
+    Now,
+}
+
+/// A stop hook, as registered with [`Running::on_stop`].
+pub(crate) type StopHook = Box<dyn Fn(Stop) + Send + Sync>;
+
+/// What a running handler knows about its place in the manager.
+///
+/// Passed to [`Handler::run`]. Cheap to use; all methods are non-blocking.
+pub struct Running {
+    pub(crate) id: u64,
+    pub(crate) start_index: u64,
+    pub(crate) source: Option<IpAddr>,
+    pub(crate) queued_at: Instant,
+    pub(crate) started_at: Instant,
+    pub(crate) slot: Arc<Slot>,
+}
+
+impl Running {
+    /// The handler's id, unique within its manager, in order of submission.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// How many handlers this manager started before this one. Handlers
+    /// start in the order they were queued, so among handlers that were
+    /// all run, this follows their submission order.
+    pub fn start_index(&self) -> u64 {
+        self.start_index
+    }
+
+    /// The source the handler reported, if any.
+    pub fn source(&self) -> Option<IpAddr> {
+        self.source
+    }
+
+    /// When the handler was queued.
+    pub fn queued_at(&self) -> Instant {
+        self.queued_at
+    }
+
+    /// When the handler was started.
+    pub fn started_at(&self) -> Instant {
+        self.started_at
+    }
+
+    /// The most urgent stop requested so far, if a shutdown has begun.
+    pub fn stop_requested(&self) -> Option<Stop> {
+        self.slot.stop_requested()
+    }
+
+    /// Registers `hook` to be called when a shutdown asks this handler to
+    /// stop: once with [`Stop::Graceful`] when the grace period begins, and
+    /// once with [`Stop::Now`] if the handler is still running when it ends.
+    /// If a stop was already requested, `hook` is called at once, on this
+    /// thread, with the most urgent one so far.
+    ///
+    /// The hook runs on the thread calling
+    /// [`shutdown`](crate::Manager::shutdown) and must not block; typically
+    /// it shuts down a socket so that a blocked read or write returns.
+    /// A later registration replaces an earlier one.
+    pub fn on_stop(&self, hook: impl Fn(Stop) + Send + Sync + 'static) {
+        self.slot.set_hook(Box::new(hook));
+    }
+}
+
+impl fmt::Debug for Running {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Running")
+            .field("id", &self.id)
+            .field("start_index", &self.start_index)
+            .field("source", &self.source)
+            .field("stop_requested", &self.stop_requested())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Object-safe twin of [`Handler`], behind [`BoxHandler`].
+trait DynHandler: Send {
+    fn run_boxed(self: Box<Self>, ctx: &Running) -> io::Result<()>;
+    fn source(&self) -> Option<IpAddr>;
+    fn is_abandoned(&self) -> bool;
+    fn refused_boxed(self: Box<Self>, reason: Refusal);
+}
+
+impl<H: Handler> DynHandler for H {
+    fn run_boxed(self: Box<Self>, ctx: &Running) -> io::Result<()> {
+        (*self).run(ctx)
+    }
+    fn source(&self) -> Option<IpAddr> {
+        Handler::source(self)
+    }
+    fn is_abandoned(&self) -> bool {
+        Handler::is_abandoned(self)
+    }
+    fn refused_boxed(self: Box<Self>, reason: Refusal) {
+        (*self).refused(reason);
+    }
+}
+
+/// Any [`Handler`], boxed, so one manager can run handlers of several types.
+///
+/// ```
+/// use filesrv::{BoxHandler, Builder, Manager, handler_fn};
+///
+/// # fn main() -> std::io::Result<()> {
+/// let manager: Manager<BoxHandler> = Builder::new(2).build()?;
+/// manager.submit(BoxHandler::new(handler_fn(|_| Ok(())))).unwrap();
+/// # Ok(())
+/// # }
+/// ```
+pub struct BoxHandler(Box<dyn DynHandler>);
+
+impl BoxHandler {
+    /// Boxes `handler`.
+    pub fn new(handler: impl Handler) -> BoxHandler {
+        BoxHandler(Box::new(handler))
+    }
+}
+
+impl Handler for BoxHandler {
+    fn run(self, ctx: &Running) -> io::Result<()> {
+        self.0.run_boxed(ctx)
+    }
+    fn source(&self) -> Option<IpAddr> {
+        self.0.source()
+    }
+    fn is_abandoned(&self) -> bool {
+        self.0.is_abandoned()
+    }
+    fn refused(self, reason: Refusal) {
+        self.0.refused_boxed(reason);
+    }
+}
+
+impl fmt::Debug for BoxHandler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BoxHandler")
+            .field("source", &self.0.source())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,97 @@
+//! Counters and the snapshots made from them.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::admission::Refusal;
+
+/// A snapshot of a manager's counters; see [`Manager::stats`](crate::Manager::stats).
+///
+/// Every submitted handler ends up in exactly one place, so at any quiet
+/// moment `submitted == running + waiting + completed + failed + panicked +
+/// abandoned + refused_total()`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Handlers running now.
+    pub running: usize,
+    /// Handlers queued and not yet started.
+    pub waiting: usize,
+    /// Handlers ever passed to [`submit`](crate::Manager::submit).
+    pub submitted: u64,
+    /// Handlers the admission policy queued.
+    pub admitted: u64,
+    /// Handlers whose `run` returned `Ok`.
+    pub completed: u64,
+    /// Handlers whose `run` returned `Err`.
+    pub failed: u64,
+    /// Handlers whose `run` panicked.
+    pub panicked: u64,
+    /// Handlers dropped unrun because their client left while they waited.
+    pub abandoned: u64,
+    /// Refusals by reason, indexed as [`Refusal::ALL`]; see [`Stats::refused`].
+    refused: [u64; Refusal::ALL.len()],
+}
+
+impl Stats {
+    /// Handlers refused for `reason`, at submission or while waiting.
+    pub fn refused(&self, reason: Refusal) -> u64 {
+        self.refused[reason.index()]
+    }
+
+    /// Handlers refused for any reason.
+    pub fn refused_total(&self) -> u64 {
+        self.refused.iter().sum()
+    }
+}
+
+/// The live counters behind [`Stats`].
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) submitted: AtomicU64,
+    pub(crate) admitted: AtomicU64,
+    pub(crate) completed: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) panicked: AtomicU64,
+    pub(crate) abandoned: AtomicU64,
+    refused: [AtomicU64; Refusal::ALL.len()],
+}
+
+impl Counters {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn refused(&self, reason: Refusal) {
+        Self::bump(&self.refused[reason.index()]);
+    }
+
+    pub(crate) fn snapshot(&self, running: usize, waiting: usize) -> Stats {
+        Stats {
+            running,
+            waiting,
+            submitted: self.submitted.load(Relaxed),
+            admitted: self.admitted.load(Relaxed),
+            completed: self.completed.load(Relaxed),
+            failed: self.failed.load(Relaxed),
+            panicked: self.panicked.load(Relaxed),
+            abandoned: self.abandoned.load(Relaxed),
+            refused: self.refused.each_ref().map(|c| c.load(Relaxed)),
+        }
+    }
+}
+
+/// What [`Manager::shutdown`](crate::Manager::shutdown) did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Waiting handlers refused with [`Refusal::ShuttingDown`].
+    pub refused_waiting: u64,
+    /// Handlers that were running when the shutdown began.
+    pub running_at_start: usize,
+    /// Of those, handlers still running when the grace period ended, and
+    /// so asked to stop at once with [`Stop::Now`](crate::Stop::Now).
+    pub cut: usize,
+    /// How long the shutdown took, joining every thread included.
+    pub took: Duration,
+}

@@ -1,0 +1,507 @@
+//! The admission core through its public API, on real threads. Every wait
+//! is bounded; synchronisation is by channels, never by sleeping.
+
+use std::io;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use filesrv::{
+    Admission, BoxHandler, Builder, Handler, Manager, MaxWaiting, PerSourceCap, QueueTimeout,
+    Refusal, Running, Stop, Unbounded, handler_fn,
+};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// A handler for the scenarios below: tells when it starts, then waits for
+/// a release (or for a stop), and reports a refusal.
+struct Probe {
+    started: Sender<u64>,
+    release: Option<Receiver<()>>,
+    refused: Sender<Refusal>,
+    source: Option<IpAddr>,
+    abandoned: bool,
+    ran: Arc<AtomicBool>,
+}
+
+impl Probe {
+    fn new(started: &Sender<u64>, refused: &Sender<Refusal>) -> Probe {
+        Probe {
+            started: started.clone(),
+            release: None,
+            refused: refused.clone(),
+            source: None,
+            abandoned: false,
+            ran: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Blocks in `run` until the returned sender sends or is dropped.
+    fn held(mut self) -> (Probe, Sender<()>) {
+        let (tx, rx) = bounded(1);
+        self.release = Some(rx);
+        (self, tx)
+    }
+}
+
+impl Handler for Probe {
+    fn run(self, ctx: &Running) -> io::Result<()> {
+        self.ran.store(true, SeqCst);
+        self.started.send(ctx.id()).unwrap();
+        if let Some(release) = self.release {
+            let _ = release.recv_timeout(LIMIT);
+        }
+        Ok(())
+    }
+    fn source(&self) -> Option<IpAddr> {
+        self.source
+    }
+    fn is_abandoned(&self) -> bool {
+        self.abandoned
+    }
+    fn refused(self, reason: Refusal) {
+        let _ = self.refused.send(reason);
+    }
+}
+
+fn channels<T>() -> (Sender<T>, Receiver<T>) {
+    unbounded()
+}
+
+/// Tiny xorshift: random durations without a new dependency.
+fn next_random(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+fn stress(max_running: usize, jobs: u64) {
+    let manager = Builder::new(max_running)
+        .admission(Unbounded)
+        .build()
+        .unwrap();
+    let manager = Arc::new(manager);
+    let live = Arc::new(AtomicUsize::new(0));
+    let high_water = Arc::new(AtomicUsize::new(0));
+    let out_of_order = Arc::new(AtomicU64::new(0));
+    let submitters: Vec<_> = (0..2u64)
+        .map(|t| {
+            let (manager, live, high_water, out_of_order) = (
+                manager.clone(),
+                live.clone(),
+                high_water.clone(),
+                out_of_order.clone(),
+            );
+            thread::spawn(move || {
+                let mut seed = 0x9E37_79B9_7F4A_7C15 ^ (t + 1);
+                for _ in 0..jobs / 2 {
+                    let spins = next_random(&mut seed) % 2_000;
+                    let (live, high_water, out_of_order) =
+                        (live.clone(), high_water.clone(), out_of_order.clone());
+                    let job = handler_fn(move |ctx| {
+                        let now = live.fetch_add(1, SeqCst) + 1;
+                        high_water.fetch_max(now, SeqCst);
+                        // Ids follow queue order, so with nothing refused
+                        // a FIFO start order makes them equal.
+                        if ctx.id() != ctx.start_index() {
+                            out_of_order.fetch_add(1, SeqCst);
+                        }
+                        for i in 0..spins {
+                            std::hint::black_box(i);
+                        }
+                        live.fetch_sub(1, SeqCst);
+                        Ok(())
+                    });
+                    manager.submit(job).unwrap();
+                }
+            })
+        })
+        .collect();
+    for s in submitters {
+        s.join().unwrap();
+    }
+    assert!(manager.wait_idle(Some(Duration::from_secs(120))));
+    let report = manager.shutdown(Duration::MAX);
+    let stats = manager.stats();
+    assert_eq!(report.cut, 0);
+    assert!(high_water.load(SeqCst) <= max_running, "bound exceeded");
+    assert_eq!(out_of_order.load(SeqCst), 0, "started out of order");
+    assert_eq!(stats.submitted, jobs);
+    assert_eq!(stats.admitted, jobs);
+    assert_eq!(stats.completed, jobs);
+    assert_eq!(stats.running + stats.waiting, 0);
+    assert_eq!(
+        stats.refused_total() + stats.failed + stats.panicked + stats.abandoned,
+        0
+    );
+}
+
+#[test]
+fn stress_bound_order_and_counters() {
+    for max_running in [1, 3, 16] {
+        stress(max_running, 100_000);
+    }
+}
+
+#[test]
+fn next_waiting_handler_starts_when_a_slot_frees() {
+    let (started, starts) = channels();
+    let (refused, _refusals) = channels();
+    let manager = Builder::new(1).build().unwrap();
+    let (first, release) = Probe::new(&started, &refused).held();
+    manager.submit(first).unwrap();
+    manager.submit(Probe::new(&started, &refused)).unwrap();
+    assert_eq!(starts.recv_timeout(LIMIT), Ok(0));
+    assert_eq!(manager.stats().waiting, 1);
+    assert!(
+        starts.try_recv().is_err(),
+        "second started while the slot was taken"
+    );
+    drop(release);
+    assert_eq!(starts.recv_timeout(LIMIT), Ok(1));
+}
+
+#[test]
+fn full_queue_refuses_and_gives_the_handler_back() {
+    let (started, starts) = channels();
+    let (refused, refusals) = channels();
+    let manager = Builder::new(1).admission(MaxWaiting(1)).build().unwrap();
+    let (first, _release) = Probe::new(&started, &refused).held();
+    manager.submit(first).unwrap();
+    starts.recv_timeout(LIMIT).unwrap();
+    manager.submit(Probe::new(&started, &refused)).unwrap();
+    let err = manager.submit(Probe::new(&started, &refused)).unwrap_err();
+    assert_eq!(err.reason(), Refusal::QueueFull);
+    err.notify();
+    assert_eq!(refusals.recv_timeout(LIMIT), Ok(Refusal::QueueFull));
+    assert_eq!(manager.stats().refused(Refusal::QueueFull), 1);
+}
+
+#[test]
+fn zero_waiting_refuses_when_every_slot_is_taken() {
+    let (started, starts) = channels();
+    let (refused, _refusals) = channels();
+    let manager = Builder::new(2).admission(MaxWaiting(0)).build().unwrap();
+    let (a, _ra) = Probe::new(&started, &refused).held();
+    let (b, _rb) = Probe::new(&started, &refused).held();
+    manager.submit(a).unwrap();
+    manager.submit(b).unwrap();
+    starts.recv_timeout(LIMIT).unwrap();
+    starts.recv_timeout(LIMIT).unwrap();
+    let err = manager.submit(Probe::new(&started, &refused)).unwrap_err();
+    assert_eq!(err.reason(), Refusal::QueueFull);
+}
+
+#[test]
+fn per_source_cap_counts_mapped_ipv6_as_ipv4() {
+    let (started, starts) = channels();
+    let (refused, _refusals) = channels();
+    let manager = Builder::new(1).admission(PerSourceCap(2)).build().unwrap();
+    let v4: IpAddr = "127.0.0.7".parse().unwrap();
+    let mapped: IpAddr = "::ffff:127.0.0.7".parse().unwrap();
+    let other: IpAddr = "127.0.0.8".parse().unwrap();
+    let (mut first, release) = Probe::new(&started, &refused).held();
+    first.source = Some(v4);
+    manager.submit(first).unwrap();
+    starts.recv_timeout(LIMIT).unwrap();
+    let mut second = Probe::new(&started, &refused);
+    second.source = Some(mapped);
+    manager.submit(second).unwrap();
+    let mut third = Probe::new(&started, &refused);
+    third.source = Some(v4);
+    assert_eq!(
+        manager.submit(third).unwrap_err().reason(),
+        Refusal::SourceLimit
+    );
+    let mut elsewhere = Probe::new(&started, &refused);
+    elsewhere.source = Some(other);
+    manager.submit(elsewhere).unwrap();
+    let running = manager.running();
+    assert_eq!(running.len(), 1);
+    assert_eq!((running[0].id, running[0].source), (0, Some(v4)));
+    // Finishing frees the source's places.
+    drop(release);
+    starts.recv_timeout(LIMIT).unwrap();
+    starts.recv_timeout(LIMIT).unwrap();
+    let mut again = Probe::new(&started, &refused);
+    again.source = Some(v4);
+    manager.submit(again).unwrap();
+    starts.recv_timeout(LIMIT).unwrap();
+}
+
+#[test]
+fn queue_deadline_refuses_when_it_passes_not_at_the_head() {
+    let (started, starts) = channels();
+    let (refused, refusals) = channels();
+    let manager = Builder::new(1)
+        .admission(MaxWaiting(8).and(QueueTimeout(Duration::from_millis(50))))
+        .build()
+        .unwrap();
+    let (first, release) = Probe::new(&started, &refused).held();
+    manager.submit(first).unwrap();
+    starts.recv_timeout(LIMIT).unwrap();
+    let late = Probe::new(&started, &refused);
+    let ran = late.ran.clone();
+    let submitted = Instant::now();
+    manager.submit(late).unwrap();
+    // The first handler still holds the only slot.
+    assert_eq!(refusals.recv_timeout(LIMIT), Ok(Refusal::QueueTimeout));
+    assert!(submitted.elapsed() >= Duration::from_millis(50));
+    assert_eq!(manager.stats().waiting, 0);
+    drop(release);
+    let after = Probe::new(&started, &refused);
+    manager.submit(after).unwrap();
+    assert_eq!(starts.recv_timeout(LIMIT), Ok(2));
+    assert!(!ran.load(SeqCst));
+    assert_eq!(manager.stats().refused(Refusal::QueueTimeout), 1);
+}
+
+#[test]
+fn abandoned_waiter_is_dropped_at_the_head() {
+    let (started, starts) = channels();
+    let (refused, _refusals) = channels();
+    let manager = Builder::new(1).build().unwrap();
+    let (first, release) = Probe::new(&started, &refused).held();
+    manager.submit(first).unwrap();
+    starts.recv_timeout(LIMIT).unwrap();
+    let mut gone = Probe::new(&started, &refused);
+    gone.abandoned = true;
+    let ran = gone.ran.clone();
+    manager.submit(gone).unwrap();
+    manager.submit(Probe::new(&started, &refused)).unwrap();
+    drop(release);
+    assert_eq!(starts.recv_timeout(LIMIT), Ok(2));
+    assert!(!ran.load(SeqCst));
+    assert_eq!(manager.stats().abandoned, 1);
+}
+
+#[test]
+fn panicking_handler_frees_its_slot_and_is_counted() {
+    let manager = Builder::new(1).build().unwrap();
+    let (done, finished) = channels();
+    manager
+        .submit(BoxHandler::new(handler_fn(|_| {
+            panic!("deliberate test panic")
+        })))
+        .unwrap();
+    manager
+        .submit(BoxHandler::new(handler_fn(move |ctx| {
+            done.send(ctx.start_index()).unwrap();
+            Ok(())
+        })))
+        .unwrap();
+    assert_eq!(finished.recv_timeout(LIMIT), Ok(1));
+    manager.shutdown(LIMIT);
+    let stats = manager.stats();
+    assert_eq!((stats.panicked, stats.completed, stats.running), (1, 1, 0));
+}
+
+#[test]
+fn failed_handler_is_counted() {
+    let manager = Builder::new(1).build().unwrap();
+    manager
+        .submit(handler_fn(|_| Err(io::Error::other("boom"))))
+        .unwrap();
+    assert!(manager.wait_idle(Some(LIMIT)));
+    assert_eq!(manager.stats().failed, 1);
+}
+
+#[test]
+fn shutdown_refuses_waiting_stops_running_and_joins() {
+    let (started, starts) = channels();
+    let (refused, refusals) = channels();
+    let manager = Builder::new(2).name("sdtest").build().unwrap();
+    // One handler finishes on the graceful stop, one only when cut.
+    let stops = Arc::new(Mutex::new(Vec::new()));
+    for graceful in [true, false] {
+        let (stop_tx, stop_rx) = bounded::<Stop>(2);
+        let started = started.clone();
+        let stops = stops.clone();
+        manager
+            .submit(BoxHandler::new(handler_fn(move |ctx| {
+                ctx.on_stop(move |stop| {
+                    let _ = stop_tx.try_send(stop);
+                });
+                started.send(ctx.id()).unwrap();
+                loop {
+                    let stop = stop_rx.recv_timeout(LIMIT).expect("no stop came");
+                    stops.lock().unwrap().push((graceful, stop));
+                    if graceful || stop == Stop::Now {
+                        return Ok(());
+                    }
+                }
+            })))
+            .unwrap();
+    }
+    starts.recv_timeout(LIMIT).unwrap();
+    starts.recv_timeout(LIMIT).unwrap();
+    for _ in 0..3 {
+        manager
+            .submit(BoxHandler::new(Probe::new(&started, &refused)))
+            .unwrap();
+    }
+    let report = manager.shutdown(Duration::from_millis(100));
+    assert_eq!(report.refused_waiting, 3);
+    assert_eq!(report.running_at_start, 2);
+    assert_eq!(report.cut, 1);
+    for _ in 0..3 {
+        assert_eq!(refusals.recv_timeout(LIMIT), Ok(Refusal::ShuttingDown));
+    }
+    let mut stops = stops.lock().unwrap().clone();
+    stops.sort();
+    assert_eq!(
+        stops,
+        [
+            (false, Stop::Graceful),
+            (false, Stop::Now),
+            (true, Stop::Graceful)
+        ]
+    );
+    assert_eq!(
+        manager
+            .submit(BoxHandler::new(Probe::new(&started, &refused)))
+            .unwrap_err()
+            .reason(),
+        Refusal::ShuttingDown
+    );
+    assert_eq!(
+        manager.shutdown(LIMIT),
+        report,
+        "second call returns the same report"
+    );
+    assert!(
+        thread_names().iter().all(|n| !n.starts_with("sdtest")),
+        "threads left"
+    );
+}
+
+#[test]
+fn stop_hook_registered_after_shutdown_began_runs_at_once() {
+    let manager = Builder::new(2).build().unwrap();
+    let (started, starts) = channels();
+    let (graceful_began, stop_seen) = bounded::<()>(1);
+    let (saw, seen) = channels();
+    // The first handler runs until its hook hears the graceful stop...
+    let first_started = started.clone();
+    manager
+        .submit(BoxHandler::new(handler_fn(move |ctx| {
+            let (stopped, wait_stop) = bounded::<()>(1);
+            ctx.on_stop(move |_| {
+                let _ = graceful_began.try_send(());
+                let _ = stopped.try_send(());
+            });
+            first_started.send(()).unwrap();
+            wait_stop.recv_timeout(LIMIT).unwrap();
+            Ok(())
+        })))
+        .unwrap();
+    starts.recv_timeout(LIMIT).unwrap();
+    // ...and the second registers only after that, so its hook must run
+    // at once, inside `on_stop`, on its own thread.
+    manager
+        .submit(BoxHandler::new(handler_fn(move |ctx| {
+            started.send(()).unwrap();
+            stop_seen.recv_timeout(LIMIT).unwrap();
+            let me = thread::current().id();
+            ctx.on_stop(move |stop| saw.send((stop, thread::current().id() == me)).unwrap());
+            Ok(())
+        })))
+        .unwrap();
+    starts.recv_timeout(LIMIT).unwrap();
+    let report = manager.shutdown(LIMIT);
+    assert_eq!(seen.recv_timeout(LIMIT), Ok((Stop::Graceful, true)));
+    assert_eq!((report.running_at_start, report.cut), (2, 0));
+}
+
+fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .collect()
+}
+
+/// (CPU nanoseconds, context switches) of this process's threads whose
+/// name starts with `prefix`, from the kernel's per-thread accounting.
+fn thread_cpu(prefix: &str) -> (u64, u64, usize) {
+    let mut cpu = 0;
+    let mut switches = 0;
+    let mut threads = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let path = task.path();
+        let Ok(name) = std::fs::read_to_string(path.join("comm")) else {
+            continue;
+        };
+        if !name.starts_with(prefix) {
+            continue;
+        }
+        threads += 1;
+        let schedstat = std::fs::read_to_string(path.join("schedstat")).unwrap();
+        cpu += schedstat
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap();
+        let status = std::fs::read_to_string(path.join("status")).unwrap();
+        for line in status.lines() {
+            if line.contains("ctxt_switches:") {
+                switches += line
+                    .split_whitespace()
+                    .last()
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap();
+            }
+        }
+    }
+    (cpu, switches, threads)
+}
+
+#[test]
+fn idle_manager_uses_no_cpu() {
+    let manager: Manager<_, _> = Builder::new(4)
+        .admission(QueueTimeout(Duration::from_secs(3600)))
+        .name("idlecpu")
+        .build()
+        .unwrap();
+    let (done, finished) = channels();
+    for _ in 0..8 {
+        let done = done.clone();
+        manager
+            .submit(handler_fn(move |_| {
+                done.send(()).unwrap();
+                Ok(())
+            }))
+            .unwrap();
+    }
+    for _ in 0..8 {
+        finished.recv_timeout(LIMIT).unwrap();
+    }
+    // Let the last worker go back to sleep, then measure a second of
+    // idleness. The sleep is the thing measured, not synchronisation.
+    thread::sleep(Duration::from_millis(100));
+    let (cpu0, sw0, threads) = thread_cpu("idlecpu");
+    assert_eq!(threads, 5, "4 workers and the deadline thread");
+    thread::sleep(Duration::from_secs(1));
+    let (cpu1, sw1, _) = thread_cpu("idlecpu");
+    assert!(sw1 - sw0 <= 2, "idle threads woke {} times", sw1 - sw0);
+    assert!(
+        cpu1 - cpu0 < 1_000_000,
+        "idle threads used {} ns of CPU",
+        cpu1 - cpu0
+    );
+}
+
+#[test]
+fn public_types_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Manager<filesrv::FnHandler<fn(&Running) -> io::Result<()>>>>();
+    check::<filesrv::Stats>();
+    check::<filesrv::RunningInfo>();
+    check::<filesrv::ShutdownReport>();
+}
