@@ -72,6 +72,7 @@
 mod admission;
 mod handler;
 mod manager;
+pub mod protocol;
 
 pub use admission::{
     Admission, And, Arrival, Decision, MaxWaiting, PerSourceCap, QueueTimeout, Refusal, Unbounded,

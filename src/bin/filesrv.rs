@@ -1,1 +1,182 @@
-fn main() {}
+//! `filesrv`: serve a directory over the filesrv protocol.
+//!
+//! Thin on purpose: parse the command line, start a
+//! [`Server`](filesrv::protocol::Server), wait for SIGINT or SIGTERM, shut
+//! down gracefully. Everything else lives in the library.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use clap::Parser;
+use filesrv::protocol::{Server, ServerConfig};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGXFSZ};
+use signal_hook::iterator::Signals;
+
+/// Serve a directory over TCP to clients of the filesrv protocol
+/// (fsc, nc, or any program), at most MAX_RUNNING at a time.
+///
+/// Example: `filesrv 9000 5 --root ./public`, then
+/// `printf 'LIST\n' | nc localhost 9000`. Silent unless -v is given.
+/// SIGINT/SIGTERM stop it gracefully (exit 0).
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// TCP port to listen on (0 picks a free one).
+    port: u16,
+    /// Clients served at the same time; later ones wait in a queue.
+    #[arg(value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    max_running: u64,
+    /// Directory served; nothing outside it is ever read or written.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    root: PathBuf,
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0")]
+    bind: IpAddr,
+    /// Bound of the waiting queue; a client finding it full gets `ERR busy`.
+    /// 0 = no queue (refuse whenever all running slots are taken).
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    max_waiting: usize,
+    /// Running + waiting connections allowed from one IP address; 0 = no cap.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    max_per_source: usize,
+    /// A client waiting longer than this gets `ERR busy`; 0 = wait forever.
+    #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_secs)]
+    queue_timeout: Secs,
+    /// Time allowed for a complete request line; 0 = none.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
+    idle_timeout: Secs,
+    /// Time allowed without progress on a body; 0 = none.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
+    stall_timeout: Secs,
+    /// Accept uploads (PUT). Off by default.
+    #[arg(long)]
+    allow_put: bool,
+    /// Largest accepted upload: bytes, or with a K/M/G suffix (powers of 1024).
+    #[arg(long, value_name = "BYTES", default_value = "1G", value_parser = parse_bytes)]
+    max_upload: u64,
+    /// On SIGINT/SIGTERM, how long running clients may finish.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    shutdown_grace: Secs,
+    /// Log to stderr: -v connections and requests, -vv debug details.
+    /// RUST_LOG works too.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+/// A SECS value: fractions allowed; 0 means "none".
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Secs(Option<Duration>);
+
+fn parse_secs(text: &str) -> Result<Secs, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    let duration = Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("'{text}' is not a valid number of seconds"))?;
+    Ok(Secs((!duration.is_zero()).then_some(duration)))
+}
+
+/// Bytes, with an optional K, M or G suffix (powers of 1024).
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let (digits, shift) = match text.as_bytes().last() {
+        Some(b'K' | b'k') => (&text[..text.len() - 1], 10),
+        Some(b'M' | b'm') => (&text[..text.len() - 1], 20),
+        Some(b'G' | b'g') => (&text[..text.len() - 1], 30),
+        _ => (text, 0),
+    };
+    let bad = || format!("'{text}' is not a size (e.g. 4096, 512K, 10M, 1G)");
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    n.checked_mul(1 << shift).ok_or_else(bad)
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => log::LevelFilter::Off,
+        1 => log::LevelFilter::Info,
+        2 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    let mut logger = env_logger::Builder::new();
+    logger.filter_level(level);
+    // RUST_LOG, when set, refines or overrides the -v level.
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        logger.parse_filters(&spec);
+    }
+    logger.init();
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    init_logging(args.verbose);
+    // Installed before serving: a write past RLIMIT_FSIZE must fail with
+    // EFBIG (answered `ERR internal`), not kill the server.
+    signal_hook::flag::register(SIGXFSZ, Arc::new(AtomicBool::new(false)))?;
+    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    let max_running = usize::try_from(args.max_running)?;
+    let config = ServerConfig::new(args.root)
+        .max_running(max_running)
+        .max_waiting(args.max_waiting)
+        .max_per_source(args.max_per_source)
+        .queue_timeout(args.queue_timeout.0)
+        .idle_timeout(args.idle_timeout.0)
+        .stall_timeout(args.stall_timeout.0)
+        .allow_put(args.allow_put)
+        .max_upload(args.max_upload)
+        .shutdown_grace(args.shutdown_grace.0.unwrap_or(Duration::ZERO));
+    let server = Server::bind(SocketAddr::new(args.bind, args.port), config)?;
+    if let Some(signal) = signals.forever().next() {
+        log::info!("signal {signal}: shutting down");
+    }
+    let report = server.shutdown();
+    log::info!(
+        "stopped: {} waiting refused, {} of {} running cut",
+        report.refused_waiting,
+        report.cut,
+        report.running_at_start
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("filesrv: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_accept_fractions_and_zero_means_none() {
+        assert_eq!(
+            parse_secs("0.5"),
+            Ok(Secs(Some(Duration::from_millis(500))))
+        );
+        assert_eq!(parse_secs("0"), Ok(Secs(None)));
+        assert!(parse_secs("-1").is_err());
+        assert!(parse_secs("soon").is_err());
+    }
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("512K"), Ok(512 << 10));
+        assert_eq!(parse_bytes("10M"), Ok(10 << 20));
+        assert_eq!(parse_bytes("1G"), Ok(1 << 30));
+        for bad in ["", "G", "1.5G", "-1", "1T", "99999999999999999999"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -9,7 +9,7 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::net::IpAddr;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Instant;
 
 use super::lock;
@@ -119,7 +119,10 @@ impl<Q> Deadlines<Q> {
             let now = Instant::now();
             match state.heap.peek() {
                 None => {
-                    state = self.wake.wait(state).unwrap_or_else(|e| e.into_inner());
+                    state = self
+                        .wake
+                        .wait(state)
+                        .unwrap_or_else(PoisonError::into_inner);
                 }
                 Some(top) if top.deadline <= now => {
                     let due = state.heap.pop().map(|t| t.ticket);
@@ -134,7 +137,7 @@ impl<Q> Deadlines<Q> {
                     state = self
                         .wake
                         .wait_timeout(state, wait)
-                        .unwrap_or_else(|e| e.into_inner())
+                        .unwrap_or_else(PoisonError::into_inner)
                         .0;
                 }
             }

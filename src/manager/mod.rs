@@ -17,7 +17,7 @@ use std::io;
 use std::net::IpAddr;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,7 @@ pub use stats::{ShutdownReport, Stats};
 /// Locks a mutex, ignoring poison: every critical section in this crate
 /// leaves its data consistent, and handlers run outside of them.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Runs `f`, turning a panic into `None` after logging it.
@@ -523,7 +523,7 @@ impl<Q, S> Shared<Q, S> {
             };
             guard = became_idle
                 .wait_timeout(guard, timeout)
-                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(PoisonError::into_inner)
                 .0;
         };
         drop(guard);

@@ -1,0 +1,749 @@
+//! A blocking client for the file-transfer protocol.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{EntryKind, ErrorCode, encode_name, percent_decode};
+
+/// The size of the buffer that bodies are copied through.
+const CHUNK: usize = 64 * 1024;
+
+/// The longest reply line accepted, `\n` included.
+///
+/// Far above anything the protocol produces: a LIST line holds one encoded
+/// name, at most three times the longest name a file system allows.
+const MAX_REPLY: u64 = 64 * 1024;
+
+/// A connection to a file server, serving one request at a time.
+///
+/// Paths are given as they are named on the server, relative to its root:
+/// the client writes every space, `%`, control character and DEL as a `%XX`
+/// escape in the request line, so any name that is valid UTF-8 can be asked
+/// for as it is. The empty path and `/` both name the root.
+///
+/// A reply of `ERR <code> <message>` comes back as [`ClientError::Server`]
+/// and leaves the client usable when the server keeps the connection (see
+/// the protocol's table of codes). Any other error leaves the connection
+/// out of step with the server, so the client shuts it down, and later
+/// calls fail at once with [`ClientError::Io`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use filesrv::protocol::Client;
+///
+/// # fn main() -> Result<(), filesrv::protocol::ClientError> {
+/// let mut client = Client::connect("127.0.0.1:9000", Duration::from_secs(30))?;
+/// let mut notes = Vec::new();
+/// client.get_to("notes.txt", 0, &mut notes)?;
+/// for entry in client.list("")? {
+///     println!("{} {}", entry.kind, String::from_utf8_lossy(&entry.name));
+/// }
+/// client.quit()
+/// # }
+/// ```
+pub struct Client {
+    /// The connection; requests are written through `get_ref`.
+    reader: BufReader<TcpStream>,
+    /// Told about each transfer's progress.
+    progress: Option<Box<dyn FnMut(Progress) + Send>>,
+    /// Set once an error left the connection out of step: it is shut down.
+    closed: bool,
+}
+
+/// How far a transfer has come, as told to the callback given to
+/// [`Client::set_progress`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Progress {
+    /// The bytes of the file now at the destination, those a resumed
+    /// download started with included.
+    pub done: u64,
+    /// The bytes the destination will hold when the transfer ends: the
+    /// file's size on the server for a download, the body's size for an
+    /// upload.
+    pub total: u64,
+}
+
+/// One entry of a directory listed by [`Client::list`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteEntry {
+    /// File or directory (a symlink shows as its target).
+    pub kind: EntryKind,
+    /// The size in bytes.
+    pub size: u64,
+    /// The name on the server's disk, decoded from its `%XX` escapes: raw
+    /// bytes, not necessarily UTF-8.
+    pub name: Vec<u8>,
+}
+
+/// What [`Client::stat`] tells about a file or directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemoteStat {
+    /// File or directory.
+    pub kind: EntryKind,
+    /// The size in bytes.
+    pub size: u64,
+    /// The modification time in whole Unix seconds, clamped at 0.
+    pub mtime: u64,
+}
+
+/// The error of a [`Client`] call.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The server refused the request with `ERR <code> <message>`.
+    #[error("server refused: {code} {message}")]
+    Server {
+        /// The reply's code.
+        code: ErrorCode,
+        /// The reply's message, for people.
+        message: String,
+    },
+    /// The server's address could not be resolved.
+    #[error("cannot resolve the server address")]
+    Resolve(#[source] io::Error),
+    /// No address of the server accepted the connection; the error is the
+    /// last address's.
+    #[error("cannot connect to {addr}")]
+    Connect {
+        /// The last address tried.
+        addr: SocketAddr,
+        /// Why it failed.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading from or writing to the connection failed or timed out, the
+    /// server closed it, or an earlier error left it closed.
+    #[error("connection error")]
+    Io(#[source] io::Error),
+    /// A local file could not be opened, read, written or synced, or is not
+    /// a regular file.
+    #[error("local file {}", path.display())]
+    File {
+        /// The file, as the caller named it.
+        path: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: io::Error,
+    },
+    /// The caller's reader or writer failed, or the reader ended before the
+    /// announced size.
+    #[error("local stream error")]
+    Local(#[source] io::Error),
+    /// The server's reply does not follow the protocol.
+    #[error("malformed reply: {0}")]
+    Protocol(String),
+    /// The server closed the connection before the end of an announced body.
+    #[error("transfer cut short: got {got} of {expected} bytes")]
+    Truncated {
+        /// The announced size.
+        expected: u64,
+        /// The bytes received.
+        got: u64,
+    },
+}
+
+impl Client {
+    /// Connects to a server.
+    ///
+    /// Each address `addr` resolves to is tried in turn, each for at most
+    /// `timeout`; the same `timeout` then bounds every read and write on the
+    /// connection (see [`Client::set_timeout`]). A zero `timeout` means none.
+    ///
+    /// # Errors
+    ///
+    /// - [`ClientError::Resolve`] if `addr` does not resolve, or resolves to
+    ///   no address;
+    /// - [`ClientError::Connect`] if no address accepts the connection in
+    ///   time, with the last address's error.
+    pub fn connect(addr: impl ToSocketAddrs, timeout: Duration) -> Result<Client, ClientError> {
+        let addrs: Vec<SocketAddr> = addr
+            .to_socket_addrs()
+            .map_err(ClientError::Resolve)?
+            .collect();
+        Client::connect_any(&addrs, timeout)
+    }
+
+    fn connect_any(addrs: &[SocketAddr], timeout: Duration) -> Result<Client, ClientError> {
+        let mut last = None;
+        for &addr in addrs {
+            let attempt = if timeout.is_zero() {
+                TcpStream::connect(addr)
+            } else {
+                TcpStream::connect_timeout(&addr, timeout)
+            };
+            let connected = attempt.and_then(|stream| {
+                // Request lines are small and each waits for its reply.
+                stream.set_nodelay(true)?;
+                let mut client = Client {
+                    reader: BufReader::new(stream),
+                    progress: None,
+                    closed: false,
+                };
+                client.apply_timeout(timeout)?;
+                Ok(client)
+            });
+            match connected {
+                Ok(client) => return Ok(client),
+                Err(source) => last = Some(ClientError::Connect { addr, source }),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            ClientError::Resolve(io::Error::new(
+                ErrorKind::NotFound,
+                "the address resolved to nothing",
+            ))
+        }))
+    }
+
+    /// Sets the time any one read or write on the connection may block.
+    ///
+    /// It bounds each wait, not a whole call: a long transfer that keeps
+    /// moving never times out. A zero `timeout` means none.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Io`] if the system refuses the setting.
+    pub fn set_timeout(&mut self, timeout: Duration) -> Result<(), ClientError> {
+        self.apply_timeout(timeout).map_err(ClientError::Io)
+    }
+
+    fn apply_timeout(&mut self, timeout: Duration) -> io::Result<()> {
+        let timeout = (!timeout.is_zero()).then_some(timeout);
+        let stream = self.reader.get_ref();
+        stream.set_read_timeout(timeout)?;
+        stream.set_write_timeout(timeout)
+    }
+
+    /// Calls `callback` as transfers move: once when a body is about to
+    /// flow (with [`Progress::done`] at its start), then after every chunk.
+    ///
+    /// It replaces any earlier callback and stays for every later transfer.
+    pub fn set_progress(&mut self, callback: impl FnMut(Progress) + Send + 'static) {
+        self.progress = Some(Box::new(callback));
+    }
+
+    /// Downloads `path` from byte `offset` on into `out`, and returns the
+    /// bytes written, exactly those the server announced.
+    ///
+    /// # Errors
+    ///
+    /// - [`ClientError::Server`] if the server refuses: `not-found`,
+    ///   `forbidden`, `bad-request` for a directory or special file, `range`
+    ///   for an `offset` past the end of the file, ...;
+    /// - [`ClientError::Truncated`] if the connection ends before the
+    ///   announced body does (the file shrank on the server, say);
+    /// - [`ClientError::Local`] if `out` fails;
+    /// - [`ClientError::Io`] if the connection fails or times out, or was
+    ///   already closed;
+    /// - [`ClientError::Protocol`] if the reply is malformed.
+    pub fn get_to(
+        &mut self,
+        path: &str,
+        offset: u64,
+        out: &mut impl Write,
+    ) -> Result<u64, ClientError> {
+        self.exchange(|client| {
+            let size = client.start_get(path, offset)?;
+            client.recv_body(offset, size, out)
+        })
+    }
+
+    /// Downloads `path` into the local file `local`, and returns the bytes
+    /// received.
+    ///
+    /// The file is created (or truncated) only once the server has accepted
+    /// the request, written in place, and synced to disk at the end. With
+    /// `resume`, an existing `local` is taken as the start of the file: only
+    /// the bytes past its length are asked for and appended (none if it is
+    /// complete). Its content is trusted, not compared.
+    ///
+    /// # Errors
+    ///
+    /// - [`ClientError::Server`] if the server refuses, as for
+    ///   [`Client::get_to`]; `range` when resuming a local file longer than
+    ///   the remote one;
+    /// - [`ClientError::File`] if `local` cannot be opened, written or
+    ///   synced;
+    /// - [`ClientError::Truncated`], [`ClientError::Io`] and
+    ///   [`ClientError::Protocol`] as for [`Client::get_to`]. A download cut
+    ///   short leaves the bytes received in `local`, ready to resume.
+    pub fn get_file(&mut self, path: &str, local: &Path, resume: bool) -> Result<u64, ClientError> {
+        let at_local = |source| ClientError::File {
+            path: local.to_owned(),
+            source,
+        };
+        let partial = if resume {
+            match OpenOptions::new().append(true).open(local) {
+                Ok(file) => Some(file),
+                Err(error) if error.kind() == ErrorKind::NotFound => None,
+                Err(error) => return Err(at_local(error)),
+            }
+        } else {
+            None
+        };
+        let offset = match &partial {
+            Some(file) => file.metadata().map_err(at_local)?.len(),
+            None => 0,
+        };
+        self.exchange(|client| {
+            let size = client.start_get(path, offset)?;
+            let mut file = match partial {
+                Some(file) => file,
+                None => File::create(local).map_err(at_local)?,
+            };
+            client
+                .recv_body(offset, size, &mut file)
+                .map_err(|error| error.at(local))?;
+            file.sync_all().map_err(at_local)?;
+            Ok(size)
+        })
+    }
+
+    /// Uploads the local file `local` as `remote`, and returns its size.
+    ///
+    /// The size is taken when the upload starts; the server puts the file in
+    /// place only once every byte has arrived and been flushed.
+    ///
+    /// # Errors
+    ///
+    /// - [`ClientError::File`] if `local` cannot be opened or read, is not a
+    ///   regular file, or ends before its starting size;
+    /// - the errors of [`Client::put_from`] otherwise.
+    pub fn put_file(&mut self, local: &Path, remote: &str) -> Result<u64, ClientError> {
+        let at_local = |source| ClientError::File {
+            path: local.to_owned(),
+            source,
+        };
+        let file = File::open(local).map_err(at_local)?;
+        let metadata = file.metadata().map_err(at_local)?;
+        if !metadata.is_file() {
+            return Err(at_local(io::Error::new(
+                ErrorKind::InvalidInput,
+                "not a regular file",
+            )));
+        }
+        self.put_from(remote, file, metadata.len())
+            .map_err(|error| error.at(local))
+    }
+
+    /// Uploads the first `size` bytes of `reader` as `remote`, and returns
+    /// `size` once the server has the file in place.
+    ///
+    /// Bytes of `reader` past `size` are not read.
+    ///
+    /// # Errors
+    ///
+    /// - [`ClientError::Server`] if the server refuses: `forbidden` when
+    ///   uploads are disabled or the path is refused, `not-found` for a
+    ///   missing parent directory, `too-large` past its upload limit,
+    ///   `bad-request` when `remote` names a directory, `internal` when it
+    ///   cannot store the file, ... The server closes the connection after
+    ///   refusing an upload before its body.
+    /// - [`ClientError::Local`] if `reader` fails or ends before `size`
+    ///   bytes; the upload is abandoned and the server keeps nothing of it;
+    /// - [`ClientError::Io`] if the connection fails or times out, or was
+    ///   already closed;
+    /// - [`ClientError::Protocol`] if the reply is malformed.
+    pub fn put_from(
+        &mut self,
+        remote: &str,
+        mut reader: impl Read,
+        size: u64,
+    ) -> Result<u64, ClientError> {
+        self.exchange(|client| {
+            client.send(format!("PUT {} {size}\n", field(remote)).as_bytes())?;
+            client.send_body(&mut reader, size)?;
+            let stored = number(&client.reply()?).ok_or_else(|| malformed("`OK <size>`"))?;
+            if stored == size {
+                Ok(size)
+            } else {
+                Err(ClientError::Protocol(format!(
+                    "server stored {stored} bytes of {size}"
+                )))
+            }
+        })
+    }
+
+    /// Lists the directory `dir` (the root for `""`), sorted bytewise by
+    /// name as the server sends it.
+    ///
+    /// # Errors
+    ///
+    /// - [`ClientError::Server`] if the server refuses: `not-found`,
+    ///   `forbidden`, `bad-request` for a file, ...;
+    /// - [`ClientError::Io`] if the connection fails or times out, or was
+    ///   already closed;
+    /// - [`ClientError::Protocol`] if the reply is malformed.
+    pub fn list(&mut self, dir: &str) -> Result<Vec<RemoteEntry>, ClientError> {
+        self.exchange(|client| {
+            let count = number(&client.request(&format!("LIST {}\n", field(dir)))?)
+                .ok_or_else(|| malformed("`OK <count>`"))?;
+            // The count is the server's word: grow as lines actually arrive.
+            let mut entries = Vec::with_capacity(usize::try_from(count.min(1024)).unwrap_or(0));
+            for _ in 0..count {
+                let line = client.read_line()?;
+                let entry = parse_entry(&line).ok_or_else(|| malformed("`<f|d> <size> <name>`"))?;
+                entries.push(entry);
+            }
+            Ok(entries)
+        })
+    }
+
+    /// Describes the file or directory `path`.
+    ///
+    /// # Errors
+    ///
+    /// - [`ClientError::Server`] if the server refuses: `not-found`,
+    ///   `forbidden`, `bad-request` for a special file, ...;
+    /// - [`ClientError::Io`] if the connection fails or times out, or was
+    ///   already closed;
+    /// - [`ClientError::Protocol`] if the reply is malformed.
+    pub fn stat(&mut self, path: &str) -> Result<RemoteStat, ClientError> {
+        self.exchange(|client| {
+            let reply = client.request(&format!("STAT {}\n", field(path)))?;
+            parse_stat(&reply).ok_or_else(|| malformed("`OK <f|d> <size> <mtime>`"))
+        })
+    }
+
+    /// Says goodbye and closes the connection.
+    ///
+    /// Dropping the client closes it too, without a word to the server.
+    ///
+    /// # Errors
+    ///
+    /// - [`ClientError::Io`] if the connection fails or times out, or was
+    ///   already closed;
+    /// - [`ClientError::Server`] if the server answers with an error, such as
+    ///   `unavailable` while it shuts down;
+    /// - [`ClientError::Protocol`] if the reply is not `OK bye`.
+    pub fn quit(mut self) -> Result<(), ClientError> {
+        self.exchange(|client| match client.request("QUIT\n")?.as_str() {
+            "bye" => Ok(()),
+            _ => Err(malformed("`OK bye`")),
+        })
+    }
+
+    /// Runs one request-reply exchange, and shuts the connection down if it
+    /// fails in a way that leaves the stream out of step.
+    fn exchange<T>(
+        &mut self,
+        op: impl FnOnce(&mut Client) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        if self.closed {
+            return Err(ClientError::Io(io::Error::new(
+                ErrorKind::NotConnected,
+                "connection closed after an earlier error",
+            )));
+        }
+        let result = op(self);
+        if matches!(&result, Err(error) if !matches!(error, ClientError::Server { .. })) {
+            self.closed = true;
+            // Tells the server too, so that it drops a half-sent upload.
+            let _ = self.reader.get_ref().shutdown(Shutdown::Both);
+        }
+        result
+    }
+
+    /// Sends `GET` and returns the announced body size.
+    fn start_get(&mut self, path: &str, offset: u64) -> Result<u64, ClientError> {
+        let line = match offset {
+            0 => format!("GET {}\n", field(path)),
+            _ => format!("GET {} {offset}\n", field(path)),
+        };
+        number(&self.request(&line)?).ok_or_else(|| malformed("`OK <size>`"))
+    }
+
+    /// Copies exactly `size` body bytes into `out`; `start` is the bytes the
+    /// destination already holds, for progress reports.
+    fn recv_body(
+        &mut self,
+        start: u64,
+        size: u64,
+        out: &mut dyn Write,
+    ) -> Result<u64, ClientError> {
+        let total = start.saturating_add(size);
+        let mut buf = vec![0; chunk_len(size)];
+        let mut got = 0;
+        self.report(start, total);
+        while got < size {
+            let want = chunk_len(size - got);
+            let n = match self.reader.read(&mut buf[..want]) {
+                Ok(0) => {
+                    return Err(ClientError::Truncated {
+                        expected: size,
+                        got,
+                    });
+                }
+                Ok(n) => n,
+                Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+                Err(error) => return Err(ClientError::net(error)),
+            };
+            out.write_all(&buf[..n]).map_err(ClientError::Local)?;
+            got += n as u64;
+            self.report(start + got, total);
+        }
+        out.flush().map_err(ClientError::Local)?;
+        Ok(size)
+    }
+
+    /// Copies exactly `size` bytes of `reader` to the connection.
+    fn send_body(&mut self, reader: &mut dyn Read, size: u64) -> Result<(), ClientError> {
+        let mut buf = vec![0; chunk_len(size)];
+        let mut sent = 0;
+        self.report(0, size);
+        while sent < size {
+            let want = chunk_len(size - sent);
+            let n = match reader.read(&mut buf[..want]) {
+                Ok(0) => {
+                    return Err(ClientError::Local(io::Error::new(
+                        ErrorKind::UnexpectedEof,
+                        format!("input ended after {sent} of {size} bytes"),
+                    )));
+                }
+                Ok(n) => n,
+                Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+                Err(error) => return Err(ClientError::Local(error)),
+            };
+            self.send(&buf[..n])?;
+            sent += n as u64;
+            self.report(sent, size);
+        }
+        Ok(())
+    }
+
+    fn report(&mut self, done: u64, total: u64) {
+        if let Some(callback) = &mut self.progress {
+            callback(Progress { done, total });
+        }
+    }
+
+    /// Sends a request line and reads its reply.
+    fn request(&mut self, line: &str) -> Result<String, ClientError> {
+        self.send(line.as_bytes())?;
+        self.reply()
+    }
+
+    /// Writes to the connection.
+    ///
+    /// A server that refuses a connection or an upload answers and closes
+    /// without reading on, so a failed write is followed by a look for that
+    /// answer.
+    fn send(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        let Err(error) = self.reader.get_ref().write_all(bytes) else {
+            return Ok(());
+        };
+        match self.reply() {
+            Err(refusal @ ClientError::Server { .. }) => Err(refusal),
+            _ => Err(ClientError::net(error)),
+        }
+    }
+
+    /// Reads a reply line: the text after `OK `, or the `ERR` as an error.
+    fn reply(&mut self) -> Result<String, ClientError> {
+        let line = self.read_line()?;
+        if let Some(err) = line.strip_prefix("ERR ") {
+            let (code, message) = err.split_once(' ').unwrap_or((err, ""));
+            let code = code.parse().map_err(|_| malformed("a known error code"))?;
+            return Err(ClientError::Server {
+                code,
+                message: message.to_owned(),
+            });
+        }
+        match line.strip_prefix("OK") {
+            Some("") => Ok(String::new()),
+            Some(rest) if rest.starts_with(' ') => Ok(rest[1..].to_owned()),
+            _ => Err(malformed("`OK` or `ERR`")),
+        }
+    }
+
+    /// Reads one line, without its `\n` (or `\r\n`).
+    fn read_line(&mut self) -> Result<String, ClientError> {
+        let mut line = Vec::new();
+        (&mut self.reader)
+            .take(MAX_REPLY)
+            .read_until(b'\n', &mut line)
+            .map_err(ClientError::net)?;
+        if line.pop() != Some(b'\n') {
+            return Err(if line.len() as u64 + 1 >= MAX_REPLY {
+                ClientError::Protocol("reply line too long".to_owned())
+            } else {
+                ClientError::Io(io::Error::new(
+                    ErrorKind::UnexpectedEof,
+                    "the server closed the connection",
+                ))
+            });
+        }
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        String::from_utf8(line).map_err(|_| ClientError::Protocol("reply is not UTF-8".to_owned()))
+    }
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("peer", &self.reader.get_ref().peer_addr().ok())
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientError {
+    /// An error of the connection, a read timeout reported as one.
+    fn net(error: io::Error) -> ClientError {
+        ClientError::Io(match error.kind() {
+            // What a socket read or write timeout gives on Unix.
+            ErrorKind::WouldBlock => {
+                io::Error::new(ErrorKind::TimedOut, "timed out waiting for the server")
+            }
+            _ => error,
+        })
+    }
+
+    /// The error with the caller's stream named as the local file `path`.
+    fn at(self, path: &Path) -> ClientError {
+        match self {
+            ClientError::Local(source) => ClientError::File {
+                path: path.to_owned(),
+                source,
+            },
+            other => other,
+        }
+    }
+}
+
+/// A request field for a caller's path: `.` (the root) for `""`.
+fn field(path: &str) -> String {
+    if path.is_empty() {
+        ".".to_owned()
+    } else {
+        encode_name(path.as_bytes())
+    }
+}
+
+/// How much of the buffer a body of `remaining` bytes needs.
+fn chunk_len(remaining: u64) -> usize {
+    usize::try_from(remaining).map_or(CHUNK, |remaining| remaining.min(CHUNK))
+}
+
+fn malformed(expected: &str) -> ClientError {
+    ClientError::Protocol(format!("expected {expected}"))
+}
+
+/// A protocol number: one or more ASCII digits.
+fn number(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+fn kind(text: &str) -> Option<EntryKind> {
+    match text {
+        "f" => Some(EntryKind::File),
+        "d" => Some(EntryKind::Dir),
+        _ => None,
+    }
+}
+
+/// Parses a LIST line, `<f|d> <size> <encoded name>`.
+fn parse_entry(line: &str) -> Option<RemoteEntry> {
+    let mut fields = line.splitn(3, ' ');
+    let kind = kind(fields.next()?)?;
+    let size = number(fields.next()?)?;
+    let name = percent_decode(fields.next()?.as_bytes()).ok()?;
+    (!name.is_empty()).then_some(RemoteEntry { kind, size, name })
+}
+
+/// Parses a STAT reply after `OK `, `<f|d> <size> <mtime>`.
+fn parse_stat(reply: &str) -> Option<RemoteStat> {
+    let mut fields = reply.split(' ');
+    let stat = RemoteStat {
+        kind: kind(fields.next()?)?,
+        size: number(fields.next()?)?,
+        mtime: number(fields.next()?)?,
+    };
+    fields.next().is_none().then_some(stat)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_escape_what_the_server_would_misread() {
+        assert_eq!(field(""), ".");
+        assert_eq!(field("/"), "/");
+        assert_eq!(field("dir/my notes.txt"), "dir/my%20notes.txt");
+        assert_eq!(field("100%\n\t\x7F"), "100%25%0A%09%7F");
+        assert_eq!(field("café"), "café");
+    }
+
+    #[test]
+    fn numbers_are_digits_only() {
+        assert_eq!(number("0"), Some(0));
+        assert_eq!(number("007"), Some(7));
+        assert_eq!(number("18446744073709551615"), Some(u64::MAX));
+        for text in [
+            "",
+            "+1",
+            "-1",
+            " 1",
+            "1 ",
+            "0x1",
+            "1e3",
+            "18446744073709551616",
+        ] {
+            assert_eq!(number(text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn list_lines_decode_names() {
+        assert_eq!(
+            parse_entry("f 12 a%20b%FF"),
+            Some(RemoteEntry {
+                kind: EntryKind::File,
+                size: 12,
+                name: b"a b\xFF".to_vec(),
+            })
+        );
+        assert_eq!(
+            parse_entry("d 4096 dir").map(|entry| entry.kind),
+            Some(EntryKind::Dir)
+        );
+        for line in ["", "f 12", "x 12 a", "f -1 a", "f 12 ", "f 12 a%2"] {
+            assert_eq!(parse_entry(line), None, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn stat_replies_have_three_fields() {
+        assert_eq!(
+            parse_stat("d 4096 1700000000"),
+            Some(RemoteStat {
+                kind: EntryKind::Dir,
+                size: 4096,
+                mtime: 1_700_000_000,
+            })
+        );
+        for reply in ["", "f 1", "f 1 2 3", "f 1  2", "l 1 2"] {
+            assert_eq!(parse_stat(reply), None, "{reply:?}");
+        }
+    }
+
+    #[test]
+    fn server_errors_display_code_and_message() {
+        let error = ClientError::Server {
+            code: ErrorCode::NotFound,
+            message: "no such file".to_owned(),
+        };
+        assert_eq!(error.to_string(), "server refused: not-found no such file");
+    }
+}

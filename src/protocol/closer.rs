@@ -1,0 +1,99 @@
+//! Closing a connection after a final `ERR` line without losing the line.
+//!
+//! Closing a socket whose receive buffer still holds unread bytes makes the
+//! kernel send a reset, and a reset can destroy a reply the client has not
+//! read yet. So a connection that ends on an error is not closed at once:
+//! its write side is shut down (the client sees the line, then end of
+//! stream), and a single closer thread keeps it a short while, discarding
+//! what the client still sends, before closing it. The accepting thread
+//! and the workers never wait for this.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+/// How long a closing connection is kept to drain before it is closed.
+const LINGER: Duration = Duration::from_millis(250);
+/// How many connections may linger at once; past that they close at once.
+const MAX_LINGERING: usize = 4096;
+/// At most this much is discarded from one lingering connection.
+const MAX_DISCARD: usize = 1 << 20;
+
+/// The handle workers and the accepting thread use to close connections.
+#[derive(Clone, Debug)]
+pub(crate) struct Closer {
+    /// `None` tells the thread to finish the queue and end.
+    queue: Sender<Option<(Instant, TcpStream)>>,
+}
+
+impl Closer {
+    /// Starts the closer thread; it ends after [`Closer::stop`].
+    pub(crate) fn start(name: &str) -> io::Result<(Closer, JoinHandle<()>)> {
+        let (queue, lingering) = crossbeam_channel::bounded(MAX_LINGERING);
+        let thread = thread::Builder::new()
+            .name(format!("{name}-closer"))
+            .spawn(move || close_in_turn(&lingering))?;
+        Ok((Closer { queue }, thread))
+    }
+
+    /// Writes `line` (best effort, never blocking), shuts the write side
+    /// and hands the connection to the closer thread.
+    pub(crate) fn refuse(&self, stream: TcpStream, line: &[u8]) {
+        if stream.set_nonblocking(true).is_ok() {
+            write_nonblocking(&stream, line);
+        }
+        self.close(stream);
+    }
+
+    /// Shuts the write side (after the final reply) and closes the
+    /// connection once the client had time to read it.
+    pub(crate) fn close(&self, stream: TcpStream) {
+        let _ = stream.shutdown(Shutdown::Write);
+        let _ = stream.set_nonblocking(true);
+        discard(&stream);
+        // Too many lingering already, or shutting down: it closes now.
+        let _ = self.queue.try_send(Some((Instant::now() + LINGER, stream)));
+    }
+
+    /// Ends the closer thread once the connections queued so far are
+    /// closed; their lingering takes at most [`LINGER`].
+    pub(crate) fn stop(&self) {
+        let _ = self.queue.send(None);
+    }
+}
+
+/// Writes what the send buffer takes now; a fresh connection's buffer
+/// always has room for a line, and a full one is not worth waiting for.
+fn write_nonblocking(mut stream: &TcpStream, mut line: &[u8]) {
+    while let Ok(n @ 1..) = stream.write(line) {
+        line = &line[n..];
+    }
+}
+
+/// Reads and drops what has arrived, without blocking (the socket is
+/// non-blocking), up to [`MAX_DISCARD`].
+fn discard(mut stream: &TcpStream) {
+    let mut sink = [0u8; 16 * 1024];
+    let mut total = 0;
+    while total < MAX_DISCARD {
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+    }
+}
+
+/// The closer thread: connections arrive in deadline order (the linger is
+/// the same for all), so it waits for the oldest, drains it and closes it.
+fn close_in_turn(lingering: &Receiver<Option<(Instant, TcpStream)>>) {
+    while let Ok(Some((deadline, stream))) = lingering.recv() {
+        // A timed wait for a known instant, not synchronisation.
+        if let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            thread::sleep(left);
+        }
+        discard(&stream);
+    }
+}

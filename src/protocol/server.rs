@@ -1,0 +1,419 @@
+//! The file server: a listener, an accepting thread and a [`Manager`] of
+//! [`Session`]s.
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::Root;
+use super::closer::Closer;
+use super::session::{Session, Shared};
+use crate::manager::lock;
+use crate::{
+    Admission as _, And, Builder, Handler as _, Manager, MaxWaiting, PerSourceCap, QueueTimeout,
+    Refusal, ShutdownReport, Stats,
+};
+
+/// Settings of a [`Server`]; the command line of the `filesrv` binary maps
+/// onto these one to one.
+///
+/// `ServerConfig::new(root)` gives the defaults: 4 running, 1024 waiting,
+/// no per-source cap, no queue timeout, idle and stall timeouts of 30 s,
+/// uploads off (1 GiB limit when on), 10 s shutdown grace.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// The directory served; nothing outside it is read or written.
+    pub root: PathBuf,
+    /// Clients served at the same time (at least 1).
+    pub max_running: usize,
+    /// Clients waiting beyond the running ones; 0: none.
+    pub max_waiting: usize,
+    /// Running plus waiting clients from one IP address; 0: no cap.
+    pub max_per_source: usize,
+    /// How long a client may wait for a slot; `None`: forever.
+    pub queue_timeout: Option<Duration>,
+    /// Time allowed for a complete request line; `None`: no limit.
+    pub idle_timeout: Option<Duration>,
+    /// Time allowed without progress on a body; `None`: no limit.
+    pub stall_timeout: Option<Duration>,
+    /// Whether PUT is accepted.
+    pub allow_put: bool,
+    /// The largest accepted upload, in bytes.
+    pub max_upload: u64,
+    /// How long running clients may finish on shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl ServerConfig {
+    /// The defaults, serving `root`.
+    pub fn new(root: impl Into<PathBuf>) -> ServerConfig {
+        ServerConfig {
+            root: root.into(),
+            max_running: 4,
+            max_waiting: 1024,
+            max_per_source: 0,
+            queue_timeout: None,
+            idle_timeout: Some(Duration::from_secs(30)),
+            stall_timeout: Some(Duration::from_secs(30)),
+            allow_put: false,
+            max_upload: 1 << 30,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+
+    /// Sets [`max_running`](ServerConfig::max_running) (default 4).
+    ///
+    /// # Panics
+    ///
+    /// If `n` is 0.
+    pub fn max_running(mut self, n: usize) -> Self {
+        assert!(n >= 1, "max_running must be at least 1");
+        self.max_running = n;
+        self
+    }
+
+    /// Sets [`max_waiting`](ServerConfig::max_waiting) (default 1024).
+    pub fn max_waiting(mut self, n: usize) -> Self {
+        self.max_waiting = n;
+        self
+    }
+
+    /// Sets [`max_per_source`](ServerConfig::max_per_source) (default 0, no cap).
+    pub fn max_per_source(mut self, n: usize) -> Self {
+        self.max_per_source = n;
+        self
+    }
+
+    /// Sets [`queue_timeout`](ServerConfig::queue_timeout) (default none).
+    pub fn queue_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.queue_timeout = timeout;
+        self
+    }
+
+    /// Sets [`idle_timeout`](ServerConfig::idle_timeout) (default 30 s).
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Sets [`stall_timeout`](ServerConfig::stall_timeout) (default 30 s).
+    pub fn stall_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.stall_timeout = timeout;
+        self
+    }
+
+    /// Sets [`allow_put`](ServerConfig::allow_put) (default off).
+    pub fn allow_put(mut self, allow: bool) -> Self {
+        self.allow_put = allow;
+        self
+    }
+
+    /// Sets [`max_upload`](ServerConfig::max_upload) (default 1 GiB).
+    pub fn max_upload(mut self, bytes: u64) -> Self {
+        self.max_upload = bytes;
+        self
+    }
+
+    /// Sets [`shutdown_grace`](ServerConfig::shutdown_grace) (default 10 s).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    fn admission(&self) -> Policy {
+        let per_source = match self.max_per_source {
+            0 => usize::MAX,
+            n => n,
+        };
+        MaxWaiting(self.max_waiting)
+            .and(PerSourceCap(per_source))
+            .and(QueueTimeout(self.queue_timeout.unwrap_or(Duration::MAX)))
+    }
+}
+
+/// The file server's admission policy, built from its [`ServerConfig`].
+pub type Policy = And<And<MaxWaiting, PerSourceCap>, QueueTimeout>;
+
+/// Why a [`Server`] could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The served directory could not be opened.
+    #[error("cannot serve {}: {source}", root.display())]
+    Root {
+        /// The directory given.
+        root: PathBuf,
+        /// Why opening it failed.
+        #[source]
+        source: io::Error,
+    },
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address given.
+        addr: SocketAddr,
+        /// Why binding failed.
+        #[source]
+        source: io::Error,
+    },
+    /// A thread could not be started, or the listener not set up.
+    #[error("cannot start the server: {0}")]
+    Start(#[source] io::Error),
+}
+
+/// A running file server: bound, accepting, serving.
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use filesrv::protocol::{Server, ServerConfig};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = std::env::temp_dir().join(format!("filesrv-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir)?;
+/// std::fs::write(dir.join("hello.txt"), "hi\n")?;
+///
+/// let server = Server::bind("127.0.0.1:0".parse()?, ServerConfig::new(&dir))?;
+/// let mut client = std::net::TcpStream::connect(server.local_addr())?;
+/// client.write_all(b"GET hello.txt\nQUIT\n")?;
+/// let mut reply = String::new();
+/// client.read_to_string(&mut reply)?;
+/// assert_eq!(reply, "OK 3\nhi\nOK bye\n");
+///
+/// server.shutdown();
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Dropping a server shuts it down, as [`shutdown`](Server::shutdown) does.
+#[derive(Debug)]
+pub struct Server {
+    local_addr: SocketAddr,
+    inner: Arc<Inner>,
+    threads: Mutex<Option<Threads>>,
+    report: Mutex<Option<ShutdownReport>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    manager: Manager<Session, Policy>,
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    stopping: AtomicBool,
+}
+
+#[derive(Debug)]
+struct Threads {
+    accept: JoinHandle<()>,
+    closer: JoinHandle<()>,
+    /// Dropped to wake the accepting thread from an error back-off.
+    wake: Sender<()>,
+}
+
+/// Back-off after an `accept` error such as running out of descriptors:
+/// doubled on each failure in a row, up to the maximum.
+const BACKOFF_MIN: Duration = Duration::from_millis(5);
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+impl Server {
+    /// Binds `addr` and starts serving `config.root`. Leftover temporary
+    /// files of an earlier run (a killed upload) are removed first.
+    ///
+    /// # Errors
+    ///
+    /// - [`ServerError::Root`]: the root is missing or not a directory;
+    /// - [`ServerError::Bind`]: the address is in use or not available;
+    /// - [`ServerError::Start`]: a thread could not be started.
+    pub fn bind(addr: SocketAddr, config: ServerConfig) -> Result<Server, ServerError> {
+        let root = open_root(&config)?;
+        let listener =
+            TcpListener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
+        Server::start(listener, root, config)
+    }
+
+    /// Serves `config.root` on an already bound listener.
+    ///
+    /// # Errors
+    ///
+    /// As [`bind`](Server::bind), without [`ServerError::Bind`].
+    pub fn from_listener(
+        listener: TcpListener,
+        config: ServerConfig,
+    ) -> Result<Server, ServerError> {
+        let root = open_root(&config)?;
+        Server::start(listener, root, config)
+    }
+
+    fn start(
+        listener: TcpListener,
+        root: Root,
+        config: ServerConfig,
+    ) -> Result<Server, ServerError> {
+        match root.cleanup_stale_temps() {
+            Ok(0) => {}
+            Ok(n) => log::info!("removed {n} temporary files left by an earlier run"),
+            Err(e) => log::warn!("could not clean up old temporary files: {e}"),
+        }
+        let local_addr = listener.local_addr().map_err(ServerError::Start)?;
+        let (closer, closer_thread) = Closer::start("filesrv").map_err(ServerError::Start)?;
+        let manager = Builder::new(config.max_running)
+            .admission(config.admission())
+            .name("filesrv")
+            .build()
+            .map_err(ServerError::Start)?;
+        let shared = Arc::new(Shared {
+            root,
+            config,
+            closer,
+        });
+        let inner = Arc::new(Inner {
+            manager,
+            shared,
+            listener,
+            stopping: AtomicBool::new(false),
+        });
+        let (wake, woken) = crossbeam_channel::bounded(0);
+        let accepting = inner.clone();
+        let accept = thread::Builder::new()
+            .name("filesrv-accept".to_owned())
+            .spawn(move || accepting.accept_loop(&woken))
+            .map_err(ServerError::Start)?;
+        log::info!("serving on {local_addr}");
+        Ok(Server {
+            local_addr,
+            inner,
+            threads: Mutex::new(Some(Threads {
+                accept,
+                closer: closer_thread,
+                wake,
+            })),
+            report: Mutex::new(None),
+        })
+    }
+
+    /// The address the server listens on (with the real port when bound
+    /// to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The manager's counters.
+    pub fn stats(&self) -> Stats {
+        self.inner.manager.stats()
+    }
+
+    /// Stops the server: no more connections are accepted, waiting clients
+    /// get `ERR unavailable`, running ones may finish their current request
+    /// within the configured grace period and are cut after it, and every
+    /// thread is joined.
+    ///
+    /// Safe to call more than once and from several threads; every call
+    /// returns the manager's report of the first.
+    pub fn shutdown(&self) -> ShutdownReport {
+        let mut report = lock(&self.report);
+        if let Some(report) = *report {
+            return report;
+        }
+        let inner = &self.inner;
+        inner.stopping.store(true, Ordering::SeqCst);
+        let threads = lock(&self.threads).take();
+        if let Some(Threads {
+            accept,
+            closer,
+            wake,
+        }) = threads
+        {
+            drop(wake);
+            self.wake_accept();
+            let _ = accept.join();
+            *report = Some(inner.manager.shutdown(inner.shared.config.shutdown_grace));
+            // Every session is done: nothing else reaches the closer.
+            inner.shared.closer.stop();
+            let _ = closer.join();
+        }
+        report.unwrap_or_default()
+    }
+
+    /// Wakes the accepting thread from a blocking `accept` by connecting
+    /// to it; if that fails (e.g. no descriptors left), by shutting the
+    /// listening socket's read side, which also ends a blocked `accept`.
+    fn wake_accept(&self) {
+        let target = match self.local_addr {
+            SocketAddr::V4(a) if a.ip().is_unspecified() => {
+                SocketAddr::new(Ipv4Addr::LOCALHOST.into(), a.port())
+            }
+            SocketAddr::V6(a) if a.ip().is_unspecified() => {
+                SocketAddr::new(Ipv6Addr::LOCALHOST.into(), a.port())
+            }
+            addr => addr,
+        };
+        if TcpStream::connect_timeout(&target, Duration::from_secs(1)).is_err() {
+            let _ = rustix::net::shutdown(&self.inner.listener, rustix::net::Shutdown::Read);
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn open_root(config: &ServerConfig) -> Result<Root, ServerError> {
+    Root::open(&config.root).map_err(|source| ServerError::Root {
+        root: config.root.clone(),
+        source,
+    })
+}
+
+impl Inner {
+    fn accept_loop(&self, woken: &Receiver<()>) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let accepted = self.listener.accept();
+            if self.stopping.load(Ordering::SeqCst) {
+                if let Ok((stream, peer)) = accepted {
+                    Session::new(stream, peer, self.shared.clone()).refused(Refusal::ShuttingDown);
+                }
+                return;
+            }
+            match accepted {
+                Ok((stream, peer)) => {
+                    backoff = BACKOFF_MIN;
+                    // Replies are small and latency-bound; bodies are sent
+                    // with explicit corking instead of Nagle's delays.
+                    let _ = stream.set_nodelay(true);
+                    let session = Session::new(stream, peer, self.shared.clone());
+                    if let Err(refused) = self.manager.submit(session) {
+                        refused.notify();
+                    }
+                }
+                Err(e) if is_transient(&e) => {}
+                Err(e) => {
+                    log::warn!("accept failed: {e}; retrying in {backoff:?}");
+                    // Wait out the back-off, or until shutdown drops the
+                    // sender; either way, then look again.
+                    let _ = woken.recv_timeout(backoff);
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+}
+
+/// Errors about one connection that died before it was accepted.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}

@@ -1,0 +1,589 @@
+//! One client connection speaking the protocol: the [`Session`] handler.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use rustix::io::Errno;
+use rustix::net::{RecvFlags, SendFlags};
+
+use super::closer::Closer;
+use super::server::ServerConfig;
+use super::{ErrorCode, FsError, MAX_LINE, RelPath, Request, Root, encode_name, parse_request};
+use crate::{Handler, Refusal, Running, Stop};
+
+/// What every session of one server shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) root: Root,
+    pub(crate) config: ServerConfig,
+    pub(crate) closer: Closer,
+}
+
+/// The protocol handler for one accepted connection.
+///
+/// Built by the accepting thread and run by the [`Manager`](crate::Manager)
+/// when a slot is free; see the [module docs](super) for the protocol.
+#[derive(Debug)]
+pub struct Session {
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl Session {
+    pub(crate) fn new(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> Session {
+        Session {
+            stream,
+            peer,
+            shared,
+        }
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+}
+
+impl Handler for Session {
+    fn run(self, ctx: &Running) -> io::Result<()> {
+        let began = Instant::now();
+        log::info!(
+            "{}: connected (waited {:?})",
+            self.peer,
+            began - ctx.queued_at()
+        );
+        let mut conn = Connection::new(self, ctx)?;
+        let result = conn.serve(ctx);
+        log::info!(
+            "{}: closed after {} requests in {:?}",
+            conn.peer,
+            conn.requests,
+            began.elapsed()
+        );
+        conn.finish(result)
+    }
+
+    fn source(&self) -> Option<IpAddr> {
+        Some(self.peer.ip())
+    }
+
+    /// The client hung up if a peek finds end of stream (and no pipelined
+    /// request before it) or a reset.
+    fn is_abandoned(&self) -> bool {
+        let mut probe = [0u8; 1];
+        match rustix::net::recv(
+            &self.stream,
+            &mut probe,
+            RecvFlags::PEEK | RecvFlags::DONTWAIT,
+        ) {
+            Ok((_, 0)) => true,
+            Ok(_) => false,
+            Err(e) => e != Errno::AGAIN && e != Errno::INTR,
+        }
+    }
+
+    fn refused(self, reason: Refusal) {
+        let code = if reason.is_busy() {
+            ErrorCode::Busy
+        } else {
+            ErrorCode::Unavailable
+        };
+        log::info!("{}: refused: {reason}", self.peer);
+        let line = reply_error(code, reason.message());
+        self.shared.closer.refuse(self.stream, line.as_bytes());
+    }
+}
+
+fn reply_error(code: ErrorCode, message: &str) -> String {
+    format!("ERR {code} {message}\n")
+}
+
+/// How a connection ends.
+enum End {
+    /// The client closed, said QUIT, or vanished: just close.
+    Quietly,
+    /// A final `ERR` line was sent: close without losing it.
+    AfterError,
+    /// Cut mid-transfer (a short GET body, a stall): close at once.
+    Abruptly,
+}
+
+/// Whether a request is being served; the stop hook reads it to decide
+/// whether a graceful stop may interrupt the connection now.
+#[derive(Default)]
+struct Activity {
+    busy: bool,
+}
+
+/// A running session: its socket, its read buffer and its counters.
+struct Connection {
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    activity: Arc<Mutex<Activity>>,
+    buf: Box<[u8]>,
+    /// Unconsumed bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
+    requests: u64,
+}
+
+/// The read buffer: a request line plus room for pipelined ones, and the
+/// chunk size for upload bodies.
+const BUF_SIZE: usize = 64 * 1024;
+/// The largest chunk one `sendfile` call is asked for.
+const SENDFILE_CHUNK: usize = 1 << 30;
+
+impl Connection {
+    fn new(session: Session, ctx: &Running) -> io::Result<Connection> {
+        let Session {
+            stream,
+            peer,
+            shared,
+        } = session;
+        stream.set_write_timeout(shared.config.stall_timeout)?;
+        let activity = Arc::new(Mutex::new(Activity::default()));
+        let hook_stream = stream.try_clone()?;
+        let hook_activity = activity.clone();
+        ctx.on_stop(move |stop| {
+            let activity = crate::manager::lock(&hook_activity);
+            // Idle between requests: wake the blocked read. Busy: the
+            // request finishes and the loop sees the stop before the next.
+            let how = match stop {
+                Stop::Now => Shutdown::Both,
+                _ if activity.busy => return,
+                _ => Shutdown::Read,
+            };
+            let _ = hook_stream.shutdown(how);
+        });
+        Ok(Connection {
+            stream,
+            peer,
+            shared,
+            activity,
+            buf: vec![0; BUF_SIZE].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            requests: 0,
+        })
+    }
+
+    fn config(&self) -> &ServerConfig {
+        &self.shared.config
+    }
+
+    /// Serves requests until the connection must end.
+    fn serve(&mut self, ctx: &Running) -> io::Result<End> {
+        loop {
+            let deadline = self
+                .config()
+                .idle_timeout
+                .and_then(|t| Instant::now().checked_add(t));
+            let line = match self.read_line(deadline)? {
+                Line::Complete(line) => line,
+                // A graceful stop ends an idle read this way too.
+                Line::Eof { partial } => {
+                    return match (ctx.stop_requested(), partial) {
+                        (Some(_), _) => self.stop_unavailable(),
+                        (None, false) => Ok(End::Quietly),
+                        (None, true) => self.fail(ErrorCode::BadRequest, "incomplete request line"),
+                    };
+                }
+                Line::TooLong => return self.fail(ErrorCode::BadRequest, "request line too long"),
+                Line::TimedOut => {
+                    return self.fail(ErrorCode::Timeout, "no complete request in time");
+                }
+            };
+            // Claim the connection for this request, unless a stop came.
+            {
+                let mut activity = crate::manager::lock(&self.activity);
+                if ctx.stop_requested().is_some() {
+                    drop(activity);
+                    return self.stop_unavailable();
+                }
+                activity.busy = true;
+            }
+            self.requests += 1;
+            let began = Instant::now();
+            let parsed = parse_request(&self.buf[line.clone()]);
+            let outcome = match parsed {
+                Ok(request) => self.execute(&request),
+                Err(e) => {
+                    let end = if e.closes_connection() {
+                        Some(End::AfterError)
+                    } else {
+                        None
+                    };
+                    self.send_error(e.code(), e.message())
+                        .map(|()| Outcome::new(e.code().as_str(), 0, end))
+                }
+            };
+            crate::manager::lock(&self.activity).busy = false;
+            let outcome = outcome?;
+            log::info!(
+                "{}: {} -> {} {} bytes in {:?}",
+                self.peer,
+                Printable(&self.buf[line]),
+                outcome.code,
+                outcome.bytes,
+                began.elapsed()
+            );
+            if let Some(end) = outcome.end {
+                return Ok(end);
+            }
+        }
+    }
+
+    /// Closes the connection the way `end` says.
+    fn finish(self, result: io::Result<End>) -> io::Result<()> {
+        match result {
+            Ok(End::AfterError) => self.shared.closer.close(self.stream),
+            Ok(End::Quietly) => {
+                let _ = self.stream.shutdown(Shutdown::Write);
+            }
+            Ok(End::Abruptly) => {}
+            Err(e) => {
+                log::debug!("{}: connection error: {e}", self.peer);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn stop_unavailable(&mut self) -> io::Result<End> {
+        self.fail(ErrorCode::Unavailable, "server is shutting down")
+    }
+
+    /// Sends a final `ERR` line; the connection then closes.
+    fn fail(&mut self, code: ErrorCode, message: &str) -> io::Result<End> {
+        // The client may be gone already; the connection ends either way.
+        let _ = self.send_error(code, message);
+        Ok(End::AfterError)
+    }
+
+    fn send_error(&mut self, code: ErrorCode, message: &str) -> io::Result<()> {
+        self.stream.write_all(reply_error(code, message).as_bytes())
+    }
+
+    /// Reads up to the next `\n` within [`MAX_LINE`] bytes, by `deadline`.
+    /// Returns the line's range in `buf`, without the `\n`.
+    fn read_line(&mut self, deadline: Option<Instant>) -> io::Result<Line> {
+        let mut searched = 0;
+        loop {
+            let pending = &self.buf[self.start + searched..self.end];
+            if let Some(i) = pending.iter().position(|&b| b == b'\n') {
+                let newline = self.start + searched + i;
+                if newline + 1 - self.start > MAX_LINE {
+                    return Ok(Line::TooLong);
+                }
+                let line = self.start..newline;
+                self.start = newline + 1;
+                return Ok(Line::Complete(line));
+            }
+            searched = self.end - self.start;
+            if searched >= MAX_LINE {
+                return Ok(Line::TooLong);
+            }
+            if self.end == self.buf.len() {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            let timeout = match deadline {
+                None => None,
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return Ok(Line::TimedOut),
+                },
+            };
+            self.stream.set_read_timeout(timeout)?;
+            match self.stream.read(&mut self.buf[self.end..]) {
+                Ok(0) => {
+                    return Ok(Line::Eof {
+                        partial: self.end > self.start,
+                    });
+                }
+                Ok(n) => self.end += n,
+                Err(e) if is_timeout(&e) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn execute(&mut self, request: &Request) -> io::Result<Outcome> {
+        match request {
+            Request::Get { path, offset } => self.get(path, offset.unwrap_or(0)),
+            Request::Put { path, size } => self.put(path, *size),
+            Request::List { path } => self.list(path),
+            Request::Stat { path } => self.stat(path),
+            Request::Quit => {
+                self.stream.write_all(b"OK bye\n")?;
+                Ok(Outcome::new("OK", 0, Some(End::Quietly)))
+            }
+        }
+    }
+
+    /// Replies to a failed file operation; the connection stays.
+    fn refuse(&mut self, e: &FsError) -> io::Result<Outcome> {
+        if e.code() == ErrorCode::Internal {
+            log::warn!("{}: {e}: {:?}", self.peer, std::error::Error::source(e));
+        }
+        self.send_error(e.code(), e.message())?;
+        Ok(Outcome::new(e.code().as_str(), 0, None))
+    }
+
+    fn get(&mut self, path: &RelPath, offset: u64) -> io::Result<Outcome> {
+        let (file, metadata) = match self.shared.root.open_file(path) {
+            Ok(opened) => opened,
+            Err(e) => return self.refuse(&e),
+        };
+        let size = metadata.len();
+        let Some(count) = size.checked_sub(offset) else {
+            self.send_error(ErrorCode::Range, "offset is past the end of the file")?;
+            return Ok(Outcome::new("range", 0, None));
+        };
+        let header = format!("OK {count}\n");
+        if count == 0 {
+            self.stream.write_all(header.as_bytes())?;
+            return Ok(Outcome::new("OK", 0, None));
+        }
+        // Held back (MSG_MORE) so the header leaves in one segment with the
+        // start of the body.
+        send_all(&self.stream, header.as_bytes(), SendFlags::MORE)?;
+        match send_body(&self.stream, &file, offset, count)? {
+            Sent::All => Ok(Outcome::new("OK", count, None)),
+            Sent::Short(sent) => {
+                log::info!("{}: {path} shrank while being sent", self.peer);
+                Ok(Outcome::new("cut", sent, Some(End::Abruptly)))
+            }
+            Sent::Stalled(sent) => Ok(Outcome::new("stalled", sent, Some(End::Abruptly))),
+        }
+    }
+
+    fn put(&mut self, path: &RelPath, size: u64) -> io::Result<Outcome> {
+        // Every refusal closes the connection: the body cannot be skipped.
+        let refuse = |this: &mut Connection, code: ErrorCode, message: &str| {
+            this.fail(code, message)
+                .map(|end| Outcome::new(code.as_str(), 0, Some(end)))
+        };
+        if !self.config().allow_put {
+            return refuse(self, ErrorCode::Forbidden, "uploads are disabled");
+        }
+        if size > self.config().max_upload {
+            return refuse(self, ErrorCode::TooLarge, "upload exceeds the size limit");
+        }
+        let temp = match self.shared.root.create_temp(path) {
+            Ok(temp) => temp,
+            Err(e) => return refuse(self, e.code(), e.message()),
+        };
+        match self.receive_body(temp.as_file(), size)? {
+            Received::All => {}
+            Received::Gone => return Ok(Outcome::new("gone", 0, Some(End::Quietly))),
+            Received::Stalled => {
+                return refuse(self, ErrorCode::Timeout, "upload stalled");
+            }
+            Received::WriteFailed(e) => {
+                log::warn!("{}: upload to {path} failed: {e}", self.peer);
+                return refuse(self, ErrorCode::Internal, "could not store the upload");
+            }
+        }
+        if let Err(e) = temp.commit() {
+            log::warn!("{}: upload to {path} failed: {e}", self.peer);
+            let message = e.message();
+            return refuse(self, e.code(), message);
+        }
+        self.stream.write_all(format!("OK {size}\n").as_bytes())?;
+        Ok(Outcome::new("OK", size, None))
+    }
+
+    /// Copies `size` body bytes (buffered first, then from the socket) to
+    /// `file`, allowing the stall timeout between reads.
+    fn receive_body(&mut self, mut file: &File, size: u64) -> io::Result<Received> {
+        let mut left = size;
+        let buffered = (self.end - self.start).min(usize::try_from(left).unwrap_or(usize::MAX));
+        if buffered > 0 {
+            if let Err(e) = file.write_all(&self.buf[self.start..self.start + buffered]) {
+                return Ok(Received::WriteFailed(e));
+            }
+            self.start += buffered;
+            left -= buffered as u64;
+        }
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        }
+        self.stream
+            .set_read_timeout(self.shared.config.stall_timeout)?;
+        // The body is read into the free tail of the line buffer, which
+        // keeps any pipelined bytes after it intact.
+        while left > 0 {
+            let room = &mut self.buf[self.end..];
+            let want = room.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = match self.stream.read(&mut room[..want]) {
+                Ok(0) => return Ok(Received::Gone),
+                Ok(n) => n,
+                Err(e) if is_timeout(&e) => return Ok(Received::Stalled),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return Ok(Received::Gone),
+            };
+            if let Err(e) = file.write_all(&room[..n]) {
+                return Ok(Received::WriteFailed(e));
+            }
+            left -= n as u64;
+        }
+        Ok(Received::All)
+    }
+
+    fn list(&mut self, path: &RelPath) -> io::Result<Outcome> {
+        let entries = match self.shared.root.list(path) {
+            Ok(entries) => entries,
+            Err(e) => return self.refuse(&e),
+        };
+        let mut reply = format!("OK {}\n", entries.len()).into_bytes();
+        for entry in &entries {
+            let line = format!(
+                "{} {} {}\n",
+                entry.kind.as_str(),
+                entry.size,
+                encode_name(&entry.raw_name)
+            );
+            reply.extend_from_slice(line.as_bytes());
+        }
+        self.stream.write_all(&reply)?;
+        Ok(Outcome::new("OK", entries.len() as u64, None))
+    }
+
+    fn stat(&mut self, path: &RelPath) -> io::Result<Outcome> {
+        match self.shared.root.stat(path) {
+            Ok(entry) => {
+                let reply = format!(
+                    "OK {} {} {}\n",
+                    entry.kind.as_str(),
+                    entry.size,
+                    entry.mtime
+                );
+                self.stream.write_all(reply.as_bytes())?;
+                Ok(Outcome::new("OK", 0, None))
+            }
+            Err(e) => self.refuse(&e),
+        }
+    }
+}
+
+enum Line {
+    Complete(std::ops::Range<usize>),
+    Eof { partial: bool },
+    TooLong,
+    TimedOut,
+}
+
+enum Received {
+    All,
+    Gone,
+    Stalled,
+    WriteFailed(io::Error),
+}
+
+enum Sent {
+    All,
+    /// The file ended before the announced length.
+    Short(u64),
+    /// The client stopped reading for the stall timeout, or vanished.
+    Stalled(u64),
+}
+
+/// How one request went, for the log line and the connection's fate.
+struct Outcome {
+    code: &'static str,
+    bytes: u64,
+    end: Option<End>,
+}
+
+impl Outcome {
+    fn new(code: &'static str, bytes: u64, end: Option<End>) -> Outcome {
+        Outcome { code, bytes, end }
+    }
+}
+
+/// A timed-out blocking socket call reports `WouldBlock` on Unix.
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+fn send_all(stream: &TcpStream, mut bytes: &[u8], flags: SendFlags) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match rustix::net::send(stream, bytes, flags | SendFlags::NOSIGNAL) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Sends `count` bytes of `file` from `offset`: `sendfile(2)` where the
+/// file system allows it, a buffered copy otherwise.
+fn send_body(stream: &TcpStream, file: &File, mut offset: u64, count: u64) -> io::Result<Sent> {
+    let end = offset + count;
+    let sent = |offset: u64| count - (end - offset);
+    while offset < end {
+        let chunk = usize::try_from(end - offset).map_or(SENDFILE_CHUNK, |n| n.min(SENDFILE_CHUNK));
+        match rustix::fs::sendfile(stream, file, Some(&mut offset), chunk) {
+            Ok(0) => return Ok(Sent::Short(sent(offset))),
+            Ok(_) => {}
+            Err(Errno::INTR) => {}
+            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+                return copy_body(stream, file, offset, end, count);
+            }
+            // A stall (the send timeout) or a vanished client.
+            Err(_) => return Ok(Sent::Stalled(sent(offset))),
+        }
+    }
+    Ok(Sent::All)
+}
+
+/// The fallback for files `sendfile(2)` cannot read: sends the bytes from
+/// `offset` to `end`, the last `count` bytes of which are the body.
+fn copy_body(
+    mut stream: &TcpStream,
+    file: &File,
+    mut offset: u64,
+    end: u64,
+    count: u64,
+) -> io::Result<Sent> {
+    use std::os::unix::fs::FileExt;
+    let sent = |offset: u64| count - (end - offset);
+    let mut buf = vec![0u8; BUF_SIZE];
+    while offset < end {
+        let want = usize::try_from(end - offset).map_or(buf.len(), |n| n.min(buf.len()));
+        let n = match file.read_at(&mut buf[..want], offset) {
+            Ok(0) => return Ok(Sent::Short(sent(offset))),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if stream.write_all(&buf[..n]).is_err() {
+            return Ok(Sent::Stalled(sent(offset)));
+        }
+        offset += n as u64;
+    }
+    Ok(Sent::All)
+}
+
+/// A request line for the log: control characters and invalid UTF-8
+/// escaped as in LIST replies.
+struct Printable<'a>(&'a [u8]);
+
+impl std::fmt::Display for Printable<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let line = self.0.strip_suffix(b"\r").unwrap_or(self.0);
+        f.write_str(&encode_name(line))
+    }
+}

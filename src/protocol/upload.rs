@@ -1,0 +1,366 @@
+//! Temporary upload files: created beside the target, renamed over it on
+//! commit, removed on every other path.
+
+use std::ffi::CStr;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rustix::fs::{self, AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
+use rustix::process::{self, Pid};
+
+use super::root::FsError;
+use super::{ErrorCode, RESERVED_PREFIX, encode_name};
+
+/// How deep [`remove_stale_temps`] descends below the root.
+const MAX_CLEANUP_DEPTH: usize = 64;
+
+/// How many fresh names [`TempFile::create`] tries before giving up.
+const CREATE_ATTEMPTS: usize = 8;
+
+/// An upload in progress: a temporary file in the target's directory.
+///
+/// Write the body to it, then [`commit`](TempFile::commit). Dropped without
+/// a commit (a failed or abandoned upload), it removes its file.
+#[derive(Debug)]
+pub struct TempFile {
+    dir: OwnedFd,
+    temp_name: Vec<u8>,
+    target_name: Vec<u8>,
+    file: File,
+    committed: bool,
+}
+
+impl TempFile {
+    /// Creates a temporary file in `dir` for an upload to `target_name`.
+    pub(super) fn create(dir: OwnedFd, target_name: &[u8]) -> Result<TempFile, FsError> {
+        check_target(dir.as_fd(), target_name)?;
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
+        let mut attempts = 0;
+        loop {
+            let temp_name = unique_name();
+            match fs::openat(
+                &dir,
+                temp_name.as_slice(),
+                flags,
+                Mode::from_raw_mode(0o644),
+            ) {
+                Ok(fd) => {
+                    return Ok(TempFile {
+                        dir,
+                        temp_name,
+                        target_name: target_name.to_vec(),
+                        file: File::from(fd),
+                        committed: false,
+                    });
+                }
+                Err(Errno::EXIST) if attempts < CREATE_ATTEMPTS => attempts += 1,
+                Err(errno) => return Err(FsError::internal(errno)),
+            }
+        }
+    }
+
+    /// The temporary file, for writing the body or querying it.
+    pub fn as_file(&self) -> &File {
+        &self.file
+    }
+
+    /// Puts the upload in place: flushes the file to disk, renames it over
+    /// the target (replacing a symlink there, not writing through it), and
+    /// flushes the directory, so the new file survives a crash.
+    ///
+    /// Readers of the target see the old file or the new one, never a mix.
+    ///
+    /// # Errors
+    ///
+    /// - `bad-request` when a directory took the target's place meanwhile;
+    /// - `internal` when a flush or the rename fails. The temporary file is
+    ///   removed unless the rename happened.
+    pub fn commit(mut self) -> Result<(), FsError> {
+        self.file.sync_all()?;
+        fs::renameat(
+            &self.dir,
+            self.temp_name.as_slice(),
+            &self.dir,
+            self.target_name.as_slice(),
+        )
+        .map_err(|errno| match errno {
+            Errno::ISDIR | Errno::NOTEMPTY | Errno::EXIST => {
+                FsError::new(ErrorCode::BadRequest, "target is a directory")
+            }
+            _ => FsError::internal(errno),
+        })?;
+        self.committed = true;
+        fs::fsync(&self.dir).map_err(FsError::internal)
+    }
+}
+
+/// Writes go to the temporary file.
+impl Write for TempFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.file.write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        if let Err(errno) = fs::unlinkat(&self.dir, self.temp_name.as_slice(), AtFlags::empty()) {
+            log::warn!(
+                "cannot remove temporary upload file {}: {errno}",
+                encode_name(&self.temp_name)
+            );
+        }
+    }
+}
+
+/// Refuses a target name that is a directory, FIFO, socket or device; a
+/// regular file, a symlink (to be replaced) or nothing at all is fine.
+fn check_target(dir: BorrowedFd<'_>, name: &[u8]) -> Result<(), FsError> {
+    let stat = match fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(stat) => stat,
+        Err(Errno::NOENT) => return Ok(()),
+        Err(errno) => return Err(FsError::resolving(errno)),
+    };
+    match FileType::from_raw_mode(stat.st_mode) {
+        FileType::RegularFile | FileType::Symlink => Ok(()),
+        FileType::Directory => Err(FsError::new(ErrorCode::BadRequest, "target is a directory")),
+        _ => Err(FsError::new(
+            ErrorCode::BadRequest,
+            "target is not a regular file",
+        )),
+    }
+}
+
+/// A temporary name unique per upload: `.filesrv-<pid>-<counter>-<time>`.
+///
+/// The pid lets [`remove_stale_temps`] spare other live servers' uploads;
+/// the counter separates this process's uploads; the time separates this
+/// pid's uploads from those of an earlier process with the same pid.
+fn unique_name() -> Vec<u8> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos());
+    let mut name = RESERVED_PREFIX.to_vec();
+    name.extend_from_slice(format!("{}-{count}-{nanos:x}", std::process::id()).as_bytes());
+    name
+}
+
+/// Whether a reserved name was left by a process that is gone: one whose
+/// pid is unreadable, is ours (we have just started), or runs no process.
+fn is_stale(name: &[u8]) -> bool {
+    let pid = name
+        .strip_prefix(RESERVED_PREFIX)
+        .and_then(|rest| rest.split(|&b| b == b'-').next())
+        .and_then(|pid| std::str::from_utf8(pid).ok()?.parse().ok())
+        .and_then(Pid::from_raw);
+    match pid {
+        Some(pid) if pid != process::getpid() => {
+            !matches!(process::test_kill_process(pid), Ok(()) | Err(Errno::PERM))
+        }
+        _ => true,
+    }
+}
+
+/// Removes stale temporary files in `dir` and the directories below it,
+/// following no symlinks; returns how many it removed.
+pub(super) fn remove_stale_temps(dir: OwnedFd) -> usize {
+    remove_below(dir, 0)
+}
+
+fn remove_below(dir: OwnedFd, depth: usize) -> usize {
+    let mut removed = 0;
+    let Ok(mut entries) = fs::Dir::new(dir) else {
+        return 0;
+    };
+    while let Some(entry) = entries.read() {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(errno) => {
+                log::warn!("cleanup: cannot read a directory: {errno}");
+                break;
+            }
+        };
+        let Ok(dir) = entries.fd() else { break };
+        removed += remove_entry(dir, entry.file_name(), depth);
+    }
+    removed
+}
+
+/// Removes `name` in `dir` if it is a stale temporary file, or cleans it up
+/// if it is a directory.
+fn remove_entry(dir: BorrowedFd<'_>, name: &CStr, depth: usize) -> usize {
+    let bytes = name.to_bytes();
+    if bytes == b"." || bytes == b".." {
+        return 0;
+    }
+    let Ok(stat) = fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+        return 0;
+    };
+    match FileType::from_raw_mode(stat.st_mode) {
+        FileType::RegularFile if bytes.starts_with(RESERVED_PREFIX) && is_stale(bytes) => {
+            match fs::unlinkat(dir, name, AtFlags::empty()) {
+                Ok(()) => 1,
+                Err(errno) => {
+                    log::warn!("cleanup: cannot remove {}: {errno}", encode_name(bytes));
+                    0
+                }
+            }
+        }
+        FileType::Directory if depth < MAX_CLEANUP_DEPTH => {
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            match fs::openat(dir, name, flags, Mode::empty()) {
+                Ok(subdir) => remove_below(subdir, depth + 1),
+                Err(errno) => {
+                    log::warn!(
+                        "cleanup: skipping directory {}: {errno}",
+                        encode_name(bytes)
+                    );
+                    0
+                }
+            }
+        }
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::testutil::{TempDir, roots};
+    use crate::protocol::{RelPath, Root};
+
+    fn path(field: &str) -> RelPath {
+        field.parse().unwrap()
+    }
+
+    /// The names with the reserved prefix under `dir` of `tmp`.
+    fn temps(tmp: &TempDir, dir: &str) -> Vec<String> {
+        std::fs::read_dir(tmp.path().join(dir))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with(".filesrv-"))
+            .collect()
+    }
+
+    #[test]
+    fn commit_creates_and_replaces() {
+        let tmp = TempDir::new();
+        tmp.write("root/dir/old.txt", b"old contents");
+        for root in roots(&tmp) {
+            for (field, body) in [("dir/new.txt", &b"new"[..]), ("dir/old.txt", b"replaced")] {
+                let mut temp = root.create_temp(&path(field)).unwrap();
+                temp.write_all(body).unwrap();
+                assert_eq!(temps(&tmp, "root/dir").len(), 1);
+                temp.commit().unwrap();
+                assert_eq!(tmp.read(&format!("root/{field}")), body);
+                assert!(temps(&tmp, "root/dir").is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn drop_without_commit_removes_the_temp_file() {
+        let tmp = TempDir::new();
+        tmp.write("root/keep", b"kept");
+        for root in roots(&tmp) {
+            let mut temp = root.create_temp(&path("keep")).unwrap();
+            temp.write_all(b"partial").unwrap();
+            drop(temp);
+            assert!(temps(&tmp, "root").is_empty());
+            assert_eq!(tmp.read("root/keep"), b"kept");
+        }
+    }
+
+    #[test]
+    fn concurrent_uploads_get_their_own_files() {
+        let tmp = TempDir::new();
+        tmp.mkdir("root");
+        for root in roots(&tmp) {
+            let mut first = root.create_temp(&path("same")).unwrap();
+            let mut second = root.create_temp(&path("same")).unwrap();
+            assert_eq!(temps(&tmp, "root").len(), 2);
+            first.write_all(b"first").unwrap();
+            second.write_all(b"second").unwrap();
+            first.commit().unwrap();
+            second.commit().unwrap();
+            assert_eq!(tmp.read("root/same"), b"second");
+            assert!(temps(&tmp, "root").is_empty());
+        }
+    }
+
+    #[test]
+    fn commit_replaces_a_symlink_instead_of_writing_through_it() {
+        let tmp = TempDir::new();
+        tmp.mkdir("root");
+        for root in roots(&tmp) {
+            tmp.write("outside/secret", b"secret");
+            tmp.write("root/inside", b"inside");
+            tmp.symlink("../outside/secret", "root/escape");
+            tmp.symlink("inside", "root/link");
+            tmp.symlink(".", "root/dir_link");
+            for field in ["escape", "link", "dir_link"] {
+                let mut temp = root.create_temp(&path(field)).unwrap();
+                temp.write_all(b"uploaded").unwrap();
+                temp.commit().unwrap();
+                let metadata =
+                    std::fs::symlink_metadata(tmp.path().join("root").join(field)).unwrap();
+                assert!(metadata.is_file(), "{field}");
+                assert_eq!(tmp.read(&format!("root/{field}")), b"uploaded");
+            }
+            assert_eq!(tmp.read("outside/secret"), b"secret");
+            assert_eq!(tmp.read("root/inside"), b"inside");
+            for field in ["escape", "link", "dir_link"] {
+                tmp.remove(&format!("root/{field}"));
+            }
+        }
+    }
+
+    #[test]
+    fn cleanup_removes_only_stale_temp_files() {
+        let tmp = TempDir::new();
+        let own = format!(".filesrv-{}-0-0", std::process::id());
+        let gone = ".filesrv-999999999-0-0";
+        let live = ".filesrv-1-0-0";
+        for name in [own.as_str(), gone, ".filesrv-garbage", live, "visible"] {
+            tmp.write(&format!("root/{name}"), b"");
+        }
+        tmp.write(&format!("root/a/b/{gone}"), b"");
+        tmp.write(&format!("outside/{gone}"), b"");
+        tmp.symlink("../outside", "root/a/escape");
+        tmp.symlink("visible", &format!("root/{gone}-link"));
+
+        let root = Root::open(tmp.path().join("root")).unwrap();
+        assert_eq!(root.cleanup_stale_temps().unwrap(), 4);
+        let mut left = temps(&tmp, "root");
+        left.sort();
+        assert_eq!(left, [live.to_string(), format!("{gone}-link")]);
+        assert!(temps(&tmp, "root/a/b").is_empty());
+        assert_eq!(temps(&tmp, "outside"), [gone]);
+        assert_eq!(root.cleanup_stale_temps().unwrap(), 0);
+    }
+
+    #[test]
+    fn temp_names_are_unique_and_reserved() {
+        let first = unique_name();
+        let second = unique_name();
+        assert_ne!(first, second);
+        assert!(first.starts_with(RESERVED_PREFIX));
+        assert!(is_stale(&first), "our own pid counts as stale at start");
+    }
+}
