@@ -1,1 +1,2 @@
+//! Transfer bench (being written).
 fn main() {}

@@ -1,0 +1,574 @@
+//! The client library and the `fsc` binary, end to end against a real
+//! server on 127.0.0.1. Every wait is bounded: the client by its timeout,
+//! each `fsc` run by a watchdog.
+
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread;
+use std::time::{Duration, SystemTime};
+
+use filesrv::protocol::{Client, ClientError, EntryKind, ErrorCode, Server, ServerConfig};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// A directory under the system's temporary directory, removed on drop,
+/// with `root/` to serve and `local/` for the client's files.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "filesrv-client-test-{}-{}",
+            std::process::id(),
+            COUNT.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(path.join("root")).unwrap();
+        fs::create_dir_all(path.join("local")).unwrap();
+        TempDir(path)
+    }
+
+    fn root(&self) -> PathBuf {
+        self.0.join("root")
+    }
+
+    fn local(&self) -> PathBuf {
+        self.0.join("local")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Serves `dir.root()` on 127.0.0.1 with `configure`d settings.
+fn serve(dir: &TempDir, configure: impl FnOnce(ServerConfig) -> ServerConfig) -> Server {
+    let config = configure(ServerConfig::new(dir.root()));
+    Server::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config).unwrap()
+}
+
+fn connect(server: &Server) -> Client {
+    Client::connect(server.local_addr(), LIMIT).unwrap()
+}
+
+/// Deterministic bytes that are not all alike, more than one chunk long.
+fn content(len: usize) -> Vec<u8> {
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()[0]
+        })
+        .collect()
+}
+
+/// The error's code if it is a server refusal.
+fn refusal<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
+    match result {
+        Err(ClientError::Server { code, message }) => {
+            assert!(!message.is_empty(), "{code}: empty message");
+            code
+        }
+        other => panic!("expected a server refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn get_returns_the_exact_bytes() {
+    let dir = TempDir::new();
+    let data = content(200_000);
+    fs::write(dir.root().join("data.bin"), &data).unwrap();
+    let server = serve(&dir, |config| config);
+    let mut client = connect(&server);
+
+    let mut out = Vec::new();
+    assert_eq!(client.get_to("data.bin", 0, &mut out).unwrap(), 200_000);
+    assert_eq!(out, data);
+
+    let mut tail = Vec::new();
+    assert_eq!(
+        client.get_to("/data.bin", 150_000, &mut tail).unwrap(),
+        50_000
+    );
+    assert_eq!(tail, data[150_000..]);
+
+    let local = dir.local().join("copy.bin");
+    assert_eq!(client.get_file("data.bin", &local, false).unwrap(), 200_000);
+    assert_eq!(fs::read(&local).unwrap(), data);
+    client.quit().unwrap();
+}
+
+#[test]
+fn get_file_resumes_a_partial_download() {
+    let dir = TempDir::new();
+    let data = content(100_000);
+    fs::write(dir.root().join("data.bin"), &data).unwrap();
+    let local = dir.local().join("data.bin");
+    fs::write(&local, &data[..30_000]).unwrap();
+    let server = serve(&dir, |config| config);
+    let mut client = connect(&server);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    client.set_progress(move |progress| {
+        record.lock().unwrap().push((progress.done, progress.total));
+    });
+
+    assert_eq!(client.get_file("data.bin", &local, true).unwrap(), 70_000);
+    assert_eq!(fs::read(&local).unwrap(), data);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.first(), Some(&(30_000, 100_000)));
+    assert_eq!(seen.last(), Some(&(100_000, 100_000)));
+    assert!(seen.windows(2).all(|pair| pair[0].0 <= pair[1].0));
+
+    // Complete already: nothing more to fetch.
+    assert_eq!(client.get_file("data.bin", &local, true).unwrap(), 0);
+    assert_eq!(fs::read(&local).unwrap(), data);
+
+    // Without resume, a longer local file is replaced.
+    fs::write(&local, content(150_000)).unwrap();
+    assert_eq!(client.get_file("data.bin", &local, false).unwrap(), 100_000);
+    assert_eq!(fs::read(&local).unwrap(), data);
+}
+
+#[test]
+fn put_then_get_round_trips() {
+    let dir = TempDir::new();
+    fs::create_dir(dir.root().join("sub")).unwrap();
+    let data = content(123_457);
+    let local = dir.local().join("upload.bin");
+    fs::write(&local, &data).unwrap();
+    let server = serve(&dir, |config| config.allow_put(true));
+    let mut client = connect(&server);
+
+    let remote = "sub/my file 100%.bin";
+    assert_eq!(client.put_file(&local, remote).unwrap(), 123_457);
+    assert_eq!(
+        fs::read(dir.root().join("sub/my file 100%.bin")).unwrap(),
+        data
+    );
+    let mut back = Vec::new();
+    client.get_to(remote, 0, &mut back).unwrap();
+    assert_eq!(back, data);
+
+    // Only `size` bytes of the reader are sent; an upload replaces.
+    assert_eq!(client.put_from(remote, &b"hello, world"[..], 5).unwrap(), 5);
+    assert_eq!(
+        fs::read(dir.root().join("sub/my file 100%.bin")).unwrap(),
+        b"hello"
+    );
+    assert_eq!(client.put_from("empty", &b""[..], 0).unwrap(), 0);
+    assert_eq!(fs::read(dir.root().join("empty")).unwrap(), b"");
+    client.quit().unwrap();
+}
+
+#[test]
+fn list_and_stat_describe_files() {
+    let dir = TempDir::new();
+    let root = dir.root();
+    fs::write(root.join("a b.txt"), b"hello").unwrap();
+    fs::write(root.join(std::ffi::OsStr::from_bytes(b"bad\xFF")), b"x").unwrap();
+    fs::create_dir(root.join("dir")).unwrap();
+    fs::write(root.join("dir/inner"), b"12").unwrap();
+    let server = serve(&dir, |config| config);
+    let mut client = connect(&server);
+
+    let entries = client.list("").unwrap();
+    let summary: Vec<_> = entries
+        .iter()
+        .map(|entry| (entry.kind, entry.name.as_slice()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (EntryKind::File, &b"a b.txt"[..]),
+            (EntryKind::File, b"bad\xFF"),
+            (EntryKind::Dir, b"dir"),
+        ]
+    );
+    assert_eq!(entries[0].size, 5);
+    assert_eq!(client.list("/").unwrap(), entries);
+    let inner = client.list("dir").unwrap();
+    assert_eq!(inner.len(), 1);
+    assert_eq!(
+        (inner[0].name.as_slice(), inner[0].size),
+        (&b"inner"[..], 2)
+    );
+
+    let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    File::options()
+        .write(true)
+        .open(root.join("a b.txt"))
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let stat = client.stat("a b.txt").unwrap();
+    assert_eq!(
+        (stat.kind, stat.size, stat.mtime),
+        (EntryKind::File, 5, 1_700_000_000)
+    );
+    assert_eq!(client.stat("dir").unwrap().kind, EntryKind::Dir);
+    assert_eq!(client.stat("").unwrap().kind, EntryKind::Dir);
+    client.quit().unwrap();
+}
+
+#[test]
+fn server_errors_surface_with_their_code() {
+    let dir = TempDir::new();
+    fs::write(dir.root().join("five"), b"12345").unwrap();
+    fs::create_dir(dir.root().join("dir")).unwrap();
+    let server = serve(&dir, |config| config);
+    let mut client = connect(&server);
+    let mut out = Vec::new();
+
+    // Each of these keeps the connection.
+    assert_eq!(
+        refusal(client.get_to("missing", 0, &mut out)),
+        ErrorCode::NotFound
+    );
+    assert_eq!(refusal(client.stat("missing")), ErrorCode::NotFound);
+    assert_eq!(refusal(client.list("missing")), ErrorCode::NotFound);
+    assert_eq!(
+        refusal(client.get_to("five", 6, &mut out)),
+        ErrorCode::Range
+    );
+    assert_eq!(client.get_to("five", 5, &mut out).unwrap(), 0);
+    assert_eq!(
+        refusal(client.get_to("dir", 0, &mut out)),
+        ErrorCode::BadRequest
+    );
+    assert_eq!(
+        refusal(client.get_to("../five", 0, &mut out)),
+        ErrorCode::Forbidden
+    );
+    assert_eq!(
+        refusal(client.get_file("missing", &dir.local().join("missing"), false)),
+        ErrorCode::NotFound
+    );
+    assert!(
+        !dir.local().join("missing").exists(),
+        "no local file for a refused download"
+    );
+    assert!(out.is_empty());
+    assert_eq!(client.stat("five").unwrap().size, 5);
+
+    // An upload refused before its body closes the connection.
+    assert_eq!(
+        refusal(client.put_from("new", &b"data"[..], 4)),
+        ErrorCode::Forbidden
+    );
+    assert!(matches!(client.stat("five"), Err(ClientError::Io(_))));
+    assert!(!dir.root().join("new").exists());
+}
+
+#[test]
+fn upload_refusals_surface_with_their_code() {
+    let dir = TempDir::new();
+    fs::create_dir(dir.root().join("dir")).unwrap();
+    let server = serve(&dir, |config| config.allow_put(true).max_upload(10));
+
+    let mut client = connect(&server);
+    assert_eq!(
+        refusal(client.put_from("big", &[0; 11][..], 11)),
+        ErrorCode::TooLarge
+    );
+    let mut client = connect(&server);
+    assert_eq!(
+        refusal(client.put_from("no/such/dir/file", &b"x"[..], 1)),
+        ErrorCode::NotFound
+    );
+    let mut client = connect(&server);
+    assert_eq!(
+        refusal(client.put_from("dir", &b"x"[..], 1)),
+        ErrorCode::BadRequest
+    );
+    let names: Vec<_> = fs::read_dir(dir.root())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["dir"], "nothing stored, no temporary file left");
+}
+
+#[test]
+fn a_full_server_answers_busy() {
+    let dir = TempDir::new();
+    let server = serve(&dir, |config| config.max_running(1).max_waiting(0));
+    let mut first = connect(&server);
+    // Answered, so it holds the only running slot.
+    first.list("").unwrap();
+
+    let mut second = connect(&server);
+    assert_eq!(refusal(second.list("")), ErrorCode::Busy);
+    first.quit().unwrap();
+}
+
+/// A scripted server: accepts one connection, reads one request line,
+/// writes `reply` and closes.
+fn fake_server(reply: &'static [u8]) -> (SocketAddr, thread::JoinHandle<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(LIMIT)).unwrap();
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line).unwrap();
+        (&stream).write_all(reply).unwrap();
+        line
+    });
+    (addr, handle)
+}
+
+#[test]
+fn a_short_body_is_truncated_and_closes_the_client() {
+    let (addr, server) = fake_server(b"OK 10\nabc");
+    let mut client = Client::connect(addr, LIMIT).unwrap();
+    let mut out = Vec::new();
+    match client.get_to("my file", 0, &mut out) {
+        Err(ClientError::Truncated { expected, got }) => assert_eq!((expected, got), (10, 3)),
+        other => panic!("expected a truncated transfer, got {other:?}"),
+    }
+    assert_eq!(out, b"abc");
+    assert_eq!(server.join().unwrap(), "GET my%20file\n");
+    assert!(matches!(client.stat("x"), Err(ClientError::Io(_))));
+}
+
+#[test]
+fn malformed_replies_are_protocol_errors() {
+    for reply in [&b"HELLO\n"[..], b"OK -1\n", b"ERR nonsense what\n", b"OK 1"] {
+        let (addr, server) = fake_server(reply);
+        let mut client = Client::connect(addr, LIMIT).unwrap();
+        let result = client.get_to("x", 7, &mut Vec::new());
+        assert_eq!(server.join().unwrap(), "GET x 7\n");
+        match (reply, result) {
+            // A line cut short by the close is a connection error.
+            (b"OK 1", Err(ClientError::Io(_))) | (_, Err(ClientError::Protocol(_))) => {}
+            (_, other) => panic!("{reply:?}: got {other:?}"),
+        }
+    }
+}
+
+/// What one `fsc` run did.
+#[derive(Debug)]
+struct Run {
+    code: Option<i32>,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+/// Runs `fsc --timeout 20 <args>` in `cwd`, with no input, killed if it
+/// outlives `LIMIT`.
+fn fsc(cwd: &Path, args: &[&str]) -> Run {
+    let child = Command::new(env!("CARGO_BIN_EXE_fsc"))
+        .args(["--timeout", "20"])
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
+    let (done, finished) = mpsc::channel::<()>();
+    let watchdog = thread::spawn(move || {
+        if finished.recv_timeout(LIMIT) == Err(mpsc::RecvTimeoutError::Timeout) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    });
+    let output = child.wait_with_output().unwrap();
+    drop(done);
+    watchdog.join().unwrap();
+    Run {
+        code: output.status.code(),
+        stdout: output.stdout,
+        stderr: String::from_utf8(output.stderr).unwrap(),
+    }
+}
+
+/// Asserts a quiet success and returns stdout.
+fn success(run: Run) -> Vec<u8> {
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(run.stderr, "", "no progress bar or message off a terminal");
+    run.stdout
+}
+
+/// Asserts a failure with one `fsc: ` line on stderr, and returns it.
+fn failure(run: &Run, code: i32) -> &str {
+    assert_eq!(run.code, Some(code), "{run:?}");
+    assert!(run.stdout.is_empty(), "{run:?}");
+    assert!(run.stderr.starts_with("fsc: "), "{run:?}");
+    assert_eq!(run.stderr.lines().count(), 1, "{run:?}");
+    run.stderr.trim_end()
+}
+
+#[test]
+fn fsc_gets_to_a_file_to_stdout_and_resumes() {
+    let dir = TempDir::new();
+    let data = content(100_000);
+    fs::create_dir(dir.root().join("docs")).unwrap();
+    fs::write(dir.root().join("docs/data.bin"), &data).unwrap();
+    let server = serve(&dir, |config| config);
+    let addr = server.local_addr().to_string();
+    let local = dir.local();
+
+    let stdout = success(fsc(&local, &[&addr, "get", "docs/data.bin", "-"]));
+    assert_eq!(stdout, data);
+
+    // Named after the remote file, in the current directory.
+    assert!(success(fsc(&local, &[&addr, "get", "docs/data.bin"])).is_empty());
+    assert_eq!(fs::read(local.join("data.bin")).unwrap(), data);
+
+    // A partial file is completed; a directory receives the remote name.
+    fs::write(local.join("part"), &data[..40_000]).unwrap();
+    success(fsc(&local, &[&addr, "get", "docs/data.bin", "part"]));
+    assert_eq!(fs::read(local.join("part")).unwrap(), data);
+    fs::create_dir(local.join("into")).unwrap();
+    success(fsc(&local, &[&addr, "get", "/docs/data.bin", "into"]));
+    assert_eq!(fs::read(local.join("into/data.bin")).unwrap(), data);
+
+    // --no-resume starts over.
+    fs::write(local.join("part"), b"garbage").unwrap();
+    success(fsc(
+        &local,
+        &[&addr, "get", "--no-resume", "docs/data.bin", "part"],
+    ));
+    assert_eq!(fs::read(local.join("part")).unwrap(), data);
+}
+
+#[test]
+fn fsc_puts_and_gets_back() {
+    let dir = TempDir::new();
+    fs::create_dir(dir.root().join("up")).unwrap();
+    let data = content(70_000);
+    fs::write(dir.local().join("my file.bin"), &data).unwrap();
+    let server = serve(&dir, |config| config.allow_put(true));
+    let addr = server.local_addr().to_string();
+    let local = dir.local();
+
+    success(fsc(&local, &[&addr, "put", "my file.bin"]));
+    assert_eq!(fs::read(dir.root().join("my file.bin")).unwrap(), data);
+    success(fsc(&local, &[&addr, "put", "my file.bin", "up/"]));
+    success(fsc(&local, &[&addr, "put", "my file.bin", "up/renamed"]));
+    assert_eq!(fs::read(dir.root().join("up/my file.bin")).unwrap(), data);
+    assert_eq!(fs::read(dir.root().join("up/renamed")).unwrap(), data);
+
+    let stdout = success(fsc(&local, &[&addr, "get", "up/renamed", "-"]));
+    assert_eq!(stdout, data);
+}
+
+#[test]
+fn fsc_lists_and_stats() {
+    let dir = TempDir::new();
+    let root = dir.root();
+    fs::write(root.join("a b.txt"), b"hello").unwrap();
+    fs::write(root.join("big.bin"), content(70_000)).unwrap();
+    fs::write(root.join("line\nbreak"), b"x").unwrap();
+    fs::write(root.join(std::ffi::OsStr::from_bytes(b"bad\xFF")), b"").unwrap();
+    fs::create_dir(root.join("dir")).unwrap();
+    let dir_size = fs::metadata(root.join("dir")).unwrap().len();
+    File::options()
+        .write(true)
+        .open(root.join("a b.txt"))
+        .unwrap()
+        .set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        .unwrap();
+    let server = serve(&dir, |config| config);
+    let addr = server.local_addr().to_string();
+
+    let listing = success(fsc(&dir.local(), &[&addr, "ls"]));
+    assert!(dir_size < 100_000, "sizes fit in five columns");
+    assert_eq!(
+        String::from_utf8(listing).unwrap(),
+        format!(
+            "f     5 a b.txt\n\
+             f     0 bad\\xFF\n\
+             f 70000 big.bin\n\
+             d {dir_size:>5} dir\n\
+             f     1 line\\nbreak\n"
+        )
+    );
+    assert!(success(fsc(&dir.local(), &[&addr, "ls", "dir"])).is_empty());
+
+    let stat = success(fsc(&dir.local(), &[&addr, "stat", "a b.txt"]));
+    assert_eq!(
+        String::from_utf8(stat).unwrap(),
+        "kind: file\nsize: 5\nmodified: 2023-11-14 22:13:20 UTC (1700000000)\n"
+    );
+    let stat = success(fsc(&dir.local(), &[&addr, "stat", "dir"]));
+    assert!(
+        String::from_utf8(stat)
+            .unwrap()
+            .starts_with("kind: directory\n")
+    );
+}
+
+#[test]
+fn fsc_reports_failures_with_exit_codes() {
+    let dir = TempDir::new();
+    fs::write(dir.root().join("five"), b"12345").unwrap();
+    fs::write(dir.local().join("upload"), b"data").unwrap();
+    let server = serve(&dir, |config| config);
+    let addr = server.local_addr().to_string();
+    let local = dir.local();
+
+    // Refusals by the server: 1.
+    let run = fsc(&local, &[&addr, "get", "missing"]);
+    assert!(
+        failure(&run, 1).starts_with("fsc: server refused: not-found "),
+        "{run:?}"
+    );
+    assert!(!local.join("missing").exists());
+    let run = fsc(&local, &[&addr, "stat", "../five"]);
+    assert!(failure(&run, 1).starts_with("fsc: server refused: forbidden "));
+    let run = fsc(&local, &[&addr, "put", "upload"]);
+    assert!(failure(&run, 1).starts_with("fsc: server refused: forbidden "));
+    let run = fsc(&local, &[&addr, "ls", "five"]);
+    assert!(failure(&run, 1).starts_with("fsc: server refused: bad-request "));
+    // A local file longer than the remote one cannot be resumed.
+    fs::write(local.join("five"), b"1234567").unwrap();
+    let run = fsc(&local, &[&addr, "get", "five"]);
+    assert!(failure(&run, 1).starts_with("fsc: server refused: range "));
+
+    // Everything else: 2.
+    let closed = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let run = fsc(&local, &[&closed, "ls"]);
+    assert!(failure(&run, 2).starts_with(&format!("fsc: cannot connect to {closed}: ")));
+    let run = fsc(&local, &[&addr, "put", "no-such-file"]);
+    assert!(failure(&run, 2).starts_with("fsc: local file no-such-file: "));
+    let run = fsc(&local, &[&addr, "get", "/"]);
+    assert!(failure(&run, 2).contains("give LOCAL"));
+
+    // Usage errors come from the argument parser, also with 2.
+    for args in [&[][..], &[&addr[..]], &[&addr[..], "fetch", "x"]] {
+        let run = fsc(&local, args);
+        assert_eq!(run.code, Some(2), "{args:?}: {run:?}");
+        assert!(run.stderr.contains("Usage:"), "{args:?}: {run:?}");
+    }
+    let run = fsc(&local, &["--help"]);
+    assert_eq!(run.code, Some(0));
+    let help = String::from_utf8(run.stdout).unwrap();
+    assert!(help.contains("Exit status:"), "{help}");
+    let run = fsc(&local, &["--version"]);
+    assert_eq!(run.code, Some(0));
+    assert!(String::from_utf8(run.stdout).unwrap().starts_with("fsc "));
+}
+
+#[test]
+fn client_types_are_send() {
+    fn send<T: Send>() {}
+    fn send_sync<T: Send + Sync>() {}
+    send::<Client>();
+    send_sync::<ClientError>();
+}
