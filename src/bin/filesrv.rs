@@ -16,14 +16,10 @@ use filesrv::protocol::{Server, ServerConfig};
 use signal_hook::consts::{SIGINT, SIGTERM, SIGXFSZ};
 use signal_hook::iterator::Signals;
 
-/// Serve a directory over TCP to clients of the filesrv protocol
-/// (fsc, nc, or any program), at most MAX_RUNNING at a time.
-///
-/// Example: `filesrv 9000 5 --root ./public`, then
-/// `printf 'LIST\n' | nc localhost 9000`. Silent unless -v is given.
-/// SIGINT/SIGTERM stop it gracefully (exit 0).
+/// Serve a directory over TCP to filesrv clients (fsc, nc, any program),
+/// at most MAX_RUNNING at a time; later clients wait in a queue.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, after_help = AFTER_HELP)]
 struct Args {
     /// TCP port to listen on (0 picks a free one).
     port: u16,
@@ -66,6 +62,16 @@ struct Args {
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
 }
+
+const AFTER_HELP: &str = "\
+Examples:
+  filesrv 9000 5                          serve the current directory
+  filesrv 9000 8 --root ./inbox --allow-put --max-upload 100M
+  printf 'LIST\\n' | nc -N localhost 9000   talk to it by hand
+
+Silent unless -v is given. SIGINT or SIGTERM stop it gracefully: waiting
+clients get `ERR unavailable`, running ones may finish within
+--shutdown-grace, then it exits 0. Start-up errors exit 1.";
 
 /// A SECS value: fractions allowed; 0 means "none".
 #[derive(Clone, Copy, Debug, PartialEq)]
