@@ -505,3 +505,60 @@ fn public_types_are_send_and_sync() {
     check::<filesrv::RunningInfo>();
     check::<filesrv::ShutdownReport>();
 }
+
+#[test]
+fn concurrent_submitters_never_overfill_the_queue() {
+    let (started, starts) = channels();
+    let (refused, _refusals) = channels();
+    let manager = Arc::new(Builder::new(1).admission(MaxWaiting(10)).build().unwrap());
+    let (first, release) = Probe::new(&started, &refused).held();
+    manager.submit(first).unwrap();
+    starts.recv_timeout(LIMIT).unwrap();
+    let submitters: Vec<_> = (0..4)
+        .map(|_| {
+            let (manager, started, refused) = (manager.clone(), started.clone(), refused.clone());
+            thread::spawn(move || {
+                (0..100)
+                    .filter(|_| manager.submit(Probe::new(&started, &refused)).is_ok())
+                    .count()
+            })
+        })
+        .collect();
+    let admitted: usize = submitters.into_iter().map(|s| s.join().unwrap()).sum();
+    assert_eq!(admitted, 10);
+    assert_eq!(manager.stats().waiting, 10);
+    assert_eq!(manager.stats().refused(Refusal::QueueFull), 390);
+    drop(release);
+    assert!(manager.wait_idle(Some(LIMIT)));
+    assert_eq!(manager.stats().completed, 11);
+}
+
+#[test]
+fn drop_refuses_waiting_stops_running_and_joins() {
+    let (started, starts) = channels();
+    let (refused, refusals) = channels();
+    let manager = Builder::new(1).name("droptest").build().unwrap();
+    let (stop_tx, stop_rx) = bounded::<Stop>(2);
+    manager
+        .submit(BoxHandler::new(handler_fn(move |ctx| {
+            ctx.on_stop(move |stop| {
+                let _ = stop_tx.try_send(stop);
+            });
+            started.send(ctx.id()).unwrap();
+            // Returns only when told to stop now.
+            while stop_rx.recv_timeout(LIMIT).expect("no stop came") != Stop::Now {}
+            Ok(())
+        })))
+        .unwrap();
+    starts.recv_timeout(LIMIT).unwrap();
+    let (unused, _) = channels();
+    manager
+        .submit(BoxHandler::new(Probe::new(&unused, &refused)))
+        .unwrap();
+    drop(manager);
+    assert_eq!(refusals.recv_timeout(LIMIT), Ok(Refusal::ShuttingDown));
+    assert!(
+        thread_names().iter().all(|n| !n.starts_with("droptest")),
+        "threads left"
+    );
+}
