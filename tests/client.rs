@@ -6,49 +6,17 @@ use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, SystemTime};
 
 use filesrv::protocol::{Client, ClientError, EntryKind, ErrorCode, Server, ServerConfig};
 
-const LIMIT: Duration = Duration::from_secs(20);
+mod support;
 
-/// A directory under the system's temporary directory, removed on drop,
-/// with `root/` to serve and `local/` for the client's files.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static COUNT: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "filesrv-client-test-{}-{}",
-            std::process::id(),
-            COUNT.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(path.join("root")).unwrap();
-        fs::create_dir_all(path.join("local")).unwrap();
-        TempDir(path)
-    }
-
-    fn root(&self) -> PathBuf {
-        self.0.join("root")
-    }
-
-    fn local(&self) -> PathBuf {
-        self.0.join("local")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
+use support::{LIMIT, TempDir};
 
 /// Serves `dir.root()` on 127.0.0.1 with `configure`d settings.
 fn serve(dir: &TempDir, configure: impl FnOnce(ServerConfig) -> ServerConfig) -> Server {
@@ -86,7 +54,7 @@ fn refusal<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
 
 #[test]
 fn get_returns_the_exact_bytes() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("client");
     let data = content(200_000);
     fs::write(dir.root().join("data.bin"), &data).unwrap();
     let server = serve(&dir, |config| config);
@@ -111,7 +79,7 @@ fn get_returns_the_exact_bytes() {
 
 #[test]
 fn get_file_resumes_a_partial_download() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("client");
     let data = content(100_000);
     fs::write(dir.root().join("data.bin"), &data).unwrap();
     let local = dir.local().join("data.bin");
@@ -143,7 +111,7 @@ fn get_file_resumes_a_partial_download() {
 
 #[test]
 fn put_then_get_round_trips() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("client");
     fs::create_dir(dir.root().join("sub")).unwrap();
     let data = content(123_457);
     let local = dir.local().join("upload.bin");
@@ -174,7 +142,7 @@ fn put_then_get_round_trips() {
 
 #[test]
 fn list_and_stat_describe_files() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("client");
     let root = dir.root();
     fs::write(root.join("a b.txt"), b"hello").unwrap();
     fs::write(root.join(std::ffi::OsStr::from_bytes(b"bad\xFF")), b"x").unwrap();
@@ -224,7 +192,7 @@ fn list_and_stat_describe_files() {
 
 #[test]
 fn server_errors_surface_with_their_code() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("client");
     fs::write(dir.root().join("five"), b"12345").unwrap();
     fs::create_dir(dir.root().join("dir")).unwrap();
     let server = serve(&dir, |config| config);
@@ -273,7 +241,7 @@ fn server_errors_surface_with_their_code() {
 
 #[test]
 fn upload_refusals_surface_with_their_code() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("client");
     fs::create_dir(dir.root().join("dir")).unwrap();
     let server = serve(&dir, |config| config.allow_put(true).max_upload(10));
 
@@ -301,7 +269,7 @@ fn upload_refusals_surface_with_their_code() {
 
 #[test]
 fn a_full_server_answers_busy() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("client");
     let server = serve(&dir, |config| config.max_running(1).max_waiting(0));
     let mut first = connect(&server);
     // Answered, so it holds the only running slot.
@@ -412,7 +380,7 @@ fn failure(run: &Run, code: i32) -> &str {
 
 #[test]
 fn fsc_gets_to_a_file_to_stdout_and_resumes() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("client");
     let data = content(100_000);
     fs::create_dir(dir.root().join("docs")).unwrap();
     fs::write(dir.root().join("docs/data.bin"), &data).unwrap();
@@ -446,7 +414,7 @@ fn fsc_gets_to_a_file_to_stdout_and_resumes() {
 
 #[test]
 fn fsc_puts_and_gets_back() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("client");
     fs::create_dir(dir.root().join("up")).unwrap();
     let data = content(70_000);
     fs::write(dir.local().join("my file.bin"), &data).unwrap();
@@ -467,7 +435,7 @@ fn fsc_puts_and_gets_back() {
 
 #[test]
 fn fsc_lists_and_stats() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("client");
     let root = dir.root();
     fs::write(root.join("a b.txt"), b"hello").unwrap();
     fs::write(root.join("big.bin"), content(70_000)).unwrap();
@@ -513,7 +481,7 @@ fn fsc_lists_and_stats() {
 
 #[test]
 fn fsc_reports_failures_with_exit_codes() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("client");
     fs::write(dir.root().join("five"), b"12345").unwrap();
     fs::write(dir.local().join("upload"), b"data").unwrap();
     let server = serve(&dir, |config| config);

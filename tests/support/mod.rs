@@ -46,6 +46,13 @@ impl TempDir {
         self.0.join("root")
     }
 
+    /// A directory outside the root for the client's own files.
+    pub fn local(&self) -> PathBuf {
+        let local = self.0.join("local");
+        fs::create_dir_all(&local).unwrap();
+        local
+    }
+
     /// Writes a file beneath the root, creating parent directories.
     pub fn write(&self, rel: &str, contents: impl AsRef<[u8]>) -> PathBuf {
         let path = self.root().join(rel);
@@ -147,7 +154,12 @@ impl Conn {
     pub fn line(&mut self) -> String {
         let mut line = Vec::new();
         self.reader.read_until(b'\n', &mut line).unwrap();
-        assert_eq!(line.last(), Some(&b'\n'), "no complete line: {:?}", String::from_utf8_lossy(&line));
+        assert_eq!(
+            line.last(),
+            Some(&b'\n'),
+            "no complete line: {:?}",
+            String::from_utf8_lossy(&line)
+        );
         line.pop();
         String::from_utf8(line).unwrap()
     }
@@ -179,6 +191,10 @@ impl Conn {
     /// Asserts the server closes the connection with nothing more to say.
     pub fn expect_eof(&mut self) {
         let rest = self.rest();
-        assert!(rest.is_empty(), "expected end of stream, got {:?}", String::from_utf8_lossy(&rest));
+        assert!(
+            rest.is_empty(),
+            "expected end of stream, got {:?}",
+            String::from_utf8_lossy(&rest)
+        );
     }
 }
