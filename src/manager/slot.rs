@@ -1,6 +1,7 @@
 //! One worker's running slot: what it runs now, and how to ask it to stop.
 
 use std::net::IpAddr;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -99,7 +100,7 @@ impl Slot {
     pub(crate) fn set_hook(&self, hook: StopHook) {
         let mut state = lock(&self.state);
         if let Some(stop) = self.phase.get() {
-            hook(stop);
+            call_hook(&hook, stop);
         }
         state.hook = Some(hook);
     }
@@ -111,8 +112,16 @@ impl Slot {
             return false;
         }
         if let Some(hook) = &state.hook {
-            hook(stop);
+            call_hook(hook, stop);
         }
         true
+    }
+}
+
+/// Calls a stop hook, logging a panic instead of passing it on: the
+/// shutdown that calls hooks must reach every slot and join every thread.
+fn call_hook(hook: &StopHook, stop: Stop) {
+    if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| hook(stop))) {
+        log::error!("a stop hook panicked: {}", super::panic_message(&*payload));
     }
 }

@@ -48,6 +48,16 @@ impl Closer {
         self.close(stream);
     }
 
+    /// [`Closer::refuse`] without the linger, for connections that arrive
+    /// while the server stops (among them its own wake-up connection).
+    pub(crate) fn refuse_now(stream: &TcpStream, line: &[u8]) {
+        if stream.set_nonblocking(true).is_ok() {
+            write_nonblocking(stream, line);
+        }
+        let _ = stream.shutdown(Shutdown::Write);
+        discard(stream);
+    }
+
     /// Shuts the write side (after the final reply) and closes the
     /// connection once the client had time to read it.
     pub(crate) fn close(&self, stream: TcpStream) {

@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::Root;
 use super::closer::Closer;
-use super::session::{Session, Shared};
+use super::session::{Session, Shared, reply_error};
+use super::{ErrorCode, Root};
 use crate::manager::lock;
 use crate::{
-    Admission as _, And, Builder, Handler as _, Manager, MaxWaiting, PerSourceCap, QueueTimeout,
-    Refusal, ShutdownReport, Stats,
+    Admission as _, And, Builder, Manager, MaxWaiting, PerSourceCap, QueueTimeout, Refusal,
+    ShutdownReport, Stats,
 };
 
 /// Settings of a [`Server`]; the command line of the `filesrv` binary maps
@@ -379,8 +379,9 @@ impl Inner {
         loop {
             let accepted = self.listener.accept();
             if self.stopping.load(Ordering::SeqCst) {
-                if let Ok((stream, peer)) = accepted {
-                    Session::new(stream, peer, self.shared.clone()).refused(Refusal::ShuttingDown);
+                if let Ok((stream, _)) = accepted {
+                    let line = reply_error(ErrorCode::Unavailable, Refusal::ShuttingDown.message());
+                    Closer::refuse_now(&stream, line.as_bytes());
                 }
                 return;
             }

@@ -98,7 +98,8 @@ impl Handler for Session {
     }
 }
 
-fn reply_error(code: ErrorCode, message: &str) -> String {
+/// An `ERR` reply line.
+pub(crate) fn reply_error(code: ErrorCode, message: &str) -> String {
     format!("ERR {code} {message}\n")
 }
 
@@ -179,6 +180,11 @@ impl Connection {
     /// Serves requests until the connection must end.
     fn serve(&mut self, ctx: &Running) -> io::Result<End> {
         loop {
+            // A graceful stop that came while the last request was served
+            // found the connection busy and left it alone: it is idle now.
+            if ctx.stop_requested().is_some() {
+                return self.stop_unavailable();
+            }
             let deadline = self
                 .config()
                 .idle_timeout

@@ -1,0 +1,464 @@
+//! The `filesrv` binary driven as a process: its command line, silence by
+//! default, start-up errors, and graceful shutdown on SIGTERM and SIGINT.
+//!
+//! Every process is killed when its test ends, and every wait on it is
+//! bounded: output and exit are collected by threads and waited for on
+//! channels with a timeout.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Resource, Signal};
+
+mod support;
+
+use support::{ChildServer, Conn, LIMIT, TempDir, begin_upload, running_and_waiting};
+
+const NOTES: &[u8] = b"hello, world\n";
+
+/// How late a timed event may come on a loaded machine before the test
+/// fails.
+const SLACK: Duration = Duration::from_millis(1500);
+
+/// A temporary root holding `notes.txt`.
+fn root_with_notes(label: &str) -> TempDir {
+    let dir = TempDir::new(label);
+    dir.write("notes.txt", NOTES);
+    dir
+}
+
+/// A `filesrv` process with its output piped, killed on drop. A thread
+/// waits for its exit and one reads each output stream, so every wait on
+/// it is a channel receive with a timeout.
+struct Proc {
+    pid: Pid,
+    exit: Receiver<ExitStatus>,
+    status: Option<ExitStatus>,
+    stdout: Receiver<Vec<u8>>,
+    stderr: Receiver<Vec<u8>>,
+}
+
+/// What a finished process left.
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Proc {
+    fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_filesrv"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = Pid::from_child(&child);
+        let stdout = read_all(child.stdout.take().unwrap());
+        let stderr = read_all(child.stderr.take().unwrap());
+        let (exited, exit) = mpsc::channel();
+        thread::spawn(move || exited.send(child.wait().unwrap()));
+        Proc {
+            pid,
+            exit,
+            status: None,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// The exit status, if the process exits within `limit`.
+    fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            match self.exit.recv_timeout(limit) {
+                Ok(status) => self.status = Some(status),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => panic!("the waiting thread failed"),
+            }
+        }
+        self.status
+    }
+
+    /// Waits (at most [`LIMIT`]) for the exit and the whole output.
+    fn finish(mut self) -> Finished {
+        let status = self.wait(LIMIT).expect("filesrv did not exit in time");
+        let text = |output: &Receiver<Vec<u8>>| {
+            let bytes = output.recv_timeout(LIMIT).expect("output not closed");
+            String::from_utf8(bytes).unwrap()
+        };
+        Finished {
+            status,
+            stdout: text(&self.stdout),
+            stderr: text(&self.stderr),
+        }
+    }
+
+    fn signal(&self, signal: Signal) {
+        rustix::process::kill_process(self.pid, signal).unwrap();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.status.is_none() && self.exit.try_recv().is_err() {
+            // Not reaped yet, so the pid is still this process's.
+            let _ = rustix::process::kill_process(self.pid, Signal::KILL);
+            let _ = self.exit.recv_timeout(LIMIT);
+        }
+    }
+}
+
+/// Reads `stream` to its end on a thread; the bytes arrive on the channel.
+fn read_all(mut stream: impl Read + Send + 'static) -> Receiver<Vec<u8>> {
+    let (done, bytes) = mpsc::channel();
+    thread::spawn(move || {
+        let mut all = Vec::new();
+        let _ = stream.read_to_end(&mut all);
+        let _ = done.send(all);
+    });
+    bytes
+}
+
+/// Runs `filesrv` with `args` to its exit (it must exit by itself).
+fn run<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Finished {
+    Proc::spawn(args).finish()
+}
+
+/// Runs `filesrv 0 1 --bind 127.0.0.1 --root <root>`, which must exit by
+/// itself.
+fn run_with_root(root: &Path) -> Finished {
+    let mut args = ["0", "1", "--bind", "127.0.0.1", "--root"]
+        .map(std::ffi::OsStr::new)
+        .to_vec();
+    args.push(root.as_os_str());
+    run(&args)
+}
+
+/// Asserts a start-up failure: non-zero exit, nothing on stdout, and
+/// exactly one line on stderr, which it returns.
+fn assert_fails_with_one_line(finished: &Finished, what: &str) -> String {
+    assert!(!finished.status.success(), "{what}: {:?}", finished.status);
+    assert_eq!(finished.stdout, "", "{what}");
+    let stderr = &finished.stderr;
+    assert!(
+        stderr.ends_with('\n') && stderr.lines().count() == 1 && stderr.trim().len() > 10,
+        "{what}: stderr {stderr:?}"
+    );
+    stderr.clone()
+}
+
+/// Starts a silent `filesrv` (no `-v`, so no log line to learn a port
+/// from) on a free port, and returns it with a first connection to it.
+///
+/// The port is found by binding port 0 and letting it go; if another
+/// process takes it meanwhile, filesrv exits and another port is tried.
+/// Readiness can only be seen by connecting: refused attempts are retried,
+/// each after waiting up to 5 ms for the process to exit instead.
+fn start_silent(root: &Path, options: &[&str]) -> (Proc, Conn) {
+    let deadline = Instant::now() + LIMIT;
+    for _ in 0..5 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+            .to_string();
+        let root = root.to_str().unwrap();
+        let mut args = vec![&*port, "1", "--bind", "127.0.0.1", "--root", root];
+        args.extend(options);
+        let mut proc = Proc::spawn(&args);
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        loop {
+            if let Ok(stream) = TcpStream::connect(addr) {
+                stream.set_read_timeout(Some(LIMIT)).unwrap();
+                stream.set_write_timeout(Some(LIMIT)).unwrap();
+                return (proc, Conn::from_stream(stream));
+            }
+            if proc.wait(Duration::from_millis(5)).is_some() {
+                break; // the port was taken: try another
+            }
+            assert!(Instant::now() < deadline, "filesrv did not start");
+        }
+    }
+    panic!("filesrv did not start on a free port");
+}
+
+/// A `filesrv -v` child on 127.0.0.1 serving `dir`'s root with `options`.
+fn spawn_verbose(dir: &TempDir, max_running: usize, options: &[&str]) -> ChildServer {
+    let mut command = ChildServer::command(&dir.root(), max_running);
+    command.args(options);
+    ChildServer::spawn(command)
+}
+
+// ------------------------------------------------------------- silence
+
+#[test]
+fn silent_by_default_through_requests_refusals_and_sigterm() {
+    let dir = root_with_notes("cli-silent");
+    let (server, mut first) = start_silent(&dir.root(), &["--max-waiting", "0"]);
+    first.assert_get("notes.txt", NOTES);
+    first.send(b"FROB\n");
+    first.expect_err("bad-request");
+    let mut second = Conn::connect(first.stream().peer_addr().unwrap());
+    second.expect_final_err("busy");
+    server.signal(Signal::TERM);
+    first.expect_final_err("unavailable");
+    let finished = server.finish();
+    assert!(finished.status.success(), "{:?}", finished.status);
+    assert_eq!(finished.stdout, "");
+    assert_eq!(finished.stderr, "");
+}
+
+// ------------------------------------------------------ start-up errors
+
+#[test]
+fn bad_arguments_fail_with_a_message() {
+    let dir = TempDir::new("cli-args");
+    let root = dir.root();
+    let root = root.to_str().unwrap();
+    let cases: [&[&str]; 12] = [
+        &[],
+        &["--root", root],
+        &["9000", "--root", root],
+        &["0", "0", "--root", root],
+        &["0", "x", "--root", root],
+        &["70000", "1", "--root", root],
+        &["0", "1", "--root", root, "--idle-timeout", "abc"],
+        &["0", "1", "--root", root, "--queue-timeout", "-1"],
+        &["0", "1", "--root", root, "--max-upload", "1X"],
+        &["0", "1", "--root", root, "--max-waiting", "-1"],
+        &["0", "1", "--root", root, "--bind", "256.0.0.1"],
+        &["0", "1", "--root", root, "--frobnicate"],
+    ];
+    for args in cases {
+        let finished = run(args);
+        assert!(
+            !finished.status.success(),
+            "{args:?}: {:?}",
+            finished.status
+        );
+        assert_eq!(finished.stdout, "", "{args:?}");
+        assert!(
+            finished.stderr.contains("error"),
+            "{args:?}: stderr {:?}",
+            finished.stderr
+        );
+    }
+}
+
+#[test]
+fn port_in_use_fails_with_one_line() {
+    let dir = TempDir::new("cli-port-in-use");
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let root = dir.root();
+    let finished = run(&[
+        port.as_str(),
+        "1",
+        "--bind",
+        "127.0.0.1",
+        "--root",
+        root.to_str().unwrap(),
+    ]);
+    let line = assert_fails_with_one_line(&finished, "port in use");
+    assert!(line.contains(&port), "{line:?}");
+}
+
+#[test]
+fn missing_root_fails_with_one_line() {
+    let dir = TempDir::new("cli-no-root");
+    let missing = dir.path().join("missing");
+    let finished = run_with_root(&missing);
+    assert_fails_with_one_line(&finished, "missing root");
+}
+
+#[test]
+fn root_that_is_a_file_fails_with_one_line() {
+    let dir = root_with_notes("cli-file-root");
+    let file = dir.root().join("notes.txt");
+    let finished = run_with_root(&file);
+    assert_fails_with_one_line(&finished, "root is a file");
+}
+
+// ---------------------------------------------------- help and version
+
+#[test]
+fn help_mentions_every_option_of_the_contract() {
+    let finished = run(&["--help"]);
+    assert!(finished.status.success());
+    let help = finished.stdout;
+    for word in [
+        "<PORT>",
+        "<MAX_RUNNING>",
+        "--root",
+        "--bind",
+        "--max-waiting",
+        "--max-per-source",
+        "--queue-timeout",
+        "--idle-timeout",
+        "--stall-timeout",
+        "--allow-put",
+        "--max-upload",
+        "--shutdown-grace",
+        "-v",
+        "--verbose",
+        "--help",
+        "--version",
+    ] {
+        assert!(
+            help.contains(word),
+            "--help does not mention {word}:\n{help}"
+        );
+    }
+    assert_eq!(finished.stderr, "");
+}
+
+#[test]
+fn version_prints_name_and_version() {
+    let finished = run(&["--version"]);
+    assert!(finished.status.success());
+    assert_eq!(
+        finished.stdout,
+        format!("filesrv {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(finished.stderr, "");
+}
+
+// ------------------------------------------------------------- options
+
+#[test]
+fn nc_style_client_gets_the_exact_reply() {
+    let dir = root_with_notes("cli-nc");
+    let server = spawn_verbose(&dir, 1, &[]);
+    let mut c = server.connect();
+    c.send(b"GET notes.txt\n");
+    c.half_close();
+    assert_eq!(c.read_until_closed(), b"OK 13\nhello, world\n");
+}
+
+#[test]
+fn idle_timeout_option_takes_fractions() {
+    let dir = root_with_notes("cli-idle");
+    let server = spawn_verbose(&dir, 1, &["--idle-timeout", "0.3"]);
+    let began = Instant::now();
+    let mut c = server.connect();
+    c.expect_err("timeout");
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took <= Duration::from_millis(300) + SLACK,
+        "{took:?}"
+    );
+    c.expect_closed();
+}
+
+#[test]
+fn max_upload_option_takes_a_binary_suffix() {
+    let dir = root_with_notes("cli-max-upload");
+    let server = spawn_verbose(&dir, 1, &["--allow-put", "--max-upload", "1K"]);
+    let mut c = server.connect();
+    c.send(b"PUT big.bin 1025\n");
+    c.expect_final_err("too-large");
+    let mut c = server.connect();
+    c.send(b"PUT ok.bin 1024\n");
+    c.send(&[7; 1024]);
+    assert_eq!(c.line(), "OK 1024");
+    assert_eq!(std::fs::read(dir.root().join("ok.bin")).unwrap(), [7; 1024]);
+}
+
+#[test]
+fn write_error_on_the_server_is_internal() {
+    let dir = root_with_notes("cli-internal");
+    let server = spawn_verbose(&dir, 1, &["--allow-put"]);
+    // Files may not grow past 1 KiB: the upload's write fails with EFBIG
+    // (the server ignores SIGXFSZ).
+    server.set_limit(Resource::Fsize, 1024);
+    let mut c = server.connect();
+    c.send(b"PUT big.bin 4096\n");
+    c.send(&[7; 4096]);
+    let message = c.err_message("internal");
+    assert!(
+        !message.contains(dir.path().to_str().unwrap()),
+        "{message:?}"
+    );
+    c.expect_closed();
+    assert!(!dir.root().join("big.bin").exists());
+    assert!(dir.temp_files("").is_empty());
+    // The server lives on.
+    let mut c = server.connect();
+    c.assert_get("notes.txt", NOTES);
+}
+
+// ------------------------------------------------------------- signals
+
+/// `signal` stops a server with an idle running client and a waiting one:
+/// both get `ERR unavailable`, and the process exits 0.
+fn signal_stops_gracefully(signal: Signal, label: &str) {
+    let dir = root_with_notes(label);
+    let mut server = spawn_verbose(&dir, 1, &["--max-waiting", "1"]);
+    let (mut running, mut waiting) = running_and_waiting(|| server.connect());
+    server.signal(signal);
+    running.expect_final_err("unavailable");
+    waiting.expect_final_err("unavailable");
+    let status = server.wait_exit(LIMIT);
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn sigterm_refuses_idle_and_waiting_clients_then_exits_0() {
+    signal_stops_gracefully(Signal::TERM, "cli-sigterm");
+}
+
+#[test]
+fn sigint_refuses_idle_and_waiting_clients_then_exits_0() {
+    signal_stops_gracefully(Signal::INT, "cli-sigint");
+}
+
+#[test]
+fn sigterm_lets_a_request_finish_within_the_grace() {
+    let dir = root_with_notes("cli-grace-finish");
+    let mut server = spawn_verbose(&dir, 2, &["--allow-put"]);
+    let mut uploader = server.connect();
+    begin_upload(&mut uploader, &dir, "up.txt", 10, b"hello");
+    let mut idle = server.connect();
+    idle.assert_get("notes.txt", NOTES);
+    server.signal(Signal::TERM);
+    // The idle client's refusal shows the graceful stop has begun.
+    idle.expect_final_err("unavailable");
+    uploader.send(b"world");
+    assert_eq!(uploader.line(), "OK 10");
+    uploader.expect_final_err("unavailable");
+    assert!(server.wait_exit(LIMIT).success());
+    assert_eq!(
+        std::fs::read(dir.root().join("up.txt")).unwrap(),
+        b"helloworld"
+    );
+}
+
+#[test]
+fn shutdown_grace_cuts_a_stalled_upload_and_exits_0() {
+    let grace = Duration::from_millis(500);
+    let dir = root_with_notes("cli-grace-cut");
+    let mut server = spawn_verbose(&dir, 1, &["--allow-put", "--shutdown-grace", "0.5"]);
+    let mut uploader = server.connect();
+    begin_upload(&mut uploader, &dir, "up.bin", 1000, b"0123456789");
+    let began = Instant::now();
+    server.signal(Signal::TERM);
+    let status = server.wait_exit(grace + SLACK);
+    let took = began.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        took >= grace,
+        "exited after {took:?}, before the grace ended"
+    );
+    // Cut, not answered; and nothing of the upload is left.
+    assert!(!uploader.rest().starts_with(b"OK"));
+    assert_eq!(dir.temp_files(""), Vec::<String>::new());
+    assert!(!dir.root().join("up.bin").exists());
+}
