@@ -396,9 +396,16 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// cannot bind before connecting, so the socket is made with rustix. The
 /// connect is bounded by [`LIMIT`] (Linux applies the send timeout to it).
 pub fn connect_from(from: std::net::Ipv4Addr, addr: SocketAddr) -> io::Result<TcpStream> {
-    use rustix::net::{self, AddressFamily, SocketType, sockopt};
+    use rustix::net::{self, AddressFamily, SocketFlags, SocketType, sockopt};
     assert!(from.is_loopback() && addr.ip().is_loopback());
-    let fd = net::socket(AddressFamily::INET, SocketType::STREAM, None)?;
+    // Close-on-exec, as std's sockets are: a child spawned meanwhile by
+    // another test must not inherit it.
+    let fd = net::socket_with(
+        AddressFamily::INET,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
     sockopt::set_socket_timeout(&fd, sockopt::Timeout::Send, Some(LIMIT))?;
     net::bind(&fd, &std::net::SocketAddrV4::new(from, 0))?;
     net::connect(&fd, &addr)?;
@@ -417,13 +424,22 @@ impl Conn {
     }
 
     /// The next reply line, or `None` when the server closed (or reset)
-    /// the connection first.
+    /// the connection first; a server that does neither fails the test
+    /// after [`LIMIT`].
     pub fn try_line(&mut self) -> Option<String> {
         let mut line = Vec::new();
         match self.reader.read_until(b'\n', &mut line) {
             Ok(_) if line.last() == Some(&b'\n') => {
                 line.pop();
                 Some(String::from_utf8_lossy(&line).into_owned())
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!("neither a line nor the end within {LIMIT:?}")
             }
             _ => None,
         }
@@ -652,6 +668,24 @@ impl Drop for DirWatch {
         let _ = rustix::fs::inotify::remove_watch(&*self.inotify, self.watch);
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
+        }
+    }
+}
+
+impl Conn {
+    /// Asserts a last `ERR <code> ...` line, after which the connection
+    /// ends, closed or reset (as when the client was still sending).
+    pub fn expect_last_err(&mut self, code: &str) {
+        self.expect_err(code);
+        assert_eq!(self.try_line(), None, "the connection stayed open");
+    }
+
+    /// Sends each request line in turn and asserts its `ERR <code>` reply;
+    /// the connection stays open.
+    pub fn expect_refusals(&mut self, refusals: &[(&str, &str)]) {
+        for (request, code) in refusals {
+            self.send(format!("{request}\n").as_bytes());
+            self.expect_err(code);
         }
     }
 }
