@@ -4,7 +4,6 @@
 use std::fmt;
 use std::io;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
 use crate::admission::Refusal;
@@ -146,26 +145,18 @@ pub(crate) type StopHook = Box<dyn Fn(Stop) + Send + Sync>;
 /// What a running handler knows about its place in the manager.
 ///
 /// Passed to [`Handler::run`]. Cheap to use; all methods are non-blocking.
-pub struct Running {
+pub struct Running<'a> {
     pub(crate) id: u64,
-    pub(crate) start_index: u64,
     pub(crate) source: Option<IpAddr>,
     pub(crate) queued_at: Instant,
     pub(crate) started_at: Instant,
-    pub(crate) slot: Arc<Slot>,
+    pub(crate) slot: &'a Slot,
 }
 
-impl Running {
+impl Running<'_> {
     /// The handler's id, unique within its manager, in order of submission.
     pub fn id(&self) -> u64 {
         self.id
-    }
-
-    /// How many handlers this manager started before this one. Handlers
-    /// start in the order they were queued, so among handlers that were
-    /// all run, this follows their submission order.
-    pub fn start_index(&self) -> u64 {
-        self.start_index
     }
 
     /// The source the handler reported, if any.
@@ -203,11 +194,10 @@ impl Running {
     }
 }
 
-impl fmt::Debug for Running {
+impl fmt::Debug for Running<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Running")
             .field("id", &self.id)
-            .field("start_index", &self.start_index)
             .field("source", &self.source)
             .field("stop_requested", &self.stop_requested())
             .finish_non_exhaustive()

@@ -79,6 +79,11 @@ fn next_random(state: &mut u64) -> u64 {
     *state
 }
 
+thread_local! {
+    /// The id of the last handler this worker thread started.
+    static LAST_ID: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
 fn stress(max_running: usize, jobs: u64) {
     let manager = Builder::new(max_running)
         .admission(Unbounded)
@@ -105,9 +110,16 @@ fn stress(max_running: usize, jobs: u64) {
                     let job = handler_fn(move |ctx| {
                         let now = live.fetch_add(1, SeqCst) + 1;
                         high_water.fetch_max(now, SeqCst);
-                        // Ids follow queue order, so with nothing refused
-                        // a FIFO start order makes them equal.
-                        if ctx.id() != ctx.start_index() {
+                        // Ids follow queue order and the queue is FIFO, so
+                        // each worker sees rising ids, and with one worker
+                        // the ids come exactly in order.
+                        let in_order = LAST_ID.with(|last| {
+                            let ok = last.get().is_none_or(|prev| ctx.id() > prev)
+                                && (max_running > 1 || ctx.id() == last.get().map_or(0, |p| p + 1));
+                            last.set(Some(ctx.id()));
+                            ok
+                        });
+                        if !in_order {
                             out_of_order.fetch_add(1, SeqCst);
                         }
                         for i in 0..spins {
@@ -163,6 +175,29 @@ fn next_waiting_handler_starts_when_a_slot_frees() {
     );
     drop(release);
     assert_eq!(starts.recv_timeout(LIMIT), Ok(1));
+}
+
+#[test]
+fn a_freed_slot_goes_to_the_head_of_the_queue() {
+    let (started, starts) = channels();
+    let (refused, _refusals) = channels();
+    let manager = Builder::new(2).build().unwrap();
+    let mut releases = Vec::new();
+    for _ in 0..6 {
+        let (probe, release) = Probe::new(&started, &refused).held();
+        manager.submit(probe).unwrap();
+        releases.push(Some(release));
+    }
+    let mut running = vec![starts.recv_timeout(LIMIT).unwrap(), starts.recv_timeout(LIMIT).unwrap()];
+    running.sort_unstable();
+    assert_eq!(running, [0, 1]);
+    // Free slots in a scrambled order: each time, the head starts next.
+    for (freed, next) in [(1, 2), (0, 3), (3, 4), (2, 5)] {
+        releases[freed].take();
+        assert_eq!(starts.recv_timeout(LIMIT), Ok(next));
+    }
+    releases.clear();
+    assert!(manager.wait_idle(Some(LIMIT)));
 }
 
 #[test]
@@ -290,7 +325,7 @@ fn panicking_handler_frees_its_slot_and_is_counted() {
         .unwrap();
     manager
         .submit(BoxHandler::new(handler_fn(move |ctx| {
-            done.send(ctx.start_index()).unwrap();
+            done.send(ctx.id()).unwrap();
             Ok(())
         })))
         .unwrap();

@@ -136,18 +136,17 @@ struct Gate<Q, S> {
     per_source: HashMap<IpAddr, usize>,
     queue: Option<Sender<Entry<Q>>>,
     next_id: u64,
-}
-
-/// The taking side, under one lock so that handlers start in queue order
-/// and [`Running::start_index`] follows it.
-struct Take<Q> {
-    queue: Receiver<Entry<Q>>,
-    started: u64,
+    /// Counted here rather than in atomics: the lock is held anyway.
+    submitted: u64,
+    admitted: u64,
 }
 
 /// Running and waiting counts packed into one word, so that a start
 /// (waiting - 1, running + 1) is a single atomic step and admission never
 /// sees a handler in neither place.
+///
+/// Aligned to its own cache line: the submitter and every worker write it.
+#[repr(align(128))]
 struct Counts(AtomicU64);
 
 impl Counts {
@@ -182,13 +181,12 @@ impl Counts {
 struct Shared<Q, S> {
     max_running: usize,
     gate: Mutex<Gate<Q, S>>,
-    take: Mutex<Take<Q>>,
-    /// A second receiving end, for draining the queue at shutdown while a
-    /// worker holds `take`.
-    drain: Receiver<Entry<Q>>,
+    /// Workers block here; a shutdown drains it.
+    queue: Receiver<Entry<Q>>,
     counts: Counts,
+    /// Counters the submitting side writes; workers count in their slots.
     counters: Counters,
-    slots: Box<[Arc<Slot>]>,
+    slots: Box<[Slot]>,
     phase: Arc<Phase>,
     closing: AtomicBool,
     /// Signalled when the manager becomes idle while someone waits for it.
@@ -290,16 +288,14 @@ impl<S: Admission> Builder<S> {
                 per_source: HashMap::new(),
                 queue: Some(tx),
                 next_id: 0,
+                submitted: 0,
+                admitted: 0,
             }),
-            take: Mutex::new(Take {
-                queue: rx.clone(),
-                started: 0,
-            }),
-            drain: rx,
+            queue: rx,
             counts: Counts(AtomicU64::new(0)),
             counters: Counters::default(),
             slots: (0..self.max_running)
-                .map(|_| Arc::new(Slot::new(phase.clone())))
+                .map(|_| Slot::new(phase.clone()))
                 .collect(),
             phase,
             closing: AtomicBool::new(false),
@@ -347,14 +343,14 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
     /// Never blocks beyond the brief admission lock.
     pub fn submit(&self, handler: Q) -> Result<(), Refused<Q>> {
         let shared = &*self.shared;
-        Counters::bump(&shared.counters.submitted);
         let source = handler.source().map(canonical_source);
         let now = Instant::now();
         let mut gate = lock(&shared.gate);
-        let Some(queue) = gate.queue.clone() else {
+        gate.submitted += 1;
+        if gate.queue.is_none() {
             drop(gate);
             return Err(shared.refuse_at_gate(handler, Refusal::ShuttingDown));
-        };
+        }
         let (running, waiting) = shared.counts.get();
         let arrival = Arrival {
             source,
@@ -386,27 +382,40 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
             }
         };
         shared.counts.queued();
-        Counters::bump(&shared.counters.admitted);
+        gate.admitted += 1;
         let entry = Entry {
             id,
             source,
             queued_at: now,
             waiting,
         };
-        // The receiver lives as long as `shared`, so this cannot fail.
-        let _ = queue.send(entry);
+        if let Some(queue) = &gate.queue {
+            // The receiver lives as long as `shared`, so this cannot fail.
+            let _ = queue.send(entry);
+        }
         Ok(())
     }
 
-    /// A snapshot of the counters. Cheap: a few atomic loads.
+    /// A snapshot of the counters. Cheap: the admission lock for a moment
+    /// and a few atomic loads.
     pub fn stats(&self) -> Stats {
+        let (submitted, admitted) = {
+            let gate = lock(&self.shared.gate);
+            (gate.submitted, gate.admitted)
+        };
         let (running, waiting) = self.shared.counts.get();
-        self.shared.counters.snapshot(running, waiting)
+        let mut stats = self.shared.counters.snapshot(running, waiting);
+        stats.submitted = submitted;
+        stats.admitted = admitted;
+        for slot in self.shared.slots.iter() {
+            slot.counters.add_to(&mut stats);
+        }
+        stats
     }
 
     /// The handlers running now, in no particular order.
     pub fn running(&self) -> Vec<RunningInfo> {
-        self.shared.slots.iter().filter_map(|s| s.info()).collect()
+        self.shared.slots.iter().filter_map(Slot::info).collect()
     }
 
     /// The bound on running handlers.
@@ -456,7 +465,7 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
         let sender = lock(&shared.gate).queue.take();
         drop(sender);
         let mut refused_waiting = 0;
-        while let Ok(entry) = shared.drain.try_recv() {
+        while let Ok(entry) = shared.queue.try_recv() {
             if shared.refuse_entry(entry, Refusal::ShuttingDown) {
                 refused_waiting += 1;
             }
@@ -598,12 +607,11 @@ impl<Q: Handler, S> Shared<Q, S> {
     }
 
     /// A worker: take the next handler, run it, repeat until the queue is
-    /// closed and empty.
+    /// closed and empty. The channel is FIFO, so each worker takes
+    /// handlers in queue order, and a freed slot always goes to the head.
     fn work(&self, index: usize) {
         let slot = &self.slots[index];
-        loop {
-            let mut take = lock(&self.take);
-            let Ok(entry) = take.queue.recv() else { return };
+        while let Ok(entry) = self.queue.recv() {
             let Entry {
                 id,
                 source,
@@ -614,31 +622,24 @@ impl<Q: Handler, S> Shared<Q, S> {
                 continue;
             };
             if self.closing.load(Ordering::SeqCst) {
-                drop(take);
                 self.left_queue();
                 self.refuse_waiting(handler, id, source, Refusal::ShuttingDown);
                 continue;
             }
             if guarded("is_abandoned", id, || handler.is_abandoned()).unwrap_or(true) {
-                drop(take);
                 self.left_queue();
                 self.release_source(source);
-                Counters::bump(&self.counters.abandoned);
+                Counters::bump(&slot.counters.abandoned);
                 log::debug!("handler {id} abandoned while waiting");
                 continue;
             }
             self.counts.started();
-            let start_index = take.started;
-            take.started += 1;
-            drop(take);
-
             let ctx = Running {
                 id,
-                start_index,
                 source,
                 queued_at,
                 started_at: Instant::now(),
-                slot: slot.clone(),
+                slot,
             };
             slot.occupy(Info {
                 id,
@@ -651,14 +652,15 @@ impl<Q: Handler, S> Shared<Q, S> {
                 slot,
                 source,
             };
-            match guarded("run", id, || handler.run(&ctx)) {
-                Some(Ok(())) => Counters::bump(&self.counters.completed),
+            let counter = match guarded("run", id, || handler.run(&ctx)) {
+                Some(Ok(())) => &slot.counters.completed,
                 Some(Err(e)) => {
                     log::debug!("handler {id} failed: {e}");
-                    Counters::bump(&self.counters.failed);
+                    &slot.counters.failed
                 }
-                None => Counters::bump(&self.counters.panicked),
-            }
+                None => &slot.counters.panicked,
+            };
+            Counters::bump(counter);
         }
     }
 }

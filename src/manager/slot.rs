@@ -2,11 +2,12 @@
 
 use std::net::IpAddr;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::lock;
+use super::stats::WorkerCounters;
 use crate::handler::{Stop, StopHook};
 
 /// A snapshot of one running handler; see
@@ -52,42 +53,59 @@ impl Phase {
 
 #[derive(Default)]
 struct SlotState {
+    /// The last handler run here; current only while `occupant` says so.
     info: Option<RunningInfo>,
     hook: Option<StopHook>,
 }
 
 /// A worker's slot. The worker fills it when a handler starts and clears it
 /// when the handler ends; a shutdown reads it to call stop hooks.
+///
+/// The hot path is cheap: clearing is one atomic store unless the handler
+/// registered a stop hook. Aligned so that workers' slots (and the
+/// counters in them) never share a cache line.
+#[repr(align(128))]
 pub(crate) struct Slot {
+    /// The running handler's id plus one; 0 while the slot is empty.
+    occupant: AtomicU64,
+    /// Whether `state.hook` may be set, so clearing knows to lock.
+    has_hook: AtomicBool,
     state: Mutex<SlotState>,
     phase: Arc<Phase>,
+    pub(crate) counters: WorkerCounters,
 }
 
 impl Slot {
     pub(crate) fn new(phase: Arc<Phase>) -> Slot {
         Slot {
+            occupant: AtomicU64::new(0),
+            has_hook: AtomicBool::new(false),
             state: Mutex::default(),
             phase,
+            counters: WorkerCounters::default(),
         }
     }
 
     pub(crate) fn occupy(&self, info: RunningInfo) {
-        let mut state = lock(&self.state);
-        state.info = Some(info);
-        state.hook = None;
+        lock(&self.state).info = Some(info);
+        // Published to `stop` and `info` through the state lock they take.
+        self.occupant.store(info.id + 1, Ordering::Release);
     }
 
     pub(crate) fn vacate(&self) {
-        let mut state = lock(&self.state);
-        state.info = None;
-        // Dropped outside the lock: a hook may own a socket or more.
-        let hook = state.hook.take();
-        drop(state);
-        drop(hook);
+        self.occupant.store(0, Ordering::Release);
+        // A plain load first: most handlers never register a hook.
+        if self.has_hook.load(Ordering::Acquire) && self.has_hook.swap(false, Ordering::AcqRel) {
+            // Dropped outside the lock: a hook may own a socket or more.
+            let hook = lock(&self.state).hook.take();
+            drop(hook);
+        }
     }
 
     pub(crate) fn info(&self) -> Option<RunningInfo> {
-        lock(&self.state).info
+        let occupant = self.occupant.load(Ordering::Acquire);
+        let info = lock(&self.state).info?;
+        (occupant == info.id + 1).then_some(info)
     }
 
     pub(crate) fn stop_requested(&self) -> Option<Stop> {
@@ -103,18 +121,18 @@ impl Slot {
             call_hook(&hook, stop);
         }
         state.hook = Some(hook);
+        self.has_hook.store(true, Ordering::Release);
     }
 
-    /// Calls the hook of the handler running here, if any; true if one ran.
-    pub(crate) fn stop(&self, stop: Stop) -> bool {
+    /// Calls the stop hook of the handler running here, if it has one.
+    pub(crate) fn stop(&self, stop: Stop) {
         let state = lock(&self.state);
-        if state.info.is_none() {
-            return false;
+        if self.occupant.load(Ordering::Acquire) == 0 {
+            return;
         }
         if let Some(hook) = &state.hook {
             call_hook(hook, stop);
         }
-        true
     }
 }
 

@@ -45,15 +45,12 @@ impl Stats {
     }
 }
 
-/// The live counters behind [`Stats`].
+/// Refusal counts, on a cache line of their own so that refusing does not
+/// slow the workers down. (Submissions and admissions are counted under
+/// the admission lock; completions in each worker's slot.)
 #[derive(Default)]
+#[repr(align(128))]
 pub(crate) struct Counters {
-    pub(crate) submitted: AtomicU64,
-    pub(crate) admitted: AtomicU64,
-    pub(crate) completed: AtomicU64,
-    pub(crate) failed: AtomicU64,
-    pub(crate) panicked: AtomicU64,
-    pub(crate) abandoned: AtomicU64,
     refused: [AtomicU64; Refusal::ALL.len()],
 }
 
@@ -66,18 +63,32 @@ impl Counters {
         Self::bump(&self.refused[reason.index()]);
     }
 
+    /// The snapshot, before the admission and worker counts are added.
     pub(crate) fn snapshot(&self, running: usize, waiting: usize) -> Stats {
         Stats {
             running,
             waiting,
-            submitted: self.submitted.load(Relaxed),
-            admitted: self.admitted.load(Relaxed),
-            completed: self.completed.load(Relaxed),
-            failed: self.failed.load(Relaxed),
-            panicked: self.panicked.load(Relaxed),
-            abandoned: self.abandoned.load(Relaxed),
             refused: self.refused.each_ref().map(|c| c.load(Relaxed)),
+            ..Stats::default()
         }
+    }
+}
+
+/// One worker's counters, kept in its slot: only that worker writes them.
+#[derive(Debug, Default)]
+pub(crate) struct WorkerCounters {
+    pub(crate) completed: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) panicked: AtomicU64,
+    pub(crate) abandoned: AtomicU64,
+}
+
+impl WorkerCounters {
+    pub(crate) fn add_to(&self, stats: &mut Stats) {
+        stats.completed += self.completed.load(Relaxed);
+        stats.failed += self.failed.load(Relaxed);
+        stats.panicked += self.panicked.load(Relaxed);
+        stats.abandoned += self.abandoned.load(Relaxed);
     }
 }
 
