@@ -1,2 +1,698 @@
-//! Transfer bench (being written).
-fn main() {}
+//! The file server end to end over loopback, against the baselines that
+//! bound it.
+//!
+//! Servers run in this process on 127.0.0.1 (the waiting-cost servers in a
+//! child process, so that their memory is theirs alone); the clients are
+//! threads of this process, speaking the protocol through the `loadgen`
+//! module, which `examples/loadgen.rs` also runs on its own.
+//!
+//! # Scenarios
+//!
+//! - `large`: one 1 GiB file of random bytes (page-cached), downloaded
+//!   whole, time from `connect` to the last byte, in GB/s (10⁹ bytes/s):
+//!   - `filesrv`: a `GET` to [`Server`] (header with `MSG_MORE`, then
+//!     `sendfile`), the body read into a 256 KiB buffer and dropped;
+//!   - `bare sendfile` (the limit): no protocol, a thread that accepts and
+//!     `sendfile`s the file, the same reader;
+//!   - `Client::get_to(sink)`: the bundled client, 64 KiB reads into
+//!     `io::sink()`;
+//!   - `Client::get_file`: the bundled client writing a local file on the
+//!     same disk, `fsync` included, so mostly the disk.
+//! - `small`: 4 KiB files (64 distinct), a closed loop of 64 clients, each
+//!   sending its next `GET` when the previous body is in; requests/s and
+//!   latency percentiles over a timed window after a warm-up:
+//!   - `persistent`: one connection per client;
+//!   - `per-request`: a new connection per request (`GET`, then `QUIT`,
+//!     then read to the end of the stream);
+//!   - against `filesrv` with `max_running` 64, and against `lab`: a
+//!     spawn-a-thread-per-connection server written here (lines read
+//!     through a `BufReader`, files sent with `io::copy`, which is
+//!     `sendfile` on Linux; `TCP_NODELAY` set, so that it is not held up by
+//!     Nagle and delayed ACKs and what is compared is the design).
+//! - `waiting`: the resident memory (`VmRSS`) of a server process idle,
+//!   then holding 64 running connections (each did one `GET`), then 1,000
+//!   more connections waiting for a slot (`max_waiting` 1,000); `lab`
+//!   for comparison, which gives each of those connections a thread.
+//!
+//! Every scenario runs several times, the implementations interleaved, and
+//! the medians are printed with every run's figure.
+//!
+//! # Running
+//!
+//! `cargo bench --bench transfer` runs everything (about 1.5 minutes);
+//! `cargo bench --bench transfer -- small` runs the scenarios whose name
+//! holds `small`. On two cores the large-file figures swing 2-3x from run
+//! to run with where the scheduler puts sender and receiver; `taskset -c 0
+//! cargo bench --bench transfer -- large` puts both on one core and gives
+//! steady figures (a third of the throughput). Without `--bench` (as `cargo test --all-targets` runs
+//! it) a smoke version with tiny sizes checks that everything works, in a
+//! second or two. docs/BENCHMARKS.md has the figures.
+
+mod loadgen;
+
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use filesrv::protocol::{Client, Server, ServerConfig};
+use loadgen::{BULK_BUF, Conn, Load, Mode, Report};
+use rustix::io::Errno;
+
+/// Sizes and counts of one run of the bench.
+struct Params {
+    /// The large file's size.
+    large: u64,
+    /// Runs of each large-file variant (`get_file`: fewer, it is slow).
+    large_runs: usize,
+    file_runs: usize,
+    /// Concurrent clients and `max_running` of the small-file scenario.
+    clients: usize,
+    small_runs: usize,
+    warmup: Duration,
+    window: Duration,
+    /// Connections held by the waiting-cost scenario.
+    running: usize,
+    waiting: usize,
+    waiting_runs: usize,
+}
+
+const FULL: Params = Params {
+    large: 1 << 30,
+    large_runs: 15,
+    file_runs: 3,
+    clients: 64,
+    small_runs: 5,
+    warmup: Duration::from_millis(500),
+    window: Duration::from_secs(2),
+    running: 64,
+    waiting: 1000,
+    waiting_runs: 3,
+};
+
+/// `cargo test --all-targets`: everything once, tiny.
+const SMOKE: Params = Params {
+    large: 1 << 20,
+    large_runs: 1,
+    file_runs: 1,
+    clients: 2,
+    small_runs: 1,
+    warmup: Duration::ZERO,
+    window: Duration::from_millis(200),
+    running: 4,
+    waiting: 20,
+    waiting_runs: 1,
+};
+
+/// The size of each small file.
+const SMALL: usize = 4096;
+/// How many distinct small files the clients go round.
+const SMALL_FILES: usize = 64;
+/// Chooses the waiting-cost server in a child process: `filesrv` or `lab`.
+const CHILD_ENV: &str = "FILESRV_TRANSFER_CHILD";
+
+fn main() -> io::Result<()> {
+    if let Ok(role) = std::env::var(CHILD_ENV) {
+        return child(&role);
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let full = args.iter().any(|a| a == "--bench");
+    let filter: Vec<&str> = args
+        .iter()
+        .filter(|a| !a.starts_with('-'))
+        .map(String::as_str)
+        .collect();
+    let wanted = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f));
+    let params = if full { &FULL } else { &SMOKE };
+    raise_fd_limit();
+
+    let dir = TempDir::new()?;
+    let smalls: Vec<String> = (0..SMALL_FILES).map(|i| format!("s/{i:03}.bin")).collect();
+    fs::create_dir(dir.path().join("s"))?;
+    for (i, name) in smalls.iter().enumerate() {
+        fs::write(dir.path().join(name), random_bytes(SMALL, i as u64 + 1))?;
+    }
+    println!(
+        "transfer bench ({}): {} cores, kernel {}",
+        if full { "full" } else { "smoke test" },
+        thread::available_parallelism().map_or(0, std::num::NonZero::get),
+        fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+    );
+    if wanted("large") {
+        large(dir.path(), params)?;
+    }
+    if wanted("small") {
+        small(dir.path(), &smalls, params)?;
+    }
+    if wanted("waiting") {
+        waiting(dir.path(), &smalls[0], params)?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Large file
+
+fn large(root: &Path, params: &Params) -> io::Result<()> {
+    let name = "large.bin";
+    let path = root.join(name);
+    let size = params.large;
+    let made = Instant::now();
+    write_random_file(&path, size)?;
+    println!(
+        "\nlarge: {} MiB file written in {:.1?}",
+        size >> 20,
+        made.elapsed()
+    );
+    let server = serve(ServerConfig::new(root))?;
+    let addr = server.local_addr();
+    // Warm-up: the page cache, the socket buffers' growth.
+    loadgen::fetch(addr, name)?;
+    bare_sendfile(&path)?;
+
+    let mut filesrv = Vec::new();
+    let mut bare = Vec::new();
+    let mut sink = Vec::new();
+    for _ in 0..params.large_runs {
+        filesrv.push(timed(|| loadgen::fetch(addr, name))?);
+        bare.push(timed(|| bare_sendfile(&path))?);
+        sink.push(timed(|| {
+            let mut client =
+                Client::connect(addr, Duration::from_secs(10)).map_err(io::Error::other)?;
+            client
+                .get_to(name, 0, &mut io::sink())
+                .map_err(io::Error::other)
+        })?);
+    }
+    let local = root.join("downloaded.bin");
+    let mut file = Vec::new();
+    for _ in 0..params.file_runs {
+        file.push(timed(|| {
+            let mut client =
+                Client::connect(addr, Duration::from_secs(10)).map_err(io::Error::other)?;
+            client
+                .get_file(name, &local, false)
+                .map_err(io::Error::other)
+        })?);
+        fs::remove_file(&local)?;
+    }
+    server.shutdown();
+    fs::remove_file(&path)?;
+
+    let gbps = |runs: &[(u64, Duration)]| -> Vec<f64> {
+        runs.iter()
+            .map(|&(bytes, took)| {
+                assert_eq!(bytes, size, "a download came back short");
+                bytes as f64 / took.as_secs_f64() / 1e9
+            })
+            .collect()
+    };
+    let limit = median(&gbps(&bare));
+    println!("  {:<28} {:>8} {:>8}   runs", "", "GB/s", "x limit");
+    for (label, runs) in [
+        ("bare sendfile (the limit)", &bare),
+        ("filesrv GET", &filesrv),
+        ("Client::get_to(sink)", &sink),
+        ("Client::get_file (fsync)", &file),
+    ] {
+        let rates = gbps(runs);
+        let m = median(&rates);
+        println!(
+            "  {label:<28} {m:>8.2} {:>8.2}   {}",
+            m / limit,
+            list(&rates, 2)
+        );
+    }
+    Ok(())
+}
+
+/// The limit: `sendfile` of the whole file to a fresh loopback connection,
+/// no protocol; received as `filesrv`'s bodies are. Returns the bytes.
+fn bare_sendfile(path: &Path) -> io::Result<u64> {
+    let listener = TcpListener::bind(localhost())?;
+    let addr = listener.local_addr()?;
+    let file = File::open(path)?;
+    let size = file.metadata()?.len();
+    thread::scope(|scope| {
+        let sender = scope.spawn(|| -> io::Result<()> {
+            let (stream, _) = listener.accept()?;
+            let mut offset = 0;
+            while offset < size {
+                let left = usize::try_from(size - offset).unwrap_or(usize::MAX);
+                match rustix::fs::sendfile(&stream, &file, Some(&mut offset), left) {
+                    Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                    Ok(_) | Err(Errno::INTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(())
+        });
+        let mut conn = Conn::connect(addr, BULK_BUF)?;
+        conn.discard(size)?;
+        sender.join().expect("the sendfile thread panicked")?;
+        Ok(size)
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Small files
+
+fn small(root: &Path, paths: &[String], params: &Params) -> io::Result<()> {
+    println!(
+        "\nsmall: {} B files, {} clients, {:?} warm-up + {:?} window per run",
+        SMALL, params.clients, params.warmup, params.window
+    );
+    let server = serve(ServerConfig::new(root).max_running(params.clients))?;
+    let lab = Lab::start(root)?;
+    println!(
+        "  {:<24} {:>10} {:>8} {:>9} {:>9}   runs (req/s)",
+        "", "req/s", "x lab", "p50", "p99"
+    );
+    for mode in [Mode::Persistent, Mode::PerRequest] {
+        let mut ours = Vec::new();
+        let mut theirs = Vec::new();
+        for _ in 0..params.small_runs {
+            for (addr, reports) in [(server.local_addr(), &mut ours), (lab.addr, &mut theirs)] {
+                let report = loadgen::run(&Load {
+                    addr,
+                    paths,
+                    clients: params.clients,
+                    mode,
+                    warmup: params.warmup,
+                    duration: params.window,
+                })?;
+                assert_eq!(
+                    report.errors, 0,
+                    "requests failed, the first: {:?}",
+                    report.first_error
+                );
+                assert!(report.requests > 0, "no request completed: {report:?}");
+                assert_eq!(report.bytes, report.requests * SMALL as u64);
+                reports.push(report);
+            }
+        }
+        let label = match mode {
+            Mode::Persistent => "persistent",
+            Mode::PerRequest => "per-request",
+        };
+        let base = median(&rates(&theirs));
+        for (name, reports) in [("filesrv", &ours), ("lab", &theirs)] {
+            let r = rates(reports);
+            let m = median(&r);
+            println!(
+                "  {:<24} {m:>10.0} {:>8.2} {:>9} {:>9}   {}",
+                format!("{label} {name}"),
+                m / base,
+                micros(median_by(reports, |r| r.latency(500))),
+                micros(median_by(reports, |r| r.latency(990))),
+                list(&r, 0),
+            );
+        }
+    }
+    let stats = server.stats();
+    assert_eq!(
+        stats.failed + stats.panicked + stats.refused_total(),
+        0,
+        "{stats:?}"
+    );
+    server.shutdown();
+    lab.stop();
+    Ok(())
+}
+
+fn rates(reports: &[Report]) -> Vec<f64> {
+    reports.iter().map(Report::rate).collect()
+}
+
+fn median_by(reports: &[Report], f: impl Fn(&Report) -> Duration) -> Duration {
+    Duration::from_secs_f64(median(
+        &reports
+            .iter()
+            .map(|r| f(r).as_secs_f64())
+            .collect::<Vec<_>>(),
+    ))
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+/// What the lab's server amounts to: an accept loop that spawns a thread
+/// per connection, which reads request lines through a `BufReader` and
+/// sends files with `io::copy`. `GET` and `QUIT` only, and no confinement
+/// beneath the root: the bench asks only for its own files.
+struct Lab {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    live: Arc<AtomicUsize>,
+    accept: JoinHandle<()>,
+}
+
+impl Lab {
+    fn start(root: &Path) -> io::Result<Lab> {
+        let listener = TcpListener::bind(localhost())?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let live = Arc::new(AtomicUsize::new(0));
+        let (stopping, counting, root) = (stop.clone(), live.clone(), root.to_owned());
+        let accept = thread::Builder::new()
+            .name("lab-accept".to_owned())
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    if stopping.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let (root, live) = (root.clone(), counting.clone());
+                    // The lab's threads are detached; `live` tells when
+                    // they are all gone.
+                    let spawned = thread::Builder::new().spawn(move || {
+                        live.fetch_add(1, Ordering::SeqCst);
+                        let _ = lab_session(stream, &root);
+                        live.fetch_sub(1, Ordering::SeqCst);
+                    });
+                    drop(spawned);
+                }
+            })?;
+        Ok(Lab {
+            addr,
+            stop,
+            live,
+            accept,
+        })
+    }
+
+    /// Stops accepting and waits (at most 5 s) for the connection threads
+    /// to end; every client must have closed already.
+    fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+        let _ = self.accept.join();
+        let until = Instant::now() + Duration::from_secs(5);
+        while self.live.load(Ordering::SeqCst) > 0 && Instant::now() < until {
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+fn lab_session(stream: TcpStream, root: &Path) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut out = stream;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let request = line.trim_end();
+        if let Some(path) = request.strip_prefix("GET ") {
+            match File::open(root.join(path)) {
+                Ok(mut file) => {
+                    let len = file.metadata()?.len();
+                    // One write for the header (`writeln!` on the bare
+                    // socket would make three).
+                    out.write_all(format!("OK {len}\n").as_bytes())?;
+                    io::copy(&mut file, &mut out)?;
+                }
+                Err(_) => out.write_all(b"ERR not-found no such file\n")?,
+            }
+        } else if request.eq_ignore_ascii_case("QUIT") {
+            return out.write_all(b"OK bye\n");
+        } else {
+            out.write_all(b"ERR bad-request unknown request\n")?;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Waiting cost
+
+fn waiting(root: &Path, small: &str, params: &Params) -> io::Result<()> {
+    println!(
+        "\nwaiting: server VmRSS (child process), {} running + {} waiting connections",
+        params.running, params.waiting
+    );
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for _ in 0..params.waiting_runs {
+        ours.push(hold(root, small, "filesrv", params)?);
+        theirs.push(hold(root, small, "lab", params)?);
+    }
+    println!(
+        "  {:<8} {:>9} {:>12} {:>14} {:>16}",
+        "", "idle", "+running", "+waiting", "per waiting conn"
+    );
+    for (name, runs) in [("filesrv", &ours), ("lab", &theirs)] {
+        let pick =
+            |f: fn(&[u64; 3]) -> u64| median(&runs.iter().map(|r| f(r) as f64).collect::<Vec<_>>());
+        let (idle, running, all) = (pick(|r| r[0]), pick(|r| r[1]), pick(|r| r[2]));
+        println!(
+            "  {name:<8} {:>9} {:>12} {:>14} {:>13.1} KiB   runs (all): {}",
+            mib(idle),
+            mib(running),
+            mib(all),
+            (all - running) / params.waiting as f64,
+            list(
+                &runs
+                    .iter()
+                    .map(|r| r[2] as f64 / 1024.0)
+                    .collect::<Vec<_>>(),
+                1
+            )
+        );
+    }
+    Ok(())
+}
+
+fn mib(kib: f64) -> String {
+    format!("{:.1} MiB", kib / 1024.0)
+}
+
+/// Starts a server (`filesrv` or `lab`) in a child process, and returns its
+/// VmRSS in KiB: idle, with `running` connections served one `GET` each,
+/// and with `waiting` more connections admitted.
+fn hold(root: &Path, small: &str, role: &str, params: &Params) -> io::Result<[u64; 3]> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .env(CHILD_ENV, role)
+        .env("FILESRV_TRANSFER_ROOT", root)
+        .env("FILESRV_TRANSFER_RUNNING", params.running.to_string())
+        .env("FILESRV_TRANSFER_WAITING", params.waiting.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut to_child = child.stdin.take().expect("piped");
+    let mut from_child = BufReader::new(child.stdout.take().expect("piped"));
+    let mut read_line = || -> io::Result<String> {
+        let mut line = String::new();
+        from_child.read_line(&mut line)?;
+        Ok(line.trim_end().to_owned())
+    };
+    let addr: SocketAddr = read_line()?.parse().map_err(io::Error::other)?;
+    let mut stats = || -> io::Result<[u64; 3]> {
+        writeln!(to_child, "stats")?;
+        let line = read_line()?;
+        let mut fields = line.split(' ').map(str::parse::<u64>);
+        let mut next = || {
+            fields
+                .next()
+                .and_then(Result::ok)
+                .ok_or_else(|| io::Error::other(line.clone()))
+        };
+        Ok([next()?, next()?, next()?])
+    };
+    let idle = stats()?[2];
+    let mut running = Vec::with_capacity(params.running);
+    for _ in 0..params.running {
+        let mut conn = Conn::connect(addr, 8192)?;
+        conn.get(small)?;
+        running.push(conn);
+    }
+    let [run_count, _, with_running] = stats()?;
+    assert_eq!(run_count, params.running as u64);
+    let waiting: Vec<TcpStream> = (0..params.waiting)
+        .map(|_| TcpStream::connect(addr))
+        .collect::<io::Result<_>>()?;
+    // The accepting thread takes a moment to admit them all.
+    let until = Instant::now() + Duration::from_secs(10);
+    let with_waiting = loop {
+        let [run_now, wait_now, rss] = stats()?;
+        if run_now + wait_now == (params.running + params.waiting) as u64 {
+            break rss;
+        }
+        if Instant::now() > until {
+            return Err(io::Error::other(format!(
+                "{role}: {run_now} running, {wait_now} waiting"
+            )));
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    drop(waiting);
+    drop(running);
+    drop(to_child);
+    child.wait()?;
+    Ok([idle, with_running, with_waiting])
+}
+
+/// The child process of the waiting-cost scenario: serves on 127.0.0.1:0,
+/// prints the address, answers each `stats` line on stdin with `<running>
+/// <waiting> <VmRSS KiB>`, and stops at the end of stdin.
+fn child(role: &str) -> io::Result<()> {
+    let var = |name: &str| std::env::var(name).map_err(io::Error::other);
+    let root = PathBuf::from(var("FILESRV_TRANSFER_ROOT")?);
+    let running: usize = var("FILESRV_TRANSFER_RUNNING")?
+        .parse()
+        .map_err(io::Error::other)?;
+    let waiting: usize = var("FILESRV_TRANSFER_WAITING")?
+        .parse()
+        .map_err(io::Error::other)?;
+    raise_fd_limit();
+    let mut out = io::stdout().lock();
+    let stats: Box<dyn Fn() -> (usize, usize)> = match role {
+        "filesrv" => {
+            let server = serve(
+                ServerConfig::new(&root)
+                    .max_running(running)
+                    .max_waiting(waiting)
+                    .idle_timeout(None)
+                    .shutdown_grace(Duration::from_secs(1)),
+            )?;
+            writeln!(out, "{}", server.local_addr())?;
+            Box::new(move || {
+                let stats = server.stats();
+                (stats.running, stats.waiting)
+            })
+        }
+        "lab" => {
+            let lab = Lab::start(&root)?;
+            writeln!(out, "{}", lab.addr)?;
+            // Every connection runs in the lab: count them all as running.
+            Box::new(move || (lab.live.load(Ordering::SeqCst), 0))
+        }
+        _ => return Err(io::Error::other(format!("unknown role {role}"))),
+    };
+    out.flush()?;
+    for line in io::stdin().lock().lines() {
+        if line? == "stats" {
+            let (running, waiting) = stats();
+            writeln!(out, "{running} {waiting} {}", vm_rss_kib()?)?;
+            out.flush()?;
+        }
+    }
+    // Dropping the server shuts it down; the lab's threads die with us.
+    drop(stats);
+    Ok(())
+}
+
+fn vm_rss_kib() -> io::Result<u64> {
+    let status = fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| io::Error::other("no VmRSS in /proc/self/status"))
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+/// Starts a [`Server`] on 127.0.0.1 with a free port.
+fn serve(config: ServerConfig) -> io::Result<Server> {
+    Server::bind(localhost(), config).map_err(io::Error::other)
+}
+
+fn localhost() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// Raises the soft limit on open files to the hard one: the waiting-cost
+/// scenario holds two descriptors per connection in the parent and one in
+/// the child.
+fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    limit.current = limit.maximum;
+    let _ = setrlimit(Resource::Nofile, limit);
+}
+
+fn timed(f: impl FnOnce() -> io::Result<u64>) -> io::Result<(u64, Duration)> {
+    let began = Instant::now();
+    let bytes = f()?;
+    Ok((bytes, began.elapsed()))
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+fn list(values: &[f64], decimals: usize) -> String {
+    let parts: Vec<String> = values.iter().map(|v| format!("{v:.decimals$}")).collect();
+    parts.join(" ")
+}
+
+/// Bytes from a xorshift generator: incompressible, and unlike a sparse
+/// file they have to be read from the page cache.
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut bytes = Vec::with_capacity(len + 8);
+    while bytes.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        bytes.extend_from_slice(&state.to_le_bytes());
+    }
+    bytes.truncate(len);
+    bytes
+}
+
+fn write_random_file(path: &Path, size: u64) -> io::Result<()> {
+    const CHUNK: u64 = 1 << 20;
+    let mut file = io::BufWriter::new(File::create(path)?);
+    let mut written = 0;
+    while written < size {
+        let len = (size - written).min(CHUNK);
+        let chunk = random_bytes(
+            usize::try_from(len).expect("at most CHUNK"),
+            written / CHUNK + 1000,
+        );
+        file.write_all(&chunk)?;
+        written += len;
+    }
+    file.into_inner()
+        .map_err(io::IntoInnerError::into_error)?
+        .sync_all()
+}
+
+/// A directory under the system's temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> io::Result<TempDir> {
+        let path = std::env::temp_dir().join(format!("filesrv-transfer-{}", std::process::id()));
+        fs::create_dir(&path)?;
+        Ok(TempDir(path))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
