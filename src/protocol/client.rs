@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::{EntryKind, ErrorCode, encode_name, percent_decode};
 
 /// The size of the buffer that bodies are copied through.
-const CHUNK: usize = 64 * 1024;
+const CHUNK: usize = 256 * 1024;
 
 /// The longest reply line accepted, `\n` included.
 ///
