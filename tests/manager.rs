@@ -188,7 +188,10 @@ fn a_freed_slot_goes_to_the_head_of_the_queue() {
         manager.submit(probe).unwrap();
         releases.push(Some(release));
     }
-    let mut running = vec![starts.recv_timeout(LIMIT).unwrap(), starts.recv_timeout(LIMIT).unwrap()];
+    let mut running = vec![
+        starts.recv_timeout(LIMIT).unwrap(),
+        starts.recv_timeout(LIMIT).unwrap(),
+    ];
     running.sort_unstable();
     assert_eq!(running, [0, 1]);
     // Free slots in a scrambled order: each time, the head starts next.
