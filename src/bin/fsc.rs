@@ -1,4 +1,7 @@
 //! `fsc`, the command-line client of the `filesrv` file server.
+// Argument docs double as clap's --help text, where `[::1]:9000` must
+// read as written, not as an intra-doc link.
+#![allow(rustdoc::broken_intra_doc_links)]
 
 use std::error::Error;
 use std::fmt::Write as _;
