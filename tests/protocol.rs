@@ -905,6 +905,24 @@ fn waiting_client_is_served_once_a_slot_frees() {
     second.expect_closed();
 }
 
+#[test]
+fn a_waiting_client_that_hung_up_is_dropped_unrun() {
+    let t = serve("abandoned", |c| c.max_running(1));
+    let mut first = t.connect();
+    first.assert_get("notes.txt", NOTES);
+    // Queued behind `first`, then gone before its turn.
+    drop(t.connect());
+    let mut third = t.connect();
+    third.send(b"GET notes.txt\nQUIT\n");
+    quit(&mut first);
+    // FIFO: the one that hung up reached the head before `third` ran.
+    get_notes_body(&mut third);
+    assert_eq!(third.line(), "OK bye");
+    third.expect_closed();
+    // Counted before `third` started, so before its replies.
+    assert_eq!(t.server.stats().abandoned, 1);
+}
+
 // ------------------------------------------------------------ timeouts
 
 #[test]
