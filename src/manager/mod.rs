@@ -220,6 +220,8 @@ struct Shared<Q, S> {
 /// `shutdown(Duration::ZERO)`: waiting handlers are refused with
 /// [`Refusal::ShuttingDown`], running ones are asked to stop at once
 /// ([`Stop::Now`]), and the drop blocks until every thread is joined.
+/// So neither a shutdown nor the last drop may happen on one of the
+/// manager's own workers (inside a handler): it would wait for itself.
 pub struct Manager<Q: Handler, S: Admission = MaxWaiting> {
     shared: Arc<Shared<Q, S>>,
     threads: Mutex<Option<Vec<JoinHandle<()>>>>,
