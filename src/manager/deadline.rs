@@ -34,6 +34,11 @@ impl<Q> Ticket<Q> {
     pub(crate) fn claim(&self) -> Option<Q> {
         lock(&self.handler).take()
     }
+
+    /// Whether the handler is still waiting (nobody claimed it yet).
+    fn is_waiting(&self) -> bool {
+        lock(&self.handler).is_some()
+    }
 }
 
 struct Timed<Q> {
@@ -64,7 +69,13 @@ struct State<Q> {
     heap: BinaryHeap<Timed<Q>>,
     seq: u64,
     stopped: bool,
+    /// The heap size at which tickets already claimed by a worker are
+    /// swept out; see [`Deadlines::watch`].
+    sweep_at: usize,
 }
+
+/// The smallest heap worth sweeping.
+const MIN_SWEEP: usize = 64;
 
 /// The deadline queue shared by submitters and the deadline thread.
 pub(crate) struct Deadlines<Q> {
@@ -79,6 +90,7 @@ impl<Q> Deadlines<Q> {
                 heap: BinaryHeap::new(),
                 seq: 0,
                 stopped: false,
+                sweep_at: MIN_SWEEP,
             }),
             wake: Condvar::new(),
         }
@@ -86,8 +98,18 @@ impl<Q> Deadlines<Q> {
 
     /// Watches `ticket` until `deadline`. Wakes the thread only when the
     /// new deadline is the earliest, which a uniform timeout never is.
+    ///
+    /// A ticket a worker claimed stays in the heap until its deadline; with
+    /// a long timeout those would pile up at the arrival rate. So when the
+    /// heap has doubled since the last sweep, claimed tickets are swept
+    /// out: the heap stays within about twice the waiting handlers (and
+    /// [`MIN_SWEEP`]), at an amortised constant cost per ticket.
     pub(crate) fn watch(&self, deadline: Instant, ticket: Arc<Ticket<Q>>) {
         let mut state = lock(&self.state);
+        if state.heap.len() >= state.sweep_at {
+            state.heap.retain(|t| t.ticket.is_waiting());
+            state.sweep_at = (state.heap.len() * 2).max(MIN_SWEEP);
+        }
         let earliest = state.heap.peek().is_none_or(|top| deadline < top.deadline);
         state.seq += 1;
         let seq = state.seq;
@@ -142,5 +164,37 @@ impl<Q> Deadlines<Q> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn claimed_tickets_do_not_pile_up() {
+        let deadlines = Deadlines::new();
+        let far = Instant::now() + Duration::from_secs(3600);
+        let mut waiting = Vec::new();
+        for i in 0..10_000u64 {
+            let ticket = Arc::new(Ticket::new(i, i, None));
+            deadlines.watch(far, ticket.clone());
+            // Every tenth handler still waits; the rest were started.
+            if i % 10 == 0 {
+                waiting.push(ticket);
+            } else {
+                assert_eq!(ticket.claim(), Some(i));
+            }
+        }
+        let state = lock(&deadlines.state);
+        let len = state.heap.len();
+        assert!(
+            len <= 2 * waiting.len() + MIN_SWEEP,
+            "heap holds {len} tickets"
+        );
+        // Every waiting ticket is still watched.
+        let watched = state.heap.iter().filter(|t| t.ticket.is_waiting()).count();
+        assert_eq!(watched, waiting.len());
     }
 }
