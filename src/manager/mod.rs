@@ -26,9 +26,9 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::admission::{Admission, Arrival, Decision, MaxWaiting, Refusal, canonical_source};
 use crate::handler::{Handler, Running, Stop};
 use deadline::{Deadlines, Ticket};
+use slot::Phase;
 pub use slot::RunningInfo;
 pub(crate) use slot::Slot;
-use slot::{Phase, RunningInfo as Info};
 use stats::Counters;
 pub use stats::{ShutdownReport, Stats};
 
@@ -36,6 +36,13 @@ pub use stats::{ShutdownReport, Stats};
 /// leaves its data consistent, and handlers run outside of them.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The time left until `deadline`; `None` once it has passed.
+pub(crate) fn time_left(deadline: Instant) -> Option<Duration> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|left| !left.is_zero())
 }
 
 /// Runs `f`, turning a panic into `None` after logging it.
@@ -525,12 +532,10 @@ impl<Q, S> Shared<Q, S> {
             if self.counts.is_idle() {
                 break true;
             }
-            let timeout = match deadline {
+            let timeout = match deadline.map(time_left) {
                 None => Duration::MAX,
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => left,
-                    _ => break false,
-                },
+                Some(Some(left)) => left,
+                Some(None) => break false,
             };
             guard = became_idle
                 .wait_timeout(guard, timeout)
@@ -643,7 +648,7 @@ impl<Q: Handler, S> Shared<Q, S> {
                 started_at: Instant::now(),
                 slot,
             };
-            slot.occupy(Info {
+            slot.occupy(RunningInfo {
                 id,
                 source,
                 queued_at,

@@ -7,7 +7,8 @@ use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{EntryKind, ErrorCode, encode_name, percent_decode};
+use super::request::number;
+use super::{EntryKind, ErrorCode, chunk_len, encode_name, percent_decode};
 
 /// The size of the buffer that bodies are copied through.
 const CHUNK: usize = 256 * 1024;
@@ -467,11 +468,11 @@ impl Client {
         out: &mut dyn Write,
     ) -> Result<u64, ClientError> {
         let total = start.saturating_add(size);
-        let mut buf = vec![0; chunk_len(size)];
+        let mut buf = vec![0; chunk_len(size, CHUNK)];
         let mut got = 0;
         self.report(start, total);
         while got < size {
-            let want = chunk_len(size - got);
+            let want = chunk_len(size - got, CHUNK);
             let n = match self.reader.read(&mut buf[..want]) {
                 Ok(0) => {
                     return Err(ClientError::Truncated {
@@ -493,11 +494,11 @@ impl Client {
 
     /// Copies exactly `size` bytes of `reader` to the connection.
     fn send_body(&mut self, reader: &mut dyn Read, size: u64) -> Result<(), ClientError> {
-        let mut buf = vec![0; chunk_len(size)];
+        let mut buf = vec![0; chunk_len(size, CHUNK)];
         let mut sent = 0;
         self.report(0, size);
         while sent < size {
-            let want = chunk_len(size - sent);
+            let want = chunk_len(size - sent, CHUNK);
             let n = match reader.read(&mut buf[..want]) {
                 Ok(0) => {
                     return Err(ClientError::Local(io::Error::new(
@@ -627,23 +628,11 @@ fn field(path: &str) -> String {
     }
 }
 
-/// How much of the buffer a body of `remaining` bytes needs.
-fn chunk_len(remaining: u64) -> usize {
-    usize::try_from(remaining).map_or(CHUNK, |remaining| remaining.min(CHUNK))
-}
-
 fn malformed(expected: &str) -> ClientError {
     ClientError::Protocol(format!("expected {expected}"))
 }
 
-/// A protocol number: one or more ASCII digits.
-fn number(text: &str) -> Option<u64> {
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    text.parse().ok()
-}
-
+/// An entry type as LIST and STAT write it.
 fn kind(text: &str) -> Option<EntryKind> {
     match text {
         "f" => Some(EntryKind::File),

@@ -42,10 +42,9 @@ impl Closer {
     /// Writes `line` (best effort, never blocking), shuts the write side
     /// and hands the connection to the closer thread.
     pub(crate) fn refuse(&self, stream: TcpStream, line: &[u8]) {
-        if stream.set_nonblocking(true).is_ok() {
-            write_nonblocking(&stream, line);
-        }
-        self.close(stream);
+        Closer::refuse_now(&stream, line);
+        // Too many lingering already, or shutting down: it closes now.
+        let _ = self.queue.try_send(Some((Instant::now() + LINGER, stream)));
     }
 
     /// [`Closer::refuse`] without the linger, for connections that arrive
@@ -61,11 +60,7 @@ impl Closer {
     /// Shuts the write side (after the final reply) and closes the
     /// connection once the client had time to read it.
     pub(crate) fn close(&self, stream: TcpStream) {
-        let _ = stream.shutdown(Shutdown::Write);
-        let _ = stream.set_nonblocking(true);
-        discard(&stream);
-        // Too many lingering already, or shutting down: it closes now.
-        let _ = self.queue.try_send(Some((Instant::now() + LINGER, stream)));
+        self.refuse(stream, b"");
     }
 
     /// Ends the closer thread once the connections queued so far are

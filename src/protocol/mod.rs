@@ -51,6 +51,12 @@ mod testutil;
 mod upload;
 
 pub use client::{Client, ClientError, Progress, RemoteEntry, RemoteStat};
+/// How much of a buffer of `max` bytes a body with `remaining` bytes to
+/// go needs.
+pub(crate) fn chunk_len(remaining: u64, max: usize) -> usize {
+    usize::try_from(remaining).map_or(max, |remaining| remaining.min(max))
+}
+
 pub use code::{ErrorCode, UnknownErrorCode};
 pub use path::{PathError, RESERVED_PREFIX, RelPath, encode_name, percent_decode};
 pub use request::{MAX_LINE, Request, RequestError, parse_request};

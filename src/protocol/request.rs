@@ -192,12 +192,22 @@ fn parse_path(field: &str) -> Result<RelPath, RequestError> {
 
 /// One or more ASCII digits (leading zeros allowed) that fit a `u64`.
 fn parse_number(field: &str) -> Result<u64, RequestError> {
-    if !field.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(RequestError::bad("numbers must be decimal digits only"));
+    number(field).ok_or_else(|| {
+        if field.bytes().all(|b| b.is_ascii_digit()) {
+            RequestError::bad("number too large")
+        } else {
+            RequestError::bad("numbers must be decimal digits only")
+        }
+    })
+}
+
+/// A protocol number, in requests and replies alike: one or more ASCII
+/// digits (leading zeros allowed) that fit in a `u64`.
+pub(crate) fn number(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
     }
-    field
-        .parse()
-        .map_err(|_| RequestError::bad("number too large"))
+    text.parse().ok()
 }
 
 #[cfg(test)]

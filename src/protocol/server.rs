@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::Root;
 use super::closer::Closer;
-use super::session::{Session, Shared, reply_error};
-use super::{ErrorCode, Root};
+use super::session::{Session, Shared, refusal_line};
 use crate::manager::lock;
 use crate::{
     Admission as _, And, Builder, Manager, MaxWaiting, PerSourceCap, QueueTimeout, Refusal,
@@ -197,8 +197,8 @@ pub enum ServerError {
 pub struct Server {
     local_addr: SocketAddr,
     inner: Arc<Inner>,
+    /// Taken by the first shutdown, which holds the lock until it is done.
     threads: Mutex<Option<Threads>>,
-    report: Mutex<Option<ShutdownReport>>,
 }
 
 #[derive(Debug)]
@@ -294,7 +294,6 @@ impl Server {
                 closer: closer_thread,
                 wake,
             })),
-            report: Mutex::new(None),
         })
     }
 
@@ -317,28 +316,26 @@ impl Server {
     /// Safe to call more than once and from several threads; every call
     /// returns the manager's report of the first.
     pub fn shutdown(&self) -> ShutdownReport {
-        let mut report = lock(&self.report);
-        if let Some(report) = *report {
-            return report;
-        }
         let inner = &self.inner;
-        inner.stopping.store(true, Ordering::SeqCst);
-        let threads = lock(&self.threads).take();
+        let grace = inner.shared.config.shutdown_grace;
+        let mut threads = lock(&self.threads);
         if let Some(Threads {
             accept,
             closer,
             wake,
-        }) = threads
+        }) = threads.take()
         {
+            inner.stopping.store(true, Ordering::SeqCst);
             drop(wake);
             self.wake_accept();
             let _ = accept.join();
-            *report = Some(inner.manager.shutdown(inner.shared.config.shutdown_grace));
+            inner.manager.shutdown(grace);
             // Every session is done: nothing else reaches the closer.
             inner.shared.closer.stop();
             let _ = closer.join();
         }
-        report.unwrap_or_default()
+        // The manager keeps the report of its first shutdown.
+        inner.manager.shutdown(grace)
     }
 
     /// Wakes the accepting thread from a blocking `accept` by connecting
@@ -380,8 +377,7 @@ impl Inner {
             let accepted = self.listener.accept();
             if self.stopping.load(Ordering::SeqCst) {
                 if let Ok((stream, _)) = accepted {
-                    let line = reply_error(ErrorCode::Unavailable, Refusal::ShuttingDown.message());
-                    Closer::refuse_now(&stream, line.as_bytes());
+                    Closer::refuse_now(&stream, refusal_line(Refusal::ShuttingDown).as_bytes());
                 }
                 return;
             }

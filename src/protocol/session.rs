@@ -1,5 +1,6 @@
 //! One client connection speaking the protocol: the [`Session`] handler.
 
+use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
@@ -11,7 +12,10 @@ use rustix::net::{RecvFlags, SendFlags};
 
 use super::closer::Closer;
 use super::server::ServerConfig;
-use super::{ErrorCode, FsError, MAX_LINE, RelPath, Request, Root, encode_name, parse_request};
+use super::{
+    ErrorCode, FsError, MAX_LINE, RelPath, Request, Root, chunk_len, encode_name, parse_request,
+};
+use crate::manager::{lock, time_left};
 use crate::{Handler, Refusal, Running, Stop};
 
 /// What every session of one server shares.
@@ -87,20 +91,25 @@ impl Handler for Session {
     }
 
     fn refused(self, reason: Refusal) {
-        let code = if reason.is_busy() {
-            ErrorCode::Busy
-        } else {
-            ErrorCode::Unavailable
-        };
         log::info!("{}: refused: {reason}", self.peer);
-        let line = reply_error(code, reason.message());
+        let line = refusal_line(reason);
         self.shared.closer.refuse(self.stream, line.as_bytes());
     }
 }
 
 /// An `ERR` reply line.
-pub(crate) fn reply_error(code: ErrorCode, message: &str) -> String {
+fn reply_error(code: ErrorCode, message: &str) -> String {
     format!("ERR {code} {message}\n")
+}
+
+/// The line a refused connection gets: `ERR busy` or `ERR unavailable`.
+pub(crate) fn refusal_line(reason: Refusal) -> String {
+    let code = if reason.is_busy() {
+        ErrorCode::Busy
+    } else {
+        ErrorCode::Unavailable
+    };
+    reply_error(code, reason.message())
 }
 
 /// How a connection ends.
@@ -113,19 +122,14 @@ enum End {
     Abruptly,
 }
 
-/// Whether a request is being served; the stop hook reads it to decide
-/// whether a graceful stop may interrupt the connection now.
-#[derive(Default)]
-struct Activity {
-    busy: bool,
-}
-
 /// A running session: its socket, its read buffer and its counters.
 struct Connection {
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
-    activity: Arc<Mutex<Activity>>,
+    /// Whether a request is being served; the stop hook reads it to
+    /// decide whether a graceful stop may interrupt the connection now.
+    busy: Arc<Mutex<bool>>,
     buf: Box<[u8]>,
     /// Unconsumed bytes are `buf[start..end]`.
     start: usize,
@@ -147,16 +151,16 @@ impl Connection {
             shared,
         } = session;
         stream.set_write_timeout(shared.config.stall_timeout)?;
-        let activity = Arc::new(Mutex::new(Activity::default()));
+        let busy = Arc::new(Mutex::new(false));
         let hook_stream = stream.try_clone()?;
-        let hook_activity = activity.clone();
+        let hook_busy = busy.clone();
         ctx.on_stop(move |stop| {
-            let activity = crate::manager::lock(&hook_activity);
+            let busy = lock(&hook_busy);
             // Idle between requests: wake the blocked read. Busy: the
             // request finishes and the loop sees the stop before the next.
             let how = match stop {
                 Stop::Now => Shutdown::Both,
-                _ if activity.busy => return,
+                _ if *busy => return,
                 _ => Shutdown::Read,
             };
             let _ = hook_stream.shutdown(how);
@@ -165,7 +169,7 @@ impl Connection {
             stream,
             peer,
             shared,
-            activity,
+            busy,
             buf: vec![0; BUF_SIZE].into_boxed_slice(),
             start: 0,
             end: 0,
@@ -206,12 +210,12 @@ impl Connection {
             };
             // Claim the connection for this request, unless a stop came.
             {
-                let mut activity = crate::manager::lock(&self.activity);
+                let mut busy = lock(&self.busy);
                 if ctx.stop_requested().is_some() {
-                    drop(activity);
+                    drop(busy);
                     return self.stop_unavailable();
                 }
-                activity.busy = true;
+                *busy = true;
             }
             self.requests += 1;
             let began = Instant::now();
@@ -219,16 +223,12 @@ impl Connection {
             let outcome = match parsed {
                 Ok(request) => self.execute(&request),
                 Err(e) => {
-                    let end = if e.closes_connection() {
-                        Some(End::AfterError)
-                    } else {
-                        None
-                    };
+                    let end = e.closes_connection().then_some(End::AfterError);
                     self.send_error(e.code(), e.message())
                         .map(|()| Outcome::new(e.code().as_str(), 0, end))
                 }
             };
-            crate::manager::lock(&self.activity).busy = false;
+            *lock(&self.busy) = false;
             let outcome = outcome?;
             log::info!(
                 "{}: {} -> {} {} bytes in {:?}",
@@ -299,12 +299,10 @@ impl Connection {
                 self.end -= self.start;
                 self.start = 0;
             }
-            let timeout = match deadline {
+            let timeout = match deadline.map(time_left) {
                 None => None,
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => return Ok(Line::TimedOut),
-                },
+                Some(Some(left)) => Some(left),
+                Some(None) => return Ok(Line::TimedOut),
             };
             self.stream.set_read_timeout(timeout)?;
             match self.stream.read(&mut self.buf[self.end..]) {
@@ -411,7 +409,7 @@ impl Connection {
     /// `file`, allowing the stall timeout between reads.
     fn receive_body(&mut self, mut file: &File, size: u64) -> io::Result<Received> {
         let mut left = size;
-        let buffered = (self.end - self.start).min(usize::try_from(left).unwrap_or(usize::MAX));
+        let buffered = chunk_len(left, self.end - self.start);
         if buffered > 0 {
             if let Err(e) = file.write_all(&self.buf[self.start..self.start + buffered]) {
                 return Ok(Received::WriteFailed(e));
@@ -428,7 +426,7 @@ impl Connection {
         // keeps any pipelined bytes after it intact.
         while left > 0 {
             let room = &mut self.buf[self.end..];
-            let want = room.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let want = chunk_len(left, room.len());
             let n = match self.stream.read(&mut room[..want]) {
                 Ok(0) => return Ok(Received::Gone),
                 Ok(n) => n,
@@ -449,30 +447,19 @@ impl Connection {
             Ok(entries) => entries,
             Err(e) => return self.refuse(&e),
         };
-        let mut reply = format!("OK {}\n", entries.len()).into_bytes();
+        let mut reply = format!("OK {}\n", entries.len());
         for entry in &entries {
-            let line = format!(
-                "{} {} {}\n",
-                entry.kind.as_str(),
-                entry.size,
-                encode_name(&entry.raw_name)
-            );
-            reply.extend_from_slice(line.as_bytes());
+            // Infallible: writing to a String.
+            let _ = writeln!(reply, "{entry}");
         }
-        self.stream.write_all(&reply)?;
+        self.stream.write_all(reply.as_bytes())?;
         Ok(Outcome::new("OK", entries.len() as u64, None))
     }
 
     fn stat(&mut self, path: &RelPath) -> io::Result<Outcome> {
         match self.shared.root.stat(path) {
             Ok(entry) => {
-                let reply = format!(
-                    "OK {} {} {}\n",
-                    entry.kind.as_str(),
-                    entry.size,
-                    entry.mtime
-                );
-                self.stream.write_all(reply.as_bytes())?;
+                self.stream.write_all(format!("OK {entry}\n").as_bytes())?;
                 Ok(Outcome::new("OK", 0, None))
             }
             Err(e) => self.refuse(&e),
@@ -540,7 +527,7 @@ fn send_body(stream: &TcpStream, file: &File, mut offset: u64, count: u64) -> io
     let end = offset + count;
     let sent = |offset: u64| count - (end - offset);
     while offset < end {
-        let chunk = usize::try_from(end - offset).map_or(SENDFILE_CHUNK, |n| n.min(SENDFILE_CHUNK));
+        let chunk = chunk_len(end - offset, SENDFILE_CHUNK);
         match rustix::fs::sendfile(stream, file, Some(&mut offset), chunk) {
             Ok(0) => return Ok(Sent::Short(sent(offset))),
             Ok(_) => {}
@@ -568,7 +555,7 @@ fn copy_body(
     let sent = |offset: u64| count - (end - offset);
     let mut buf = vec![0u8; BUF_SIZE];
     while offset < end {
-        let want = usize::try_from(end - offset).map_or(buf.len(), |n| n.min(buf.len()));
+        let want = chunk_len(end - offset, buf.len());
         let n = match file.read_at(&mut buf[..want], offset) {
             Ok(0) => return Ok(Sent::Short(sent(offset))),
             Ok(n) => n,
