@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::manager::time_left;
+
 /// How long a closing connection is kept to drain before it is closed.
 const LINGER: Duration = Duration::from_millis(250);
 /// How many connections may linger at once; past that they close at once.
@@ -96,7 +98,7 @@ fn discard(mut stream: &TcpStream) {
 fn close_in_turn(lingering: &Receiver<Option<(Instant, TcpStream)>>) {
     while let Ok(Some((deadline, stream))) = lingering.recv() {
         // A timed wait for a known instant, not synchronisation.
-        if let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        if let Some(left) = time_left(deadline) {
             thread::sleep(left);
         }
         discard(&stream);
