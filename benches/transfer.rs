@@ -60,7 +60,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use filesrv::protocol::{Client, Server, ServerConfig};
+use filesrv::protocol::{Client, MAX_LINE, Server, ServerConfig};
 use loadgen::{BULK_BUF, Conn, Load, Mode, Report};
 use rustix::io::Errno;
 
@@ -352,7 +352,8 @@ struct Lab {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     live: Arc<AtomicUsize>,
-    accept: JoinHandle<()>,
+    /// Returns the connection threads still running when it ends.
+    accept: JoinHandle<Vec<JoinHandle<()>>>,
 }
 
 impl Lab {
@@ -365,21 +366,26 @@ impl Lab {
         let accept = thread::Builder::new()
             .name("lab-accept".to_owned())
             .spawn(move || {
+                let mut sessions: Vec<JoinHandle<()>> = Vec::new();
                 for stream in listener.incoming() {
                     if stopping.load(Ordering::SeqCst) {
-                        return;
+                        break;
                     }
                     let Ok(stream) = stream else { continue };
                     let (root, live) = (root.clone(), counting.clone());
-                    // The lab's threads are detached; `live` tells when
-                    // they are all gone.
-                    let spawned = thread::Builder::new().spawn(move || {
+                    // The lab detaches its threads; here finished ones are
+                    // let go (detached) as new ones come, and the rest
+                    // are handed to `stop` to join.
+                    sessions.retain(|s| !s.is_finished());
+                    if let Ok(session) = thread::Builder::new().spawn(move || {
                         live.fetch_add(1, Ordering::SeqCst);
                         let _ = lab_session(stream, &root);
                         live.fetch_sub(1, Ordering::SeqCst);
-                    });
-                    drop(spawned);
+                    }) {
+                        sessions.push(session);
+                    }
                 }
+                sessions
             })?;
         Ok(Lab {
             addr,
@@ -389,15 +395,13 @@ impl Lab {
         })
     }
 
-    /// Stops accepting and waits (at most 5 s) for the connection threads
-    /// to end; every client must have closed already.
+    /// Stops accepting and joins the connection threads; every client
+    /// must have closed already, which ends its session's read.
     fn stop(self) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect(self.addr);
-        let _ = self.accept.join();
-        let until = Instant::now() + Duration::from_secs(5);
-        while self.live.load(Ordering::SeqCst) > 0 && Instant::now() < until {
-            thread::sleep(Duration::from_millis(1));
+        for session in self.accept.join().unwrap_or_default() {
+            let _ = session.join();
         }
     }
 }
@@ -517,23 +521,35 @@ fn hold(root: &Path, small: &str, role: &str, params: &Params) -> io::Result<[u6
     }
     let [run_count, _, with_running] = stats()?;
     assert_eq!(run_count, params.running as u64);
-    let waiting: Vec<TcpStream> = (0..params.waiting)
-        .map(|_| TcpStream::connect(addr))
+    let mut waiting: Vec<Conn> = (0..params.waiting)
+        .map(|_| Conn::connect(addr, MAX_LINE))
         .collect::<io::Result<_>>()?;
-    // The accepting thread takes a moment to admit them all.
-    let until = Instant::now() + Duration::from_secs(10);
-    let with_waiting = loop {
-        let [run_now, wait_now, rss] = stats()?;
-        if run_now + wait_now == (params.running + params.waiting) as u64 {
-            break rss;
+    // A handshake, not a poll, tells when all of them are in place.
+    if role == "lab" {
+        // The lab runs every connection at once: one reply each proves
+        // its thread is up.
+        for conn in &mut waiting {
+            conn.get(small)?;
         }
-        if Instant::now() > until {
+    } else {
+        // The server's queue holds exactly `waiting`, and the accepting
+        // thread admits in order: the next connection's `ERR busy` means
+        // every earlier one was admitted.
+        let mut marker = Conn::connect(addr, MAX_LINE)?;
+        let line = marker.line()?;
+        if !line.starts_with(b"ERR busy") {
             return Err(io::Error::other(format!(
-                "{role}: {run_now} running, {wait_now} waiting"
+                "{role}: expected ERR busy, got {:?}",
+                String::from_utf8_lossy(&line)
             )));
         }
-        thread::sleep(Duration::from_millis(10));
-    };
+    }
+    let [run_now, wait_now, with_waiting] = stats()?;
+    if run_now + wait_now != (params.running + params.waiting) as u64 {
+        return Err(io::Error::other(format!(
+            "{role}: {run_now} running, {wait_now} waiting"
+        )));
+    }
     drop(waiting);
     drop(running);
     drop(to_child);

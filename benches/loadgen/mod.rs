@@ -272,7 +272,7 @@ impl Conn {
     }
 
     /// Reads the next line, without its `\n`.
-    fn line(&mut self) -> io::Result<Vec<u8>> {
+    pub(crate) fn line(&mut self) -> io::Result<Vec<u8>> {
         let mut searched = 0;
         loop {
             let unread = &self.buf[self.start..self.end];
