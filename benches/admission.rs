@@ -66,7 +66,7 @@ use criterion::{
     criterion_main,
 };
 use crossbeam_channel::Sender;
-use filesrv::{Builder, Handler, Manager, Running, Unbounded};
+use filesrv::{ManagerBuilder, Handler, Manager, HandlerContext, Unbounded};
 
 /// The `max_running` values every throughput scenario sweeps.
 const SLOTS: [usize; 4] = [1, 2, 8, 64];
@@ -127,7 +127,7 @@ impl Job {
 }
 
 impl Handler for Job {
-    fn run(self, _ctx: &Running) -> io::Result<()> {
+    fn run(self, _ctx: &HandlerContext) -> io::Result<()> {
         self.work();
         Ok(())
     }
@@ -277,7 +277,7 @@ impl Pool for Manager<Job, Unbounded> {
 }
 
 fn manager(n: usize) -> Manager<Job, Unbounded> {
-    Builder::new(n)
+    ManagerBuilder::new(n)
         .admission(Unbounded)
         .name("bench")
         .build()

@@ -37,7 +37,7 @@
 //! Every scenario runs several times, the implementations interleaved, and
 //! the medians are printed with every run's figure.
 //!
-//! # Running
+//! # HandlerContext
 //!
 //! `cargo bench --bench transfer` runs everything (about 1.5 minutes);
 //! `cargo bench --bench transfer -- small` runs the scenarios whose name
@@ -185,7 +185,7 @@ fn large(root: &Path, params: &Params) -> io::Result<()> {
         bare.push(timed(|| bare_sendfile(&path))?);
         sink.push(timed(|| {
             let mut client =
-                Client::connect(addr, Duration::from_secs(10)).map_err(io::Error::other)?;
+                Client::connect_timeout(addr, Duration::from_secs(10)).map_err(io::Error::other)?;
             client
                 .get_to(name, 0, &mut io::sink())
                 .map_err(io::Error::other)
@@ -196,7 +196,7 @@ fn large(root: &Path, params: &Params) -> io::Result<()> {
     for _ in 0..params.file_runs {
         file.push(timed(|| {
             let mut client =
-                Client::connect(addr, Duration::from_secs(10)).map_err(io::Error::other)?;
+                Client::connect_timeout(addr, Duration::from_secs(10)).map_err(io::Error::other)?;
             client
                 .get_file(name, &local, false)
                 .map_err(io::Error::other)

@@ -38,13 +38,13 @@ pub trait Handler: Send + Sized + 'static {
     ///
     /// The handler occupies a running slot until this returns (or panics).
     /// Long-running handlers should register a stop hook with
-    /// [`Running::on_stop`] so that a shutdown can ask them to finish.
+    /// [`HandlerContext::on_stop`] so that a shutdown can ask them to finish.
     ///
     /// An `Err` is logged at debug level and counted in
     /// [`Stats::failed`](crate::Stats::failed); it does not affect other
     /// handlers. A panic is caught, logged at error level, counted in
     /// [`Stats::panicked`](crate::Stats::panicked), and the slot is freed.
-    fn run(self, ctx: &Running) -> io::Result<()>;
+    fn run(self, ctx: &HandlerContext) -> io::Result<()>;
 
     /// The address the work came from, for per-source limits and for
     /// [`RunningInfo`](crate::RunningInfo). Called once, at submission.
@@ -93,7 +93,7 @@ pub struct FnHandler<F> {
 /// ```
 pub fn handler_fn<F>(work: F) -> FnHandler<F>
 where
-    F: FnOnce(&Running) -> io::Result<()> + Send + 'static,
+    F: FnOnce(&HandlerContext) -> io::Result<()> + Send + 'static,
 {
     FnHandler { work, source: None }
 }
@@ -108,9 +108,9 @@ impl<F> FnHandler<F> {
 
 impl<F> Handler for FnHandler<F>
 where
-    F: FnOnce(&Running) -> io::Result<()> + Send + 'static,
+    F: FnOnce(&HandlerContext) -> io::Result<()> + Send + 'static,
 {
-    fn run(self, ctx: &Running) -> io::Result<()> {
+    fn run(self, ctx: &HandlerContext) -> io::Result<()> {
         (self.work)(ctx)
     }
 
@@ -128,7 +128,7 @@ impl<F> fmt::Debug for FnHandler<F> {
 }
 
 /// How urgently a shutdown asks a running handler to stop; passed to the
-/// hook registered with [`Running::on_stop`].
+/// hook registered with [`HandlerContext::on_stop`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
 pub enum Stop {
@@ -139,13 +139,13 @@ pub enum Stop {
     Now,
 }
 
-/// A stop hook, as registered with [`Running::on_stop`].
+/// A stop hook, as registered with [`HandlerContext::on_stop`].
 pub(crate) type StopHook = Box<dyn Fn(Stop) + Send + Sync>;
 
 /// What a running handler knows about its place in the manager.
 ///
 /// Passed to [`Handler::run`]. Cheap to use; all methods are non-blocking.
-pub struct Running<'a> {
+pub struct HandlerContext<'a> {
     pub(crate) id: u64,
     pub(crate) source: Option<IpAddr>,
     pub(crate) queued_at: Instant,
@@ -153,7 +153,7 @@ pub struct Running<'a> {
     pub(crate) slot: &'a Slot,
 }
 
-impl Running<'_> {
+impl HandlerContext<'_> {
     /// The handler's id, unique within its manager, in order of submission.
     pub fn id(&self) -> u64 {
         self.id
@@ -194,9 +194,9 @@ impl Running<'_> {
     }
 }
 
-impl fmt::Debug for Running<'_> {
+impl fmt::Debug for HandlerContext<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Running")
+        f.debug_struct("HandlerContext")
             .field("id", &self.id)
             .field("source", &self.source)
             .field("stop_requested", &self.stop_requested())
@@ -206,14 +206,14 @@ impl fmt::Debug for Running<'_> {
 
 /// Object-safe twin of [`Handler`], behind [`BoxHandler`].
 trait DynHandler: Send {
-    fn run_boxed(self: Box<Self>, ctx: &Running) -> io::Result<()>;
+    fn run_boxed(self: Box<Self>, ctx: &HandlerContext) -> io::Result<()>;
     fn source(&self) -> Option<IpAddr>;
     fn is_abandoned(&self) -> bool;
     fn refused_boxed(self: Box<Self>, reason: Refusal);
 }
 
 impl<H: Handler> DynHandler for H {
-    fn run_boxed(self: Box<Self>, ctx: &Running) -> io::Result<()> {
+    fn run_boxed(self: Box<Self>, ctx: &HandlerContext) -> io::Result<()> {
         (*self).run(ctx)
     }
     fn source(&self) -> Option<IpAddr> {
@@ -233,7 +233,7 @@ impl<H: Handler> DynHandler for H {
 /// use filesrv::{BoxHandler, Builder, Manager, handler_fn};
 ///
 /// # fn main() -> std::io::Result<()> {
-/// let manager: Manager<BoxHandler> = Builder::new(2).build()?;
+/// let manager: Manager<BoxHandler> = ManagerBuilder::new(2).build()?;
 /// manager.submit(BoxHandler::new(handler_fn(|_| Ok(())))).unwrap();
 /// # Ok(())
 /// # }
@@ -248,7 +248,7 @@ impl BoxHandler {
 }
 
 impl Handler for BoxHandler {
-    fn run(self, ctx: &Running) -> io::Result<()> {
+    fn run(self, ctx: &HandlerContext) -> io::Result<()> {
         self.0.run_boxed(ctx)
     }
     fn source(&self) -> Option<IpAddr> {

@@ -26,7 +26,7 @@
 //! # fn main() -> std::io::Result<()> {
 //! let listener = TcpListener::bind("127.0.0.1:0")?;
 //! let addr = listener.local_addr()?;
-//! let manager = Builder::new(2).admission(MaxWaiting(16)).build()?;
+//! let manager = ManagerBuilder::new(2).admission(MaxWaiting(16)).build()?;
 //!
 //! let mut client = TcpStream::connect(addr)?;
 //! let (stream, _) = listener.accept()?;
@@ -65,11 +65,12 @@
 //! [`Manager::shutdown`] closes admission, refuses every waiting handler
 //! ([`Handler::refused`] with [`Refusal::ShuttingDown`]), asks running
 //! handlers to finish through the hooks they registered with
-//! [`Running::on_stop`], cuts them when the grace period ends, and joins
+//! [`HandlerContext::on_stop`], cuts them when the grace period ends, and joins
 //! every thread. No thread outlives the manager.
 #![deny(missing_docs)]
 
 mod admission;
+mod util;
 mod handler;
 mod manager;
 pub mod protocol;
@@ -77,5 +78,5 @@ pub mod protocol;
 pub use admission::{
     Admission, And, Arrival, Decision, MaxWaiting, PerSourceCap, QueueTimeout, Refusal, Unbounded,
 };
-pub use handler::{BoxHandler, FnHandler, Handler, Running, Stop, handler_fn};
-pub use manager::{Builder, Manager, Refused, RunningInfo, ShutdownReport, Stats};
+pub use handler::{BoxHandler, FnHandler, Handler, HandlerContext, Stop, handler_fn};
+pub use manager::{ManagerBuilder, Manager, Refused, RunningInfo, ShutdownReport, Stats};

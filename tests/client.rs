@@ -25,7 +25,7 @@ fn serve(dir: &TempDir, configure: impl FnOnce(ServerConfig) -> ServerConfig) ->
 }
 
 fn connect(server: &Server) -> Client {
-    Client::connect(server.local_addr(), LIMIT).unwrap()
+    Client::connect_timeout(server.local_addr(), LIMIT).unwrap()
 }
 
 /// Deterministic bytes that are not all alike, more than one chunk long.
@@ -299,7 +299,7 @@ fn fake_server(reply: &'static [u8]) -> (SocketAddr, thread::JoinHandle<String>)
 #[test]
 fn a_short_body_is_truncated_and_closes_the_client() {
     let (addr, server) = fake_server(b"OK 10\nabc");
-    let mut client = Client::connect(addr, LIMIT).unwrap();
+    let mut client = Client::connect_timeout(addr, LIMIT).unwrap();
     let mut out = Vec::new();
     match client.get_to("my file", 0, &mut out) {
         Err(ClientError::Truncated { expected, got }) => assert_eq!((expected, got), (10, 3)),
@@ -314,7 +314,7 @@ fn a_short_body_is_truncated_and_closes_the_client() {
 fn malformed_replies_are_protocol_errors() {
     for reply in [&b"HELLO\n"[..], b"OK -1\n", b"ERR nonsense what\n", b"OK 1"] {
         let (addr, server) = fake_server(reply);
-        let mut client = Client::connect(addr, LIMIT).unwrap();
+        let mut client = Client::connect_timeout(addr, LIMIT).unwrap();
         let result = client.get_to("x", 7, &mut Vec::new());
         assert_eq!(server.join().unwrap(), "GET x 7\n");
         match (reply, result) {

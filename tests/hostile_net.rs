@@ -14,7 +14,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use filesrv::{Builder, Handler, MaxWaiting, Refusal, Running, Stop, handler_fn};
+use filesrv::{ManagerBuilder, Handler, MaxWaiting, Refusal, HandlerContext, Stop, handler_fn};
 use support::{
     Conn, LIMIT, SECRET, TempDir, TestServer, connect_from, contains, mkfifo, outside_names,
     plant_hostile_tree,
@@ -951,7 +951,7 @@ struct Panicky {
 }
 
 impl Handler for Panicky {
-    fn run(self, ctx: &Running) -> io::Result<()> {
+    fn run(self, ctx: &HandlerContext) -> io::Result<()> {
         if let Some(stops) = self.stop_hook {
             ctx.on_stop(move |stop| {
                 let _ = stops.send(stop);
@@ -979,7 +979,7 @@ impl Handler for Panicky {
 #[test]
 fn panicking_handlers_are_counted_and_free_their_slot() {
     support::init();
-    let manager = Builder::new(1).admission(MaxWaiting(2)).build().unwrap();
+    let manager = ManagerBuilder::new(1).admission(MaxWaiting(2)).build().unwrap();
     // Panics in run and in is_abandoned, then a normal handler: the one
     // worker survives them all and runs it.
     for i in 0..20 {
@@ -989,7 +989,7 @@ fn panicking_handlers_are_counted_and_free_their_slot() {
             ..Panicky::default()
         };
         manager.submit(h).unwrap();
-        assert!(manager.wait_idle(Some(LIMIT)));
+        assert!(manager.wait_idle_timeout(LIMIT));
     }
     let (tx, rx) = crossbeam_channel::bounded(1);
     let normal = Panicky {
@@ -998,7 +998,7 @@ fn panicking_handlers_are_counted_and_free_their_slot() {
     };
     manager.submit(normal).unwrap();
     rx.recv_timeout(LIMIT).unwrap();
-    assert!(manager.wait_idle(Some(LIMIT)));
+    assert!(manager.wait_idle_timeout(LIMIT));
     let stats = manager.stats();
     assert_eq!(
         (
@@ -1032,14 +1032,14 @@ fn panicking_handlers_are_counted_and_free_their_slot() {
     let notify = std::panic::AssertUnwindSafe(|| refused.notify());
     assert!(std::panic::catch_unwind(notify).is_err());
     drop(release);
-    assert!(manager.wait_idle(Some(LIMIT)));
+    assert!(manager.wait_idle_timeout(LIMIT));
     assert_eq!(manager.stats().completed, 4);
 }
 
 #[test]
 fn a_panicking_stop_hook_does_not_break_shutdown() {
     support::init();
-    let manager = Arc::new(Builder::new(1).build().unwrap());
+    let manager = Arc::new(ManagerBuilder::new(1).build().unwrap());
     let (started, is_started) = crossbeam_channel::bounded(1);
     let (release, released) = crossbeam_channel::bounded::<()>(0);
     let (stops, stopped) = crossbeam_channel::unbounded();
@@ -1073,10 +1073,10 @@ fn a_panicking_stop_hook_does_not_break_shutdown() {
     assert_eq!((stats.running, stats.waiting, stats.completed), (0, 0, 1));
 
     // Handlers written as closures are no different.
-    let manager = Builder::new(1).build().unwrap();
+    let manager = ManagerBuilder::new(1).build().unwrap();
     manager
         .submit(handler_fn(|_| panic!("deliberate panic in a closure")))
         .unwrap();
-    assert!(manager.wait_idle(Some(LIMIT)));
+    assert!(manager.wait_idle_timeout(LIMIT));
     assert_eq!(manager.stats().panicked, 1);
 }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use filesrv::{
-    Admission, BoxHandler, Builder, Handler, Manager, MaxWaiting, PerSourceCap, QueueTimeout,
-    Refusal, Running, Stop, Unbounded, handler_fn,
+    Admission, BoxHandler, ManagerBuilder, Handler, Manager, MaxWaiting, PerSourceCap, QueueTimeout,
+    Refusal, HandlerContext, Stop, Unbounded, handler_fn,
 };
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -48,7 +48,7 @@ impl Probe {
 }
 
 impl Handler for Probe {
-    fn run(self, ctx: &Running) -> io::Result<()> {
+    fn run(self, ctx: &HandlerContext) -> io::Result<()> {
         self.ran.store(true, SeqCst);
         self.started.send(ctx.id()).unwrap();
         if let Some(release) = self.release {
@@ -85,7 +85,7 @@ thread_local! {
 }
 
 fn stress(max_running: usize, jobs: u64) {
-    let manager = Builder::new(max_running)
+    let manager = ManagerBuilder::new(max_running)
         .admission(Unbounded)
         .build()
         .unwrap();
@@ -136,7 +136,7 @@ fn stress(max_running: usize, jobs: u64) {
     for s in submitters {
         s.join().unwrap();
     }
-    assert!(manager.wait_idle(Some(Duration::from_secs(120))));
+    assert!(manager.wait_idle_timeout(Duration::from_secs(120)));
     let report = manager.shutdown(Duration::MAX);
     let stats = manager.stats();
     assert_eq!(report.cut, 0);
@@ -163,7 +163,7 @@ fn stress_bound_order_and_counters() {
 fn next_waiting_handler_starts_when_a_slot_frees() {
     let (started, starts) = channels();
     let (refused, _refusals) = channels();
-    let manager = Builder::new(1).build().unwrap();
+    let manager = ManagerBuilder::new(1).build().unwrap();
     let (first, release) = Probe::new(&started, &refused).held();
     manager.submit(first).unwrap();
     manager.submit(Probe::new(&started, &refused)).unwrap();
@@ -181,7 +181,7 @@ fn next_waiting_handler_starts_when_a_slot_frees() {
 fn a_freed_slot_goes_to_the_head_of_the_queue() {
     let (started, starts) = channels();
     let (refused, _refusals) = channels();
-    let manager = Builder::new(2).build().unwrap();
+    let manager = ManagerBuilder::new(2).build().unwrap();
     let mut releases = Vec::new();
     for _ in 0..6 {
         let (probe, release) = Probe::new(&started, &refused).held();
@@ -200,14 +200,14 @@ fn a_freed_slot_goes_to_the_head_of_the_queue() {
         assert_eq!(starts.recv_timeout(LIMIT), Ok(next));
     }
     releases.clear();
-    assert!(manager.wait_idle(Some(LIMIT)));
+    assert!(manager.wait_idle_timeout(LIMIT));
 }
 
 #[test]
 fn full_queue_refuses_and_gives_the_handler_back() {
     let (started, starts) = channels();
     let (refused, refusals) = channels();
-    let manager = Builder::new(1).admission(MaxWaiting(1)).build().unwrap();
+    let manager = ManagerBuilder::new(1).admission(MaxWaiting(1)).build().unwrap();
     let (first, _release) = Probe::new(&started, &refused).held();
     manager.submit(first).unwrap();
     starts.recv_timeout(LIMIT).unwrap();
@@ -223,7 +223,7 @@ fn full_queue_refuses_and_gives_the_handler_back() {
 fn zero_waiting_refuses_when_every_slot_is_taken() {
     let (started, starts) = channels();
     let (refused, _refusals) = channels();
-    let manager = Builder::new(2).admission(MaxWaiting(0)).build().unwrap();
+    let manager = ManagerBuilder::new(2).admission(MaxWaiting(0)).build().unwrap();
     let (a, _ra) = Probe::new(&started, &refused).held();
     let (b, _rb) = Probe::new(&started, &refused).held();
     manager.submit(a).unwrap();
@@ -238,7 +238,7 @@ fn zero_waiting_refuses_when_every_slot_is_taken() {
 fn per_source_cap_counts_mapped_ipv6_as_ipv4() {
     let (started, starts) = channels();
     let (refused, _refusals) = channels();
-    let manager = Builder::new(1).admission(PerSourceCap(2)).build().unwrap();
+    let manager = ManagerBuilder::new(1).admission(PerSourceCap(2)).build().unwrap();
     let v4: IpAddr = "127.0.0.7".parse().unwrap();
     let mapped: IpAddr = "::ffff:127.0.0.7".parse().unwrap();
     let other: IpAddr = "127.0.0.8".parse().unwrap();
@@ -275,7 +275,7 @@ fn per_source_cap_counts_mapped_ipv6_as_ipv4() {
 fn queue_deadline_refuses_when_it_passes_not_at_the_head() {
     let (started, starts) = channels();
     let (refused, refusals) = channels();
-    let manager = Builder::new(1)
+    let manager = ManagerBuilder::new(1)
         .admission(MaxWaiting(8).and(QueueTimeout(Duration::from_millis(50))))
         .build()
         .unwrap();
@@ -302,7 +302,7 @@ fn queue_deadline_refuses_when_it_passes_not_at_the_head() {
 fn abandoned_waiter_is_dropped_at_the_head() {
     let (started, starts) = channels();
     let (refused, _refusals) = channels();
-    let manager = Builder::new(1).build().unwrap();
+    let manager = ManagerBuilder::new(1).build().unwrap();
     let (first, release) = Probe::new(&started, &refused).held();
     manager.submit(first).unwrap();
     starts.recv_timeout(LIMIT).unwrap();
@@ -319,7 +319,7 @@ fn abandoned_waiter_is_dropped_at_the_head() {
 
 #[test]
 fn panicking_handler_frees_its_slot_and_is_counted() {
-    let manager = Builder::new(1).build().unwrap();
+    let manager = ManagerBuilder::new(1).build().unwrap();
     let (done, finished) = channels();
     manager
         .submit(BoxHandler::new(handler_fn(|_| {
@@ -340,11 +340,11 @@ fn panicking_handler_frees_its_slot_and_is_counted() {
 
 #[test]
 fn failed_handler_is_counted() {
-    let manager = Builder::new(1).build().unwrap();
+    let manager = ManagerBuilder::new(1).build().unwrap();
     manager
         .submit(handler_fn(|_| Err(io::Error::other("boom"))))
         .unwrap();
-    assert!(manager.wait_idle(Some(LIMIT)));
+    assert!(manager.wait_idle_timeout(LIMIT));
     assert_eq!(manager.stats().failed, 1);
 }
 
@@ -352,7 +352,7 @@ fn failed_handler_is_counted() {
 fn shutdown_refuses_waiting_stops_running_and_joins() {
     let (started, starts) = channels();
     let (refused, refusals) = channels();
-    let manager = Builder::new(2).name("sdtest").build().unwrap();
+    let manager = ManagerBuilder::new(2).name("sdtest").build().unwrap();
     // One handler finishes on the graceful stop, one only when cut.
     let stops = Arc::new(Mutex::new(Vec::new()));
     for graceful in [true, false] {
@@ -419,7 +419,7 @@ fn shutdown_refuses_waiting_stops_running_and_joins() {
 
 #[test]
 fn stop_hook_registered_after_shutdown_began_runs_at_once() {
-    let manager = Builder::new(2).build().unwrap();
+    let manager = ManagerBuilder::new(2).build().unwrap();
     let (started, starts) = channels();
     let (graceful_began, stop_seen) = bounded::<()>(1);
     let (saw, seen) = channels();
@@ -502,7 +502,7 @@ fn thread_cpu(prefix: &str) -> (u64, u64, usize) {
 
 #[test]
 fn idle_manager_uses_no_cpu() {
-    let manager = Builder::new(4)
+    let manager = ManagerBuilder::new(4)
         .admission(QueueTimeout(Duration::from_millis(20)))
         .name("idlecpu")
         .build()
@@ -530,7 +530,7 @@ fn idle_manager_uses_no_cpu() {
         .unwrap();
     assert_eq!(refusals.recv_timeout(LIMIT), Ok(Refusal::QueueTimeout));
     drop(release_tx);
-    assert!(manager.wait_idle(Some(LIMIT)));
+    assert!(manager.wait_idle_timeout(LIMIT));
     // Two measured seconds. In the first the workers finish parking (a
     // blocked receive may yield a few times before it sleeps); the second
     // is steady idleness and must be silent. Neither sleep waits for an
@@ -557,7 +557,7 @@ fn idle_manager_uses_no_cpu() {
 #[test]
 fn public_types_are_send_and_sync() {
     fn check<T: Send + Sync>() {}
-    check::<Manager<filesrv::FnHandler<fn(&Running) -> io::Result<()>>>>();
+    check::<Manager<filesrv::FnHandler<fn(&HandlerContext) -> io::Result<()>>>>();
     check::<filesrv::Stats>();
     check::<filesrv::RunningInfo>();
     check::<filesrv::ShutdownReport>();
@@ -567,7 +567,7 @@ fn public_types_are_send_and_sync() {
 fn concurrent_submitters_never_overfill_the_queue() {
     let (started, starts) = channels();
     let (refused, _refusals) = channels();
-    let manager = Arc::new(Builder::new(1).admission(MaxWaiting(10)).build().unwrap());
+    let manager = Arc::new(ManagerBuilder::new(1).admission(MaxWaiting(10)).build().unwrap());
     let (first, release) = Probe::new(&started, &refused).held();
     manager.submit(first).unwrap();
     starts.recv_timeout(LIMIT).unwrap();
@@ -586,7 +586,7 @@ fn concurrent_submitters_never_overfill_the_queue() {
     assert_eq!(manager.stats().waiting, 10);
     assert_eq!(manager.stats().refused(Refusal::QueueFull), 390);
     drop(release);
-    assert!(manager.wait_idle(Some(LIMIT)));
+    assert!(manager.wait_idle_timeout(LIMIT));
     assert_eq!(manager.stats().completed, 11);
 }
 
@@ -594,7 +594,7 @@ fn concurrent_submitters_never_overfill_the_queue() {
 fn drop_refuses_waiting_stops_running_and_joins() {
     let (started, starts) = channels();
     let (refused, refusals) = channels();
-    let manager = Builder::new(1).name("droptest").build().unwrap();
+    let manager = ManagerBuilder::new(1).name("droptest").build().unwrap();
     let (stop_tx, stop_rx) = bounded::<Stop>(2);
     manager
         .submit(BoxHandler::new(handler_fn(move |ctx| {

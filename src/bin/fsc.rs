@@ -156,7 +156,13 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), Failure> {
     // Every argument is checked before connecting.
     let command = Plan::new(cli.command)?;
-    let mut client = Client::connect(&cli.server, cli.timeout)?;
+    // On the command line 0 waits forever; in the library that is "no
+    // timeout", not a zero one.
+    let mut client = if cli.timeout.is_zero() {
+        Client::connect(&cli.server)?
+    } else {
+        Client::connect_timeout(&cli.server, cli.timeout)?
+    };
     match command {
         Plan::Get {
             remote,

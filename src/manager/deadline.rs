@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Instant;
 
-use super::lock;
+use crate::util::lock;
 
 /// A waiting handler that either a worker or the deadline thread claims.
 pub(crate) struct Ticket<Q> {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::lock;
+use crate::util::lock;
 use super::stats::WorkerCounters;
 use crate::handler::{Stop, StopHook};
 
@@ -140,6 +140,6 @@ impl Slot {
 /// shutdown that calls hooks must reach every slot and join every thread.
 fn call_hook(hook: &StopHook, stop: Stop) {
     if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| hook(stop))) {
-        log::error!("a stop hook panicked: {}", super::panic_message(&*payload));
+        log::error!("a stop hook panicked: {}", crate::util::panic_message(&*payload));
     }
 }

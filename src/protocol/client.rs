@@ -7,8 +7,8 @@ use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::request::number;
-use super::{EntryKind, ErrorCode, chunk_len, encode_name, percent_decode};
+use super::wire::{ErrorCode, ListEntry, Stat, encode_name, number};
+use crate::util::chunk_len;
 
 /// The size of the buffer that bodies are copied through.
 const CHUNK: usize = 256 * 1024;
@@ -37,7 +37,7 @@ const MAX_REPLY: u64 = 64 * 1024;
 /// use filesrv::protocol::Client;
 ///
 /// # fn main() -> Result<(), filesrv::protocol::ClientError> {
-/// let mut client = Client::connect("127.0.0.1:9000", Duration::from_secs(30))?;
+/// let mut client = Client::connect_timeout("127.0.0.1:9000", Duration::from_secs(30))?;
 /// let mut notes = Vec::new();
 /// client.get_to("notes.txt", 0, &mut notes)?;
 /// for entry in client.list("")? {
@@ -67,29 +67,6 @@ pub struct Progress {
     /// file's size on the server for a download, the body's size for an
     /// upload.
     pub total: u64,
-}
-
-/// One entry of a directory listed by [`Client::list`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RemoteEntry {
-    /// File or directory (a symlink shows as its target).
-    pub kind: EntryKind,
-    /// The size in bytes.
-    pub size: u64,
-    /// The name on the server's disk, decoded from its `%XX` escapes: raw
-    /// bytes, not necessarily UTF-8.
-    pub name: Vec<u8>,
-}
-
-/// What [`Client::stat`] tells about a file or directory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RemoteStat {
-    /// File or directory.
-    pub kind: EntryKind,
-    /// The size in bytes.
-    pub size: u64,
-    /// The modification time in whole Unix seconds, clamped at 0.
-    pub mtime: u64,
 }
 
 /// The error of a [`Client`] call.
@@ -149,44 +126,58 @@ pub enum ClientError {
 }
 
 impl Client {
-    /// Connects to a server.
+    /// Connects to a server, with no time limit on connecting, reading or
+    /// writing.
     ///
-    /// Each address `addr` resolves to is tried in turn, each for at most
-    /// `timeout`; the same `timeout` then bounds every read and write on the
-    /// connection (see [`Client::set_timeout`]). A zero `timeout` means none.
+    /// Each address `addr` resolves to is tried in turn.
     ///
     /// # Errors
     ///
     /// - [`ClientError::Resolve`] if `addr` does not resolve, or resolves to
     ///   no address;
-    /// - [`ClientError::Connect`] if no address accepts the connection in
-    ///   time, with the last address's error.
-    pub fn connect(addr: impl ToSocketAddrs, timeout: Duration) -> Result<Client, ClientError> {
-        let addrs: Vec<SocketAddr> = addr
-            .to_socket_addrs()
-            .map_err(ClientError::Resolve)?
-            .collect();
-        Client::connect_any(&addrs, timeout)
+    /// - [`ClientError::Connect`] if no address accepts the connection,
+    ///   with the last address's error.
+    pub fn connect(addr: impl ToSocketAddrs) -> Result<Client, ClientError> {
+        Client::connect_any(addr, None)
     }
 
-    fn connect_any(addrs: &[SocketAddr], timeout: Duration) -> Result<Client, ClientError> {
+    /// Connects to a server, trying each address `addr` resolves to for at
+    /// most `timeout`; the same `timeout` then bounds every read and write
+    /// on the connection (see [`Client::set_timeout`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::connect`]; a zero `timeout` is
+    /// [`ClientError::Connect`] with [`ErrorKind::InvalidInput`], as
+    /// [`TcpStream::connect_timeout`] has it.
+    pub fn connect_timeout(
+        addr: impl ToSocketAddrs,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        Client::connect_any(addr, Some(timeout))
+    }
+
+    fn connect_any(
+        addr: impl ToSocketAddrs,
+        timeout: Option<Duration>,
+    ) -> Result<Client, ClientError> {
+        let addrs = addr.to_socket_addrs().map_err(ClientError::Resolve)?;
         let mut last = None;
-        for &addr in addrs {
-            let attempt = if timeout.is_zero() {
-                TcpStream::connect(addr)
-            } else {
-                TcpStream::connect_timeout(&addr, timeout)
+        for addr in addrs {
+            let attempt = match timeout {
+                None => TcpStream::connect(addr),
+                Some(timeout) => TcpStream::connect_timeout(&addr, timeout),
             };
             let connected = attempt.and_then(|stream| {
                 // Request lines are small and each waits for its reply.
                 stream.set_nodelay(true)?;
-                let mut client = Client {
+                stream.set_read_timeout(timeout)?;
+                stream.set_write_timeout(timeout)?;
+                Ok(Client {
                     reader: BufReader::new(stream),
                     progress: None,
                     closed: false,
-                };
-                client.apply_timeout(timeout)?;
-                Ok(client)
+                })
             });
             match connected {
                 Ok(client) => return Ok(client),
@@ -201,23 +192,22 @@ impl Client {
         }))
     }
 
-    /// Sets the time any one read or write on the connection may block.
+    /// Sets the time any one read or write on the connection may block;
+    /// `None`: no limit.
     ///
     /// It bounds each wait, not a whole call: a long transfer that keeps
-    /// moving never times out. A zero `timeout` means none.
+    /// moving never times out.
     ///
     /// # Errors
     ///
-    /// [`ClientError::Io`] if the system refuses the setting.
-    pub fn set_timeout(&mut self, timeout: Duration) -> Result<(), ClientError> {
-        self.apply_timeout(timeout).map_err(ClientError::Io)
-    }
-
-    fn apply_timeout(&mut self, timeout: Duration) -> io::Result<()> {
-        let timeout = (!timeout.is_zero()).then_some(timeout);
+    /// [`ClientError::Io`] if the system refuses the setting (a zero
+    /// duration among others).
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), ClientError> {
         let stream = self.reader.get_ref();
-        stream.set_read_timeout(timeout)?;
-        stream.set_write_timeout(timeout)
+        stream
+            .set_read_timeout(timeout)
+            .and_then(|()| stream.set_write_timeout(timeout))
+            .map_err(ClientError::Io)
     }
 
     /// Calls `callback` as transfers move: once when a body is about to
@@ -380,7 +370,7 @@ impl Client {
     /// - [`ClientError::Io`] if the connection fails or times out, or was
     ///   already closed;
     /// - [`ClientError::Protocol`] if the reply is malformed.
-    pub fn list(&mut self, dir: &str) -> Result<Vec<RemoteEntry>, ClientError> {
+    pub fn list(&mut self, dir: &str) -> Result<Vec<ListEntry>, ClientError> {
         self.exchange(|client| {
             let count = number(&client.request(&format!("LIST {}\n", field(dir)))?)
                 .ok_or_else(|| malformed("`OK <count>`"))?;
@@ -388,7 +378,9 @@ impl Client {
             let mut entries = Vec::with_capacity(usize::try_from(count.min(1024)).unwrap_or(0));
             for _ in 0..count {
                 let line = client.read_line()?;
-                let entry = parse_entry(&line).ok_or_else(|| malformed("`<f|d> <size> <name>`"))?;
+                let entry = line
+                    .parse()
+                    .map_err(|_| malformed("`<f|d> <size> <name>`"))?;
                 entries.push(entry);
             }
             Ok(entries)
@@ -404,10 +396,12 @@ impl Client {
     /// - [`ClientError::Io`] if the connection fails or times out, or was
     ///   already closed;
     /// - [`ClientError::Protocol`] if the reply is malformed.
-    pub fn stat(&mut self, path: &str) -> Result<RemoteStat, ClientError> {
+    pub fn stat(&mut self, path: &str) -> Result<Stat, ClientError> {
         self.exchange(|client| {
             let reply = client.request(&format!("STAT {}\n", field(path)))?;
-            parse_stat(&reply).ok_or_else(|| malformed("`OK <f|d> <size> <mtime>`"))
+            reply
+                .parse()
+                .map_err(|_| malformed("`OK <f|d> <size> <mtime>`"))
         })
     }
 
@@ -632,35 +626,6 @@ fn malformed(expected: &str) -> ClientError {
     ClientError::Protocol(format!("expected {expected}"))
 }
 
-/// An entry type as LIST and STAT write it.
-fn kind(text: &str) -> Option<EntryKind> {
-    match text {
-        "f" => Some(EntryKind::File),
-        "d" => Some(EntryKind::Dir),
-        _ => None,
-    }
-}
-
-/// Parses a LIST line, `<f|d> <size> <encoded name>`.
-fn parse_entry(line: &str) -> Option<RemoteEntry> {
-    let mut fields = line.splitn(3, ' ');
-    let kind = kind(fields.next()?)?;
-    let size = number(fields.next()?)?;
-    let name = percent_decode(fields.next()?.as_bytes()).ok()?;
-    (!name.is_empty()).then_some(RemoteEntry { kind, size, name })
-}
-
-/// Parses a STAT reply after `OK `, `<f|d> <size> <mtime>`.
-fn parse_stat(reply: &str) -> Option<RemoteStat> {
-    let mut fields = reply.split(' ');
-    let stat = RemoteStat {
-        kind: kind(fields.next()?)?,
-        size: number(fields.next()?)?,
-        mtime: number(fields.next()?)?,
-    };
-    fields.next().is_none().then_some(stat)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -672,59 +637,6 @@ mod tests {
         assert_eq!(field("dir/my notes.txt"), "dir/my%20notes.txt");
         assert_eq!(field("100%\n\t\x7F"), "100%25%0A%09%7F");
         assert_eq!(field("café"), "café");
-    }
-
-    #[test]
-    fn numbers_are_digits_only() {
-        assert_eq!(number("0"), Some(0));
-        assert_eq!(number("007"), Some(7));
-        assert_eq!(number("18446744073709551615"), Some(u64::MAX));
-        for text in [
-            "",
-            "+1",
-            "-1",
-            " 1",
-            "1 ",
-            "0x1",
-            "1e3",
-            "18446744073709551616",
-        ] {
-            assert_eq!(number(text), None, "{text:?}");
-        }
-    }
-
-    #[test]
-    fn list_lines_decode_names() {
-        assert_eq!(
-            parse_entry("f 12 a%20b%FF"),
-            Some(RemoteEntry {
-                kind: EntryKind::File,
-                size: 12,
-                name: b"a b\xFF".to_vec(),
-            })
-        );
-        assert_eq!(
-            parse_entry("d 4096 dir").map(|entry| entry.kind),
-            Some(EntryKind::Dir)
-        );
-        for line in ["", "f 12", "x 12 a", "f -1 a", "f 12 ", "f 12 a%2"] {
-            assert_eq!(parse_entry(line), None, "{line:?}");
-        }
-    }
-
-    #[test]
-    fn stat_replies_have_three_fields() {
-        assert_eq!(
-            parse_stat("d 4096 1700000000"),
-            Some(RemoteStat {
-                kind: EntryKind::Dir,
-                size: 4096,
-                mtime: 1_700_000_000,
-            })
-        );
-        for reply in ["", "f 1", "f 1 2 3", "f 1  2", "l 1 2"] {
-            assert_eq!(parse_stat(reply), None, "{reply:?}");
-        }
     }
 
     #[test]

@@ -11,16 +11,17 @@ use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags};
 
 use super::closer::Closer;
-use super::server::ServerConfig;
-use super::{
-    ErrorCode, FsError, MAX_LINE, RelPath, Request, Root, chunk_len, encode_name, parse_request,
-};
-use crate::manager::{lock, time_left};
-use crate::{Handler, Refusal, Running, Stop};
+use super::config::ServerConfig;
+use super::fs::{FsError, Root};
+use super::transfer::{Sent, is_timeout, send_all, send_body};
+use crate::protocol::wire::{ErrorCode, MAX_LINE, RelPath, Request, encode_name, parse_request};
+use crate::util::{chunk_len, lock, time_left};
+use crate::{Handler, Refusal, HandlerContext, Stop};
 
-/// What every session of one server shares.
+/// What every session of one server shares: the root, the settings and
+/// the closer.
 #[derive(Debug)]
-pub(crate) struct Shared {
+pub(crate) struct ServerState {
     pub(crate) root: Root,
     pub(crate) config: ServerConfig,
     pub(crate) closer: Closer,
@@ -31,29 +32,24 @@ pub(crate) struct Shared {
 /// Built by the accepting thread and run by the [`Manager`](crate::Manager)
 /// when a slot is free; see the [module docs](super) for the protocol.
 #[derive(Debug)]
-pub struct Session {
+pub(crate) struct Session {
     stream: TcpStream,
     peer: SocketAddr,
-    shared: Arc<Shared>,
+    shared: Arc<ServerState>,
 }
 
 impl Session {
-    pub(crate) fn new(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> Session {
+    pub(crate) fn new(stream: TcpStream, peer: SocketAddr, shared: Arc<ServerState>) -> Session {
         Session {
             stream,
             peer,
             shared,
         }
     }
-
-    /// The client's address.
-    pub fn peer(&self) -> SocketAddr {
-        self.peer
-    }
 }
 
 impl Handler for Session {
-    fn run(self, ctx: &Running) -> io::Result<()> {
+    fn run(self, ctx: &HandlerContext) -> io::Result<()> {
         let began = Instant::now();
         log::info!(
             "{}: connected (waited {:?})",
@@ -126,7 +122,7 @@ enum End {
 struct Connection {
     stream: TcpStream,
     peer: SocketAddr,
-    shared: Arc<Shared>,
+    shared: Arc<ServerState>,
     /// Whether a request is being served; the stop hook reads it to
     /// decide whether a graceful stop may interrupt the connection now.
     busy: Arc<Mutex<bool>>,
@@ -140,11 +136,9 @@ struct Connection {
 /// The read buffer: a request line plus room for pipelined ones, and the
 /// chunk size for upload bodies.
 const BUF_SIZE: usize = 64 * 1024;
-/// The largest chunk one `sendfile` call is asked for.
-const SENDFILE_CHUNK: usize = 1 << 30;
 
 impl Connection {
-    fn new(session: Session, ctx: &Running) -> io::Result<Connection> {
+    fn new(session: Session, ctx: &HandlerContext) -> io::Result<Connection> {
         let Session {
             stream,
             peer,
@@ -182,7 +176,7 @@ impl Connection {
     }
 
     /// Serves requests until the connection must end.
-    fn serve(&mut self, ctx: &Running) -> io::Result<End> {
+    fn serve(&mut self, ctx: &HandlerContext) -> io::Result<End> {
         loop {
             // A graceful stop that came while the last request was served
             // found the connection busy and left it alone: it is idle now.
@@ -481,14 +475,6 @@ enum Received {
     WriteFailed(io::Error),
 }
 
-enum Sent {
-    All,
-    /// The file ended before the announced length.
-    Short(u64),
-    /// The client stopped reading for the stall timeout, or vanished.
-    Stalled(u64),
-}
-
 /// How one request went, for the log line and the connection's fate.
 struct Outcome {
     code: &'static str,
@@ -500,74 +486,6 @@ impl Outcome {
     fn new(code: &'static str, bytes: u64, end: Option<End>) -> Outcome {
         Outcome { code, bytes, end }
     }
-}
-
-/// A timed-out blocking socket call reports `WouldBlock` on Unix.
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
-}
-
-fn send_all(stream: &TcpStream, mut bytes: &[u8], flags: SendFlags) -> io::Result<()> {
-    while !bytes.is_empty() {
-        match rustix::net::send(stream, bytes, flags | SendFlags::NOSIGNAL) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
-}
-
-/// Sends `count` bytes of `file` from `offset`: `sendfile(2)` where the
-/// file system allows it, a buffered copy otherwise.
-fn send_body(stream: &TcpStream, file: &File, mut offset: u64, count: u64) -> io::Result<Sent> {
-    let end = offset + count;
-    let sent = |offset: u64| count - (end - offset);
-    while offset < end {
-        let chunk = chunk_len(end - offset, SENDFILE_CHUNK);
-        match rustix::fs::sendfile(stream, file, Some(&mut offset), chunk) {
-            Ok(0) => return Ok(Sent::Short(sent(offset))),
-            Ok(_) => {}
-            Err(Errno::INTR) => {}
-            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
-                return copy_body(stream, file, offset, end, count);
-            }
-            // A stall (the send timeout) or a vanished client.
-            Err(_) => return Ok(Sent::Stalled(sent(offset))),
-        }
-    }
-    Ok(Sent::All)
-}
-
-/// The fallback for files `sendfile(2)` cannot read: sends the bytes from
-/// `offset` to `end`, the last `count` bytes of which are the body.
-fn copy_body(
-    mut stream: &TcpStream,
-    file: &File,
-    mut offset: u64,
-    end: u64,
-    count: u64,
-) -> io::Result<Sent> {
-    use std::os::unix::fs::FileExt;
-    let sent = |offset: u64| count - (end - offset);
-    let mut buf = vec![0u8; BUF_SIZE];
-    while offset < end {
-        let want = chunk_len(end - offset, buf.len());
-        let n = match file.read_at(&mut buf[..want], offset) {
-            Ok(0) => return Ok(Sent::Short(sent(offset))),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if stream.write_all(&buf[..n]).is_err() {
-            return Ok(Sent::Stalled(sent(offset)));
-        }
-        offset += n as u64;
-    }
-    Ok(Sent::All)
 }
 
 /// A request line for the log: control characters and invalid UTF-8

@@ -1,5 +1,6 @@
 //! The request-line parser: bytes in, a [`Request`] or a [`RequestError`] out.
 
+use super::number::number;
 use super::{ErrorCode, PathError, RelPath};
 
 /// The longest request line, counting every byte up to and including `\n`.
@@ -199,15 +200,6 @@ fn parse_number(field: &str) -> Result<u64, RequestError> {
             RequestError::bad("numbers must be decimal digits only")
         }
     })
-}
-
-/// A protocol number, in requests and replies alike: one or more ASCII
-/// digits (leading zeros allowed) that fit in a `u64`.
-pub(crate) fn number(text: &str) -> Option<u64> {
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    text.parse().ok()
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::manager::time_left;
+use crate::util::time_left;
 
 /// How long a closing connection is kept to drain before it is closed.
 const LINGER: Duration = Duration::from_millis(250);

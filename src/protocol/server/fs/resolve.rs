@@ -172,7 +172,7 @@ fn open_no_follow(dir: BorrowedFd<'_>, name: &[u8], flags: OFlags) -> Result<Ste
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::testutil::{TempDir, link_tree};
+    use super::super::testutil::{TempDir, link_tree};
 
     /// The link tree and its root, opened as a directory descriptor.
     fn tree() -> (TempDir, OwnedFd) {

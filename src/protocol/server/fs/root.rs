@@ -6,12 +6,14 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
-use rustix::fs::{self, AtFlags, FileType, Mode, OFlags, Stat};
-use rustix::io::Errno;
+use rustix::fs::{self, AtFlags, FileType, Mode, OFlags, Stat as RawStat};
 
+use super::error::FsError;
 use super::resolve::Resolver;
 use super::upload::{self, TempFile};
-use super::{ErrorCode, RESERVED_PREFIX, RelPath, encode_name};
+use crate::protocol::wire::{
+    EntryKind, ErrorCode, ListEntry, RESERVED_PREFIX, RelPath, Stat, encode_name,
+};
 
 /// The served directory, held open: every path is resolved beneath it on
 /// file descriptors.
@@ -31,53 +33,9 @@ use super::{ErrorCode, RESERVED_PREFIX, RelPath, encode_name};
 /// - a FIFO, socket or device where a file is needed: `bad-request`;
 /// - any other I/O error: `internal`.
 #[derive(Debug)]
-pub struct Root {
+pub(crate) struct Root {
     fd: OwnedFd,
     resolver: Resolver,
-}
-
-/// A failed file operation: its reply code, a message for people, and the
-/// underlying I/O error if there was one.
-///
-/// The message never holds a host path.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct FsError {
-    code: ErrorCode,
-    message: &'static str,
-    #[source]
-    source: Option<io::Error>,
-}
-
-/// The type of a file served: LIST and STAT show no others.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum EntryKind {
-    /// A regular file, `f` on the wire.
-    File,
-    /// A directory, `d` on the wire.
-    Dir,
-}
-
-/// What STAT tells about a file or directory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Entry {
-    /// File or directory.
-    pub kind: EntryKind,
-    /// The size in bytes.
-    pub size: u64,
-    /// The modification time in whole Unix seconds, clamped at 0.
-    pub mtime: u64,
-}
-
-/// One line of a LIST reply.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ListEntry {
-    /// File or directory (a symlink shows as its target).
-    pub kind: EntryKind,
-    /// The size in bytes (of the target, for a symlink).
-    pub size: u64,
-    /// The name on disk, not encoded.
-    pub raw_name: Vec<u8>,
 }
 
 impl Root {
@@ -86,7 +44,7 @@ impl Root {
     /// # Errors
     ///
     /// The error of opening `path` as a directory.
-    pub fn open(path: impl AsRef<Path>) -> io::Result<Root> {
+    pub(crate) fn open(path: impl AsRef<Path>) -> io::Result<Root> {
         let fd = fs::open(
             path.as_ref(),
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -105,7 +63,7 @@ impl Root {
     ///
     /// As listed on [`Root`]; a directory, FIFO, socket or device is
     /// `bad-request`.
-    pub fn open_file(&self, path: &RelPath) -> Result<(File, Metadata), FsError> {
+    pub(crate) fn open_file(&self, path: &RelPath) -> Result<(File, Metadata), FsError> {
         let flags = OFlags::RDONLY | OFlags::NONBLOCK;
         let file = File::from(self.resolve(path, flags)?);
         let metadata = file.metadata()?;
@@ -123,12 +81,12 @@ impl Root {
     /// # Errors
     ///
     /// As listed on [`Root`]; a FIFO, socket or device is `bad-request`.
-    pub fn stat(&self, path: &RelPath) -> Result<Entry, FsError> {
+    pub(crate) fn stat(&self, path: &RelPath) -> Result<Stat, FsError> {
         let (_, stat) = self.resolve_stat(path)?;
-        let kind = EntryKind::of(&stat).ok_or_else(|| {
+        let kind = kind_of(&stat).ok_or_else(|| {
             FsError::new(ErrorCode::BadRequest, "not a regular file or directory")
         })?;
-        Ok(Entry {
+        Ok(Stat {
             kind,
             size: size_of(&stat),
             mtime: u64::try_from(stat.st_mtime).unwrap_or(0),
@@ -137,8 +95,8 @@ impl Root {
 
     /// Lists a directory (LIST), sorted bytewise by raw name.
     ///
-    /// Left out: `.` and `..`, names with the [reserved
-    /// prefix](RESERVED_PREFIX), FIFOs, sockets and devices, symlinks that
+    /// Left out: `.` and `..`, names with the reserved
+    /// prefix `.filesrv-`, FIFOs, sockets and devices, symlinks that
     /// are broken, loop or lead outside the root, and entries that vanish
     /// while the listing runs. Other symlinks show as their target's type and
     /// size.
@@ -147,7 +105,7 @@ impl Root {
     ///
     /// As listed on [`Root`]; a path that is not a directory is
     /// `bad-request`.
-    pub fn list(&self, path: &RelPath) -> Result<Vec<ListEntry>, FsError> {
+    pub(crate) fn list(&self, path: &RelPath) -> Result<Vec<ListEntry>, FsError> {
         let dir = self.open_dir(path, ErrorCode::BadRequest)?;
         let mut dir = fs::Dir::new(dir).map_err(FsError::internal)?;
         let mut entries = Vec::new();
@@ -162,7 +120,7 @@ impl Root {
                 entries.push(listed);
             }
         }
-        entries.sort_unstable_by(|a, b| a.raw_name.cmp(&b.raw_name));
+        entries.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         Ok(entries)
     }
 
@@ -180,7 +138,7 @@ impl Root {
     /// - `bad-request` when the target is the root, a directory, a FIFO, a
     ///   socket or a device;
     /// - `internal` when the temporary file cannot be created.
-    pub fn create_temp(&self, target: &RelPath) -> Result<TempFile, FsError> {
+    pub(crate) fn create_temp(&self, target: &RelPath) -> Result<TempFile, FsError> {
         let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
             return Err(FsError::new(ErrorCode::BadRequest, "is a directory"));
         };
@@ -199,7 +157,7 @@ impl Root {
     /// # Errors
     ///
     /// The error of opening the root itself for reading.
-    pub fn cleanup_stale_temps(&self) -> Result<usize, FsError> {
+    pub(crate) fn cleanup_stale_temps(&self) -> Result<usize, FsError> {
         Ok(upload::remove_stale_temps(
             self.open_dir(&RelPath::root(), ErrorCode::Internal)?,
         ))
@@ -214,7 +172,7 @@ impl Root {
 
     /// Opens `path` with `O_PATH` (no read permission needed, no side
     /// effects on devices) and stats the descriptor.
-    fn resolve_stat(&self, path: &RelPath) -> Result<(OwnedFd, Stat), FsError> {
+    fn resolve_stat(&self, path: &RelPath) -> Result<(OwnedFd, RawStat), FsError> {
         let fd = self.resolve(path, OFlags::PATH)?;
         let stat = fs::fstat(&fd).map_err(FsError::internal)?;
         Ok((fd, stat))
@@ -224,7 +182,7 @@ impl Root {
     /// anything else is an error with code `not_a_dir`.
     fn open_dir(&self, path: &RelPath, not_a_dir: ErrorCode) -> Result<OwnedFd, FsError> {
         let (fd, stat) = self.resolve_stat(path)?;
-        if EntryKind::of(&stat) != Some(EntryKind::Dir) {
+        if kind_of(&stat) != Some(EntryKind::Dir) {
             return Err(FsError::new(not_a_dir, "not a directory"));
         }
         // Reopening `.` through the O_PATH descriptor keeps the same inode.
@@ -253,9 +211,9 @@ impl Root {
                 .ok()?;
         }
         Some(ListEntry {
-            kind: EntryKind::of(&stat)?,
+            kind: kind_of(&stat)?,
             size: size_of(&stat),
-            raw_name: name.to_vec(),
+            name: name.to_vec(),
         })
     }
 
@@ -273,122 +231,24 @@ impl Root {
 }
 
 /// The size in bytes, clamped at 0.
-fn size_of(stat: &Stat) -> u64 {
+fn size_of(stat: &RawStat) -> u64 {
     u64::try_from(stat.st_size).unwrap_or(0)
 }
 
-impl EntryKind {
-    /// The kind on the wire: `f` or `d`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EntryKind::File => "f",
-            EntryKind::Dir => "d",
-        }
-    }
-
-    /// The kind of a stat result; `None` for anything not served.
-    fn of(stat: &Stat) -> Option<EntryKind> {
-        match FileType::from_raw_mode(stat.st_mode) {
-            FileType::RegularFile => Some(EntryKind::File),
-            FileType::Directory => Some(EntryKind::Dir),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for EntryKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The STAT reply's fields: `<f|d> <size> <mtime>`.
-impl fmt::Display for Entry {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {} {}", self.kind, self.size, self.mtime)
-    }
-}
-
-/// A LIST reply line without its `\n`: `<f|d> <size> <encoded name>`.
-impl fmt::Display for ListEntry {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} {} {}",
-            self.kind,
-            self.size,
-            encode_name(&self.raw_name)
-        )
-    }
-}
-
-impl FsError {
-    /// The reply code.
-    pub fn code(&self) -> ErrorCode {
-        self.code
-    }
-
-    /// A short message for people, fit for the `ERR` reply.
-    pub fn message(&self) -> &'static str {
-        self.message
-    }
-
-    pub(crate) fn new(code: ErrorCode, message: &'static str) -> FsError {
-        FsError {
-            code,
-            message,
-            source: None,
-        }
-    }
-
-    fn with_source(code: ErrorCode, message: &'static str, errno: Errno) -> FsError {
-        FsError {
-            code,
-            message,
-            source: Some(errno.into()),
-        }
-    }
-
-    /// Maps the error of resolving or opening a path, as listed on [`Root`].
-    pub(crate) fn resolving(errno: Errno) -> FsError {
-        let (code, message) = match errno {
-            Errno::NOENT | Errno::NOTDIR => (ErrorCode::NotFound, "no such file or directory"),
-            Errno::NAMETOOLONG => (ErrorCode::NotFound, "file name too long"),
-            Errno::XDEV => (ErrorCode::Forbidden, "path leads outside the served root"),
-            Errno::ACCESS | Errno::PERM => (ErrorCode::Forbidden, "permission denied"),
-            Errno::LOOP => (ErrorCode::Forbidden, "too many levels of symbolic links"),
-            Errno::NXIO | Errno::NODEV => (ErrorCode::BadRequest, "not a regular file"),
-            _ => return FsError::internal(errno),
-        };
-        FsError::with_source(code, message, errno)
-    }
-
-    /// Maps an I/O error of the server's own, such as a failed write.
-    pub(crate) fn internal(errno: Errno) -> FsError {
-        let message = match errno {
-            Errno::NOSPC | Errno::DQUOT => "no space left on the server",
-            Errno::ACCESS | Errno::PERM | Errno::ROFS => "the server may not write there",
-            _ => "i/o error on the server",
-        };
-        FsError::with_source(ErrorCode::Internal, message, errno)
-    }
-}
-
-/// An I/O error of the server's own, such as writing an upload: `internal`.
-impl From<io::Error> for FsError {
-    fn from(error: io::Error) -> FsError {
-        let errno = Errno::from_io_error(&error).unwrap_or(Errno::IO);
-        FsError {
-            source: Some(error),
-            ..FsError::internal(errno)
-        }
+/// The kind of a stat result; `None` for anything not served.
+fn kind_of(stat: &RawStat) -> Option<EntryKind> {
+    match FileType::from_raw_mode(stat.st_mode) {
+        FileType::RegularFile => Some(EntryKind::File),
+        FileType::Directory => Some(EntryKind::Dir),
+        _ => None,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::testutil::{TempDir, link_tree as tree, roots};
+    use rustix::io::Errno;
+    use super::super::testutil::{TempDir, link_tree as tree, roots};
     use std::ffi::OsStr;
     use std::io::Read;
     use std::os::unix::ffi::OsStrExt as _;

@@ -3,7 +3,6 @@
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -11,162 +10,12 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::Root;
 use super::closer::Closer;
-use super::session::{Session, Shared, refusal_line};
-use crate::manager::lock;
-use crate::{
-    Admission as _, And, Builder, Manager, MaxWaiting, PerSourceCap, QueueTimeout, Refusal,
-    ShutdownReport, Stats,
-};
-
-/// Settings of a [`Server`]; the command line of the `filesrv` binary maps
-/// onto these one to one.
-///
-/// `ServerConfig::new(root)` gives the defaults: 4 running, 1024 waiting,
-/// no per-source cap, no queue timeout, idle and stall timeouts of 30 s,
-/// uploads off (1 GiB limit when on), 10 s shutdown grace.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct ServerConfig {
-    /// The directory served; nothing outside it is read or written.
-    pub root: PathBuf,
-    /// Clients served at the same time (at least 1).
-    pub max_running: usize,
-    /// Clients waiting beyond the running ones; 0: none.
-    pub max_waiting: usize,
-    /// Running plus waiting clients from one IP address; 0: no cap.
-    pub max_per_source: usize,
-    /// How long a client may wait for a slot; `None`: forever.
-    pub queue_timeout: Option<Duration>,
-    /// Time allowed for a complete request line; `None`: no limit.
-    pub idle_timeout: Option<Duration>,
-    /// Time allowed without progress on a body; `None`: no limit.
-    pub stall_timeout: Option<Duration>,
-    /// Whether PUT is accepted.
-    pub allow_put: bool,
-    /// The largest accepted upload, in bytes.
-    pub max_upload: u64,
-    /// How long running clients may finish on shutdown.
-    pub shutdown_grace: Duration,
-}
-
-impl ServerConfig {
-    /// The defaults, serving `root`.
-    pub fn new(root: impl Into<PathBuf>) -> ServerConfig {
-        ServerConfig {
-            root: root.into(),
-            max_running: 4,
-            max_waiting: 1024,
-            max_per_source: 0,
-            queue_timeout: None,
-            idle_timeout: Some(Duration::from_secs(30)),
-            stall_timeout: Some(Duration::from_secs(30)),
-            allow_put: false,
-            max_upload: 1 << 30,
-            shutdown_grace: Duration::from_secs(10),
-        }
-    }
-
-    /// Sets [`max_running`](ServerConfig::max_running) (default 4).
-    ///
-    /// # Panics
-    ///
-    /// If `n` is 0.
-    pub fn max_running(mut self, n: usize) -> Self {
-        assert!(n >= 1, "max_running must be at least 1");
-        self.max_running = n;
-        self
-    }
-
-    /// Sets [`max_waiting`](ServerConfig::max_waiting) (default 1024).
-    pub fn max_waiting(mut self, n: usize) -> Self {
-        self.max_waiting = n;
-        self
-    }
-
-    /// Sets [`max_per_source`](ServerConfig::max_per_source) (default 0, no cap).
-    pub fn max_per_source(mut self, n: usize) -> Self {
-        self.max_per_source = n;
-        self
-    }
-
-    /// Sets [`queue_timeout`](ServerConfig::queue_timeout) (default none).
-    pub fn queue_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.queue_timeout = timeout;
-        self
-    }
-
-    /// Sets [`idle_timeout`](ServerConfig::idle_timeout) (default 30 s).
-    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.idle_timeout = timeout;
-        self
-    }
-
-    /// Sets [`stall_timeout`](ServerConfig::stall_timeout) (default 30 s).
-    pub fn stall_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.stall_timeout = timeout;
-        self
-    }
-
-    /// Sets [`allow_put`](ServerConfig::allow_put) (default off).
-    pub fn allow_put(mut self, allow: bool) -> Self {
-        self.allow_put = allow;
-        self
-    }
-
-    /// Sets [`max_upload`](ServerConfig::max_upload) (default 1 GiB).
-    pub fn max_upload(mut self, bytes: u64) -> Self {
-        self.max_upload = bytes;
-        self
-    }
-
-    /// Sets [`shutdown_grace`](ServerConfig::shutdown_grace) (default 10 s).
-    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
-        self.shutdown_grace = grace;
-        self
-    }
-
-    fn admission(&self) -> Policy {
-        let per_source = match self.max_per_source {
-            0 => usize::MAX,
-            n => n,
-        };
-        MaxWaiting(self.max_waiting)
-            .and(PerSourceCap(per_source))
-            .and(QueueTimeout(self.queue_timeout.unwrap_or(Duration::MAX)))
-    }
-}
-
-/// The file server's admission policy, built from its [`ServerConfig`].
-pub type Policy = And<And<MaxWaiting, PerSourceCap>, QueueTimeout>;
-
-/// Why a [`Server`] could not start.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ServerError {
-    /// The served directory could not be opened.
-    #[error("cannot serve {}: {source}", root.display())]
-    Root {
-        /// The directory given.
-        root: PathBuf,
-        /// Why opening it failed.
-        #[source]
-        source: io::Error,
-    },
-    /// The address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address given.
-        addr: SocketAddr,
-        /// Why binding failed.
-        #[source]
-        source: io::Error,
-    },
-    /// A thread could not be started, or the listener not set up.
-    #[error("cannot start the server: {0}")]
-    Start(#[source] io::Error),
-}
+use super::config::{Policy, ServerConfig, ServerError};
+use super::fs::Root;
+use super::session::{ServerState, Session, refusal_line};
+use crate::util::lock;
+use crate::{Manager, ManagerBuilder, Refusal, ShutdownReport, Stats};
 
 /// A running file server: bound, accepting, serving.
 ///
@@ -196,15 +45,15 @@ pub enum ServerError {
 #[derive(Debug)]
 pub struct Server {
     local_addr: SocketAddr,
-    inner: Arc<Inner>,
+    inner: Arc<Listening>,
     /// Taken by the first shutdown, which holds the lock until it is done.
     threads: Mutex<Option<Threads>>,
 }
 
 #[derive(Debug)]
-struct Inner {
+struct Listening {
     manager: Manager<Session, Policy>,
-    shared: Arc<Shared>,
+    state: Arc<ServerState>,
     listener: TcpListener,
     stopping: AtomicBool,
 }
@@ -263,19 +112,19 @@ impl Server {
         }
         let local_addr = listener.local_addr().map_err(ServerError::Start)?;
         let (closer, closer_thread) = Closer::start("filesrv").map_err(ServerError::Start)?;
-        let manager = Builder::new(config.max_running)
+        let manager = ManagerBuilder::new(config.max_running)
             .admission(config.admission())
             .name("filesrv")
             .build()
             .map_err(ServerError::Start)?;
-        let shared = Arc::new(Shared {
+        let state = Arc::new(ServerState {
             root,
             config,
             closer,
         });
-        let inner = Arc::new(Inner {
+        let inner = Arc::new(Listening {
             manager,
-            shared,
+            state,
             listener,
             stopping: AtomicBool::new(false),
         });
@@ -317,7 +166,7 @@ impl Server {
     /// returns the manager's report of the first.
     pub fn shutdown(&self) -> ShutdownReport {
         let inner = &self.inner;
-        let grace = inner.shared.config.shutdown_grace;
+        let grace = inner.state.config.shutdown_grace;
         let mut threads = lock(&self.threads);
         if let Some(Threads {
             accept,
@@ -331,7 +180,7 @@ impl Server {
             let _ = accept.join();
             inner.manager.shutdown(grace);
             // Every session is done: nothing else reaches the closer.
-            inner.shared.closer.stop();
+            inner.state.closer.stop();
             let _ = closer.join();
         }
         // The manager keeps the report of its first shutdown.
@@ -370,7 +219,7 @@ fn open_root(config: &ServerConfig) -> Result<Root, ServerError> {
     })
 }
 
-impl Inner {
+impl Listening {
     fn accept_loop(&self, woken: &Receiver<()>) {
         let mut backoff = BACKOFF_MIN;
         loop {
@@ -387,7 +236,7 @@ impl Inner {
                     // Replies are small and latency-bound; bodies are sent
                     // with explicit corking instead of Nagle's delays.
                     let _ = stream.set_nodelay(true);
-                    let session = Session::new(stream, peer, self.shared.clone());
+                    let session = Session::new(stream, peer, self.state.clone());
                     if let Err(refused) = self.manager.submit(session) {
                         refused.notify();
                     }

@@ -12,8 +12,8 @@ use rustix::fs::{self, AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 use rustix::process::{self, Pid};
 
-use super::root::FsError;
-use super::{ErrorCode, RESERVED_PREFIX, encode_name};
+use super::error::FsError;
+use crate::protocol::wire::{ErrorCode, RESERVED_PREFIX, encode_name};
 
 /// How deep [`remove_stale_temps`] descends below the root.
 const MAX_CLEANUP_DEPTH: usize = 64;
@@ -26,7 +26,7 @@ const CREATE_ATTEMPTS: usize = 8;
 /// Write the body to it, then [`commit`](TempFile::commit). Dropped without
 /// a commit (a failed or abandoned upload), it removes its file.
 #[derive(Debug)]
-pub struct TempFile {
+pub(crate) struct TempFile {
     dir: OwnedFd,
     temp_name: Vec<u8>,
     target_name: Vec<u8>,
@@ -64,7 +64,7 @@ impl TempFile {
     }
 
     /// The temporary file, for writing the body or querying it.
-    pub fn as_file(&self) -> &File {
+    pub(crate) fn as_file(&self) -> &File {
         &self.file
     }
 
@@ -79,7 +79,7 @@ impl TempFile {
     /// - `bad-request` when a directory took the target's place meanwhile;
     /// - `internal` when a flush or the rename fails. The temporary file is
     ///   removed unless the rename happened.
-    pub fn commit(mut self) -> Result<(), FsError> {
+    pub(crate) fn commit(mut self) -> Result<(), FsError> {
         self.file.sync_all()?;
         fs::renameat(
             &self.dir,
@@ -242,8 +242,9 @@ fn remove_entry(dir: BorrowedFd<'_>, name: &CStr, depth: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::testutil::{TempDir, roots};
-    use crate::protocol::{RelPath, Root};
+    use super::super::testutil::{TempDir, roots};
+    use super::super::Root;
+    use crate::protocol::RelPath;
 
     fn path(field: &str) -> RelPath {
         field.parse().unwrap()

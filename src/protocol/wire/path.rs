@@ -9,12 +9,12 @@ use super::ErrorCode;
 ///
 /// A path component starting with it is refused with `forbidden`, and LIST
 /// never shows such names.
-pub const RESERVED_PREFIX: &[u8] = b".filesrv-";
+pub(crate) const RESERVED_PREFIX: &[u8] = b".filesrv-";
 
 /// A path relative to the served root, decoded and checked.
 ///
 /// Every component is non-empty and holds no `/`, NUL or backslash, is not
-/// `.` or `..`, and does not start with [`RESERVED_PREFIX`]. Components are
+/// `.` or `..`, and does not start with the reserved prefix `.filesrv-`. Components are
 /// raw bytes: names on disk need not be UTF-8. The empty path is the root.
 ///
 /// Its [`Display`](fmt::Display) form is the encoded request field (`.` for
@@ -48,7 +48,7 @@ pub enum PathError {
     Nul,
     /// A backslash.
     Backslash,
-    /// A component starting with [`RESERVED_PREFIX`].
+    /// A component starting with the reserved prefix `.filesrv-`.
     Reserved,
 }
 

@@ -1,0 +1,241 @@
+//! The [`Manager`] handle: submitting, observing and shutting down.
+
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::deadline::Ticket;
+use super::refused::Refused;
+use super::slot::{RunningInfo, Slot};
+use super::state::{Entry, ManagerState, Waiting};
+use super::stats::{ShutdownReport, Stats};
+use crate::admission::{Admission, Arrival, Decision, MaxWaiting, Refusal, canonical_source};
+use crate::handler::{Handler, Stop};
+use crate::util::lock;
+
+/// Runs handlers with at most `max_running` at a time, in arrival order,
+/// behind an admission policy.
+///
+/// The two parameters: `Q` is the handler type that waits in the queue
+/// (one [`Handler`] per client), `S` is the admission strategy
+/// ([`Admission`]) that screens each arrival.
+///
+/// Build one with [`ManagerBuilder`]; hand it work with
+/// [`submit`](Manager::submit); end it with [`shutdown`](Manager::shutdown).
+/// All methods take `&self`, so a manager can be shared (e.g. in an `Arc`)
+/// between an accepting thread and a signal handler.
+///
+/// # Threads
+///
+/// `max_running` worker threads are started up front and reused: each
+/// takes the next handler the moment its previous one ends. One more
+/// thread enforces queue-wait deadlines. Idle, they all sleep in the
+/// kernel and use no CPU.
+///
+/// # Drop
+///
+/// Dropping a manager that was not shut down is
+/// `shutdown(Duration::ZERO)`: waiting handlers are refused with
+/// [`Refusal::ShuttingDown`], running ones are asked to stop at once
+/// ([`Stop::Now`]), and the drop blocks until every thread is joined.
+/// So neither a shutdown nor the last drop may happen on one of the
+/// manager's own workers (inside a handler): it would wait for itself.
+pub struct Manager<Q: Handler, S: Admission = MaxWaiting> {
+    pub(super) shared: Arc<ManagerState<Q, S>>,
+    pub(super) threads: Mutex<Option<Vec<JoinHandle<()>>>>,
+    pub(super) report: Mutex<Option<ShutdownReport>>,
+}
+
+impl<Q: Handler, S: Admission> Manager<Q, S> {
+    /// Offers a handler to the admission policy.
+    ///
+    /// - `Ok(())`: it was queued. It will be run, refused when its queue
+    ///   deadline passes or a shutdown begins, or dropped as abandoned.
+    /// - `Err(refused)`: the policy refused it, or the manager is shutting
+    ///   down ([`Refusal::ShuttingDown`]); the handler comes back inside.
+    ///
+    /// Never blocks beyond the brief admission lock.
+    pub fn submit(&self, handler: Q) -> Result<(), Refused<Q>> {
+        let shared = &*self.shared;
+        let source = handler.source().map(canonical_source);
+        let now = Instant::now();
+        let mut gate = lock(&shared.gate);
+        gate.submitted += 1;
+        if gate.queue.is_none() {
+            drop(gate);
+            return Err(shared.refuse_at_gate(handler, Refusal::ShuttingDown));
+        }
+        let (running, waiting) = shared.counts.get();
+        let arrival = Arrival {
+            source,
+            running,
+            waiting,
+            from_source: source.map_or(0, |s| gate.per_source.get(&s).copied().unwrap_or(0)),
+            max_running: shared.max_running,
+            now,
+        };
+        let deadline = match gate.policy.decide(&arrival) {
+            Decision::Refuse(reason) => {
+                drop(gate);
+                return Err(shared.refuse_at_gate(handler, reason));
+            }
+            Decision::Queue => None,
+            Decision::QueueUntil(deadline) => Some(deadline),
+        };
+        let id = gate.next_id;
+        gate.next_id += 1;
+        if let Some(source) = source {
+            *gate.per_source.entry(source).or_insert(0) += 1;
+        }
+        let waiting = match deadline {
+            None => Waiting::Plain(handler),
+            Some(deadline) => {
+                let ticket = Arc::new(Ticket::new(handler, id, source));
+                shared.deadlines.watch(deadline, ticket.clone());
+                Waiting::Timed(ticket)
+            }
+        };
+        shared.counts.queued();
+        gate.admitted += 1;
+        let entry = Entry {
+            id,
+            source,
+            queued_at: now,
+            waiting,
+        };
+        if let Some(queue) = &gate.queue {
+            // The receiver lives as long as `shared`, so this cannot fail.
+            let _ = queue.send(entry);
+        }
+        Ok(())
+    }
+
+    /// A snapshot of the counters. Cheap: the admission lock for a moment
+    /// and a few atomic loads.
+    pub fn stats(&self) -> Stats {
+        let (submitted, admitted) = {
+            let gate = lock(&self.shared.gate);
+            (gate.submitted, gate.admitted)
+        };
+        let (running, waiting) = self.shared.counts.get();
+        let mut stats = self.shared.counters.snapshot(running, waiting);
+        stats.submitted = submitted;
+        stats.admitted = admitted;
+        for slot in self.shared.slots.iter() {
+            slot.counters.add_to(&mut stats);
+        }
+        stats
+    }
+
+    /// The handlers running now, in no particular order.
+    pub fn running(&self) -> Vec<RunningInfo> {
+        self.shared.slots.iter().filter_map(Slot::info).collect()
+    }
+
+    /// The bound on running handlers.
+    pub fn max_running(&self) -> usize {
+        self.shared.max_running
+    }
+
+    /// Blocks until nothing runs or waits. Handlers submitted meanwhile
+    /// are waited for too.
+    pub fn wait_idle(&self) {
+        self.shared.wait_idle(None);
+    }
+
+    /// Blocks until nothing runs or waits, or until `timeout` passes.
+    ///
+    /// - `true`: the manager was idle at some moment before the timeout.
+    /// - `false`: the timeout passed first.
+    pub fn wait_idle_timeout(&self, timeout: Duration) -> bool {
+        self.shared.wait_idle(Instant::now().checked_add(timeout))
+    }
+
+    /// Blocks until nothing runs or waits, or until `deadline`.
+    ///
+    /// - `true`: the manager was idle at some moment before the deadline.
+    /// - `false`: the deadline passed first.
+    pub fn wait_idle_deadline(&self, deadline: Instant) -> bool {
+        self.shared.wait_idle(Some(deadline))
+    }
+
+    /// Whether [`shutdown`](Manager::shutdown) has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.closing.load(Ordering::SeqCst)
+    }
+
+    /// Stops the manager and joins every thread it started.
+    ///
+    /// 1. Admission closes: later [`submit`](Manager::submit)s are refused
+    ///    with [`Refusal::ShuttingDown`].
+    /// 2. Every waiting handler is refused with [`Refusal::ShuttingDown`].
+    /// 3. Running handlers get [`Stop::Graceful`] through their stop hooks
+    ///    and until `grace` has passed to finish.
+    /// 4. Those still running then get [`Stop::Now`], and the call waits
+    ///    for them to return before joining the threads.
+    ///
+    /// A handler that ignores both stops delays this call until it returns.
+    /// Calling it again, or from several threads at once, is safe: the
+    /// first call does the work and every call returns its report.
+    pub fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        let mut report = lock(&self.report);
+        if let Some(report) = *report {
+            return report;
+        }
+        let shared = &*self.shared;
+        let began = Instant::now();
+        let deadline = began.checked_add(grace);
+        // Closing the gate drops the only sender: workers see the queue
+        // disconnect once it is empty and exit after their current handler.
+        shared.closing.store(true, Ordering::SeqCst);
+        let sender = lock(&shared.gate).queue.take();
+        drop(sender);
+        let mut refused_waiting = 0;
+        while let Ok(entry) = shared.queue.try_recv() {
+            if shared.refuse_entry(entry, Refusal::ShuttingDown) {
+                refused_waiting += 1;
+            }
+        }
+        shared.deadlines.stop();
+
+        let running_at_start = shared.counts.get().0;
+        shared.stop_all(Stop::Graceful);
+        shared.wait_idle(deadline);
+        let cut = shared.counts.get().0;
+        if cut > 0 {
+            shared.stop_all(Stop::Now);
+        }
+
+        let threads = lock(&self.threads).take().unwrap_or_default();
+        for thread in threads {
+            // Handlers run under catch_unwind, so a worker never panics.
+            let _ = thread.join();
+        }
+        let done = ShutdownReport {
+            refused_waiting,
+            running_at_start,
+            cut,
+            took: began.elapsed(),
+        };
+        *report = Some(done);
+        done
+    }
+}
+
+impl<Q: Handler, S: Admission> Drop for Manager<Q, S> {
+    fn drop(&mut self) {
+        self.shutdown(Duration::ZERO);
+    }
+}
+
+impl<Q: Handler, S: Admission> fmt::Debug for Manager<Q, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Manager")
+            .field("max_running", &self.shared.max_running)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+

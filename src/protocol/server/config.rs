@@ -1,0 +1,157 @@
+//! The server's settings and the errors of starting it.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::{Admission as _, And, MaxWaiting, PerSourceCap, QueueTimeout};
+
+/// Settings of a [`Server`]; the command line of the `filesrv` binary maps
+/// onto these one to one.
+///
+/// `ServerConfig::new(root)` gives the defaults: 4 running, 1024 waiting,
+/// no per-source cap, no queue timeout, idle and stall timeouts of 30 s,
+/// uploads off (1 GiB limit when on), 10 s shutdown grace.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// The directory served; nothing outside it is read or written.
+    pub root: PathBuf,
+    /// Clients served at the same time (at least 1).
+    pub max_running: usize,
+    /// Clients waiting beyond the running ones; 0: none.
+    pub max_waiting: usize,
+    /// Running plus waiting clients from one IP address; 0: no cap.
+    pub max_per_source: usize,
+    /// How long a client may wait for a slot; `None`: forever.
+    pub queue_timeout: Option<Duration>,
+    /// Time allowed for a complete request line; `None`: no limit.
+    pub idle_timeout: Option<Duration>,
+    /// Time allowed without progress on a body; `None`: no limit.
+    pub stall_timeout: Option<Duration>,
+    /// Whether PUT is accepted.
+    pub allow_put: bool,
+    /// The largest accepted upload, in bytes.
+    pub max_upload: u64,
+    /// How long running clients may finish on shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl ServerConfig {
+    /// The defaults, serving `root`.
+    pub fn new(root: impl Into<PathBuf>) -> ServerConfig {
+        ServerConfig {
+            root: root.into(),
+            max_running: 4,
+            max_waiting: 1024,
+            max_per_source: 0,
+            queue_timeout: None,
+            idle_timeout: Some(Duration::from_secs(30)),
+            stall_timeout: Some(Duration::from_secs(30)),
+            allow_put: false,
+            max_upload: 1 << 30,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+
+    /// Sets [`max_running`](ServerConfig::max_running) (default 4).
+    ///
+    /// # Panics
+    ///
+    /// If `n` is 0.
+    pub fn max_running(mut self, n: usize) -> Self {
+        assert!(n >= 1, "max_running must be at least 1");
+        self.max_running = n;
+        self
+    }
+
+    /// Sets [`max_waiting`](ServerConfig::max_waiting) (default 1024).
+    pub fn max_waiting(mut self, n: usize) -> Self {
+        self.max_waiting = n;
+        self
+    }
+
+    /// Sets [`max_per_source`](ServerConfig::max_per_source) (default 0, no cap).
+    pub fn max_per_source(mut self, n: usize) -> Self {
+        self.max_per_source = n;
+        self
+    }
+
+    /// Sets [`queue_timeout`](ServerConfig::queue_timeout) (default none).
+    pub fn queue_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.queue_timeout = timeout;
+        self
+    }
+
+    /// Sets [`idle_timeout`](ServerConfig::idle_timeout) (default 30 s).
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Sets [`stall_timeout`](ServerConfig::stall_timeout) (default 30 s).
+    pub fn stall_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.stall_timeout = timeout;
+        self
+    }
+
+    /// Sets [`allow_put`](ServerConfig::allow_put) (default off).
+    pub fn allow_put(mut self, allow: bool) -> Self {
+        self.allow_put = allow;
+        self
+    }
+
+    /// Sets [`max_upload`](ServerConfig::max_upload) (default 1 GiB).
+    pub fn max_upload(mut self, bytes: u64) -> Self {
+        self.max_upload = bytes;
+        self
+    }
+
+    /// Sets [`shutdown_grace`](ServerConfig::shutdown_grace) (default 10 s).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    pub(crate) fn admission(&self) -> Policy {
+        let per_source = match self.max_per_source {
+            0 => usize::MAX,
+            n => n,
+        };
+        MaxWaiting(self.max_waiting)
+            .and(PerSourceCap(per_source))
+            .and(QueueTimeout(self.queue_timeout.unwrap_or(Duration::MAX)))
+    }
+}
+
+/// The file server's admission policy, built from its [`ServerConfig`].
+pub(crate) type Policy = And<And<MaxWaiting, PerSourceCap>, QueueTimeout>;
+
+/// Why a [`Server`] could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The served directory could not be opened.
+    #[error("cannot serve {}", root.display())]
+    Root {
+        /// The directory given.
+        root: PathBuf,
+        /// Why opening it failed.
+        #[source]
+        source: io::Error,
+    },
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address given.
+        addr: SocketAddr,
+        /// Why binding failed.
+        #[source]
+        source: io::Error,
+    },
+    /// A thread could not be started, or the listener not set up.
+    #[error("cannot start the server")]
+    Start(#[source] io::Error),
+}
+

@@ -1,0 +1,94 @@
+//! Sending GET bodies: `sendfile(2)` where the file system allows it, a
+//! buffered copy otherwise.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::net::TcpStream;
+
+use rustix::io::Errno;
+use rustix::net::SendFlags;
+
+use crate::util::chunk_len;
+
+/// The largest chunk one `sendfile` call is asked for.
+const SENDFILE_CHUNK: usize = 1 << 30;
+/// The buffer of the copying fallback.
+const COPY_CHUNK: usize = 64 * 1024;
+
+/// How sending a body ended.
+pub(super) enum Sent {
+    All,
+    /// The file ended before the announced length.
+    Short(u64),
+    /// The client stopped reading for the stall timeout, or vanished.
+    Stalled(u64),
+}
+
+/// A timed-out blocking socket call reports `WouldBlock` on Unix.
+pub(super) fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+pub(super) fn send_all(stream: &TcpStream, mut bytes: &[u8], flags: SendFlags) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match rustix::net::send(stream, bytes, flags | SendFlags::NOSIGNAL) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Sends `count` bytes of `file` from `offset`: `sendfile(2)` where the
+/// file system allows it, a buffered copy otherwise.
+pub(super) fn send_body(stream: &TcpStream, file: &File, mut offset: u64, count: u64) -> io::Result<Sent> {
+    let end = offset + count;
+    let sent = |offset: u64| count - (end - offset);
+    while offset < end {
+        let chunk = chunk_len(end - offset, SENDFILE_CHUNK);
+        match rustix::fs::sendfile(stream, file, Some(&mut offset), chunk) {
+            Ok(0) => return Ok(Sent::Short(sent(offset))),
+            Ok(_) => {}
+            Err(Errno::INTR) => {}
+            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+                return copy_body(stream, file, offset, end, count);
+            }
+            // A stall (the send timeout) or a vanished client.
+            Err(_) => return Ok(Sent::Stalled(sent(offset))),
+        }
+    }
+    Ok(Sent::All)
+}
+
+/// The fallback for files `sendfile(2)` cannot read: sends the bytes from
+/// `offset` to `end`, the last `count` bytes of which are the body.
+fn copy_body(
+    mut stream: &TcpStream,
+    file: &File,
+    mut offset: u64,
+    end: u64,
+    count: u64,
+) -> io::Result<Sent> {
+    use std::os::unix::fs::FileExt;
+    let sent = |offset: u64| count - (end - offset);
+    let mut buf = vec![0u8; COPY_CHUNK];
+    while offset < end {
+        let want = chunk_len(end - offset, buf.len());
+        let n = match file.read_at(&mut buf[..want], offset) {
+            Ok(0) => return Ok(Sent::Short(sent(offset))),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if stream.write_all(&buf[..n]).is_err() {
+            return Ok(Sent::Stalled(sent(offset)));
+        }
+        offset += n as u64;
+    }
+    Ok(Sent::All)
+}
+

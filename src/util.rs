@@ -1,0 +1,34 @@
+//! Crate-private helpers that every layer may use, so that no layer
+//! reaches into another's internals for them.
+
+use std::any::Any;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// Locks a mutex, ignoring poison: every critical section in this crate
+/// leaves its data consistent, and handlers run outside of them.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The time left until `deadline`; `None` once it has passed.
+pub(crate) fn time_left(deadline: Instant) -> Option<Duration> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|left| !left.is_zero())
+}
+
+/// The text of a panic's payload, for a log line.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(non-string panic payload)")
+}
+
+/// How much of a buffer of `max` bytes a body with `remaining` bytes to
+/// go needs.
+pub(crate) fn chunk_len(remaining: u64, max: usize) -> usize {
+    usize::try_from(remaining).map_or(max, |remaining| remaining.min(max))
+}
