@@ -37,7 +37,7 @@
 //! Every scenario runs several times, the implementations interleaved, and
 //! the medians are printed with every run's figure.
 //!
-//! # HandlerContext
+//! # Running
 //!
 //! `cargo bench --bench transfer` runs everything (about 1.5 minutes);
 //! `cargo bench --bench transfer -- small` runs the scenarios whose name
