@@ -66,7 +66,7 @@ use criterion::{
     criterion_main,
 };
 use crossbeam_channel::Sender;
-use filesrv::{ManagerBuilder, Handler, Manager, HandlerContext, Unbounded};
+use filesrv::{Handler, HandlerContext, Manager, ManagerBuilder, Unbounded};
 
 /// The `max_running` values every throughput scenario sweeps.
 const SLOTS: [usize; 4] = [1, 2, 8, 64];

@@ -230,7 +230,7 @@ impl<H: Handler> DynHandler for H {
 /// Any [`Handler`], boxed, so one manager can run handlers of several types.
 ///
 /// ```
-/// use filesrv::{BoxHandler, Builder, Manager, handler_fn};
+/// use filesrv::{BoxHandler, Manager, ManagerBuilder, handler_fn};
 ///
 /// # fn main() -> std::io::Result<()> {
 /// let manager: Manager<BoxHandler> = ManagerBuilder::new(2).build()?;

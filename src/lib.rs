@@ -21,7 +21,7 @@
 //! use std::io::{BufRead, BufReader, Write};
 //! use std::net::{TcpListener, TcpStream};
 //! use std::time::Duration;
-//! use filesrv::{Builder, MaxWaiting, handler_fn};
+//! use filesrv::{ManagerBuilder, MaxWaiting, handler_fn};
 //!
 //! # fn main() -> std::io::Result<()> {
 //! let listener = TcpListener::bind("127.0.0.1:0")?;
@@ -52,7 +52,7 @@
 //!
 //! # Back-pressure
 //!
-//! Nothing is unbounded by default: [`Builder::new`] starts with
+//! Nothing is unbounded by default: [`ManagerBuilder::new`] starts with
 //! [`MaxWaiting`]`(1024)`, so at most 1024 handlers wait beyond the running
 //! slots, and a submission past that comes back as [`Refused`] for the
 //! caller to answer (the file server writes `ERR busy`). [`PerSourceCap`]
@@ -67,16 +67,37 @@
 //! handlers to finish through the hooks they registered with
 //! [`HandlerContext::on_stop`], cuts them when the grace period ends, and joins
 //! every thread. No thread outlives the manager.
+//!
+//! # Timeouts
+//!
+//! One convention throughout: a blocking call comes in three forms, as
+//! crossbeam's `recv`, `recv_timeout` and `recv_deadline` do
+//! ([`Manager::wait_idle`], [`Manager::wait_idle_timeout`],
+//! [`Manager::wait_idle_deadline`]; [`protocol::Client::connect`] and
+//! [`protocol::Client::connect_timeout`]), and a timeout *setting* is an
+//! `Option<Duration>` where `None` means no limit, as in
+//! [`std::net::TcpStream::set_read_timeout`]. A zero never means "none";
+//! only the `filesrv` command line, whose contract says so, maps `0` to
+//! `None`.
+//!
+//! # Layout
+//!
+//! - `handler`, `admission` and `manager`: the core, which knows nothing
+//!   of files or protocols;
+//! - [`protocol`]: the file-transfer protocol, in three layers that sit
+//!   in their own folders: `wire` (the format both ends speak), `server`
+//!   and `client`;
+//! - `util`: crate-private helpers both layers use.
 #![deny(missing_docs)]
 
 mod admission;
-mod util;
 mod handler;
 mod manager;
 pub mod protocol;
+mod util;
 
 pub use admission::{
     Admission, And, Arrival, Decision, MaxWaiting, PerSourceCap, QueueTimeout, Refusal, Unbounded,
 };
 pub use handler::{BoxHandler, FnHandler, Handler, HandlerContext, Stop, handler_fn};
-pub use manager::{ManagerBuilder, Manager, Refused, RunningInfo, ShutdownReport, Stats};
+pub use manager::{Manager, ManagerBuilder, Refused, RunningInfo, ShutdownReport, Stats};

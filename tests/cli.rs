@@ -15,15 +15,9 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Resource, Signal};
 
-mod support;
-
-use support::{ChildServer, Conn, LIMIT, TempDir, begin_upload, running_and_waiting};
-
-const NOTES: &[u8] = b"hello, world\n";
-
-/// How late a timed event may come on a loaded machine before the test
-/// fails.
-const SLACK: Duration = Duration::from_millis(1500);
+use crate::support::{
+    ChildServer, Conn, LIMIT, NOTES, SLACK, TempDir, begin_upload, running_and_waiting,
+};
 
 /// A temporary root holding `notes.txt`.
 fn root_with_notes(label: &str) -> TempDir {
@@ -369,7 +363,7 @@ fn max_upload_option_takes_a_binary_suffix() {
     c.send(b"PUT ok.bin 1024\n");
     c.send(&[7; 1024]);
     assert_eq!(c.line(), "OK 1024");
-    assert_eq!(std::fs::read(dir.root().join("ok.bin")).unwrap(), [7; 1024]);
+    assert_eq!(dir.read("ok.bin"), [7; 1024]);
 }
 
 #[test]
@@ -435,10 +429,7 @@ fn sigterm_lets_a_request_finish_within_the_grace() {
     assert_eq!(uploader.line(), "OK 10");
     uploader.expect_final_err("unavailable");
     assert!(server.wait_exit(LIMIT).success());
-    assert_eq!(
-        std::fs::read(dir.root().join("up.txt")).unwrap(),
-        b"helloworld"
-    );
+    assert_eq!(dir.read("up.txt"), b"helloworld");
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
@@ -14,9 +14,14 @@ use std::time::{Duration, SystemTime};
 
 use filesrv::protocol::{Client, ClientError, EntryKind, ErrorCode, Server, ServerConfig};
 
-mod support;
+use crate::support::{LIMIT, TempDir};
 
-use support::{LIMIT, TempDir};
+/// A directory outside the root for the client's own files.
+fn local_dir(dir: &TempDir) -> PathBuf {
+    let local = dir.path().join("local");
+    fs::create_dir_all(&local).unwrap();
+    local
+}
 
 /// Serves `dir.root()` on 127.0.0.1 with `configure`d settings.
 fn serve(dir: &TempDir, configure: impl FnOnce(ServerConfig) -> ServerConfig) -> Server {
@@ -71,7 +76,7 @@ fn get_returns_the_exact_bytes() {
     );
     assert_eq!(tail, data[150_000..]);
 
-    let local = dir.local().join("copy.bin");
+    let local = local_dir(&dir).join("copy.bin");
     assert_eq!(client.get_file("data.bin", &local, false).unwrap(), 200_000);
     assert_eq!(fs::read(&local).unwrap(), data);
     client.quit().unwrap();
@@ -82,7 +87,7 @@ fn get_file_resumes_a_partial_download() {
     let dir = TempDir::new("client");
     let data = content(100_000);
     fs::write(dir.root().join("data.bin"), &data).unwrap();
-    let local = dir.local().join("data.bin");
+    let local = local_dir(&dir).join("data.bin");
     fs::write(&local, &data[..30_000]).unwrap();
     let server = serve(&dir, |config| config);
     let mut client = connect(&server);
@@ -114,29 +119,23 @@ fn put_then_get_round_trips() {
     let dir = TempDir::new("client");
     fs::create_dir(dir.root().join("sub")).unwrap();
     let data = content(123_457);
-    let local = dir.local().join("upload.bin");
+    let local = local_dir(&dir).join("upload.bin");
     fs::write(&local, &data).unwrap();
     let server = serve(&dir, |config| config.allow_put(true));
     let mut client = connect(&server);
 
     let remote = "sub/my file 100%.bin";
     assert_eq!(client.put_file(&local, remote).unwrap(), 123_457);
-    assert_eq!(
-        fs::read(dir.root().join("sub/my file 100%.bin")).unwrap(),
-        data
-    );
+    assert_eq!(dir.read("sub/my file 100%.bin"), data);
     let mut back = Vec::new();
     client.get_to(remote, 0, &mut back).unwrap();
     assert_eq!(back, data);
 
     // Only `size` bytes of the reader are sent; an upload replaces.
     assert_eq!(client.put_from(remote, &b"hello, world"[..], 5).unwrap(), 5);
-    assert_eq!(
-        fs::read(dir.root().join("sub/my file 100%.bin")).unwrap(),
-        b"hello"
-    );
+    assert_eq!(dir.read("sub/my file 100%.bin"), b"hello");
     assert_eq!(client.put_from("empty", &b""[..], 0).unwrap(), 0);
-    assert_eq!(fs::read(dir.root().join("empty")).unwrap(), b"");
+    assert_eq!(dir.read("empty"), b"");
     client.quit().unwrap();
 }
 
@@ -220,11 +219,11 @@ fn server_errors_surface_with_their_code() {
         ErrorCode::Forbidden
     );
     assert_eq!(
-        refusal(client.get_file("missing", &dir.local().join("missing"), false)),
+        refusal(client.get_file("missing", &local_dir(&dir).join("missing"), false)),
         ErrorCode::NotFound
     );
     assert!(
-        !dir.local().join("missing").exists(),
+        !local_dir(&dir).join("missing").exists(),
         "no local file for a refused download"
     );
     assert!(out.is_empty());
@@ -386,7 +385,7 @@ fn fsc_gets_to_a_file_to_stdout_and_resumes() {
     fs::write(dir.root().join("docs/data.bin"), &data).unwrap();
     let server = serve(&dir, |config| config);
     let addr = server.local_addr().to_string();
-    let local = dir.local();
+    let local = local_dir(&dir);
 
     let stdout = success(fsc(&local, &[&addr, "get", "docs/data.bin", "-"]));
     assert_eq!(stdout, data);
@@ -417,17 +416,17 @@ fn fsc_puts_and_gets_back() {
     let dir = TempDir::new("client");
     fs::create_dir(dir.root().join("up")).unwrap();
     let data = content(70_000);
-    fs::write(dir.local().join("my file.bin"), &data).unwrap();
+    fs::write(local_dir(&dir).join("my file.bin"), &data).unwrap();
     let server = serve(&dir, |config| config.allow_put(true));
     let addr = server.local_addr().to_string();
-    let local = dir.local();
+    let local = local_dir(&dir);
 
     success(fsc(&local, &[&addr, "put", "my file.bin"]));
-    assert_eq!(fs::read(dir.root().join("my file.bin")).unwrap(), data);
+    assert_eq!(dir.read("my file.bin"), data);
     success(fsc(&local, &[&addr, "put", "my file.bin", "up/"]));
     success(fsc(&local, &[&addr, "put", "my file.bin", "up/renamed"]));
-    assert_eq!(fs::read(dir.root().join("up/my file.bin")).unwrap(), data);
-    assert_eq!(fs::read(dir.root().join("up/renamed")).unwrap(), data);
+    assert_eq!(dir.read("up/my file.bin"), data);
+    assert_eq!(dir.read("up/renamed"), data);
 
     let stdout = success(fsc(&local, &[&addr, "get", "up/renamed", "-"]));
     assert_eq!(stdout, data);
@@ -452,7 +451,7 @@ fn fsc_lists_and_stats() {
     let server = serve(&dir, |config| config);
     let addr = server.local_addr().to_string();
 
-    let listing = success(fsc(&dir.local(), &[&addr, "ls"]));
+    let listing = success(fsc(&local_dir(&dir), &[&addr, "ls"]));
     assert!(dir_size < 100_000, "sizes fit in five columns");
     assert_eq!(
         String::from_utf8(listing).unwrap(),
@@ -464,14 +463,14 @@ fn fsc_lists_and_stats() {
              f     1 line\\nbreak\n"
         )
     );
-    assert!(success(fsc(&dir.local(), &[&addr, "ls", "dir"])).is_empty());
+    assert!(success(fsc(&local_dir(&dir), &[&addr, "ls", "dir"])).is_empty());
 
-    let stat = success(fsc(&dir.local(), &[&addr, "stat", "a b.txt"]));
+    let stat = success(fsc(&local_dir(&dir), &[&addr, "stat", "a b.txt"]));
     assert_eq!(
         String::from_utf8(stat).unwrap(),
         "kind: file\nsize: 5\nmodified: 2023-11-14 22:13:20 UTC (1700000000)\n"
     );
-    let stat = success(fsc(&dir.local(), &[&addr, "stat", "dir"]));
+    let stat = success(fsc(&local_dir(&dir), &[&addr, "stat", "dir"]));
     assert!(
         String::from_utf8(stat)
             .unwrap()
@@ -483,10 +482,10 @@ fn fsc_lists_and_stats() {
 fn fsc_reports_failures_with_exit_codes() {
     let dir = TempDir::new("client");
     fs::write(dir.root().join("five"), b"12345").unwrap();
-    fs::write(dir.local().join("upload"), b"data").unwrap();
+    fs::write(local_dir(&dir).join("upload"), b"data").unwrap();
     let server = serve(&dir, |config| config);
     let addr = server.local_addr().to_string();
-    let local = dir.local();
+    let local = local_dir(&dir);
 
     // Refusals by the server: 1.
     let run = fsc(&local, &[&addr, "get", "missing"]);

@@ -4,8 +4,6 @@
 //! panicking handlers. Each test ends by checking that the server still
 //! serves a normal client. Every loop is bounded in count and in time.
 
-mod support;
-
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
@@ -14,15 +12,11 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use filesrv::{ManagerBuilder, Handler, MaxWaiting, Refusal, HandlerContext, Stop, handler_fn};
-use support::{
-    Conn, LIMIT, SECRET, TempDir, TestServer, connect_from, contains, mkfifo, outside_names,
+use crate::support::{
+    Conn, LIMIT, SECRET, SHORT, TempDir, TestServer, connect_from, contains, outside_names,
     plant_hostile_tree,
 };
-
-/// A short timeout for the tests that wait for one; assertions leave it
-/// generous slack.
-const SHORT: Duration = Duration::from_millis(300);
+use filesrv::{Handler, HandlerContext, ManagerBuilder, MaxWaiting, Refusal, Stop, handler_fn};
 
 /// A server over the hostile tree (see [`plant_hostile_tree`]).
 fn hostile_server(label: &str, put: bool) -> TestServer {
@@ -111,15 +105,9 @@ fn uploads_never_write_through_or_beneath_escaping_links() {
         assert!(fs::symlink_metadata(&path).unwrap().is_file(), "{target}");
         assert_eq!(fs::read(&path).unwrap(), b"mine");
     }
-    assert_eq!(
-        fs::read(t.dir.path().join("outside/secret.txt")).unwrap(),
-        SECRET
-    );
+    assert_eq!(t.dir.read("../outside/secret.txt"), SECRET);
     assert_eq!(outside_names(&t.dir), ["secret.txt"]);
-    assert_eq!(
-        fs::read(t.dir.root().join("file.txt")).unwrap(),
-        b"inside\n"
-    );
+    assert_eq!(t.dir.read("file.txt"), b"inside\n");
     assert!(t.dir.root().join("sub/inner.txt").exists());
     assert!(t.dir.temp_files("").is_empty());
     t.assert_serves();
@@ -263,7 +251,7 @@ fn a_directory_swapped_for_an_escaping_link_never_leaks() {
 fn fifos_sockets_and_devices_are_refused_at_once() {
     let t = TestServer::start("net-special", |c| c.max_running(1).allow_put(true));
     let root = t.dir.root();
-    mkfifo(&root.join("fifo"));
+    t.dir.mkfifo("fifo");
     std::os::unix::fs::symlink("fifo", root.join("to_fifo")).unwrap();
     let _socket = std::os::unix::net::UnixListener::bind(root.join("sock")).unwrap();
     // A character device, where the kernel lets us make one (as root).
@@ -849,7 +837,7 @@ fn eight_concurrent_uploads_of_one_name() {
     for thread in threads {
         thread.join().unwrap();
     }
-    let stored = fs::read(t.dir.root().join("same")).unwrap();
+    let stored = t.dir.read("same");
     assert!(bodies.contains(&stored), "a mix of uploads");
     assert!(t.dir.temp_files("").is_empty());
     t.assert_serves();
@@ -978,8 +966,11 @@ impl Handler for Panicky {
 
 #[test]
 fn panicking_handlers_are_counted_and_free_their_slot() {
-    support::init();
-    let manager = ManagerBuilder::new(1).admission(MaxWaiting(2)).build().unwrap();
+    crate::support::init();
+    let manager = ManagerBuilder::new(1)
+        .admission(MaxWaiting(2))
+        .build()
+        .unwrap();
     // Panics in run and in is_abandoned, then a normal handler: the one
     // worker survives them all and runs it.
     for i in 0..20 {
@@ -1038,7 +1029,7 @@ fn panicking_handlers_are_counted_and_free_their_slot() {
 
 #[test]
 fn a_panicking_stop_hook_does_not_break_shutdown() {
-    support::init();
+    crate::support::init();
     let manager = Arc::new(ManagerBuilder::new(1).build().unwrap());
     let (started, is_started) = crossbeam_channel::bounded(1);
     let (release, released) = crossbeam_channel::bounded::<()>(0);

@@ -5,8 +5,6 @@
 //! and an unprivileged server facing unreadable files. Every child is
 //! killed and reaped on drop; every wait is bounded.
 
-mod support;
-
 use std::fs;
 use std::io::Write;
 use std::net::{Ipv4Addr, TcpStream};
@@ -14,8 +12,8 @@ use std::os::unix::process::CommandExt;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::{ChildServer, Conn, DirWatch, LIMIT, TempDir, connect_from};
 use rustix::process::{Resource, Signal};
-use support::{ChildServer, Conn, DirWatch, LIMIT, TempDir, connect_from};
 
 /// The server on `dir`'s root, with `args` added.
 fn command(dir: &TempDir, max_running: usize, args: &[&str]) -> std::process::Command {
@@ -160,7 +158,7 @@ fn a_failing_write_is_internal_and_leaves_the_old_file() {
     };
     c.expect_last_err("internal");
     writer.join().unwrap();
-    assert_eq!(fs::read(dir.root().join("file.txt")).unwrap(), b"old\n");
+    assert_eq!(dir.read("file.txt"), b"old\n");
     assert!(dir.temp_files("").is_empty(), "{:?}", dir.temp_files(""));
     // A small upload still works, and the server serves on.
     let mut c = server.connect();
@@ -232,7 +230,7 @@ fn sigkill_mid_upload_then_restart_leaves_no_trace() {
         2,
         "the killed upload's file stays"
     );
-    assert_eq!(fs::read(dir.root().join("file.txt")).unwrap(), b"old\n");
+    assert_eq!(dir.read("file.txt"), b"old\n");
 
     // The restart removes the dead server's file, keeps the live one's,
     // and serves the old target.
@@ -250,10 +248,7 @@ fn sigkill_mid_upload_then_restart_leaves_no_trace() {
     assert_eq!(c.line(), "f 4 file.txt");
     c.send(b"PUT .filesrv-1-0-0 1\nx");
     c.expect_err("forbidden");
-    assert_eq!(
-        fs::read(dir.root().join(".filesrv-1-0-0")).unwrap(),
-        b"not yours"
-    );
+    assert_eq!(dir.read(".filesrv-1-0-0"), b"not yours");
 }
 
 #[test]

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use filesrv::{
-    Admission, BoxHandler, ManagerBuilder, Handler, Manager, MaxWaiting, PerSourceCap, QueueTimeout,
-    Refusal, HandlerContext, Stop, Unbounded, handler_fn,
+    Admission, BoxHandler, Handler, HandlerContext, Manager, ManagerBuilder, MaxWaiting,
+    PerSourceCap, QueueTimeout, Refusal, Stop, Unbounded, handler_fn,
 };
 
-const LIMIT: Duration = Duration::from_secs(20);
+use crate::support::LIMIT;
 
 /// A handler for the scenarios below: tells when it starts, then waits for
 /// a release (or for a stop), and reports a refusal.
@@ -207,7 +207,10 @@ fn a_freed_slot_goes_to_the_head_of_the_queue() {
 fn full_queue_refuses_and_gives_the_handler_back() {
     let (started, starts) = channels();
     let (refused, refusals) = channels();
-    let manager = ManagerBuilder::new(1).admission(MaxWaiting(1)).build().unwrap();
+    let manager = ManagerBuilder::new(1)
+        .admission(MaxWaiting(1))
+        .build()
+        .unwrap();
     let (first, _release) = Probe::new(&started, &refused).held();
     manager.submit(first).unwrap();
     starts.recv_timeout(LIMIT).unwrap();
@@ -223,7 +226,10 @@ fn full_queue_refuses_and_gives_the_handler_back() {
 fn zero_waiting_refuses_when_every_slot_is_taken() {
     let (started, starts) = channels();
     let (refused, _refusals) = channels();
-    let manager = ManagerBuilder::new(2).admission(MaxWaiting(0)).build().unwrap();
+    let manager = ManagerBuilder::new(2)
+        .admission(MaxWaiting(0))
+        .build()
+        .unwrap();
     let (a, _ra) = Probe::new(&started, &refused).held();
     let (b, _rb) = Probe::new(&started, &refused).held();
     manager.submit(a).unwrap();
@@ -238,7 +244,10 @@ fn zero_waiting_refuses_when_every_slot_is_taken() {
 fn per_source_cap_counts_mapped_ipv6_as_ipv4() {
     let (started, starts) = channels();
     let (refused, _refusals) = channels();
-    let manager = ManagerBuilder::new(1).admission(PerSourceCap(2)).build().unwrap();
+    let manager = ManagerBuilder::new(1)
+        .admission(PerSourceCap(2))
+        .build()
+        .unwrap();
     let v4: IpAddr = "127.0.0.7".parse().unwrap();
     let mapped: IpAddr = "::ffff:127.0.0.7".parse().unwrap();
     let other: IpAddr = "127.0.0.8".parse().unwrap();
@@ -567,7 +576,12 @@ fn public_types_are_send_and_sync() {
 fn concurrent_submitters_never_overfill_the_queue() {
     let (started, starts) = channels();
     let (refused, _refusals) = channels();
-    let manager = Arc::new(ManagerBuilder::new(1).admission(MaxWaiting(10)).build().unwrap());
+    let manager = Arc::new(
+        ManagerBuilder::new(1)
+            .admission(MaxWaiting(10))
+            .build()
+            .unwrap(),
+    );
     let (first, release) = Probe::new(&started, &refused).held();
     manager.submit(first).unwrap();
     starts.recv_timeout(LIMIT).unwrap();

@@ -20,18 +20,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use filesrv::ShutdownReport;
 use filesrv::protocol::{Server, ServerConfig};
 
-mod support;
-
-use support::{Conn, LIMIT, TestServer, begin_upload, mkfifo, running_and_waiting};
+use crate::support::{
+    Conn, LIMIT, NOTES, SHORT, SLACK, TestServer, begin_upload, running_and_waiting,
+};
 
 /// The content of `notes.txt`, which every test serves.
-const NOTES: &[u8] = b"hello, world\n";
-
-/// The short timeout of tests that wait for one to fire.
-const SHORT: Duration = Duration::from_millis(300);
-/// How late a timeout may fire on a loaded machine before the test fails.
-const SLACK: Duration = Duration::from_millis(1500);
-
 /// A server whose root holds `notes.txt` and `sub/inner.txt`.
 fn serve(label: &str, configure: impl FnOnce(ServerConfig) -> ServerConfig) -> TestServer {
     let t = TestServer::start(label, configure);
@@ -175,7 +168,7 @@ fn get_of_a_directory_is_bad_request_and_keeps_the_connection() {
 #[test]
 fn get_of_a_fifo_is_bad_request_at_once() {
     let t = serve("get-fifo", |c| c);
-    mkfifo(&t.dir.root().join("pipe"));
+    t.dir.mkfifo("pipe");
     let mut c = t.connect();
     // Opening a FIFO without a writer would block forever: a short bound.
     c.stream()
@@ -338,7 +331,7 @@ fn list_hides_temporary_files_fifos_and_unusable_symlinks() {
     t.dir.write(".filesrv-123-0-abc", "partial upload");
     t.dir.write("sub/.filesrv-9-9-9", "partial upload");
     t.dir.write(".hidden", "dot\n");
-    mkfifo(&root.join("pipe"));
+    t.dir.mkfifo("pipe");
     symlink("missing.txt", root.join("broken")).unwrap();
     symlink("../outside.txt", root.join("escape")).unwrap();
     symlink("loop", root.join("loop")).unwrap();
@@ -417,7 +410,7 @@ fn stat_clamps_an_mtime_before_1970_to_0() {
 #[test]
 fn stat_of_a_fifo_is_bad_request_and_of_a_missing_file_not_found() {
     let t = serve("stat-bad", |c| c);
-    mkfifo(&t.dir.root().join("pipe"));
+    t.dir.mkfifo("pipe");
     each_refused_and_kept(&t, "bad-request", &[b"STAT pipe\n"]);
     each_refused_and_kept(&t, "not-found", &[b"STAT nope\n", b"STAT sub/nope\n"]);
 }
@@ -735,7 +728,7 @@ fn put_when_disabled_is_forbidden_and_closes() {
     refused_and_closed(&t, "forbidden", b"PUT new.txt 5\nhello");
     refused_and_closed(&t, "forbidden", b"PUT notes.txt 0\n");
     assert_eq!(t.dir.names(""), ["notes.txt", "sub"]);
-    assert_eq!(fs::read(t.dir.root().join("notes.txt")).unwrap(), NOTES);
+    assert_eq!(t.dir.read("notes.txt"), NOTES);
 }
 
 #[test]
@@ -746,7 +739,7 @@ fn put_creates_a_file_with_the_exact_bytes() {
     c.send(b"PUT sub/new.bin 200000\n");
     c.send(&data);
     assert_eq!(c.line(), "OK 200000");
-    assert_eq!(fs::read(t.dir.root().join("sub/new.bin")).unwrap(), data);
+    assert_eq!(t.dir.read("sub/new.bin"), data);
     // The stream is still in step: the next request is served.
     c.assert_get("sub/new.bin 199990", &data[199_990..]);
     quit(&mut c);
@@ -763,7 +756,7 @@ fn put_replaces_an_existing_file() {
     assert_eq!(c.line(), "OK 4");
     assert_eq!(c.body(4), b"bye\n");
     quit(&mut c);
-    assert_eq!(fs::read(t.dir.root().join("notes.txt")).unwrap(), b"bye\n");
+    assert_eq!(t.dir.read("notes.txt"), b"bye\n");
     assert_eq!(t.dir.names(""), ["notes.txt", "sub"]);
 }
 
@@ -775,7 +768,7 @@ fn put_of_size_0_creates_an_empty_file() {
     assert_eq!(c.line(), "OK 0");
     assert_eq!(c.line(), stat_line(&t, "empty.txt"));
     quit(&mut c);
-    assert_eq!(fs::read(t.dir.root().join("empty.txt")).unwrap(), b"");
+    assert_eq!(t.dir.read("empty.txt"), b"");
 }
 
 #[test]
@@ -1048,7 +1041,7 @@ fn shutdown_lets_a_request_in_progress_finish_then_refuses_the_next() {
     });
     assert!(began.elapsed() < grace, "took {:?}", began.elapsed());
     assert_eq!((report.running_at_start, report.cut), (2, 0));
-    assert_eq!(fs::read(dir.root().join("up.txt")).unwrap(), b"helloworld");
+    assert_eq!(dir.read("up.txt"), b"helloworld");
     assert!(dir.temp_files("").is_empty());
 }
 
@@ -1059,7 +1052,7 @@ fn error_messages_never_show_host_paths() {
     let t = serve("messages", |c| c);
     fs::write(t.dir.path().join("secret.txt"), "secret\n").unwrap();
     symlink("..", t.dir.root().join("up")).unwrap();
-    mkfifo(&t.dir.root().join("pipe"));
+    t.dir.mkfifo("pipe");
     let mut c = t.connect();
     let mut messages = Vec::new();
     for (request, code) in [

@@ -154,7 +154,14 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("filesrv: {e}");
+            // One line: the error, then each cause it was built from.
+            let mut line = format!("filesrv: {e}");
+            let mut cause = e.source();
+            while let Some(inner) = cause {
+                line.push_str(&format!(": {inner}"));
+                cause = inner.source();
+            }
+            eprintln!("{line}");
             ExitCode::FAILURE
         }
     }

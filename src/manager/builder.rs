@@ -120,4 +120,3 @@ impl<S: Admission> ManagerBuilder<S> {
         Ok(manager)
     }
 }
-

@@ -22,7 +22,7 @@ use crate::util::lock;
 /// (one [`Handler`] per client), `S` is the admission strategy
 /// ([`Admission`]) that screens each arrival.
 ///
-/// Build one with [`ManagerBuilder`]; hand it work with
+/// Build one with [`ManagerBuilder`](crate::ManagerBuilder); hand it work with
 /// [`submit`](Manager::submit); end it with [`shutdown`](Manager::shutdown).
 /// All methods take `&self`, so a manager can be shared (e.g. in an `Arc`)
 /// between an accepting thread and a signal handler.
@@ -238,4 +238,3 @@ impl<Q: Handler, S: Admission> fmt::Debug for Manager<Q, S> {
             .finish_non_exhaustive()
     }
 }
-

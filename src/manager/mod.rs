@@ -19,6 +19,6 @@ mod worker;
 pub use builder::ManagerBuilder;
 pub use handle::Manager;
 pub use refused::Refused;
-pub(crate) use slot::Slot;
 pub use slot::RunningInfo;
+pub(crate) use slot::Slot;
 pub use stats::{ShutdownReport, Stats};

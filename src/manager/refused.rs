@@ -47,4 +47,3 @@ impl<Q> fmt::Display for Refused<Q> {
 }
 
 impl<Q> std::error::Error for Refused<Q> {}
-

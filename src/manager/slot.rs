@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::util::lock;
 use super::stats::WorkerCounters;
 use crate::handler::{Stop, StopHook};
+use crate::util::lock;
 
 /// A snapshot of one running handler; see
 /// [`Manager::running`](crate::Manager::running).
@@ -140,6 +140,9 @@ impl Slot {
 /// shutdown that calls hooks must reach every slot and join every thread.
 fn call_hook(hook: &StopHook, stop: Stop) {
     if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| hook(stop))) {
-        log::error!("a stop hook panicked: {}", crate::util::panic_message(&*payload));
+        log::error!(
+            "a stop hook panicked: {}",
+            crate::util::panic_message(&*payload)
+        );
     }
 }

@@ -194,7 +194,13 @@ impl<Q: Handler, S> ManagerState<Q, S> {
         true
     }
 
-    pub(super) fn refuse_waiting(&self, handler: Q, id: u64, source: Option<IpAddr>, reason: Refusal) {
+    pub(super) fn refuse_waiting(
+        &self,
+        handler: Q,
+        id: u64,
+        source: Option<IpAddr>,
+        reason: Refusal,
+    ) {
         self.release_source(source);
         self.counters.refused(reason);
         guarded("refused", id, || handler.refused(reason));
@@ -215,5 +221,4 @@ impl<Q: Handler, S> ManagerState<Q, S> {
             slot.stop(stop);
         }
     }
-
 }

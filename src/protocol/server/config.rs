@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::{Admission as _, And, MaxWaiting, PerSourceCap, QueueTimeout};
 
-/// Settings of a [`Server`]; the command line of the `filesrv` binary maps
+/// Settings of a [`Server`](crate::protocol::Server); the command line of the `filesrv` binary maps
 /// onto these one to one.
 ///
 /// `ServerConfig::new(root)` gives the defaults: 4 running, 1024 waiting,
@@ -78,20 +78,50 @@ impl ServerConfig {
         self
     }
 
-    /// Sets [`queue_timeout`](ServerConfig::queue_timeout) (default none).
+    /// Sets [`queue_timeout`](ServerConfig::queue_timeout) (default none); `None`
+    /// for no limit.
+    ///
+    /// # Panics
+    ///
+    /// If `timeout` is `Some(Duration::ZERO)`: a zero is not "none".
     pub fn queue_timeout(mut self, timeout: Option<Duration>) -> Self {
+        assert_ne!(
+            timeout,
+            Some(Duration::ZERO),
+            "use None for no queue_timeout"
+        );
         self.queue_timeout = timeout;
         self
     }
 
-    /// Sets [`idle_timeout`](ServerConfig::idle_timeout) (default 30 s).
+    /// Sets [`idle_timeout`](ServerConfig::idle_timeout) (default 30 s); `None`
+    /// for no limit.
+    ///
+    /// # Panics
+    ///
+    /// If `timeout` is `Some(Duration::ZERO)`: a zero is not "none".
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        assert_ne!(
+            timeout,
+            Some(Duration::ZERO),
+            "use None for no idle_timeout"
+        );
         self.idle_timeout = timeout;
         self
     }
 
-    /// Sets [`stall_timeout`](ServerConfig::stall_timeout) (default 30 s).
+    /// Sets [`stall_timeout`](ServerConfig::stall_timeout) (default 30 s); `None`
+    /// for no limit.
+    ///
+    /// # Panics
+    ///
+    /// If `timeout` is `Some(Duration::ZERO)`: a zero is not "none".
     pub fn stall_timeout(mut self, timeout: Option<Duration>) -> Self {
+        assert_ne!(
+            timeout,
+            Some(Duration::ZERO),
+            "use None for no stall_timeout"
+        );
         self.stall_timeout = timeout;
         self
     }
@@ -128,7 +158,7 @@ impl ServerConfig {
 /// The file server's admission policy, built from its [`ServerConfig`].
 pub(crate) type Policy = And<And<MaxWaiting, PerSourceCap>, QueueTimeout>;
 
-/// Why a [`Server`] could not start.
+/// Why a [`Server`](crate::protocol::Server) could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServerError {
@@ -154,4 +184,3 @@ pub enum ServerError {
     #[error("cannot start the server")]
     Start(#[source] io::Error),
 }
-

@@ -16,7 +16,7 @@ use super::fs::{FsError, Root};
 use super::transfer::{Sent, is_timeout, send_all, send_body};
 use crate::protocol::wire::{ErrorCode, MAX_LINE, RelPath, Request, encode_name, parse_request};
 use crate::util::{chunk_len, lock, time_left};
-use crate::{Handler, Refusal, HandlerContext, Stop};
+use crate::{Handler, HandlerContext, Refusal, Stop};
 
 /// What every session of one server shares: the root, the settings and
 /// the closer.

@@ -45,7 +45,12 @@ pub(super) fn send_all(stream: &TcpStream, mut bytes: &[u8], flags: SendFlags) -
 
 /// Sends `count` bytes of `file` from `offset`: `sendfile(2)` where the
 /// file system allows it, a buffered copy otherwise.
-pub(super) fn send_body(stream: &TcpStream, file: &File, mut offset: u64, count: u64) -> io::Result<Sent> {
+pub(super) fn send_body(
+    stream: &TcpStream,
+    file: &File,
+    mut offset: u64,
+    count: u64,
+) -> io::Result<Sent> {
     let end = offset + count;
     let sent = |offset: u64| count - (end - offset);
     while offset < end {
@@ -91,4 +96,3 @@ fn copy_body(
     }
     Ok(Sent::All)
 }
-

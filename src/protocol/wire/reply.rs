@@ -187,7 +187,9 @@ mod tests {
             })
         );
         assert_eq!(
-            ListEntry::from_str("d 4096 dir").ok().map(|entry| entry.kind),
+            ListEntry::from_str("d 4096 dir")
+                .ok()
+                .map(|entry| entry.kind),
             Some(EntryKind::Dir)
         );
         for line in ["", "f 12", "x 12 a", "f -1 a", "f 12 ", "f 12 a%2"] {

@@ -2,6 +2,8 @@
 //! descriptors, the read operations, uploads through temporary files, and
 //! the error type that maps failures to reply codes.
 
+#[cfg(test)]
+mod confinement_tests;
 mod error;
 mod resolve;
 mod root;

@@ -171,14 +171,14 @@ fn open_no_follow(dir: BorrowedFd<'_>, name: &[u8], flags: OFlags) -> Result<Ste
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use super::super::testutil::{TempDir, link_tree};
+    use super::*;
 
     /// The link tree and its root, opened as a directory descriptor.
     fn tree() -> (TempDir, OwnedFd) {
         let tmp = link_tree();
         let flags = OFlags::PATH | OFlags::DIRECTORY;
-        let root = fs::open(tmp.path().join("root"), flags, Mode::empty()).unwrap();
+        let root = fs::open(tmp.root(), flags, Mode::empty()).unwrap();
         (tmp, root)
     }
 
@@ -253,14 +253,14 @@ mod tests {
 
     #[test]
     fn walk_counts_symlink_hops() {
-        let tmp = TempDir::new();
-        tmp.write("root/target", b"end");
+        let tmp = TempDir::new("resolve-hops");
+        tmp.write("target", b"end");
         // link_0 -> target, link_n -> link_{n-1}: link_n takes n + 1 hops.
-        tmp.symlink("target", "root/link_0");
+        tmp.symlink("target", "link_0");
         for n in 1..=MAX_SYMLINK_HOPS {
-            tmp.symlink(format!("link_{}", n - 1), &format!("root/link_{n}"));
+            tmp.symlink(format!("link_{}", n - 1), &format!("link_{n}"));
         }
-        let root = fs::open(tmp.path().join("root"), OFlags::PATH, Mode::empty()).unwrap();
+        let root = fs::open(tmp.root(), OFlags::PATH, Mode::empty()).unwrap();
         let last_ok = format!("link_{}", MAX_SYMLINK_HOPS - 1);
         let too_far = format!("link_{MAX_SYMLINK_HOPS}");
         assert_eq!(

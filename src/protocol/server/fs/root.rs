@@ -246,9 +246,9 @@ fn kind_of(stat: &RawStat) -> Option<EntryKind> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testutil::{TempDir, link_tree as tree, roots};
     use super::*;
     use rustix::io::Errno;
-    use super::super::testutil::{TempDir, link_tree as tree, roots};
     use std::ffi::OsStr;
     use std::io::Read;
     use std::os::unix::ffi::OsStrExt as _;
@@ -334,8 +334,8 @@ mod tests {
 
     #[test]
     fn stat_clamps_mtime_at_zero() {
-        let tmp = TempDir::new();
-        tmp.write("root/old", b"");
+        let tmp = TempDir::new("root-mtime");
+        tmp.write("old", b"");
         let before_epoch = fs::Timestamps {
             last_access: fs::Timespec {
                 tv_sec: -100,
@@ -348,7 +348,7 @@ mod tests {
         };
         if fs::utimensat(
             fs::CWD,
-            tmp.path().join("root/old"),
+            tmp.root().join("old"),
             &before_epoch,
             AtFlags::empty(),
         )
@@ -365,13 +365,9 @@ mod tests {
     #[test]
     fn list_shows_served_entries_sorted() {
         let tmp = tree();
-        tmp.write("root/b b", b"12");
-        tmp.write("root/.filesrv-1-2-3", b"");
-        std::fs::write(
-            tmp.path().join("root").join(OsStr::from_bytes(b"z\xFF")),
-            b"",
-        )
-        .unwrap();
+        tmp.write("b b", b"12");
+        tmp.write(".filesrv-1-2-3", b"");
+        std::fs::write(tmp.root().join(OsStr::from_bytes(b"z\xFF")), b"").unwrap();
         for root in roots(&tmp) {
             let lines: Vec<String> = root
                 .list(&RelPath::root())

@@ -241,118 +241,105 @@ fn remove_entry(dir: BorrowedFd<'_>, name: &CStr, depth: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use super::super::testutil::{TempDir, roots};
     use super::super::Root;
+    use super::super::testutil::{TempDir, roots};
+    use super::*;
     use crate::protocol::RelPath;
 
     fn path(field: &str) -> RelPath {
         field.parse().unwrap()
     }
 
-    /// The names with the reserved prefix under `dir` of `tmp`.
-    fn temps(tmp: &TempDir, dir: &str) -> Vec<String> {
-        std::fs::read_dir(tmp.path().join(dir))
-            .unwrap()
-            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|name| name.starts_with(".filesrv-"))
-            .collect()
-    }
-
     #[test]
     fn commit_creates_and_replaces() {
-        let tmp = TempDir::new();
-        tmp.write("root/dir/old.txt", b"old contents");
+        let tmp = TempDir::new("upload-commit");
+        tmp.write("dir/old.txt", b"old contents");
         for root in roots(&tmp) {
             for (field, body) in [("dir/new.txt", &b"new"[..]), ("dir/old.txt", b"replaced")] {
                 let mut temp = root.create_temp(&path(field)).unwrap();
                 temp.write_all(body).unwrap();
-                assert_eq!(temps(&tmp, "root/dir").len(), 1);
+                assert_eq!(tmp.temp_files("dir").len(), 1);
                 temp.commit().unwrap();
-                assert_eq!(tmp.read(&format!("root/{field}")), body);
-                assert!(temps(&tmp, "root/dir").is_empty());
+                assert_eq!(tmp.read(field), body);
+                assert!(tmp.temp_files("dir").is_empty());
             }
         }
     }
 
     #[test]
     fn drop_without_commit_removes_the_temp_file() {
-        let tmp = TempDir::new();
-        tmp.write("root/keep", b"kept");
+        let tmp = TempDir::new("upload-drop");
+        tmp.write("keep", b"kept");
         for root in roots(&tmp) {
             let mut temp = root.create_temp(&path("keep")).unwrap();
             temp.write_all(b"partial").unwrap();
             drop(temp);
-            assert!(temps(&tmp, "root").is_empty());
-            assert_eq!(tmp.read("root/keep"), b"kept");
+            assert!(tmp.temp_files("").is_empty());
+            assert_eq!(tmp.read("keep"), b"kept");
         }
     }
 
     #[test]
     fn concurrent_uploads_get_their_own_files() {
-        let tmp = TempDir::new();
-        tmp.mkdir("root");
+        let tmp = TempDir::new("upload-concurrent");
         for root in roots(&tmp) {
             let mut first = root.create_temp(&path("same")).unwrap();
             let mut second = root.create_temp(&path("same")).unwrap();
-            assert_eq!(temps(&tmp, "root").len(), 2);
+            assert_eq!(tmp.temp_files("").len(), 2);
             first.write_all(b"first").unwrap();
             second.write_all(b"second").unwrap();
             first.commit().unwrap();
             second.commit().unwrap();
-            assert_eq!(tmp.read("root/same"), b"second");
-            assert!(temps(&tmp, "root").is_empty());
+            assert_eq!(tmp.read("same"), b"second");
+            assert!(tmp.temp_files("").is_empty());
         }
     }
 
     #[test]
     fn commit_replaces_a_symlink_instead_of_writing_through_it() {
-        let tmp = TempDir::new();
-        tmp.mkdir("root");
+        let tmp = TempDir::new("upload-symlink");
         for root in roots(&tmp) {
-            tmp.write("outside/secret", b"secret");
-            tmp.write("root/inside", b"inside");
-            tmp.symlink("../outside/secret", "root/escape");
-            tmp.symlink("inside", "root/link");
-            tmp.symlink(".", "root/dir_link");
+            tmp.write("../outside/secret", b"secret");
+            tmp.write("inside", b"inside");
+            tmp.symlink("../outside/secret", "escape");
+            tmp.symlink("inside", "link");
+            tmp.symlink(".", "dir_link");
             for field in ["escape", "link", "dir_link"] {
                 let mut temp = root.create_temp(&path(field)).unwrap();
                 temp.write_all(b"uploaded").unwrap();
                 temp.commit().unwrap();
-                let metadata =
-                    std::fs::symlink_metadata(tmp.path().join("root").join(field)).unwrap();
+                let metadata = std::fs::symlink_metadata(tmp.root().join(field)).unwrap();
                 assert!(metadata.is_file(), "{field}");
-                assert_eq!(tmp.read(&format!("root/{field}")), b"uploaded");
+                assert_eq!(tmp.read(field), b"uploaded");
             }
-            assert_eq!(tmp.read("outside/secret"), b"secret");
-            assert_eq!(tmp.read("root/inside"), b"inside");
+            assert_eq!(tmp.read("../outside/secret"), b"secret");
+            assert_eq!(tmp.read("inside"), b"inside");
             for field in ["escape", "link", "dir_link"] {
-                tmp.remove(&format!("root/{field}"));
+                std::fs::remove_file(tmp.root().join(field)).unwrap();
             }
         }
     }
 
     #[test]
     fn cleanup_removes_only_stale_temp_files() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new("upload-cleanup");
         let own = format!(".filesrv-{}-0-0", std::process::id());
         let gone = ".filesrv-999999999-0-0";
         let live = ".filesrv-1-0-0";
         for name in [own.as_str(), gone, ".filesrv-garbage", live, "visible"] {
-            tmp.write(&format!("root/{name}"), b"");
+            tmp.write(name, b"");
         }
-        tmp.write(&format!("root/a/b/{gone}"), b"");
-        tmp.write(&format!("outside/{gone}"), b"");
-        tmp.symlink("../outside", "root/a/escape");
-        tmp.symlink("visible", &format!("root/{gone}-link"));
+        tmp.write(&format!("a/b/{gone}"), b"");
+        tmp.write(&format!("../outside/{gone}"), b"");
+        tmp.symlink("../outside", "a/escape");
+        tmp.symlink("visible", &format!("{gone}-link"));
 
-        let root = Root::open(tmp.path().join("root")).unwrap();
+        let root = Root::open(tmp.root()).unwrap();
         assert_eq!(root.cleanup_stale_temps().unwrap(), 4);
-        let mut left = temps(&tmp, "root");
-        left.sort();
+        let left = tmp.temp_files("");
         assert_eq!(left, [live.to_string(), format!("{gone}-link")]);
-        assert!(temps(&tmp, "root/a/b").is_empty());
-        assert_eq!(temps(&tmp, "outside"), [gone]);
+        assert!(tmp.temp_files("a/b").is_empty());
+        assert_eq!(tmp.temp_files("../outside"), [gone]);
         assert_eq!(root.cleanup_stale_temps().unwrap(), 0);
     }
 
