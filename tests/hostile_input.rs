@@ -111,13 +111,7 @@ fn parser_never_panics_and_never_outgrows_its_input() {
         .run(&prop_oneof![raw, grammar], |line| {
             match parse_request(&line) {
                 Ok(request) => {
-                    let path = match &request {
-                        Request::Get { path, .. }
-                        | Request::Put { path, .. }
-                        | Request::List { path }
-                        | Request::Stat { path } => path.as_bytes().len(),
-                        Request::Quit => 0,
-                    };
+                    let path = request.path().map_or(0, |path| path.as_bytes().len());
                     prop_assert!(path <= line.len());
                     // An accepted line is UTF-8 without raw control bytes
                     // (but for one final carriage return).

@@ -325,7 +325,7 @@ fn list_sorts_bytewise_by_raw_name() {
 
 #[test]
 fn list_hides_temporary_files_fifos_and_unusable_symlinks() {
-    let t = serve("list-hidden", |c| c);
+    let t = serve("list-hidden", |c| c.hidden(true));
     let root = t.dir.root();
     fs::write(t.dir.path().join("outside.txt"), "outside\n").unwrap();
     t.dir.write(".filesrv-123-0-abc", "partial upload");

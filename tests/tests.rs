@@ -6,8 +6,10 @@ mod support;
 
 mod cli;
 mod client;
+mod hidden;
 mod hostile_input;
 mod hostile_net;
 mod hostile_process;
+mod integrity;
 mod manager;
 mod protocol;

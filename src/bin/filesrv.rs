@@ -54,6 +54,14 @@ struct Args {
     /// Largest accepted upload: bytes, or with a K/M/G suffix (powers of 1024).
     #[arg(long, value_name = "BYTES", default_value = "1G", value_parser = parse_bytes)]
     max_upload: u64,
+    /// List, serve and (with --allow-put) accept uploads to names starting
+    /// with `.`; without it they are `not-found` (PUT: `forbidden`).
+    #[arg(long)]
+    hidden: bool,
+    /// The most entries one LIST returns; a larger directory gets
+    /// `ERR too-large`. 0 = no cap.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    max_list_entries: usize,
     /// On SIGINT/SIGTERM, how long running clients may finish.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
     shutdown_grace: Secs,
@@ -134,6 +142,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .stall_timeout(args.stall_timeout.0)
         .allow_put(args.allow_put)
         .max_upload(args.max_upload)
+        .hidden(args.hidden)
+        .max_list_entries(args.max_list_entries)
         .shutdown_grace(args.shutdown_grace.0.unwrap_or(Duration::ZERO));
     let server = Server::bind(SocketAddr::new(args.bind, args.port), config)?;
     if let Some(signal) = signals.forever().next() {

@@ -2,7 +2,7 @@
 //! [`Client`] that talks to it, and the wire format they share.
 //!
 //! The wire protocol is specified in the project's `docs/PROTOCOL.md`. In
-//! short: one request line (`GET`, `PUT`, `LIST`, `STAT`, `QUIT`), one
+//! short: one request line (`GET`, `PUT`, `LIST`, `STAT`, `SUM`, `QUIT`), one
 //! reply line (`OK ...` or `ERR <code> <message>`), and bodies whose
 //! length is announced first.
 //!
@@ -11,7 +11,7 @@
 //! - the wire format both ends speak: [`parse_request`] turns a line into a
 //!   [`Request`], [`RelPath`] is a decoded, checked path, [`encode_name`]
 //!   writes names for replies, [`ErrorCode`] is an `ERR` reply's code, and
-//!   [`Stat`] and [`ListEntry`] are the data replies carry, each written
+//!   [`Stat`], [`ListEntry`] and [`FileSum`] are the data replies carry, each written
 //!   with `Display` and read with `FromStr`;
 //! - the [`Server`], which listens, admits connections through a
 //!   [`Manager`](crate::Manager) and serves each with a handler confined
@@ -47,6 +47,6 @@ mod wire;
 pub use client::{Client, ClientError, Progress};
 pub use server::{Server, ServerConfig, ServerError};
 pub use wire::{
-    EntryKind, ErrorCode, ListEntry, MAX_LINE, MalformedReply, PathError, RelPath, Request,
-    RequestError, Stat, UnknownErrorCode, encode_name, parse_request, percent_decode,
+    EntryKind, ErrorCode, FileSum, ListEntry, MAX_LINE, MalformedReply, PathError, RelPath,
+    Request, RequestError, Stat, UnknownErrorCode, encode_name, parse_request, percent_decode,
 };

@@ -12,7 +12,8 @@ use crate::{Admission as _, And, MaxWaiting, PerSourceCap, QueueTimeout};
 ///
 /// `ServerConfig::new(root)` gives the defaults: 4 running, 1024 waiting,
 /// no per-source cap, no queue timeout, idle and stall timeouts of 30 s,
-/// uploads off (1 GiB limit when on), 10 s shutdown grace.
+/// uploads off (1 GiB limit when on), 10 s shutdown grace, hidden names
+/// not served, at most 100,000 entries per LIST.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ServerConfig {
@@ -36,6 +37,13 @@ pub struct ServerConfig {
     pub max_upload: u64,
     /// How long running clients may finish on shutdown.
     pub shutdown_grace: Duration,
+    /// Whether hidden names (a path component starting with `.`) are
+    /// listed, served and written; off: they are `not-found` (PUT:
+    /// `forbidden`).
+    pub hidden: bool,
+    /// The most entries one LIST returns; a larger directory is refused
+    /// with `ERR too-large`. 0: no cap.
+    pub max_list_entries: usize,
 }
 
 impl ServerConfig {
@@ -52,6 +60,8 @@ impl ServerConfig {
             allow_put: false,
             max_upload: 1 << 30,
             shutdown_grace: Duration::from_secs(10),
+            hidden: false,
+            max_list_entries: 100_000,
         }
     }
 
@@ -141,6 +151,19 @@ impl ServerConfig {
     /// Sets [`shutdown_grace`](ServerConfig::shutdown_grace) (default 10 s).
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.shutdown_grace = grace;
+        self
+    }
+
+    /// Sets [`hidden`](ServerConfig::hidden) (default off).
+    pub fn hidden(mut self, serve: bool) -> Self {
+        self.hidden = serve;
+        self
+    }
+
+    /// Sets [`max_list_entries`](ServerConfig::max_list_entries) (default
+    /// 100,000; 0 for no cap).
+    pub fn max_list_entries(mut self, n: usize) -> Self {
+        self.max_list_entries = n;
         self
     }
 

@@ -7,6 +7,7 @@ mod config;
 mod fs;
 mod listener;
 mod session;
+mod sum;
 mod transfer;
 
 pub use config::{ServerConfig, ServerError};

@@ -13,8 +13,9 @@ use rustix::net::{RecvFlags, SendFlags};
 use super::closer::Closer;
 use super::config::ServerConfig;
 use super::fs::{FsError, Root};
+use super::sum::sum_prefix;
 use super::transfer::{Sent, is_timeout, send_all, send_body};
-use crate::protocol::wire::{ErrorCode, MAX_LINE, RelPath, Request, encode_name, parse_request};
+use crate::protocol::wire::{ErrorCode, MAX_LINE, RelPath, Request, parse_request, printable_line};
 use crate::util::{chunk_len, lock, time_left};
 use crate::{Handler, HandlerContext, Refusal, Stop};
 
@@ -213,9 +214,12 @@ impl Connection {
             }
             self.requests += 1;
             let began = Instant::now();
-            let parsed = parse_request(&self.buf[line.clone()]);
+            // Rendered now: an upload body reuses the buffer the line is in.
+            let shown = log::log_enabled!(log::Level::Info)
+                .then(|| printable_line(&self.buf[line.clone()]));
+            let parsed = parse_request(&self.buf[line]);
             let outcome = match parsed {
-                Ok(request) => self.execute(&request),
+                Ok(request) => self.execute(&request, ctx),
                 Err(e) => {
                     let end = e.closes_connection().then_some(End::AfterError);
                     self.send_error(e.code(), e.message())
@@ -227,7 +231,7 @@ impl Connection {
             log::info!(
                 "{}: {} -> {} {} bytes in {:?}",
                 self.peer,
-                Printable(&self.buf[line]),
+                shown.unwrap_or_default(),
                 outcome.code,
                 outcome.bytes,
                 began.elapsed()
@@ -313,17 +317,38 @@ impl Connection {
         }
     }
 
-    fn execute(&mut self, request: &Request) -> io::Result<Outcome> {
+    fn execute(&mut self, request: &Request, ctx: &HandlerContext) -> io::Result<Outcome> {
+        if let Some(refusal) = self.hidden_refusal(request) {
+            return refusal;
+        }
         match request {
-            Request::Get { path, offset } => self.get(path, offset.unwrap_or(0)),
+            Request::Get { path, offset } => self.get(path, offset.unwrap_or(0), ctx),
             Request::Put { path, size } => self.put(path, *size),
             Request::List { path } => self.list(path),
             Request::Stat { path } => self.stat(path),
+            Request::Sum { path, length } => self.sum(path, *length),
             Request::Quit => {
                 self.stream.write_all(b"OK bye\n")?;
                 Ok(Outcome::new("OK", 0, Some(End::Quietly)))
             }
         }
+    }
+
+    /// Hidden names, unless served: as if absent, and PUT is forbidden
+    /// (closing, as every refused PUT does).
+    fn hidden_refusal(&mut self, request: &Request) -> Option<io::Result<Outcome>> {
+        if self.config().hidden || !request.path().is_some_and(RelPath::is_hidden) {
+            return None;
+        }
+        Some(match request {
+            Request::Put { .. } => self
+                .fail(ErrorCode::Forbidden, "hidden names may not be written")
+                .map(|end| Outcome::new("forbidden", 0, Some(end))),
+            _ => self.refuse(&FsError::new(
+                ErrorCode::NotFound,
+                "no such file or directory",
+            )),
+        })
     }
 
     /// Replies to a failed file operation; the connection stays.
@@ -335,7 +360,7 @@ impl Connection {
         Ok(Outcome::new(e.code().as_str(), 0, None))
     }
 
-    fn get(&mut self, path: &RelPath, offset: u64) -> io::Result<Outcome> {
+    fn get(&mut self, path: &RelPath, offset: u64, ctx: &HandlerContext) -> io::Result<Outcome> {
         let (file, metadata) = match self.shared.root.open_file(path) {
             Ok(opened) => opened,
             Err(e) => return self.refuse(&e),
@@ -358,6 +383,11 @@ impl Connection {
             Sent::Short(sent) => {
                 log::info!("{}: {path} shrank while being sent", self.peer);
                 Ok(Outcome::new("cut", sent, Some(End::Abruptly)))
+            }
+            // The end of the shutdown grace shuts the socket: a cut, not
+            // a client that stopped reading.
+            Sent::Stalled(sent) if ctx.stop_requested() == Some(Stop::Now) => {
+                Ok(Outcome::new("cut-by-shutdown", sent, Some(End::Abruptly)))
             }
             Sent::Stalled(sent) => Ok(Outcome::new("stalled", sent, Some(End::Abruptly))),
         }
@@ -437,7 +467,7 @@ impl Connection {
     }
 
     fn list(&mut self, path: &RelPath) -> io::Result<Outcome> {
-        let entries = match self.shared.root.list(path) {
+        let entries = match self.shared.root.list(path, self.shared.config.hidden) {
             Ok(entries) => entries,
             Err(e) => return self.refuse(&e),
         };
@@ -448,6 +478,28 @@ impl Connection {
         }
         self.stream.write_all(reply.as_bytes())?;
         Ok(Outcome::new("OK", entries.len() as u64, None))
+    }
+
+    fn sum(&mut self, path: &RelPath, length: Option<u64>) -> io::Result<Outcome> {
+        let (file, metadata) = match self.shared.root.open_file(path) {
+            Ok(opened) => opened,
+            Err(e) => return self.refuse(&e),
+        };
+        let length = match length {
+            None => metadata.len(),
+            Some(length) if length > metadata.len() => {
+                self.send_error(ErrorCode::Range, "length is past the end of the file")?;
+                return Ok(Outcome::new("range", 0, None));
+            }
+            Some(length) => length,
+        };
+        match sum_prefix(&file, length) {
+            Ok(sum) => {
+                self.stream.write_all(format!("OK {sum}\n").as_bytes())?;
+                Ok(Outcome::new("OK", sum.len, None))
+            }
+            Err(e) => self.refuse(&FsError::from(e)),
+        }
     }
 
     fn stat(&mut self, path: &RelPath) -> io::Result<Outcome> {
@@ -485,16 +537,5 @@ struct Outcome {
 impl Outcome {
     fn new(code: &'static str, bytes: u64, end: Option<End>) -> Outcome {
         Outcome { code, bytes, end }
-    }
-}
-
-/// A request line for the log: control characters and invalid UTF-8
-/// escaped as in LIST replies.
-struct Printable<'a>(&'a [u8]);
-
-impl std::fmt::Display for Printable<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let line = self.0.strip_suffix(b"\r").unwrap_or(self.0);
-        f.write_str(&encode_name(line))
     }
 }

@@ -10,7 +10,7 @@ mod request;
 
 pub use code::{ErrorCode, UnknownErrorCode};
 pub(crate) use number::number;
-pub(crate) use path::RESERVED_PREFIX;
 pub use path::{PathError, RelPath, encode_name, percent_decode};
-pub use reply::{EntryKind, ListEntry, MalformedReply, Stat};
+pub(crate) use path::{RESERVED_PREFIX, printable_line};
+pub use reply::{EntryKind, FileSum, ListEntry, MalformedReply, Stat};
 pub use request::{MAX_LINE, Request, RequestError, parse_request};

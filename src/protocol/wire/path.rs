@@ -112,6 +112,13 @@ impl RelPath {
         Ok(RelPath { joined })
     }
 
+    /// Whether a component starts with `.`: a hidden name, served only
+    /// when the server is told to (`--hidden`).
+    pub fn is_hidden(&self) -> bool {
+        self.components()
+            .any(|component| component.starts_with(b"."))
+    }
+
     /// Whether this is the root (no components).
     pub fn is_root(&self) -> bool {
         self.joined.is_empty()
@@ -228,10 +235,22 @@ pub fn percent_decode(field: &[u8]) -> Result<Vec<u8>, PathError> {
 /// assert_eq!(encode_name(b"bad\xFF"), "bad%FF");
 /// ```
 pub fn encode_name(raw: &[u8]) -> String {
+    escape(raw, |c| c == ' ' || c == '%' || c.is_control())
+}
+
+/// A request line for a log: as the client wrote it, but with control
+/// characters and invalid UTF-8 as `%XX`, so one request is one log line
+/// that cannot forge another. A final `\r` is left out.
+pub(crate) fn printable_line(raw: &[u8]) -> String {
+    escape(raw.strip_suffix(b"\r").unwrap_or(raw), char::is_control)
+}
+
+/// `raw` with the characters `escaped` picks, and invalid UTF-8, as `%XX`.
+fn escape(raw: &[u8], escaped: impl Fn(char) -> bool) -> String {
     let mut out = String::with_capacity(raw.len());
     for chunk in raw.utf8_chunks() {
         for c in chunk.valid().chars() {
-            if c == ' ' || c == '%' || c.is_control() {
+            if escaped(c) {
                 // `is_control` is exactly C0, DEL and C1.
                 let mut buf = [0; 4];
                 push_escaped(&mut out, c.encode_utf8(&mut buf).as_bytes());

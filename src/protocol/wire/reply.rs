@@ -1,10 +1,10 @@
-//! The bodies of `OK` replies that carry data: a STAT result and a LIST
-//! line. Each is one type that the server writes ([`Display`]) and the
+//! The bodies of `OK` replies that carry data: a STAT result, a LIST
+//! line and a SUM result. Each is one type that the server writes ([`Display`]) and the
 //! client reads ([`FromStr`]).
 //!
 //! [`Display`]: std::fmt::Display
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::str::FromStr;
 
 use super::number::number;
@@ -59,6 +59,28 @@ pub struct ListEntry {
     /// The name on the server's disk, decoded: raw bytes, not necessarily
     /// UTF-8.
     pub name: Vec<u8>,
+}
+
+/// What SUM tells about a file: `sha256 <hex> <n>`, the text after `OK `
+/// in the reply. The digest is written as 64 lowercase hex digits, as
+/// `sha256sum` prints it.
+///
+/// ```
+/// use filesrv::protocol::FileSum;
+///
+/// let text = "sha256 ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad 3";
+/// let sum: FileSum = text.parse()?;
+/// assert_eq!(sum.len, 3);
+/// assert_eq!(sum.hex(), &text[7..71]);
+/// assert_eq!(sum.to_string(), text);
+/// # Ok::<(), filesrv::protocol::MalformedReply>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileSum {
+    /// The SHA-256 digest of the bytes hashed.
+    pub sha256: [u8; 32],
+    /// How many bytes were hashed.
+    pub len: u64,
 }
 
 /// A reply that does not have the form the protocol gives it.
@@ -144,6 +166,58 @@ impl FromStr for ListEntry {
     }
 }
 
+impl FileSum {
+    /// The digest as 64 lowercase hex digits.
+    pub fn hex(&self) -> String {
+        let mut hex = String::with_capacity(64);
+        for byte in self.sha256 {
+            // Writing to a String cannot fail.
+            let _ = write!(hex, "{byte:02x}");
+        }
+        hex
+    }
+}
+
+impl fmt::Display for FileSum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256 {} {}", self.hex(), self.len)
+    }
+}
+
+impl FromStr for FileSum {
+    type Err = MalformedReply;
+
+    fn from_str(text: &str) -> Result<FileSum, MalformedReply> {
+        let malformed = MalformedReply { what: "SUM" };
+        let mut fields = text.split(' ');
+        let mut next = || fields.next().ok_or(malformed);
+        if next()? != "sha256" {
+            return Err(malformed);
+        }
+        let hex = next()?.as_bytes();
+        if hex.len() != 64 {
+            return Err(malformed);
+        }
+        let mut sha256 = [0; 32];
+        for (byte, pair) in sha256.iter_mut().zip(hex.chunks_exact(2)) {
+            let digit = |b: u8| match b {
+                b'0'..=b'9' => Some(b - b'0'),
+                b'a'..=b'f' => Some(b - b'a' + 10),
+                _ => None,
+            };
+            *byte = digit(pair[0])
+                .zip(digit(pair[1]))
+                .map(|(h, l)| h << 4 | l)
+                .ok_or(malformed)?;
+        }
+        let len = number(next()?).ok_or(malformed)?;
+        match fields.next() {
+            None => Ok(FileSum { sha256, len }),
+            Some(_) => Err(malformed),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +268,28 @@ mod tests {
         );
         for line in ["", "f 12", "x 12 a", "f -1 a", "f 12 ", "f 12 a%2"] {
             assert_eq!(line.parse::<ListEntry>().ok(), None, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn sums_round_trip_and_refuse_other_forms() {
+        let sum = FileSum {
+            sha256: [0xAB; 32],
+            len: 7,
+        };
+        assert_eq!(sum.to_string(), format!("sha256 {} 7", "ab".repeat(32)));
+        assert_eq!(sum.to_string().parse(), Ok(sum));
+        let hex = "ab".repeat(32);
+        for bad in [
+            String::new(),
+            format!("sha256 {hex}"),
+            format!("sha1 {hex} 7"),
+            format!("sha256 {} 7", "AB".repeat(32)),
+            format!("sha256 {} 7", &hex[1..]),
+            format!("sha256 {hex} -7"),
+            format!("sha256 {hex} 7 8"),
+        ] {
+            assert!(bad.parse::<FileSum>().is_err(), "{bad:?}");
         }
     }
 

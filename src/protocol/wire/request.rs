@@ -36,8 +36,30 @@ pub enum Request {
         /// The file or directory to describe.
         path: RelPath,
     },
+    /// `SUM <path> [<length>]`: the SHA-256 of a file, or of its first
+    /// `length` bytes.
+    Sum {
+        /// The file to hash.
+        path: RelPath,
+        /// How many bytes from the start to hash; `None` for the whole file.
+        length: Option<u64>,
+    },
     /// `QUIT`: say goodbye and close.
     Quit,
+}
+
+impl Request {
+    /// The path the request names; `None` for `QUIT`.
+    pub fn path(&self) -> Option<&RelPath> {
+        match self {
+            Request::Get { path, .. }
+            | Request::Put { path, .. }
+            | Request::List { path }
+            | Request::Stat { path }
+            | Request::Sum { path, .. } => Some(path),
+            Request::Quit => None,
+        }
+    }
 }
 
 /// Why a request line was refused, and what happens to the connection.
@@ -177,11 +199,20 @@ fn parse_text(line: &str) -> Result<Request, RequestError> {
         ("STAT", [path]) => Request::Stat {
             path: parse_path(path)?,
         },
+        ("SUM", [path]) => Request::Sum {
+            path: parse_path(path)?,
+            length: None,
+        },
+        ("SUM", [path, length]) => Request::Sum {
+            path: parse_path(path)?,
+            length: Some(parse_number(length)?),
+        },
         ("QUIT", []) => Request::Quit,
         ("GET", _) => return Err(RequestError::bad("usage: GET <path> [<offset>]")),
         ("PUT", _) => return Err(RequestError::bad("usage: PUT <path> <size>")),
         ("LIST", _) => return Err(RequestError::bad("usage: LIST [<dir>]")),
         ("STAT", _) => return Err(RequestError::bad("usage: STAT <path>")),
+        ("SUM", _) => return Err(RequestError::bad("usage: SUM <path> [<length>]")),
         ("QUIT", _) => return Err(RequestError::bad("usage: QUIT")),
         _ => return Err(RequestError::bad("unknown verb")),
     })
@@ -290,6 +321,20 @@ mod tests {
             ),
             (b"LIST docs", Request::List { path: path("docs") }),
             (b"STAT x%20y", Request::Stat { path: path("x y") }),
+            (
+                b"SUM a",
+                Request::Sum {
+                    path: path("a"),
+                    length: None,
+                },
+            ),
+            (
+                b"sum d/a%20b 0",
+                Request::Sum {
+                    path: path("d/a b"),
+                    length: Some(0),
+                },
+            ),
             (b"QUIT", Request::Quit),
         ] {
             assert_eq!(
@@ -339,6 +384,9 @@ mod tests {
             b"STAT",
             b"STAT a b",
             b"QUIT now",
+            b"SUM",
+            b"SUM a 1 2",
+            b"SUM a -1",
             b"\xC3\xA9",
         ] {
             refused(line, ErrorCode::BadRequest, false);

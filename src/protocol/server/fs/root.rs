@@ -7,6 +7,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use rustix::fs::{self, AtFlags, FileType, Mode, OFlags, Stat as RawStat};
+use rustix::io::Errno;
 
 use super::error::FsError;
 use super::resolve::Resolver;
@@ -105,14 +106,18 @@ impl Root {
     ///
     /// As listed on [`Root`]; a path that is not a directory is
     /// `bad-request`.
-    pub(crate) fn list(&self, path: &RelPath) -> Result<Vec<ListEntry>, FsError> {
+    pub(crate) fn list(&self, path: &RelPath, hidden: bool) -> Result<Vec<ListEntry>, FsError> {
         let dir = self.open_dir(path, ErrorCode::BadRequest)?;
         let mut dir = fs::Dir::new(dir).map_err(FsError::internal)?;
         let mut entries = Vec::new();
         while let Some(entry) = dir.read() {
             let entry = entry.map_err(FsError::internal)?;
             let name = entry.file_name().to_bytes();
-            if name == b"." || name == b".." || name.starts_with(RESERVED_PREFIX) {
+            if name == b"."
+                || name == b".."
+                || name.starts_with(RESERVED_PREFIX)
+                || (!hidden && name.starts_with(b"."))
+            {
                 continue;
             }
             let dir_fd = dir.fd().map_err(FsError::internal)?;
@@ -128,13 +133,14 @@ impl Root {
     /// target's directory, to be [committed](TempFile::commit) once the body
     /// is complete.
     ///
-    /// A symlink at the target name is fine: the commit replaces the link,
-    /// never writes through it.
+    /// A symlink at the target name that stays beneath the root is fine:
+    /// the commit replaces the link, never writes through it.
     ///
     /// # Errors
     ///
     /// - `not-found` when the parent directory is missing or not a directory;
-    /// - `forbidden` when the parent leads outside the root;
+    /// - `forbidden` when the parent, or a symlink at the target name,
+    ///   leads outside the root;
     /// - `bad-request` when the target is the root, a directory, a FIFO, a
     ///   socket or a device;
     /// - `internal` when the temporary file cannot be created.
@@ -143,6 +149,15 @@ impl Root {
             return Err(FsError::new(ErrorCode::BadRequest, "is a directory"));
         };
         let dir = self.open_dir(&parent, ErrorCode::NotFound)?;
+        // A symlink there that leads outside the root is refused as a GET
+        // of it would be; one that stays inside is replaced, not followed.
+        // (A loop or a dangling link is replaced like any other.)
+        let resolved = self
+            .resolver
+            .open(self.fd.as_fd(), target.as_bytes(), OFlags::PATH);
+        if let Err(errno @ Errno::XDEV) = resolved {
+            return Err(FsError::resolving(errno));
+        }
         TempFile::create(dir, name)
     }
 
@@ -248,7 +263,6 @@ fn kind_of(stat: &RawStat) -> Option<EntryKind> {
 mod tests {
     use super::super::testutil::{TempDir, link_tree as tree, roots};
     use super::*;
-    use rustix::io::Errno;
     use std::ffi::OsStr;
     use std::io::Read;
     use std::os::unix::ffi::OsStrExt as _;
@@ -370,7 +384,7 @@ mod tests {
         std::fs::write(tmp.root().join(OsStr::from_bytes(b"z\xFF")), b"").unwrap();
         for root in roots(&tmp) {
             let lines: Vec<String> = root
-                .list(&RelPath::root())
+                .list(&RelPath::root(), true)
                 .unwrap()
                 .iter()
                 .map(ToString::to_string)
@@ -388,7 +402,7 @@ mod tests {
                 ]
             );
             let inner: Vec<String> = root
-                .list(&path("to_sub"))
+                .list(&path("to_sub"), true)
                 .unwrap()
                 .iter()
                 .map(ToString::to_string)
@@ -408,7 +422,7 @@ mod tests {
                 ("escape_dir", ErrorCode::Forbidden),
                 ("slash", ErrorCode::Forbidden),
             ] {
-                assert_code(root.list(&path(field)), code, field);
+                assert_code(root.list(&path(field), true), code, field);
             }
         }
     }

@@ -161,20 +161,28 @@ fn unique_name() -> Vec<u8> {
     name
 }
 
-/// Whether a reserved name was left by a process that is gone: one whose
-/// pid is unreadable, is ours (we have just started), or runs no process.
+/// Whether a reserved name is one of our temporary files left by a
+/// process that is gone: it has exactly the form [`unique_name`] gives,
+/// and its pid is ours (we have just started) or runs no process. Any
+/// other name with the prefix is the operator's, and is kept.
 fn is_stale(name: &[u8]) -> bool {
-    let pid = name
-        .strip_prefix(RESERVED_PREFIX)
-        .and_then(|rest| rest.split(|&b| b == b'-').next())
-        .and_then(|pid| std::str::from_utf8(pid).ok()?.parse().ok())
-        .and_then(Pid::from_raw);
-    match pid {
-        Some(pid) if pid != process::getpid() => {
-            !matches!(process::test_kill_process(pid), Ok(()) | Err(Errno::PERM))
-        }
-        _ => true,
+    let Some(pid) = temp_name_pid(name) else {
+        return false;
+    };
+    pid == process::getpid()
+        || !matches!(process::test_kill_process(pid), Ok(()) | Err(Errno::PERM))
+}
+
+/// The pid of a name of the form `.filesrv-<pid>-<counter>-<hex time>`.
+fn temp_name_pid(name: &[u8]) -> Option<Pid> {
+    let rest = std::str::from_utf8(name.strip_prefix(RESERVED_PREFIX)?).ok()?;
+    let mut fields = rest.split('-');
+    let (pid, counter, time) = (fields.next()?, fields.next()?, fields.next()?);
+    let digits = |text: &str, radix| !text.is_empty() && text.chars().all(|c| c.is_digit(radix));
+    if fields.next().is_some() || !digits(counter, 10) || !digits(time, 16) || !digits(pid, 10) {
+        return None;
     }
+    Pid::from_raw(pid.parse().ok()?)
 }
 
 /// Removes stale temporary files in `dir` and the directories below it,
@@ -296,15 +304,20 @@ mod tests {
     }
 
     #[test]
-    fn commit_replaces_a_symlink_instead_of_writing_through_it() {
+    fn commit_replaces_an_inner_symlink_and_refuses_an_escaping_one() {
         let tmp = TempDir::new("upload-symlink");
         for root in roots(&tmp) {
             tmp.write("../outside/secret", b"secret");
             tmp.write("inside", b"inside");
             tmp.symlink("../outside/secret", "escape");
+            tmp.symlink("../outside/missing", "escape_missing");
             tmp.symlink("inside", "link");
             tmp.symlink(".", "dir_link");
-            for field in ["escape", "link", "dir_link"] {
+            for field in ["escape", "escape_missing"] {
+                let error = root.create_temp(&path(field)).unwrap_err();
+                assert_eq!(error.code(), ErrorCode::Forbidden, "{field}");
+            }
+            for field in ["link", "dir_link"] {
                 let mut temp = root.create_temp(&path(field)).unwrap();
                 temp.write_all(b"uploaded").unwrap();
                 temp.commit().unwrap();
@@ -314,7 +327,7 @@ mod tests {
             }
             assert_eq!(tmp.read("../outside/secret"), b"secret");
             assert_eq!(tmp.read("inside"), b"inside");
-            for field in ["escape", "link", "dir_link"] {
+            for field in ["escape", "escape_missing", "link", "dir_link"] {
                 std::fs::remove_file(tmp.root().join(field)).unwrap();
             }
         }
@@ -326,8 +339,18 @@ mod tests {
         let own = format!(".filesrv-{}-0-0", std::process::id());
         let gone = ".filesrv-999999999-0-0";
         let live = ".filesrv-1-0-0";
-        for name in [own.as_str(), gone, ".filesrv-garbage", live, "visible"] {
-            tmp.write(name, b"");
+        // The operator's own files with the prefix are never ours to remove.
+        let operator = [
+            ".filesrv-garbage",
+            ".filesrv-readme",
+            ".filesrv-1-2",
+            ".filesrv-x-1-2",
+        ];
+        for name in [own.as_str(), gone, live, "visible"]
+            .into_iter()
+            .chain(operator)
+        {
+            tmp.write(name, b"data");
         }
         tmp.write(&format!("a/b/{gone}"), b"");
         tmp.write(&format!("../outside/{gone}"), b"");
@@ -335,9 +358,12 @@ mod tests {
         tmp.symlink("visible", &format!("{gone}-link"));
 
         let root = Root::open(tmp.root()).unwrap();
-        assert_eq!(root.cleanup_stale_temps().unwrap(), 4);
+        assert_eq!(root.cleanup_stale_temps().unwrap(), 3);
         let left = tmp.temp_files("");
-        assert_eq!(left, [live.to_string(), format!("{gone}-link")]);
+        let mut expected: Vec<String> = operator.iter().map(ToString::to_string).collect();
+        expected.extend([live.to_string(), format!("{gone}-link")]);
+        expected.sort();
+        assert_eq!(left, expected);
         assert!(tmp.temp_files("a/b").is_empty());
         assert_eq!(tmp.temp_files("../outside"), [gone]);
         assert_eq!(root.cleanup_stale_temps().unwrap(), 0);
