@@ -198,7 +198,13 @@ fn large(root: &Path, params: &Params) -> io::Result<()> {
             let mut client =
                 Client::connect_timeout(addr, Duration::from_secs(10)).map_err(io::Error::other)?;
             client
-                .get_file(name, &local, false)
+                .get_file(
+                    name,
+                    &local,
+                    &filesrv::protocol::TransferOptions::default()
+                        .resume(false)
+                        .verify(false),
+                )
                 .map_err(io::Error::other)
         })?);
         fs::remove_file(&local)?;

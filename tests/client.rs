@@ -12,19 +12,21 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, SystemTime};
 
-use filesrv::protocol::{Client, ClientError, EntryKind, ErrorCode, Server, ServerConfig};
+use filesrv::protocol::{
+    Client, ClientError, EntryKind, ErrorCode, Server, ServerConfig, TransferOptions,
+};
 
 use crate::support::{LIMIT, TempDir};
 
 /// A directory outside the root for the client's own files.
-fn local_dir(dir: &TempDir) -> PathBuf {
+pub(crate) fn local_dir(dir: &TempDir) -> PathBuf {
     let local = dir.path().join("local");
     fs::create_dir_all(&local).unwrap();
     local
 }
 
 /// Serves `dir.root()` on 127.0.0.1 with `configure`d settings.
-fn serve(dir: &TempDir, configure: impl FnOnce(ServerConfig) -> ServerConfig) -> Server {
+pub(crate) fn serve(dir: &TempDir, configure: impl FnOnce(ServerConfig) -> ServerConfig) -> Server {
     let config = configure(ServerConfig::new(dir.root()));
     Server::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config).unwrap()
 }
@@ -34,7 +36,7 @@ fn connect(server: &Server) -> Client {
 }
 
 /// Deterministic bytes that are not all alike, more than one chunk long.
-fn content(len: usize) -> Vec<u8> {
+pub(crate) fn content(len: usize) -> Vec<u8> {
     let mut state = 0x9E37_79B9_7F4A_7C15_u64;
     (0..len)
         .map(|_| {
@@ -77,18 +79,24 @@ fn get_returns_the_exact_bytes() {
     assert_eq!(tail, data[150_000..]);
 
     let local = local_dir(&dir).join("copy.bin");
-    assert_eq!(client.get_file("data.bin", &local, false).unwrap(), 200_000);
+    assert_eq!(
+        client
+            .get_file("data.bin", &local, &TransferOptions::default())
+            .unwrap(),
+        200_000
+    );
     assert_eq!(fs::read(&local).unwrap(), data);
     client.quit().unwrap();
 }
 
 #[test]
-fn get_file_resumes_a_partial_download() {
+fn get_file_resumes_its_own_partial_download() {
     let dir = TempDir::new("client");
     let data = content(100_000);
     fs::write(dir.root().join("data.bin"), &data).unwrap();
     let local = local_dir(&dir).join("data.bin");
-    fs::write(&local, &data[..30_000]).unwrap();
+    let partial = Client::partial_path(&local, "data.bin");
+    fs::write(&partial, &data[..30_000]).unwrap();
     let server = serve(&dir, |config| config);
     let mut client = connect(&server);
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -96,21 +104,32 @@ fn get_file_resumes_a_partial_download() {
     client.set_progress(move |progress| {
         record.lock().unwrap().push((progress.done, progress.total));
     });
-
-    assert_eq!(client.get_file("data.bin", &local, true).unwrap(), 70_000);
+    let options = TransferOptions::default();
+    assert_eq!(
+        client.get_file("data.bin", &local, &options).unwrap(),
+        70_000
+    );
     assert_eq!(fs::read(&local).unwrap(), data);
+    assert!(!partial.exists());
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.first(), Some(&(30_000, 100_000)));
     assert_eq!(seen.last(), Some(&(100_000, 100_000)));
     assert!(seen.windows(2).all(|pair| pair[0].0 <= pair[1].0));
 
-    // Complete already: nothing more to fetch.
-    assert_eq!(client.get_file("data.bin", &local, true).unwrap(), 0);
+    // A complete local file is not a partial one: fetched whole again.
+    assert_eq!(
+        client.get_file("data.bin", &local, &options).unwrap(),
+        100_000
+    );
     assert_eq!(fs::read(&local).unwrap(), data);
 
-    // Without resume, a longer local file is replaced.
-    fs::write(&local, content(150_000)).unwrap();
-    assert_eq!(client.get_file("data.bin", &local, false).unwrap(), 100_000);
+    // Without resume, a partial file is discarded.
+    fs::write(&partial, content(150_000)).unwrap();
+    let fresh = options.resume(false);
+    assert_eq!(
+        client.get_file("data.bin", &local, &fresh).unwrap(),
+        100_000
+    );
     assert_eq!(fs::read(&local).unwrap(), data);
 }
 
@@ -125,7 +144,12 @@ fn put_then_get_round_trips() {
     let mut client = connect(&server);
 
     let remote = "sub/my file 100%.bin";
-    assert_eq!(client.put_file(&local, remote).unwrap(), 123_457);
+    assert_eq!(
+        client
+            .put_file(&local, remote, &TransferOptions::default())
+            .unwrap(),
+        123_457
+    );
     assert_eq!(dir.read("sub/my file 100%.bin"), data);
     let mut back = Vec::new();
     client.get_to(remote, 0, &mut back).unwrap();
@@ -219,7 +243,11 @@ fn server_errors_surface_with_their_code() {
         ErrorCode::Forbidden
     );
     assert_eq!(
-        refusal(client.get_file("missing", &local_dir(&dir).join("missing"), false)),
+        refusal(client.get_file(
+            "missing",
+            &local_dir(&dir).join("missing"),
+            &TransferOptions::default()
+        )),
         ErrorCode::NotFound
     );
     assert!(
@@ -326,15 +354,15 @@ fn malformed_replies_are_protocol_errors() {
 
 /// What one `fsc` run did.
 #[derive(Debug)]
-struct Run {
-    code: Option<i32>,
-    stdout: Vec<u8>,
-    stderr: String,
+pub(crate) struct Run {
+    pub(crate) code: Option<i32>,
+    pub(crate) stdout: Vec<u8>,
+    pub(crate) stderr: String,
 }
 
 /// Runs `fsc --timeout 20 <args>` in `cwd`, with no input, killed if it
 /// outlives `LIMIT`.
-fn fsc(cwd: &Path, args: &[&str]) -> Run {
+pub(crate) fn fsc(cwd: &Path, args: &[&str]) -> Run {
     let child = Command::new(env!("CARGO_BIN_EXE_fsc"))
         .args(["--timeout", "20"])
         .args(args)
@@ -362,7 +390,7 @@ fn fsc(cwd: &Path, args: &[&str]) -> Run {
 }
 
 /// Asserts a quiet success and returns stdout.
-fn success(run: Run) -> Vec<u8> {
+pub(crate) fn success(run: Run) -> Vec<u8> {
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_eq!(run.stderr, "", "no progress bar or message off a terminal");
     run.stdout
@@ -456,11 +484,11 @@ fn fsc_lists_and_stats() {
     assert_eq!(
         String::from_utf8(listing).unwrap(),
         format!(
-            "f     5 a b.txt\n\
-             f     0 bad\\xFF\n\
+            "f     5 'a b.txt'\n\
+             f     0 $'bad\\xFF'\n\
              f 70000 big.bin\n\
              d {dir_size:>5} dir\n\
-             f     1 line\\nbreak\n"
+             f     1 $'line\\nbreak'\n"
         )
     );
     assert!(success(fsc(&local_dir(&dir), &[&addr, "ls", "dir"])).is_empty());
@@ -500,10 +528,16 @@ fn fsc_reports_failures_with_exit_codes() {
     assert!(failure(&run, 1).starts_with("fsc: server refused: forbidden "));
     let run = fsc(&local, &[&addr, "ls", "five"]);
     assert!(failure(&run, 1).starts_with("fsc: server refused: bad-request "));
-    // A local file longer than the remote one cannot be resumed.
+    let names: Vec<_> = fs::read_dir(&local)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["upload"], "no partial file left");
+    // A local file longer than the remote one is not a partial download:
+    // it is replaced.
     fs::write(local.join("five"), b"1234567").unwrap();
-    let run = fsc(&local, &[&addr, "get", "five"]);
-    assert!(failure(&run, 1).starts_with("fsc: server refused: range "));
+    success(fsc(&local, &[&addr, "get", "five"]));
+    assert_eq!(fs::read(local.join("five")).unwrap(), b"12345");
 
     // Everything else: 2.
     let closed = {

@@ -8,11 +8,11 @@ use std::fmt::Write as _;
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use filesrv::protocol::{Client, ClientError, EntryKind};
-use indicatif::{ProgressBar, ProgressStyle};
+use filesrv::protocol::{Client, ClientError, EntryKind, TransferOptions};
+use indicatif::{HumanBytes, HumanDuration, ProgressBar, ProgressStyle};
 
 /// Exit status when the server refused the request.
 const EXIT_REFUSED: u8 = 1;
@@ -33,6 +33,7 @@ Examples:
   fsc localhost:9000 ls
   fsc localhost:9000 get docs/report.pdf
   fsc localhost:9000 get notes.txt - | less
+  fsc localhost:9000 sum docs/report.pdf | sha256sum -c
   fsc localhost:9000 put backup.tar archive/backup.tar
 
 Exit status:
@@ -58,8 +59,12 @@ struct Cli {
 enum Command {
     /// Download a file.
     ///
-    /// If LOCAL already exists it is taken as a partial download and only
-    /// the rest is fetched (use --no-resume to start over).
+    /// The bytes go to a partial file beside LOCAL
+    /// (`.NAME.XXXXXXXX.fsc-part`), which replaces LOCAL only once complete
+    /// and matching the server's SHA-256. A download that was cut off
+    /// resumes from its partial file when its bytes still match the
+    /// server's; otherwise it starts over, saying so. An existing LOCAL is
+    /// never appended to.
     Get {
         /// The file on the server.
         remote: String,
@@ -67,19 +72,38 @@ enum Command {
         /// standard output. Defaults to REMOTE's last component, in the
         /// current directory.
         local: Option<PathBuf>,
-        /// Download the whole file, replacing LOCAL if it exists.
+        /// Start over, discarding a partial download.
         #[arg(long)]
         no_resume: bool,
+        /// Do not check the file (or a partial one) against the server's
+        /// SHA-256 (for a server without SUM).
+        #[arg(long)]
+        no_verify: bool,
     },
-    /// Upload a file (the server must allow uploads).
+    /// Upload a file (the server must allow uploads), then check the
+    /// stored file's SHA-256 against what was sent.
     Put {
         /// The file to send.
         local: PathBuf,
         /// Where to store it on the server; ending in `/`, a directory to
         /// put it in. Defaults to LOCAL's file name, in the served root.
         remote: Option<String>,
+        /// Do not check the stored file's SHA-256.
+        #[arg(long)]
+        no_verify: bool,
+    },
+    /// Print a remote file's SHA-256 as sha256sum does: `HEX  NAME`, NAME
+    /// being the file name `fsc get` saves it under, so that
+    /// `fsc HOST:PORT sum FILE | sha256sum -c` checks a downloaded copy.
+    Sum {
+        /// The file on the server.
+        remote: String,
     },
     /// List a directory: type (f or d), size in bytes, and name per line.
+    ///
+    /// Names are quoted as a shell reads them back: plain when safe, else
+    /// in single quotes, or as $'...' with escapes for control characters
+    /// and bytes that are not UTF-8; each can be pasted into `fsc get`.
     #[command(name = "ls")]
     List {
         /// The directory on the server; the served root by default.
@@ -163,18 +187,42 @@ fn run(cli: Cli) -> Result<(), Failure> {
     } else {
         Client::connect_timeout(&cli.server, cli.timeout)?
     };
+    client.set_notice(|message| eprintln!("fsc: {message}"));
     match command {
         Plan::Get {
             remote,
-            local,
-            resume,
-        } => with_progress(&mut client, |client| match &local {
-            Some(local) => client.get_file(&remote, local, resume),
-            None => client.get_to(&remote, 0, &mut io::stdout().lock()),
-        })?,
-        Plan::Put { local, remote } => {
-            with_progress(&mut client, |client| client.put_file(&local, &remote))?
+            local: Some(local),
+            options,
+        } => with_progress(&mut client, &remote, |client| {
+            client.get_file(&remote, &local, &options)
+        })
+        .map(drop)?,
+        Plan::Get {
+            remote,
+            local: None,
+            ..
+        } => {
+            let sent = with_progress(&mut client, &remote, |client| {
+                client.get_to(&remote, 0, &mut io::stdout().lock())
+            });
+            match sent {
+                // The reader (`| head`) has all it wanted: stop quietly,
+                // with success, as `cat` does in a pipeline.
+                Err(ClientError::Local(e)) if e.kind() == io::ErrorKind::BrokenPipe => {
+                    return Ok(());
+                }
+                sent => sent.map(drop)?,
+            }
         }
+        Plan::Put {
+            local,
+            remote,
+            options,
+        } => with_progress(&mut client, &remote, |client| {
+            client.put_file(&local, &remote, &options)
+        })
+        .map(drop)?,
+        Plan::Sum { remote } => print_sum(&mut client, &remote)?,
         Plan::List { dir } => print_list(&mut client, &dir)?,
         Plan::Stat { path } => print_stat(&mut client, &path)?,
     };
@@ -189,10 +237,14 @@ enum Plan {
     Get {
         remote: String,
         local: Option<PathBuf>,
-        resume: bool,
+        options: TransferOptions,
     },
     Put {
         local: PathBuf,
+        remote: String,
+        options: TransferOptions,
+    },
+    Sum {
         remote: String,
     },
     List {
@@ -210,6 +262,7 @@ impl Plan {
                 remote,
                 local,
                 no_resume,
+                no_verify,
             } => {
                 let local = match local {
                     Some(local) if local.as_os_str() == "-" => None,
@@ -220,15 +273,29 @@ impl Plan {
                 Plan::Get {
                     remote,
                     local,
-                    resume: !no_resume,
+                    options: TransferOptions::default()
+                        .resume(!no_resume)
+                        .verify(!no_verify),
                 }
             }
-            Command::Put { local, remote } => {
+            Command::Put {
+                local,
+                remote,
+                no_verify,
+            } => {
                 let remote = match remote {
                     Some(remote) if !remote.is_empty() && !remote.ends_with('/') => remote,
                     prefix => prefix.unwrap_or_default() + local_name(&local)?,
                 };
-                Plan::Put { local, remote }
+                Plan::Put {
+                    local,
+                    remote,
+                    options: TransferOptions::default().verify(!no_verify),
+                }
+            }
+            Command::Sum { remote } => {
+                remote_name(&remote)?;
+                Plan::Sum { remote }
             }
             Command::List { dir } => Plan::List {
                 dir: dir.unwrap_or_default(),
@@ -261,28 +328,74 @@ fn local_name(local: &Path) -> Result<&str, Failure> {
         })
 }
 
-/// Runs a transfer with a progress bar on stderr, if stderr is a terminal.
+/// Runs a transfer with a progress bar on stderr, if stderr is a terminal,
+/// and leaves a one-line summary there when it succeeds.
+///
+/// The bar counts the bytes this run moves (a resumed download's earlier
+/// bytes are shown as where it resumed), so speed and time left are real.
 fn with_progress(
     client: &mut Client,
+    name: &str,
     transfer: impl FnOnce(&mut Client) -> Result<u64, ClientError>,
-) -> Result<(), ClientError> {
+) -> Result<u64, ClientError> {
     if !io::stderr().is_terminal() {
-        return transfer(client).map(drop);
+        return transfer(client);
     }
     let style = ProgressStyle::with_template(
-        "{bytes:>10} / {total_bytes:<10} [{wide_bar}] {binary_bytes_per_sec:>12} eta {eta}",
+        "{msg} {bytes:>10} / {total_bytes:<10} [{wide_bar}] {binary_bytes_per_sec:>12} eta {eta}",
     )
     .expect("the template is valid")
     .progress_chars("=> ");
-    let bar = ProgressBar::new(0).with_style(style);
+    let bar = ProgressBar::new(0)
+        .with_style(style)
+        .with_message(name.to_owned());
     let shown = bar.clone();
+    let label = name.to_owned();
+    let mut start = None;
     client.set_progress(move |progress| {
-        shown.set_length(progress.total);
-        shown.set_position(progress.done);
+        let from = *start.get_or_insert_with(|| {
+            if progress.done > 0 {
+                shown.set_message(format!(
+                    "{label} (resumed at {})",
+                    HumanBytes(progress.done)
+                ));
+            }
+            shown.reset();
+            progress.done
+        });
+        shown.set_length(progress.total - from);
+        shown.set_position(progress.done - from);
     });
+    let began = Instant::now();
     let result = transfer(client);
     bar.finish_and_clear();
-    result.map(drop)
+    if let Ok(bytes) = result {
+        let elapsed = began.elapsed();
+        let rate = bytes.checked_mul(1000).map_or(0, |milli| {
+            milli / u64::try_from(elapsed.as_millis().max(1)).unwrap_or(u64::MAX)
+        });
+        eprintln!(
+            "{name}: {} in {} ({}/s)",
+            HumanBytes(bytes),
+            HumanDuration(elapsed),
+            HumanBytes(rate)
+        );
+    }
+    result
+}
+
+fn print_sum(client: &mut Client, remote: &str) -> Result<(), Failure> {
+    let sum = client.sum(remote, None)?;
+    let name = remote_name(remote)?;
+    // sha256sum's own form for a name with a backslash or a newline.
+    let line = if name.contains(['\\', '\n']) {
+        let escaped = name.replace('\\', "\\\\").replace('\n', "\\n");
+        format!("\\{}  {escaped}", sum.hex())
+    } else {
+        format!("{}  {name}", sum.hex())
+    };
+    println!("{line}");
+    Ok(())
 }
 
 fn print_list(client: &mut Client, dir: &str) -> Result<(), ClientError> {
@@ -299,7 +412,7 @@ fn print_list(client: &mut Client, dir: &str) -> Result<(), ClientError> {
             "{} {:>width$} {}",
             entry.kind,
             entry.size,
-            printable(&entry.name)
+            shell_quoted(&entry.name)
         )
         .map_err(ClientError::Local)?;
     }
@@ -321,23 +434,48 @@ fn print_stat(client: &mut Client, path: &str) -> Result<(), ClientError> {
     Ok(())
 }
 
-/// A raw name for the terminal: control characters and backslashes
-/// escaped the way Rust writes them, invalid UTF-8 bytes as `\xNN`.
-fn printable(raw: &[u8]) -> String {
-    let mut out = String::with_capacity(raw.len());
-    for chunk in raw.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            if c.is_control() || c == '\\' {
-                out.extend(c.escape_default());
+/// A raw name as a POSIX shell reads it back: as it is when it holds
+/// only safe characters, in single quotes when it is UTF-8 without
+/// control characters, else as `$'...'` with C escapes (bash, zsh, ksh).
+fn shell_quoted(raw: &[u8]) -> String {
+    let safe = |b: u8| b.is_ascii_alphanumeric() || b"%+,-./:=@_^".contains(&b) || b >= 0x80;
+    match std::str::from_utf8(raw) {
+        Ok(text) if !text.chars().any(char::is_control) => {
+            if !text.is_empty() && raw.iter().all(|&b| safe(b)) {
+                text.to_owned()
             } else {
-                out.push(c);
+                format!("'{}'", text.replace('\'', r"'\''"))
             }
         }
-        for byte in chunk.invalid() {
-            let _ = write!(out, "\\x{byte:02X}");
+        _ => {
+            let mut out = String::from("$'");
+            for chunk in raw.utf8_chunks() {
+                for c in chunk.valid().chars() {
+                    match c {
+                        '\n' => out.push_str(r"\n"),
+                        '\t' => out.push_str(r"\t"),
+                        '\r' => out.push_str(r"\r"),
+                        '\\' | '\'' => {
+                            out.push('\\');
+                            out.push(c);
+                        }
+                        c if c.is_control() => {
+                            let mut buf = [0; 4];
+                            for byte in c.encode_utf8(&mut buf).bytes() {
+                                let _ = write!(out, r"\x{byte:02X}");
+                            }
+                        }
+                        c => out.push(c),
+                    }
+                }
+                for byte in chunk.invalid() {
+                    let _ = write!(out, r"\x{byte:02X}");
+                }
+            }
+            out.push('\'');
+            out
         }
     }
-    out
 }
 
 /// Unix seconds as a UTC date and time, `2023-11-14 22:13:20 UTC`.
@@ -386,11 +524,30 @@ mod tests {
     }
 
     #[test]
-    fn names_are_printable() {
-        assert_eq!(printable(b"plain name.txt"), "plain name.txt");
-        assert_eq!(printable(b"a\nb\tc\\d"), "a\\nb\\tc\\\\d");
-        assert_eq!(printable("\u{1}\u{85}é".as_bytes()), "\\u{1}\\u{85}é");
-        assert_eq!(printable(b"bad\xFF"), "bad\\xFF");
+    fn names_are_shell_quoted() {
+        assert_eq!(shell_quoted(b"plain-name_1.txt"), "plain-name_1.txt");
+        assert_eq!(shell_quoted("café".as_bytes()), "café");
+        assert_eq!(shell_quoted(b"my notes.txt"), "'my notes.txt'");
+        assert_eq!(shell_quoted(b"it's"), r"'it'\''s'");
+        assert_eq!(shell_quoted(b"a*b;$(x)"), "'a*b;$(x)'");
+        assert_eq!(shell_quoted(b"new\nline"), r"$'new\nline'");
+        assert_eq!(shell_quoted(b"bad\xFF\x01"), r"$'bad\xFF\x01'");
+        assert_eq!(shell_quoted("\u{85}".as_bytes()), r"$'\xC2\x85'");
+        // What bash makes of each is the name again.
+        for raw in [
+            &b"new\nline"[..],
+            b"it's here",
+            b"x\xFFy",
+            b"back\\slash'\t",
+            b"-x",
+        ] {
+            let out = std::process::Command::new("bash")
+                .arg("-c")
+                .arg(format!("printf %s {}", shell_quoted(raw)))
+                .output()
+                .unwrap();
+            assert_eq!(out.stdout, raw, "{}", shell_quoted(raw));
+        }
     }
 
     #[test]

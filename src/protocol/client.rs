@@ -1,13 +1,16 @@
 //! A blocking client for the file-transfer protocol.
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, ErrorKind, Read, Seek, SeekFrom, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::wire::{ErrorCode, ListEntry, Stat, encode_name, number};
+use sha2::{Digest as _, Sha256};
+
+use super::checksum::sum_prefix;
+use super::wire::{ErrorCode, FileSum, ListEntry, Stat, encode_name, number};
 use crate::util::chunk_len;
 
 /// The size of the buffer that bodies are copied through.
@@ -51,8 +54,76 @@ pub struct Client {
     reader: BufReader<TcpStream>,
     /// Told about each transfer's progress.
     progress: Option<Box<dyn FnMut(Progress) + Send>>,
+    /// Told about what a call did unasked (see [`Client::set_notice`]).
+    notice: Option<Box<Notice>>,
     /// Set once an error left the connection out of step: it is shut down.
     closed: bool,
+}
+
+/// The callback given to [`Client::set_notice`].
+type Notice = dyn FnMut(&str) + Send;
+
+/// How [`Client::get_file`] and [`Client::put_file`] go about a transfer.
+///
+/// The default resumes and verifies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TransferOptions {
+    /// Downloads: continue the partial file an earlier download of the
+    /// same remote file left (if its bytes still match the server's);
+    /// off: start over. Uploads ignore it.
+    pub resume: bool,
+    /// Check the result against the server's `SUM` (and a partial
+    /// download's bytes before resuming it); off for a server too old
+    /// to know `SUM`.
+    pub verify: bool,
+}
+
+impl Default for TransferOptions {
+    fn default() -> TransferOptions {
+        TransferOptions {
+            resume: true,
+            verify: true,
+        }
+    }
+}
+
+impl TransferOptions {
+    /// Sets [`resume`](TransferOptions::resume).
+    pub fn resume(mut self, resume: bool) -> Self {
+        self.resume = resume;
+        self
+    }
+
+    /// Sets [`verify`](TransferOptions::verify).
+    pub fn verify(mut self, verify: bool) -> Self {
+        self.verify = verify;
+        self
+    }
+}
+
+/// A reader that hashes what passes through it.
+struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Syncs the directory holding `path`, so that a rename into it survives
+/// a crash.
+fn sync_parent(path: &Path) -> io::Result<()> {
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    File::open(parent)?.sync_all()
 }
 
 /// How far a transfer has come, as told to the callback given to
@@ -115,6 +186,14 @@ pub enum ClientError {
     /// The server's reply does not follow the protocol.
     #[error("malformed reply: {0}")]
     Protocol(String),
+    /// A transferred file does not match the server's `SUM` of it.
+    #[error("the file does not match the server's: sha256 {} ({} bytes) here, {} ({} bytes) there", local.hex(), local.len, remote.hex(), remote.len)]
+    Mismatch {
+        /// The sum of the bytes this side has.
+        local: FileSum,
+        /// The server's sum.
+        remote: FileSum,
+    },
     /// The server closed the connection before the end of an announced body.
     #[error("transfer cut short: got {got} of {expected} bytes")]
     Truncated {
@@ -176,6 +255,7 @@ impl Client {
                 Ok(Client {
                     reader: BufReader::new(stream),
                     progress: None,
+                    notice: None,
                     closed: false,
                 })
             });
@@ -245,67 +325,158 @@ impl Client {
     }
 
     /// Downloads `path` into the local file `local`, and returns the bytes
-    /// received.
+    /// received in this call.
     ///
-    /// The file is created (or truncated) only once the server has accepted
-    /// the request, written in place, and synced to disk at the end. With
-    /// `resume`, an existing `local` is taken as the start of the file: only
-    /// the bytes past its length are asked for and appended (none if it is
-    /// complete). Its content is trusted, not compared.
+    /// The body goes to a partial file beside `local`, named after it and
+    /// the remote path ([`Client::partial_path`]), which is renamed over
+    /// `local` only once it is complete, synced and (with
+    /// [`TransferOptions::verify`]) matches the server's `SUM`. `local` is
+    /// never appended to or mixed into the result.
+    ///
+    /// With [`TransferOptions::resume`], a partial file left by an earlier
+    /// call for the same remote path is continued, but only when its bytes
+    /// still match the server's `SUM` of that length (checked when
+    /// verifying); otherwise it is discarded, the download starts over, and
+    /// the [notice callback](Client::set_notice) is told.
     ///
     /// # Errors
     ///
     /// - [`ClientError::Server`] if the server refuses, as for
-    ///   [`Client::get_to`]; `range` when resuming a local file longer than
-    ///   the remote one;
-    /// - [`ClientError::File`] if `local` cannot be opened, written or
-    ///   synced;
+    ///   [`Client::get_to`];
+    /// - [`ClientError::Mismatch`] if the downloaded file does not match the
+    ///   server's `SUM` (the file changed on the server meanwhile); the
+    ///   partial file is removed, so a new call starts over;
+    /// - [`ClientError::File`] if the partial file or `local` cannot be
+    ///   opened, written, synced or renamed;
     /// - [`ClientError::Truncated`], [`ClientError::Io`] and
     ///   [`ClientError::Protocol`] as for [`Client::get_to`]. A download cut
-    ///   short leaves the bytes received in `local`, ready to resume.
-    pub fn get_file(&mut self, path: &str, local: &Path, resume: bool) -> Result<u64, ClientError> {
-        let at_local = |source| ClientError::File {
-            path: local.to_owned(),
-            source,
+    ///   short leaves the bytes received in the partial file, ready to
+    ///   resume.
+    pub fn get_file(
+        &mut self,
+        path: &str,
+        local: &Path,
+        options: &TransferOptions,
+    ) -> Result<u64, ClientError> {
+        let partial = Client::partial_path(local, path);
+        let at = |file: &Path| {
+            let file = file.to_owned();
+            move |source| ClientError::File { path: file, source }
         };
-        let partial = if resume {
-            match OpenOptions::new().append(true).open(local) {
-                Ok(file) => Some(file),
-                Err(error) if error.kind() == ErrorKind::NotFound => None,
-                Err(error) => return Err(at_local(error)),
-            }
-        } else {
-            None
+        let open = |create: bool| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(create)
+                .truncate(create)
+                .open(&partial)
         };
-        let offset = match &partial {
-            Some(file) => file.metadata().map_err(at_local)?.len(),
+        let existing = match open(false) {
+            Ok(file) if options.resume => Some(file),
+            Ok(_) => None,
+            Err(error) if error.kind() == ErrorKind::NotFound => None,
+            Err(error) => return Err(at(&partial)(error)),
+        };
+        let mut offset = match &existing {
+            Some(file) => file.metadata().map_err(at(&partial))?.len(),
             None => 0,
         };
-        self.exchange(|client| {
+        let stale = match &existing {
+            Some(file) if offset > 0 && options.verify => {
+                !self.prefix_matches(path, file, offset)?
+            }
+            _ => false,
+        };
+        if let (true, Some(file)) = (stale, &existing) {
+            self.notify(&format!(
+                "{}: the partial download ({offset} bytes) does not match the server's file; starting over",
+                partial.display()
+            ));
+            file.set_len(0).map_err(at(&partial))?;
+            offset = 0;
+        }
+        let (received, file) = self.exchange(|client| {
             let size = client.start_get(path, offset)?;
-            let mut file = match partial {
+            // Created (or emptied) only once the server said yes.
+            let mut file = match existing {
                 Some(file) => file,
-                None => File::create(local).map_err(at_local)?,
+                None => open(true).map_err(at(&partial))?,
             };
+            file.seek(SeekFrom::Start(offset)).map_err(at(&partial))?;
             client
                 .recv_body(offset, size, &mut file)
-                .map_err(|error| error.at(local))?;
-            file.sync_all().map_err(at_local)?;
-            Ok(size)
-        })
+                .map_err(|error| error.at(&partial))?;
+            file.sync_all().map_err(at(&partial))?;
+            Ok((size, file))
+        })?;
+        if options.verify {
+            let local_sum = sum_prefix(&file, u64::MAX).map_err(at(&partial))?;
+            let remote_sum = self.sum(path, None)?;
+            if local_sum != remote_sum {
+                let _ = fs::remove_file(&partial);
+                return Err(ClientError::Mismatch {
+                    local: local_sum,
+                    remote: remote_sum,
+                });
+            }
+        }
+        fs::rename(&partial, local).map_err(at(local))?;
+        sync_parent(local).map_err(at(local))?;
+        Ok(received)
+    }
+
+    /// The partial file [`Client::get_file`] downloads `remote` into before
+    /// it becomes `local`: `.<local's name>.<8 hex digits>.fsc-part` in
+    /// `local`'s directory, the digits taken from the SHA-256 of the
+    /// remote path, so that a partial file is only ever continued by a
+    /// download of the same remote file to the same place.
+    pub fn partial_path(local: &Path, remote: &str) -> PathBuf {
+        let tag: [u8; 32] = Sha256::digest(remote.as_bytes()).into();
+        let mut name = std::ffi::OsString::from(".");
+        name.push(local.file_name().unwrap_or_else(|| "download".as_ref()));
+        name.push(format!(
+            ".{:02x}{:02x}{:02x}{:02x}.fsc-part",
+            tag[0], tag[1], tag[2], tag[3]
+        ));
+        local.with_file_name(name)
+    }
+
+    /// Whether the first `len` bytes of `file` are those of `path` on the
+    /// server.
+    fn prefix_matches(&mut self, path: &str, file: &File, len: u64) -> Result<bool, ClientError> {
+        let local = sum_prefix(file, len).map_err(ClientError::Local)?;
+        match self.sum(path, Some(len)) {
+            Ok(remote) => Ok(remote == local),
+            // The server's file is now shorter than the partial one.
+            Err(ClientError::Server {
+                code: ErrorCode::Range,
+                ..
+            }) => Ok(false),
+            Err(error) => Err(error),
+        }
     }
 
     /// Uploads the local file `local` as `remote`, and returns its size.
     ///
     /// The size is taken when the upload starts; the server puts the file in
-    /// place only once every byte has arrived and been flushed.
+    /// place only once every byte has arrived and been flushed. With
+    /// [`TransferOptions::verify`], the file is hashed as it is sent and the
+    /// stored file's `SUM` compared with it.
     ///
     /// # Errors
     ///
     /// - [`ClientError::File`] if `local` cannot be opened or read, is not a
     ///   regular file, or ends before its starting size;
+    /// - [`ClientError::Mismatch`] if the stored file's `SUM` differs from
+    ///   what was sent (it changed on the server meanwhile, or the local
+    ///   file changed while it was read);
     /// - the errors of [`Client::put_from`] otherwise.
-    pub fn put_file(&mut self, local: &Path, remote: &str) -> Result<u64, ClientError> {
+    pub fn put_file(
+        &mut self,
+        local: &Path,
+        remote: &str,
+        options: &TransferOptions,
+    ) -> Result<u64, ClientError> {
         let at_local = |source| ClientError::File {
             path: local.to_owned(),
             source,
@@ -318,8 +489,27 @@ impl Client {
                 "not a regular file",
             )));
         }
-        self.put_from(remote, file, metadata.len())
-            .map_err(|error| error.at(local))
+        let mut hashing = Hashing {
+            inner: file,
+            hasher: Sha256::new(),
+        };
+        let size = self
+            .put_from(remote, &mut hashing, metadata.len())
+            .map_err(|error| error.at(local))?;
+        if options.verify {
+            let sent = FileSum {
+                sha256: hashing.hasher.finalize().into(),
+                len: size,
+            };
+            let stored = self.sum(remote, None)?;
+            if stored != sent {
+                return Err(ClientError::Mismatch {
+                    local: sent,
+                    remote: stored,
+                });
+            }
+        }
+        Ok(size)
     }
 
     /// Uploads the first `size` bytes of `reader` as `remote`, and returns
@@ -403,6 +593,44 @@ impl Client {
                 .parse()
                 .map_err(|_| malformed("`OK <f|d> <size> <mtime>`"))
         })
+    }
+
+    /// The SHA-256 of the file `path` on the server, or of its first
+    /// `length` bytes.
+    ///
+    /// # Errors
+    ///
+    /// - [`ClientError::Server`] if the server refuses: `not-found`,
+    ///   `forbidden`, `bad-request` for a directory or special file,
+    ///   `range` for a `length` past the end of the file, ...;
+    /// - [`ClientError::Io`] if the connection fails or times out, or was
+    ///   already closed;
+    /// - [`ClientError::Protocol`] if the reply is malformed.
+    pub fn sum(&mut self, path: &str, length: Option<u64>) -> Result<FileSum, ClientError> {
+        self.exchange(|client| {
+            let line = match length {
+                None => format!("SUM {}\n", field(path)),
+                Some(length) => format!("SUM {} {length}\n", field(path)),
+            };
+            client
+                .request(&line)?
+                .parse()
+                .map_err(|_| malformed("`OK sha256 <hex> <n>`"))
+        })
+    }
+
+    /// Calls `callback` with a one-line message for people when a call
+    /// does something its caller did not ask for in so many words, such as
+    /// discarding a partial download that no longer matches the server's
+    /// file. It replaces any earlier callback.
+    pub fn set_notice(&mut self, callback: impl FnMut(&str) + Send + 'static) {
+        self.notice = Some(Box::new(callback));
+    }
+
+    fn notify(&mut self, message: &str) {
+        if let Some(callback) = &mut self.notice {
+            callback(message);
+        }
     }
 
     /// Says goodbye and closes the connection.

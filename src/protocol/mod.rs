@@ -40,11 +40,12 @@
 //! # }
 //! ```
 
+mod checksum;
 mod client;
 mod server;
 mod wire;
 
-pub use client::{Client, ClientError, Progress};
+pub use client::{Client, ClientError, Progress, TransferOptions};
 pub use server::{Server, ServerConfig, ServerError};
 pub use wire::{
     EntryKind, ErrorCode, FileSum, ListEntry, MAX_LINE, MalformedReply, PathError, RelPath,

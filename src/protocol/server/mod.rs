@@ -7,7 +7,6 @@ mod config;
 mod fs;
 mod listener;
 mod session;
-mod sum;
 mod transfer;
 
 pub use config::{ServerConfig, ServerError};

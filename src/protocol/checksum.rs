@@ -1,4 +1,5 @@
-//! SUM: the SHA-256 of a file's first bytes, in one streaming pass.
+//! The SHA-256 of a file's first bytes, in one streaming pass: what the
+//! server answers SUM with, and what the client compares it against.
 
 use std::fs::File;
 use std::io;
@@ -16,7 +17,7 @@ const CHUNK: usize = 256 * 1024;
 /// Hashes the first `length` bytes of `file` (from offset 0, whatever its
 /// cursor), stopping early if the file ends first: the result then says
 /// how many bytes were hashed.
-pub(super) fn sum_prefix(file: &File, length: u64) -> io::Result<FileSum> {
+pub(crate) fn sum_prefix(file: &File, length: u64) -> io::Result<FileSum> {
     // The kernel reads ahead more aggressively for a sequential reader.
     let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::Sequential);
     let mut hasher = Sha256::new();
