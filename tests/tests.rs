@@ -12,4 +12,5 @@ mod hostile_net;
 mod hostile_process;
 mod integrity;
 mod manager;
+mod operations;
 mod protocol;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use filesrv::protocol::{Server, ServerConfig};
-use signal_hook::consts::{SIGINT, SIGTERM, SIGXFSZ};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGXFSZ};
 use signal_hook::iterator::Signals;
 
 /// Serve a directory over TCP to filesrv clients (fsc, nc, any program),
@@ -77,7 +77,8 @@ Examples:
   filesrv 9000 8 --root ./inbox --allow-put --max-upload 100M
   printf 'LIST\\n' | nc -N localhost 9000   talk to it by hand
 
-Silent unless -v is given. SIGINT or SIGTERM stop it gracefully: waiting
+Silent unless -v is given (-v sets the level over RUST_LOG). SIGINT,
+SIGTERM or SIGHUP stop it gracefully: waiting
 clients get `ERR unavailable`, running ones may finish within
 --shutdown-grace, then it exits 0. Start-up errors exit 1.";
 
@@ -118,10 +119,15 @@ fn init_logging(verbose: u8) {
         _ => log::LevelFilter::Trace,
     };
     let mut logger = env_logger::Builder::new();
-    logger.filter_level(level);
-    // RUST_LOG, when set, refines or overrides the -v level.
+    logger.filter_level(log::LevelFilter::Off);
+    // RUST_LOG, when set, gives the level and per-module filters; an
+    // explicit -v then sets the overall level over it (its module
+    // filters stay).
     if let Ok(spec) = std::env::var("RUST_LOG") {
         logger.parse_filters(&spec);
+    }
+    if verbose > 0 {
+        logger.filter_level(level);
     }
     logger.init();
 }
@@ -131,7 +137,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // Installed before serving: a write past RLIMIT_FSIZE must fail with
     // EFBIG (answered `ERR internal`), not kill the server.
     signal_hook::flag::register(SIGXFSZ, Arc::new(AtomicBool::new(false)))?;
-    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    // SIGHUP (the terminal closed) stops gracefully too, as SIGTERM does.
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    // One descriptor per waiting client: take what the hard limit allows.
+    if let Err(e) = filesrv::protocol::raise_descriptor_limit() {
+        log::warn!("cannot raise the open-descriptor limit: {e}");
+    }
     let max_running = usize::try_from(args.max_running)?;
     let config = ServerConfig::new(args.root)
         .max_running(max_running)

@@ -21,7 +21,9 @@ pub struct ServerConfig {
     pub root: PathBuf,
     /// Clients served at the same time (at least 1).
     pub max_running: usize,
-    /// Clients waiting beyond the running ones; 0: none.
+    /// Clients waiting beyond the running ones; 0: none. Lowered at start
+    /// (with a warning) to what the open-descriptor limit leaves room for:
+    /// 4 per running client and 64 in reserve.
     pub max_waiting: usize,
     /// Running plus waiting clients from one IP address; 0: no cap.
     pub max_per_source: usize,
@@ -172,7 +174,7 @@ impl ServerConfig {
             0 => usize::MAX,
             n => n,
         };
-        MaxWaiting(self.max_waiting)
+        MaxWaiting(super::limits::waiting_bound(self))
             .and(PerSourceCap(per_source))
             .and(QueueTimeout(self.queue_timeout.unwrap_or(Duration::MAX)))
     }

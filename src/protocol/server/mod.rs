@@ -5,9 +5,11 @@
 mod closer;
 mod config;
 mod fs;
+mod limits;
 mod listener;
 mod session;
 mod transfer;
 
 pub use config::{ServerConfig, ServerError};
+pub use limits::raise_descriptor_limit;
 pub use listener::Server;

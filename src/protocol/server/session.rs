@@ -57,7 +57,18 @@ impl Handler for Session {
             self.peer,
             began - ctx.queued_at()
         );
-        let mut conn = Connection::new(self, ctx)?;
+        // The stop hook needs a duplicate of the socket; with no
+        // descriptor left the client is told, not just dropped.
+        let hook_stream = match self.stream.try_clone() {
+            Ok(stream) => stream,
+            Err(e) => {
+                log::warn!("{}: cannot serve: {e}", self.peer);
+                let line = reply_error(ErrorCode::Internal, "server is out of resources");
+                self.shared.closer.refuse(self.stream, line.as_bytes());
+                return Err(e);
+            }
+        };
+        let mut conn = Connection::new(self, hook_stream, ctx)?;
         let result = conn.serve(ctx);
         log::info!(
             "{}: closed after {} requests in {:?}",
@@ -139,7 +150,11 @@ struct Connection {
 const BUF_SIZE: usize = 64 * 1024;
 
 impl Connection {
-    fn new(session: Session, ctx: &HandlerContext) -> io::Result<Connection> {
+    fn new(
+        session: Session,
+        hook_stream: TcpStream,
+        ctx: &HandlerContext,
+    ) -> io::Result<Connection> {
         let Session {
             stream,
             peer,
@@ -147,7 +162,6 @@ impl Connection {
         } = session;
         stream.set_write_timeout(shared.config.stall_timeout)?;
         let busy = Arc::new(Mutex::new(false));
-        let hook_stream = stream.try_clone()?;
         let hook_busy = busy.clone();
         ctx.on_stop(move |stop| {
             let busy = lock(&hook_busy);
@@ -409,6 +423,11 @@ impl Connection {
             Ok(temp) => temp,
             Err(e) => return refuse(self, e.code(), e.message()),
         };
+        // Space first: a full disk is refused before the body is read.
+        if let Err(e) = temp.reserve(size) {
+            log::warn!("{}: upload to {path} refused: {e}", self.peer);
+            return refuse(self, e.code(), e.message());
+        }
         match self.receive_body(temp.as_file(), size)? {
             Received::All => {}
             Received::Gone => return Ok(Outcome::new("gone", 0, Some(End::Quietly))),
@@ -417,7 +436,8 @@ impl Connection {
             }
             Received::WriteFailed(e) => {
                 log::warn!("{}: upload to {path} failed: {e}", self.peer);
-                return refuse(self, ErrorCode::Internal, "could not store the upload");
+                let e = FsError::from(e);
+                return refuse(self, e.code(), e.message());
             }
         }
         if let Err(e) = temp.commit() {

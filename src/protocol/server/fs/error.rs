@@ -64,7 +64,8 @@ impl FsError {
     /// Maps an I/O error of the server's own, such as a failed write.
     pub(crate) fn internal(errno: Errno) -> FsError {
         let message = match errno {
-            Errno::NOSPC | Errno::DQUOT => "no space left on the server",
+            Errno::NOSPC | Errno::DQUOT => "disk full: no space left on the server",
+            Errno::FBIG => "file too large for the server",
             Errno::ACCESS | Errno::PERM | Errno::ROFS => "the server may not write there",
             _ => "i/o error on the server",
         };

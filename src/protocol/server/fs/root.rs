@@ -456,7 +456,10 @@ mod tests {
 
         let disk_full = FsError::from(io::Error::from_raw_os_error(Errno::NOSPC.raw_os_error()));
         assert_eq!(disk_full.code(), ErrorCode::Internal);
-        assert_eq!(disk_full.message(), "no space left on the server");
+        assert_eq!(
+            disk_full.message(),
+            "disk full: no space left on the server"
+        );
         let plain = FsError::from(io::Error::other("no errno"));
         assert_eq!(plain.code(), ErrorCode::Internal);
     }

@@ -37,7 +37,7 @@ pub(crate) struct TempFile {
 impl TempFile {
     /// Creates a temporary file in `dir` for an upload to `target_name`.
     pub(super) fn create(dir: OwnedFd, target_name: &[u8]) -> Result<TempFile, FsError> {
-        check_target(dir.as_fd(), target_name)?;
+        let replaced_mode = check_target(dir.as_fd(), target_name)?;
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
         let mut attempts = 0;
         loop {
@@ -49,6 +49,17 @@ impl TempFile {
                 Mode::from_raw_mode(0o644),
             ) {
                 Ok(fd) => {
+                    // A replaced file keeps its permission bits (a 0600
+                    // file stays 0600); set-id bits are dropped, as a
+                    // write would drop them. A new file gets 0644 less
+                    // the umask.
+                    if let Some(mode) = replaced_mode {
+                        let mode = Mode::from_raw_mode(mode & 0o777);
+                        if let Err(errno) = fs::fchmod(&fd, mode) {
+                            let _ = fs::unlinkat(&dir, temp_name.as_slice(), AtFlags::empty());
+                            return Err(FsError::internal(errno));
+                        }
+                    }
                     return Ok(TempFile {
                         dir,
                         temp_name,
@@ -60,6 +71,23 @@ impl TempFile {
                 Err(Errno::EXIST) if attempts < CREATE_ATTEMPTS => attempts += 1,
                 Err(errno) => return Err(FsError::internal(errno)),
             }
+        }
+    }
+
+    /// Reserves `len` bytes on disk before the body arrives, so that a
+    /// disk too full for it is refused up front. A file system that cannot
+    /// reserve space is not an error: the writes will tell.
+    ///
+    /// # Errors
+    ///
+    /// `internal`, with a message saying the disk is full for `ENOSPC`.
+    pub(crate) fn reserve(&self, len: u64) -> Result<(), FsError> {
+        if len == 0 {
+            return Ok(());
+        }
+        match fs::fallocate(&self.file, fs::FallocateFlags::empty(), 0, len) {
+            Ok(()) | Err(Errno::OPNOTSUPP | Errno::NOSYS) => Ok(()),
+            Err(errno) => Err(FsError::internal(errno)),
         }
     }
 
@@ -129,14 +157,16 @@ impl Drop for TempFile {
 
 /// Refuses a target name that is a directory, FIFO, socket or device; a
 /// regular file, a symlink (to be replaced) or nothing at all is fine.
-fn check_target(dir: BorrowedFd<'_>, name: &[u8]) -> Result<(), FsError> {
+/// Returns the mode of the regular file it replaces.
+fn check_target(dir: BorrowedFd<'_>, name: &[u8]) -> Result<Option<u32>, FsError> {
     let stat = match fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(stat) => stat,
-        Err(Errno::NOENT) => return Ok(()),
+        Err(Errno::NOENT) => return Ok(None),
         Err(errno) => return Err(FsError::resolving(errno)),
     };
     match FileType::from_raw_mode(stat.st_mode) {
-        FileType::RegularFile | FileType::Symlink => Ok(()),
+        FileType::RegularFile => Ok(Some(stat.st_mode)),
+        FileType::Symlink => Ok(None),
         FileType::Directory => Err(FsError::new(ErrorCode::BadRequest, "target is a directory")),
         _ => Err(FsError::new(
             ErrorCode::BadRequest,

@@ -1,0 +1,58 @@
+//! Reconciling the waiting queue's bound with the descriptors the process
+//! may open: a queue larger than the descriptor limit admits clients the
+//! server cannot even accept, and then nobody gets `ERR busy`.
+
+use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+
+use super::config::ServerConfig;
+
+/// Descriptors kept aside whatever the load: the listener, the standard
+/// streams, the log, the root, threads' and the closer's lingering
+/// refusals.
+const RESERVE: u64 = 64;
+/// Descriptors one running connection may hold at once: its socket, the
+/// stop hook's duplicate, a file, and a directory or temporary file.
+const PER_RUNNING: u64 = 4;
+
+/// Raises the soft limit on open descriptors to the hard limit, as a
+/// server that holds a descriptor per waiting client needs; returns the
+/// soft limit in force afterwards (`None`: unlimited).
+///
+/// # Errors
+///
+/// The error of `setrlimit`, when raising fails (the limit is unchanged).
+pub fn raise_descriptor_limit() -> std::io::Result<Option<u64>> {
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            },
+        )?;
+    }
+    Ok(limit.maximum)
+}
+
+/// The waiting queue's bound: the configured one, lowered (with a
+/// warning) to what the descriptor limit leaves once the running
+/// connections and a reserve are counted.
+pub(super) fn waiting_bound(config: &ServerConfig) -> usize {
+    let Some(soft) = getrlimit(Resource::Nofile).current else {
+        return config.max_waiting;
+    };
+    let running = u64::try_from(config.max_running).unwrap_or(u64::MAX);
+    let room = soft.saturating_sub(RESERVE.saturating_add(running.saturating_mul(PER_RUNNING)));
+    let bound = usize::try_from(room).unwrap_or(usize::MAX);
+    if bound < config.max_waiting {
+        log::warn!(
+            "max waiting lowered from {} to {bound}: the descriptor limit is {soft} \
+             (raise it with ulimit -n)",
+            config.max_waiting
+        );
+        bound
+    } else {
+        config.max_waiting
+    }
+}

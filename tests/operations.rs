@@ -1,0 +1,225 @@
+//! The binary as an operator runs it: signals, logging, descriptor
+//! limits, permissions and a full disk.
+
+use std::fs;
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt as _;
+use std::process::Command;
+
+use rustix::process::{Resource, Signal};
+
+use crate::support::{ChildServer, LIMIT, TempDir, begin_upload};
+
+fn command(dir: &TempDir, max_running: usize, args: &[&str]) -> Command {
+    let mut command = ChildServer::command(&dir.root(), max_running);
+    command.args(args);
+    command
+}
+
+#[test]
+fn sighup_shuts_down_gracefully_and_removes_temporary_files() {
+    let dir = TempDir::new("ops-sighup");
+    dir.write("file.txt", "abc");
+    let mut server = ChildServer::spawn(command(&dir, 1, &["--allow-put"]));
+    let mut upload = server.connect();
+    begin_upload(&mut upload, &dir, "new.bin", 1000, b"partial");
+    let mut waiting = server.connect();
+    waiting.send(b"STAT /\n");
+    server.signal(Signal::HUP);
+    waiting.expect_last_err("unavailable");
+    // The upload in progress is cut when the grace ends (it never
+    // finishes: its client sends nothing more) ... or when its client
+    // leaves, as here.
+    drop(upload);
+    let status = server.wait_exit(LIMIT);
+    assert!(status.success(), "{status:?}");
+    assert!(dir.temp_files("").is_empty(), "{:?}", dir.temp_files(""));
+    assert!(!dir.root().join("new.bin").exists());
+}
+
+#[test]
+fn explicit_verbosity_wins_over_rust_log() {
+    let dir = TempDir::new("ops-rust-log");
+    let mut command = command(&dir, 1, &["-v"]);
+    command.env("RUST_LOG", "warn");
+    // spawn waits for the info-level `serving on` line.
+    let server = ChildServer::spawn(command);
+    let mut c = server.connect();
+    c.send(b"QUIT\n");
+    assert_eq!(c.line(), "OK bye");
+    assert!(server.wait_log("QUIT -> OK").is_some());
+}
+
+#[test]
+fn request_lines_are_logged_as_sent() {
+    let dir = TempDir::new("ops-log");
+    for i in 0..5 {
+        dir.write(&format!("d/f{i}"), "12345");
+    }
+    let server = ChildServer::spawn(command(&dir, 1, &["--allow-put"]));
+    let mut c = server.connect();
+    let body = vec![0u8; 100_000];
+    c.send(b"PUT z.bin 100000\n");
+    c.send(&body);
+    assert_eq!(c.line(), "OK 100000");
+    let line = server
+        .wait_log("PUT z.bin 100000 -> OK 100000 bytes")
+        .unwrap();
+    assert!(!line.contains("%00"), "{line}");
+    c.send(b"LIST d\n");
+    assert_eq!(c.line(), "OK 5");
+    let listing: usize = (0..5).map(|_| c.line().len() + 1).sum();
+    let reply = "OK 5\n".len() + listing;
+    server
+        .wait_log(&format!("LIST d -> OK {reply} bytes"))
+        .unwrap();
+    c.send(b"STAT my%20file\n");
+    c.expect_err("not-found");
+    server.wait_log("STAT my%20file -> not-found").unwrap();
+}
+
+#[test]
+fn a_dequeued_client_with_no_descriptor_left_gets_err_internal() {
+    let dir = TempDir::new("ops-nofd");
+    let server = ChildServer::spawn(command(&dir, 1, &["--max-waiting", "1"]));
+    let mut running = server.connect();
+    running.send(b"STAT /\n");
+    assert!(running.line().starts_with("OK d "));
+    let mut waiting = server.connect();
+    waiting.send(b"STAT /\n");
+    // The queue of one is full: the waiting client is in it.
+    server.connect().expect_final_err("busy");
+    // From now on no descriptor can be opened at all (0-2 are taken).
+    server.set_limit(Resource::Nofile, 3);
+    running.send(b"QUIT\n");
+    assert_eq!(running.line(), "OK bye");
+    waiting.expect_last_err("internal");
+}
+
+#[test]
+fn the_descriptor_limit_is_raised_and_bounds_the_queue() {
+    let dir = TempDir::new("ops-nofile");
+    // Soft 200, hard 400: the server raises the soft limit to 400 and
+    // keeps --max-waiting 1024 within it (400 - 64 - 4 per running).
+    let mut command = Command::new("prlimit");
+    command.arg("--nofile=200:400").arg("--");
+    let inner = command_line(&dir, &["--max-waiting", "1024"]);
+    command.arg(inner.get_program()).args(inner.get_args());
+    command
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let server = ChildServer::spawn(command);
+    // (It says so in a warning before `serving on`.)
+    let limits =
+        fs::read_to_string(format!("/proc/{}/limits", server.pid().as_raw_nonzero())).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert_eq!(
+        open_files.split_whitespace().collect::<Vec<_>>()[3..5],
+        ["400", "400"],
+        "{open_files}"
+    );
+    // One running, 332 waiting: the next clients get ERR busy at once
+    // instead of a connect that times out.
+    let mut running = server.connect();
+    running.send(b"STAT /\n");
+    assert!(running.line().starts_with("OK d "));
+    let waiting: Vec<TcpStream> = (0..332)
+        .map(|_| TcpStream::connect_timeout(&server.addr(), LIMIT).unwrap())
+        .collect();
+    for _ in 0..3 {
+        let mut c = server.connect();
+        c.expect_final_err("busy");
+    }
+    drop(waiting);
+}
+
+fn command_line(dir: &TempDir, args: &[&str]) -> Command {
+    command(dir, 1, args)
+}
+
+#[test]
+fn uploads_keep_the_replaced_files_permissions() {
+    let dir = TempDir::new("ops-mode");
+    let private = dir.write("private.txt", "secret\n");
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o600)).unwrap();
+    let script = dir.write("run.sh", "#!/bin/sh\n");
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o750)).unwrap();
+    let server = ChildServer::spawn(command(&dir, 1, &["--allow-put"]));
+    let mut c = server.connect();
+    c.send(b"PUT private.txt 4\nnew\nPUT run.sh 3\nls\nPUT fresh.txt 1\nx");
+    for n in [4, 3, 1] {
+        assert_eq!(c.line(), format!("OK {n}"));
+    }
+    let mode = |name: &str| {
+        fs::metadata(dir.root().join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(dir.read("private.txt"), b"new\n");
+    assert_eq!(mode("private.txt"), 0o600);
+    assert_eq!(mode("run.sh"), 0o750);
+    // A new file: 0644 less the server's umask (the test's, inherited).
+    let umask = rustix::process::umask(rustix::fs::Mode::empty());
+    rustix::process::umask(umask);
+    assert_eq!(mode("fresh.txt"), 0o644 & !umask.bits());
+}
+
+#[test]
+fn a_disk_too_full_for_an_upload_is_refused_before_its_body() {
+    let dir = TempDir::new("ops-full");
+    dir.write("file.txt", "old\n");
+    let server = ChildServer::spawn(command(&dir, 1, &["--allow-put"]));
+    // Files may not grow past 2 MiB: reserving 3 MiB fails at once.
+    server.set_limit(Resource::Fsize, 2 << 20);
+    let mut c = server.connect();
+    c.send(format!("PUT file.txt {}\n", 3 << 20).as_bytes());
+    // Nothing of the body was sent: the answer comes first.
+    let message = c.err_message("internal");
+    assert!(message.contains("too large"), "{message}");
+    c.expect_closed();
+    assert_eq!(dir.read("file.txt"), b"old\n");
+    assert!(dir.temp_files("").is_empty());
+    if rustix::process::geteuid().is_root() {
+        full_tmpfs();
+    } else {
+        eprintln!("not root: the tmpfs half of this test is skipped");
+    }
+}
+
+/// On a 2 MiB tmpfs, a 3 MiB upload is refused with a message that says
+/// the disk is full, before its body is sent, and the disk is left as it
+/// was.
+fn full_tmpfs() {
+    let dir = TempDir::new("ops-tmpfs");
+    let root = dir.root();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "filesrv-test"])
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(root.clone());
+    let server = ChildServer::spawn(command(&dir, 1, &["--allow-put"]));
+    let mut c = server.connect();
+    c.send(format!("PUT big.bin {}\n", 3 << 20).as_bytes());
+    let message = c.err_message("internal");
+    assert!(message.contains("disk full"), "{message}");
+    c.expect_closed();
+    assert!(fs::read_dir(&root).unwrap().next().is_none());
+    let mut c = server.connect();
+    c.send(b"PUT small 5\nsmall");
+    assert_eq!(c.line(), "OK 5");
+}
