@@ -223,3 +223,35 @@ fn full_tmpfs() {
     c.send(b"PUT small 5\nsmall");
     assert_eq!(c.line(), "OK 5");
 }
+
+#[test]
+fn list_is_capped_and_streamed() {
+    let server = crate::support::TestServer::start("ops-list-cap", |c| c.max_list_entries(3));
+    for i in 0..3 {
+        server.dir.write(&format!("three/f{i}"), "");
+        server.dir.write(&format!("four/f{i}"), "");
+    }
+    server.dir.write("four/f3", "");
+    // Hidden and reserved names do not count against the cap.
+    server.dir.write("three/.hidden", "");
+    let mut c = server.connect();
+    c.send(b"LIST three\n");
+    assert_eq!(c.line(), "OK 3");
+    for i in 0..3 {
+        assert_eq!(c.line(), format!("f 0 f{i}"));
+    }
+    c.send(b"LIST four\n");
+    c.expect_final_err("too-large");
+    // A large listing arrives whole and in order through the buffer.
+    let big = crate::support::TestServer::start("ops-list-big", |c| c);
+    let names: Vec<String> = (0..5000).map(|i| format!("entry-{i:05}")).collect();
+    for name in &names {
+        big.dir.write(&format!("d/{name}"), "x");
+    }
+    let mut c = big.connect();
+    c.send(b"LIST d\n");
+    assert_eq!(c.line(), "OK 5000");
+    for name in &names {
+        assert_eq!(c.line(), format!("f 1 {name}"));
+    }
+}

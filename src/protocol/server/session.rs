@@ -1,6 +1,5 @@
 //! One client connection speaking the protocol: the [`Session`] handler.
 
-use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
@@ -144,6 +143,9 @@ struct Connection {
     end: usize,
     requests: u64,
 }
+
+/// The buffer a LIST reply is written through.
+const LIST_BUF: usize = 64 * 1024;
 
 /// The read buffer: a request line plus room for pipelined ones, and the
 /// chunk size for upload bodies.
@@ -487,17 +489,26 @@ impl Connection {
     }
 
     fn list(&mut self, path: &RelPath) -> io::Result<Outcome> {
-        let entries = match self.shared.root.list(path, self.shared.config.hidden) {
-            Ok(entries) => entries,
+        let config = self.config();
+        let listing = self
+            .shared
+            .root
+            .list(path, config.hidden, config.max_list_entries);
+        let listing = match listing {
+            Ok(listing) => listing,
+            // The reply table has `too-large` close the connection.
+            Err(e) if e.code() == ErrorCode::TooLarge => {
+                return self
+                    .fail(e.code(), e.message())
+                    .map(|end| Outcome::new("too-large", 0, Some(end)));
+            }
             Err(e) => return self.refuse(&e),
         };
-        let mut reply = format!("OK {}\n", entries.len());
-        for entry in &entries {
-            // Infallible: writing to a String.
-            let _ = writeln!(reply, "{entry}");
-        }
-        self.stream.write_all(reply.as_bytes())?;
-        Ok(Outcome::new("OK", entries.len() as u64, None))
+        // Streamed through a small buffer: the reply text is never held
+        // whole.
+        let mut out = io::BufWriter::with_capacity(LIST_BUF, &self.stream);
+        let bytes = listing.write_reply(&mut out)?;
+        Ok(Outcome::new("OK", bytes, None))
     }
 
     fn sum(&mut self, path: &RelPath, length: Option<u64>) -> io::Result<Outcome> {

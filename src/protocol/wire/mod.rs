@@ -12,5 +12,6 @@ pub use code::{ErrorCode, UnknownErrorCode};
 pub(crate) use number::number;
 pub use path::{PathError, RelPath, encode_name, percent_decode};
 pub(crate) use path::{RESERVED_PREFIX, printable_line};
+pub(crate) use reply::list_line;
 pub use reply::{EntryKind, FileSum, ListEntry, MalformedReply, Stat};
 pub use request::{MAX_LINE, Request, RequestError, parse_request};

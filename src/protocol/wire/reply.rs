@@ -145,8 +145,19 @@ impl FromStr for Stat {
 
 impl fmt::Display for ListEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {} {}", self.kind, self.size, encode_name(&self.name))
+        list_line(f, self.kind, self.size, &self.name)
     }
+}
+
+/// Writes a LIST line without its `\n`: the one form, for [`ListEntry`]
+/// and for the server's borrowed entries alike.
+pub(crate) fn list_line(
+    f: &mut fmt::Formatter<'_>,
+    kind: EntryKind,
+    size: u64,
+    name: &[u8],
+) -> fmt::Result {
+    write!(f, "{kind} {size} {}", encode_name(name))
 }
 
 impl FromStr for ListEntry {

@@ -83,7 +83,7 @@ fn assert_confined(root: &Root, dir: &TempDir, real_root: &std::path::Path, path
         file.read_to_end(&mut content).unwrap();
         assert!(!contains(&content, SECRET), "GET {path} read the secret");
     }
-    if let Ok(entries) = root.list(path, true) {
+    if let Ok(entries) = root.list(path, true, 0) {
         // secret.txt exists only outside the root.
         assert!(
             !entries.iter().any(|e| e.name == b"secret.txt"),
@@ -368,7 +368,7 @@ fn known_traversal_and_encoding_attacks_are_refused() {
         // STAT and LIST of the same path never show the outside either.
         if let Ok(Request::Get { path, .. }) = parse_request(&line) {
             let _ = root.stat(&path);
-            if let Ok(entries) = root.list(&path, true) {
+            if let Ok(entries) = root.list(&path, true, 0) {
                 assert!(!entries.iter().any(|e| e.name == b"secret.txt"));
             }
         }

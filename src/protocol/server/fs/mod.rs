@@ -5,6 +5,7 @@
 #[cfg(test)]
 mod confinement_tests;
 mod error;
+mod listing;
 mod resolve;
 mod root;
 #[cfg(test)]

@@ -10,11 +10,10 @@ use rustix::fs::{self, AtFlags, FileType, Mode, OFlags, Stat as RawStat};
 use rustix::io::Errno;
 
 use super::error::FsError;
+use super::listing::Listing;
 use super::resolve::Resolver;
 use super::upload::{self, TempFile};
-use crate::protocol::wire::{
-    EntryKind, ErrorCode, ListEntry, RESERVED_PREFIX, RelPath, Stat, encode_name,
-};
+use crate::protocol::wire::{EntryKind, ErrorCode, RESERVED_PREFIX, RelPath, Stat, encode_name};
 
 /// The served directory, held open: every path is resolved beneath it on
 /// file descriptors.
@@ -97,7 +96,8 @@ impl Root {
     /// Lists a directory (LIST), sorted bytewise by raw name.
     ///
     /// Left out: `.` and `..`, names with the reserved
-    /// prefix `.filesrv-`, FIFOs, sockets and devices, symlinks that
+    /// prefix `.filesrv-`, hidden names (starting with `.`) unless
+    /// `hidden`, FIFOs, sockets and devices, symlinks that
     /// are broken, loop or lead outside the root, and entries that vanish
     /// while the listing runs. Other symlinks show as their target's type and
     /// size.
@@ -105,11 +105,17 @@ impl Root {
     /// # Errors
     ///
     /// As listed on [`Root`]; a path that is not a directory is
-    /// `bad-request`.
-    pub(crate) fn list(&self, path: &RelPath, hidden: bool) -> Result<Vec<ListEntry>, FsError> {
+    /// `bad-request`; a directory with more than `max_entries` entries to
+    /// show (0: no cap) is `too-large`, found out before more are read.
+    pub(crate) fn list(
+        &self,
+        path: &RelPath,
+        hidden: bool,
+        max_entries: usize,
+    ) -> Result<Listing, FsError> {
         let dir = self.open_dir(path, ErrorCode::BadRequest)?;
         let mut dir = fs::Dir::new(dir).map_err(FsError::internal)?;
-        let mut entries = Vec::new();
+        let mut listing = Listing::default();
         while let Some(entry) = dir.read() {
             let entry = entry.map_err(FsError::internal)?;
             let name = entry.file_name().to_bytes();
@@ -121,12 +127,23 @@ impl Root {
                 continue;
             }
             let dir_fd = dir.fd().map_err(FsError::internal)?;
-            if let Some(listed) = self.list_entry(dir_fd, path, name) {
-                entries.push(listed);
+            if let Some((kind, size)) = self.list_entry(dir_fd, path, name) {
+                if max_entries != 0 && listing.len() == max_entries {
+                    return Err(FsError::new(
+                        ErrorCode::TooLarge,
+                        "directory holds more entries than one LIST may return",
+                    ));
+                }
+                if !listing.push(kind, size, name) {
+                    return Err(FsError::new(
+                        ErrorCode::TooLarge,
+                        "directory listing too large to send",
+                    ));
+                }
             }
         }
-        entries.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        Ok(entries)
+        listing.sort();
+        Ok(listing)
     }
 
     /// Starts an upload (PUT) to `target`: a new temporary file in the
@@ -205,14 +222,14 @@ impl Root {
         fs::openat(&fd, ".", flags, Mode::empty()).map_err(FsError::resolving)
     }
 
-    /// The LIST line for `name` in `dir` (the directory at `dir_path`), or
-    /// `None` when it is not to be shown.
+    /// The kind and size LIST shows for `name` in `dir` (the directory at
+    /// `dir_path`), or `None` when it is not to be shown.
     fn list_entry(
         &self,
         dir: BorrowedFd<'_>,
         dir_path: &RelPath,
         name: &[u8],
-    ) -> Option<ListEntry> {
+    ) -> Option<(EntryKind, u64)> {
         let skip = |error: &dyn fmt::Display| {
             log::debug!("LIST {dir_path}: skipping {}: {error}", encode_name(name));
         };
@@ -225,11 +242,7 @@ impl Root {
                 .inspect_err(|error| skip(error))
                 .ok()?;
         }
-        Some(ListEntry {
-            kind: kind_of(&stat)?,
-            size: size_of(&stat),
-            name: name.to_vec(),
-        })
+        Some((kind_of(&stat)?, size_of(&stat)))
     }
 
     /// The same root resolved with `resolver`, to test both.
@@ -384,10 +397,10 @@ mod tests {
         std::fs::write(tmp.root().join(OsStr::from_bytes(b"z\xFF")), b"").unwrap();
         for root in roots(&tmp) {
             let lines: Vec<String> = root
-                .list(&RelPath::root(), true)
+                .list(&RelPath::root(), true, 0)
                 .unwrap()
                 .iter()
-                .map(ToString::to_string)
+                .map(|entry| entry.to_string())
                 .collect();
             let dir_size = root.stat(&path("sub")).unwrap().size;
             assert_eq!(
@@ -402,10 +415,10 @@ mod tests {
                 ]
             );
             let inner: Vec<String> = root
-                .list(&path("to_sub"), true)
+                .list(&path("to_sub"), true, 0)
                 .unwrap()
                 .iter()
-                .map(ToString::to_string)
+                .map(|entry| entry.to_string())
                 .collect();
             assert_eq!(inner, ["f 6 inner", "f 5 up"]);
         }
@@ -422,7 +435,7 @@ mod tests {
                 ("escape_dir", ErrorCode::Forbidden),
                 ("slash", ErrorCode::Forbidden),
             ] {
-                assert_code(root.list(&path(field), true), code, field);
+                assert_code(root.list(&path(field), true, 0), code, field);
             }
         }
     }

@@ -1,0 +1,286 @@
+//! What integrity and bounded memory cost.
+//!
+//! - `sum`: `SUM` of a 1 GiB file (page-cached) through the bundled
+//!   client, against `sha256sum` of the same file, interleaved, in GB/s
+//!   (10⁹ bytes/s); the time of `SUM` is the request's, the time of
+//!   `sha256sum` the process's, start to exit.
+//! - `list`: the peak resident memory (`VmHWM`) a `filesrv` process gains
+//!   serving LIST of a directory of 100,000 files: one client that reads
+//!   the reply, and eight clients that send LIST and never read (each
+//!   counted once the first byte of its reply has arrived, by which time
+//!   the server holds what it will hold for it). A fresh process per
+//!   measurement, since the peak never goes down.
+//!
+//! `cargo bench --bench integrity` runs both (about a minute);
+//! `cargo bench --bench integrity -- list` one. Without `--bench` (as
+//! `cargo test` runs it) a smoke version with tiny sizes. The figures are
+//! in docs/BENCHMARKS.md.
+
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use filesrv::protocol::{Client, Server, ServerConfig};
+
+struct Params {
+    sum_size: u64,
+    sum_runs: usize,
+    entries: usize,
+    list_runs: usize,
+}
+
+const FULL: Params = Params {
+    sum_size: 1 << 30,
+    sum_runs: 5,
+    entries: 100_000,
+    list_runs: 3,
+};
+
+const SMOKE: Params = Params {
+    sum_size: 1 << 20,
+    sum_runs: 1,
+    entries: 100,
+    list_runs: 1,
+};
+
+fn main() -> io::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let full = args.iter().any(|a| a == "--bench");
+    let filter: Vec<&str> = args
+        .iter()
+        .filter(|a| !a.starts_with('-'))
+        .map(String::as_str)
+        .collect();
+    let wanted = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f));
+    let params = if full { &FULL } else { &SMOKE };
+    let dir = TempDir::new()?;
+    println!(
+        "integrity bench ({}): {} cores",
+        if full { "full" } else { "smoke test" },
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
+    );
+    if wanted("sum") {
+        sum(dir.path(), params)?;
+    }
+    if wanted("list") {
+        list(dir.path(), params)?;
+    }
+    Ok(())
+}
+
+fn sum(root: &Path, params: &Params) -> io::Result<()> {
+    let path = root.join("large.bin");
+    write_random_file(&path, params.sum_size)?;
+    let server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(root))
+        .map_err(io::Error::other)?;
+    let mut client = Client::connect_timeout(server.local_addr(), Duration::from_secs(60))
+        .map_err(io::Error::other)?;
+    // Warm-up: the page cache, and one answer to compare.
+    let ours = client.sum("large.bin", None).map_err(io::Error::other)?;
+    let theirs = sha256sum(&path)?;
+    assert_eq!(ours.hex(), theirs, "SUM and sha256sum disagree");
+    let (mut filesrv, mut coreutils) = (Vec::new(), Vec::new());
+    let gb = params.sum_size as f64 / 1e9;
+    for _ in 0..params.sum_runs {
+        let began = Instant::now();
+        client.sum("large.bin", None).map_err(io::Error::other)?;
+        filesrv.push(gb / began.elapsed().as_secs_f64());
+        let began = Instant::now();
+        sha256sum(&path)?;
+        coreutils.push(gb / began.elapsed().as_secs_f64());
+    }
+    println!("\nsum: {} MiB file, GB/s", params.sum_size >> 20);
+    for (name, runs) in [("SUM (filesrv)", &filesrv), ("sha256sum", &coreutils)] {
+        println!(
+            "  {name:<14} median {:.3}  runs {}",
+            median(runs),
+            list_of(runs)
+        );
+    }
+    println!(
+        "  ratio          {:.2}",
+        median(&filesrv) / median(&coreutils)
+    );
+    Ok(())
+}
+
+fn sha256sum(path: &Path) -> io::Result<String> {
+    let out = Command::new("sha256sum").arg(path).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text.get(..64).unwrap_or_default().to_owned())
+}
+
+fn list(root: &Path, params: &Params) -> io::Result<()> {
+    let dir = root.join("many");
+    fs::create_dir_all(&dir)?;
+    for i in 0..params.entries {
+        File::create(dir.join(format!("file-{i:06}.txt")))?;
+    }
+    let (mut one, mut eight, mut reply) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..params.list_runs {
+        let server = ChildServer::start(root, 8)?;
+        let base = server.peak_kib()?;
+        let mut c = server.connect()?;
+        c.write_all(b"LIST many\n")?;
+        let mut sink = [0; 64 * 1024];
+        let mut got = 0;
+        let mut header = Vec::new();
+        // The count line, then the entries to the last.
+        let mut reader = BufReader::new(c);
+        reader.read_until(b'\n', &mut header)?;
+        let count: usize = String::from_utf8_lossy(&header).trim()[3..]
+            .parse()
+            .unwrap_or(0);
+        assert_eq!(
+            count,
+            params.entries,
+            "{:?}",
+            String::from_utf8_lossy(&header)
+        );
+        let mut lines = 0;
+        while lines < count {
+            let n = reader.read(&mut sink)?;
+            if n == 0 {
+                break;
+            }
+            lines += sink[..n].iter().filter(|&&b| b == b'\n').count();
+            got += n;
+        }
+        reply = header.len() + got;
+        one.push(server.peak_kib()? - base);
+
+        let server = ChildServer::start(root, 8)?;
+        let base = server.peak_kib()?;
+        let clients: Vec<TcpStream> = (0..8)
+            .map(|_| {
+                let mut c = server.connect()?;
+                c.write_all(b"LIST many\n")?;
+                Ok(c)
+            })
+            .collect::<io::Result<_>>()?;
+        for c in &clients {
+            // Blocks until the reply begins.
+            let mut first = [0; 1];
+            c.peek(&mut first)?;
+        }
+        eight.push(server.peak_kib()? - base);
+    }
+    println!(
+        "\nlist: {} entries, reply {} KiB; peak resident memory gained, KiB",
+        params.entries,
+        reply / 1024
+    );
+    for (name, runs) in [("one reader", &one), ("eight idle", &eight)] {
+        let runs: Vec<f64> = runs.iter().map(|&kib| kib as f64).collect();
+        println!(
+            "  {name:<12} median {:.0}  runs {}",
+            median(&runs),
+            list_of(&runs)
+        );
+    }
+    Ok(())
+}
+
+/// `filesrv -v` as a child process on 127.0.0.1; killed on drop.
+struct ChildServer {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl ChildServer {
+    fn start(root: &Path, max_running: usize) -> io::Result<ChildServer> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_filesrv"))
+            .args(["-v", "--bind", "127.0.0.1", "0"])
+            .arg(max_running.to_string())
+            .arg("--root")
+            .arg(root)
+            .args(["--max-list-entries", "0"])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();
+        let addr = loop {
+            let Some(line) = lines.next().transpose()? else {
+                return Err(io::Error::other("filesrv did not start"));
+            };
+            if let Some((_, addr)) = line.split_once("serving on ") {
+                break addr.trim().parse().map_err(io::Error::other)?;
+            }
+        };
+        // Keep draining the log so the server never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        Ok(ChildServer { child, addr })
+    }
+
+    fn connect(&self) -> io::Result<TcpStream> {
+        TcpStream::connect(self.addr)
+    }
+
+    fn peak_kib(&self) -> io::Result<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        Ok(status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0))
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_random_file(path: &Path, size: u64) -> io::Result<()> {
+    let mut file = io::BufWriter::new(File::create(path)?);
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    for _ in 0..size / 8 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        file.write_all(&state.to_le_bytes())?;
+    }
+    file.flush()
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+fn list_of(values: &[f64]) -> String {
+    let parts: Vec<String> = values.iter().map(|v| format!("{v:.3}")).collect();
+    parts.join(" ")
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> io::Result<TempDir> {
+        let path = std::env::temp_dir().join(format!("filesrv-integrity-{}", std::process::id()));
+        fs::create_dir(&path)?;
+        Ok(TempDir(path))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
