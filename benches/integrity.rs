@@ -16,13 +16,16 @@
 //! `cargo test` runs it) a smoke version with tiny sizes. The figures are
 //! in docs/BENCHMARKS.md.
 
+mod common;
+
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{TempDir, median, write_random_file};
 use filesrv::protocol::{Client, Server, ServerConfig};
 
 struct Params {
@@ -56,7 +59,7 @@ fn main() -> io::Result<()> {
         .collect();
     let wanted = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f));
     let params = if full { &FULL } else { &SMOKE };
-    let dir = TempDir::new()?;
+    let dir = TempDir::new("integrity")?;
     println!(
         "integrity bench ({}): {} cores",
         if full { "full" } else { "smoke test" },
@@ -97,7 +100,7 @@ fn sum(root: &Path, params: &Params) -> io::Result<()> {
         println!(
             "  {name:<14} median {:.3}  runs {}",
             median(runs),
-            list_of(runs)
+            common::list(runs, 3)
         );
     }
     println!(
@@ -178,7 +181,7 @@ fn list(root: &Path, params: &Params) -> io::Result<()> {
         println!(
             "  {name:<12} median {:.0}  runs {}",
             median(&runs),
-            list_of(&runs)
+            common::list(&runs, 0)
         );
     }
     Ok(())
@@ -235,52 +238,5 @@ impl Drop for ChildServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-fn write_random_file(path: &Path, size: u64) -> io::Result<()> {
-    let mut file = io::BufWriter::new(File::create(path)?);
-    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
-    for _ in 0..size / 8 {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        file.write_all(&state.to_le_bytes())?;
-    }
-    file.flush()
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    match sorted.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    }
-}
-
-fn list_of(values: &[f64]) -> String {
-    let parts: Vec<String> = values.iter().map(|v| format!("{v:.3}")).collect();
-    parts.join(" ")
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> io::Result<TempDir> {
-        let path = std::env::temp_dir().join(format!("filesrv-integrity-{}", std::process::id()));
-        fs::create_dir(&path)?;
-        Ok(TempDir(path))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
     }
 }

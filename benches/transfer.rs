@@ -48,6 +48,7 @@
 //! it) a smoke version with tiny sizes checks that everything works, in a
 //! second or two. docs/BENCHMARKS.md has the figures.
 
+mod common;
 mod loadgen;
 
 use std::fs::{self, File};
@@ -60,6 +61,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use common::{TempDir, list, median, random_bytes, write_random_file};
 use filesrv::protocol::{Client, MAX_LINE, Server, ServerConfig};
 use loadgen::{BULK_BUF, Conn, Load, Mode, Report};
 use rustix::io::Errno;
@@ -131,7 +133,7 @@ fn main() -> io::Result<()> {
     let params = if full { &FULL } else { &SMOKE };
     raise_fd_limit();
 
-    let dir = TempDir::new()?;
+    let dir = TempDir::new("transfer")?;
     let smalls: Vec<String> = (0..SMALL_FILES).map(|i| format!("s/{i:03}.bin")).collect();
     fs::create_dir(dir.path().join("s"))?;
     for (i, name) in smalls.iter().enumerate() {
@@ -648,73 +650,4 @@ fn timed(f: impl FnOnce() -> io::Result<u64>) -> io::Result<(u64, Duration)> {
     let began = Instant::now();
     let bytes = f()?;
     Ok((bytes, began.elapsed()))
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    match sorted.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    }
-}
-
-fn list(values: &[f64], decimals: usize) -> String {
-    let parts: Vec<String> = values.iter().map(|v| format!("{v:.decimals$}")).collect();
-    parts.join(" ")
-}
-
-/// Bytes from a xorshift generator: incompressible, and unlike a sparse
-/// file they have to be read from the page cache.
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut bytes = Vec::with_capacity(len + 8);
-    while bytes.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        bytes.extend_from_slice(&state.to_le_bytes());
-    }
-    bytes.truncate(len);
-    bytes
-}
-
-fn write_random_file(path: &Path, size: u64) -> io::Result<()> {
-    const CHUNK: u64 = 1 << 20;
-    let mut file = io::BufWriter::new(File::create(path)?);
-    let mut written = 0;
-    while written < size {
-        let len = (size - written).min(CHUNK);
-        let chunk = random_bytes(
-            usize::try_from(len).expect("at most CHUNK"),
-            written / CHUNK + 1000,
-        );
-        file.write_all(&chunk)?;
-        written += len;
-    }
-    file.into_inner()
-        .map_err(io::IntoInnerError::into_error)?
-        .sync_all()
-}
-
-/// A directory under the system's temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> io::Result<TempDir> {
-        let path = std::env::temp_dir().join(format!("filesrv-transfer-{}", std::process::id()));
-        fs::create_dir(&path)?;
-        Ok(TempDir(path))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
 }

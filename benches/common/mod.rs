@@ -1,0 +1,75 @@
+//! What the benches share: statistics, random files, a temporary
+//! directory.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+pub(crate) fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+pub(crate) fn list(values: &[f64], decimals: usize) -> String {
+    let parts: Vec<String> = values.iter().map(|v| format!("{v:.decimals$}")).collect();
+    parts.join(" ")
+}
+
+/// Bytes from a xorshift generator: incompressible, and unlike a sparse
+/// file they have to be read from the page cache.
+pub(crate) fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut bytes = Vec::with_capacity(len + 8);
+    while bytes.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        bytes.extend_from_slice(&state.to_le_bytes());
+    }
+    bytes.truncate(len);
+    bytes
+}
+
+pub(crate) fn write_random_file(path: &Path, size: u64) -> io::Result<()> {
+    const CHUNK: u64 = 1 << 20;
+    let mut file = io::BufWriter::new(File::create(path)?);
+    let mut written = 0;
+    while written < size {
+        let len = (size - written).min(CHUNK);
+        let chunk = random_bytes(
+            usize::try_from(len).expect("at most CHUNK"),
+            written / CHUNK + 1000,
+        );
+        file.write_all(&chunk)?;
+        written += len;
+    }
+    file.into_inner()
+        .map_err(io::IntoInnerError::into_error)?
+        .sync_all()
+}
+
+/// A directory under the system's temporary directory, removed on drop.
+pub(crate) struct TempDir(PathBuf);
+
+impl TempDir {
+    pub(crate) fn new(label: &str) -> io::Result<TempDir> {
+        let path = std::env::temp_dir().join(format!("filesrv-{label}-{}", std::process::id()));
+        fs::create_dir(&path)?;
+        Ok(TempDir(path))
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
