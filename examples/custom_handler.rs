@@ -19,7 +19,8 @@ use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use filesrv::{
-    Admission, Arrival, Decision, Handler, HandlerContext, Manager, ManagerBuilder, Refusal, Stop,
+    Admission, Arrival, Decision, Handler, HandlerContext, LingeringCloser, Manager,
+    ManagerBuilder, Refusal, Stop,
 };
 
 /// Clients served at the same time.
@@ -37,14 +38,20 @@ const IDLE: Duration = Duration::from_secs(60);
 struct Echo {
     stream: TcpStream,
     peer: IpAddr,
+    /// Closes a refused connection without losing its last line.
+    closer: LingeringCloser,
 }
 
 impl Echo {
-    fn new(stream: TcpStream) -> io::Result<Echo> {
+    fn new(stream: TcpStream, closer: LingeringCloser) -> io::Result<Echo> {
         stream.set_read_timeout(Some(IDLE))?;
         stream.set_write_timeout(Some(IDLE))?;
         let peer = stream.peer_addr()?.ip();
-        Ok(Echo { stream, peer })
+        Ok(Echo {
+            stream,
+            peer,
+            closer,
+        })
     }
 }
 
@@ -81,9 +88,12 @@ impl Handler for Echo {
     }
 
     fn refused(self, reason: Refusal) {
-        // Called on the accepting thread (or the one shutting down): one
-        // short write, bounded by the write timeout.
-        let _ = (&self.stream).write_all(format!("refused: {reason}\n").as_bytes());
+        // Called on the accepting thread (or the one shutting down), which
+        // must not wait: the line is written without blocking, and the
+        // closer drains what the client already sent before closing, so
+        // that a reset does not swallow the line.
+        let line = format!("refused: {reason}\n");
+        self.closer.refuse(self.stream, line.as_bytes());
     }
 }
 
@@ -116,8 +126,12 @@ fn manager(max_running: usize, policy: Policy) -> io::Result<Manager<Echo, Polic
 
 /// Hands one accepted connection to the manager; a refused one is told
 /// why and closed.
-fn admit(manager: &Manager<Echo, Policy>, stream: TcpStream) -> io::Result<()> {
-    if let Err(refused) = manager.submit(Echo::new(stream)?) {
+fn admit(
+    manager: &Manager<Echo, Policy>,
+    closer: &LingeringCloser,
+    stream: TcpStream,
+) -> io::Result<()> {
+    if let Err(refused) = manager.submit(Echo::new(stream, closer.clone())?) {
         refused.notify();
     }
     Ok(())
@@ -138,11 +152,12 @@ fn main() -> io::Result<()> {
             per_source: PER_SOURCE,
         },
     )?;
+    let closer = LingeringCloser::start()?;
     eprintln!("echoing on {}", listener.local_addr()?);
     for stream in listener.incoming() {
         // A failed accept or a client gone before it was admitted ends
         // that client only.
-        if let Err(e) = stream.and_then(|stream| admit(&manager, stream)) {
+        if let Err(e) = stream.and_then(|stream| admit(&manager, &closer, stream)) {
             eprintln!("accept: {e}");
         }
     }
@@ -170,8 +185,14 @@ mod tests {
     fn client(listener: &TcpListener, manager: &Manager<Echo, Policy>) -> TcpStream {
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         client.set_read_timeout(Some(LIMIT)).unwrap();
-        admit(manager, listener.accept().unwrap().0).unwrap();
+        admit(manager, closer(), listener.accept().unwrap().0).unwrap();
         client
+    }
+
+    /// One closer for every test.
+    fn closer() -> &'static LingeringCloser {
+        static CLOSER: std::sync::OnceLock<LingeringCloser> = std::sync::OnceLock::new();
+        CLOSER.get_or_init(|| LingeringCloser::start().unwrap())
     }
 
     /// Sends `line` and asserts it comes back: the client is running.
@@ -213,6 +234,28 @@ mod tests {
         assert_echo(&waiting, "pong\n");
         manager.shutdown(LIMIT);
         assert_eq!(manager.stats().refused(Refusal::Overloaded), 1);
+    }
+
+    #[test]
+    fn a_refused_client_that_already_sent_data_still_gets_its_line() {
+        let (listener, manager) = server(0, 4);
+        let running = client(&listener, &manager);
+        assert_echo(&running, "ping\n");
+        for _ in 0..5 {
+            let refused = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            refused.set_read_timeout(Some(LIMIT)).unwrap();
+            // Unread bytes at close would make the kernel reset the
+            // connection, which can destroy the line before it is read.
+            (&refused).write_all(&[b'x'; 32 * 1024]).unwrap();
+            admit(&manager, closer(), listener.accept().unwrap().0).unwrap();
+            // And goes on sending after the server answered, as a client
+            // that pipelines does.
+            let _ = (&refused).write_all(&[b'y'; 32 * 1024]);
+            let mut line = String::new();
+            BufReader::new(&refused).read_line(&mut line).unwrap();
+            assert_eq!(line, "refused: server busy\n");
+        }
+        manager.shutdown(LIMIT);
     }
 
     #[test]

@@ -101,3 +101,4 @@ pub use admission::{
 };
 pub use handler::{BoxHandler, FnHandler, Handler, HandlerContext, Stop, handler_fn};
 pub use manager::{Manager, ManagerBuilder, Refused, RunningInfo, ShutdownReport, Stats};
+pub use protocol::LingeringCloser;

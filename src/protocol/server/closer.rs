@@ -93,6 +93,63 @@ fn discard(mut stream: &TcpStream) {
     }
 }
 
+/// Closes connections after a last line without losing it to a reset,
+/// for a [`Handler`](crate::Handler) of your own: what the file server
+/// does with `ERR busy` and its other final replies.
+///
+/// [`refuse`](LingeringCloser::refuse) writes the line without blocking
+/// (what the socket's send buffer takes at once: a fresh connection's
+/// always takes a line), shuts the write side, and hands the connection to
+/// one background thread, which discards what the client still sends for
+/// 250 ms, then closes it. The caller (typically the accepting thread in
+/// [`Handler::refused`](crate::Handler::refused)) never waits. At most
+/// 4096 connections linger at once; past that they are closed at once.
+/// The thread ends once every clone is dropped and its queue is done.
+///
+/// ```no_run
+/// use std::net::TcpListener;
+/// use filesrv::LingeringCloser;
+///
+/// # fn main() -> std::io::Result<()> {
+/// let closer = LingeringCloser::start()?;
+/// let listener = TcpListener::bind("127.0.0.1:7000")?;
+/// for stream in listener.incoming() {
+///     closer.refuse(stream?, b"go away: closed for maintenance\n");
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct LingeringCloser {
+    closer: Closer,
+}
+
+impl LingeringCloser {
+    /// Starts the background thread (`lingering-closer`).
+    ///
+    /// # Errors
+    ///
+    /// The error of spawning the thread.
+    pub fn start() -> io::Result<LingeringCloser> {
+        // Detached: it ends by itself when the last sender is gone.
+        let (closer, _thread) = Closer::start("lingering")?;
+        Ok(LingeringCloser { closer })
+    }
+
+    /// Writes `line` without blocking, shuts the write side, and closes
+    /// the connection in the background once the client had time to read
+    /// it.
+    pub fn refuse(&self, stream: TcpStream, line: &[u8]) {
+        self.closer.refuse(stream, line);
+    }
+
+    /// Shuts the write side after the replies already written, and closes
+    /// the connection in the background.
+    pub fn close(&self, stream: TcpStream) {
+        self.closer.close(stream);
+    }
+}
+
 /// The closer thread: connections arrive in deadline order (the linger is
 /// the same for all), so it waits for the oldest, drains it and closes it.
 fn close_in_turn(lingering: &Receiver<Option<(Instant, TcpStream)>>) {

@@ -10,6 +10,7 @@ mod listener;
 mod session;
 mod transfer;
 
+pub use closer::LingeringCloser;
 pub use config::{ServerConfig, ServerError};
 pub use limits::raise_descriptor_limit;
 pub use listener::Server;
