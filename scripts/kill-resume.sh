@@ -23,7 +23,7 @@ mkdir -p "$work/root" "$work/local"
 head -c $((size_mib << 20)) /dev/urandom > "$work/root/big.bin"
 "$bin/filesrv" 0 4 --bind 127.0.0.1 --root "$work/root" -v 2> "$work/log" &
 server=$!
-until grep -q "serving on" "$work/log"; do sleep 0.05; done
+until grep -qs "serving on" "$work/log"; do sleep 0.05; done
 addr=$(sed -n 's/.*serving on //p' "$work/log" | head -1)
 cd "$work/local"
 echo "old local notes" > big.bin
