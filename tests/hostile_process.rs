@@ -37,6 +37,17 @@ fn out_of_descriptors_the_server_backs_off_and_recovers() {
     dir.write("file.txt", "abc");
     let server = ChildServer::spawn(command(&dir, 4, &[]));
     assert_serves(&server, b"abc");
+    // Every running slot taken by an idle client, so the flood below
+    // waits in the queue holding its descriptors (a client dequeued with
+    // none left would be answered ERR internal and its descriptor freed).
+    let running: Vec<Conn> = (0..4)
+        .map(|_| {
+            let mut c = server.connect();
+            c.send(b"STAT /\n");
+            assert!(c.line().starts_with("OK d "));
+            c
+        })
+        .collect();
     // A few dozen descriptors: the flood below exhausts them.
     server.set_limit(Resource::Nofile, 48);
     let flood: Vec<TcpStream> = (0..80)
@@ -53,6 +64,7 @@ fn out_of_descriptors_the_server_backs_off_and_recovers() {
     assert!(cpu < wall / 4, "{cpu:?} of CPU over {wall:?}: a busy loop");
     // Load drops: service resumes within a back-off period.
     drop(flood);
+    drop(running);
     assert_serves(&server, b"abc");
 }
 
@@ -214,11 +226,12 @@ fn sigkill_mid_upload_then_restart_leaves_no_trace() {
     let mut c = server.connect();
     c.send(format!("PUT file.txt {}\n", 1 << 20).as_bytes());
     c.send(&[b'n'; 100 * 1024]);
-    // Wait until the partial body is on disk in a temporary file.
+    // Wait until the upload's temporary file is on disk, its declared
+    // size reserved up front.
     let partial = || {
         dir.temp_files("").iter().any(|n| {
             n != ".filesrv-1-0-0"
-                && fs::metadata(dir.root().join(n)).is_ok_and(|m| m.len() == 100 * 1024)
+                && fs::metadata(dir.root().join(n)).is_ok_and(|m| m.len() == 1 << 20)
         })
     };
     assert!(watch.wait_until(partial), "no partial upload appeared");
