@@ -264,3 +264,38 @@ fn fsc_get_to_a_closed_pipe_exits_quietly() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "");
 }
+
+#[test]
+fn names_fsc_ls_shows_can_be_passed_back_to_fsc_get() {
+    let dir = TempDir::new("ls-get");
+    for name in ["new\nline", "my notes.txt", "it's", "tab\there"] {
+        dir.write(name, name);
+    }
+    let server = serve(&dir, |config| config);
+    let addr = server.local_addr().to_string();
+    let local = local_dir(&dir);
+    let listing = String::from_utf8(success(fsc(&local, &[&addr, "ls"]))).unwrap();
+    // Each line is `<kind> <size> <quoted name>`: hand the name to a shell.
+    let quoted: Vec<&str> = listing
+        .lines()
+        .map(|line| line[2..].trim_start().split_once(' ').unwrap().1)
+        .collect();
+    assert_eq!(quoted.len(), 4, "{listing}");
+    for name in quoted {
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "{} --timeout 20 {addr} get {name} -",
+                env!("CARGO_BIN_EXE_fsc")
+            ))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}: {out:?}");
+        // Each file holds its own name.
+        let held = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            ["new\nline", "my notes.txt", "it's", "tab\there"].contains(&held.as_str()),
+            "{name}: {held:?}"
+        );
+    }
+}

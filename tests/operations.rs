@@ -255,3 +255,23 @@ fn list_is_capped_and_streamed() {
         assert_eq!(c.line(), format!("f 1 {name}"));
     }
 }
+
+#[test]
+fn a_get_cut_by_the_end_of_the_grace_is_logged_as_such() {
+    let dir = TempDir::new("ops-cut");
+    let size: u64 = 64 << 20;
+    fs::File::create(dir.root().join("big"))
+        .unwrap()
+        .set_len(size)
+        .unwrap();
+    let mut server = ChildServer::spawn(command(&dir, 1, &["--shutdown-grace", "0.3"]));
+    let mut c = server.connect();
+    c.send(b"GET big\n");
+    assert_eq!(c.line(), format!("OK {size}"));
+    // The client reads nothing more: the server's send blocks until the
+    // grace ends and the socket is shut.
+    server.signal(Signal::TERM);
+    let line = server.wait_log("GET big -> ").unwrap();
+    assert!(line.contains("-> cut-by-shutdown "), "{line}");
+    assert!(server.wait_exit(LIMIT).success());
+}
