@@ -299,3 +299,46 @@ fn names_fsc_ls_shows_can_be_passed_back_to_fsc_get() {
         );
     }
 }
+
+#[test]
+fn on_a_terminal_a_resumed_download_shows_its_name_and_leaves_a_summary() {
+    let dir = TempDir::new("get-tty");
+    let data = content(3 << 20);
+    dir.write("data.bin", &data);
+    let server = serve(&dir, |config| config);
+    let local = local_dir(&dir);
+    let partial = Client::partial_path(&local.join("data.bin"), "data.bin");
+    fs::write(&partial, &data[..1 << 20]).unwrap();
+    // `script` gives fsc a terminal and copies what fsc writes there.
+    let out = Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "{} --timeout 20 {} get data.bin",
+            env!("CARGO_BIN_EXE_fsc"),
+            server.local_addr()
+        ))
+        .arg("/dev/null")
+        .current_dir(&local)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(fs::read(local.join("data.bin")).unwrap(), data);
+    let screen = String::from_utf8_lossy(&out.stdout);
+    // One summary line counting the 2 MiB this run moved, not the 3 MiB
+    // of the file (nor the 1 MiB it resumed from as speed).
+    let summary = screen
+        .lines()
+        .map(|line| line.rsplit('\r').next().unwrap_or(line).trim())
+        .map(|line| line.trim_start_matches("\u{1b}[2K"))
+        .find(|line| line.starts_with("data.bin: "))
+        .unwrap_or_else(|| panic!("no summary in {screen:?}"));
+    assert!(summary.starts_with("data.bin: 2.00 MiB in "), "{summary}");
+    assert!(
+        screen.contains("data.bin (resumed at 1.00 MiB)"),
+        "{screen:?}"
+    );
+    // The speed shown is this run's: never the 1 MiB offset counted as
+    // moved in the first instant (which showed as GiB/s).
+    assert!(!screen.contains("GiB/s"), "{screen:?}");
+}

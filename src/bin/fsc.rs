@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use filesrv::protocol::{Client, ClientError, EntryKind, TransferOptions};
-use indicatif::{HumanBytes, HumanDuration, ProgressBar, ProgressStyle};
+use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
 /// Exit status when the server refused the request.
 const EXIT_REFUSED: u8 = 1;
@@ -375,9 +375,9 @@ fn with_progress(
             milli / u64::try_from(elapsed.as_millis().max(1)).unwrap_or(u64::MAX)
         });
         eprintln!(
-            "{name}: {} in {} ({}/s)",
+            "{name}: {} in {:.2?} ({}/s)",
             HumanBytes(bytes),
-            HumanDuration(elapsed),
+            elapsed,
             HumanBytes(rate)
         );
     }
