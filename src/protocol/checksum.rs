@@ -18,12 +18,26 @@ const CHUNK: usize = 256 * 1024;
 /// cursor), stopping early if the file ends first: the result then says
 /// how many bytes were hashed.
 pub(crate) fn sum_prefix(file: &File, length: u64) -> io::Result<FileSum> {
+    sum_prefix_until(file, length, &|| false)
+}
+
+/// [`sum_prefix`], giving up with [`io::ErrorKind::Interrupted`] as soon
+/// as `cancelled` says so between chunks (a server shutting down must not
+/// wait for the hash of a huge file).
+pub(crate) fn sum_prefix_until(
+    file: &File,
+    length: u64,
+    cancelled: &dyn Fn() -> bool,
+) -> io::Result<FileSum> {
     // The kernel reads ahead more aggressively for a sequential reader.
     let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::Sequential);
     let mut hasher = Sha256::new();
     let mut buf = vec![0; chunk_len(length, CHUNK)];
     let mut done = 0;
     while done < length {
+        if cancelled() {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"));
+        }
         let want = chunk_len(length - done, CHUNK);
         match file.read_at(&mut buf[..want], done) {
             Ok(0) => break,
@@ -74,6 +88,8 @@ mod tests {
             sum_prefix(&file, CHUNK as u64 + 1).unwrap().sha256,
             expected
         );
+        let cancelled = sum_prefix_until(&file, 10, &|| true).unwrap_err();
+        assert_eq!(cancelled.kind(), io::ErrorKind::Interrupted);
     }
 
     fn tempfile() -> File {

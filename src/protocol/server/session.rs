@@ -13,7 +13,7 @@ use super::closer::Closer;
 use super::config::ServerConfig;
 use super::fs::{FsError, Root};
 use super::transfer::{Sent, is_timeout, send_all, send_body};
-use crate::protocol::checksum::sum_prefix;
+use crate::protocol::checksum::sum_prefix_until;
 use crate::protocol::wire::{ErrorCode, MAX_LINE, RelPath, Request, parse_request, printable_line};
 use crate::util::{chunk_len, lock, time_left};
 use crate::{Handler, HandlerContext, Refusal, Stop};
@@ -342,7 +342,7 @@ impl Connection {
             Request::Put { path, size } => self.put(path, *size),
             Request::List { path } => self.list(path),
             Request::Stat { path } => self.stat(path),
-            Request::Sum { path, length } => self.sum(path, *length),
+            Request::Sum { path, length } => self.sum(path, *length, ctx),
             Request::Quit => {
                 self.stream.write_all(b"OK bye\n")?;
                 Ok(Outcome::new("OK", 0, Some(End::Quietly)))
@@ -511,7 +511,12 @@ impl Connection {
         Ok(Outcome::new("OK", bytes, None))
     }
 
-    fn sum(&mut self, path: &RelPath, length: Option<u64>) -> io::Result<Outcome> {
+    fn sum(
+        &mut self,
+        path: &RelPath,
+        length: Option<u64>,
+        ctx: &HandlerContext,
+    ) -> io::Result<Outcome> {
         let (file, metadata) = match self.shared.root.open_file(path) {
             Ok(opened) => opened,
             Err(e) => return self.refuse(&e),
@@ -524,11 +529,14 @@ impl Connection {
             }
             Some(length) => length,
         };
-        match sum_prefix(&file, length) {
+        // The end of the shutdown grace stops a long hash.
+        let cut = || ctx.stop_requested() == Some(Stop::Now);
+        match sum_prefix_until(&file, length, &cut) {
             Ok(sum) => {
                 self.stream.write_all(format!("OK {sum}\n").as_bytes())?;
                 Ok(Outcome::new("OK", sum.len, None))
             }
+            Err(_) if cut() => Ok(Outcome::new("cut-by-shutdown", 0, Some(End::Abruptly))),
             Err(e) => self.refuse(&FsError::from(e)),
         }
     }
