@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use filesrv::protocol::{Server, ServerConfig};
+use ipnet::IpNet;
 use signal_hook::consts::{SIGINT, SIGTERM, SIGXFSZ};
 use signal_hook::iterator::Signals;
 
@@ -57,6 +58,11 @@ struct Args {
     /// On SIGINT/SIGTERM, how long running clients may finish.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
     shutdown_grace: Secs,
+    /// Trusted proxies: connections from these networks must begin with a
+    /// PROXY protocol v1 or v2 header, whose source address then counts as
+    /// the client's (caps, logs). From elsewhere no header is believed.
+    #[arg(long, value_name = "CIDR[,CIDR...]", value_delimiter = ',', value_parser = parse_net)]
+    proxy_from: Vec<IpNet>,
     /// Log to stderr: -v connections and requests, -vv debug details.
     /// RUST_LOG works too.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -84,6 +90,13 @@ fn parse_secs(text: &str) -> Result<Secs, String> {
     let duration = Duration::try_from_secs_f64(secs)
         .map_err(|_| format!("'{text}' is not a valid number of seconds"))?;
     Ok(Secs((!duration.is_zero()).then_some(duration)))
+}
+
+/// A network (`10.0.0.0/8`, `fd00::/8`) or one address (`127.0.0.1`).
+fn parse_net(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("'{text}' is not a network (e.g. 10.0.0.0/8) or an address"))
 }
 
 /// Bytes, with an optional K, M or G suffix (powers of 1024).
@@ -134,7 +147,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .stall_timeout(args.stall_timeout.0)
         .allow_put(args.allow_put)
         .max_upload(args.max_upload)
-        .shutdown_grace(args.shutdown_grace.0.unwrap_or(Duration::ZERO));
+        .shutdown_grace(args.shutdown_grace.0.unwrap_or(Duration::ZERO))
+        .proxy_from(args.proxy_from);
     let server = Server::bind(SocketAddr::new(args.bind, args.port), config)?;
     if let Some(signal) = signals.forever().next() {
         log::info!("signal {signal}: shutting down");
@@ -180,6 +194,16 @@ mod tests {
         assert_eq!(parse_secs("0"), Ok(Secs(None)));
         assert!(parse_secs("-1").is_err());
         assert!(parse_secs("soon").is_err());
+    }
+
+    #[test]
+    fn networks_take_a_prefix_or_one_address() {
+        assert_eq!(parse_net("10.0.0.0/8"), Ok("10.0.0.0/8".parse().unwrap()));
+        assert_eq!(parse_net("127.0.0.1"), Ok("127.0.0.1/32".parse().unwrap()));
+        assert_eq!(parse_net("::1"), Ok("::1/128".parse().unwrap()));
+        for bad in ["", "10.0.0.0/33", "localhost", "10.0.0.0/8,"] {
+            assert!(parse_net(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ipnet::IpNet;
+
 use crate::{Admission as _, And, MaxWaiting, PerSourceCap, QueueTimeout};
 
 /// Settings of a [`Server`](crate::protocol::Server); the command line of the `filesrv` binary maps
@@ -12,7 +14,8 @@ use crate::{Admission as _, And, MaxWaiting, PerSourceCap, QueueTimeout};
 ///
 /// `ServerConfig::new(root)` gives the defaults: 4 running, 1024 waiting,
 /// no per-source cap, no queue timeout, idle and stall timeouts of 30 s,
-/// uploads off (1 GiB limit when on), 10 s shutdown grace.
+/// uploads off (1 GiB limit when on), 10 s shutdown grace, no trusted
+/// proxies (a PROXY header deadline of 5 s once there are some).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ServerConfig {
@@ -36,6 +39,12 @@ pub struct ServerConfig {
     pub max_upload: u64,
     /// How long running clients may finish on shutdown.
     pub shutdown_grace: Duration,
+    /// Networks of trusted proxies: a connection from one must begin with
+    /// a PROXY protocol v1 or v2 header, whose source address then counts
+    /// as the client's. Empty: no header is ever looked for.
+    pub proxy_from: Vec<IpNet>,
+    /// Time a trusted proxy has to send the whole header.
+    pub proxy_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -52,6 +61,8 @@ impl ServerConfig {
             allow_put: false,
             max_upload: 1 << 30,
             shutdown_grace: Duration::from_secs(10),
+            proxy_from: Vec::new(),
+            proxy_timeout: Duration::from_secs(5),
         }
     }
 
@@ -141,6 +152,23 @@ impl ServerConfig {
     /// Sets [`shutdown_grace`](ServerConfig::shutdown_grace) (default 10 s).
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.shutdown_grace = grace;
+        self
+    }
+
+    /// Sets [`proxy_from`](ServerConfig::proxy_from) (default none).
+    pub fn proxy_from(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
+        self.proxy_from = networks.into_iter().collect();
+        self
+    }
+
+    /// Sets [`proxy_timeout`](ServerConfig::proxy_timeout) (default 5 s).
+    ///
+    /// # Panics
+    ///
+    /// If `timeout` is zero.
+    pub fn proxy_timeout(mut self, timeout: Duration) -> Self {
+        assert!(!timeout.is_zero(), "proxy_timeout must not be zero");
+        self.proxy_timeout = timeout;
         self
     }
 

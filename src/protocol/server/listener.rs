@@ -13,7 +13,9 @@ use crossbeam_channel::{Receiver, Sender};
 use super::closer::Closer;
 use super::config::{Policy, ServerConfig, ServerError};
 use super::fs::Root;
-use super::session::{ServerState, Session, refusal_line};
+use super::proxy::{Handshake, Handshakes, NoHeader};
+use super::session::{ServerState, Session, refusal_line, reply_error};
+use crate::protocol::wire::ErrorCode;
 use crate::util::lock;
 use crate::{Manager, ManagerBuilder, Refusal, ShutdownReport, Stats};
 
@@ -61,6 +63,8 @@ struct Listening {
 #[derive(Debug)]
 struct Threads {
     accept: JoinHandle<()>,
+    /// The PROXY header thread, when there are trusted proxies.
+    handshake: Option<JoinHandle<()>>,
     closer: JoinHandle<()>,
     /// Dropped to wake the accepting thread from an error back-off.
     wake: Sender<()>,
@@ -128,11 +132,29 @@ impl Server {
             listener,
             stopping: AtomicBool::new(false),
         });
+        let (handshakes, handshake) = match &inner.state.config.proxy_from {
+            trusted if trusted.is_empty() => (None, None),
+            trusted => {
+                let admitting = inner.clone();
+                let (handshakes, thread) = Handshakes::start(
+                    trusted.clone(),
+                    inner.state.config.proxy_timeout,
+                    move |handshake| admitting.after_handshake(handshake),
+                )
+                .map_err(ServerError::Start)?;
+                (Some(handshakes), Some(thread))
+            }
+        };
         let (wake, woken) = crossbeam_channel::bounded(0);
         let accepting = inner.clone();
         let accept = thread::Builder::new()
             .name("filesrv-accept".to_owned())
-            .spawn(move || accepting.accept_loop(&woken))
+            .spawn(move || {
+                accepting.accept_loop(&woken, handshakes.as_ref());
+                if let Some(handshakes) = handshakes {
+                    handshakes.stop();
+                }
+            })
             .map_err(ServerError::Start)?;
         log::info!("serving on {local_addr}");
         Ok(Server {
@@ -140,6 +162,7 @@ impl Server {
             inner,
             threads: Mutex::new(Some(Threads {
                 accept,
+                handshake,
                 closer: closer_thread,
                 wake,
             })),
@@ -170,6 +193,7 @@ impl Server {
         let mut threads = lock(&self.threads);
         if let Some(Threads {
             accept,
+            handshake,
             closer,
             wake,
         }) = threads.take()
@@ -178,6 +202,10 @@ impl Server {
             drop(wake);
             self.wake_accept();
             let _ = accept.join();
+            // The accepting thread stopped the handshakes on its way out.
+            if let Some(handshake) = handshake {
+                let _ = handshake.join();
+            }
             inner.manager.shutdown(grace);
             // Every session is done: nothing else reaches the closer.
             inner.state.closer.stop();
@@ -220,7 +248,7 @@ fn open_root(config: &ServerConfig) -> Result<Root, ServerError> {
 }
 
 impl Listening {
-    fn accept_loop(&self, woken: &Receiver<()>) {
+    fn accept_loop(&self, woken: &Receiver<()>, handshakes: Option<&Handshakes>) {
         let mut backoff = BACKOFF_MIN;
         loop {
             let accepted = self.listener.accept();
@@ -236,9 +264,14 @@ impl Listening {
                     // Replies are small and latency-bound; bodies are sent
                     // with explicit corking instead of Nagle's delays.
                     let _ = stream.set_nodelay(true);
-                    let session = Session::new(stream, peer, self.state.clone());
-                    if let Err(refused) = self.manager.submit(session) {
-                        refused.notify();
+                    match handshakes {
+                        // A trusted proxy: its header names the client.
+                        Some(handshakes) if handshakes.trusts(peer) => {
+                            if let Err(stream) = handshakes.submit(stream, peer) {
+                                self.refuse_proxied(stream, peer, NoHeader::Full);
+                            }
+                        }
+                        _ => self.admit(stream, peer),
                     }
                 }
                 Err(e) if is_transient(&e) => {}
@@ -251,6 +284,50 @@ impl Listening {
                 }
             }
         }
+    }
+}
+
+impl Listening {
+    /// Submits a session for the client at `source` to the manager.
+    fn admit(&self, stream: TcpStream, source: SocketAddr) {
+        let session = Session::new(stream, source, self.state.clone());
+        if let Err(refused) = self.manager.submit(session) {
+            refused.notify();
+        }
+    }
+
+    /// Runs on the handshake thread for each connection leaving it.
+    fn after_handshake(&self, handshake: Handshake) {
+        match handshake {
+            Handshake::Done {
+                stream,
+                peer,
+                source,
+            } => {
+                log::debug!("{peer}: PROXY header for {source}");
+                self.admit(stream, source);
+            }
+            Handshake::Refused {
+                stream,
+                peer,
+                reason,
+            } => self.refuse_proxied(stream, peer, reason),
+            Handshake::Closed(stream) => self.state.closer.close(stream),
+        }
+    }
+
+    /// Refuses a trusted proxy's connection that brought no usable header;
+    /// it never reached the manager, so it took no waiting place.
+    fn refuse_proxied(&self, stream: TcpStream, peer: SocketAddr, reason: NoHeader) {
+        log::info!("{peer}: refused: {reason}");
+        let code = match reason {
+            NoHeader::Malformed => ErrorCode::BadRequest,
+            NoHeader::Timeout => ErrorCode::Timeout,
+            NoHeader::Full => ErrorCode::Busy,
+            NoHeader::ShuttingDown => ErrorCode::Unavailable,
+        };
+        let line = reply_error(code, &reason.to_string());
+        self.state.closer.refuse(stream, line.as_bytes());
     }
 }
 

@@ -94,7 +94,7 @@ impl Handler for Session {
 }
 
 /// An `ERR` reply line.
-fn reply_error(code: ErrorCode, message: &str) -> String {
+pub(crate) fn reply_error(code: ErrorCode, message: &str) -> String {
     format!("ERR {code} {message}\n")
 }
 

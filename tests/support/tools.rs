@@ -1,0 +1,37 @@
+//! Programs the tests drive (haproxy, promtool, curl): found on the
+//! system, or installed by `scripts/install-test-deps` when missing. A
+//! test that needs one fails loudly when it cannot be had; it never skips.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Once;
+
+/// The path of `program`, installing the test dependencies first if it
+/// is not found. Panics, naming the script, when it still is not there.
+pub(crate) fn require(program: &str) -> PathBuf {
+    if let Some(path) = find(program) {
+        return path;
+    }
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/install-test-deps");
+        let status = Command::new(script).status();
+        assert!(
+            matches!(status, Ok(s) if s.success()),
+            "{script} failed ({status:?}); install haproxy, prometheus (promtool) and curl"
+        );
+    });
+    find(program).unwrap_or_else(|| {
+        panic!("{program} is missing even after scripts/install-test-deps; this test needs it")
+    })
+}
+
+/// `program` on `PATH`, or in the sbin directories a non-root `PATH` may
+/// lack (Debian puts haproxy in /usr/sbin).
+fn find(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
