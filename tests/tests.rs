@@ -10,5 +10,6 @@ mod hostile_input;
 mod hostile_net;
 mod hostile_process;
 mod manager;
+mod metrics;
 mod protocol;
 mod proxy;

@@ -63,6 +63,14 @@ struct Args {
     /// the client's (caps, logs). From elsewhere no header is believed.
     #[arg(long, value_name = "CIDR[,CIDR...]", value_delimiter = ',', value_parser = parse_net)]
     proxy_from: Vec<IpNet>,
+    /// Serve Prometheus metrics over HTTP at http://ADDR/metrics
+    /// (e.g. 127.0.0.1:9100).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// Answer HAProxy agent-check connections on ADDR: `up ready W%
+    /// maxconn:N`, or `drain` while shutting down.
+    #[arg(long, value_name = "ADDR")]
+    agent: Option<SocketAddr>,
     /// Log to stderr: -v connections and requests, -vv debug details.
     /// RUST_LOG works too.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -148,8 +156,16 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .allow_put(args.allow_put)
         .max_upload(args.max_upload)
         .shutdown_grace(args.shutdown_grace.0.unwrap_or(Duration::ZERO))
-        .proxy_from(args.proxy_from);
+        .proxy_from(args.proxy_from)
+        .metrics(args.metrics)
+        .agent(args.agent);
     let server = Server::bind(SocketAddr::new(args.bind, args.port), config)?;
+    if let Some(addr) = server.metrics_addr() {
+        log::info!("metrics on http://{addr}/metrics");
+    }
+    if let Some(addr) = server.agent_addr() {
+        log::info!("agent-check on {addr}");
+    }
     if let Some(signal) = signals.forever().next() {
         log::info!("signal {signal}: shutting down");
     }

@@ -2,8 +2,9 @@
 //! system, or installed by `scripts/install-test-deps` when missing. A
 //! test that needs one fails loudly when it cannot be had; it never skips.
 
+use std::io::Write;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
 use std::sync::Once;
 
 /// The path of `program`, installing the test dependencies first if it
@@ -34,4 +35,17 @@ fn find(program: &str) -> Option<PathBuf> {
         .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
         .map(|dir| dir.join(program))
         .find(|candidate| candidate.is_file())
+}
+
+/// Runs `command` with `input` on its stdin; its stdout and stderr are
+/// captured.
+pub(crate) fn run_with_input(command: &mut Command, input: &[u8]) -> Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
 }

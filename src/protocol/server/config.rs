@@ -15,7 +15,8 @@ use crate::{Admission as _, And, MaxWaiting, PerSourceCap, QueueTimeout};
 /// `ServerConfig::new(root)` gives the defaults: 4 running, 1024 waiting,
 /// no per-source cap, no queue timeout, idle and stall timeouts of 30 s,
 /// uploads off (1 GiB limit when on), 10 s shutdown grace, no trusted
-/// proxies (a PROXY header deadline of 5 s once there are some).
+/// proxies (a PROXY header deadline of 5 s once there are some), no
+/// metrics or agent listener.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ServerConfig {
@@ -45,6 +46,10 @@ pub struct ServerConfig {
     pub proxy_from: Vec<IpNet>,
     /// Time a trusted proxy has to send the whole header.
     pub proxy_timeout: Duration,
+    /// Where to serve Prometheus metrics (`GET /metrics`); `None`: nowhere.
+    pub metrics: Option<SocketAddr>,
+    /// Where to answer HAProxy's `agent-check`; `None`: nowhere.
+    pub agent: Option<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -63,6 +68,8 @@ impl ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             proxy_from: Vec::new(),
             proxy_timeout: Duration::from_secs(5),
+            metrics: None,
+            agent: None,
         }
     }
 
@@ -169,6 +176,18 @@ impl ServerConfig {
     pub fn proxy_timeout(mut self, timeout: Duration) -> Self {
         assert!(!timeout.is_zero(), "proxy_timeout must not be zero");
         self.proxy_timeout = timeout;
+        self
+    }
+
+    /// Sets [`metrics`](ServerConfig::metrics) (default none).
+    pub fn metrics(mut self, addr: Option<SocketAddr>) -> Self {
+        self.metrics = addr;
+        self
+    }
+
+    /// Sets [`agent`](ServerConfig::agent) (default none).
+    pub fn agent(mut self, addr: Option<SocketAddr>) -> Self {
+        self.agent = addr;
         self
     }
 

@@ -10,11 +10,14 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::agent::{self, Load};
 use super::closer::Closer;
 use super::config::{Policy, ServerConfig, ServerError};
 use super::fs::Root;
+use super::metrics::{self, Metrics};
 use super::proxy::{Handshake, Handshakes, NoHeader};
 use super::session::{ServerState, Session, refusal_line, reply_error};
+use super::sidecar::Sidecar;
 use crate::protocol::wire::ErrorCode;
 use crate::util::lock;
 use crate::{Manager, ManagerBuilder, Refusal, ShutdownReport, Stats};
@@ -47,6 +50,8 @@ use crate::{Manager, ManagerBuilder, Refusal, ShutdownReport, Stats};
 #[derive(Debug)]
 pub struct Server {
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    agent_addr: Option<SocketAddr>,
     inner: Arc<Listening>,
     /// Taken by the first shutdown, which holds the lock until it is done.
     threads: Mutex<Option<Threads>>,
@@ -66,8 +71,26 @@ struct Threads {
     /// The PROXY header thread, when there are trusted proxies.
     handshake: Option<JoinHandle<()>>,
     closer: JoinHandle<()>,
+    /// The metrics and agent listeners, stopped last.
+    sidecars: Sidecars,
     /// Dropped to wake the accepting thread from an error back-off.
     wake: Sender<()>,
+}
+
+/// The optional listeners beside the main one.
+#[derive(Debug, Default)]
+struct Sidecars {
+    metrics: Option<Sidecar>,
+    agent: Option<Sidecar>,
+}
+
+impl Sidecars {
+    fn stop(self) {
+        self.metrics
+            .into_iter()
+            .chain(self.agent)
+            .for_each(Sidecar::stop);
+    }
 }
 
 /// Back-off after an `accept` error such as running out of descriptors:
@@ -125,6 +148,7 @@ impl Server {
             root,
             config,
             closer,
+            metrics: Metrics::default(),
         });
         let inner = Arc::new(Listening {
             manager,
@@ -145,6 +169,9 @@ impl Server {
                 (Some(handshakes), Some(thread))
             }
         };
+        let sidecars = inner.start_sidecars()?;
+        let metrics_addr = sidecars.metrics.as_ref().map(Sidecar::local_addr);
+        let agent_addr = sidecars.agent.as_ref().map(Sidecar::local_addr);
         let (wake, woken) = crossbeam_channel::bounded(0);
         let accepting = inner.clone();
         let accept = thread::Builder::new()
@@ -154,16 +181,25 @@ impl Server {
                 if let Some(handshakes) = handshakes {
                     handshakes.stop();
                 }
-            })
-            .map_err(ServerError::Start)?;
+            });
+        let accept = match accept {
+            Ok(accept) => accept,
+            Err(e) => {
+                sidecars.stop();
+                return Err(ServerError::Start(e));
+            }
+        };
         log::info!("serving on {local_addr}");
         Ok(Server {
             local_addr,
+            metrics_addr,
+            agent_addr,
             inner,
             threads: Mutex::new(Some(Threads {
                 accept,
                 handshake,
                 closer: closer_thread,
+                sidecars,
                 wake,
             })),
         })
@@ -173,6 +209,18 @@ impl Server {
     /// to port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where Prometheus metrics are served (`http://ADDR/metrics`), with
+    /// the real port when bound to port 0; `None` when not configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Where HAProxy's `agent-check` is answered, with the real port when
+    /// bound to port 0; `None` when not configured.
+    pub fn agent_addr(&self) -> Option<SocketAddr> {
+        self.agent_addr
     }
 
     /// The manager's counters.
@@ -195,6 +243,7 @@ impl Server {
             accept,
             handshake,
             closer,
+            sidecars,
             wake,
         }) = threads.take()
         {
@@ -210,6 +259,8 @@ impl Server {
             // Every session is done: nothing else reaches the closer.
             inner.state.closer.stop();
             let _ = closer.join();
+            // Metrics and the agent's `drain` lasted the whole shutdown.
+            sidecars.stop();
         }
         // The manager keeps the report of its first shutdown.
         inner.manager.shutdown(grace)
@@ -261,6 +312,7 @@ impl Listening {
             match accepted {
                 Ok((stream, peer)) => {
                     backoff = BACKOFF_MIN;
+                    self.state.metrics.accepted();
                     // Replies are small and latency-bound; bodies are sent
                     // with explicit corking instead of Nagle's delays.
                     let _ = stream.set_nodelay(true);
@@ -288,6 +340,38 @@ impl Listening {
 }
 
 impl Listening {
+    /// Starts the metrics and agent listeners that the settings ask for.
+    fn start_sidecars(self: &Arc<Self>) -> Result<Sidecars, ServerError> {
+        let config = &self.state.config;
+        let bind = |addr| move |source| ServerError::Bind { addr, source };
+        let mut sidecars = Sidecars::default();
+        if let Some(addr) = config.metrics {
+            let scraped = self.clone();
+            let sidecar = metrics::serve(addr, move || {
+                let state = &scraped.state;
+                let stats = scraped.manager.stats();
+                metrics::encode(&state.metrics, &stats, state.config.max_running)
+            });
+            sidecars.metrics = Some(sidecar.map_err(bind(addr))?);
+        }
+        if let Some(addr) = config.agent {
+            let checked = self.clone();
+            let sidecar = agent::serve(addr, move || Load {
+                stopping: checked.stopping.load(Ordering::SeqCst),
+                max_running: checked.state.config.max_running,
+                waiting: checked.manager.stats().waiting,
+            });
+            match sidecar {
+                Ok(sidecar) => sidecars.agent = Some(sidecar),
+                Err(source) => {
+                    sidecars.stop();
+                    return Err(bind(addr)(source));
+                }
+            }
+        }
+        Ok(sidecars)
+    }
+
     /// Submits a session for the client at `source` to the manager.
     fn admit(&self, stream: TcpStream, source: SocketAddr) {
         let session = Session::new(stream, source, self.state.clone());
@@ -320,6 +404,7 @@ impl Listening {
     /// it never reached the manager, so it took no waiting place.
     fn refuse_proxied(&self, stream: TcpStream, peer: SocketAddr, reason: NoHeader) {
         log::info!("{peer}: refused: {reason}");
+        self.state.metrics.proxy_refused(reason);
         let code = match reason {
             NoHeader::Malformed => ErrorCode::BadRequest,
             NoHeader::Timeout => ErrorCode::Timeout,

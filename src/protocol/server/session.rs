@@ -13,18 +13,20 @@ use rustix::net::{RecvFlags, SendFlags};
 use super::closer::Closer;
 use super::config::ServerConfig;
 use super::fs::{FsError, Root};
+use super::metrics::Metrics;
 use super::transfer::{Sent, is_timeout, send_all, send_body};
 use crate::protocol::wire::{ErrorCode, MAX_LINE, RelPath, Request, encode_name, parse_request};
 use crate::util::{chunk_len, lock, time_left};
 use crate::{Handler, HandlerContext, Refusal, Stop};
 
-/// What every session of one server shares: the root, the settings and
-/// the closer.
+/// What every session of one server shares: the root, the settings, the
+/// closer and the metrics.
 #[derive(Debug)]
 pub(crate) struct ServerState {
     pub(crate) root: Root,
     pub(crate) config: ServerConfig,
     pub(crate) closer: Closer,
+    pub(crate) metrics: Metrics,
 }
 
 /// The protocol handler for one accepted connection.
@@ -214,8 +216,8 @@ impl Connection {
             self.requests += 1;
             let began = Instant::now();
             let parsed = parse_request(&self.buf[line.clone()]);
-            let outcome = match parsed {
-                Ok(request) => self.execute(&request),
+            let outcome = match &parsed {
+                Ok(request) => self.execute(request),
                 Err(e) => {
                     let end = e.closes_connection().then_some(End::AfterError);
                     self.send_error(e.code(), e.message())
@@ -232,6 +234,8 @@ impl Connection {
                 outcome.bytes,
                 began.elapsed()
             );
+            let request = parsed.as_ref().ok();
+            (self.shared.metrics).request(request, outcome.code, outcome.bytes);
             if let Some(end) = outcome.end {
                 return Ok(end);
             }
