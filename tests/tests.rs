@@ -4,6 +4,7 @@
 
 mod support;
 
+mod activation;
 mod cli;
 mod client;
 mod hostile_input;

@@ -14,6 +14,8 @@ use std::time::Duration;
 use clap::Parser;
 use filesrv::protocol::{Server, ServerConfig};
 use ipnet::IpNet;
+use listenfd::ListenFd;
+use sd_notify::NotifyState;
 use signal_hook::consts::{SIGINT, SIGTERM, SIGXFSZ};
 use signal_hook::iterator::Signals;
 
@@ -83,7 +85,9 @@ Examples:
   filesrv 9000 8 --root ./inbox --allow-put --max-upload 100M
   printf 'LIST\\n' | nc -N localhost 9000   talk to it by hand
 
-Silent unless -v is given. SIGINT or SIGTERM stop it gracefully: waiting
+Under systemd, a listening socket passed by socket activation
+(LISTEN_FDS) is served instead of PORT, and readiness and stopping are
+notified (NOTIFY_SOCKET). Silent unless -v is given. SIGINT or SIGTERM stop it gracefully: waiting
 clients get `ERR unavailable`, running ones may finish within
 --shutdown-grace, then it exits 0. Start-up errors exit 1.";
 
@@ -139,7 +143,7 @@ fn init_logging(verbose: u8) {
     logger.init();
 }
 
-fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+fn run(args: Args, mut passed: ListenFd) -> Result<(), Box<dyn std::error::Error>> {
     init_logging(args.verbose);
     // Installed before serving: a write past RLIMIT_FSIZE must fail with
     // EFBIG (answered `ERR internal`), not kill the server.
@@ -159,7 +163,15 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .proxy_from(args.proxy_from)
         .metrics(args.metrics)
         .agent(args.agent);
-    let server = Server::bind(SocketAddr::new(args.bind, args.port), config)?;
+    // Socket activation: the listening socket systemd passed (PORT and
+    // --bind are then ignored); it outlives a restart, with its backlog.
+    let server = match passed.take_tcp_listener(0)? {
+        Some(listener) => Server::from_listener(listener, config)?,
+        None => Server::bind(SocketAddr::new(args.bind, args.port), config)?,
+    };
+    // Under systemd (Type=notify): ready now, stopping on a signal. Without
+    // NOTIFY_SOCKET these do nothing.
+    let _ = sd_notify::notify(&[NotifyState::Ready]);
     if let Some(addr) = server.metrics_addr() {
         log::info!("metrics on http://{addr}/metrics");
     }
@@ -169,6 +181,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(signal) = signals.forever().next() {
         log::info!("signal {signal}: shutting down");
     }
+    let _ = sd_notify::notify(&[NotifyState::Stopping]);
     let report = server.shutdown();
     log::info!(
         "stopped: {} waiting refused, {} of {} running cut",
@@ -180,8 +193,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
+    // Read (and cleared from the environment) before any thread starts.
+    let passed = ListenFd::from_env();
     let args = Args::parse();
-    match run(args) {
+    match run(args, passed) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the error, then each cause it was built from.

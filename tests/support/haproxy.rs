@@ -1,7 +1,6 @@
 //! A real HAProxy in front of servers under test.
 
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
 
 use super::{TempDir, tools};
@@ -28,15 +27,12 @@ impl HaProxy {
         let dir = TempDir::new(label);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
+        let inherited = tools::Inherited::new(&listener);
         let config = config
-            .replace("@FRONTEND@", &format!("fd@{}", listener.as_raw_fd()))
+            .replace("@FRONTEND@", &format!("fd@{}", inherited.raw()))
             .replace("@STATS@", dir.path().join("stats.sock").to_str().unwrap());
         let file = dir.path().join("haproxy.cfg");
         std::fs::write(&file, config).unwrap();
-        // Inherited by haproxy: clear close-on-exec for the spawn. Another
-        // test's child spawned meanwhile may inherit it too; it never
-        // accepts on it, and its copy closes when it exits.
-        rustix::io::fcntl_setfd(&listener, rustix::io::FdFlags::empty()).unwrap();
         let child = Command::new(haproxy)
             .arg("-db")
             .arg("-f")
@@ -46,6 +42,7 @@ impl HaProxy {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
+        drop(inherited);
         drop(listener);
         HaProxy {
             child,

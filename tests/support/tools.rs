@@ -3,6 +3,7 @@
 //! test that needs one fails loudly when it cannot be had; it never skips.
 
 use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::Once;
@@ -48,4 +49,29 @@ pub(crate) fn run_with_input(command: &mut Command, input: &[u8]) -> Output {
         .unwrap();
     child.stdin.take().unwrap().write_all(input).unwrap();
     child.wait_with_output().unwrap()
+}
+
+/// While alive, `fd` is inherited by spawned children (close-on-exec
+/// cleared), at its own number; dropped, it is close-on-exec again. A
+/// child another test spawns meanwhile inherits it too: it never uses it,
+/// and its copy closes when it exits.
+pub(crate) struct Inherited<'a>(BorrowedFd<'a>);
+
+impl<'a> Inherited<'a> {
+    pub(crate) fn new(fd: &'a impl AsFd) -> Inherited<'a> {
+        let fd = fd.as_fd();
+        rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty()).unwrap();
+        Inherited(fd)
+    }
+
+    /// The number the child sees.
+    pub(crate) fn raw(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl Drop for Inherited<'_> {
+    fn drop(&mut self) {
+        let _ = rustix::io::fcntl_setfd(self.0, rustix::io::FdFlags::CLOEXEC);
+    }
 }

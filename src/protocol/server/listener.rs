@@ -2,13 +2,15 @@
 //! [`Session`]s.
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
+use rustix::event::{EventfdFlags, PollFd, PollFlags, eventfd};
 
 use super::agent::{self, Load};
 use super::closer::Closer;
@@ -16,11 +18,11 @@ use super::config::{Policy, ServerConfig, ServerError};
 use super::fs::Root;
 use super::metrics::{self, Metrics};
 use super::proxy::{Handshake, Handshakes, NoHeader};
-use super::session::{ServerState, Session, refusal_line, reply_error};
+use super::session::{ServerState, Session, reply_error};
 use super::sidecar::Sidecar;
 use crate::protocol::wire::ErrorCode;
 use crate::util::lock;
-use crate::{Manager, ManagerBuilder, Refusal, ShutdownReport, Stats};
+use crate::{Manager, ManagerBuilder, ShutdownReport, Stats};
 
 /// A running file server: bound, accepting, serving.
 ///
@@ -63,6 +65,8 @@ struct Listening {
     state: Arc<ServerState>,
     listener: TcpListener,
     stopping: AtomicBool,
+    /// Written once by shutdown: wakes the accepting thread's `poll`.
+    stop_event: OwnedFd,
 }
 
 #[derive(Debug)]
@@ -138,6 +142,9 @@ impl Server {
             Err(e) => log::warn!("could not clean up old temporary files: {e}"),
         }
         let local_addr = listener.local_addr().map_err(ServerError::Start)?;
+        // Accepted only when `poll` says so; another process sharing the
+        // socket (a successor, under socket activation) may take it first.
+        listener.set_nonblocking(true).map_err(ServerError::Start)?;
         let (closer, closer_thread) = Closer::start("filesrv").map_err(ServerError::Start)?;
         let manager = ManagerBuilder::new(config.max_running)
             .admission(config.admission())
@@ -155,6 +162,8 @@ impl Server {
             state,
             listener,
             stopping: AtomicBool::new(false),
+            stop_event: eventfd(0, EventfdFlags::CLOEXEC)
+                .map_err(|e| ServerError::Start(e.into()))?,
         });
         let (handshakes, handshake) = match &inner.state.config.proxy_from {
             trusted if trusted.is_empty() => (None, None),
@@ -249,8 +258,9 @@ impl Server {
         {
             inner.stopping.store(true, Ordering::SeqCst);
             drop(wake);
-            self.wake_accept();
+            let _ = rustix::io::write(&inner.stop_event, &1u64.to_ne_bytes());
             let _ = accept.join();
+            log::info!("stopped accepting");
             // The accepting thread stopped the handshakes on its way out.
             if let Some(handshake) = handshake {
                 let _ = handshake.join();
@@ -264,24 +274,6 @@ impl Server {
         }
         // The manager keeps the report of its first shutdown.
         inner.manager.shutdown(grace)
-    }
-
-    /// Wakes the accepting thread from a blocking `accept` by connecting
-    /// to it; if that fails (e.g. no descriptors left), by shutting the
-    /// listening socket's read side, which also ends a blocked `accept`.
-    fn wake_accept(&self) {
-        let target = match self.local_addr {
-            SocketAddr::V4(a) if a.ip().is_unspecified() => {
-                SocketAddr::new(Ipv4Addr::LOCALHOST.into(), a.port())
-            }
-            SocketAddr::V6(a) if a.ip().is_unspecified() => {
-                SocketAddr::new(Ipv6Addr::LOCALHOST.into(), a.port())
-            }
-            addr => addr,
-        };
-        if TcpStream::connect_timeout(&target, Duration::from_secs(1)).is_err() {
-            let _ = rustix::net::shutdown(&self.inner.listener, rustix::net::Shutdown::Read);
-        }
     }
 }
 
@@ -302,13 +294,21 @@ impl Listening {
     fn accept_loop(&self, woken: &Receiver<()>, handshakes: Option<&Handshakes>) {
         let mut backoff = BACKOFF_MIN;
         loop {
-            let accepted = self.listener.accept();
-            if self.stopping.load(Ordering::SeqCst) {
-                if let Ok((stream, _)) = accepted {
-                    Closer::refuse_now(&stream, refusal_line(Refusal::ShuttingDown).as_bytes());
-                }
+            // Wait for a connection or the stop. Once stopping, nothing more
+            // is taken from the backlog: under socket activation the socket
+            // outlives this process, and its backlog is the successor's.
+            let mut ready = [
+                PollFd::new(&self.listener, PollFlags::IN),
+                PollFd::new(&self.stop_event, PollFlags::IN),
+            ];
+            let polled = rustix::event::poll(&mut ready, None);
+            if self.stopping.load(Ordering::SeqCst) || !ready[1].revents().is_empty() {
                 return;
             }
+            let accepted = match polled {
+                Ok(_) => self.listener.accept(),
+                Err(e) => Err(e.into()),
+            };
             match accepted {
                 Ok((stream, peer)) => {
                     backoff = BACKOFF_MIN;
@@ -327,6 +327,8 @@ impl Listening {
                     }
                 }
                 Err(e) if is_transient(&e) => {}
+                // Taken by another process sharing the socket.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {
                     log::warn!("accept failed: {e}; retrying in {backoff:?}");
                     // Wait out the back-off, or until shutdown drops the

@@ -101,7 +101,7 @@ pub(crate) fn reply_error(code: ErrorCode, message: &str) -> String {
 }
 
 /// The line a refused connection gets: `ERR busy` or `ERR unavailable`.
-pub(crate) fn refusal_line(reason: Refusal) -> String {
+fn refusal_line(reason: Refusal) -> String {
     let code = if reason.is_busy() {
         ErrorCode::Busy
     } else {
