@@ -30,7 +30,9 @@ fn start(dir: &TempDir, listener: &TcpListener) -> ChildServer {
 #[test]
 fn a_restart_on_the_passed_socket_loses_no_waiting_connection() {
     let dir = TempDir::new("activation");
-    let data: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+    let data: Vec<u8> = (0..64 * 1024)
+        .map(|i| u8::try_from(i % 251).unwrap())
+        .collect();
     dir.write("data.bin", &data);
     // The socket unit's socket: held here across both instances.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -7,6 +7,7 @@ mod support;
 mod activation;
 mod cli;
 mod client;
+mod deploy;
 mod hostile_input;
 mod hostile_net;
 mod hostile_process;
