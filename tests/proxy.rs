@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use filesrv::protocol::ServerConfig;
 use proxy_header::{ProxiedAddress, ProxyHeader};
 
-use crate::support::{Conn, HaProxy, SHORT, SLACK, TestServer, connect_from, tools};
+use crate::support::{Conn, HaProxy, LIMIT, SHORT, SLACK, TestServer, connect_from, tools};
 
 const PROXY: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 
@@ -116,7 +116,9 @@ fn an_untrusted_peers_header_is_protocol_data() {
 
 #[test]
 fn a_trusted_peer_without_a_header_is_refused_before_the_queue() {
-    let t = serve("proxy-missing", |c| c);
+    // A deadline longer than any wait here: every refusal below is for
+    // what was sent, not for what was not.
+    let t = serve("proxy-missing", |c| c.proxy_timeout(LIMIT * 2));
     let mut conn = connect(&t, PROXY, b"STAT /\n");
     let message = conn.err_message("bad-request");
     assert!(message.contains("PROXY"), "{message}");
@@ -125,7 +127,12 @@ fn a_trusted_peer_without_a_header_is_refused_before_the_queue() {
     let mut broken = header(Version::V2, "192.0.2.1:1000");
     broken[12] = 0x10;
     connect(&t, PROXY, &broken).expect_last_err("bad-request");
-    // Neither took a waiting place: the manager never saw them.
+    // A v1 line that runs past the longest valid header is malformed at
+    // once, long before the header deadline.
+    let mut endless = b"PROXY TCP4 ".to_vec();
+    endless.extend([b'1'; 150]);
+    connect(&t, PROXY, &endless).expect_last_err("bad-request");
+    // None took a waiting place: the manager never saw them.
     assert_eq!(t.server.stats().submitted, 0);
     t.assert_serves_through(&header(Version::V2, "192.0.2.1:1000"));
 }

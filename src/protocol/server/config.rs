@@ -227,6 +227,17 @@ pub enum ServerError {
         #[source]
         source: io::Error,
     },
+    /// The metrics or agent address could not be bound.
+    #[error("cannot listen for {what} on {addr}")]
+    BindExtra {
+        /// `metrics` or `agent-check`.
+        what: &'static str,
+        /// The address given.
+        addr: SocketAddr,
+        /// Why binding failed.
+        #[source]
+        source: io::Error,
+    },
     /// A thread could not be started, or the listener not set up.
     #[error("cannot start the server")]
     Start(#[source] io::Error),

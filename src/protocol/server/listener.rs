@@ -110,6 +110,7 @@ impl Server {
     ///
     /// - [`ServerError::Root`]: the root is missing or not a directory;
     /// - [`ServerError::Bind`]: the address is in use or not available;
+    /// - [`ServerError::BindExtra`]: so is the metrics or agent address;
     /// - [`ServerError::Start`]: a thread could not be started.
     pub fn bind(addr: SocketAddr, config: ServerConfig) -> Result<Server, ServerError> {
         let root = open_root(&config)?;
@@ -345,7 +346,7 @@ impl Listening {
     /// Starts the metrics and agent listeners that the settings ask for.
     fn start_sidecars(self: &Arc<Self>) -> Result<Sidecars, ServerError> {
         let config = &self.state.config;
-        let bind = |addr| move |source| ServerError::Bind { addr, source };
+        let bind = |what, addr| move |source| ServerError::BindExtra { what, addr, source };
         let mut sidecars = Sidecars::default();
         if let Some(addr) = config.metrics {
             let scraped = self.clone();
@@ -354,7 +355,7 @@ impl Listening {
                 let stats = scraped.manager.stats();
                 metrics::encode(&state.metrics, &stats, state.config.max_running)
             });
-            sidecars.metrics = Some(sidecar.map_err(bind(addr))?);
+            sidecars.metrics = Some(sidecar.map_err(bind("metrics", addr))?);
         }
         if let Some(addr) = config.agent {
             let checked = self.clone();
@@ -367,7 +368,7 @@ impl Listening {
                 Ok(sidecar) => sidecars.agent = Some(sidecar),
                 Err(source) => {
                     sidecars.stop();
-                    return Err(bind(addr)(source));
+                    return Err(bind("agent-check", addr)(source));
                 }
             }
         }
