@@ -241,3 +241,21 @@ impl TestServer {
         conn.expect_eof();
     }
 }
+
+#[test]
+fn a_shutdown_refuses_headers_still_coming() {
+    let t = serve("proxy-shutdown", |c| c.proxy_timeout(LIMIT * 2));
+    let mut partial = connect(&t, PROXY, b"PROXY TCP4 192.0");
+    // Accepted and handed over after the partial one, so once this one is
+    // served the partial one is in the handshake.
+    let mut served = connect(&t, PROXY, &header(Version::V2, "192.0.2.2:1000"));
+    assert_served(&mut served);
+    let began = Instant::now();
+    t.server.shutdown();
+    assert!(
+        began.elapsed() < LIMIT,
+        "the handshake held the shutdown up"
+    );
+    partial.expect_last_err("unavailable");
+    served.expect_last_err("unavailable");
+}

@@ -188,9 +188,8 @@ impl Server {
             .name("filesrv-accept".to_owned())
             .spawn(move || {
                 accepting.accept_loop(&woken, handshakes.as_ref());
-                if let Some(handshakes) = handshakes {
-                    handshakes.stop();
-                }
+                // Dropped: the handshake thread refuses what it holds, ends.
+                drop(handshakes);
             });
         let accept = match accept {
             Ok(accept) => accept,

@@ -22,7 +22,7 @@ use std::os::fd::OwnedFd;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use ipnet::IpNet;
 use proxy_header::{ParseConfig, ProxyHeader};
 use rustix::event::epoll::{self, CreateFlags, EventData, EventFlags};
@@ -90,8 +90,9 @@ pub(crate) enum NoHeader {
 #[derive(Debug)]
 pub(crate) struct Handshakes {
     trusted: Vec<IpNet>,
-    /// `None` asks the thread to refuse what it holds and end.
-    queue: Sender<Option<(TcpStream, SocketAddr)>>,
+    /// Taken and dropped by `drop`, it tells the thread to refuse what it
+    /// holds and end; `Some` until then.
+    queue: Option<Sender<(TcpStream, SocketAddr)>>,
     wake: OwnedFd,
 }
 
@@ -125,7 +126,7 @@ impl Handshakes {
         Ok((
             Handshakes {
                 trusted,
-                queue,
+                queue: Some(queue),
                 wake,
             },
             thread,
@@ -142,27 +143,31 @@ impl Handshakes {
     /// thread; never blocks. When the thread holds [`MAX_PENDING`]
     /// already, the connection comes back to be refused.
     pub(crate) fn submit(&self, stream: TcpStream, peer: SocketAddr) -> Result<(), TcpStream> {
-        match self.queue.try_send(Some((stream, peer))) {
+        let queue = self.queue.as_ref().expect("until dropped");
+        match queue.try_send((stream, peer)) {
             Ok(()) => {
                 self.wake();
                 Ok(())
             }
-            Err(TrySendError::Full(conn) | TrySendError::Disconnected(conn)) => {
-                Err(conn.expect("sent Some").0)
+            Err(TrySendError::Full((stream, _)) | TrySendError::Disconnected((stream, _))) => {
+                Err(stream)
             }
-        }
-    }
-
-    /// Asks the thread to refuse the connections it holds and end; the
-    /// caller joins it.
-    pub(crate) fn stop(&self) {
-        if self.queue.send(None).is_ok() {
-            self.wake();
         }
     }
 
     fn wake(&self) {
         let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+    }
+}
+
+/// Dropping the accepting thread's end stops the handshake thread: it
+/// refuses the connections it holds (`ERR unavailable`) and ends; the
+/// server joins it.
+impl Drop for Handshakes {
+    fn drop(&mut self) {
+        // The sender first: woken, the thread must find it gone.
+        drop(self.queue.take());
+        self.wake();
     }
 }
 
@@ -186,7 +191,7 @@ struct HandshakeSet<F> {
 }
 
 impl<F: FnMut(Handshake)> HandshakeSet<F> {
-    fn run(&mut self, arrivals: &Receiver<Option<(TcpStream, SocketAddr)>>) {
+    fn run(&mut self, arrivals: &Receiver<(TcpStream, SocketAddr)>) {
         let mut events = Vec::with_capacity(64);
         loop {
             let timeout = self
@@ -212,10 +217,11 @@ impl<F: FnMut(Handshake)> HandshakeSet<F> {
                     WAKE => {
                         let mut count = [0; 8];
                         let _ = rustix::io::read(&self.wake, &mut count);
-                        while let Ok(arrival) = arrivals.try_recv() {
-                            match arrival {
-                                Some((stream, peer)) => self.add(stream, peer),
-                                None => {
+                        loop {
+                            match arrivals.try_recv() {
+                                Ok((stream, peer)) => self.add(stream, peer),
+                                Err(TryRecvError::Empty) => break,
+                                Err(TryRecvError::Disconnected) => {
                                     self.refuse_all(NoHeader::ShuttingDown);
                                     return;
                                 }
@@ -388,6 +394,5 @@ mod tests {
         assert!(h.trusts("[fd12::1]:5".parse().unwrap()));
         assert!(!h.trusts("127.0.0.2:5".parse().unwrap()));
         assert!(!h.trusts("11.0.0.1:5".parse().unwrap()));
-        h.stop();
     }
 }
