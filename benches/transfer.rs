@@ -50,6 +50,8 @@
 
 mod common;
 mod loadgen;
+#[path = "proxy/mod.rs"]
+mod proxy;
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Write};
@@ -152,6 +154,9 @@ fn main() -> io::Result<()> {
     }
     if wanted("small") {
         small(dir.path(), &smalls, params)?;
+    }
+    if wanted("proxy") {
+        proxy::proxy(dir.path(), &smalls, params)?;
     }
     if wanted("waiting") {
         waiting(dir.path(), &smalls[0], params)?;
@@ -288,21 +293,7 @@ fn small(root: &Path, paths: &[String], params: &Params) -> io::Result<()> {
         let mut theirs = Vec::new();
         for _ in 0..params.small_runs {
             for (addr, reports) in [(server.local_addr(), &mut ours), (lab.addr, &mut theirs)] {
-                let report = loadgen::run(&Load {
-                    addr,
-                    paths,
-                    clients: params.clients,
-                    mode,
-                    warmup: params.warmup,
-                    duration: params.window,
-                })?;
-                assert_eq!(
-                    report.errors, 0,
-                    "requests failed, the first: {:?}",
-                    report.first_error
-                );
-                assert!(report.requests > 0, "no request completed: {report:?}");
-                assert_eq!(report.bytes, report.requests * SMALL as u64);
+                let report = small_run(addr, paths, params, mode)?;
                 reports.push(report);
             }
         }
@@ -312,16 +303,7 @@ fn small(root: &Path, paths: &[String], params: &Params) -> io::Result<()> {
         };
         let base = median(&rates(&theirs));
         for (name, reports) in [("filesrv", &ours), ("lab", &theirs)] {
-            let r = rates(reports);
-            let m = median(&r);
-            println!(
-                "  {:<24} {m:>10.0} {:>8.2} {:>9} {:>9}   {}",
-                format!("{label} {name}"),
-                m / base,
-                micros(median_by(reports, |r| r.latency(500))),
-                micros(median_by(reports, |r| r.latency(990))),
-                list(&r, 0),
-            );
+            print_rates(24, &format!("{label} {name}"), reports, base);
         }
     }
     let stats = server.stats();
@@ -333,6 +315,46 @@ fn small(root: &Path, paths: &[String], params: &Params) -> io::Result<()> {
     server.shutdown();
     lab.stop();
     Ok(())
+}
+
+/// One closed-loop run of the small-file load, checked: no failure, and
+/// every body whole.
+fn small_run(
+    addr: SocketAddr,
+    paths: &[String],
+    params: &Params,
+    mode: Mode,
+) -> io::Result<Report> {
+    let report = loadgen::run(&Load {
+        addr,
+        paths,
+        clients: params.clients,
+        mode,
+        warmup: params.warmup,
+        duration: params.window,
+    })?;
+    assert_eq!(
+        report.errors, 0,
+        "requests failed, the first: {:?}",
+        report.first_error
+    );
+    assert!(report.requests > 0, "no request completed: {report:?}");
+    assert_eq!(report.bytes, report.requests * SMALL as u64);
+    Ok(report)
+}
+
+/// One result line: the median rate, its ratio to `base`, the median p50
+/// and p99, and every run's rate.
+fn print_rates(width: usize, label: &str, reports: &[Report], base: f64) {
+    let r = rates(reports);
+    let m = median(&r);
+    println!(
+        "  {label:<width$} {m:>10.0} {:>8.2} {:>9} {:>9}   {}",
+        m / base,
+        micros(median_by(reports, |r| r.latency(500))),
+        micros(median_by(reports, |r| r.latency(990))),
+        list(&r, 0),
+    );
 }
 
 fn rates(reports: &[Report]) -> Vec<f64> {

@@ -217,7 +217,7 @@ fn bad_arguments_fail_with_a_message() {
     let dir = TempDir::new("cli-args");
     let root = dir.root();
     let root = root.to_str().unwrap();
-    let cases: [&[&str]; 12] = [
+    let cases: [&[&str]; 15] = [
         &[],
         &["--root", root],
         &["9000", "--root", root],
@@ -230,6 +230,9 @@ fn bad_arguments_fail_with_a_message() {
         &["0", "1", "--root", root, "--max-waiting", "-1"],
         &["0", "1", "--root", root, "--bind", "256.0.0.1"],
         &["0", "1", "--root", root, "--frobnicate"],
+        &["0", "1", "--root", root, "--proxy-from", "10.0.0.0/33"],
+        &["0", "1", "--root", root, "--metrics", "localhost"],
+        &["0", "1", "--root", root, "--agent", "127.0.0.1"],
     ];
     for args in cases {
         let finished = run(args);
@@ -263,6 +266,29 @@ fn port_in_use_fails_with_one_line() {
     ]);
     let line = assert_fails_with_one_line(&finished, "port in use");
     assert!(line.contains(&port), "{line:?}");
+}
+
+#[test]
+fn metrics_or_agent_port_in_use_fails_with_one_line() {
+    let dir = TempDir::new("cli-sidecar-in-use");
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let root = dir.root();
+    for option in ["--metrics", "--agent"] {
+        let finished = run(&[
+            "0",
+            "1",
+            "--bind",
+            "127.0.0.1",
+            "--root",
+            root.to_str().unwrap(),
+            option,
+            &addr,
+        ]);
+        let line = assert_fails_with_one_line(&finished, option);
+        let what = option.trim_start_matches("--");
+        assert!(line.contains(&addr) && line.contains(what), "{line:?}");
+    }
 }
 
 #[test]
@@ -301,6 +327,9 @@ fn help_mentions_every_option_of_the_contract() {
         "--allow-put",
         "--max-upload",
         "--shutdown-grace",
+        "--proxy-from",
+        "--metrics",
+        "--agent",
         "-v",
         "--verbose",
         "--help",

@@ -4,13 +4,17 @@
 
 mod support;
 
+mod activation;
 mod cli;
 mod client;
+mod deploy;
 mod hidden;
 mod hostile_input;
 mod hostile_net;
 mod hostile_process;
 mod integrity;
 mod manager;
+mod metrics;
 mod operations;
 mod protocol;
+mod proxy;

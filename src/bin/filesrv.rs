@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use filesrv::protocol::{Server, ServerConfig};
+use ipnet::IpNet;
+use listenfd::ListenFd;
+use sd_notify::NotifyState;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGXFSZ};
 use signal_hook::iterator::Signals;
 
@@ -65,6 +68,19 @@ struct Args {
     /// On SIGINT/SIGTERM, how long running clients may finish.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
     shutdown_grace: Secs,
+    /// Trusted proxies: connections from these networks must begin with a
+    /// PROXY protocol v1 or v2 header, whose source address then counts as
+    /// the client's (caps, logs). From elsewhere no header is believed.
+    #[arg(long, value_name = "CIDR[,CIDR...]", value_delimiter = ',', value_parser = parse_net)]
+    proxy_from: Vec<IpNet>,
+    /// Serve Prometheus metrics over HTTP at http://ADDR/metrics
+    /// (e.g. 127.0.0.1:9100).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// Answer HAProxy agent-check connections on ADDR: `up ready W%
+    /// maxconn:N`, or `drain` while shutting down.
+    #[arg(long, value_name = "ADDR")]
+    agent: Option<SocketAddr>,
     /// Log to stderr: -v connections and requests, -vv debug details.
     /// RUST_LOG works too.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -77,8 +93,10 @@ Examples:
   filesrv 9000 8 --root ./inbox --allow-put --max-upload 100M
   printf 'LIST\\n' | nc -N localhost 9000   talk to it by hand
 
-Silent unless -v is given (-v sets the level over RUST_LOG). SIGINT,
-SIGTERM or SIGHUP stop it gracefully: waiting
+Under systemd, a listening socket passed by socket activation
+(LISTEN_FDS) is served instead of PORT, and readiness and stopping are
+notified (NOTIFY_SOCKET). Silent unless -v is given (-v sets the level
+over RUST_LOG). SIGINT, SIGTERM or SIGHUP stop it gracefully: waiting
 clients get `ERR unavailable`, running ones may finish within
 --shutdown-grace, then it exits 0. Start-up errors exit 1.";
 
@@ -93,6 +111,13 @@ fn parse_secs(text: &str) -> Result<Secs, String> {
     let duration = Duration::try_from_secs_f64(secs)
         .map_err(|_| format!("'{text}' is not a valid number of seconds"))?;
     Ok(Secs((!duration.is_zero()).then_some(duration)))
+}
+
+/// A network (`10.0.0.0/8`, `fd00::/8`) or one address (`127.0.0.1`).
+fn parse_net(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("'{text}' is not a network (e.g. 10.0.0.0/8) or an address"))
 }
 
 /// Bytes, with an optional K, M or G suffix (powers of 1024).
@@ -132,7 +157,7 @@ fn init_logging(verbose: u8) {
     logger.init();
 }
 
-fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+fn run(args: Args, mut passed: ListenFd) -> Result<(), Box<dyn std::error::Error>> {
     init_logging(args.verbose);
     // Installed before serving: a write past RLIMIT_FSIZE must fail with
     // EFBIG (answered `ERR internal`), not kill the server.
@@ -155,11 +180,29 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .max_upload(args.max_upload)
         .hidden(args.hidden)
         .max_list_entries(args.max_list_entries)
-        .shutdown_grace(args.shutdown_grace.0.unwrap_or(Duration::ZERO));
-    let server = Server::bind(SocketAddr::new(args.bind, args.port), config)?;
+        .shutdown_grace(args.shutdown_grace.0.unwrap_or(Duration::ZERO))
+        .proxy_from(args.proxy_from)
+        .metrics(args.metrics)
+        .agent(args.agent);
+    // Socket activation: the listening socket systemd passed (PORT and
+    // --bind are then ignored); it outlives a restart, with its backlog.
+    let server = match passed.take_tcp_listener(0)? {
+        Some(listener) => Server::from_listener(listener, config)?,
+        None => Server::bind(SocketAddr::new(args.bind, args.port), config)?,
+    };
+    // Under systemd (Type=notify): ready now, stopping on a signal. Without
+    // NOTIFY_SOCKET these do nothing.
+    let _ = sd_notify::notify(&[NotifyState::Ready]);
+    if let Some(addr) = server.metrics_addr() {
+        log::info!("metrics on http://{addr}/metrics");
+    }
+    if let Some(addr) = server.agent_addr() {
+        log::info!("agent-check on {addr}");
+    }
     if let Some(signal) = signals.forever().next() {
         log::info!("signal {signal}: shutting down");
     }
+    let _ = sd_notify::notify(&[NotifyState::Stopping]);
     let report = server.shutdown();
     log::info!(
         "stopped: {} waiting refused, {} of {} running cut",
@@ -171,8 +214,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
+    // Read (and cleared from the environment) before any thread starts.
+    let passed = ListenFd::from_env();
     let args = Args::parse();
-    match run(args) {
+    match run(args, passed) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the error, then each cause it was built from.
@@ -201,6 +246,16 @@ mod tests {
         assert_eq!(parse_secs("0"), Ok(Secs(None)));
         assert!(parse_secs("-1").is_err());
         assert!(parse_secs("soon").is_err());
+    }
+
+    #[test]
+    fn networks_take_a_prefix_or_one_address() {
+        assert_eq!(parse_net("10.0.0.0/8"), Ok("10.0.0.0/8".parse().unwrap()));
+        assert_eq!(parse_net("127.0.0.1"), Ok("127.0.0.1/32".parse().unwrap()));
+        assert_eq!(parse_net("::1"), Ok("::1/128".parse().unwrap()));
+        for bad in ["", "10.0.0.0/33", "localhost", "10.0.0.0/8,"] {
+            assert!(parse_net(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -4,9 +4,11 @@
 mod child;
 mod conn;
 mod encoding;
+mod haproxy;
 mod hostile;
 mod server;
 mod tempdir;
+pub(crate) mod tools;
 mod watch;
 
 use std::time::Duration;
@@ -14,6 +16,7 @@ use std::time::Duration;
 pub(crate) use child::ChildServer;
 pub(crate) use conn::{Conn, connect_from};
 pub(crate) use encoding::{CASES, config, encode, join_encoded};
+pub(crate) use haproxy::HaProxy;
 pub(crate) use hostile::{SECRET, contains, outside_names, plant_hostile_tree};
 pub(crate) use server::{TestServer, begin_upload, running_and_waiting};
 pub(crate) use tempdir::TempDir;

@@ -49,9 +49,8 @@ impl Closer {
         let _ = self.queue.try_send(Some((Instant::now() + LINGER, stream)));
     }
 
-    /// [`Closer::refuse`] without the linger, for connections that arrive
-    /// while the server stops (among them its own wake-up connection).
-    pub(crate) fn refuse_now(stream: &TcpStream, line: &[u8]) {
+    /// Writes `line` without blocking and shuts the write side.
+    fn refuse_now(stream: &TcpStream, line: &[u8]) {
         if stream.set_nonblocking(true).is_ok() {
             write_nonblocking(stream, line);
         }

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ipnet::IpNet;
+
 use crate::{Admission as _, And, MaxWaiting, PerSourceCap, QueueTimeout};
 
 /// Settings of a [`Server`](crate::protocol::Server); the command line of the `filesrv` binary maps
@@ -13,7 +15,9 @@ use crate::{Admission as _, And, MaxWaiting, PerSourceCap, QueueTimeout};
 /// `ServerConfig::new(root)` gives the defaults: 4 running, 1024 waiting,
 /// no per-source cap, no queue timeout, idle and stall timeouts of 30 s,
 /// uploads off (1 GiB limit when on), 10 s shutdown grace, hidden names
-/// not served, at most 100,000 entries per LIST.
+/// not served, at most 100,000 entries per LIST, no trusted proxies (a
+/// PROXY header deadline of 5 s once there are some), no metrics or agent
+/// listener.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ServerConfig {
@@ -46,6 +50,16 @@ pub struct ServerConfig {
     /// The most entries one LIST returns; a larger directory is refused
     /// with `ERR too-large`. 0: no cap.
     pub max_list_entries: usize,
+    /// Networks of trusted proxies: a connection from one must begin with
+    /// a PROXY protocol v1 or v2 header, whose source address then counts
+    /// as the client's. Empty: no header is ever looked for.
+    pub proxy_from: Vec<IpNet>,
+    /// Time a trusted proxy has to send the whole header.
+    pub proxy_timeout: Duration,
+    /// Where to serve Prometheus metrics (`GET /metrics`); `None`: nowhere.
+    pub metrics: Option<SocketAddr>,
+    /// Where to answer HAProxy's `agent-check`; `None`: nowhere.
+    pub agent: Option<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -64,6 +78,10 @@ impl ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             hidden: false,
             max_list_entries: 100_000,
+            proxy_from: Vec::new(),
+            proxy_timeout: Duration::from_secs(5),
+            metrics: None,
+            agent: None,
         }
     }
 
@@ -169,6 +187,35 @@ impl ServerConfig {
         self
     }
 
+    /// Sets [`proxy_from`](ServerConfig::proxy_from) (default none).
+    pub fn proxy_from(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
+        self.proxy_from = networks.into_iter().collect();
+        self
+    }
+
+    /// Sets [`proxy_timeout`](ServerConfig::proxy_timeout) (default 5 s).
+    ///
+    /// # Panics
+    ///
+    /// If `timeout` is zero.
+    pub fn proxy_timeout(mut self, timeout: Duration) -> Self {
+        assert!(!timeout.is_zero(), "proxy_timeout must not be zero");
+        self.proxy_timeout = timeout;
+        self
+    }
+
+    /// Sets [`metrics`](ServerConfig::metrics) (default none).
+    pub fn metrics(mut self, addr: Option<SocketAddr>) -> Self {
+        self.metrics = addr;
+        self
+    }
+
+    /// Sets [`agent`](ServerConfig::agent) (default none).
+    pub fn agent(mut self, addr: Option<SocketAddr>) -> Self {
+        self.agent = addr;
+        self
+    }
+
     pub(crate) fn admission(&self) -> Policy {
         let per_source = match self.max_per_source {
             0 => usize::MAX,
@@ -199,6 +246,17 @@ pub enum ServerError {
     /// The address could not be bound.
     #[error("cannot listen on {addr}")]
     Bind {
+        /// The address given.
+        addr: SocketAddr,
+        /// Why binding failed.
+        #[source]
+        source: io::Error,
+    },
+    /// The metrics or agent address could not be bound.
+    #[error("cannot listen for {what} on {addr}")]
+    BindExtra {
+        /// `metrics` or `agent-check`.
+        what: &'static str,
         /// The address given.
         addr: SocketAddr,
         /// Why binding failed.

@@ -2,20 +2,27 @@
 //! [`Session`]s.
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
+use rustix::event::{EventfdFlags, PollFd, PollFlags, eventfd};
 
+use super::agent::{self, Load};
 use super::closer::Closer;
 use super::config::{Policy, ServerConfig, ServerError};
 use super::fs::Root;
-use super::session::{ServerState, Session, refusal_line};
+use super::metrics::{self, Metrics};
+use super::proxy::{Handshake, Handshakes, NoHeader};
+use super::session::{ServerState, Session, reply_error};
+use super::sidecar::Sidecar;
+use crate::protocol::wire::ErrorCode;
 use crate::util::lock;
-use crate::{Manager, ManagerBuilder, Refusal, ShutdownReport, Stats};
+use crate::{Manager, ManagerBuilder, ShutdownReport, Stats};
 
 /// A running file server: bound, accepting, serving.
 ///
@@ -45,6 +52,8 @@ use crate::{Manager, ManagerBuilder, Refusal, ShutdownReport, Stats};
 #[derive(Debug)]
 pub struct Server {
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    agent_addr: Option<SocketAddr>,
     inner: Arc<Listening>,
     /// Taken by the first shutdown, which holds the lock until it is done.
     threads: Mutex<Option<Threads>>,
@@ -56,14 +65,36 @@ struct Listening {
     state: Arc<ServerState>,
     listener: TcpListener,
     stopping: AtomicBool,
+    /// Written once by shutdown: wakes the accepting thread's `poll`.
+    stop_event: OwnedFd,
 }
 
 #[derive(Debug)]
 struct Threads {
     accept: JoinHandle<()>,
+    /// The PROXY header thread, when there are trusted proxies.
+    handshake: Option<JoinHandle<()>>,
     closer: JoinHandle<()>,
+    /// The metrics and agent listeners, stopped last.
+    sidecars: Sidecars,
     /// Dropped to wake the accepting thread from an error back-off.
     wake: Sender<()>,
+}
+
+/// The optional listeners beside the main one.
+#[derive(Debug, Default)]
+struct Sidecars {
+    metrics: Option<Sidecar>,
+    agent: Option<Sidecar>,
+}
+
+impl Sidecars {
+    fn stop(self) {
+        self.metrics
+            .into_iter()
+            .chain(self.agent)
+            .for_each(Sidecar::stop);
+    }
 }
 
 /// Back-off after an `accept` error such as running out of descriptors:
@@ -79,6 +110,7 @@ impl Server {
     ///
     /// - [`ServerError::Root`]: the root is missing or not a directory;
     /// - [`ServerError::Bind`]: the address is in use or not available;
+    /// - [`ServerError::BindExtra`]: so is the metrics or agent address;
     /// - [`ServerError::Start`]: a thread could not be started.
     pub fn bind(addr: SocketAddr, config: ServerConfig) -> Result<Server, ServerError> {
         let root = open_root(&config)?;
@@ -111,6 +143,9 @@ impl Server {
             Err(e) => log::warn!("could not clean up old temporary files: {e}"),
         }
         let local_addr = listener.local_addr().map_err(ServerError::Start)?;
+        // Accepted only when `poll` says so; another process sharing the
+        // socket (a successor, under socket activation) may take it first.
+        listener.set_nonblocking(true).map_err(ServerError::Start)?;
         let (closer, closer_thread) = Closer::start("filesrv").map_err(ServerError::Start)?;
         let manager = ManagerBuilder::new(config.max_running)
             .admission(config.admission())
@@ -121,26 +156,59 @@ impl Server {
             root,
             config,
             closer,
+            metrics: Metrics::default(),
         });
         let inner = Arc::new(Listening {
             manager,
             state,
             listener,
             stopping: AtomicBool::new(false),
+            stop_event: eventfd(0, EventfdFlags::CLOEXEC)
+                .map_err(|e| ServerError::Start(e.into()))?,
         });
+        let (handshakes, handshake) = match &inner.state.config.proxy_from {
+            trusted if trusted.is_empty() => (None, None),
+            trusted => {
+                let admitting = inner.clone();
+                let (handshakes, thread) = Handshakes::start(
+                    trusted.clone(),
+                    inner.state.config.proxy_timeout,
+                    move |handshake| admitting.after_handshake(handshake),
+                )
+                .map_err(ServerError::Start)?;
+                (Some(handshakes), Some(thread))
+            }
+        };
+        let sidecars = inner.start_sidecars()?;
+        let metrics_addr = sidecars.metrics.as_ref().map(Sidecar::local_addr);
+        let agent_addr = sidecars.agent.as_ref().map(Sidecar::local_addr);
         let (wake, woken) = crossbeam_channel::bounded(0);
         let accepting = inner.clone();
         let accept = thread::Builder::new()
             .name("filesrv-accept".to_owned())
-            .spawn(move || accepting.accept_loop(&woken))
-            .map_err(ServerError::Start)?;
+            .spawn(move || {
+                accepting.accept_loop(&woken, handshakes.as_ref());
+                // Dropped: the handshake thread refuses what it holds, ends.
+                drop(handshakes);
+            });
+        let accept = match accept {
+            Ok(accept) => accept,
+            Err(e) => {
+                sidecars.stop();
+                return Err(ServerError::Start(e));
+            }
+        };
         log::info!("serving on {local_addr}");
         Ok(Server {
             local_addr,
+            metrics_addr,
+            agent_addr,
             inner,
             threads: Mutex::new(Some(Threads {
                 accept,
+                handshake,
                 closer: closer_thread,
+                sidecars,
                 wake,
             })),
         })
@@ -150,6 +218,18 @@ impl Server {
     /// to port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where Prometheus metrics are served (`http://ADDR/metrics`), with
+    /// the real port when bound to port 0; `None` when not configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Where HAProxy's `agent-check` is answered, with the real port when
+    /// bound to port 0; `None` when not configured.
+    pub fn agent_addr(&self) -> Option<SocketAddr> {
+        self.agent_addr
     }
 
     /// The manager's counters.
@@ -170,39 +250,30 @@ impl Server {
         let mut threads = lock(&self.threads);
         if let Some(Threads {
             accept,
+            handshake,
             closer,
+            sidecars,
             wake,
         }) = threads.take()
         {
             inner.stopping.store(true, Ordering::SeqCst);
             drop(wake);
-            self.wake_accept();
+            let _ = rustix::io::write(&inner.stop_event, &1u64.to_ne_bytes());
             let _ = accept.join();
+            log::info!("stopped accepting");
+            // The accepting thread stopped the handshakes on its way out.
+            if let Some(handshake) = handshake {
+                let _ = handshake.join();
+            }
             inner.manager.shutdown(grace);
             // Every session is done: nothing else reaches the closer.
             inner.state.closer.stop();
             let _ = closer.join();
+            // Metrics and the agent's `drain` lasted the whole shutdown.
+            sidecars.stop();
         }
         // The manager keeps the report of its first shutdown.
         inner.manager.shutdown(grace)
-    }
-
-    /// Wakes the accepting thread from a blocking `accept` by connecting
-    /// to it; if that fails (e.g. no descriptors left), by shutting the
-    /// listening socket's read side, which also ends a blocked `accept`.
-    fn wake_accept(&self) {
-        let target = match self.local_addr {
-            SocketAddr::V4(a) if a.ip().is_unspecified() => {
-                SocketAddr::new(Ipv4Addr::LOCALHOST.into(), a.port())
-            }
-            SocketAddr::V6(a) if a.ip().is_unspecified() => {
-                SocketAddr::new(Ipv6Addr::LOCALHOST.into(), a.port())
-            }
-            addr => addr,
-        };
-        if TcpStream::connect_timeout(&target, Duration::from_secs(1)).is_err() {
-            let _ = rustix::net::shutdown(&self.inner.listener, rustix::net::Shutdown::Read);
-        }
     }
 }
 
@@ -220,28 +291,44 @@ fn open_root(config: &ServerConfig) -> Result<Root, ServerError> {
 }
 
 impl Listening {
-    fn accept_loop(&self, woken: &Receiver<()>) {
+    fn accept_loop(&self, woken: &Receiver<()>, handshakes: Option<&Handshakes>) {
         let mut backoff = BACKOFF_MIN;
         loop {
-            let accepted = self.listener.accept();
-            if self.stopping.load(Ordering::SeqCst) {
-                if let Ok((stream, _)) = accepted {
-                    Closer::refuse_now(&stream, refusal_line(Refusal::ShuttingDown).as_bytes());
-                }
+            // Wait for a connection or the stop. Once stopping, nothing more
+            // is taken from the backlog: under socket activation the socket
+            // outlives this process, and its backlog is the successor's.
+            let mut ready = [
+                PollFd::new(&self.listener, PollFlags::IN),
+                PollFd::new(&self.stop_event, PollFlags::IN),
+            ];
+            let polled = rustix::event::poll(&mut ready, None);
+            if self.stopping.load(Ordering::SeqCst) || !ready[1].revents().is_empty() {
                 return;
             }
+            let accepted = match polled {
+                Ok(_) => self.listener.accept(),
+                Err(e) => Err(e.into()),
+            };
             match accepted {
                 Ok((stream, peer)) => {
                     backoff = BACKOFF_MIN;
+                    self.state.metrics.accepted();
                     // Replies are small and latency-bound; bodies are sent
                     // with explicit corking instead of Nagle's delays.
                     let _ = stream.set_nodelay(true);
-                    let session = Session::new(stream, peer, self.state.clone());
-                    if let Err(refused) = self.manager.submit(session) {
-                        refused.notify();
+                    match handshakes {
+                        // A trusted proxy: its header names the client.
+                        Some(handshakes) if handshakes.trusts(peer) => {
+                            if let Err(stream) = handshakes.submit(stream, peer) {
+                                self.refuse_proxied(stream, peer, NoHeader::Full);
+                            }
+                        }
+                        _ => self.admit(stream, peer),
                     }
                 }
                 Err(e) if is_transient(&e) => {}
+                // Taken by another process sharing the socket.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {
                     log::warn!("accept failed: {e}; retrying in {backoff:?}");
                     // Wait out the back-off, or until shutdown drops the
@@ -251,6 +338,83 @@ impl Listening {
                 }
             }
         }
+    }
+}
+
+impl Listening {
+    /// Starts the metrics and agent listeners that the settings ask for.
+    fn start_sidecars(self: &Arc<Self>) -> Result<Sidecars, ServerError> {
+        let config = &self.state.config;
+        let bind = |what, addr| move |source| ServerError::BindExtra { what, addr, source };
+        let mut sidecars = Sidecars::default();
+        if let Some(addr) = config.metrics {
+            let scraped = self.clone();
+            let sidecar = metrics::serve(addr, move || {
+                let state = &scraped.state;
+                let stats = scraped.manager.stats();
+                metrics::encode(&state.metrics, &stats, state.config.max_running)
+            });
+            sidecars.metrics = Some(sidecar.map_err(bind("metrics", addr))?);
+        }
+        if let Some(addr) = config.agent {
+            let checked = self.clone();
+            let sidecar = agent::serve(addr, move || Load {
+                stopping: checked.stopping.load(Ordering::SeqCst),
+                max_running: checked.state.config.max_running,
+                waiting: checked.manager.stats().waiting,
+            });
+            match sidecar {
+                Ok(sidecar) => sidecars.agent = Some(sidecar),
+                Err(source) => {
+                    sidecars.stop();
+                    return Err(bind("agent-check", addr)(source));
+                }
+            }
+        }
+        Ok(sidecars)
+    }
+
+    /// Submits a session for the client at `source` to the manager.
+    fn admit(&self, stream: TcpStream, source: SocketAddr) {
+        let session = Session::new(stream, source, self.state.clone());
+        if let Err(refused) = self.manager.submit(session) {
+            refused.notify();
+        }
+    }
+
+    /// Runs on the handshake thread for each connection leaving it.
+    fn after_handshake(&self, handshake: Handshake) {
+        match handshake {
+            Handshake::Done {
+                stream,
+                peer,
+                source,
+            } => {
+                log::debug!("{peer}: PROXY header for {source}");
+                self.admit(stream, source);
+            }
+            Handshake::Refused {
+                stream,
+                peer,
+                reason,
+            } => self.refuse_proxied(stream, peer, reason),
+            Handshake::Closed(stream) => self.state.closer.close(stream),
+        }
+    }
+
+    /// Refuses a trusted proxy's connection that brought no usable header;
+    /// it never reached the manager, so it took no waiting place.
+    fn refuse_proxied(&self, stream: TcpStream, peer: SocketAddr, reason: NoHeader) {
+        log::info!("{peer}: refused: {reason}");
+        self.state.metrics.proxy_refused(reason);
+        let code = match reason {
+            NoHeader::Malformed => ErrorCode::BadRequest,
+            NoHeader::Timeout => ErrorCode::Timeout,
+            NoHeader::Full => ErrorCode::Busy,
+            NoHeader::ShuttingDown => ErrorCode::Unavailable,
+        };
+        let line = reply_error(code, &reason.to_string());
+        self.state.closer.refuse(stream, line.as_bytes());
     }
 }
 

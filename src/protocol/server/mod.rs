@@ -2,12 +2,16 @@
 //! one [`Session`](session) handler per connection, body transfer, the
 //! lingering close, and the file-system layer beneath the root.
 
+mod agent;
 mod closer;
 mod config;
 mod fs;
 mod limits;
 mod listener;
+mod metrics;
+mod proxy;
 mod session;
+mod sidecar;
 mod transfer;
 
 pub use closer::LingeringCloser;

@@ -12,19 +12,21 @@ use rustix::net::{RecvFlags, SendFlags};
 use super::closer::Closer;
 use super::config::ServerConfig;
 use super::fs::{FsError, Root};
+use super::metrics::Metrics;
 use super::transfer::{Sent, is_timeout, send_all, send_body};
 use crate::protocol::checksum::sum_prefix_until;
 use crate::protocol::wire::{ErrorCode, MAX_LINE, RelPath, Request, parse_request, printable_line};
 use crate::util::{chunk_len, lock, time_left};
 use crate::{Handler, HandlerContext, Refusal, Stop};
 
-/// What every session of one server shares: the root, the settings and
-/// the closer.
+/// What every session of one server shares: the root, the settings, the
+/// closer and the metrics.
 #[derive(Debug)]
 pub(crate) struct ServerState {
     pub(crate) root: Root,
     pub(crate) config: ServerConfig,
     pub(crate) closer: Closer,
+    pub(crate) metrics: Metrics,
 }
 
 /// The protocol handler for one accepted connection.
@@ -105,12 +107,12 @@ impl Handler for Session {
 }
 
 /// An `ERR` reply line.
-fn reply_error(code: ErrorCode, message: &str) -> String {
+pub(crate) fn reply_error(code: ErrorCode, message: &str) -> String {
     format!("ERR {code} {message}\n")
 }
 
 /// The line a refused connection gets: `ERR busy` or `ERR unavailable`.
-pub(crate) fn refusal_line(reason: Refusal) -> String {
+fn refusal_line(reason: Refusal) -> String {
     let code = if reason.is_busy() {
         ErrorCode::Busy
     } else {
@@ -234,8 +236,8 @@ impl Connection {
             let shown = log::log_enabled!(log::Level::Info)
                 .then(|| printable_line(&self.buf[line.clone()]));
             let parsed = parse_request(&self.buf[line]);
-            let outcome = match parsed {
-                Ok(request) => self.execute(&request, ctx),
+            let outcome = match &parsed {
+                Ok(request) => self.execute(request, ctx),
                 Err(e) => {
                     let end = e.closes_connection().then_some(End::AfterError);
                     self.send_error(e.code(), e.message())
@@ -252,6 +254,8 @@ impl Connection {
                 outcome.bytes,
                 began.elapsed()
             );
+            let request = parsed.as_ref().ok();
+            (self.shared.metrics).request(request, outcome.code, outcome.bytes);
             if let Some(end) = outcome.end {
                 return Ok(end);
             }

@@ -60,6 +60,19 @@ impl Request {
             Request::Quit => None,
         }
     }
+
+    /// The verb as the protocol spells it, upper case: `GET`, `PUT`,
+    /// `LIST`, `STAT`, `SUM` or `QUIT`.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Request::Get { .. } => "GET",
+            Request::Put { .. } => "PUT",
+            Request::List { .. } => "LIST",
+            Request::Stat { .. } => "STAT",
+            Request::Sum { .. } => "SUM",
+            Request::Quit => "QUIT",
+        }
+    }
 }
 
 /// Why a request line was refused, and what happens to the connection.

@@ -1,0 +1,398 @@
+//! PROXY protocol headers (v1 and v2) from trusted sources, read on a
+//! handshake thread so that the accepting thread never waits for a slow
+//! client.
+//!
+//! A connection from a trusted network (`--proxy-from`) must begin with a
+//! header; its source address then stands for the client everywhere
+//! (admission, per-source caps, logs). From any other network no header is
+//! looked for: its bytes are protocol data. The header is parsed with the
+//! `proxy-header` crate on bytes *peeked* from the socket and only the
+//! header's own bytes are then consumed, so a session starts on a socket
+//! positioned at its first request and needs no hand-over buffer.
+//!
+//! One thread waits on an epoll set (edge-triggered, so an incomplete
+//! header is looked at again only when more bytes arrive) with a timeout
+//! at the earliest deadline; the number of connections in the handshake
+//! is bounded by [`MAX_PENDING`], its memory by a fixed peek buffer.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::OwnedFd;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
+use ipnet::IpNet;
+use proxy_header::{ParseConfig, ProxyHeader};
+use rustix::event::epoll::{self, CreateFlags, EventData, EventFlags};
+use rustix::event::{EventfdFlags, Timespec, eventfd};
+use rustix::io::Errno;
+use rustix::net::RecvFlags;
+
+/// Connections in the handshake at once; later ones are refused busy.
+pub(crate) const MAX_PENDING: usize = 1024;
+
+/// The longest header looked at: a v1 header is at most 107 bytes, a v2
+/// header 16 plus its length, which for addresses and the usual TLVs is
+/// far below this.
+const MAX_HEADER: usize = 1024;
+
+/// The epoll key of the wake-up eventfd; connections count from 1.
+const WAKE: u64 = 0;
+
+/// How a connection left the handshake.
+#[derive(Debug)]
+pub(crate) enum Handshake {
+    /// The header is complete and consumed: `source` is the client's
+    /// address (the proxy's own for a v2 LOCAL header, e.g. a health
+    /// check, or a v1 `UNKNOWN`).
+    Done {
+        /// The socket, blocking again, at the first byte after the header.
+        stream: TcpStream,
+        /// The proxy's address.
+        peer: SocketAddr,
+        /// The client's address, per the header.
+        source: SocketAddr,
+    },
+    /// No header: to be refused with the reason's line.
+    Refused {
+        /// The socket, to be refused.
+        stream: TcpStream,
+        /// The proxy's address.
+        peer: SocketAddr,
+        /// Why.
+        reason: NoHeader,
+    },
+    /// The connection closed before sending anything: nothing to answer.
+    Closed(TcpStream),
+}
+
+/// Why a trusted connection was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum NoHeader {
+    /// The first bytes are not a PROXY header.
+    #[error("missing or malformed PROXY header")]
+    Malformed,
+    /// The header did not complete within the deadline.
+    #[error("PROXY header not complete in time")]
+    Timeout,
+    /// Too many connections in the handshake already.
+    #[error("too many connections in the PROXY handshake")]
+    Full,
+    /// The server is shutting down.
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+/// The accepting thread's end: which peers must send a header, and the
+/// way to the handshake thread.
+#[derive(Debug)]
+pub(crate) struct Handshakes {
+    trusted: Vec<IpNet>,
+    /// Taken and dropped by `drop`, it tells the thread to refuse what it
+    /// holds and end; `Some` until then.
+    queue: Option<Sender<(TcpStream, SocketAddr)>>,
+    wake: OwnedFd,
+}
+
+impl Handshakes {
+    /// Starts the handshake thread; `finished` gets every connection that
+    /// leaves the handshake, on that thread.
+    pub(crate) fn start(
+        trusted: Vec<IpNet>,
+        timeout: Duration,
+        finished: impl FnMut(Handshake) + Send + 'static,
+    ) -> io::Result<(Handshakes, JoinHandle<()>)> {
+        let wake = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        let epoll = epoll::create(CreateFlags::CLOEXEC)?;
+        epoll::add(&epoll, &wake, EventData::new_u64(WAKE), EventFlags::IN)?;
+        let (queue, arrivals) = crossbeam_channel::bounded(MAX_PENDING);
+        let thread_wake = wake.try_clone()?;
+        let thread = thread::Builder::new()
+            .name("filesrv-handshake".to_owned())
+            .spawn(move || {
+                let mut set = HandshakeSet {
+                    epoll,
+                    wake: thread_wake,
+                    timeout,
+                    pending: HashMap::new(),
+                    deadlines: BTreeSet::new(),
+                    next_key: WAKE + 1,
+                    finished,
+                };
+                set.run(&arrivals);
+            })?;
+        Ok((
+            Handshakes {
+                trusted,
+                queue: Some(queue),
+                wake,
+            },
+            thread,
+        ))
+    }
+
+    /// Whether `peer` is a trusted proxy, which must send a header.
+    pub(crate) fn trusts(&self, peer: SocketAddr) -> bool {
+        let ip = peer.ip().to_canonical();
+        self.trusted.iter().any(|net| net.contains(&ip))
+    }
+
+    /// Hands an accepted connection from a trusted peer to the handshake
+    /// thread; never blocks. When the thread holds [`MAX_PENDING`]
+    /// already, the connection comes back to be refused.
+    pub(crate) fn submit(&self, stream: TcpStream, peer: SocketAddr) -> Result<(), TcpStream> {
+        let queue = self.queue.as_ref().expect("until dropped");
+        match queue.try_send((stream, peer)) {
+            Ok(()) => {
+                self.wake();
+                Ok(())
+            }
+            Err(TrySendError::Full((stream, _)) | TrySendError::Disconnected((stream, _))) => {
+                Err(stream)
+            }
+        }
+    }
+
+    fn wake(&self) {
+        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+    }
+}
+
+/// Dropping the accepting thread's end stops the handshake thread: it
+/// refuses the connections it holds (`ERR unavailable`) and ends; the
+/// server joins it.
+impl Drop for Handshakes {
+    fn drop(&mut self) {
+        // The sender first: woken, the thread must find it gone.
+        drop(self.queue.take());
+        self.wake();
+    }
+}
+
+/// A connection whose header is not complete yet.
+struct Pending {
+    stream: TcpStream,
+    peer: SocketAddr,
+    deadline: Instant,
+}
+
+/// The handshake thread's state.
+struct HandshakeSet<F> {
+    epoll: OwnedFd,
+    wake: OwnedFd,
+    timeout: Duration,
+    pending: HashMap<u64, Pending>,
+    /// Deadlines in order, with the key of their connection.
+    deadlines: BTreeSet<(Instant, u64)>,
+    next_key: u64,
+    finished: F,
+}
+
+impl<F: FnMut(Handshake)> HandshakeSet<F> {
+    fn run(&mut self, arrivals: &Receiver<(TcpStream, SocketAddr)>) {
+        let mut events = Vec::with_capacity(64);
+        loop {
+            let timeout = self
+                .deadlines
+                .first()
+                .map(|&(deadline, _)| deadline.saturating_duration_since(Instant::now()))
+                .and_then(|left| Timespec::try_from(left).ok());
+            events.clear();
+            match epoll::wait(
+                &self.epoll,
+                rustix::buffer::spare_capacity(&mut events),
+                timeout.as_ref(),
+            ) {
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(e) => {
+                    log::error!("PROXY handshake: epoll failed: {e}");
+                    self.refuse_all(NoHeader::ShuttingDown);
+                    return;
+                }
+            }
+            for event in &events {
+                match event.data.u64() {
+                    WAKE => {
+                        let mut count = [0; 8];
+                        let _ = rustix::io::read(&self.wake, &mut count);
+                        loop {
+                            match arrivals.try_recv() {
+                                Ok((stream, peer)) => self.add(stream, peer),
+                                Err(TryRecvError::Empty) => break,
+                                Err(TryRecvError::Disconnected) => {
+                                    self.refuse_all(NoHeader::ShuttingDown);
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    key => self.look(key, event.flags),
+                }
+            }
+            self.expire();
+        }
+    }
+
+    fn add(&mut self, stream: TcpStream, peer: SocketAddr) {
+        if self.pending.len() >= MAX_PENDING {
+            return self.refuse(stream, peer, NoHeader::Full);
+        }
+        let key = self.next_key;
+        self.next_key += 1;
+        let flags = EventFlags::IN | EventFlags::RDHUP | EventFlags::ET;
+        if stream.set_nonblocking(true).is_err()
+            || epoll::add(&self.epoll, &stream, EventData::new_u64(key), flags).is_err()
+        {
+            return (self.finished)(Handshake::Closed(stream));
+        }
+        // Registering a socket with bytes already waiting reports it at
+        // once, so a header that came with the connection is not missed.
+        let deadline = Instant::now() + self.timeout;
+        self.deadlines.insert((deadline, key));
+        self.pending.insert(
+            key,
+            Pending {
+                stream,
+                peer,
+                deadline,
+            },
+        );
+    }
+
+    /// Looks at a connection that has new bytes (or hung up).
+    fn look(&mut self, key: u64, flags: EventFlags) {
+        let Some(pending) = self.pending.get(&key) else {
+            return;
+        };
+        let hung_up = flags.intersects(EventFlags::RDHUP | EventFlags::HUP | EventFlags::ERR);
+        let outcome = read_header(&pending.stream, pending.peer, hung_up);
+        if let Ok(None) = outcome {
+            return;
+        }
+        let Pending {
+            stream,
+            peer,
+            deadline,
+        } = self.pending.remove(&key).expect("looked up above");
+        self.deadlines.remove(&(deadline, key));
+        let _ = epoll::delete(&self.epoll, &stream);
+        let handshake = match outcome {
+            Ok(Some(source)) => match stream.set_nonblocking(false) {
+                Ok(()) => Handshake::Done {
+                    stream,
+                    peer,
+                    source,
+                },
+                Err(_) => Handshake::Closed(stream),
+            },
+            Ok(None) => unreachable!("kept above"),
+            Err(Some(reason)) => Handshake::Refused {
+                stream,
+                peer,
+                reason,
+            },
+            Err(None) => Handshake::Closed(stream),
+        };
+        (self.finished)(handshake);
+    }
+
+    /// Refuses the connections whose deadline has passed.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        while let Some(&(deadline, key)) = self.deadlines.first() {
+            if deadline > now {
+                return;
+            }
+            self.deadlines.pop_first();
+            if let Some(Pending { stream, peer, .. }) = self.pending.remove(&key) {
+                let _ = epoll::delete(&self.epoll, &stream);
+                self.refuse(stream, peer, NoHeader::Timeout);
+            }
+        }
+    }
+
+    fn refuse_all(&mut self, reason: NoHeader) {
+        self.deadlines.clear();
+        for (_, Pending { stream, peer, .. }) in std::mem::take(&mut self.pending) {
+            self.refuse(stream, peer, reason);
+        }
+    }
+
+    fn refuse(&mut self, stream: TcpStream, peer: SocketAddr, reason: NoHeader) {
+        (self.finished)(Handshake::Refused {
+            stream,
+            peer,
+            reason,
+        });
+    }
+}
+
+/// Peeks at what the connection has sent: `Ok(Some(source))` once a whole
+/// header is there (and then consumed), `Ok(None)` while it may still
+/// come, `Err(Some(_))` for a refusal, `Err(None)` for a connection that
+/// closed or failed before sending anything.
+fn read_header(
+    stream: &TcpStream,
+    peer: SocketAddr,
+    hung_up: bool,
+) -> Result<Option<SocketAddr>, Option<NoHeader>> {
+    let mut buf = [0u8; MAX_HEADER];
+    let seen = match rustix::net::recv(stream, &mut buf, RecvFlags::PEEK) {
+        Ok((_, 0)) => return Err(None),
+        Ok((_, n)) => n,
+        Err(Errno::AGAIN | Errno::INTR) if !hung_up => return Ok(None),
+        Err(_) => return Err(None),
+    };
+    let config = ParseConfig {
+        include_tlvs: false,
+        ..ParseConfig::default()
+    };
+    match ProxyHeader::parse(&buf[..seen], config) {
+        Ok((header, used)) => {
+            let source = header.proxied_address().map_or(peer, |a| a.source);
+            consume(stream, &mut buf[..used]).map_err(|_| None)?;
+            Ok(Some(source))
+        }
+        Err(proxy_header::Error::BufferTooShort) if seen < MAX_HEADER && !hung_up => Ok(None),
+        Err(_) => Err(Some(NoHeader::Malformed)),
+    }
+}
+
+/// Reads exactly `buf.len()` bytes that a peek has shown are there.
+fn consume(stream: &TcpStream, buf: &mut [u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match rustix::net::recv(stream, &mut buf[done..], RecvFlags::empty()) {
+            Ok((_, 0)) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok((_, n)) => done += n,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handshakes(trusted: &[&str]) -> Handshakes {
+        let trusted = trusted.iter().map(|n| n.parse().unwrap()).collect();
+        let (handshakes, _thread) =
+            Handshakes::start(trusted, Duration::from_secs(1), drop).unwrap();
+        handshakes
+    }
+
+    #[test]
+    fn trust_follows_the_networks_and_unmaps_ipv4() {
+        let h = handshakes(&["10.0.0.0/8", "127.0.0.1/32", "fd00::/8"]);
+        assert!(h.trusts("10.1.2.3:5".parse().unwrap()));
+        assert!(h.trusts("127.0.0.1:5".parse().unwrap()));
+        assert!(h.trusts("[::ffff:127.0.0.1]:5".parse().unwrap()));
+        assert!(h.trusts("[fd12::1]:5".parse().unwrap()));
+        assert!(!h.trusts("127.0.0.2:5".parse().unwrap()));
+        assert!(!h.trusts("11.0.0.1:5".parse().unwrap()));
+    }
+}

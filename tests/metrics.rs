@@ -1,0 +1,245 @@
+//! The Prometheus endpoint (`--metrics`) and the HAProxy agent
+//! (`--agent`): values that add up with what the clients saw and with
+//! the manager's own statistics, `promtool check metrics`, and the agent's
+//! `up`/`drain` through a shutdown.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+
+use filesrv::Refusal;
+
+use crate::support::{Conn, LIMIT, TestServer, begin_upload, tools};
+
+fn local() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+/// `GET path HTTP/1.0` on `addr`: the status line and the body.
+fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, LIMIT).unwrap();
+    stream.set_read_timeout(Some(LIMIT)).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("a response head");
+    let status = head.lines().next().unwrap().to_owned();
+    assert!(
+        head.contains(&format!("Content-Length: {}", body.len())),
+        "{head}"
+    );
+    (status, body.to_owned())
+}
+
+fn scrape(server: &TestServer) -> String {
+    let (status, body) = http_get(server.server.metrics_addr().unwrap(), "/metrics");
+    assert_eq!(status, "HTTP/1.0 200 OK");
+    body
+}
+
+/// The value of the sample `name` (with its labels, as written).
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {name} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+fn promtool_accepts(text: &str) {
+    let mut promtool = Command::new(tools::require("promtool"));
+    let output = tools::run_with_input(promtool.args(["check", "metrics"]), text.as_bytes());
+    assert!(
+        output.status.success() && output.stderr.is_empty(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+const CLIENTS: usize = 8;
+const ROUNDS: usize = 10;
+const BODY: usize = 4096;
+
+#[test]
+fn metrics_under_load_add_up_with_the_clients_and_the_manager() {
+    let t = TestServer::start("metrics-load", |c| {
+        c.max_running(2).max_waiting(1).metrics(local())
+    });
+    t.dir.write("4k.bin", vec![b'x'; BODY]);
+    // Every client pipelines a GET, a STAT of nothing and a QUIT; some are
+    // refused (a queue of one), which is fine: they are counted too.
+    let served: usize = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut served = 0;
+                    for _ in 0..ROUNDS {
+                        let mut c = t.connect();
+                        c.send(b"GET 4k.bin\nSTAT missing\nQUIT\n");
+                        let first = c.line();
+                        if first.starts_with("ERR busy") {
+                            c.expect_closed();
+                            continue;
+                        }
+                        assert_eq!(first, format!("OK {BODY}"));
+                        c.body(BODY);
+                        c.expect_err("not-found");
+                        assert_eq!(c.line(), "OK bye");
+                        // Closed after QUIT: every count of this
+                        // connection's requests is made.
+                        c.expect_eof();
+                        served += 1;
+                    }
+                    served
+                })
+            })
+            .collect();
+        clients.into_iter().map(|c| c.join().unwrap()).sum()
+    });
+    let connections = CLIENTS * ROUNDS;
+    let refused = connections - served;
+    let before = t.server.stats();
+    let text = scrape(&t);
+    let after = t.server.stats();
+    promtool_accepts(&text);
+
+    // What the clients saw, exactly.
+    let n = |name: &str| sample(&text, name);
+    assert_eq!(n("filesrv_connections_accepted_total"), connections as f64);
+    assert_eq!(
+        n(r#"filesrv_requests_total{verb="GET",result="OK"}"#),
+        served as f64
+    );
+    assert_eq!(
+        n(r#"filesrv_requests_total{verb="STAT",result="not-found"}"#),
+        served as f64
+    );
+    assert_eq!(
+        n(r#"filesrv_requests_total{verb="QUIT",result="OK"}"#),
+        served as f64
+    );
+    assert_eq!(n("filesrv_bytes_sent_total"), (served * BODY) as f64);
+    assert_eq!(n("filesrv_bytes_received_total"), 0.0);
+    assert_eq!(
+        n(r#"filesrv_refusals_total{reason="queue_full"}"#),
+        refused as f64
+    );
+    // The manager's own statistics, between the snapshots around the scrape.
+    let between = |name: &str, low: u64, high: u64| {
+        let value = n(name);
+        assert!(
+            low as f64 <= value && value <= high as f64,
+            "{name} = {value}, not in {low}..={high}"
+        );
+    };
+    between(
+        "filesrv_sessions_submitted_total",
+        before.submitted,
+        after.submitted,
+    );
+    between(
+        "filesrv_sessions_admitted_total",
+        before.admitted,
+        after.admitted,
+    );
+    between(
+        r#"filesrv_sessions_ended_total{how="completed"}"#,
+        before.completed,
+        after.completed,
+    );
+    for (reason, label) in [
+        (Refusal::QueueFull, "queue_full"),
+        (Refusal::SourceLimit, "source_limit"),
+        (Refusal::ShuttingDown, "shutting_down"),
+    ] {
+        let name = format!(r#"filesrv_refusals_total{{reason="{label}"}}"#);
+        between(&name, before.refused(reason), after.refused(reason));
+    }
+    assert_eq!(after.submitted, connections as u64);
+    assert_eq!(after.refused(Refusal::QueueFull), refused as u64);
+
+    // A known moment: both slots taken, one waiting (shown by a refusal).
+    let mut running: Vec<Conn> = (0..2)
+        .map(|_| {
+            let mut c = t.connect();
+            c.send(b"STAT /\n");
+            assert!(c.line().starts_with("OK d "));
+            c
+        })
+        .collect();
+    let waiting = t.connect();
+    t.connect().expect_final_err("busy");
+    let text = scrape(&t);
+    assert_eq!(sample(&text, "filesrv_current_sessions"), 2.0);
+    assert_eq!(sample(&text, "filesrv_current_queue"), 1.0);
+    assert_eq!(sample(&text, "filesrv_limit_sessions"), 2.0);
+    promtool_accepts(&text);
+    running.clear();
+    drop(waiting);
+}
+
+#[test]
+fn the_metrics_endpoint_answers_only_get_metrics() {
+    let t = TestServer::start("metrics-http", |c| c.metrics(local()));
+    let addr = t.server.metrics_addr().unwrap();
+    assert_eq!(http_get(addr, "/").0, "HTTP/1.0 404 Not Found");
+    let mut post = TcpStream::connect(addr).unwrap();
+    post.set_read_timeout(Some(LIMIT)).unwrap();
+    post.write_all(b"POST /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut response = String::new();
+    post.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.0 405 "), "{response}");
+    // A silent client is cut after the sidecar's deadline; the endpoint
+    // then answers the next one.
+    let mut silent = TcpStream::connect(addr).unwrap();
+    silent.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut nothing = Vec::new();
+    silent.read_to_end(&mut nothing).unwrap();
+    assert!(scrape(&t).contains("filesrv_current_sessions 0"));
+}
+
+/// One agent check: the line the agent sends before closing.
+fn agent_check(server: &TestServer) -> String {
+    let mut stream =
+        TcpStream::connect_timeout(&server.server.agent_addr().unwrap(), LIMIT).unwrap();
+    stream.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    reply
+}
+
+#[test]
+fn the_agent_reports_load_then_drains_for_the_whole_grace_period() {
+    let t = TestServer::start("agent", |c| {
+        c.max_running(1)
+            .max_waiting(2)
+            .allow_put(true)
+            .agent(local())
+            .shutdown_grace(LIMIT)
+    });
+    assert_eq!(agent_check(&t), "up ready 100% maxconn:1\n");
+    // One running (an upload half sent), two waiting (shown by a third
+    // that finds the queue full): a third of the weight.
+    let mut uploading = t.connect();
+    begin_upload(&mut uploading, &t.dir, "up.bin", 4, b"ab");
+    let mut waiting = t.connect();
+    let mut more_waiting = t.connect();
+    t.connect().expect_final_err("busy");
+    assert_eq!(agent_check(&t), "up ready 33% maxconn:1\n");
+    std::thread::scope(|scope| {
+        let stopping = scope.spawn(|| t.server.shutdown());
+        // The waiting clients are refused once the shutdown has begun...
+        waiting.expect_final_err("unavailable");
+        more_waiting.expect_final_err("unavailable");
+        // ...and while the upload may still finish, the agent drains.
+        assert_eq!(agent_check(&t), "drain\n");
+        assert_eq!(agent_check(&t), "drain\n");
+        uploading.send(b"cd");
+        assert_eq!(uploading.line(), "OK 4");
+        uploading.expect_final_err("unavailable");
+        let report = stopping.join().unwrap();
+        assert_eq!(report.cut, 0);
+    });
+    assert_eq!(t.dir.read("up.bin"), b"abcd");
+}

@@ -1,0 +1,261 @@
+//! PROXY protocol v1 and v2 from trusted proxies: the header's source is
+//! the client for per-source caps; untrusted peers' headers are protocol
+//! data; a trusted peer without a header is refused without reaching the
+//! manager; a trickled header is cut at its deadline without stalling
+//! anyone else. Senders: our own encoder, `curl --haproxy-protocol` (v1)
+//! and a real HAProxy (`send-proxy-v2`).
+
+use std::io::Write;
+use std::net::{Ipv4Addr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use filesrv::protocol::ServerConfig;
+use proxy_header::{ProxiedAddress, ProxyHeader};
+
+use crate::support::{Conn, HaProxy, LIMIT, SHORT, SLACK, TestServer, connect_from, tools};
+
+const PROXY: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+
+/// A server that trusts 127.0.0.1 as a proxy, with a cap of one
+/// connection per source.
+fn serve(label: &str, configure: impl FnOnce(ServerConfig) -> ServerConfig) -> TestServer {
+    TestServer::start(label, |c| {
+        configure(
+            c.max_running(4)
+                .max_per_source(1)
+                .proxy_from(["127.0.0.1/32".parse().unwrap()]),
+        )
+    })
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Version {
+    V1,
+    V2,
+}
+
+/// The header a proxy sends for a client at `source`.
+fn header(version: Version, source: &str) -> Vec<u8> {
+    let address =
+        ProxiedAddress::stream(source.parse().unwrap(), "192.0.2.200:9000".parse().unwrap());
+    let mut bytes = Vec::new();
+    let header = ProxyHeader::with_address(address);
+    match version {
+        Version::V1 => header.encode_v1(&mut bytes).unwrap(),
+        Version::V2 => header.encode_v2(&mut bytes).unwrap(),
+    }
+    bytes
+}
+
+/// A connection from `from` that begins with `prefix`.
+fn connect(server: &TestServer, from: Ipv4Addr, prefix: &[u8]) -> Conn {
+    let mut conn = Conn::from_stream(connect_from(from, server.addr()).unwrap());
+    conn.send(prefix);
+    conn
+}
+
+/// Asserts that `conn` is served: a `STAT /` is answered (and it now
+/// holds a running place).
+fn assert_served(conn: &mut Conn) {
+    conn.send(b"STAT /\n");
+    let line = conn.line();
+    assert!(line.starts_with("OK d "), "{line}");
+}
+
+fn headers_name_the_client_for_per_source_caps(version: Version) {
+    let t = serve("proxy-caps", |c| c);
+    let mut first = connect(&t, PROXY, &header(version, "192.0.2.1:1000"));
+    assert_served(&mut first);
+    // Same proxy, another client: its own cap, though the peer is the same.
+    let mut other = connect(&t, PROXY, &header(version, "192.0.2.2:1000"));
+    assert_served(&mut other);
+    // The first client again: over its cap of one.
+    let mut again = connect(&t, PROXY, &header(version, "192.0.2.1:1001"));
+    again.expect_final_err("busy");
+    // A third client is served as well (the first two still hold theirs).
+    t.assert_serves_through(&header(version, "192.0.2.3:1000"));
+    drop((first, other));
+}
+
+#[test]
+fn v1_headers_name_the_client_for_per_source_caps() {
+    headers_name_the_client_for_per_source_caps(Version::V1);
+}
+
+#[test]
+fn v2_headers_name_the_client_for_per_source_caps() {
+    headers_name_the_client_for_per_source_caps(Version::V2);
+}
+
+#[test]
+fn a_v2_local_header_is_served_as_the_proxy_itself() {
+    // HAProxy's health checks on a send-proxy-v2 server send this.
+    let t = serve("proxy-local", |c| c.max_per_source(0));
+    let mut local = Vec::new();
+    ProxyHeader::with_local().encode_v2(&mut local).unwrap();
+    let mut check = connect(&t, PROXY, &local);
+    assert_served(&mut check);
+    // Closing right after the header, as a health check does, is quiet.
+    let mut quiet = connect(&t, PROXY, &local);
+    quiet.half_close();
+    assert_eq!(quiet.try_line(), None);
+}
+
+#[test]
+fn an_untrusted_peers_header_is_protocol_data() {
+    let t = serve("proxy-untrusted", |c| c);
+    let untrusted = Ipv4Addr::new(127, 0, 0, 2);
+    let mut conn = connect(&t, untrusted, &header(Version::V1, "192.0.2.1:1000"));
+    // The header line is just a bad request; the session goes on.
+    conn.expect_err("bad-request");
+    assert_served(&mut conn);
+    // The cap counts the real peer, whatever a header claims.
+    connect(&t, untrusted, &header(Version::V1, "192.0.2.9:1000")).expect_final_err("busy");
+}
+
+#[test]
+fn a_trusted_peer_without_a_header_is_refused_before_the_queue() {
+    // A deadline longer than any wait here: every refusal below is for
+    // what was sent, not for what was not.
+    let t = serve("proxy-missing", |c| c.proxy_timeout(LIMIT * 2));
+    let mut conn = connect(&t, PROXY, b"STAT /\n");
+    let message = conn.err_message("bad-request");
+    assert!(message.contains("PROXY"), "{message}");
+    conn.expect_closed();
+    // A v2 signature with a broken version byte is malformed as well.
+    let mut broken = header(Version::V2, "192.0.2.1:1000");
+    broken[12] = 0x10;
+    connect(&t, PROXY, &broken).expect_last_err("bad-request");
+    // A v1 line that runs past the longest valid header is malformed at
+    // once, long before the header deadline.
+    let mut endless = b"PROXY TCP4 ".to_vec();
+    endless.extend([b'1'; 150]);
+    connect(&t, PROXY, &endless).expect_last_err("bad-request");
+    // None took a waiting place: the manager never saw them.
+    assert_eq!(t.server.stats().submitted, 0);
+    t.assert_serves_through(&header(Version::V2, "192.0.2.1:1000"));
+}
+
+#[test]
+fn a_trickled_header_is_cut_at_its_deadline_and_stalls_nobody() {
+    let t = serve("proxy-trickle", |c| c.proxy_timeout(SHORT));
+    let whole = header(Version::V1, "192.0.2.1:1000");
+    let mut slow = connect(&t, PROXY, &whole[..1]);
+    let began = Instant::now();
+    // One byte every 50 ms, far slower than the deadline allows; the
+    // trickle ends when the server cuts the connection or the test ends.
+    let writer = slow.stream().try_clone().unwrap();
+    let (done, stop) = crossbeam_channel::bounded::<()>(0);
+    let trickler = std::thread::spawn(move || {
+        for byte in &whole[1..] {
+            if stop.recv_timeout(Duration::from_millis(50)).is_ok()
+                || (&writer).write_all(&[*byte]).is_err()
+            {
+                return;
+            }
+        }
+    });
+    // Meanwhile a prompt client is accepted and served at once.
+    let mut prompt = connect(&t, PROXY, &header(Version::V1, "192.0.2.2:1000"));
+    assert_served(&mut prompt);
+    assert!(
+        began.elapsed() < SHORT,
+        "a trickled header delayed another client"
+    );
+    let message = slow.err_message("timeout");
+    let waited = began.elapsed();
+    assert!(message.contains("PROXY"), "{message}");
+    assert!(
+        waited >= SHORT && waited < SHORT + SLACK,
+        "cut after {waited:?}"
+    );
+    drop(done);
+    trickler.join().unwrap();
+    assert_eq!(t.server.stats().submitted, 1);
+}
+
+#[test]
+fn curl_sends_a_v1_header_that_is_honoured() {
+    let curl = tools::require("curl");
+    let t = serve("proxy-curl", |c| {
+        c.proxy_from(["127.0.0.0/8".parse().unwrap()])
+    });
+    t.dir.write("hello.txt", "hi\n");
+    let mut command = Command::new(curl);
+    command
+        .args(["-s", "--haproxy-protocol", "--max-time", "20"])
+        .args(["--interface", "127.0.0.5"])
+        .arg(format!("telnet://{}", t.addr()));
+    let output = tools::run_with_input(&mut command, b"GET hello.txt\nQUIT\n");
+    // Without the header understood, the first reply would be an error.
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "OK 3\nhi\nOK bye\n"
+    );
+}
+
+#[test]
+fn haproxy_send_proxy_v2_gives_each_client_its_own_cap() {
+    let t = serve("proxy-haproxy", |c| c);
+    let haproxy = HaProxy::start(
+        "haproxy-v2",
+        &format!(
+            "global\n\
+             \x20   stats socket @STATS@ mode 600 level admin\n\
+             defaults\n\
+             \x20   mode tcp\n\
+             \x20   timeout connect 5s\n\
+             \x20   timeout client 30s\n\
+             \x20   timeout server 30s\n\
+             frontend fe\n\
+             \x20   bind @FRONTEND@\n\
+             \x20   default_backend be\n\
+             backend be\n\
+             \x20   server s1 {} send-proxy-v2 check inter 100ms\n",
+            t.addr()
+        ),
+    );
+    let through = |from| {
+        let stream: TcpStream = connect_from(from, haproxy.addr()).unwrap();
+        Conn::from_stream(stream)
+    };
+    let two = Ipv4Addr::new(127, 0, 0, 2);
+    let mut first = through(two);
+    assert_served(&mut first);
+    // Another real client behind the same proxy has a cap of its own...
+    let mut other = through(Ipv4Addr::new(127, 0, 0, 3));
+    assert_served(&mut other);
+    // ...and the first one's cap holds.
+    let mut again = through(two);
+    again.expect_err("busy");
+}
+
+impl TestServer {
+    /// Asserts that a client behind the trusted proxy is served.
+    fn assert_serves_through(&self, header: &[u8]) {
+        let mut conn = connect(self, PROXY, header);
+        assert_served(&mut conn);
+        conn.send(b"QUIT\n");
+        assert_eq!(conn.line(), "OK bye");
+        conn.expect_eof();
+    }
+}
+
+#[test]
+fn a_shutdown_refuses_headers_still_coming() {
+    let t = serve("proxy-shutdown", |c| c.proxy_timeout(LIMIT * 2));
+    let mut partial = connect(&t, PROXY, b"PROXY TCP4 192.0");
+    // Accepted and handed over after the partial one, so once this one is
+    // served the partial one is in the handshake.
+    let mut served = connect(&t, PROXY, &header(Version::V2, "192.0.2.2:1000"));
+    assert_served(&mut served);
+    let began = Instant::now();
+    t.server.shutdown();
+    assert!(
+        began.elapsed() < LIMIT,
+        "the handshake held the shutdown up"
+    );
+    partial.expect_last_err("unavailable");
+    served.expect_last_err("unavailable");
+}
