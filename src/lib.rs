@@ -100,4 +100,6 @@ pub use admission::{
     Admission, And, Arrival, Decision, MaxWaiting, PerSourceCap, QueueTimeout, Refusal, Unbounded,
 };
 pub use handler::{BoxHandler, FnHandler, Handler, HandlerContext, Stop, handler_fn};
-pub use manager::{Manager, ManagerBuilder, Refused, RunningInfo, ShutdownReport, Stats};
+pub use manager::{
+    MakeRoom, Manager, ManagerBuilder, Refused, RunningInfo, ShutdownReport, Stats,
+};

@@ -11,3 +11,4 @@ mod hostile_net;
 mod hostile_process;
 mod manager;
 mod protocol;
+mod queue;

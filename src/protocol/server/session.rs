@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -84,6 +85,12 @@ impl Handler for Session {
             Ok(_) => false,
             Err(e) => e != Errno::AGAIN && e != Errno::INTR,
         }
+    }
+
+    /// Watched while waiting, so a client that hangs up leaves the queue
+    /// at once.
+    fn socket(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.stream.as_fd())
     }
 
     fn refused(self, reason: Refusal) {
