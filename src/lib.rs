@@ -100,6 +100,4 @@ pub use admission::{
     Admission, And, Arrival, Decision, MaxWaiting, PerSourceCap, QueueTimeout, Refusal, Unbounded,
 };
 pub use handler::{BoxHandler, FnHandler, Handler, HandlerContext, Stop, handler_fn};
-pub use manager::{
-    MakeRoom, Manager, ManagerBuilder, Refused, RunningInfo, ShutdownReport, Stats,
-};
+pub use manager::{MakeRoom, Manager, ManagerBuilder, Refused, RunningInfo, ShutdownReport, Stats};

@@ -82,10 +82,7 @@ fn a_deadline_already_past_keeps_the_counts_whole() {
 
 #[test]
 fn counts_add_up_as_soon_as_wait_idle_returns() {
-    let manager: Manager<_, _> = ManagerBuilder::new(2)
-        .admission(Unbounded)
-        .build()
-        .unwrap();
+    let manager: Manager<_, _> = ManagerBuilder::new(2).admission(Unbounded).build().unwrap();
     let (ran, refused) = (Arc::new(AtomicUsize::new(0)), Arc::default());
     for round in 0..3000 {
         let handler = Counted {
@@ -96,17 +93,18 @@ fn counts_add_up_as_soon_as_wait_idle_returns() {
         manager.submit(handler).map_err(|_| ()).unwrap();
         assert!(manager.wait_idle_timeout(LIMIT));
         let stats = manager.stats();
-        assert_eq!(accounted(&stats), stats.submitted, "round {round}: {stats:?}");
+        assert_eq!(
+            accounted(&stats),
+            stats.submitted,
+            "round {round}: {stats:?}"
+        );
     }
 }
 
 #[test]
 fn a_waiter_at_shutdown_is_refused_or_counted_as_running() {
     for round in 0..300 {
-        let manager: Manager<_, _> = ManagerBuilder::new(1)
-            .admission(Unbounded)
-            .build()
-            .unwrap();
+        let manager: Manager<_, _> = ManagerBuilder::new(1).admission(Unbounded).build().unwrap();
         // Handlers that start after the shutdown began see a stop at once.
         let late = Arc::new(AtomicUsize::new(0));
         let go = Arc::new(Barrier::new(2));
@@ -159,10 +157,7 @@ fn job(f: impl FnOnce(&HandlerContext) + Send + 'static) -> Job {
 #[test]
 fn refused_waiting_counts_every_waiter_refused_by_shutdown() {
     for _ in 0..20 {
-        let manager: Manager<_, _> = ManagerBuilder::new(2)
-            .admission(Unbounded)
-            .build()
-            .unwrap();
+        let manager: Manager<_, _> = ManagerBuilder::new(2).admission(Unbounded).build().unwrap();
         let (ran, refused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         for _ in 0..2000 {
             let handler = Counted {
@@ -224,10 +219,7 @@ impl PanicsOnDrop {
 
 #[test]
 fn an_abandoned_handler_that_panics_in_drop_keeps_its_worker() {
-    let manager: Manager<_, _> = ManagerBuilder::new(1)
-        .admission(Unbounded)
-        .build()
-        .unwrap();
+    let manager: Manager<_, _> = ManagerBuilder::new(1).admission(Unbounded).build().unwrap();
     manager
         .submit(Either::Bad(PanicsOnDrop))
         .map_err(|_| ())
@@ -349,6 +341,124 @@ fn a_stop_hook_may_ask_what_runs() {
         closer.shutdown(Duration::from_secs(30));
         let _ = done_tx.send(());
     });
-    assert_eq!(done.recv_timeout(LIMIT), Ok(()), "shutdown hung in the hook");
+    assert_eq!(
+        done.recv_timeout(LIMIT),
+        Ok(()),
+        "shutdown hung in the hook"
+    );
     assert_eq!(*seen.lock().unwrap(), Some(1));
+}
+
+/// Queues the first arrival without a deadline, every later one with a
+/// deadline that has already passed.
+struct PastAfterFirst(bool);
+
+impl Admission for PastAfterFirst {
+    fn decide(&mut self, arrival: &Arrival) -> Decision {
+        if std::mem::replace(&mut self.0, true) {
+            Decision::QueueUntil(arrival.now)
+        } else {
+            Decision::Queue
+        }
+    }
+}
+
+/// A 1 KiB handler that counts the live instances of its kind; the
+/// first one holds the slot until released.
+struct Heavy {
+    live: Arc<AtomicUsize>,
+    hold: Option<(
+        crossbeam_channel::Sender<()>,
+        crossbeam_channel::Receiver<()>,
+    )>,
+    _payload: [u8; 1024],
+}
+
+impl Heavy {
+    fn new(live: &Arc<AtomicUsize>) -> Heavy {
+        live.fetch_add(1, SeqCst);
+        Heavy {
+            live: live.clone(),
+            hold: None,
+            _payload: [0; 1024],
+        }
+    }
+}
+
+impl Drop for Heavy {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, SeqCst);
+    }
+}
+
+impl Handler for Heavy {
+    fn run(mut self, _: &HandlerContext) -> io::Result<()> {
+        if let Some((started, release)) = self.hold.take() {
+            started.send(()).unwrap();
+            let _ = release.recv_timeout(LIMIT);
+        }
+        Ok(())
+    }
+}
+
+/// This process's resident set, in KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Run alone in a child process by the test below, so that no other test
+/// moves the resident set it measures.
+#[test]
+#[ignore = "run in its own process by expired_waiters_free_their_memory_when_they_leave"]
+fn expiry_at_a_high_arrival_rate_alone() {
+    // One slot held, four places, deadlines already past: every waiter
+    // expires at once. What the queue holds must stay O(max_waiting)
+    // however many arrive, not grow until a worker reaches it.
+    let manager = ManagerBuilder::new(1)
+        .admission(MaxWaiting(4).and(PastAfterFirst(false)))
+        .build::<Heavy>()
+        .unwrap();
+    let live = Arc::new(AtomicUsize::new(0));
+    let (started_tx, started) = bounded(1);
+    let (release_tx, release) = bounded::<()>(0);
+    let mut holder = Heavy::new(&live);
+    holder.hold = Some((started_tx, release));
+    manager.submit(holder).map_err(|_| ()).unwrap();
+    started.recv_timeout(LIMIT).unwrap();
+    let before = rss_kib();
+    let mut admitted = 0;
+    for _ in 0..50_000 {
+        if manager.submit(Heavy::new(&live)).is_ok() {
+            admitted += 1;
+        }
+    }
+    let grown = rss_kib().saturating_sub(before);
+    drop(release_tx);
+    assert!(manager.wait_idle_timeout(LIMIT));
+    assert!(admitted > 1000, "only {admitted} admitted");
+    assert!(
+        grown < 10 * 1024,
+        "RSS grew by {grown} KiB for {admitted} admitted"
+    );
+    assert_eq!(live.load(SeqCst), 0);
+}
+
+#[test]
+fn expired_waiters_free_their_memory_when_they_leave() {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "queue::expiry_at_a_high_arrival_rate_alone"])
+        .args(["--ignored", "--test-threads", "1", "--nocapture"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

@@ -12,3 +12,4 @@ mod hostile_process;
 mod manager;
 mod protocol;
 mod queue;
+mod slots;

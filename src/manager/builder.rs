@@ -71,7 +71,11 @@ impl<S: Admission> ManagerBuilder<S> {
     ///
     /// If `timeout` is `Some(Duration::ZERO)`: a zero is not "none".
     pub fn busy_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
-        assert_ne!(timeout, Some(Duration::ZERO), "use None for no busy_idle_timeout");
+        assert_ne!(
+            timeout,
+            Some(Duration::ZERO),
+            "use None for no busy_idle_timeout"
+        );
         self.limits.idle = timeout;
         self
     }
@@ -86,7 +90,11 @@ impl<S: Admission> ManagerBuilder<S> {
     ///
     /// If `limit` is `Some(Duration::ZERO)`: a zero is not "none".
     pub fn busy_session_limit(mut self, limit: Option<Duration>) -> Self {
-        assert_ne!(limit, Some(Duration::ZERO), "use None for no busy_session_limit");
+        assert_ne!(
+            limit,
+            Some(Duration::ZERO),
+            "use None for no busy_session_limit"
+        );
         self.limits.session = limit;
         self
     }

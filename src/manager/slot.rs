@@ -248,6 +248,9 @@ impl Slot {
 /// or make-room pass that calls hooks must reach every slot.
 fn call_guarded(what: &str, hook: impl FnOnce()) {
     if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(hook)) {
-        log::error!("a {what} panicked: {}", crate::util::panic_message(&*payload));
+        log::error!(
+            "a {what} panicked: {}",
+            crate::util::panic_message(&*payload)
+        );
     }
 }

@@ -257,8 +257,7 @@ impl<Q: Handler, S> ManagerState<Q, S> {
         let mut events = Watcher::events();
         while !self.closing.load(Ordering::SeqCst) {
             let next = self.make_room();
-            self.watcher
-                .wait(next, &mut events, |id| self.hung_up(id));
+            self.watcher.wait(next, &mut events, |id| self.hung_up(id));
         }
     }
 

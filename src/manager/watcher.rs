@@ -87,7 +87,11 @@ impl Watcher {
             }
         });
         events.clear();
-        match epoll::wait(&self.epoll, rustix::buffer::spare_capacity(events), timeout.as_ref()) {
+        match epoll::wait(
+            &self.epoll,
+            rustix::buffer::spare_capacity(events),
+            timeout.as_ref(),
+        ) {
             Ok(_) => {}
             Err(e) => {
                 if e != rustix::io::Errno::INTR {

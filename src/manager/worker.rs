@@ -26,7 +26,10 @@ impl<Q, S> ManagerState<Q, S> {
     /// Takes the head of the queue; it counts as running from here on, so
     /// a shutdown either refuses a waiting handler or sees it running.
     fn pop(&self) -> Option<Entry<Q>> {
-        let mut gate = self.gate.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut gate = self
+            .gate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (_, entry) = gate.waiting.pop_first()?;
         self.counts.started();
         Some(entry)

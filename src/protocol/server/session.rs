@@ -17,7 +17,7 @@ use super::fs::{FsError, Root};
 use super::transfer::{Sent, is_timeout, send_all, send_body};
 use crate::protocol::wire::{ErrorCode, MAX_LINE, RelPath, Request, encode_name, parse_request};
 use crate::util::{chunk_len, lock, time_left};
-use crate::{Handler, HandlerContext, Refusal, Stop};
+use crate::{Handler, HandlerContext, MakeRoom, Refusal, Stop};
 
 /// What every session of one server shares: the root, the settings and
 /// the closer.
@@ -153,10 +153,10 @@ impl Connection {
         } = session;
         stream.set_write_timeout(shared.config.stall_timeout)?;
         let busy = Arc::new(Mutex::new(false));
-        let hook_stream = stream.try_clone()?;
-        let hook_busy = busy.clone();
+        let hook_stream = Arc::new(stream.try_clone()?);
+        let (stop_stream, stop_busy) = (hook_stream.clone(), busy.clone());
         ctx.on_stop(move |stop| {
-            let busy = lock(&hook_busy);
+            let busy = lock(&stop_busy);
             // Idle between requests: wake the blocked read. Busy: the
             // request finishes and the loop sees the stop before the next.
             let how = match stop {
@@ -164,7 +164,15 @@ impl Connection {
                 _ if *busy => return,
                 _ => Shutdown::Read,
             };
-            let _ = hook_stream.shutdown(how);
+            let _ = stop_stream.shutdown(how);
+        });
+        // Asked to make room for a waiting client: the same, the loop
+        // sees the request before it reads the next line.
+        let room_busy = busy.clone();
+        ctx.on_make_room(move |_| {
+            if !*lock(&room_busy) {
+                let _ = hook_stream.shutdown(Shutdown::Read);
+            }
         });
         Ok(Connection {
             stream,
@@ -190,6 +198,10 @@ impl Connection {
             if ctx.stop_requested().is_some() {
                 return self.stop_unavailable();
             }
+            if let Some(why) = ctx.make_room_requested() {
+                return self.make_room(why);
+            }
+            ctx.set_idle();
             let deadline = self
                 .config()
                 .idle_timeout
@@ -198,6 +210,9 @@ impl Connection {
                 Line::Complete(line) => line,
                 // A graceful stop ends an idle read this way too.
                 Line::Eof { partial } => {
+                    if let Some(why) = ctx.make_room_requested() {
+                        return self.make_room(why);
+                    }
                     return match (ctx.stop_requested(), partial) {
                         (Some(_), _) => self.stop_unavailable(),
                         (None, false) => Ok(End::Quietly),
@@ -216,7 +231,12 @@ impl Connection {
                     drop(busy);
                     return self.stop_unavailable();
                 }
+                if let Some(why) = ctx.make_room_requested() {
+                    drop(busy);
+                    return self.make_room(why);
+                }
                 *busy = true;
+                ctx.set_busy();
             }
             self.requests += 1;
             let began = Instant::now();
@@ -263,6 +283,16 @@ impl Connection {
 
     fn stop_unavailable(&mut self) -> io::Result<End> {
         self.fail(ErrorCode::Unavailable, "server is shutting down")
+    }
+
+    /// Leaves to make room for a waiting client (Connection life, item 4).
+    fn make_room(&mut self, why: MakeRoom) -> io::Result<End> {
+        match why {
+            MakeRoom::IdleTooLong => {
+                self.fail(ErrorCode::Timeout, "idle too long while clients wait")
+            }
+            _ => self.fail(ErrorCode::Busy, "session limit reached while clients wait"),
+        }
     }
 
     /// Sends a final `ERR` line; the connection then closes.
