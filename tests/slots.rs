@@ -134,7 +134,7 @@ fn a_connection_that_passes_the_limit_while_a_client_waits_is_cut_then() {
 #[test]
 fn with_nobody_waiting_an_idle_connection_keeps_its_slot() {
     let server = one_slot_idle_limit("idle-alone");
-    let mut idle = stat(server.connect());
+    let idle = stat(server.connect());
     thread::sleep(Duration::from_millis(1500));
     stat(idle);
 }
