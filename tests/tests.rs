@@ -10,6 +10,7 @@ mod hostile_input;
 mod hostile_net;
 mod hostile_process;
 mod manager;
+mod pace;
 mod protocol;
 mod queue;
 mod slots;

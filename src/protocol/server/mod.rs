@@ -6,6 +6,7 @@ mod closer;
 mod config;
 mod fs;
 mod listener;
+mod pace;
 mod session;
 mod transfer;
 

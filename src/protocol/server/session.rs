@@ -14,6 +14,7 @@ use rustix::net::{RecvFlags, SendFlags};
 use super::closer::Closer;
 use super::config::ServerConfig;
 use super::fs::{FsError, Root};
+use super::pace::Pace;
 use super::transfer::{Sent, is_timeout, send_all, send_body};
 use crate::protocol::wire::{ErrorCode, MAX_LINE, RelPath, Request, encode_name, parse_request};
 use crate::util::{chunk_len, lock, time_left};
@@ -390,7 +391,8 @@ impl Connection {
         // Held back (MSG_MORE) so the header leaves in one segment with the
         // start of the body.
         send_all(&self.stream, header.as_bytes(), SendFlags::MORE)?;
-        match send_body(&self.stream, &file, offset, count)? {
+        let mut pace = Pace::new(self.config());
+        match send_body(&self.stream, &file, offset, count, &mut pace)? {
             Sent::All => Ok(Outcome::new("OK", count, None)),
             Sent::Short(sent) => {
                 log::info!("{}: {path} shrank while being sent", self.peer);
@@ -437,7 +439,7 @@ impl Connection {
     }
 
     /// Copies `size` body bytes (buffered first, then from the socket) to
-    /// `file`, allowing the stall timeout between reads.
+    /// `file`, within the stall timeout and the minimum rate ([`Pace`]).
     fn receive_body(&mut self, mut file: &File, size: u64) -> io::Result<Received> {
         let mut left = size;
         let buffered = chunk_len(left, self.end - self.start);
@@ -451,20 +453,25 @@ impl Connection {
         if self.start == self.end {
             (self.start, self.end) = (0, 0);
         }
-        self.stream
-            .set_read_timeout(self.shared.config.stall_timeout)?;
+        let mut pace = Pace::new(self.config());
         // The body is read into the free tail of the line buffer, which
         // keeps any pipelined bytes after it intact.
         while left > 0 {
+            // Each read waits at most until the body's deadline.
+            let Ok(timeout) = pace.time_left() else {
+                return Ok(Received::Stalled);
+            };
+            self.stream.set_read_timeout(timeout)?;
             let room = &mut self.buf[self.end..];
             let want = chunk_len(left, room.len());
             let n = match self.stream.read(&mut room[..want]) {
                 Ok(0) => return Ok(Received::Gone),
                 Ok(n) => n,
-                Err(e) if is_timeout(&e) => return Ok(Received::Stalled),
+                Err(e) if is_timeout(&e) => continue,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return Ok(Received::Gone),
             };
+            pace.progress(n);
             if let Err(e) = file.write_all(&room[..n]) {
                 return Ok(Received::WriteFailed(e));
             }

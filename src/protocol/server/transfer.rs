@@ -8,10 +8,14 @@ use std::net::TcpStream;
 use rustix::io::Errno;
 use rustix::net::SendFlags;
 
+use super::pace::Pace;
 use crate::util::chunk_len;
 
 /// The largest chunk one `sendfile` call is asked for.
 const SENDFILE_CHUNK: usize = 1 << 30;
+/// Bodies up to this size go in one blocking `sendfile`, which waits at
+/// most once, within the socket's send timeout; larger ones are paced.
+const ONE_WAIT: u64 = 64 * 1024;
 /// The buffer of the copying fallback.
 const COPY_CHUNK: usize = 64 * 1024;
 
@@ -44,13 +48,27 @@ pub(super) fn send_all(stream: &TcpStream, mut bytes: &[u8], flags: SendFlags) -
 }
 
 /// Sends `count` bytes of `file` from `offset`: `sendfile(2)` where the
-/// file system allows it, a buffered copy otherwise.
+/// file system allows it, a buffered copy otherwise. A body larger than
+/// [`ONE_WAIT`] is sent with the socket non-blocking, waiting in `poll`
+/// for the time `pace` leaves, so the stall timeout is wall time without
+/// progress and the minimum rate holds.
 pub(super) fn send_body(
     stream: &TcpStream,
     file: &File,
-    mut offset: u64,
+    offset: u64,
     count: u64,
+    pace: &mut Pace,
 ) -> io::Result<Sent> {
+    if count <= ONE_WAIT {
+        return send_blocking(stream, file, offset, count);
+    }
+    rustix::io::ioctl_fionbio(stream, true)?;
+    let sent = send_paced(stream, file, offset, count, pace);
+    rustix::io::ioctl_fionbio(stream, false)?;
+    sent
+}
+
+fn send_blocking(stream: &TcpStream, file: &File, mut offset: u64, count: u64) -> io::Result<Sent> {
     let end = offset + count;
     let sent = |offset: u64| count - (end - offset);
     while offset < end {
@@ -63,6 +81,36 @@ pub(super) fn send_body(
                 return copy_body(stream, file, offset, end, count);
             }
             // A stall (the send timeout) or a vanished client.
+            Err(_) => return Ok(Sent::Stalled(sent(offset))),
+        }
+    }
+    Ok(Sent::All)
+}
+
+fn send_paced(
+    stream: &TcpStream,
+    file: &File,
+    mut offset: u64,
+    count: u64,
+    pace: &mut Pace,
+) -> io::Result<Sent> {
+    let end = offset + count;
+    let sent = |offset: u64| count - (end - offset);
+    while offset < end {
+        let chunk = chunk_len(end - offset, SENDFILE_CHUNK);
+        match rustix::fs::sendfile(stream, file, Some(&mut offset), chunk) {
+            Ok(0) => return Ok(Sent::Short(sent(offset))),
+            Ok(n) => pace.progress(n),
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => {
+                if pace.wait_writable(stream)?.is_err() {
+                    return Ok(Sent::Stalled(sent(offset)));
+                }
+            }
+            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+                rustix::io::ioctl_fionbio(stream, false)?;
+                return copy_body(stream, file, offset, end, count);
+            }
             Err(_) => return Ok(Sent::Stalled(sent(offset))),
         }
     }
