@@ -100,7 +100,7 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
         }
         // Every slot taken: it will wait, so watch its client.
         let will_wait = running + waiting >= shared.max_running;
-        if will_wait && let Some(socket) = handler.socket() {
+        if let Some(socket) = handler.socket().filter(|_| will_wait) {
             shared.watcher.register(socket, id);
         }
         shared.counts.queued();

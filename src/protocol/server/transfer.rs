@@ -60,39 +60,22 @@ pub(super) fn send_body(
     pace: &mut Pace,
 ) -> io::Result<Sent> {
     if count <= ONE_WAIT {
-        return send_blocking(stream, file, offset, count);
+        return send_file(stream, file, offset, count, None);
     }
     rustix::io::ioctl_fionbio(stream, true)?;
-    let sent = send_paced(stream, file, offset, count, pace);
+    let sent = send_file(stream, file, offset, count, Some(pace));
     rustix::io::ioctl_fionbio(stream, false)?;
     sent
 }
 
-fn send_blocking(stream: &TcpStream, file: &File, mut offset: u64, count: u64) -> io::Result<Sent> {
-    let end = offset + count;
-    let sent = |offset: u64| count - (end - offset);
-    while offset < end {
-        let chunk = chunk_len(end - offset, SENDFILE_CHUNK);
-        match rustix::fs::sendfile(stream, file, Some(&mut offset), chunk) {
-            Ok(0) => return Ok(Sent::Short(sent(offset))),
-            Ok(_) => {}
-            Err(Errno::INTR) => {}
-            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
-                return copy_body(stream, file, offset, end, count);
-            }
-            // A stall (the send timeout) or a vanished client.
-            Err(_) => return Ok(Sent::Stalled(sent(offset))),
-        }
-    }
-    Ok(Sent::All)
-}
-
-fn send_paced(
+/// The `sendfile(2)` loop: blocking (`pace` is `None`), or on a
+/// non-blocking socket, waiting for room as long as `pace` allows.
+fn send_file(
     stream: &TcpStream,
     file: &File,
     mut offset: u64,
     count: u64,
-    pace: &mut Pace,
+    mut pace: Option<&mut Pace>,
 ) -> io::Result<Sent> {
     let end = offset + count;
     let sent = |offset: u64| count - (end - offset);
@@ -100,17 +83,26 @@ fn send_paced(
         let chunk = chunk_len(end - offset, SENDFILE_CHUNK);
         match rustix::fs::sendfile(stream, file, Some(&mut offset), chunk) {
             Ok(0) => return Ok(Sent::Short(sent(offset))),
-            Ok(n) => pace.progress(n),
+            Ok(n) => {
+                if let Some(pace) = pace.as_deref_mut() {
+                    pace.progress(n);
+                }
+            }
             Err(Errno::INTR) => {}
-            Err(Errno::AGAIN) => {
+            Err(Errno::AGAIN) if pace.is_some() => {
+                let pace = pace.as_deref().expect("matched on is_some");
                 if pace.wait_writable(stream)?.is_err() {
                     return Ok(Sent::Stalled(sent(offset)));
                 }
             }
             Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
-                rustix::io::ioctl_fionbio(stream, false)?;
+                if pace.is_some() {
+                    rustix::io::ioctl_fionbio(stream, false)?;
+                }
                 return copy_body(stream, file, offset, end, count);
             }
+            // A stall (the send timeout, or the pace's deadline) or a
+            // vanished client.
             Err(_) => return Ok(Sent::Stalled(sent(offset))),
         }
     }
