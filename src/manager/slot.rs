@@ -111,12 +111,27 @@ impl Slot {
         }
     }
 
-    pub(crate) fn occupy(&self, info: RunningInfo) {
+    /// Fills the slot; true if a request to make room for its previous
+    /// handler came after that one left (it must be uncounted).
+    pub(crate) fn occupy(&self, info: RunningInfo) -> bool {
         self.idle_since.store(0, Ordering::Relaxed);
-        self.asked.store(0, Ordering::Relaxed);
-        lock(&self.state).info = Some(info);
+        // Under the lock `ask` holds from its check to its store, so a
+        // late request for the previous handler is seen here.
+        let stale = {
+            let mut state = lock(&self.state);
+            state.info = Some(info);
+            self.take_asked()
+        };
         // Published to `stop` and `info` through the state lock they take.
         self.occupant.store(info.id + 1, Ordering::Release);
+        stale
+    }
+
+    /// Clears the make-room request; true if there was one. `ask` may
+    /// race with the handler leaving, so both `vacate` and the next
+    /// `occupy` clear it, and exactly one of them sees it.
+    fn take_asked(&self) -> bool {
+        self.asked.load(Ordering::Acquire) != 0 && self.asked.swap(0, Ordering::AcqRel) != 0
     }
 
     /// Clears the slot; true if its handler had been asked to make room.
@@ -131,7 +146,7 @@ impl Slot {
             };
             drop(hooks);
         }
-        self.asked.load(Ordering::Acquire) != 0 && self.asked.swap(0, Ordering::AcqRel) != 0
+        self.take_asked()
     }
 
     /// Records that the handler is idle between requests (`true`) or busy.

@@ -56,12 +56,14 @@ impl<Q: Handler, S> ManagerState<Q, S> {
             };
             let started_at = Instant::now();
             slot.counters.waited(started_at - queued_at);
-            slot.occupy(RunningInfo {
+            if slot.occupy(RunningInfo {
                 id,
                 source,
                 queued_at,
                 started_at,
-            });
+            }) {
+                self.asked.fetch_sub(1, Ordering::AcqRel);
+            }
             let _release = Release {
                 shared: self,
                 slot,

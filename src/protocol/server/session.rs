@@ -391,8 +391,7 @@ impl Connection {
         // Held back (MSG_MORE) so the header leaves in one segment with the
         // start of the body.
         send_all(&self.stream, header.as_bytes(), SendFlags::MORE)?;
-        let mut pace = Pace::new(self.config());
-        match send_body(&self.stream, &file, offset, count, &mut pace)? {
+        match send_body(&self.stream, &file, offset, count, self.config())? {
             Sent::All => Ok(Outcome::new("OK", count, None)),
             Sent::Short(sent) => {
                 log::info!("{}: {path} shrank while being sent", self.peer);

@@ -8,6 +8,7 @@ use std::net::TcpStream;
 use rustix::io::Errno;
 use rustix::net::SendFlags;
 
+use super::config::ServerConfig;
 use super::pace::Pace;
 use crate::util::chunk_len;
 
@@ -50,20 +51,21 @@ pub(super) fn send_all(stream: &TcpStream, mut bytes: &[u8], flags: SendFlags) -
 /// Sends `count` bytes of `file` from `offset`: `sendfile(2)` where the
 /// file system allows it, a buffered copy otherwise. A body larger than
 /// [`ONE_WAIT`] is sent with the socket non-blocking, waiting in `poll`
-/// for the time `pace` leaves, so the stall timeout is wall time without
+/// for the time its [`Pace`] leaves, so the stall timeout is wall time without
 /// progress and the minimum rate holds.
 pub(super) fn send_body(
     stream: &TcpStream,
     file: &File,
     offset: u64,
     count: u64,
-    pace: &mut Pace,
+    config: &ServerConfig,
 ) -> io::Result<Sent> {
     if count <= ONE_WAIT {
         return send_file(stream, file, offset, count, None);
     }
+    let mut pace = Pace::new(config);
     rustix::io::ioctl_fionbio(stream, true)?;
-    let sent = send_file(stream, file, offset, count, Some(pace));
+    let sent = send_file(stream, file, offset, count, Some(&mut pace));
     rustix::io::ioctl_fionbio(stream, false)?;
     sent
 }
