@@ -15,7 +15,7 @@ use filesrv::{
     Refusal, Stats, Unbounded,
 };
 
-use crate::support::LIMIT;
+use crate::support::{LIMIT, rss_kib, run_alone};
 
 /// Queues every arrival with a deadline that has already passed.
 struct PastDeadline;
@@ -401,16 +401,6 @@ impl Handler for Heavy {
     }
 }
 
-/// This process's resident set, in KiB.
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// Run alone in a child process by the test below, so that no other test
 /// moves the resident set it measures.
 #[test]
@@ -450,15 +440,5 @@ fn expiry_at_a_high_arrival_rate_alone() {
 
 #[test]
 fn expired_waiters_free_their_memory_when_they_leave() {
-    let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "queue::expiry_at_a_high_arrival_rate_alone"])
-        .args(["--ignored", "--test-threads", "1", "--nocapture"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    run_alone("queue::expiry_at_a_high_arrival_rate_alone");
 }

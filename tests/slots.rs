@@ -8,7 +8,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::{Conn, SLACK, TestServer};
+use crate::support::{Conn, SLACK, TestServer, rss_kib, run_alone};
 
 /// A client that sends `STAT /` every `every` until told to stop or cut;
 /// returns how long into its connection it was cut (`None`: never), and
@@ -141,6 +141,14 @@ fn with_nobody_waiting_an_idle_connection_keeps_its_slot() {
 
 #[test]
 fn a_thousand_waiters_that_hang_up_leave_at_once() {
+    run_alone("slots::a_thousand_waiters_that_hang_up_leave_at_once_alone");
+}
+
+/// Run alone in a child process by the test above, so that the resident
+/// set it measures is the server's and its own.
+#[test]
+#[ignore = "run in its own process by a_thousand_waiters_that_hang_up_leave_at_once"]
+fn a_thousand_waiters_that_hang_up_leave_at_once_alone() {
     const N: usize = 1000;
     let server = TestServer::start("hangups", |c| {
         c.max_running(1)
@@ -153,6 +161,7 @@ fn a_thousand_waiters_that_hang_up_leave_at_once() {
     let mut half_closed = server.connect();
     half_closed.send(b"STAT /\n");
     half_closed.half_close();
+    let before = rss_kib();
     let waiters: Vec<Conn> = (0..N - 1).map(|_| server.connect()).collect();
     // The queue is full: every waiter is in it.
     server.connect().expect_final_err("busy");
@@ -171,4 +180,6 @@ fn a_thousand_waiters_that_hang_up_leave_at_once() {
     assert!(half_closed.line().starts_with("OK d "), "nc -N client");
     half_closed.expect_eof();
     assert!(live.line().starts_with("OK d "));
+    let grown = rss_kib().saturating_sub(before);
+    assert!(grown < 10 * 1024, "RSS grew by {grown} KiB");
 }

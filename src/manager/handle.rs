@@ -121,11 +121,16 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
             } = &mut *gate;
             deadlines.watch(deadline, id, |id| waiting.contains_key(&id))
         });
-        if let Some(tokens) = &gate.tokens {
+        // The token is sent after the lock is released, so the worker it
+        // wakes does not block at once on the lock the sender holds. A
+        // shutdown in between refuses the handler; the token then finds
+        // nothing, and the clone's drop ends the channel.
+        let tokens = gate.tokens.clone();
+        drop(gate);
+        if let Some(tokens) = tokens {
             // The receiver lives as long as `shared`, so this cannot fail.
             let _ = tokens.send(());
         }
-        drop(gate);
         if earliest {
             shared.deadline_wake.notify_all();
         }
