@@ -103,9 +103,14 @@ impl Watcher {
         for event in events.iter() {
             match event.data.u64() {
                 WAKE => {
-                    self.pending.store(false, Ordering::Release);
+                    // Read, then clear: a wake-up between the two found the
+                    // flag set and wrote nothing, and the pass that follows
+                    // this wait serves it. Cleared first, a write between
+                    // the two would be read away with the flag left set,
+                    // and every later wake-up lost.
                     let mut count = [0u8; 8];
                     let _ = rustix::io::read(&self.wake, &mut count);
+                    self.pending.store(false, Ordering::Release);
                 }
                 id => hung_up(id),
             }
@@ -114,5 +119,47 @@ impl Watcher {
 
     pub(super) fn events() -> Vec<Event> {
         Vec::with_capacity(BATCH)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU64;
+
+    #[test]
+    fn no_wake_up_is_lost() {
+        // A waker sends numbered wake-ups, each after the watcher saw the
+        // previous one; the watcher must see every one, or it sleeps for
+        // ever (bounded here by the waker's timeout).
+        let watcher = Arc::new(Watcher::new().unwrap());
+        let seen = Arc::new(AtomicU64::new(0));
+        const ROUNDS: u64 = 20_000;
+        let (w, s) = (watcher.clone(), seen.clone());
+        let waiter = std::thread::spawn(move || {
+            let mut events = Watcher::events();
+            let mut last = 0;
+            while last < ROUNDS {
+                w.wait(None, &mut events, |_| {});
+                last = s.load(Ordering::Acquire);
+            }
+        });
+        let began = Instant::now();
+        for round in 1..=ROUNDS {
+            seen.store(round, Ordering::Release);
+            watcher.wake();
+            // A second wake-up racing the watcher's read of the first.
+            watcher.wake();
+            assert!(began.elapsed() < Duration::from_secs(20), "stuck");
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            let _ = tx.send(waiter.join());
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_secs(20)).is_ok(),
+            "the watcher missed a wake-up"
+        );
     }
 }
