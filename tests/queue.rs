@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, unbounded};
 use filesrv::{
-    Admission, Arrival, Decision, Handler, HandlerContext, Manager, ManagerBuilder, MaxWaiting,
-    Refusal, Stats, Unbounded,
+    Admission, Arrival, Decision, Handler, HandlerContext, MakeRoom, Manager, ManagerBuilder,
+    MaxWaiting, Refusal, Stats, Unbounded,
 };
 
 use crate::support::{LIMIT, rss_kib, run_alone};
@@ -441,4 +441,54 @@ fn expiry_at_a_high_arrival_rate_alone() {
 #[test]
 fn expired_waiters_free_their_memory_when_they_leave() {
     run_alone("queue::expiry_at_a_high_arrival_rate_alone");
+}
+
+/// A handler that holds its slot until asked to make room, and reports
+/// why; `idle` says whether it reports itself idle first.
+fn holds_until_asked(
+    idle: bool,
+    started: crossbeam_channel::Sender<()>,
+    asked: crossbeam_channel::Sender<(Option<MakeRoom>, Option<MakeRoom>)>,
+) -> Job {
+    job(move |ctx: &HandlerContext| {
+        let (room_tx, room) = bounded(1);
+        ctx.on_make_room(move |why| {
+            let _ = room_tx.try_send(why);
+        });
+        if idle {
+            ctx.set_idle();
+        }
+        started.send(()).unwrap();
+        let why = room.recv_timeout(LIMIT).ok();
+        let _ = asked.send((why, ctx.make_room_requested()));
+    })
+}
+
+#[test]
+fn the_manager_asks_a_running_handler_to_make_room_only_while_one_waits() {
+    for (idle, want) in [(true, MakeRoom::IdleTooLong), (false, MakeRoom::RanTooLong)] {
+        // An idle handler under the idle limit alone; a busy one (it
+        // never reports idle) under the session limit.
+        let limit = Some(Duration::from_millis(200));
+        let manager = ManagerBuilder::new(1)
+            .admission(MaxWaiting(4))
+            .busy_idle_timeout(limit)
+            .busy_session_limit(limit.filter(|_| !idle))
+            .build::<Job>()
+            .unwrap();
+        let (started_tx, started) = bounded(1);
+        let (asked_tx, asked) = bounded(1);
+        manager
+            .submit(holds_until_asked(idle, started_tx, asked_tx))
+            .map_err(|_| ())
+            .unwrap();
+        started.recv_timeout(LIMIT).unwrap();
+        // Past its limit with nobody waiting: not asked (a timed wait for
+        // a known deadline).
+        assert!(asked.recv_timeout(Duration::from_millis(600)).is_err());
+        manager.submit(job(|_| ())).map_err(|_| ()).unwrap();
+        let (why, requested) = asked.recv_timeout(LIMIT).unwrap();
+        assert_eq!((why, requested), (Some(want), Some(want)), "idle: {idle}");
+        assert!(manager.wait_idle_timeout(LIMIT));
+    }
 }
