@@ -314,6 +314,9 @@ fn small(root: &Path, paths: &[String], params: &Params) -> io::Result<()> {
     );
     server.shutdown();
     lab.stop();
+    if let Some(baseline) = std::env::var_os("FILESRV_BASELINE") {
+        against_baseline(root, paths, params, Path::new(&baseline))?;
+    }
     Ok(())
 }
 
@@ -355,6 +358,101 @@ fn print_rates(width: usize, label: &str, reports: &[Report], base: f64) {
         micros(median_by(reports, |r| r.latency(990))),
         list(&r, 0),
     );
+}
+
+/// Keep-alive 4 KiB GETs against this build's `filesrv` binary and an
+/// earlier build's (`FILESRV_BASELINE=<path to its filesrv>`), both as
+/// silent child processes with the same arguments, runs interleaved: the
+/// same-run comparison of a change against the code before it.
+fn against_baseline(
+    root: &Path,
+    paths: &[String],
+    params: &Params,
+    baseline: &Path,
+) -> io::Result<()> {
+    let ours = Binary::start(
+        Path::new(env!("CARGO_BIN_EXE_filesrv")),
+        root,
+        params.clients,
+    )?;
+    let theirs = Binary::start(baseline, root, params.clients)?;
+    let mut reports = [Vec::new(), Vec::new()];
+    for _ in 0..params.small_runs {
+        for (server, reports) in [&ours, &theirs].into_iter().zip(reports.iter_mut()) {
+            let report = loadgen::run(&Load {
+                addr: server.addr,
+                paths,
+                clients: params.clients,
+                mode: Mode::Persistent,
+                warmup: params.warmup,
+                duration: params.window,
+            })?;
+            assert_eq!(report.errors, 0, "{:?}", report.first_error);
+            assert_eq!(report.bytes, report.requests * SMALL as u64);
+            reports.push(report);
+        }
+    }
+    let base = median(&rates(&reports[1]));
+    println!("  {:<24} {:>10} {:>8}", "", "req/s", "x base");
+    for (name, reports) in [("this build", &reports[0]), ("baseline", &reports[1])] {
+        let r = rates(reports);
+        let m = median(&r);
+        println!(
+            "  {:<24} {m:>10.0} {:>8.2} {:>9} {:>9}   {}",
+            format!("persistent {name}"),
+            m / base,
+            micros(median_by(reports, |r| r.latency(500))),
+            micros(median_by(reports, |r| r.latency(990))),
+            list(&r, 0),
+        );
+    }
+    Ok(())
+}
+
+/// A `filesrv` binary run as a silent child process on 127.0.0.1; killed
+/// on drop.
+struct Binary {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl Binary {
+    fn start(program: &Path, root: &Path, max_running: usize) -> io::Result<Binary> {
+        // A free port, let go for the child to bind.
+        let port = TcpListener::bind(localhost())?.local_addr()?.port();
+        let child = Command::new(program)
+            .args([
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+                &max_running.to_string(),
+            ])
+            .arg("--root")
+            .arg(root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        // Silent by design: ready once it accepts (at most 5 s).
+        for _ in 0..500 {
+            if TcpStream::connect(addr).is_ok() {
+                return Ok(Binary { child, addr });
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        Err(io::Error::other(format!(
+            "{} did not start",
+            program.display()
+        )))
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn rates(reports: &[Report]) -> Vec<f64> {
@@ -608,6 +706,9 @@ fn child(role: &str) -> io::Result<()> {
                     .max_running(running)
                     .max_waiting(waiting)
                     .idle_timeout(None)
+                    // Held connections stay: nobody is asked to make room.
+                    .busy_idle_timeout(None)
+                    .busy_session_limit(None)
                     .shutdown_grace(Duration::from_secs(1)),
             )?;
             writeln!(out, "{}", server.local_addr())?;

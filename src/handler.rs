@@ -4,10 +4,11 @@
 use std::fmt;
 use std::io;
 use std::net::IpAddr;
+use std::os::fd::BorrowedFd;
 use std::time::Instant;
 
 use crate::admission::Refusal;
-use crate::manager::Slot;
+use crate::manager::{MakeRoom, RoomWatch, Slot};
 
 /// The work for one client, built when the client arrives but not started.
 ///
@@ -59,9 +60,29 @@ pub trait Handler: Send + Sized + 'static {
     /// `true` drops it unrun and counts it in
     /// [`Stats::abandoned`](crate::Stats::abandoned).
     ///
+    /// Also asked, at once, when the client of a waiting handler that
+    /// exposes its [`socket`](Handler::socket) hangs up or fails; `true`
+    /// then takes it out of the queue without waiting for the head.
+    ///
     /// Must not block. The default is `false`.
     fn is_abandoned(&self) -> bool {
         false
+    }
+
+    /// The client's socket, for the manager to watch while the handler
+    /// waits. Called once at submission, and only when the handler has to
+    /// wait (every running slot taken).
+    ///
+    /// A watched client that shuts down its write side, closes, or resets
+    /// while waiting makes the manager ask
+    /// [`is_abandoned`](Handler::is_abandoned) at once (from its watcher
+    /// thread, on a socket it must not read from: a peek); `true` drops the
+    /// handler and frees its place in the queue within milliseconds. The
+    /// socket must stay open as long as the handler waits.
+    ///
+    /// The default is `None`: nothing is watched.
+    fn socket(&self) -> Option<BorrowedFd<'_>> {
+        None
     }
 
     /// Tells the handler it will not be run, and why, so a protocol can say
@@ -151,6 +172,7 @@ pub struct HandlerContext<'a> {
     pub(crate) queued_at: Instant,
     pub(crate) started_at: Instant,
     pub(crate) slot: &'a Slot,
+    pub(crate) manager: &'a dyn RoomWatch,
 }
 
 impl HandlerContext<'_> {
@@ -192,6 +214,45 @@ impl HandlerContext<'_> {
     pub fn on_stop(&self, hook: impl Fn(Stop) + Send + Sync + 'static) {
         self.slot.set_hook(Box::new(hook));
     }
+
+    /// Tells the manager the handler is idle between requests (waiting for
+    /// its client), so the busy idle timeout applies to it while others
+    /// wait. Cheap: one atomic store, plus a wake-up of the manager's
+    /// watcher when handlers are waiting.
+    ///
+    /// A handler that never calls this counts as busy: only the busy
+    /// session limit applies to it.
+    pub fn set_idle(&self) {
+        self.slot.set_idle(true);
+        self.manager.went_idle();
+    }
+
+    /// Tells the manager the handler is busy with a request; undoes
+    /// [`set_idle`](HandlerContext::set_idle). One atomic store.
+    pub fn set_busy(&self) {
+        self.slot.set_idle(false);
+    }
+
+    /// Registers `hook` to be called, once, when the manager asks this
+    /// handler to make room for a waiting one (see
+    /// [`ManagerBuilder::busy_idle_timeout`](crate::ManagerBuilder::busy_idle_timeout)
+    /// and
+    /// [`ManagerBuilder::busy_session_limit`](crate::ManagerBuilder::busy_session_limit)).
+    /// If it was already asked, `hook` is called at once, on this thread.
+    ///
+    /// The hook runs on the manager's watcher thread and must not block;
+    /// typically it wakes a blocked read if the handler is idle. The
+    /// handler then leaves the way its protocol says
+    /// ([`make_room_requested`](HandlerContext::make_room_requested) tells
+    /// it why). A later registration replaces an earlier one.
+    pub fn on_make_room(&self, hook: impl Fn(MakeRoom) + Send + Sync + 'static) {
+        self.slot.set_room_hook(Box::new(hook));
+    }
+
+    /// Whether the manager asked this handler to make room, and why.
+    pub fn make_room_requested(&self) -> Option<MakeRoom> {
+        self.slot.room_requested()
+    }
 }
 
 impl fmt::Debug for HandlerContext<'_> {
@@ -209,6 +270,7 @@ trait DynHandler: Send {
     fn run_boxed(self: Box<Self>, ctx: &HandlerContext) -> io::Result<()>;
     fn source(&self) -> Option<IpAddr>;
     fn is_abandoned(&self) -> bool;
+    fn socket(&self) -> Option<BorrowedFd<'_>>;
     fn refused_boxed(self: Box<Self>, reason: Refusal);
 }
 
@@ -221,6 +283,9 @@ impl<H: Handler> DynHandler for H {
     }
     fn is_abandoned(&self) -> bool {
         Handler::is_abandoned(self)
+    }
+    fn socket(&self) -> Option<BorrowedFd<'_>> {
+        Handler::socket(self)
     }
     fn refused_boxed(self: Box<Self>, reason: Refusal) {
         (*self).refused(reason);
@@ -256,6 +321,9 @@ impl Handler for BoxHandler {
     }
     fn is_abandoned(&self) -> bool {
         self.0.is_abandoned()
+    }
+    fn socket(&self) -> Option<BorrowedFd<'_>> {
+        self.0.socket()
     }
     fn refused(self, reason: Refusal) {
         self.0.refused_boxed(reason);

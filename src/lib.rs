@@ -60,6 +60,16 @@
 //! a handler the moment it has waited too long. Policies combine with
 //! [`Admission::and`].
 //!
+//! # Waiting clients come first
+//!
+//! A handler that exposes its socket ([`Handler::socket`]) is watched
+//! while it waits: a client that hangs up leaves the queue at once. With
+//! [`ManagerBuilder::busy_idle_timeout`] and
+//! [`ManagerBuilder::busy_session_limit`], running handlers past a limit
+//! are asked to make room for waiting ones ([`MakeRoom`], through
+//! [`HandlerContext::on_make_room`]), one per waiting handler; with
+//! nobody waiting, nobody is asked.
+//!
 //! # Shutdown
 //!
 //! [`Manager::shutdown`] closes admission, refuses every waiting handler
@@ -100,5 +110,5 @@ pub use admission::{
     Admission, And, Arrival, Decision, MaxWaiting, PerSourceCap, QueueTimeout, Refusal, Unbounded,
 };
 pub use handler::{BoxHandler, FnHandler, Handler, HandlerContext, Stop, handler_fn};
-pub use manager::{Manager, ManagerBuilder, Refused, RunningInfo, ShutdownReport, Stats};
+pub use manager::{MakeRoom, Manager, ManagerBuilder, Refused, RunningInfo, ShutdownReport, Stats};
 pub use protocol::LingeringCloser;

@@ -482,3 +482,21 @@ fn shutdown_grace_cuts_a_stalled_upload_and_exits_0() {
     assert_eq!(dir.temp_files(""), Vec::<String>::new());
     assert!(!dir.root().join("up.bin").exists());
 }
+
+#[test]
+fn max_running_past_the_memory_map_limit_fails_with_one_line() {
+    // Twice the threads the kernel's map limit allows (each needs about
+    // four maps): once refused with a line, not an abort inside a thread.
+    let limit: usize = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let dir = root_with_notes("maps");
+    let max_running = (limit / 2).to_string();
+    let root = dir.path().to_str().unwrap();
+    let finished = run(&["0", &max_running, "--bind", "127.0.0.1", "--root", root]);
+    assert_eq!(finished.status.code(), Some(1), "{:?}", finished.status);
+    let line = assert_fails_with_one_line(&finished, "too many threads");
+    assert!(line.contains("max_map_count"), "{line}");
+}

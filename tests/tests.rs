@@ -16,5 +16,8 @@ mod integrity;
 mod manager;
 mod metrics;
 mod operations;
+mod pace;
 mod protocol;
 mod proxy;
+mod queue;
+mod slots;

@@ -51,6 +51,18 @@ struct Args {
     /// Time allowed without progress on a body; 0 = none.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
     stall_timeout: Secs,
+    /// While clients wait, how long a running connection may sit idle
+    /// between requests; 0 = no such limit.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
+    busy_idle_timeout: Secs,
+    /// While clients wait, how long a connection may keep running before
+    /// it is closed after its current request; 0 = no such limit.
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_secs)]
+    busy_session_limit: Secs,
+    /// The slowest a body may move, in bytes per second, after the stall
+    /// timeout's allowance; 0 = no minimum.
+    #[arg(long, value_name = "BYTES", default_value_t = 500)]
+    min_rate: u64,
     /// Accept uploads (PUT). Off by default.
     #[arg(long)]
     allow_put: bool,
@@ -176,6 +188,9 @@ fn run(args: Args, mut passed: ListenFd) -> Result<(), Box<dyn std::error::Error
         .queue_timeout(args.queue_timeout.0)
         .idle_timeout(args.idle_timeout.0)
         .stall_timeout(args.stall_timeout.0)
+        .busy_idle_timeout(args.busy_idle_timeout.0)
+        .busy_session_limit(args.busy_session_limit.0)
+        .min_rate(Some(args.min_rate).filter(|&rate| rate > 0))
         .allow_put(args.allow_put)
         .max_upload(args.max_upload)
         .hidden(args.hidden)

@@ -1,16 +1,19 @@
 //! Configuring and starting a [`Manager`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use super::deadline::Deadlines;
 use super::handle::Manager;
+use super::room::BusyLimits;
 use super::slot::{Phase, Slot};
 use super::state::{Counts, Gate, ManagerState};
 use super::stats::Counters;
+use super::watcher::Watcher;
 use crate::admission::{Admission, MaxWaiting};
 use crate::handler::Handler;
 use crate::util::lock;
@@ -22,6 +25,7 @@ pub struct ManagerBuilder<S> {
     max_running: usize,
     admission: S,
     name: String,
+    limits: BusyLimits,
 }
 
 impl ManagerBuilder<MaxWaiting> {
@@ -40,6 +44,7 @@ impl ManagerBuilder<MaxWaiting> {
             max_running,
             admission: MaxWaiting(1024),
             name: "filesrv".to_owned(),
+            limits: BusyLimits::default(),
         }
     }
 }
@@ -51,11 +56,51 @@ impl<S: Admission> ManagerBuilder<S> {
             max_running: self.max_running,
             admission: policy,
             name: self.name,
+            limits: self.limits,
         }
     }
 
-    /// Names the manager's threads `<name>-worker-<i>` and
-    /// `<name>-deadlines` (default: `filesrv`).
+    /// While handlers wait, a running handler idle between requests (as
+    /// it reports with [`HandlerContext::set_idle`](crate::HandlerContext::set_idle))
+    /// for longer than `timeout` is asked to make room
+    /// ([`MakeRoom::IdleTooLong`](crate::MakeRoom::IdleTooLong)), one per
+    /// waiting handler, longest past its limit first. Default `None`: no
+    /// such limit. With nobody waiting it never applies.
+    ///
+    /// # Panics
+    ///
+    /// If `timeout` is `Some(Duration::ZERO)`: a zero is not "none".
+    pub fn busy_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        assert_ne!(
+            timeout,
+            Some(Duration::ZERO),
+            "use None for no busy_idle_timeout"
+        );
+        self.limits.idle = timeout;
+        self
+    }
+
+    /// While handlers wait, a handler running for longer than `limit` is
+    /// asked to make room
+    /// ([`MakeRoom::RanTooLong`](crate::MakeRoom::RanTooLong)), one per
+    /// waiting handler, longest past its limit first. Default `None`: no
+    /// such limit. With nobody waiting it never applies.
+    ///
+    /// # Panics
+    ///
+    /// If `limit` is `Some(Duration::ZERO)`: a zero is not "none".
+    pub fn busy_session_limit(mut self, limit: Option<Duration>) -> Self {
+        assert_ne!(
+            limit,
+            Some(Duration::ZERO),
+            "use None for no busy_session_limit"
+        );
+        self.limits.session = limit;
+        self
+    }
+
+    /// Names the manager's threads `<name>-worker-<i>`,
+    /// `<name>-deadlines` and `<name>-watcher` (default: `filesrv`).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
@@ -65,32 +110,41 @@ impl<S: Admission> ManagerBuilder<S> {
     ///
     /// # Errors
     ///
-    /// The OS refused to start a thread; the threads already started are
-    /// stopped and joined before this returns.
+    /// The OS refused to start a thread or an epoll set, or the process
+    /// is too close to its memory-map limit (`vm.max_map_count`) to start
+    /// `max_running` threads; the threads already started are stopped and
+    /// joined before this returns.
     pub fn build<Q: Handler>(self) -> io::Result<Manager<Q, S>> {
+        check_map_room(self.max_running + 2)?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let phase = Arc::new(Phase::default());
+        let epoch = Instant::now();
         let shared = Arc::new(ManagerState {
             max_running: self.max_running,
             gate: Mutex::new(Gate {
                 policy: self.admission,
                 per_source: HashMap::new(),
-                queue: Some(tx),
+                tokens: Some(tx),
+                waiting: BTreeMap::new(),
+                deadlines: Deadlines::new(),
                 next_id: 0,
                 submitted: 0,
                 admitted: 0,
             }),
-            queue: rx,
+            deadline_wake: Condvar::new(),
+            tokens: rx,
             counts: Counts(AtomicU64::new(0)),
             counters: Counters::default(),
             slots: (0..self.max_running)
-                .map(|_| Slot::new(phase.clone()))
+                .map(|_| Slot::new(phase.clone(), epoch))
                 .collect(),
             phase,
             closing: AtomicBool::new(false),
             idle: (Mutex::new(()), Condvar::new()),
             idle_waiters: AtomicUsize::new(0),
-            deadlines: Deadlines::new(),
+            watcher: Watcher::new()?,
+            limits: self.limits,
+            asked: AtomicUsize::new(0),
         });
         let manager = Manager {
             shared: shared.clone(),
@@ -108,7 +162,12 @@ impl<S: Admission> ManagerBuilder<S> {
         let deadlines = shared.clone();
         spawn(
             format!("{}-deadlines", self.name),
-            Box::new(move || deadlines.deadlines.run(|t| deadlines.expire(&t))),
+            Box::new(move || deadlines.expire_loop()),
+        )?;
+        let watcher = shared.clone();
+        spawn(
+            format!("{}-watcher", self.name),
+            Box::new(move || watcher.watch_loop()),
         )?;
         for index in 0..self.max_running {
             let worker = shared.clone();
@@ -119,4 +178,39 @@ impl<S: Admission> ManagerBuilder<S> {
         }
         Ok(manager)
     }
+}
+
+/// Memory maps each thread costs: its stack and guard page, and the
+/// alternate signal stack and guard page Rust's runtime maps for it.
+const MAPS_PER_THREAD: usize = 4;
+
+/// Fails when starting `threads` more threads would pass the kernel's
+/// limit on memory maps (`vm.max_map_count`). Past it, `mmap` fails inside
+/// a new thread's start-up, where Rust's runtime can only abort the
+/// process; this turns that abort into an error the caller can report.
+/// Where `/proc` cannot be read, nothing is checked.
+fn check_map_room(threads: usize) -> io::Result<()> {
+    let Ok(limit) = std::fs::read_to_string("/proc/sys/vm/max_map_count") else {
+        return Ok(());
+    };
+    let Ok(limit) = limit.trim().parse::<usize>() else {
+        return Ok(());
+    };
+    let Ok(maps) = std::fs::read("/proc/self/maps") else {
+        return Ok(());
+    };
+    let used = maps.iter().filter(|&&b| b == b'\n').count();
+    // Room for the allocator and the application beyond the threads.
+    let needed = threads.saturating_mul(MAPS_PER_THREAD).saturating_add(1024);
+    if used.saturating_add(needed) > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            format!(
+                "{threads} threads would need about {needed} memory maps, \
+                 but only {} of vm.max_map_count {limit} are free",
+                limit.saturating_sub(used)
+            ),
+        ));
+    }
+    Ok(())
 }

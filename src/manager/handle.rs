@@ -6,10 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::deadline::Ticket;
 use super::refused::Refused;
 use super::slot::{RunningInfo, Slot};
-use super::state::{Entry, ManagerState, Waiting};
+use super::state::{Entry, Gate, ManagerState};
 use super::stats::{ShutdownReport, Stats};
 use crate::admission::{Admission, Arrival, Decision, MaxWaiting, Refusal, canonical_source};
 use crate::handler::{Handler, Stop};
@@ -40,8 +39,9 @@ use crate::util::lock;
 /// `shutdown(Duration::ZERO)`: waiting handlers are refused with
 /// [`Refusal::ShuttingDown`], running ones are asked to stop at once
 /// ([`Stop::Now`]), and the drop blocks until every thread is joined.
-/// So neither a shutdown nor the last drop may happen on one of the
-/// manager's own workers (inside a handler): it would wait for itself.
+/// A shutdown called inside one of the manager's own handlers panics
+/// rather than wait for itself; the last drop there stops the manager
+/// without waiting (see [`Drop`](#impl-Drop-for-Manager<Q,+S>)).
 pub struct Manager<Q: Handler, S: Admission = MaxWaiting> {
     pub(super) shared: Arc<ManagerState<Q, S>>,
     pub(super) threads: Mutex<Option<Vec<JoinHandle<()>>>>,
@@ -57,13 +57,18 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
     ///   down ([`Refusal::ShuttingDown`]); the handler comes back inside.
     ///
     /// Never blocks beyond the brief admission lock.
+    ///
+    /// # Panics
+    ///
+    /// If the admission policy panics; the handler is dropped and nothing
+    /// is counted.
     pub fn submit(&self, handler: Q) -> Result<(), Refused<Q>> {
         let shared = &*self.shared;
         let source = handler.source().map(canonical_source);
         let now = Instant::now();
         let mut gate = lock(&shared.gate);
-        gate.submitted += 1;
-        if gate.queue.is_none() {
+        if gate.tokens.is_none() {
+            gate.submitted += 1;
             drop(gate);
             return Err(shared.refuse_at_gate(handler, Refusal::ShuttingDown));
         }
@@ -76,7 +81,11 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
             max_running: shared.max_running,
             now,
         };
-        let deadline = match gate.policy.decide(&arrival) {
+        // Counted once the policy has decided: a policy that panics leaves
+        // no trace in the counts.
+        let decision = gate.policy.decide(&arrival);
+        gate.submitted += 1;
+        let deadline = match decision {
             Decision::Refuse(reason) => {
                 drop(gate);
                 return Err(shared.refuse_at_gate(handler, reason));
@@ -89,25 +98,44 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
         if let Some(source) = source {
             *gate.per_source.entry(source).or_insert(0) += 1;
         }
-        let waiting = match deadline {
-            None => Waiting::Plain(handler),
-            Some(deadline) => {
-                let ticket = Arc::new(Ticket::new(handler, id, source));
-                shared.deadlines.watch(deadline, ticket.clone());
-                Waiting::Timed(ticket)
-            }
-        };
+        // Every slot taken: it will wait, so watch its client.
+        let will_wait = running + waiting >= shared.max_running;
+        if let Some(socket) = handler.socket().filter(|_| will_wait) {
+            shared.watcher.register(socket, id);
+        }
         shared.counts.queued();
         gate.admitted += 1;
-        let entry = Entry {
+        gate.waiting.insert(
             id,
-            source,
-            queued_at: now,
-            waiting,
-        };
-        if let Some(queue) = &gate.queue {
+            Entry {
+                id,
+                source,
+                queued_at: now,
+                handler,
+            },
+        );
+        // Watched only once queued: the deadline thread finds it there.
+        let earliest = deadline.is_some_and(|deadline| {
+            let Gate {
+                deadlines, waiting, ..
+            } = &mut *gate;
+            deadlines.watch(deadline, id, |id| waiting.contains_key(&id))
+        });
+        // The token is sent after the lock is released, so the worker it
+        // wakes does not block at once on the lock the sender holds. A
+        // shutdown in between refuses the handler; the token then finds
+        // nothing, and the clone's drop ends the channel.
+        let tokens = gate.tokens.clone();
+        drop(gate);
+        if let Some(tokens) = tokens {
             // The receiver lives as long as `shared`, so this cannot fail.
-            let _ = queue.send(entry);
+            let _ = tokens.send(());
+        }
+        if earliest {
+            shared.deadline_wake.notify_all();
+        }
+        if will_wait {
+            shared.room_needed();
         }
         Ok(())
     }
@@ -115,14 +143,16 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
     /// A snapshot of the counters. Cheap: the admission lock for a moment
     /// and a few atomic loads.
     pub fn stats(&self) -> Stats {
-        let (submitted, admitted) = {
+        let (submitted, admitted, oldest) = {
             let gate = lock(&self.shared.gate);
-            (gate.submitted, gate.admitted)
+            let oldest = gate.waiting.first_key_value().map(|(_, e)| e.queued_at);
+            (gate.submitted, gate.admitted, oldest)
         };
         let (running, waiting) = self.shared.counts.get();
         let mut stats = self.shared.counters.snapshot(running, waiting);
         stats.submitted = submitted;
         stats.admitted = admitted;
+        stats.oldest_waiting = oldest.map_or(Duration::ZERO, |at| at.elapsed());
         for slot in self.shared.slots.iter() {
             slot.counters.add_to(&mut stats);
         }
@@ -179,7 +209,16 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
     /// A handler that ignores both stops delays this call until it returns.
     /// Calling it again, or from several threads at once, is safe: the
     /// first call does the work and every call returns its report.
+    ///
+    /// # Panics
+    ///
+    /// If called from inside one of this manager's own handlers (on one of
+    /// its workers): the call would wait for its own handler to return.
     pub fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        assert!(
+            !self.shared.on_own_worker(),
+            "Manager::shutdown called from inside one of its own handlers"
+        );
         let mut report = lock(&self.report);
         if let Some(report) = *report {
             return report;
@@ -187,18 +226,7 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
         let shared = &*self.shared;
         let began = Instant::now();
         let deadline = began.checked_add(grace);
-        // Closing the gate drops the only sender: workers see the queue
-        // disconnect once it is empty and exit after their current handler.
-        shared.closing.store(true, Ordering::SeqCst);
-        let sender = lock(&shared.gate).queue.take();
-        drop(sender);
-        let mut refused_waiting = 0;
-        while let Ok(entry) = shared.queue.try_recv() {
-            if shared.refuse_entry(entry, Refusal::ShuttingDown) {
-                refused_waiting += 1;
-            }
-        }
-        shared.deadlines.stop();
+        let refused_waiting = shared.close();
 
         let running_at_start = shared.counts.get().0;
         shared.stop_all(Stop::Graceful);
@@ -225,7 +253,16 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
 }
 
 impl<Q: Handler, S: Admission> Drop for Manager<Q, S> {
+    /// `shutdown(Duration::ZERO)`; dropped on one of its own workers (the
+    /// last handle dropped inside a handler), it cannot wait for itself:
+    /// it closes admission, refuses the waiting handlers, asks the running
+    /// ones to stop at once, and lets its threads end on their own.
     fn drop(&mut self) {
+        if self.shared.on_own_worker() {
+            self.shared.close();
+            self.shared.stop_all(Stop::Now);
+            return;
+        }
         self.shutdown(Duration::ZERO);
     }
 }

@@ -2,10 +2,11 @@
 
 use std::net::IpAddr;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use super::room::{MakeRoom, RoomHook};
 use super::stats::WorkerCounters;
 use crate::handler::{Stop, StopHook};
 use crate::util::lock;
@@ -55,7 +56,20 @@ impl Phase {
 struct SlotState {
     /// The last handler run here; current only while `occupant` says so.
     info: Option<RunningInfo>,
-    hook: Option<StopHook>,
+    /// Hooks are shared so they can be called outside the lock: a hook
+    /// may call back into the manager (`running()` reads this lock).
+    hook: Option<Arc<StopHook>>,
+    room_hook: Option<Arc<RoomHook>>,
+}
+
+/// What the make-room pass needs to know of a running handler.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Occupant {
+    pub(crate) id: u64,
+    pub(crate) started_at: Instant,
+    /// Since when it is idle between requests; `None` while busy (and for
+    /// handlers that never report).
+    pub(crate) idle_since: Option<Instant>,
 }
 
 /// A worker's slot. The worker fills it when a handler starts and clears it
@@ -72,33 +86,134 @@ pub(crate) struct Slot {
     has_hook: AtomicBool,
     state: Mutex<SlotState>,
     phase: Arc<Phase>,
+    /// The manager's start: `idle_since` counts nanoseconds from it.
+    epoch: Instant,
+    /// Nanoseconds since `epoch` plus one when the handler went idle;
+    /// 0 while it is busy. One store per change, read only by the
+    /// make-room pass.
+    idle_since: AtomicU64,
+    /// The [`MakeRoom`] asked of the current handler, as its code; 0: none.
+    asked: AtomicU8,
     pub(crate) counters: WorkerCounters,
 }
 
 impl Slot {
-    pub(crate) fn new(phase: Arc<Phase>) -> Slot {
+    pub(crate) fn new(phase: Arc<Phase>, epoch: Instant) -> Slot {
         Slot {
             occupant: AtomicU64::new(0),
             has_hook: AtomicBool::new(false),
             state: Mutex::default(),
             phase,
+            epoch,
+            idle_since: AtomicU64::new(0),
+            asked: AtomicU8::new(0),
             counters: WorkerCounters::default(),
         }
     }
 
-    pub(crate) fn occupy(&self, info: RunningInfo) {
-        lock(&self.state).info = Some(info);
+    /// Fills the slot; true if a request to make room for its previous
+    /// handler came after that one left (it must be uncounted).
+    pub(crate) fn occupy(&self, info: RunningInfo) -> bool {
+        self.idle_since.store(0, Ordering::Relaxed);
+        // Under the lock `ask` holds from its check to its store, so a
+        // late request for the previous handler is seen here.
+        let stale = {
+            let mut state = lock(&self.state);
+            state.info = Some(info);
+            self.take_asked()
+        };
         // Published to `stop` and `info` through the state lock they take.
         self.occupant.store(info.id + 1, Ordering::Release);
+        stale
     }
 
-    pub(crate) fn vacate(&self) {
+    /// Clears the make-room request; true if there was one. `ask` may
+    /// race with the handler leaving, so both `vacate` and the next
+    /// `occupy` clear it, and exactly one of them sees it.
+    fn take_asked(&self) -> bool {
+        self.asked.load(Ordering::Acquire) != 0 && self.asked.swap(0, Ordering::AcqRel) != 0
+    }
+
+    /// Clears the slot; true if its handler had been asked to make room.
+    pub(crate) fn vacate(&self) -> bool {
         self.occupant.store(0, Ordering::Release);
         // A plain load first: most handlers never register a hook.
         if self.has_hook.load(Ordering::Acquire) && self.has_hook.swap(false, Ordering::AcqRel) {
             // Dropped outside the lock: a hook may own a socket or more.
-            let hook = lock(&self.state).hook.take();
-            drop(hook);
+            let hooks = {
+                let mut state = lock(&self.state);
+                (state.hook.take(), state.room_hook.take())
+            };
+            drop(hooks);
+        }
+        self.take_asked()
+    }
+
+    /// Records that the handler is idle between requests (`true`) or busy.
+    pub(crate) fn set_idle(&self, idle: bool) {
+        let since = if idle {
+            u64::try_from(self.epoch.elapsed().as_nanos()).map_or(u64::MAX, |n| n + 1)
+        } else {
+            0
+        };
+        self.idle_since.store(since, Ordering::Release);
+    }
+
+    /// The running handler, for the make-room pass; `None` if the slot is
+    /// empty or its handler was already asked.
+    pub(crate) fn occupant(&self) -> Option<Occupant> {
+        if self.asked.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        let info = self.info()?;
+        let idle_since = match self.idle_since.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(self.epoch + Duration::from_nanos(n - 1)),
+        };
+        Some(Occupant {
+            id: info.id,
+            started_at: info.started_at,
+            idle_since,
+        })
+    }
+
+    pub(crate) fn room_requested(&self) -> Option<MakeRoom> {
+        MakeRoom::from_code(self.asked.load(Ordering::Acquire))
+    }
+
+    /// Asks handler `id`, if it still runs here and was not asked yet, to
+    /// make room; counts it in `asked` before its hook can react.
+    pub(crate) fn ask(&self, id: u64, why: MakeRoom, asked: &AtomicUsize) -> bool {
+        let hook = {
+            let state = lock(&self.state);
+            if self.occupant.load(Ordering::Acquire) != id + 1
+                || self.asked.load(Ordering::Acquire) != 0
+            {
+                return false;
+            }
+            asked.fetch_add(1, Ordering::AcqRel);
+            self.asked.store(why.code(), Ordering::Release);
+            state.room_hook.clone()
+        };
+        if let Some(hook) = hook {
+            call_guarded("make-room hook", || hook(why));
+        }
+        true
+    }
+
+    /// Stores the make-room hook; calls it at once if room was already
+    /// asked. `ask` sets the request and reads the hook under the lock
+    /// this takes, so a request is never missed.
+    pub(crate) fn set_room_hook(&self, hook: RoomHook) {
+        let hook = Arc::new(hook);
+        let asked = {
+            let mut state = lock(&self.state);
+            state.room_hook = Some(hook.clone());
+            self.has_hook.store(true, Ordering::Release);
+            self.room_requested()
+        };
+        if let Some(why) = asked {
+            call_guarded("make-room hook", || hook(why));
         }
     }
 
@@ -116,32 +231,40 @@ impl Slot {
     /// The phase is read under the slot lock, and [`Slot::stop`] takes the
     /// same lock after setting the phase, so a hook is never missed.
     pub(crate) fn set_hook(&self, hook: StopHook) {
-        let mut state = lock(&self.state);
-        if let Some(stop) = self.phase.get() {
-            call_hook(&hook, stop);
+        let hook = Arc::new(hook);
+        let stop = {
+            let mut state = lock(&self.state);
+            state.hook = Some(hook.clone());
+            self.has_hook.store(true, Ordering::Release);
+            self.phase.get()
+        };
+        // Called outside the lock: a hook may call back into the manager.
+        if let Some(stop) = stop {
+            call_guarded("stop hook", || hook(stop));
         }
-        state.hook = Some(hook);
-        self.has_hook.store(true, Ordering::Release);
     }
 
     /// Calls the stop hook of the handler running here, if it has one.
     pub(crate) fn stop(&self, stop: Stop) {
-        let state = lock(&self.state);
-        if self.occupant.load(Ordering::Acquire) == 0 {
-            return;
-        }
-        if let Some(hook) = &state.hook {
-            call_hook(hook, stop);
+        let hook = {
+            let state = lock(&self.state);
+            if self.occupant.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            state.hook.clone()
+        };
+        if let Some(hook) = hook {
+            call_guarded("stop hook", || hook(stop));
         }
     }
 }
 
-/// Calls a stop hook, logging a panic instead of passing it on: the
-/// shutdown that calls hooks must reach every slot and join every thread.
-fn call_hook(hook: &StopHook, stop: Stop) {
-    if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| hook(stop))) {
+/// Calls a hook, logging a panic instead of passing it on: the shutdown
+/// or make-room pass that calls hooks must reach every slot.
+fn call_guarded(what: &str, hook: impl FnOnce()) {
+    if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(hook)) {
         log::error!(
-            "a stop hook panicked: {}",
+            "a {what} panicked: {}",
             crate::util::panic_message(&*payload)
         );
     }

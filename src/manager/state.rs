@@ -1,21 +1,25 @@
-//! What the manager's handle, its workers and its deadline thread share.
+//! What the manager's handle, its workers, its deadline thread and its
+//! watcher share.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::deadline::{Deadlines, Ticket};
+use super::deadline::Deadlines;
 use super::refused::Refused;
+use super::room::BusyLimits;
 use super::slot::{Phase, Slot};
 use super::stats::Counters;
+use super::watcher::Watcher;
 use crate::admission::Refusal;
 use crate::handler::{Handler, Stop};
 use crate::util::{lock, panic_message, time_left};
+use std::sync::Arc;
 
 /// Runs `f`, turning a panic into `None` after logging it.
 pub(super) fn guarded<T>(what: &str, id: u64, f: impl FnOnce() -> T) -> Option<T> {
@@ -31,38 +35,30 @@ pub(super) fn guarded<T>(what: &str, id: u64, f: impl FnOnce() -> T) -> Option<T
     }
 }
 
-/// How a waiting handler sits in the queue: owned outright, or inside a
-/// ticket the deadline thread may claim first.
-pub(super) enum Waiting<Q> {
-    Plain(Q),
-    Timed(Arc<Ticket<Q>>),
-}
-
-impl<Q> Waiting<Q> {
-    /// The handler; `None` if the deadline thread claimed it first (and
-    /// took it out of the waiting count).
-    pub(super) fn claim(self) -> Option<Q> {
-        match self {
-            Waiting::Plain(handler) => Some(handler),
-            Waiting::Timed(ticket) => ticket.claim(),
-        }
-    }
-}
-
+/// A waiting handler.
 pub(super) struct Entry<Q> {
     pub(super) id: u64,
     /// The canonical source, when the handler reported one.
     pub(super) source: Option<IpAddr>,
     pub(super) queued_at: Instant,
-    pub(super) waiting: Waiting<Q>,
+    pub(super) handler: Q,
 }
 
-/// The admission side, under one lock: the policy, per-source counts and
-/// the queue's sending end (dropped at shutdown, which wakes every worker).
+/// The admission side and the queue, under one lock: the policy,
+/// per-source counts, the waiting handlers and their deadlines.
+///
+/// The queue is a map by id: ids rise with arrival, so its first entry is
+/// the head (FIFO), and a handler that leaves from the middle (deadline,
+/// hang-up) is removed at once, taking its memory with it. Workers sleep
+/// on the token channel, one token per queued handler, not on the map.
 pub(super) struct Gate<Q, S> {
     pub(super) policy: S,
     pub(super) per_source: HashMap<IpAddr, usize>,
-    pub(super) queue: Option<Sender<Entry<Q>>>,
+    /// The token channel's only sender, dropped at shutdown, which wakes
+    /// every worker.
+    pub(super) tokens: Option<Sender<()>>,
+    pub(super) waiting: BTreeMap<u64, Entry<Q>>,
+    pub(super) deadlines: Deadlines,
     pub(super) next_id: u64,
     /// Counted here rather than in atomics: the lock is held anyway.
     pub(super) submitted: u64,
@@ -106,11 +102,20 @@ impl Counts {
     }
 }
 
+/// How a handler left the queue without running.
+#[derive(Clone, Copy)]
+pub(super) enum Left {
+    Refused(Refusal),
+    Abandoned,
+}
+
 pub(super) struct ManagerState<Q, S> {
     pub(super) max_running: usize,
     pub(super) gate: Mutex<Gate<Q, S>>,
-    /// Workers block here; a shutdown drains it.
-    pub(super) queue: Receiver<Entry<Q>>,
+    /// The deadline thread sleeps on this, with the gate lock.
+    pub(super) deadline_wake: Condvar,
+    /// One token per queued handler; workers block here.
+    pub(super) tokens: Receiver<()>,
     pub(super) counts: Counts,
     /// Counters the submitting side writes; workers count in their slots.
     pub(super) counters: Counters,
@@ -120,7 +125,10 @@ pub(super) struct ManagerState<Q, S> {
     /// Signalled when the manager becomes idle while someone waits for it.
     pub(super) idle: (Mutex<()>, Condvar),
     pub(super) idle_waiters: AtomicUsize,
-    pub(super) deadlines: Deadlines<Q>,
+    pub(super) watcher: Watcher,
+    pub(super) limits: BusyLimits,
+    /// Running handlers asked to make room that have not left yet.
+    pub(super) asked: AtomicUsize,
 }
 
 impl<Q, S> ManagerState<Q, S> {
@@ -159,12 +167,6 @@ impl<Q, S> ManagerState<Q, S> {
         }
     }
 
-    pub(super) fn left_queue(&self) {
-        if self.counts.left_queue() {
-            self.became_idle();
-        }
-    }
-
     /// Forgets one handler of `source` after it left the system.
     pub(super) fn release_source(&self, source: Option<IpAddr>) {
         let Some(source) = source else { return };
@@ -176,6 +178,14 @@ impl<Q, S> ManagerState<Q, S> {
             }
         }
     }
+
+    /// Wakes the watcher for a make-room pass, if any limit is set and
+    /// someone waits.
+    pub(super) fn room_needed(&self) {
+        if self.limits.any() && self.counts.get().1 > 0 {
+            self.watcher.wake();
+        }
+    }
 }
 
 impl<Q: Handler, S> ManagerState<Q, S> {
@@ -184,34 +194,110 @@ impl<Q: Handler, S> ManagerState<Q, S> {
         Refused { handler, reason }
     }
 
-    /// Refuses a handler that left the queue; false if it was already gone.
-    pub(super) fn refuse_entry(&self, entry: Entry<Q>, reason: Refusal) -> bool {
-        let Some(handler) = entry.waiting.claim() else {
-            return false;
-        };
-        self.left_queue();
-        self.refuse_waiting(handler, entry.id, entry.source, reason);
-        true
-    }
-
-    pub(super) fn refuse_waiting(
-        &self,
-        handler: Q,
-        id: u64,
-        source: Option<IpAddr>,
-        reason: Refusal,
-    ) {
-        self.release_source(source);
-        self.counters.refused(reason);
-        guarded("refused", id, || handler.refused(reason));
-    }
-
-    /// The deadline thread's verdict on a ticket whose time ran out.
-    pub(super) fn expire(&self, ticket: &Ticket<Q>) {
-        if let Some(handler) = ticket.claim() {
-            self.left_queue();
-            self.refuse_waiting(handler, ticket.id, ticket.source, Refusal::QueueTimeout);
+    /// Settles a handler taken out of the queue (under the gate lock) that
+    /// will not run. Its outcome is counted before it leaves the waiting
+    /// count, so the counts add up the moment the manager looks idle.
+    pub(super) fn leave_queue(&self, entry: Entry<Q>, how: Left) {
+        match how {
+            Left::Refused(reason) => self.counters.refused(reason),
+            Left::Abandoned => Counters::bump(&self.counters.abandoned),
         }
+        if self.counts.left_queue() {
+            self.became_idle();
+        }
+        // Its token stays behind unless taken here; a worker that took it
+        // already finds the queue without this entry and waits again.
+        let _ = self.tokens.try_recv();
+        self.release_source(entry.source);
+        let Entry { id, handler, .. } = entry;
+        match how {
+            Left::Refused(reason) => {
+                guarded("refused", id, || handler.refused(reason));
+            }
+            Left::Abandoned => {
+                log::debug!("handler {id} abandoned while waiting");
+                guarded("drop", id, || drop(handler));
+            }
+        }
+    }
+
+    /// The deadline thread: refuses each waiting handler the moment its
+    /// deadline passes, until the queue closes. Sleeps until the earliest
+    /// deadline, so an idle manager costs nothing.
+    pub(super) fn expire_loop(&self) {
+        let mut gate = lock(&self.gate);
+        while gate.tokens.is_some() {
+            let now = Instant::now();
+            if let Some(id) = gate.deadlines.pop_due(now) {
+                if let Some(entry) = gate.waiting.remove(&id) {
+                    drop(gate);
+                    self.leave_queue(entry, Left::Refused(Refusal::QueueTimeout));
+                    gate = lock(&self.gate);
+                }
+                continue;
+            }
+            gate = match gate.deadlines.next() {
+                None => self
+                    .deadline_wake
+                    .wait(gate)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(due) => {
+                    self.deadline_wake
+                        .wait_timeout(gate, due - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+        }
+    }
+
+    /// The watcher thread: takes waiting handlers whose clients hung up
+    /// out of the queue, and runs make-room passes, until shutdown.
+    pub(super) fn watch_loop(&self) {
+        let mut events = Watcher::events();
+        while !self.closing.load(Ordering::SeqCst) {
+            let next = self.make_room();
+            self.watcher.wait(next, &mut events, |id| self.hung_up(id));
+        }
+    }
+
+    /// A watched socket reported a hang-up or error: if its handler still
+    /// waits and says its client is gone, it leaves the queue now.
+    fn hung_up(&self, id: u64) {
+        let mut gate = lock(&self.gate);
+        let Some(entry) = gate.waiting.get(&id) else {
+            return;
+        };
+        // A peek, under the lock: it must not block.
+        if !guarded("is_abandoned", id, || entry.handler.is_abandoned()).unwrap_or(true) {
+            return;
+        }
+        let entry = gate.waiting.remove(&id);
+        drop(gate);
+        if let Some(entry) = entry {
+            self.leave_queue(entry, Left::Abandoned);
+        }
+    }
+
+    /// Closes admission and refuses every waiting handler; returns how
+    /// many. Later calls find nothing to do.
+    pub(super) fn close(&self) -> u64 {
+        self.closing.store(true, Ordering::SeqCst);
+        let (tokens, waiting) = {
+            let mut gate = lock(&self.gate);
+            gate.deadlines.clear();
+            (gate.tokens.take(), std::mem::take(&mut gate.waiting))
+        };
+        // Without a sender, workers see the channel disconnect once the
+        // tokens left in it are taken, and exit after their handler.
+        drop(tokens);
+        self.deadline_wake.notify_all();
+        self.watcher.wake();
+        let refused = waiting.len() as u64;
+        for entry in waiting.into_values() {
+            self.leave_queue(entry, Left::Refused(Refusal::ShuttingDown));
+        }
+        refused
     }
 
     pub(super) fn stop_all(&self, stop: Stop) {

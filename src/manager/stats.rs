@@ -29,6 +29,16 @@ pub struct Stats {
     pub panicked: u64,
     /// Handlers dropped unrun because their client left while they waited.
     pub abandoned: u64,
+    /// How long the oldest waiting handler has waited; zero when none
+    /// waits. A queue building up shows here first.
+    pub oldest_waiting: Duration,
+    /// The queue-wait time of every handler that left the queue to run,
+    /// summed (HAProxy's `qtime`, as a total: divide by the handlers
+    /// started for a mean).
+    pub queue_wait_total: Duration,
+    /// The longest queue wait of a handler that left the queue to run
+    /// (HAProxy's `qtmax`).
+    pub queue_wait_max: Duration,
     /// Refusals by reason, indexed as [`Refusal::ALL`]; see [`Stats::refused`].
     refused: [u64; Refusal::ALL.len()],
 }
@@ -52,6 +62,8 @@ impl Stats {
 #[repr(align(128))]
 pub(crate) struct Counters {
     refused: [AtomicU64; Refusal::ALL.len()],
+    /// Waiting handlers the watcher found abandoned.
+    pub(crate) abandoned: AtomicU64,
 }
 
 impl Counters {
@@ -69,6 +81,7 @@ impl Counters {
             running,
             waiting,
             refused: self.refused.each_ref().map(|c| c.load(Relaxed)),
+            abandoned: self.abandoned.load(Relaxed),
             ..Stats::default()
         }
     }
@@ -81,6 +94,9 @@ pub(crate) struct WorkerCounters {
     pub(crate) failed: AtomicU64,
     pub(crate) panicked: AtomicU64,
     pub(crate) abandoned: AtomicU64,
+    /// Queue-wait nanoseconds of the handlers started here: sum and max.
+    waited_total: AtomicU64,
+    waited_max: AtomicU64,
 }
 
 impl WorkerCounters {
@@ -89,6 +105,21 @@ impl WorkerCounters {
         stats.failed += self.failed.load(Relaxed);
         stats.panicked += self.panicked.load(Relaxed);
         stats.abandoned += self.abandoned.load(Relaxed);
+        stats.queue_wait_total += Duration::from_nanos(self.waited_total.load(Relaxed));
+        stats.queue_wait_max = stats
+            .queue_wait_max
+            .max(Duration::from_nanos(self.waited_max.load(Relaxed)));
+    }
+
+    /// Counts a handler that waited `waited` before it started. Only this
+    /// slot's worker writes, so plain loads and stores suffice.
+    pub(crate) fn waited(&self, waited: Duration) {
+        let nanos = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+        let total = self.waited_total.load(Relaxed).saturating_add(nanos);
+        self.waited_total.store(total, Relaxed);
+        if nanos > self.waited_max.load(Relaxed) {
+            self.waited_max.store(nanos, Relaxed);
+        }
     }
 }
 

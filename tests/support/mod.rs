@@ -1,6 +1,7 @@
 //! Shared test support, by concern. No sleeps: every wait is a blocking
 //! call with a timeout.
 
+mod alone;
 mod child;
 mod conn;
 mod encoding;
@@ -13,6 +14,7 @@ mod watch;
 
 use std::time::Duration;
 
+pub(crate) use alone::{rss_kib, run_alone};
 pub(crate) use child::ChildServer;
 pub(crate) use conn::{Conn, connect_from};
 pub(crate) use encoding::{CASES, config, encode, join_encoded};

@@ -14,10 +14,11 @@ use crate::{Admission as _, And, MaxWaiting, PerSourceCap, QueueTimeout};
 ///
 /// `ServerConfig::new(root)` gives the defaults: 4 running, 1024 waiting,
 /// no per-source cap, no queue timeout, idle and stall timeouts of 30 s,
-/// uploads off (1 GiB limit when on), 10 s shutdown grace, hidden names
-/// not served, at most 100,000 entries per LIST, no trusted proxies (a
-/// PROXY header deadline of 5 s once there are some), no metrics or agent
-/// listener.
+/// busy idle timeout 5 s and busy session limit 60 s, a minimum body rate
+/// of 500 bytes/s, uploads off (1 GiB limit when on), 10 s shutdown grace,
+/// hidden names not served, at most 100,000 entries per LIST, no trusted
+/// proxies (a PROXY header deadline of 5 s once there are some), no
+/// metrics or agent listener.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ServerConfig {
@@ -37,6 +38,17 @@ pub struct ServerConfig {
     pub idle_timeout: Option<Duration>,
     /// Time allowed without progress on a body; `None`: no limit.
     pub stall_timeout: Option<Duration>,
+    /// While clients wait, how long a running connection may sit idle
+    /// between requests before it makes room (`ERR timeout`); `None`: no
+    /// such limit.
+    pub busy_idle_timeout: Option<Duration>,
+    /// While clients wait, how long a connection may run before it makes
+    /// room after its current request (`ERR busy`); `None`: no such limit.
+    pub busy_session_limit: Option<Duration>,
+    /// The slowest a body may move, in bytes per second, after an initial
+    /// allowance of the stall timeout (30 s without one), as Apache's
+    /// `mod_reqtimeout` `MinRate`; `None`: no minimum.
+    pub min_rate: Option<u64>,
     /// Whether PUT is accepted.
     pub allow_put: bool,
     /// The largest accepted upload, in bytes.
@@ -73,6 +85,9 @@ impl ServerConfig {
             queue_timeout: None,
             idle_timeout: Some(Duration::from_secs(30)),
             stall_timeout: Some(Duration::from_secs(30)),
+            busy_idle_timeout: Some(Duration::from_secs(5)),
+            busy_session_limit: Some(Duration::from_secs(60)),
+            min_rate: Some(500),
             allow_put: false,
             max_upload: 1 << 30,
             shutdown_grace: Duration::from_secs(10),
@@ -153,6 +168,50 @@ impl ServerConfig {
             "use None for no stall_timeout"
         );
         self.stall_timeout = timeout;
+        self
+    }
+
+    /// Sets [`busy_idle_timeout`](ServerConfig::busy_idle_timeout)
+    /// (default 5 s); `None` for no limit.
+    ///
+    /// # Panics
+    ///
+    /// If `timeout` is `Some(Duration::ZERO)`: a zero is not "none".
+    pub fn busy_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        assert_ne!(
+            timeout,
+            Some(Duration::ZERO),
+            "use None for no busy_idle_timeout"
+        );
+        self.busy_idle_timeout = timeout;
+        self
+    }
+
+    /// Sets [`busy_session_limit`](ServerConfig::busy_session_limit)
+    /// (default 60 s); `None` for no limit.
+    ///
+    /// # Panics
+    ///
+    /// If `limit` is `Some(Duration::ZERO)`: a zero is not "none".
+    pub fn busy_session_limit(mut self, limit: Option<Duration>) -> Self {
+        assert_ne!(
+            limit,
+            Some(Duration::ZERO),
+            "use None for no busy_session_limit"
+        );
+        self.busy_session_limit = limit;
+        self
+    }
+
+    /// Sets [`min_rate`](ServerConfig::min_rate) in bytes per second
+    /// (default 500); `None` for no minimum.
+    ///
+    /// # Panics
+    ///
+    /// If `rate` is `Some(0)`: a zero is not "none".
+    pub fn min_rate(mut self, rate: Option<u64>) -> Self {
+        assert_ne!(rate, Some(0), "use None for no min_rate");
+        self.min_rate = rate;
         self
     }
 

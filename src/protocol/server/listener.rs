@@ -149,6 +149,8 @@ impl Server {
         let (closer, closer_thread) = Closer::start("filesrv").map_err(ServerError::Start)?;
         let manager = ManagerBuilder::new(config.max_running)
             .admission(config.admission())
+            .busy_idle_timeout(config.busy_idle_timeout)
+            .busy_session_limit(config.busy_session_limit)
             .name("filesrv")
             .build()
             .map_err(ServerError::Start)?;

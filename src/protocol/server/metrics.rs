@@ -170,10 +170,24 @@ impl Collector for Snapshot {
             "Clients served at once at most (MAX_RUNNING)",
             self.max_running,
         )?;
-        // With the slot statistics, one line each:
-        // gauge(e, "queue_oldest_seconds", "Age of the oldest waiting client", s.oldest_waiting.as_secs_f64())?;
-        // counter(e, "queue_time_seconds", "Time clients spent waiting, summed", s.queue_wait_total.as_secs_f64())?;
-        // gauge(e, "queue_time_max_seconds", "Longest time a client waited", s.queue_wait_max.as_secs_f64())?;
+        gauge(
+            e,
+            "queue_oldest_seconds",
+            "Age of the oldest waiting client",
+            s.oldest_waiting.as_secs_f64(),
+        )?;
+        counter(
+            e,
+            "queue_time_seconds",
+            "Time clients that started running spent waiting, summed",
+            s.queue_wait_total.as_secs_f64(),
+        )?;
+        gauge(
+            e,
+            "queue_time_max_seconds",
+            "Longest time a client that started running waited",
+            s.queue_wait_max.as_secs_f64(),
+        )?;
         counter(
             e,
             "sessions_submitted",

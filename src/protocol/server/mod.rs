@@ -9,6 +9,7 @@ mod fs;
 mod limits;
 mod listener;
 mod metrics;
+mod pace;
 mod proxy;
 mod session;
 mod sidecar;

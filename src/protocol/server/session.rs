@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -13,11 +14,12 @@ use super::closer::Closer;
 use super::config::ServerConfig;
 use super::fs::{FsError, Root};
 use super::metrics::Metrics;
+use super::pace::Pace;
 use super::transfer::{Sent, is_timeout, send_all, send_body};
 use crate::protocol::checksum::sum_prefix_until;
 use crate::protocol::wire::{ErrorCode, MAX_LINE, RelPath, Request, parse_request, printable_line};
 use crate::util::{chunk_len, lock, time_left};
-use crate::{Handler, HandlerContext, Refusal, Stop};
+use crate::{Handler, HandlerContext, MakeRoom, Refusal, Stop};
 
 /// What every session of one server shares: the root, the settings, the
 /// closer and the metrics.
@@ -99,6 +101,12 @@ impl Handler for Session {
         }
     }
 
+    /// Watched while waiting, so a client that hangs up leaves the queue
+    /// at once.
+    fn socket(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.stream.as_fd())
+    }
+
     fn refused(self, reason: Refusal) {
         log::info!("{}: refused: {reason}", self.peer);
         let line = refusal_line(reason);
@@ -166,9 +174,10 @@ impl Connection {
         } = session;
         stream.set_write_timeout(shared.config.stall_timeout)?;
         let busy = Arc::new(Mutex::new(false));
-        let hook_busy = busy.clone();
+        let hook_stream = Arc::new(hook_stream);
+        let (stop_stream, stop_busy) = (hook_stream.clone(), busy.clone());
         ctx.on_stop(move |stop| {
-            let busy = lock(&hook_busy);
+            let busy = lock(&stop_busy);
             // Idle between requests: wake the blocked read. Busy: the
             // request finishes and the loop sees the stop before the next.
             let how = match stop {
@@ -176,7 +185,15 @@ impl Connection {
                 _ if *busy => return,
                 _ => Shutdown::Read,
             };
-            let _ = hook_stream.shutdown(how);
+            let _ = stop_stream.shutdown(how);
+        });
+        // Asked to make room for a waiting client: the same, the loop
+        // sees the request before it reads the next line.
+        let room_busy = busy.clone();
+        ctx.on_make_room(move |_| {
+            if !*lock(&room_busy) {
+                let _ = hook_stream.shutdown(Shutdown::Read);
+            }
         });
         Ok(Connection {
             stream,
@@ -202,6 +219,10 @@ impl Connection {
             if ctx.stop_requested().is_some() {
                 return self.stop_unavailable();
             }
+            if let Some(why) = ctx.make_room_requested() {
+                return self.make_room(why);
+            }
+            ctx.set_idle();
             let deadline = self
                 .config()
                 .idle_timeout
@@ -210,6 +231,9 @@ impl Connection {
                 Line::Complete(line) => line,
                 // A graceful stop ends an idle read this way too.
                 Line::Eof { partial } => {
+                    if let Some(why) = ctx.make_room_requested() {
+                        return self.make_room(why);
+                    }
                     return match (ctx.stop_requested(), partial) {
                         (Some(_), _) => self.stop_unavailable(),
                         (None, false) => Ok(End::Quietly),
@@ -228,7 +252,12 @@ impl Connection {
                     drop(busy);
                     return self.stop_unavailable();
                 }
+                if let Some(why) = ctx.make_room_requested() {
+                    drop(busy);
+                    return self.make_room(why);
+                }
                 *busy = true;
+                ctx.set_busy();
             }
             self.requests += 1;
             let began = Instant::now();
@@ -280,6 +309,16 @@ impl Connection {
 
     fn stop_unavailable(&mut self) -> io::Result<End> {
         self.fail(ErrorCode::Unavailable, "server is shutting down")
+    }
+
+    /// Leaves to make room for a waiting client (Connection life, item 4).
+    fn make_room(&mut self, why: MakeRoom) -> io::Result<End> {
+        match why {
+            MakeRoom::IdleTooLong => {
+                self.fail(ErrorCode::Timeout, "idle too long while clients wait")
+            }
+            _ => self.fail(ErrorCode::Busy, "session limit reached while clients wait"),
+        }
     }
 
     /// Sends a final `ERR` line; the connection then closes.
@@ -398,7 +437,7 @@ impl Connection {
         // Held back (MSG_MORE) so the header leaves in one segment with the
         // start of the body.
         send_all(&self.stream, header.as_bytes(), SendFlags::MORE)?;
-        match send_body(&self.stream, &file, offset, count)? {
+        match send_body(&self.stream, &file, offset, count, self.config())? {
             Sent::All => Ok(Outcome::new("OK", count, None)),
             Sent::Short(sent) => {
                 log::info!("{}: {path} shrank while being sent", self.peer);
@@ -456,7 +495,7 @@ impl Connection {
     }
 
     /// Copies `size` body bytes (buffered first, then from the socket) to
-    /// `file`, allowing the stall timeout between reads.
+    /// `file`, within the stall timeout and the minimum rate ([`Pace`]).
     fn receive_body(&mut self, mut file: &File, size: u64) -> io::Result<Received> {
         let mut left = size;
         let buffered = chunk_len(left, self.end - self.start);
@@ -470,20 +509,25 @@ impl Connection {
         if self.start == self.end {
             (self.start, self.end) = (0, 0);
         }
-        self.stream
-            .set_read_timeout(self.shared.config.stall_timeout)?;
+        let mut pace = Pace::new(self.config());
         // The body is read into the free tail of the line buffer, which
         // keeps any pipelined bytes after it intact.
         while left > 0 {
+            // Each read waits at most until the body's deadline.
+            let Ok(timeout) = pace.time_left() else {
+                return Ok(Received::Stalled);
+            };
+            self.stream.set_read_timeout(timeout)?;
             let room = &mut self.buf[self.end..];
             let want = chunk_len(left, room.len());
             let n = match self.stream.read(&mut room[..want]) {
                 Ok(0) => return Ok(Received::Gone),
                 Ok(n) => n,
-                Err(e) if is_timeout(&e) => return Ok(Received::Stalled),
+                Err(e) if is_timeout(&e) => continue,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return Ok(Received::Gone),
             };
+            pace.progress(n);
             if let Err(e) = file.write_all(&room[..n]) {
                 return Ok(Received::WriteFailed(e));
             }

@@ -8,10 +8,15 @@ use std::net::TcpStream;
 use rustix::io::Errno;
 use rustix::net::SendFlags;
 
+use super::config::ServerConfig;
+use super::pace::Pace;
 use crate::util::chunk_len;
 
 /// The largest chunk one `sendfile` call is asked for.
 const SENDFILE_CHUNK: usize = 1 << 30;
+/// Bodies up to this size go in one blocking `sendfile`, which waits at
+/// most once, within the socket's send timeout; larger ones are paced.
+const ONE_WAIT: u64 = 64 * 1024;
 /// The buffer of the copying fallback.
 const COPY_CHUNK: usize = 64 * 1024;
 
@@ -44,12 +49,35 @@ pub(super) fn send_all(stream: &TcpStream, mut bytes: &[u8], flags: SendFlags) -
 }
 
 /// Sends `count` bytes of `file` from `offset`: `sendfile(2)` where the
-/// file system allows it, a buffered copy otherwise.
+/// file system allows it, a buffered copy otherwise. A body larger than
+/// [`ONE_WAIT`] is sent with the socket non-blocking, waiting in `poll`
+/// for the time its [`Pace`] leaves, so the stall timeout is wall time without
+/// progress and the minimum rate holds.
 pub(super) fn send_body(
+    stream: &TcpStream,
+    file: &File,
+    offset: u64,
+    count: u64,
+    config: &ServerConfig,
+) -> io::Result<Sent> {
+    if count <= ONE_WAIT {
+        return send_file(stream, file, offset, count, None);
+    }
+    let mut pace = Pace::new(config);
+    rustix::io::ioctl_fionbio(stream, true)?;
+    let sent = send_file(stream, file, offset, count, Some(&mut pace));
+    rustix::io::ioctl_fionbio(stream, false)?;
+    sent
+}
+
+/// The `sendfile(2)` loop: blocking (`pace` is `None`), or on a
+/// non-blocking socket, waiting for room as long as `pace` allows.
+fn send_file(
     stream: &TcpStream,
     file: &File,
     mut offset: u64,
     count: u64,
+    mut pace: Option<&mut Pace>,
 ) -> io::Result<Sent> {
     let end = offset + count;
     let sent = |offset: u64| count - (end - offset);
@@ -57,12 +85,26 @@ pub(super) fn send_body(
         let chunk = chunk_len(end - offset, SENDFILE_CHUNK);
         match rustix::fs::sendfile(stream, file, Some(&mut offset), chunk) {
             Ok(0) => return Ok(Sent::Short(sent(offset))),
-            Ok(_) => {}
+            Ok(n) => {
+                if let Some(pace) = pace.as_deref_mut() {
+                    pace.progress(n);
+                }
+            }
             Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) if pace.is_some() => {
+                let pace = pace.as_deref().expect("matched on is_some");
+                if pace.wait_writable(stream)?.is_err() {
+                    return Ok(Sent::Stalled(sent(offset)));
+                }
+            }
             Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+                if pace.is_some() {
+                    rustix::io::ioctl_fionbio(stream, false)?;
+                }
                 return copy_body(stream, file, offset, end, count);
             }
-            // A stall (the send timeout) or a vanished client.
+            // A stall (the send timeout, or the pace's deadline) or a
+            // vanished client.
             Err(_) => return Ok(Sent::Stalled(sent(offset))),
         }
     }

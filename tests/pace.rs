@@ -1,0 +1,78 @@
+//! Bodies that trickle are cut: the stall timeout is wall time without
+//! progress however the server splits its writes, and a body slower than
+//! the minimum rate is cut. The `filesrv` binary as a child, its log (`-v`)
+//! telling when a GET was cut; every wait bounded.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::support::{ChildServer, SLACK, TempDir};
+
+/// A GET of a large file whose client never reads the body is cut within
+/// 1.5 times the stall timeout.
+fn never_read_get_is_cut_in_time(stall: Duration) {
+    let dir = TempDir::new("send-stall");
+    // Sparse: far more than every socket buffer, at no disk cost.
+    let file = std::fs::File::create(dir.root().join("big.bin")).unwrap();
+    file.set_len(300 << 20).unwrap();
+    let mut command = ChildServer::command(&dir.root(), 1);
+    command.args(["--stall-timeout", &stall.as_secs_f64().to_string()]);
+    let server = ChildServer::spawn(command);
+    let mut c = server.connect();
+    let asked = Instant::now();
+    c.send(b"GET big.bin\n");
+    assert_eq!(c.line(), format!("OK {}", 300 << 20));
+    let line = server.wait_log("-> stalled").expect("the GET was not cut");
+    let cut = asked.elapsed();
+    assert!(
+        cut >= stall && cut < stall.mul_f64(1.5),
+        "cut after {cut:?} with a stall timeout of {stall:?}: {line}"
+    );
+}
+
+#[test]
+fn send_stall_of_one_second_is_wall_time() {
+    never_read_get_is_cut_in_time(Duration::from_secs(1));
+}
+
+#[test]
+fn send_stall_of_two_seconds_is_wall_time() {
+    never_read_get_is_cut_in_time(Duration::from_secs(2));
+}
+
+#[test]
+fn a_put_body_trickling_a_byte_at_a_time_is_cut_by_the_minimum_rate() {
+    let dir = TempDir::new("min-rate");
+    let mut command = ChildServer::command(&dir.root(), 1);
+    // Progress every 300 ms: the stall timeout never fires; the
+    // default minimum rate (500 bytes/s after a 1 s allowance) does.
+    command.args(["--allow-put", "--stall-timeout", "1"]);
+    let server = ChildServer::spawn(command);
+    let mut c = server.connect();
+    let began = Instant::now();
+    c.send(b"PUT slow.bin 100\n");
+    let mut cut = None;
+    // One byte every 300 ms, until the server answers (looked at without
+    // blocking after each byte) or 6 s pass.
+    for _ in 0..20 {
+        if c.try_send(b"x").is_err() {
+            cut = Some(began.elapsed());
+            break;
+        }
+        thread::sleep(Duration::from_millis(300));
+        c.stream().set_nonblocking(true).unwrap();
+        let answered = c.stream().peek(&mut [0; 1]).is_ok();
+        c.stream().set_nonblocking(false).unwrap();
+        if answered {
+            cut = Some(began.elapsed());
+            break;
+        }
+    }
+    let cut = cut.expect("the slow body was not cut");
+    c.expect_last_err("timeout");
+    assert!(
+        cut >= Duration::from_secs(1) && cut < Duration::from_secs(1) + SLACK,
+        "cut after {cut:?}"
+    );
+    assert!(dir.temp_files("").is_empty(), "a temporary file was left");
+}
