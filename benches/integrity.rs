@@ -25,7 +25,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TempDir, median, write_random_file};
+use common::{BenchArgs, TempDir, median, write_random_file};
 use filesrv::protocol::{Client, Server, ServerConfig};
 
 struct Params {
@@ -50,14 +50,9 @@ const SMOKE: Params = Params {
 };
 
 fn main() -> io::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let full = args.iter().any(|a| a == "--bench");
-    let filter: Vec<&str> = args
-        .iter()
-        .filter(|a| !a.starts_with('-'))
-        .map(String::as_str)
-        .collect();
-    let wanted = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f));
+    let args = BenchArgs::parse();
+    let full = args.full;
+    let wanted = |name: &str| args.wanted(name);
     let params = if full { &FULL } else { &SMOKE };
     let dir = TempDir::new("integrity")?;
     println!(

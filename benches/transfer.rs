@@ -63,7 +63,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::{TempDir, list, median, random_bytes, write_random_file};
+use common::{BenchArgs, TempDir, list, median, random_bytes, write_random_file};
 use filesrv::protocol::{Client, MAX_LINE, Server, ServerConfig};
 use loadgen::{BULK_BUF, Conn, Load, Mode, Report};
 use rustix::io::Errno;
@@ -124,14 +124,9 @@ fn main() -> io::Result<()> {
     if let Ok(role) = std::env::var(CHILD_ENV) {
         return child(&role);
     }
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let full = args.iter().any(|a| a == "--bench");
-    let filter: Vec<&str> = args
-        .iter()
-        .filter(|a| !a.starts_with('-'))
-        .map(String::as_str)
-        .collect();
-    let wanted = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f));
+    let args = BenchArgs::parse();
+    let full = args.full;
+    let wanted = |name: &str| args.wanted(name);
     let params = if full { &FULL } else { &SMOKE };
     raise_fd_limit();
 

@@ -32,3 +32,16 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
 pub(crate) fn chunk_len(remaining: u64, max: usize) -> usize {
     usize::try_from(remaining).map_or(max, |remaining| remaining.min(max))
 }
+
+/// A timeout setting as a builder takes it: `None` is no limit, and a
+/// zero is refused rather than read as "none" (the crate's one timeout
+/// convention, in the crate docs).
+///
+/// # Panics
+///
+/// If `timeout` is `Some(Duration::ZERO)`; `name` is the setting's, for
+/// the message.
+pub(crate) fn timeout_setting(timeout: Option<Duration>, name: &str) -> Option<Duration> {
+    assert_ne!(timeout, Some(Duration::ZERO), "use None for no {name}");
+    timeout
+}

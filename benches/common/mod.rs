@@ -73,3 +73,27 @@ impl Drop for TempDir {
         let _ = fs::remove_dir_all(&self.0);
     }
 }
+
+/// The command line of a bench binary: `--bench` (as `cargo bench` passes
+/// it) for the full run, else a quick smoke test (as `cargo test` runs
+/// it); other words select scenarios by name.
+pub(crate) struct BenchArgs {
+    /// Whether `--bench` was given.
+    pub(crate) full: bool,
+    filter: Vec<String>,
+}
+
+impl BenchArgs {
+    pub(crate) fn parse() -> BenchArgs {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        BenchArgs {
+            full: args.iter().any(|a| a == "--bench"),
+            filter: args.into_iter().filter(|a| !a.starts_with('-')).collect(),
+        }
+    }
+
+    /// Whether the scenario `name` is to run: every one without a filter.
+    pub(crate) fn wanted(&self, name: &str) -> bool {
+        self.filter.is_empty() || self.filter.iter().any(|f| name.contains(f.as_str()))
+    }
+}

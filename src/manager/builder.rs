@@ -16,7 +16,7 @@ use super::stats::Counters;
 use super::watcher::Watcher;
 use crate::admission::{Admission, MaxWaiting};
 use crate::handler::Handler;
-use crate::util::lock;
+use crate::util::{lock, timeout_setting};
 
 /// Configures and starts a [`Manager`]: `ManagerBuilder::new(max_running)`, then
 /// options, then [`build`](ManagerBuilder::build).
@@ -71,12 +71,7 @@ impl<S: Admission> ManagerBuilder<S> {
     ///
     /// If `timeout` is `Some(Duration::ZERO)`: a zero is not "none".
     pub fn busy_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
-        assert_ne!(
-            timeout,
-            Some(Duration::ZERO),
-            "use None for no busy_idle_timeout"
-        );
-        self.limits.idle = timeout;
+        self.limits.idle = timeout_setting(timeout, "busy_idle_timeout");
         self
     }
 
@@ -90,12 +85,7 @@ impl<S: Admission> ManagerBuilder<S> {
     ///
     /// If `limit` is `Some(Duration::ZERO)`: a zero is not "none".
     pub fn busy_session_limit(mut self, limit: Option<Duration>) -> Self {
-        assert_ne!(
-            limit,
-            Some(Duration::ZERO),
-            "use None for no busy_session_limit"
-        );
-        self.limits.session = limit;
+        self.limits.session = timeout_setting(limit, "busy_session_limit");
         self
     }
 

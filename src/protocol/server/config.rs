@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::util::timeout_setting;
 use crate::{Admission as _, And, MaxWaiting, PerSourceCap, QueueTimeout};
 
 /// Settings of a [`Server`](crate::protocol::Server); the command line of the `filesrv` binary maps
@@ -130,12 +131,7 @@ impl ServerConfig {
     ///
     /// If `timeout` is `Some(Duration::ZERO)`: a zero is not "none".
     pub fn queue_timeout(mut self, timeout: Option<Duration>) -> Self {
-        assert_ne!(
-            timeout,
-            Some(Duration::ZERO),
-            "use None for no queue_timeout"
-        );
-        self.queue_timeout = timeout;
+        self.queue_timeout = timeout_setting(timeout, "queue_timeout");
         self
     }
 
@@ -146,12 +142,7 @@ impl ServerConfig {
     ///
     /// If `timeout` is `Some(Duration::ZERO)`: a zero is not "none".
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
-        assert_ne!(
-            timeout,
-            Some(Duration::ZERO),
-            "use None for no idle_timeout"
-        );
-        self.idle_timeout = timeout;
+        self.idle_timeout = timeout_setting(timeout, "idle_timeout");
         self
     }
 
@@ -162,12 +153,7 @@ impl ServerConfig {
     ///
     /// If `timeout` is `Some(Duration::ZERO)`: a zero is not "none".
     pub fn stall_timeout(mut self, timeout: Option<Duration>) -> Self {
-        assert_ne!(
-            timeout,
-            Some(Duration::ZERO),
-            "use None for no stall_timeout"
-        );
-        self.stall_timeout = timeout;
+        self.stall_timeout = timeout_setting(timeout, "stall_timeout");
         self
     }
 
@@ -178,12 +164,7 @@ impl ServerConfig {
     ///
     /// If `timeout` is `Some(Duration::ZERO)`: a zero is not "none".
     pub fn busy_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
-        assert_ne!(
-            timeout,
-            Some(Duration::ZERO),
-            "use None for no busy_idle_timeout"
-        );
-        self.busy_idle_timeout = timeout;
+        self.busy_idle_timeout = timeout_setting(timeout, "busy_idle_timeout");
         self
     }
 
@@ -194,12 +175,7 @@ impl ServerConfig {
     ///
     /// If `limit` is `Some(Duration::ZERO)`: a zero is not "none".
     pub fn busy_session_limit(mut self, limit: Option<Duration>) -> Self {
-        assert_ne!(
-            limit,
-            Some(Duration::ZERO),
-            "use None for no busy_session_limit"
-        );
-        self.busy_session_limit = limit;
+        self.busy_session_limit = timeout_setting(limit, "busy_session_limit");
         self
     }
 
