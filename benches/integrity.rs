@@ -20,12 +20,12 @@ mod common;
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{BenchArgs, TempDir, median, write_random_file};
+use common::{BenchArgs, ChildServer, TempDir, median, write_random_file};
 use filesrv::protocol::{Client, Server, ServerConfig};
 
 struct Params {
@@ -119,9 +119,14 @@ fn list(root: &Path, params: &Params) -> io::Result<()> {
     }
     let (mut one, mut eight, mut reply) = (Vec::new(), Vec::new(), 0);
     for _ in 0..params.list_runs {
-        let server = ChildServer::start(root, 8)?;
-        let base = server.peak_kib()?;
-        let mut c = server.connect()?;
+        let server = ChildServer::start(
+            Path::new(env!("CARGO_BIN_EXE_filesrv")),
+            root,
+            8,
+            &["--max-list-entries", "0"],
+        )?;
+        let base = peak_kib(&server)?;
+        let mut c = TcpStream::connect(server.addr)?;
         c.write_all(b"LIST many\n")?;
         let mut sink = [0; 64 * 1024];
         let mut got = 0;
@@ -148,13 +153,18 @@ fn list(root: &Path, params: &Params) -> io::Result<()> {
             got += n;
         }
         reply = header.len() + got;
-        one.push(server.peak_kib()? - base);
+        one.push(peak_kib(&server)? - base);
 
-        let server = ChildServer::start(root, 8)?;
-        let base = server.peak_kib()?;
+        let server = ChildServer::start(
+            Path::new(env!("CARGO_BIN_EXE_filesrv")),
+            root,
+            8,
+            &["--max-list-entries", "0"],
+        )?;
+        let base = peak_kib(&server)?;
         let clients: Vec<TcpStream> = (0..8)
             .map(|_| {
-                let mut c = server.connect()?;
+                let mut c = TcpStream::connect(server.addr)?;
                 c.write_all(b"LIST many\n")?;
                 Ok(c)
             })
@@ -164,7 +174,7 @@ fn list(root: &Path, params: &Params) -> io::Result<()> {
             let mut first = [0; 1];
             c.peek(&mut first)?;
         }
-        eight.push(server.peak_kib()? - base);
+        eight.push(peak_kib(&server)? - base);
     }
     println!(
         "\nlist: {} entries, reply {} KiB; peak resident memory gained, KiB",
@@ -182,56 +192,12 @@ fn list(root: &Path, params: &Params) -> io::Result<()> {
     Ok(())
 }
 
-/// `filesrv -v` as a child process on 127.0.0.1; killed on drop.
-struct ChildServer {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl ChildServer {
-    fn start(root: &Path, max_running: usize) -> io::Result<ChildServer> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_filesrv"))
-            .args(["-v", "--bind", "127.0.0.1", "0"])
-            .arg(max_running.to_string())
-            .arg("--root")
-            .arg(root)
-            .args(["--max-list-entries", "0"])
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();
-        let addr = loop {
-            let Some(line) = lines.next().transpose()? else {
-                return Err(io::Error::other("filesrv did not start"));
-            };
-            if let Some((_, addr)) = line.split_once("serving on ") {
-                break addr.trim().parse().map_err(io::Error::other)?;
-            }
-        };
-        // Keep draining the log so the server never blocks on it.
-        std::thread::spawn(move || for _ in lines {});
-        Ok(ChildServer { child, addr })
-    }
-
-    fn connect(&self) -> io::Result<TcpStream> {
-        TcpStream::connect(self.addr)
-    }
-
-    fn peak_kib(&self) -> io::Result<u64> {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        Ok(status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0))
-    }
-}
-
-impl Drop for ChildServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The peak resident memory of the server process, in KiB (`VmHWM`).
+fn peak_kib(server: &ChildServer) -> io::Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{}/status", server.child.id()))?;
+    Ok(status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0))
 }

@@ -63,7 +63,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::{BenchArgs, TempDir, list, median, random_bytes, write_random_file};
+use common::{BenchArgs, ChildServer, TempDir, list, median, random_bytes, write_random_file};
 use filesrv::protocol::{Client, MAX_LINE, Server, ServerConfig};
 use loadgen::{BULK_BUF, Conn, Load, Mode, Report};
 use rustix::io::Errno;
@@ -365,12 +365,13 @@ fn against_baseline(
     params: &Params,
     baseline: &Path,
 ) -> io::Result<()> {
-    let ours = Binary::start(
+    let ours = ChildServer::start(
         Path::new(env!("CARGO_BIN_EXE_filesrv")),
         root,
         params.clients,
+        &[],
     )?;
-    let theirs = Binary::start(baseline, root, params.clients)?;
+    let theirs = ChildServer::start(baseline, root, params.clients, &[])?;
     let mut reports = [Vec::new(), Vec::new()];
     for _ in 0..params.small_runs {
         for (server, reports) in [&ours, &theirs].into_iter().zip(reports.iter_mut()) {
@@ -402,52 +403,6 @@ fn against_baseline(
         );
     }
     Ok(())
-}
-
-/// A `filesrv` binary run as a silent child process on 127.0.0.1; killed
-/// on drop.
-struct Binary {
-    child: std::process::Child,
-    addr: SocketAddr,
-}
-
-impl Binary {
-    fn start(program: &Path, root: &Path, max_running: usize) -> io::Result<Binary> {
-        // A free port, let go for the child to bind.
-        let port = TcpListener::bind(localhost())?.local_addr()?.port();
-        let child = Command::new(program)
-            .args([
-                "--bind",
-                "127.0.0.1",
-                &port.to_string(),
-                &max_running.to_string(),
-            ])
-            .arg("--root")
-            .arg(root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        // Silent by design: ready once it accepts (at most 5 s).
-        for _ in 0..500 {
-            if TcpStream::connect(addr).is_ok() {
-                return Ok(Binary { child, addr });
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        Err(io::Error::other(format!(
-            "{} did not start",
-            program.display()
-        )))
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn rates(reports: &[Report]) -> Vec<f64> {

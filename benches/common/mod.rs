@@ -1,9 +1,11 @@
 //! What the benches share: statistics, random files, a temporary
-//! directory.
+//! directory, the command line, a server binary as a child process.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
 pub(crate) fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
@@ -95,5 +97,60 @@ impl BenchArgs {
     /// Whether the scenario `name` is to run: every one without a filter.
     pub(crate) fn wanted(&self, name: &str) -> bool {
         self.filter.is_empty() || self.filter.iter().any(|f| name.contains(f.as_str()))
+    }
+}
+
+/// A `filesrv` binary (this build's, or an earlier build's as a baseline)
+/// as a child process on 127.0.0.1, ready once it logs its address (no
+/// polling); its log is drained, request lines switched off; killed on
+/// drop.
+pub(crate) struct ChildServer {
+    pub(crate) child: Child,
+    /// Where it listens.
+    pub(crate) addr: SocketAddr,
+}
+
+impl ChildServer {
+    pub(crate) fn start(
+        program: &Path,
+        root: &Path,
+        max_running: usize,
+        extra: &[&str],
+    ) -> io::Result<ChildServer> {
+        let mut child = Command::new(program)
+            .args(["-v", "--bind", "127.0.0.1", "0"])
+            .arg(max_running.to_string())
+            .arg("--root")
+            .arg(root)
+            .args(extra)
+            // The address line only: per-request lines would cost the
+            // server time (the session module's path in older builds too).
+            .env(
+                "RUST_LOG",
+                "filesrv::protocol::session=off,filesrv::protocol::server::session=off",
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();
+        let addr = loop {
+            let Some(line) = lines.next().transpose()? else {
+                return Err(io::Error::other("filesrv did not start"));
+            };
+            if let Some((_, addr)) = line.split_once("serving on ") {
+                break addr.trim().parse().map_err(io::Error::other)?;
+            }
+        };
+        // Keep draining the log so the server never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        Ok(ChildServer { child, addr })
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
