@@ -107,7 +107,8 @@ pub mod protocol;
 mod util;
 
 pub use admission::{
-    Admission, And, Arrival, Decision, MaxWaiting, PerSourceCap, QueueTimeout, Refusal, Unbounded,
+    Admission, And, Arrival, Decision, Departure, Key, MaxWaiting, Outcome, PerSourceCap,
+    QueueTimeout, Refusal, Unbounded,
 };
 pub use handler::{BoxHandler, FnHandler, Handler, HandlerContext, Stop, handler_fn};
 pub use manager::{MakeRoom, Manager, ManagerBuilder, Refused, RunningInfo, ShutdownReport, Stats};

@@ -7,6 +7,7 @@ mod support;
 mod activation;
 mod cli;
 mod client;
+mod departures;
 mod deploy;
 mod hidden;
 mod hostile_input;

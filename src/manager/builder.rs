@@ -1,6 +1,6 @@
 //! Configuring and starting a [`Manager`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Condvar, Mutex};
@@ -26,6 +26,7 @@ pub struct ManagerBuilder<S> {
     admission: S,
     name: String,
     limits: BusyLimits,
+    ipv6_prefix: u8,
 }
 
 impl ManagerBuilder<MaxWaiting> {
@@ -45,6 +46,7 @@ impl ManagerBuilder<MaxWaiting> {
             admission: MaxWaiting(1024),
             name: "filesrv".to_owned(),
             limits: BusyLimits::default(),
+            ipv6_prefix: 64,
         }
     }
 }
@@ -57,7 +59,25 @@ impl<S: Admission> ManagerBuilder<S> {
             admission: policy,
             name: self.name,
             limits: self.limits,
+            ipv6_prefix: self.ipv6_prefix,
         }
+    }
+
+    /// The prefix length by which IPv6 sources are grouped into one
+    /// [`Key`](crate::Key) (default 64: one host usually holds a /64;
+    /// 128 counts every address apart). See
+    /// [`Key::from_source`](crate::Key::from_source).
+    ///
+    /// # Panics
+    ///
+    /// If `bits` is above 128.
+    pub fn ipv6_prefix(mut self, bits: u8) -> Self {
+        assert!(
+            bits <= 128,
+            "an IPv6 prefix has at most 128 bits, got {bits}"
+        );
+        self.ipv6_prefix = bits;
+        self
     }
 
     /// While handlers wait, a running handler idle between requests (as
@@ -121,9 +141,9 @@ impl<S: Admission> ManagerBuilder<S> {
         let epoch = Instant::now();
         let shared = Arc::new(ManagerState {
             max_running: self.max_running,
+            ipv6_prefix: self.ipv6_prefix,
             gate: Mutex::new(Gate {
                 policy: self.admission,
-                per_source: HashMap::new(),
                 tokens: Some(tx),
                 waiting: BTreeMap::new(),
                 deadlines: Deadlines::new(),

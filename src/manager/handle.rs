@@ -10,7 +10,7 @@ use super::refused::Refused;
 use super::slot::{RunningInfo, Slot};
 use super::state::{Entry, Gate, ManagerState};
 use super::stats::{ShutdownReport, Stats};
-use crate::admission::{Admission, Arrival, Decision, MaxWaiting, Refusal, canonical_source};
+use crate::admission::{Admission, Arrival, Decision, Key, MaxWaiting, Refusal, canonical_source};
 use crate::handler::{Handler, Stop};
 use crate::util::lock;
 
@@ -65,6 +65,9 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
     pub fn submit(&self, handler: Q) -> Result<(), Refused<Q>> {
         let shared = &*self.shared;
         let source = handler.source().map(canonical_source);
+        let key = handler
+            .key()
+            .or_else(|| source.map(|ip| Key::from_source(ip, shared.ipv6_prefix)));
         let now = Instant::now();
         let mut gate = lock(&shared.gate);
         if gate.tokens.is_none() {
@@ -73,11 +76,13 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
             return Err(shared.refuse_at_gate(handler, Refusal::ShuttingDown));
         }
         let (running, waiting) = shared.counts.get();
+        let id = gate.next_id;
         let arrival = Arrival {
+            id,
             source,
+            key,
             running,
             waiting,
-            from_source: source.map_or(0, |s| gate.per_source.get(&s).copied().unwrap_or(0)),
             max_running: shared.max_running,
             now,
         };
@@ -93,11 +98,9 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
             Decision::Queue => None,
             Decision::QueueUntil(deadline) => Some(deadline),
         };
-        let id = gate.next_id;
         gate.next_id += 1;
-        if let Some(source) = source {
-            *gate.per_source.entry(source).or_insert(0) += 1;
-        }
+        // From here on the policy hears of its departure, once.
+        gate.policy.admitted(&arrival);
         // Every slot taken: it will wait, so watch its client.
         let will_wait = running + waiting >= shared.max_running;
         if let Some(socket) = handler.socket().filter(|_| will_wait) {
@@ -110,6 +113,7 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
             Entry {
                 id,
                 source,
+                key,
                 queued_at: now,
                 handler,
             },
@@ -157,6 +161,28 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
             slot.counters.add_to(&mut stats);
         }
         stats
+    }
+
+    /// Calls `f` with the admission policy, under the admission lock: no
+    /// arrival is decided and no handler departs meanwhile. For changing
+    /// a policy at run time (a maintenance switch, a new cap) or reading
+    /// its counts. `f` must be quick and must not call back into this
+    /// manager (the lock is not reentrant).
+    ///
+    /// ```
+    /// use filesrv::{ManagerBuilder, PerSourceCap};
+    /// # use filesrv::{Manager, BoxHandler};
+    ///
+    /// # fn main() -> std::io::Result<()> {
+    /// let manager: Manager<BoxHandler, _> =
+    ///     ManagerBuilder::new(2).admission(PerSourceCap::new(4)).build()?;
+    /// let key = filesrv::Key::Source("10.0.0.1".parse().unwrap());
+    /// assert_eq!(manager.with_policy(|cap| cap.count(&key)), 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_policy<R>(&self, f: impl FnOnce(&mut S) -> R) -> R {
+        f(&mut lock(&self.shared.gate).policy)
     }
 
     /// The handlers running now, in no particular order.
