@@ -14,6 +14,7 @@ mod hostile_input;
 mod hostile_net;
 mod hostile_process;
 mod integrity;
+mod live_changes;
 mod manager;
 mod metrics;
 mod operations;

@@ -5,12 +5,13 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::deadline::Deadlines;
 use super::handle::Manager;
+use super::resize::{Workers, check_bound};
 use super::room::BusyLimits;
-use super::slot::{Phase, Slot};
+use super::slot::Phase;
 use super::state::{Counts, Gate, ManagerState};
 use super::stats::Counters;
 use super::watcher::Watcher;
@@ -37,10 +38,7 @@ impl ManagerBuilder<MaxWaiting> {
     ///
     /// If `max_running` is 0 or above 2³¹.
     pub fn new(max_running: usize) -> ManagerBuilder<MaxWaiting> {
-        assert!(
-            (1..=1 << 31).contains(&max_running),
-            "max_running must be between 1 and 2^31, got {max_running}"
-        );
+        check_bound(max_running);
         ManagerBuilder {
             max_running,
             admission: MaxWaiting(1024),
@@ -138,9 +136,10 @@ impl<S: Admission> ManagerBuilder<S> {
         check_map_room(self.max_running + 2)?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let phase = Arc::new(Phase::default());
-        let epoch = Instant::now();
+        let workers = Workers::new(phase.clone(), self.name.clone());
+        workers.set_target(self.max_running);
         let shared = Arc::new(ManagerState {
-            max_running: self.max_running,
+            workers,
             ipv6_prefix: self.ipv6_prefix,
             gate: Mutex::new(Gate {
                 policy: self.admission,
@@ -155,9 +154,6 @@ impl<S: Admission> ManagerBuilder<S> {
             tokens: rx,
             counts: Counts(AtomicU64::new(0)),
             counters: Counters::default(),
-            slots: (0..self.max_running)
-                .map(|_| Slot::new(phase.clone(), epoch))
-                .collect(),
             phase,
             closing: AtomicBool::new(false),
             idle: (Mutex::new(()), Condvar::new()),
@@ -189,12 +185,12 @@ impl<S: Admission> ManagerBuilder<S> {
             format!("{}-watcher", self.name),
             Box::new(move || watcher.watch_loop()),
         )?;
-        for index in 0..self.max_running {
-            let worker = shared.clone();
-            spawn(
-                format!("{}-worker-{index}", self.name),
-                Box::new(move || worker.work(index)),
-            )?;
+        for _ in 0..self.max_running {
+            let mut threads = lock(&manager.threads);
+            let threads = threads
+                .as_mut()
+                .expect("threads are taken only by shutdown");
+            manager.start_worker(threads)?;
         }
         Ok(manager)
     }
@@ -209,7 +205,7 @@ const MAPS_PER_THREAD: usize = 4;
 /// a new thread's start-up, where Rust's runtime can only abort the
 /// process; this turns that abort into an error the caller can report.
 /// Where `/proc` cannot be read, nothing is checked.
-fn check_map_room(threads: usize) -> io::Result<()> {
+pub(super) fn check_map_room(threads: usize) -> io::Result<()> {
     let Ok(limit) = std::fs::read_to_string("/proc/sys/vm/max_map_count") else {
         return Ok(());
     };

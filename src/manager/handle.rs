@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::refused::Refused;
-use super::slot::{RunningInfo, Slot};
+use super::slot::RunningInfo;
 use super::state::{Entry, Gate, ManagerState};
 use super::stats::{ShutdownReport, Stats};
 use crate::admission::{Admission, Arrival, Decision, Key, MaxWaiting, Refusal, canonical_source};
@@ -83,7 +83,7 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
             key,
             running,
             waiting,
-            max_running: shared.max_running,
+            max_running: shared.workers.target(),
             now,
         };
         // Counted once the policy has decided: a policy that panics leaves
@@ -102,7 +102,7 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
         // From here on the policy hears of its departure, once.
         gate.policy.admitted(&arrival);
         // Every slot taken: it will wait, so watch its client.
-        let will_wait = running + waiting >= shared.max_running;
+        let will_wait = running + waiting >= shared.workers.target();
         if let Some(socket) = handler.socket().filter(|_| will_wait) {
             shared.watcher.register(socket, id);
         }
@@ -157,7 +157,7 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
         stats.submitted = submitted;
         stats.admitted = admitted;
         stats.oldest_waiting = oldest.map_or(Duration::ZERO, |at| at.elapsed());
-        for slot in self.shared.slots.iter() {
+        for slot in self.shared.workers.slots().iter() {
             slot.counters.add_to(&mut stats);
         }
         stats
@@ -187,12 +187,14 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
 
     /// The handlers running now, in no particular order.
     pub fn running(&self) -> Vec<RunningInfo> {
-        self.shared.slots.iter().filter_map(Slot::info).collect()
+        let slots = self.shared.workers.snapshot();
+        slots.iter().filter_map(|slot| slot.info()).collect()
     }
 
-    /// The bound on running handlers.
+    /// The bound on running handlers; see
+    /// [`set_max_running`](Manager::set_max_running).
     pub fn max_running(&self) -> usize {
-        self.shared.max_running
+        self.shared.workers.target()
     }
 
     /// Blocks until nothing runs or waits. Handlers submitted meanwhile
@@ -296,7 +298,7 @@ impl<Q: Handler, S: Admission> Drop for Manager<Q, S> {
 impl<Q: Handler, S: Admission> fmt::Debug for Manager<Q, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Manager")
-            .field("max_running", &self.shared.max_running)
+            .field("max_running", &self.max_running())
             .field("stats", &self.stats())
             .finish_non_exhaustive()
     }

@@ -12,8 +12,9 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::deadline::Deadlines;
 use super::refused::Refused;
+use super::resize::Workers;
 use super::room::BusyLimits;
-use super::slot::{Phase, Slot};
+use super::slot::Phase;
 use super::stats::Counters;
 use super::watcher::Watcher;
 use crate::admission::{Admission, Departure, Key, Outcome, Refusal};
@@ -136,7 +137,8 @@ impl<Q, S: Admission> Gate<Q, S> {
 }
 
 pub(super) struct ManagerState<Q, S> {
-    pub(super) max_running: usize,
+    /// The bound on running handlers, the workers and their slots.
+    pub(super) workers: Workers,
     /// The prefix length IPv6 sources are grouped by into keys.
     pub(super) ipv6_prefix: u8,
     pub(super) gate: Mutex<Gate<Q, S>>,
@@ -147,7 +149,6 @@ pub(super) struct ManagerState<Q, S> {
     pub(super) counts: Counts,
     /// Counters the submitting side writes; workers count in their slots.
     pub(super) counters: Counters,
-    pub(super) slots: Box<[Slot]>,
     pub(super) phase: Arc<Phase>,
     pub(super) closing: AtomicBool,
     /// Signalled when the manager becomes idle while someone waits for it.
@@ -327,7 +328,7 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
     pub(super) fn stop_all(&self, stop: Stop) {
         // The phase first: a hook registered after this sees it at once.
         self.phase.set(stop);
-        for slot in self.slots.iter() {
+        for slot in self.workers.snapshot() {
             slot.stop(stop);
         }
     }

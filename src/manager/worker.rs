@@ -67,12 +67,16 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
     /// to the head.
     pub(super) fn work(&self, index: usize) {
         WORKER_OF.set(std::ptr::from_ref(self) as usize);
-        let slot = &self.slots[index];
+        let slot = self.workers.slots()[index].clone();
+        let slot = &*slot;
         // The handler that ran last: it departs (policy told, running
         // count down) with the next one's start, or before this worker
-        // sleeps, never later.
+        // sleeps or retires, never later.
         let mut last: Option<Departure> = None;
         loop {
+            if self.workers.retire() {
+                break;
+            }
             let token = match last.take() {
                 None => self.tokens.recv().is_ok(),
                 Some(done) => match self.tokens.try_recv() {
@@ -87,6 +91,13 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
                 },
             };
             if !token {
+                break;
+            }
+            if self.workers.retire() {
+                // The token may be a waiting handler's: pass it on.
+                if let Some(tokens) = lock(&self.gate).tokens.clone() {
+                    let _ = tokens.send(());
+                }
                 break;
             }
             let Some(Entry {
@@ -118,6 +129,10 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
             drop(vacate);
             last = Some(Departure { id, key, outcome });
         }
+        if let Some(done) = last {
+            self.finish(done);
+        }
+        self.workers.retired(index);
     }
 
     /// Runs one handler taken from the queue; how it ended.
