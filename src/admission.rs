@@ -205,8 +205,43 @@ impl fmt::Display for Refusal {
 /// policy at run time with [`Manager::with_policy`](crate::Manager::with_policy).
 ///
 /// Combine policies with [`and`](Admission::and). Writing your own is one
-/// method; see the crate documentation for a keyed policy, a request-class
-/// policy and a maintenance switch.
+/// method; the crate documentation has a keyed policy and a request-class
+/// policy. A maintenance switch, flipped on a running manager:
+///
+/// ```
+/// use filesrv::{Admission, Arrival, Decision, Manager, ManagerBuilder, MaxWaiting, Refusal};
+/// use filesrv::{handler_fn, FnHandler, HandlerContext};
+/// # type Work = FnHandler<fn(&HandlerContext) -> std::io::Result<()>>;
+///
+/// /// Refuses everyone as unavailable while switched on.
+/// #[derive(Default)]
+/// struct Maintenance {
+///     on: bool,
+/// }
+///
+/// impl Admission for Maintenance {
+///     fn decide(&mut self, _arrival: &Arrival) -> Decision {
+///         if self.on { Decision::Refuse(Refusal::Unavailable) } else { Decision::Queue }
+///     }
+/// }
+///
+/// # fn main() -> std::io::Result<()> {
+/// let manager: Manager<Work, _> = ManagerBuilder::new(2)
+///     .admission(MaxWaiting(64).and(Maintenance::default()))
+///     .build()?;
+/// let work: Work = handler_fn(|_| Ok(()));
+/// assert!(manager.submit(work).is_ok());
+///
+/// // From an operator's signal or a control socket, at run time:
+/// manager.with_policy(|policy| policy.1.on = true);
+/// let refused = manager.submit(handler_fn(|_| Ok(()))).unwrap_err();
+/// assert_eq!(refused.reason(), Refusal::Unavailable); // "ERR unavailable"
+///
+/// manager.with_policy(|policy| policy.1.on = false);
+/// assert!(manager.submit(handler_fn(|_| Ok(()))).is_ok());
+/// # Ok(())
+/// # }
+/// ```
 pub trait Admission: Send + 'static {
     /// Decides the fate of one arriving handler.
     fn decide(&mut self, arrival: &Arrival) -> Decision;
