@@ -86,9 +86,13 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
             max_running: shared.workers.target(),
             now,
         };
-        // Counted once the policy has decided: a policy that panics leaves
-        // no trace in the counts.
+        // Counted once the policy has decided (and heard it admitted): a
+        // policy that panics leaves no trace in the counts.
         let decision = gate.policy.decide(&arrival);
+        if !matches!(decision, Decision::Refuse(_)) {
+            // From here on the policy hears of its departure, once.
+            gate.policy.admitted(&arrival);
+        }
         gate.submitted += 1;
         let deadline = match decision {
             Decision::Refuse(reason) => {
@@ -99,8 +103,6 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
             Decision::QueueUntil(deadline) => Some(deadline),
         };
         gate.next_id += 1;
-        // From here on the policy hears of its departure, once.
-        gate.policy.admitted(&arrival);
         // Every slot taken: it will wait, so watch its client.
         let will_wait = running + waiting >= shared.workers.target();
         if let Some(socket) = handler.socket().filter(|_| will_wait) {
