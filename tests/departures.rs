@@ -269,3 +269,43 @@ fn ipv6_sources_share_a_cap_by_prefix() {
         assert_eq!(manager.with_policy(|p| p.count(&key)), 0);
     }
 }
+
+/// Panics when told of the first departure.
+struct PanicsOnce(bool);
+
+impl Admission for PanicsOnce {
+    fn decide(&mut self, _: &Arrival) -> Decision {
+        Decision::Queue
+    }
+    fn departed(&mut self, _: &Departure) {
+        if !self.0 {
+            self.0 = true;
+            panic!("departed panicked on purpose");
+        }
+    }
+}
+
+#[test]
+fn a_policy_panicking_in_departed_costs_nothing_else() {
+    let manager = ManagerBuilder::new(1)
+        .admission(PanicsOnce(false))
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        manager
+            .submit(job(Act::Done))
+            .map_err(|r| r.reason())
+            .unwrap();
+    }
+    assert!(manager.wait_idle_timeout(LIMIT));
+    assert_eq!(manager.stats().completed, 3);
+    assert!(manager.with_policy(|p| p.0));
+    // The worker survived: more work still runs.
+    manager
+        .submit(job(Act::Done))
+        .map_err(|r| r.reason())
+        .unwrap();
+    assert!(manager.wait_idle_timeout(LIMIT));
+    assert_eq!(manager.stats().completed, 4);
+    assert_eq!(manager.shutdown(LIMIT).cut, 0);
+}

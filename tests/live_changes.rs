@@ -191,3 +191,14 @@ fn a_maintenance_switch_flips_on_a_running_manager() {
     assert_eq!(stats.refused(Refusal::Unavailable), 1);
     assert_eq!(stats.completed, 2);
 }
+
+#[test]
+fn a_bound_set_after_shutdown_changes_nothing() {
+    let manager: Manager<filesrv::BoxHandler> = ManagerBuilder::new(2).build().unwrap();
+    manager.shutdown(LIMIT);
+    manager.set_max_running(8).unwrap();
+    assert_eq!(manager.running().len(), 0);
+    let job = filesrv::BoxHandler::new(handler_fn(|_| Ok(())));
+    let refused = manager.submit(job).unwrap_err();
+    assert_eq!(refused.reason(), Refusal::ShuttingDown);
+}

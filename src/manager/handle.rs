@@ -29,7 +29,9 @@ use crate::util::lock;
 /// # Threads
 ///
 /// `max_running` worker threads are started up front and reused: each
-/// takes the next handler the moment its previous one ends. One more
+/// takes the next handler the moment its previous one ends.
+/// [`set_max_running`](Manager::set_max_running) starts more, or lets
+/// surplus ones retire after their current handler. One more
 /// thread enforces queue-wait deadlines. Idle, they all sleep in the
 /// kernel and use no CPU.
 ///
