@@ -19,8 +19,8 @@ use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use filesrv::{
-    Admission, Arrival, Decision, Handler, HandlerContext, LingeringCloser, Manager,
-    ManagerBuilder, Refusal, Stop,
+    Admission, Arrival, Decision, Departure, Handler, HandlerContext, LingeringCloser, Manager,
+    ManagerBuilder, PerSourceCap, Refusal, Stop,
 };
 
 /// Clients served at the same time.
@@ -97,22 +97,43 @@ impl Handler for Echo {
     }
 }
 
-/// The admission policy, written by hand: per address first, then the
-/// length of the queue once every slot is taken.
+/// The admission policy, written by hand: per address first (the
+/// library's [`PerSourceCap`] keeps those counts: up when a client is
+/// admitted, down when it departs, whatever the way), then the length of
+/// the queue once every slot is taken.
 struct Policy {
     max_waiting: usize,
-    per_source: usize,
+    per_source: PerSourceCap,
+}
+
+impl Policy {
+    fn new(max_waiting: usize, per_source: usize) -> Policy {
+        Policy {
+            max_waiting,
+            per_source: PerSourceCap::new(per_source),
+        }
+    }
 }
 
 impl Admission for Policy {
     fn decide(&mut self, arrival: &Arrival) -> Decision {
-        if arrival.source.is_some() && arrival.from_source >= self.per_source {
-            Decision::Refuse(Refusal::SourceLimit)
+        let by_source = self.per_source.decide(arrival);
+        if by_source != Decision::Queue {
+            by_source
         } else if arrival.running >= arrival.max_running && arrival.waiting >= self.max_waiting {
             Decision::Refuse(Refusal::Overloaded)
         } else {
             Decision::Queue
         }
+    }
+
+    // Both forwarded, or the per-address counts would never move.
+    fn admitted(&mut self, arrival: &Arrival) {
+        self.per_source.admitted(arrival);
+    }
+
+    fn departed(&mut self, departure: &Departure) {
+        self.per_source.departed(departure);
     }
 }
 
@@ -145,13 +166,7 @@ fn main() -> io::Result<()> {
         None => 7878,
     };
     let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))?;
-    let manager = manager(
-        MAX_RUNNING,
-        Policy {
-            max_waiting: MAX_WAITING,
-            per_source: PER_SOURCE,
-        },
-    )?;
+    let manager = manager(MAX_RUNNING, Policy::new(MAX_WAITING, PER_SOURCE))?;
     let closer = LingeringCloser::start()?;
     eprintln!("echoing on {}", listener.local_addr()?);
     for stream in listener.incoming() {
@@ -174,10 +189,7 @@ mod tests {
     /// A listener on 127.0.0.1:0 and a manager with one slot.
     fn server(max_waiting: usize, per_source: usize) -> (TcpListener, Manager<Echo, Policy>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let policy = Policy {
-            max_waiting,
-            per_source,
-        };
+        let policy = Policy::new(max_waiting, per_source);
         (listener, manager(1, policy).unwrap())
     }
 

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::os::fd::BorrowedFd;
 use std::time::Instant;
 
-use crate::admission::Refusal;
+use crate::admission::{Key, Refusal};
 use crate::manager::{MakeRoom, RoomWatch, Slot};
 
 /// The work for one client, built when the client arrives but not started.
@@ -69,6 +69,17 @@ pub trait Handler: Send + Sized + 'static {
         false
     }
 
+    /// The [`Key`] the admission policy counts this handler by (a user, a
+    /// tenant, a request class). Called once, at submission.
+    ///
+    /// The default is `None`: the key is the [`source`](Handler::source)
+    /// grouped by [`Key::from_source`] with the manager's
+    /// [`ipv6_prefix`](crate::ManagerBuilder::ipv6_prefix), or no key
+    /// without a source.
+    fn key(&self) -> Option<Key> {
+        None
+    }
+
     /// The client's socket, for the manager to watch while the handler
     /// waits. Called once at submission, and only when the handler has to
     /// wait (every running slot taken).
@@ -102,6 +113,7 @@ pub trait Handler: Send + Sized + 'static {
 pub struct FnHandler<F> {
     work: F,
     source: Option<IpAddr>,
+    key: Option<Key>,
 }
 
 /// Turns a closure into a [`Handler`], for tests, benches and one-off work.
@@ -116,13 +128,23 @@ pub fn handler_fn<F>(work: F) -> FnHandler<F>
 where
     F: FnOnce(&HandlerContext) -> io::Result<()> + Send + 'static,
 {
-    FnHandler { work, source: None }
+    FnHandler {
+        work,
+        source: None,
+        key: None,
+    }
 }
 
 impl<F> FnHandler<F> {
     /// Sets the source address the handler reports (default: none).
     pub fn with_source(mut self, source: IpAddr) -> Self {
         self.source = Some(source);
+        self
+    }
+
+    /// Sets the key the handler gives (default: none, so its source's).
+    pub fn with_key(mut self, key: Key) -> Self {
+        self.key = Some(key);
         self
     }
 }
@@ -138,12 +160,17 @@ where
     fn source(&self) -> Option<IpAddr> {
         self.source
     }
+
+    fn key(&self) -> Option<Key> {
+        self.key
+    }
 }
 
 impl<F> fmt::Debug for FnHandler<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FnHandler")
             .field("source", &self.source)
+            .field("key", &self.key)
             .finish_non_exhaustive()
     }
 }
@@ -270,6 +297,7 @@ trait DynHandler: Send {
     fn run_boxed(self: Box<Self>, ctx: &HandlerContext) -> io::Result<()>;
     fn source(&self) -> Option<IpAddr>;
     fn is_abandoned(&self) -> bool;
+    fn key(&self) -> Option<Key>;
     fn socket(&self) -> Option<BorrowedFd<'_>>;
     fn refused_boxed(self: Box<Self>, reason: Refusal);
 }
@@ -283,6 +311,9 @@ impl<H: Handler> DynHandler for H {
     }
     fn is_abandoned(&self) -> bool {
         Handler::is_abandoned(self)
+    }
+    fn key(&self) -> Option<Key> {
+        Handler::key(self)
     }
     fn socket(&self) -> Option<BorrowedFd<'_>> {
         Handler::socket(self)
@@ -321,6 +352,9 @@ impl Handler for BoxHandler {
     }
     fn is_abandoned(&self) -> bool {
         self.0.is_abandoned()
+    }
+    fn key(&self) -> Option<Key> {
+        self.0.key()
     }
     fn socket(&self) -> Option<BorrowedFd<'_>> {
         self.0.socket()

@@ -60,6 +60,121 @@
 //! a handler the moment it has waited too long. Policies combine with
 //! [`Admission::and`].
 //!
+//! # Writing a policy
+//!
+//! A policy sees each arrival ([`Arrival`]: its [`Key`], the running and
+//! waiting counts, the bound), may keep state, and hears of every handler
+//! it let in twice: [`Admission::admitted`] when it is queued and
+//! [`Admission::departed`] when it leaves, whatever the way ([`Outcome`]).
+//! All three run under the manager's admission lock, so counts kept there
+//! are exact. [`Manager::with_policy`] reaches the policy of a running
+//! manager (see [`Admission`] for a maintenance switch), and
+//! [`Manager::set_max_running`] changes the bound.
+//!
+//! A keyed policy: at most two handlers per tenant, the tenant being the
+//! key the handler gives ([`Handler::key`]; without one, the key is the
+//! source address):
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use filesrv::{Admission, Arrival, Decision, Departure, Key, ManagerBuilder, Refusal};
+//! use filesrv::handler_fn;
+//!
+//! #[derive(Default)]
+//! struct PerTenant {
+//!     in_manager: HashMap<Key, usize>,
+//! }
+//!
+//! impl Admission for PerTenant {
+//!     fn decide(&mut self, a: &Arrival) -> Decision {
+//!         let n = a.key.and_then(|k| self.in_manager.get(&k)).copied().unwrap_or(0);
+//!         if n >= 2 { Decision::Refuse(Refusal::SourceLimit) } else { Decision::Queue }
+//!     }
+//!     fn admitted(&mut self, a: &Arrival) {
+//!         *self.in_manager.entry(a.key.unwrap()).or_default() += 1;
+//!     }
+//!     fn departed(&mut self, d: &Departure) {
+//!         let key = d.key.unwrap();
+//!         *self.in_manager.get_mut(&key).unwrap() -= 1;
+//!         if self.in_manager[&key] == 0 {
+//!             self.in_manager.remove(&key);
+//!         }
+//!     }
+//! }
+//!
+//! # fn main() -> std::io::Result<()> {
+//! let manager = ManagerBuilder::new(1).admission(PerTenant::default()).build()?;
+//! let (release, held) = crossbeam_channel::bounded::<()>(0);
+//! let tenant = |id, held: crossbeam_channel::Receiver<()>| {
+//!     handler_fn(move |_| { let _ = held.recv(); Ok(()) }).with_key(Key::Class(id))
+//! };
+//! assert!(manager.submit(tenant(7, held.clone())).is_ok());
+//! assert!(manager.submit(tenant(7, held.clone())).is_ok());
+//! let third = manager.submit(tenant(7, held.clone())).unwrap_err();
+//! assert_eq!(third.reason(), Refusal::SourceLimit);
+//! assert!(manager.submit(tenant(8, held.clone())).is_ok()); // another tenant
+//! drop(release);
+//! manager.wait_idle();
+//! // Every handler departed: the tenant's places are free again.
+//! assert!(manager.submit(tenant(7, held)).is_ok());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The ready-made [`PerSourceCap`] is this policy for any key.
+//!
+//! A request-class policy: the queue is FIFO, so priority is given at the
+//! door. Bulk requests (class 1) may hold at most half the places;
+//! interactive ones (any other key) are refused only when every place is
+//! taken:
+//!
+//! ```
+//! use filesrv::{Admission, Arrival, Decision, Departure, Key, ManagerBuilder, Refusal};
+//! use filesrv::handler_fn;
+//!
+//! const BULK: Key = Key::Class(1);
+//!
+//! struct Classes {
+//!     places: usize,
+//!     bulk: usize,
+//! }
+//!
+//! impl Admission for Classes {
+//!     fn decide(&mut self, a: &Arrival) -> Decision {
+//!         let taken = a.running + a.waiting;
+//!         if taken >= self.places || (a.key == Some(BULK) && self.bulk >= self.places / 2) {
+//!             Decision::Refuse(Refusal::Overloaded)
+//!         } else {
+//!             Decision::Queue
+//!         }
+//!     }
+//!     fn admitted(&mut self, a: &Arrival) {
+//!         self.bulk += usize::from(a.key == Some(BULK));
+//!     }
+//!     fn departed(&mut self, d: &Departure) {
+//!         self.bulk -= usize::from(d.key == Some(BULK));
+//!     }
+//! }
+//!
+//! # fn main() -> std::io::Result<()> {
+//! let manager = ManagerBuilder::new(1).admission(Classes { places: 4, bulk: 0 }).build()?;
+//! let (release, held) = crossbeam_channel::bounded::<()>(0);
+//! let request = |key, held: crossbeam_channel::Receiver<()>| {
+//!     handler_fn(move |_| { let _ = held.recv(); Ok(()) }).with_key(key)
+//! };
+//! for _ in 0..2 {
+//!     assert!(manager.submit(request(BULK, held.clone())).is_ok());
+//! }
+//! let refused = manager.submit(request(BULK, held.clone())).unwrap_err();
+//! assert_eq!(refused.reason(), Refusal::Overloaded);
+//! assert!(manager.submit(request(Key::Class(0), held.clone())).is_ok());
+//! drop(release);
+//! manager.wait_idle();
+//! assert_eq!(manager.with_policy(|c| c.bulk), 0);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Waiting clients come first
 //!
 //! A handler that exposes its socket ([`Handler::socket`]) is watched
@@ -107,7 +222,8 @@ pub mod protocol;
 mod util;
 
 pub use admission::{
-    Admission, And, Arrival, Decision, MaxWaiting, PerSourceCap, QueueTimeout, Refusal, Unbounded,
+    Admission, And, Arrival, Decision, Departure, Key, MaxWaiting, Outcome, PerSourceCap,
+    QueueTimeout, Refusal, Unbounded,
 };
 pub use handler::{BoxHandler, FnHandler, Handler, HandlerContext, Stop, handler_fn};
 pub use manager::{MakeRoom, Manager, ManagerBuilder, Refused, RunningInfo, ShutdownReport, Stats};

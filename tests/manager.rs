@@ -245,7 +245,7 @@ fn per_source_cap_counts_mapped_ipv6_as_ipv4() {
     let (started, starts) = channels();
     let (refused, _refusals) = channels();
     let manager = ManagerBuilder::new(1)
-        .admission(PerSourceCap(2))
+        .admission(PerSourceCap::new(2))
         .build()
         .unwrap();
     let v4: IpAddr = "127.0.0.7".parse().unwrap();

@@ -20,11 +20,15 @@ fn command(dir: &TempDir, max_running: usize, args: &[&str]) -> Command {
 fn sighup_shuts_down_gracefully_and_removes_temporary_files() {
     let dir = TempDir::new("ops-sighup");
     dir.write("file.txt", "abc");
-    let mut server = ChildServer::spawn(command(&dir, 1, &["--allow-put"]));
+    let args = ["--allow-put", "--max-waiting", "1"];
+    let mut server = ChildServer::spawn(command(&dir, 1, &args));
     let mut upload = server.connect();
     begin_upload(&mut upload, &dir, "new.bin", 1000, b"partial");
     let mut waiting = server.connect();
     waiting.send(b"STAT /\n");
+    // Accepted in order: once a third is refused, the second waits in
+    // the queue, not in the backlog a stopping server leaves alone.
+    server.connect().expect_final_err("busy");
     server.signal(Signal::HUP);
     waiting.expect_last_err("unavailable");
     // The upload in progress is cut when the grace ends (it never

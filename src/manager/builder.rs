@@ -1,16 +1,17 @@
 //! Configuring and starting a [`Manager`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::deadline::Deadlines;
 use super::handle::Manager;
+use super::resize::{Workers, check_bound};
 use super::room::BusyLimits;
-use super::slot::{Phase, Slot};
+use super::slot::Phase;
 use super::state::{Counts, Gate, ManagerState};
 use super::stats::Counters;
 use super::watcher::Watcher;
@@ -26,6 +27,7 @@ pub struct ManagerBuilder<S> {
     admission: S,
     name: String,
     limits: BusyLimits,
+    ipv6_prefix: u8,
 }
 
 impl ManagerBuilder<MaxWaiting> {
@@ -36,15 +38,13 @@ impl ManagerBuilder<MaxWaiting> {
     ///
     /// If `max_running` is 0 or above 2³¹.
     pub fn new(max_running: usize) -> ManagerBuilder<MaxWaiting> {
-        assert!(
-            (1..=1 << 31).contains(&max_running),
-            "max_running must be between 1 and 2^31, got {max_running}"
-        );
+        check_bound(max_running);
         ManagerBuilder {
             max_running,
             admission: MaxWaiting(1024),
             name: "filesrv".to_owned(),
             limits: BusyLimits::default(),
+            ipv6_prefix: 64,
         }
     }
 }
@@ -57,7 +57,25 @@ impl<S: Admission> ManagerBuilder<S> {
             admission: policy,
             name: self.name,
             limits: self.limits,
+            ipv6_prefix: self.ipv6_prefix,
         }
+    }
+
+    /// The prefix length by which IPv6 sources are grouped into one
+    /// [`Key`](crate::Key) (default 64: one host usually holds a /64;
+    /// 128 counts every address apart). See
+    /// [`Key::from_source`](crate::Key::from_source).
+    ///
+    /// # Panics
+    ///
+    /// If `bits` is above 128.
+    pub fn ipv6_prefix(mut self, bits: u8) -> Self {
+        assert!(
+            bits <= 128,
+            "an IPv6 prefix has at most 128 bits, got {bits}"
+        );
+        self.ipv6_prefix = bits;
+        self
     }
 
     /// While handlers wait, a running handler idle between requests (as
@@ -108,12 +126,13 @@ impl<S: Admission> ManagerBuilder<S> {
         check_map_room(self.max_running + 2)?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let phase = Arc::new(Phase::default());
-        let epoch = Instant::now();
+        let workers = Workers::new(phase.clone(), self.name.clone());
+        workers.set_target(self.max_running);
         let shared = Arc::new(ManagerState {
-            max_running: self.max_running,
+            workers,
+            ipv6_prefix: self.ipv6_prefix,
             gate: Mutex::new(Gate {
                 policy: self.admission,
-                per_source: HashMap::new(),
                 tokens: Some(tx),
                 waiting: BTreeMap::new(),
                 deadlines: Deadlines::new(),
@@ -125,9 +144,6 @@ impl<S: Admission> ManagerBuilder<S> {
             tokens: rx,
             counts: Counts(AtomicU64::new(0)),
             counters: Counters::default(),
-            slots: (0..self.max_running)
-                .map(|_| Slot::new(phase.clone(), epoch))
-                .collect(),
             phase,
             closing: AtomicBool::new(false),
             idle: (Mutex::new(()), Condvar::new()),
@@ -159,12 +175,12 @@ impl<S: Admission> ManagerBuilder<S> {
             format!("{}-watcher", self.name),
             Box::new(move || watcher.watch_loop()),
         )?;
-        for index in 0..self.max_running {
-            let worker = shared.clone();
-            spawn(
-                format!("{}-worker-{index}", self.name),
-                Box::new(move || worker.work(index)),
-            )?;
+        for _ in 0..self.max_running {
+            let mut threads = lock(&manager.threads);
+            let threads = threads
+                .as_mut()
+                .expect("threads are taken only by shutdown");
+            manager.start_worker(threads)?;
         }
         Ok(manager)
     }
@@ -179,7 +195,7 @@ const MAPS_PER_THREAD: usize = 4;
 /// a new thread's start-up, where Rust's runtime can only abort the
 /// process; this turns that abort into an error the caller can report.
 /// Where `/proc` cannot be read, nothing is checked.
-fn check_map_room(threads: usize) -> io::Result<()> {
+pub(super) fn check_map_room(threads: usize) -> io::Result<()> {
     let Ok(limit) = std::fs::read_to_string("/proc/sys/vm/max_map_count") else {
         return Ok(());
     };

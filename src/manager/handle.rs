@@ -7,10 +7,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::refused::Refused;
-use super::slot::{RunningInfo, Slot};
+use super::slot::RunningInfo;
 use super::state::{Entry, Gate, ManagerState};
 use super::stats::{ShutdownReport, Stats};
-use crate::admission::{Admission, Arrival, Decision, MaxWaiting, Refusal, canonical_source};
+use crate::admission::{Admission, Arrival, Decision, Key, MaxWaiting, Refusal, canonical_source};
 use crate::handler::{Handler, Stop};
 use crate::util::lock;
 
@@ -29,7 +29,9 @@ use crate::util::lock;
 /// # Threads
 ///
 /// `max_running` worker threads are started up front and reused: each
-/// takes the next handler the moment its previous one ends. One more
+/// takes the next handler the moment its previous one ends.
+/// [`set_max_running`](Manager::set_max_running) starts more, or lets
+/// surplus ones retire after their current handler. One more
 /// thread enforces queue-wait deadlines. Idle, they all sleep in the
 /// kernel and use no CPU.
 ///
@@ -65,6 +67,9 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
     pub fn submit(&self, handler: Q) -> Result<(), Refused<Q>> {
         let shared = &*self.shared;
         let source = handler.source().map(canonical_source);
+        let key = handler
+            .key()
+            .or_else(|| source.map(|ip| Key::from_source(ip, shared.ipv6_prefix)));
         let now = Instant::now();
         let mut gate = lock(&shared.gate);
         if gate.tokens.is_none() {
@@ -73,17 +78,23 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
             return Err(shared.refuse_at_gate(handler, Refusal::ShuttingDown));
         }
         let (running, waiting) = shared.counts.get();
+        let id = gate.next_id;
         let arrival = Arrival {
+            id,
             source,
+            key,
             running,
             waiting,
-            from_source: source.map_or(0, |s| gate.per_source.get(&s).copied().unwrap_or(0)),
-            max_running: shared.max_running,
+            max_running: shared.workers.target(),
             now,
         };
-        // Counted once the policy has decided: a policy that panics leaves
-        // no trace in the counts.
+        // Counted once the policy has decided (and heard it admitted): a
+        // policy that panics leaves no trace in the counts.
         let decision = gate.policy.decide(&arrival);
+        if !matches!(decision, Decision::Refuse(_)) {
+            // From here on the policy hears of its departure, once.
+            gate.policy.admitted(&arrival);
+        }
         gate.submitted += 1;
         let deadline = match decision {
             Decision::Refuse(reason) => {
@@ -93,13 +104,9 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
             Decision::Queue => None,
             Decision::QueueUntil(deadline) => Some(deadline),
         };
-        let id = gate.next_id;
         gate.next_id += 1;
-        if let Some(source) = source {
-            *gate.per_source.entry(source).or_insert(0) += 1;
-        }
         // Every slot taken: it will wait, so watch its client.
-        let will_wait = running + waiting >= shared.max_running;
+        let will_wait = running + waiting >= shared.workers.target();
         if let Some(socket) = handler.socket().filter(|_| will_wait) {
             shared.watcher.register(socket, id);
         }
@@ -110,6 +117,7 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
             Entry {
                 id,
                 source,
+                key,
                 queued_at: now,
                 handler,
             },
@@ -153,20 +161,44 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
         stats.submitted = submitted;
         stats.admitted = admitted;
         stats.oldest_waiting = oldest.map_or(Duration::ZERO, |at| at.elapsed());
-        for slot in self.shared.slots.iter() {
+        for slot in self.shared.workers.slots().iter() {
             slot.counters.add_to(&mut stats);
         }
         stats
     }
 
-    /// The handlers running now, in no particular order.
-    pub fn running(&self) -> Vec<RunningInfo> {
-        self.shared.slots.iter().filter_map(Slot::info).collect()
+    /// Calls `f` with the admission policy, under the admission lock: no
+    /// arrival is decided and no handler departs meanwhile. For changing
+    /// a policy at run time (a maintenance switch, a new cap) or reading
+    /// its counts. `f` must be quick and must not call back into this
+    /// manager (the lock is not reentrant).
+    ///
+    /// ```
+    /// use filesrv::{ManagerBuilder, PerSourceCap};
+    /// # use filesrv::{Manager, BoxHandler};
+    ///
+    /// # fn main() -> std::io::Result<()> {
+    /// let manager: Manager<BoxHandler, _> =
+    ///     ManagerBuilder::new(2).admission(PerSourceCap::new(4)).build()?;
+    /// let key = filesrv::Key::Source("10.0.0.1".parse().unwrap());
+    /// assert_eq!(manager.with_policy(|cap| cap.count(&key)), 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_policy<R>(&self, f: impl FnOnce(&mut S) -> R) -> R {
+        f(&mut lock(&self.shared.gate).policy)
     }
 
-    /// The bound on running handlers.
+    /// The handlers running now, in no particular order.
+    pub fn running(&self) -> Vec<RunningInfo> {
+        let slots = self.shared.workers.snapshot();
+        slots.iter().filter_map(|slot| slot.info()).collect()
+    }
+
+    /// The bound on running handlers; see
+    /// [`set_max_running`](Manager::set_max_running).
     pub fn max_running(&self) -> usize {
-        self.shared.max_running
+        self.shared.workers.target()
     }
 
     /// Blocks until nothing runs or waits. Handlers submitted meanwhile
@@ -270,7 +302,7 @@ impl<Q: Handler, S: Admission> Drop for Manager<Q, S> {
 impl<Q: Handler, S: Admission> fmt::Debug for Manager<Q, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Manager")
-            .field("max_running", &self.shared.max_running)
+            .field("max_running", &self.max_running())
             .field("stats", &self.stats())
             .finish_non_exhaustive()
     }

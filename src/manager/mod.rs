@@ -12,6 +12,7 @@ mod builder;
 mod deadline;
 mod handle;
 mod refused;
+mod resize;
 mod room;
 mod slot;
 mod state;

@@ -1,7 +1,7 @@
 //! What the manager's handle, its workers, its deadline thread and its
 //! watcher share.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -12,11 +12,12 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::deadline::Deadlines;
 use super::refused::Refused;
+use super::resize::Workers;
 use super::room::BusyLimits;
-use super::slot::{Phase, Slot};
+use super::slot::Phase;
 use super::stats::Counters;
 use super::watcher::Watcher;
-use crate::admission::Refusal;
+use crate::admission::{Admission, Departure, Key, Outcome, Refusal};
 use crate::handler::{Handler, Stop};
 use crate::util::{lock, panic_message, time_left};
 use std::sync::Arc;
@@ -40,12 +41,14 @@ pub(super) struct Entry<Q> {
     pub(super) id: u64,
     /// The canonical source, when the handler reported one.
     pub(super) source: Option<IpAddr>,
+    /// What the policy counts it by.
+    pub(super) key: Option<Key>,
     pub(super) queued_at: Instant,
     pub(super) handler: Q,
 }
 
-/// The admission side and the queue, under one lock: the policy,
-/// per-source counts, the waiting handlers and their deadlines.
+/// The admission side and the queue, under one lock: the policy, the
+/// waiting handlers and their deadlines.
 ///
 /// The queue is a map by id: ids rise with arrival, so its first entry is
 /// the head (FIFO), and a handler that leaves from the middle (deadline,
@@ -53,7 +56,6 @@ pub(super) struct Entry<Q> {
 /// on the token channel, one token per queued handler, not on the map.
 pub(super) struct Gate<Q, S> {
     pub(super) policy: S,
-    pub(super) per_source: HashMap<IpAddr, usize>,
     /// The token channel's only sender, dropped at shutdown, which wakes
     /// every worker.
     pub(super) tokens: Option<Sender<()>>,
@@ -92,6 +94,11 @@ impl Counts {
         self.0
             .fetch_add(Self::RUNNING - Self::WAITING, Ordering::SeqCst);
     }
+    /// A handler that ended hands its running place to the head of the
+    /// queue: waiting - 1, running unchanged.
+    pub(super) fn handed_on(&self) {
+        self.0.fetch_sub(Self::WAITING, Ordering::SeqCst);
+    }
     /// Returns whether the manager became idle (nothing running or waiting).
     pub(super) fn finished(&self) -> bool {
         self.0.fetch_sub(Self::RUNNING, Ordering::SeqCst) == Self::RUNNING
@@ -109,8 +116,31 @@ pub(super) enum Left {
     Abandoned,
 }
 
+impl Left {
+    fn outcome(self) -> Outcome {
+        match self {
+            Left::Refused(reason) => Outcome::Refused(reason),
+            Left::Abandoned => Outcome::Abandoned,
+        }
+    }
+}
+
+impl<Q, S: Admission> Gate<Q, S> {
+    /// Tells the policy an admitted handler left. A policy that panics
+    /// here is logged, and the manager goes on.
+    pub(super) fn depart(&mut self, id: u64, key: Option<Key>, outcome: Outcome) {
+        let departure = Departure { id, key, outcome };
+        guarded("Admission::departed", id, || {
+            self.policy.departed(&departure);
+        });
+    }
+}
+
 pub(super) struct ManagerState<Q, S> {
-    pub(super) max_running: usize,
+    /// The bound on running handlers, the workers and their slots.
+    pub(super) workers: Workers,
+    /// The prefix length IPv6 sources are grouped by into keys.
+    pub(super) ipv6_prefix: u8,
     pub(super) gate: Mutex<Gate<Q, S>>,
     /// The deadline thread sleeps on this, with the gate lock.
     pub(super) deadline_wake: Condvar,
@@ -119,7 +149,6 @@ pub(super) struct ManagerState<Q, S> {
     pub(super) counts: Counts,
     /// Counters the submitting side writes; workers count in their slots.
     pub(super) counters: Counters,
-    pub(super) slots: Box<[Slot]>,
     pub(super) phase: Arc<Phase>,
     pub(super) closing: AtomicBool,
     /// Signalled when the manager becomes idle while someone waits for it.
@@ -167,18 +196,6 @@ impl<Q, S> ManagerState<Q, S> {
         }
     }
 
-    /// Forgets one handler of `source` after it left the system.
-    pub(super) fn release_source(&self, source: Option<IpAddr>) {
-        let Some(source) = source else { return };
-        let mut gate = lock(&self.gate);
-        if let Some(count) = gate.per_source.get_mut(&source) {
-            *count -= 1;
-            if *count == 0 {
-                gate.per_source.remove(&source);
-            }
-        }
-    }
-
     /// Wakes the watcher for a make-room pass, if any limit is set and
     /// someone waits.
     pub(super) fn room_needed(&self) {
@@ -188,15 +205,16 @@ impl<Q, S> ManagerState<Q, S> {
     }
 }
 
-impl<Q: Handler, S> ManagerState<Q, S> {
+impl<Q: Handler, S: Admission> ManagerState<Q, S> {
     pub(super) fn refuse_at_gate(&self, handler: Q, reason: Refusal) -> Refused<Q> {
         self.counters.refused(reason);
         Refused { handler, reason }
     }
 
-    /// Settles a handler taken out of the queue (under the gate lock) that
-    /// will not run. Its outcome is counted before it leaves the waiting
-    /// count, so the counts add up the moment the manager looks idle.
+    /// Settles a handler taken out of the queue (under the gate lock,
+    /// where the policy was told of its departure) that will not run. Its
+    /// outcome is counted before it leaves the waiting count, so the
+    /// counts add up the moment the manager looks idle.
     pub(super) fn leave_queue(&self, entry: Entry<Q>, how: Left) {
         match how {
             Left::Refused(reason) => self.counters.refused(reason),
@@ -208,7 +226,6 @@ impl<Q: Handler, S> ManagerState<Q, S> {
         // Its token stays behind unless taken here; a worker that took it
         // already finds the queue without this entry and waits again.
         let _ = self.tokens.try_recv();
-        self.release_source(entry.source);
         let Entry { id, handler, .. } = entry;
         match how {
             Left::Refused(reason) => {
@@ -230,8 +247,10 @@ impl<Q: Handler, S> ManagerState<Q, S> {
             let now = Instant::now();
             if let Some(id) = gate.deadlines.pop_due(now) {
                 if let Some(entry) = gate.waiting.remove(&id) {
+                    let how = Left::Refused(Refusal::QueueTimeout);
+                    gate.depart(id, entry.key, how.outcome());
                     drop(gate);
-                    self.leave_queue(entry, Left::Refused(Refusal::QueueTimeout));
+                    self.leave_queue(entry, how);
                     gate = lock(&self.gate);
                 }
                 continue;
@@ -272,11 +291,12 @@ impl<Q: Handler, S> ManagerState<Q, S> {
         if !guarded("is_abandoned", id, || entry.handler.is_abandoned()).unwrap_or(true) {
             return;
         }
-        let entry = gate.waiting.remove(&id);
+        let Some(entry) = gate.waiting.remove(&id) else {
+            return;
+        };
+        gate.depart(id, entry.key, Outcome::Abandoned);
         drop(gate);
-        if let Some(entry) = entry {
-            self.leave_queue(entry, Left::Abandoned);
-        }
+        self.leave_queue(entry, Left::Abandoned);
     }
 
     /// Closes admission and refuses every waiting handler; returns how
@@ -286,7 +306,12 @@ impl<Q: Handler, S> ManagerState<Q, S> {
         let (tokens, waiting) = {
             let mut gate = lock(&self.gate);
             gate.deadlines.clear();
-            (gate.tokens.take(), std::mem::take(&mut gate.waiting))
+            let waiting = std::mem::take(&mut gate.waiting);
+            for entry in waiting.values() {
+                let outcome = Outcome::Refused(Refusal::ShuttingDown);
+                gate.depart(entry.id, entry.key, outcome);
+            }
+            (gate.tokens.take(), waiting)
         };
         // Without a sender, workers see the channel disconnect once the
         // tokens left in it are taken, and exit after their handler.
@@ -303,7 +328,7 @@ impl<Q: Handler, S> ManagerState<Q, S> {
     pub(super) fn stop_all(&self, stop: Stop) {
         // The phase first: a hook registered after this sees it at once.
         self.phase.set(stop);
-        for slot in self.slots.iter() {
+        for slot in self.workers.snapshot() {
             slot.stop(stop);
         }
     }

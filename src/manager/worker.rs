@@ -1,14 +1,15 @@
 //! A worker thread: takes the next handler from the queue and runs it.
 
 use std::cell::Cell;
-use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::slot::{RunningInfo, Slot};
 use super::state::{Entry, ManagerState, guarded};
 use super::stats::Counters;
+use crate::admission::{Admission, Departure, Outcome};
 use crate::handler::{Handler, HandlerContext};
+use crate::util::lock;
 
 thread_local! {
     /// The state of the manager whose worker this thread is (its address),
@@ -22,34 +23,90 @@ impl<Q, S> ManagerState<Q, S> {
     pub(super) fn on_own_worker(&self) -> bool {
         WORKER_OF.get() == std::ptr::from_ref(self) as usize
     }
+}
 
+impl<Q, S: Admission> ManagerState<Q, S> {
     /// Takes the head of the queue; it counts as running from here on, so
     /// a shutdown either refuses a waiting handler or sees it running.
-    fn pop(&self) -> Option<Entry<Q>> {
-        let mut gate = self
-            .gate
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (_, entry) = gate.waiting.pop_first()?;
-        self.counts.started();
-        Some(entry)
+    ///
+    /// `last`, the handler this worker ran before, departs under the same
+    /// lock: one lock per handler, and its running place passes straight
+    /// to the next one.
+    fn pop(&self, last: Option<Departure>) -> Option<Entry<Q>> {
+        let mut gate = lock(&self.gate);
+        if let Some(d) = last {
+            gate.depart(d.id, d.key, d.outcome);
+        }
+        let entry = gate.waiting.pop_first().map(|(_, entry)| entry);
+        match (&entry, last) {
+            (Some(_), Some(_)) => self.counts.handed_on(),
+            (Some(_), None) => self.counts.started(),
+            (None, Some(_)) => {
+                drop(gate);
+                if self.counts.finished() {
+                    self.became_idle();
+                }
+            }
+            (None, None) => {}
+        }
+        entry
+    }
+
+    /// The handler this worker ran departs, with no next one to take.
+    fn finish(&self, last: Departure) {
+        lock(&self.gate).depart(last.id, last.key, last.outcome);
+        if self.counts.finished() {
+            self.became_idle();
+        }
     }
 }
 
-impl<Q: Handler, S> ManagerState<Q, S> {
+impl<Q: Handler, S: Admission> ManagerState<Q, S> {
     /// A worker: take the next handler, run it, repeat until the queue is
     /// closed and empty. The queue is FIFO, so a freed slot always goes
     /// to the head.
     pub(super) fn work(&self, index: usize) {
         WORKER_OF.set(std::ptr::from_ref(self) as usize);
-        let slot = &self.slots[index];
-        while self.tokens.recv().is_ok() {
+        let slot = self.workers.slots()[index].clone();
+        let slot = &*slot;
+        // The handler that ran last: it departs (policy told, running
+        // count down) with the next one's start, or before this worker
+        // sleeps or retires, never later.
+        let mut last: Option<Departure> = None;
+        loop {
+            if self.workers.retire() {
+                break;
+            }
+            let token = match last.take() {
+                None => self.tokens.recv().is_ok(),
+                Some(done) => match self.tokens.try_recv() {
+                    Ok(()) => {
+                        last = Some(done);
+                        true
+                    }
+                    Err(_) => {
+                        self.finish(done);
+                        self.tokens.recv().is_ok()
+                    }
+                },
+            };
+            if !token {
+                break;
+            }
+            if self.workers.retire() {
+                // The token may be a waiting handler's: pass it on.
+                if let Some(tokens) = lock(&self.gate).tokens.clone() {
+                    let _ = tokens.send(());
+                }
+                break;
+            }
             let Some(Entry {
                 id,
                 source,
+                key,
                 queued_at,
                 handler,
-            }) = self.pop()
+            }) = self.pop(last.take())
             else {
                 // Its handler left the queue early (deadline, hang-up).
                 continue;
@@ -64,56 +121,68 @@ impl<Q: Handler, S> ManagerState<Q, S> {
             }) {
                 self.asked.fetch_sub(1, Ordering::AcqRel);
             }
-            let _release = Release {
-                shared: self,
-                slot,
-                source,
-            };
+            let vacate = Vacate { shared: self, slot };
             // Others still wait: this handler's session limit is a new
             // deadline for the make-room timer.
             self.room_needed();
-            if guarded("is_abandoned", id, || handler.is_abandoned()).unwrap_or(true) {
-                Counters::bump(&slot.counters.abandoned);
-                log::debug!("handler {id} abandoned while waiting");
-                guarded("drop", id, || drop(handler));
-                continue;
-            }
-            let ctx = HandlerContext {
-                id,
-                source,
-                queued_at,
-                started_at,
-                slot,
-                manager: self,
-            };
-            let counter = match guarded("run", id, || handler.run(&ctx)) {
-                Some(Ok(())) => &slot.counters.completed,
-                Some(Err(e)) => {
-                    log::debug!("handler {id} failed: {e}");
-                    &slot.counters.failed
-                }
-                None => &slot.counters.panicked,
-            };
-            Counters::bump(counter);
+            let outcome = self.run_one(slot, id, source, queued_at, started_at, handler);
+            drop(vacate);
+            last = Some(Departure { id, key, outcome });
         }
+        if let Some(done) = last {
+            self.finish(done);
+        }
+        self.workers.retired(index);
+    }
+
+    /// Runs one handler taken from the queue; how it ended.
+    fn run_one(
+        &self,
+        slot: &Slot,
+        id: u64,
+        source: Option<std::net::IpAddr>,
+        queued_at: Instant,
+        started_at: Instant,
+        handler: Q,
+    ) -> Outcome {
+        if guarded("is_abandoned", id, || handler.is_abandoned()).unwrap_or(true) {
+            Counters::bump(&slot.counters.abandoned);
+            log::debug!("handler {id} abandoned while waiting");
+            guarded("drop", id, || drop(handler));
+            return Outcome::Abandoned;
+        }
+        let ctx = HandlerContext {
+            id,
+            source,
+            queued_at,
+            started_at,
+            slot,
+            manager: self,
+        };
+        let (counter, outcome) = match guarded("run", id, || handler.run(&ctx)) {
+            Some(Ok(())) => (&slot.counters.completed, Outcome::Completed),
+            Some(Err(e)) => {
+                log::debug!("handler {id} failed: {e}");
+                (&slot.counters.failed, Outcome::Failed)
+            }
+            None => (&slot.counters.panicked, Outcome::Panicked),
+        };
+        Counters::bump(counter);
+        outcome
     }
 }
 
-/// Frees a running slot on every path out of a handler run.
-struct Release<'a, Q, S> {
+/// Frees a running slot on every path out of a handler run. The running
+/// count goes down later, when the handler departs.
+struct Vacate<'a, Q, S> {
     shared: &'a ManagerState<Q, S>,
     slot: &'a Slot,
-    source: Option<IpAddr>,
 }
 
-impl<Q, S> Drop for Release<'_, Q, S> {
+impl<Q, S> Drop for Vacate<'_, Q, S> {
     fn drop(&mut self) {
         if self.slot.vacate() {
             self.shared.asked.fetch_sub(1, Ordering::AcqRel);
-        }
-        self.shared.release_source(self.source);
-        if self.shared.counts.finished() {
-            self.shared.became_idle();
         }
     }
 }

@@ -257,7 +257,7 @@ impl ServerConfig {
             n => n,
         };
         MaxWaiting(super::limits::waiting_bound(self))
-            .and(PerSourceCap(per_source))
+            .and(PerSourceCap::new(per_source))
             .and(QueueTimeout(self.queue_timeout.unwrap_or(Duration::MAX)))
     }
 }

@@ -92,6 +92,7 @@ fn refusal_label(reason: Refusal) -> &'static str {
         Refusal::QueueTimeout => "queue_timeout",
         Refusal::Overloaded => "overloaded",
         Refusal::ShuttingDown => "shutting_down",
+        Refusal::Unavailable => "unavailable",
     }
 }
 
