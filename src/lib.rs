@@ -228,3 +228,9 @@ pub use admission::{
 pub use handler::{BoxHandler, FnHandler, Handler, HandlerContext, Stop, handler_fn};
 pub use manager::{MakeRoom, Manager, ManagerBuilder, Refused, RunningInfo, ShutdownReport, Stats};
 pub use protocol::LingeringCloser;
+
+/// The README's code, compiled by `cargo test` so that it cannot drift
+/// from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
