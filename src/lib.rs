@@ -218,6 +218,7 @@
 mod admission;
 mod handler;
 mod manager;
+mod poller;
 pub mod protocol;
 mod util;
 

@@ -11,59 +11,35 @@
 //! for a handler that already left is recognised and ignored; the kernel
 //! forgets a registration when the socket is closed.
 //!
-//! Built on `rustix`'s epoll and eventfd, already a dependency for the
-//! file server's system calls: the `polling` crate would add a portable
-//! layer we do not need (the crate is Linux-only) and, being level- or
-//! oneshot-based, would not express "edge on hang-up only".
+//! [`Handler::socket`]: crate::Handler::socket
+//! [`Handler::is_abandoned`]: crate::Handler::is_abandoned
 
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::os::fd::BorrowedFd;
+use std::time::Instant;
 
-use rustix::event::epoll::{self, CreateFlags, Event, EventData, EventFlags};
-use rustix::event::{EventfdFlags, Timespec, eventfd};
+use rustix::event::epoll::{Event, EventFlags};
 
-/// The id of the wake-up eventfd's events; handler ids stay far below.
-const WAKE: u64 = u64::MAX;
+use crate::poller::Poller;
 
-/// Events taken per `epoll_wait`.
-const BATCH: usize = 64;
-
-pub(super) struct Watcher {
-    epoll: OwnedFd,
-    wake: OwnedFd,
-    /// Set by [`Watcher::wake`] until the thread reads the eventfd, so a
-    /// burst of wake-ups costs one `write(2)`.
-    pending: AtomicBool,
-}
+pub(super) struct Watcher(Poller);
 
 impl Watcher {
     pub(super) fn new() -> io::Result<Watcher> {
-        let epoll = epoll::create(CreateFlags::CLOEXEC)?;
-        let wake = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
-        epoll::add(&epoll, &wake, EventData::new_u64(WAKE), EventFlags::IN)?;
-        Ok(Watcher {
-            epoll,
-            wake,
-            pending: AtomicBool::new(false),
-        })
+        Poller::new().map(Watcher)
     }
 
     /// Watches `socket` for a hang-up while handler `id` waits. A socket
     /// epoll cannot watch is simply not watched.
     pub(super) fn register(&self, socket: BorrowedFd<'_>, id: u64) {
-        let flags = EventFlags::RDHUP | EventFlags::ET;
-        if let Err(e) = epoll::add(&self.epoll, socket, EventData::new_u64(id), flags) {
+        if let Err(e) = self.0.add(socket, id, EventFlags::RDHUP | EventFlags::ET) {
             log::debug!("handler {id}: socket not watched: {e}");
         }
     }
 
     /// Makes the thread run a pass soon.
     pub(super) fn wake(&self) {
-        if !self.pending.swap(true, Ordering::AcqRel) {
-            let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
-        }
+        self.0.wake();
     }
 
     /// Blocks until an event, a [`Watcher::wake`] or `until`; hands the id
@@ -74,92 +50,12 @@ impl Watcher {
         events: &mut Vec<Event>,
         mut hung_up: impl FnMut(u64),
     ) {
-        let timeout = until.map(|until| {
-            // Rounded up to a millisecond, so a timer never fires early
-            // and spins; capped where old kernels reject larger values.
-            let left = until
-                .saturating_duration_since(Instant::now())
-                .min(Duration::from_secs(3600));
-            let ms = u64::try_from(left.as_nanos().div_ceil(1_000_000)).unwrap_or(3_600_000);
-            Timespec {
-                tv_sec: i64::try_from(ms / 1000).unwrap_or(3600),
-                tv_nsec: i64::try_from(ms % 1000).unwrap_or(0) * 1_000_000,
-            }
-        });
-        events.clear();
-        match epoll::wait(
-            &self.epoll,
-            rustix::buffer::spare_capacity(events),
-            timeout.as_ref(),
-        ) {
-            Ok(_) => {}
-            Err(e) => {
-                if e != rustix::io::Errno::INTR {
-                    log::error!("epoll_wait failed: {e}");
-                }
-                return;
-            }
-        }
-        for event in events.iter() {
-            match event.data.u64() {
-                WAKE => {
-                    // Read, then clear: a wake-up between the two found the
-                    // flag set and wrote nothing, and the pass that follows
-                    // this wait serves it. Cleared first, a write between
-                    // the two would be read away with the flag left set,
-                    // and every later wake-up lost.
-                    let mut count = [0u8; 8];
-                    let _ = rustix::io::read(&self.wake, &mut count);
-                    self.pending.store(false, Ordering::Release);
-                }
-                id => hung_up(id),
-            }
+        if let Err(e) = self.0.wait(until, events, |id, _| hung_up(id)) {
+            log::error!("epoll_wait failed: {e}");
         }
     }
 
     pub(super) fn events() -> Vec<Event> {
-        Vec::with_capacity(BATCH)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::Arc;
-    use std::sync::atomic::AtomicU64;
-
-    #[test]
-    fn no_wake_up_is_lost() {
-        // A waker sends numbered wake-ups, each after the watcher saw the
-        // previous one; the watcher must see every one, or it sleeps for
-        // ever (bounded here by the waker's timeout).
-        let watcher = Arc::new(Watcher::new().unwrap());
-        let seen = Arc::new(AtomicU64::new(0));
-        const ROUNDS: u64 = 20_000;
-        let (w, s) = (watcher.clone(), seen.clone());
-        let waiter = std::thread::spawn(move || {
-            let mut events = Watcher::events();
-            let mut last = 0;
-            while last < ROUNDS {
-                w.wait(None, &mut events, |_| {});
-                last = s.load(Ordering::Acquire);
-            }
-        });
-        let began = Instant::now();
-        for round in 1..=ROUNDS {
-            seen.store(round, Ordering::Release);
-            watcher.wake();
-            // A second wake-up racing the watcher's read of the first.
-            watcher.wake();
-            assert!(began.elapsed() < Duration::from_secs(20), "stuck");
-        }
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        std::thread::spawn(move || {
-            let _ = tx.send(waiter.join());
-        });
-        assert!(
-            rx.recv_timeout(Duration::from_secs(20)).is_ok(),
-            "the watcher missed a wake-up"
-        );
+        Poller::events()
     }
 }

@@ -18,17 +18,18 @@
 use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use ipnet::IpNet;
 use proxy_header::{ParseConfig, ProxyHeader};
-use rustix::event::epoll::{self, CreateFlags, EventData, EventFlags};
-use rustix::event::{EventfdFlags, Timespec, eventfd};
+use rustix::event::epoll::EventFlags;
 use rustix::io::Errno;
 use rustix::net::RecvFlags;
+
+use crate::poller::Poller;
 
 /// Connections in the handshake at once; later ones are refused busy.
 pub(crate) const MAX_PENDING: usize = 1024;
@@ -37,9 +38,6 @@ pub(crate) const MAX_PENDING: usize = 1024;
 /// header 16 plus its length, which for addresses and the usual TLVs is
 /// far below this.
 const MAX_HEADER: usize = 1024;
-
-/// The epoll key of the wake-up eventfd; connections count from 1.
-const WAKE: u64 = 0;
 
 /// How a connection left the handshake.
 #[derive(Debug)]
@@ -93,7 +91,7 @@ pub(crate) struct Handshakes {
     /// Taken and dropped by `drop`, it tells the thread to refuse what it
     /// holds and end; `Some` until then.
     queue: Option<Sender<(TcpStream, SocketAddr)>>,
-    wake: OwnedFd,
+    poller: Arc<Poller>,
 }
 
 impl Handshakes {
@@ -104,21 +102,18 @@ impl Handshakes {
         timeout: Duration,
         finished: impl FnMut(Handshake) + Send + 'static,
     ) -> io::Result<(Handshakes, JoinHandle<()>)> {
-        let wake = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
-        let epoll = epoll::create(CreateFlags::CLOEXEC)?;
-        epoll::add(&epoll, &wake, EventData::new_u64(WAKE), EventFlags::IN)?;
+        let poller = Arc::new(Poller::new()?);
         let (queue, arrivals) = crossbeam_channel::bounded(MAX_PENDING);
-        let thread_wake = wake.try_clone()?;
+        let thread_poller = poller.clone();
         let thread = thread::Builder::new()
             .name("filesrv-handshake".to_owned())
             .spawn(move || {
                 let mut set = HandshakeSet {
-                    epoll,
-                    wake: thread_wake,
+                    poller: thread_poller,
                     timeout,
                     pending: HashMap::new(),
                     deadlines: BTreeSet::new(),
-                    next_key: WAKE + 1,
+                    next_key: 0,
                     finished,
                 };
                 set.run(&arrivals);
@@ -127,7 +122,7 @@ impl Handshakes {
             Handshakes {
                 trusted,
                 queue: Some(queue),
-                wake,
+                poller,
             },
             thread,
         ))
@@ -156,7 +151,7 @@ impl Handshakes {
     }
 
     fn wake(&self) {
-        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+        self.poller.wake();
     }
 }
 
@@ -180,8 +175,7 @@ struct Pending {
 
 /// The handshake thread's state.
 struct HandshakeSet<F> {
-    epoll: OwnedFd,
-    wake: OwnedFd,
+    poller: Arc<Poller>,
     timeout: Duration,
     pending: HashMap<u64, Pending>,
     /// Deadlines in order, with the key of their connection.
@@ -192,43 +186,33 @@ struct HandshakeSet<F> {
 
 impl<F: FnMut(Handshake)> HandshakeSet<F> {
     fn run(&mut self, arrivals: &Receiver<(TcpStream, SocketAddr)>) {
-        let mut events = Vec::with_capacity(64);
+        let mut events = Poller::events();
+        let mut ready = Vec::new();
         loop {
-            let timeout = self
-                .deadlines
-                .first()
-                .map(|&(deadline, _)| deadline.saturating_duration_since(Instant::now()))
-                .and_then(|left| Timespec::try_from(left).ok());
-            events.clear();
-            match epoll::wait(
-                &self.epoll,
-                rustix::buffer::spare_capacity(&mut events),
-                timeout.as_ref(),
-            ) {
-                Ok(_) | Err(Errno::INTR) => {}
+            let until = self.deadlines.first().map(|&(deadline, _)| deadline);
+            let woken = match self.poller.wait(until, &mut events, |key, flags| {
+                ready.push((key, flags));
+            }) {
+                Ok(woken) => woken,
                 Err(e) => {
                     log::error!("PROXY handshake: epoll failed: {e}");
                     self.refuse_all(NoHeader::ShuttingDown);
                     return;
                 }
+            };
+            for (key, flags) in ready.drain(..) {
+                self.look(key, flags);
             }
-            for event in &events {
-                match event.data.u64() {
-                    WAKE => {
-                        let mut count = [0; 8];
-                        let _ = rustix::io::read(&self.wake, &mut count);
-                        loop {
-                            match arrivals.try_recv() {
-                                Ok((stream, peer)) => self.add(stream, peer),
-                                Err(TryRecvError::Empty) => break,
-                                Err(TryRecvError::Disconnected) => {
-                                    self.refuse_all(NoHeader::ShuttingDown);
-                                    return;
-                                }
-                            }
+            if woken {
+                loop {
+                    match arrivals.try_recv() {
+                        Ok((stream, peer)) => self.add(stream, peer),
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => {
+                            self.refuse_all(NoHeader::ShuttingDown);
+                            return;
                         }
                     }
-                    key => self.look(key, event.flags),
                 }
             }
             self.expire();
@@ -242,9 +226,7 @@ impl<F: FnMut(Handshake)> HandshakeSet<F> {
         let key = self.next_key;
         self.next_key += 1;
         let flags = EventFlags::IN | EventFlags::RDHUP | EventFlags::ET;
-        if stream.set_nonblocking(true).is_err()
-            || epoll::add(&self.epoll, &stream, EventData::new_u64(key), flags).is_err()
-        {
+        if stream.set_nonblocking(true).is_err() || self.poller.add(&stream, key, flags).is_err() {
             return (self.finished)(Handshake::Closed(stream));
         }
         // Registering a socket with bytes already waiting reports it at
@@ -277,7 +259,7 @@ impl<F: FnMut(Handshake)> HandshakeSet<F> {
             deadline,
         } = self.pending.remove(&key).expect("looked up above");
         self.deadlines.remove(&(deadline, key));
-        let _ = epoll::delete(&self.epoll, &stream);
+        self.poller.delete(&stream);
         let handshake = match outcome {
             Ok(Some(source)) => match stream.set_nonblocking(false) {
                 Ok(()) => Handshake::Done {
@@ -307,7 +289,7 @@ impl<F: FnMut(Handshake)> HandshakeSet<F> {
             }
             self.deadlines.pop_first();
             if let Some(Pending { stream, peer, .. }) = self.pending.remove(&key) {
-                let _ = epoll::delete(&self.epoll, &stream);
+                self.poller.delete(&stream);
                 self.refuse(stream, peer, NoHeader::Timeout);
             }
         }
