@@ -298,20 +298,28 @@ impl Listening {
     fn accept_loop(&self, woken: &Receiver<()>, handshakes: Option<&Handshakes>) {
         let mut backoff = BACKOFF_MIN;
         loop {
-            // Wait for a connection or the stop. Once stopping, nothing more
-            // is taken from the backlog: under socket activation the socket
-            // outlives this process, and its backlog is the successor's.
-            let mut ready = [
-                PollFd::new(&self.listener, PollFlags::IN),
-                PollFd::new(&self.stop_event, PollFlags::IN),
-            ];
-            let polled = rustix::event::poll(&mut ready, None);
-            if self.stopping.load(Ordering::SeqCst) || !ready[1].revents().is_empty() {
+            // Once stopping, nothing more is taken from the backlog: under
+            // socket activation the socket outlives this process, and its
+            // backlog is the successor's.
+            if self.stopping.load(Ordering::SeqCst) {
                 return;
             }
-            let accepted = match polled {
-                Ok(_) => self.listener.accept(),
-                Err(e) => Err(e.into()),
+            // The listener is non-blocking: a burst is accepted back to
+            // back, and only an empty backlog costs a wait.
+            let accepted = match self.listener.accept() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Wait for a connection or the stop.
+                    let mut ready = [
+                        PollFd::new(&self.listener, PollFlags::IN),
+                        PollFd::new(&self.stop_event, PollFlags::IN),
+                    ];
+                    match rustix::event::poll(&mut ready, None) {
+                        Ok(_) if !ready[1].revents().is_empty() => return,
+                        Ok(_) | Err(rustix::io::Errno::INTR) => continue,
+                        Err(e) => Err(e.into()),
+                    }
+                }
+                accepted => accepted,
             };
             match accepted {
                 Ok((stream, peer)) => {
@@ -331,8 +339,6 @@ impl Listening {
                     }
                 }
                 Err(e) if is_transient(&e) => {}
-                // Taken by another process sharing the socket.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {
                     log::warn!("accept failed: {e}; retrying in {backoff:?}");
                     // Wait out the back-off, or until shutdown drops the
