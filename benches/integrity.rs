@@ -118,13 +118,17 @@ fn list(root: &Path, params: &Params) -> io::Result<()> {
         File::create(dir.join(format!("file-{i:06}.txt")))?;
     }
     let (mut one, mut eight, mut reply) = (Vec::new(), Vec::new(), 0);
-    for _ in 0..params.list_runs {
-        let server = ChildServer::start(
+    // A fresh server per case: peak memory only grows.
+    let start = || {
+        ChildServer::start(
             Path::new(env!("CARGO_BIN_EXE_filesrv")),
             root,
             8,
             &["--max-list-entries", "0"],
-        )?;
+        )
+    };
+    for _ in 0..params.list_runs {
+        let server = start()?;
         let base = peak_kib(&server)?;
         let mut c = TcpStream::connect(server.addr)?;
         c.write_all(b"LIST many\n")?;
@@ -155,12 +159,7 @@ fn list(root: &Path, params: &Params) -> io::Result<()> {
         reply = header.len() + got;
         one.push(peak_kib(&server)? - base);
 
-        let server = ChildServer::start(
-            Path::new(env!("CARGO_BIN_EXE_filesrv")),
-            root,
-            8,
-            &["--max-list-entries", "0"],
-        )?;
+        let server = start()?;
         let base = peak_kib(&server)?;
         let clients: Vec<TcpStream> = (0..8)
             .map(|_| {

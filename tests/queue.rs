@@ -295,12 +295,7 @@ fn shutdown_from_inside_a_handler_panics_instead_of_hanging() {
         .map_err(|_| ())
         .unwrap();
     stopping.recv_timeout(LIMIT).unwrap();
-    let (done_tx, done) = bounded(1);
-    let closer = manager.clone();
-    thread::spawn(move || {
-        closer.shutdown(Duration::from_secs(30));
-        let _ = done_tx.send(());
-    });
+    let done = shutdown_elsewhere(&manager);
     assert_eq!(
         stopped.recv_timeout(LIMIT),
         Ok(Err(())),
@@ -335,12 +330,7 @@ fn a_stop_hook_may_ask_what_runs() {
         .map_err(|_| ())
         .unwrap();
     running.recv_timeout(LIMIT).unwrap();
-    let (done_tx, done) = bounded(1);
-    let closer = manager.clone();
-    thread::spawn(move || {
-        closer.shutdown(Duration::from_secs(30));
-        let _ = done_tx.send(());
-    });
+    let done = shutdown_elsewhere(&manager);
     assert_eq!(
         done.recv_timeout(LIMIT),
         Ok(()),
@@ -498,4 +488,18 @@ fn the_manager_asks_a_running_handler_to_make_room_only_while_one_waits() {
         assert_eq!((why, requested), (Some(want), Some(want)), "idle: {idle}");
         assert!(manager.wait_idle_timeout(LIMIT));
     }
+}
+
+/// Starts `manager.shutdown` (30 s grace) on another thread; the receiver
+/// hears when it returns.
+fn shutdown_elsewhere<Q: Handler, S: Admission>(
+    manager: &Arc<Manager<Q, S>>,
+) -> crossbeam_channel::Receiver<()> {
+    let (done_tx, done) = bounded(1);
+    let closer = manager.clone();
+    thread::spawn(move || {
+        closer.shutdown(Duration::from_secs(30));
+        let _ = done_tx.send(());
+    });
+    done
 }
