@@ -25,7 +25,9 @@ use crate::protocol::wire::Request;
 use crate::{Refusal, Stats};
 
 /// What the server counts as it goes; shared by the accepting thread,
-/// the handshake thread and every session. Counting is an atomic add.
+/// the handshake thread and every session. Counting is an atomic add,
+/// except a request's, which first finds its (verb, result) counter in
+/// the family under a read lock.
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
     accepted: Counter,
