@@ -10,6 +10,7 @@
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
 
@@ -245,14 +246,17 @@ fn three_instances_behind_haproxy_survive_a_rolling_restart() {
         assert!(old.wait_exit(LIMIT).success());
         s2.start(&root);
         // Back: the agent's "ready" ends the drain, and the health check
-        // passes if the stop made it fail. Each is a line; look after each.
-        for _ in 0..4 {
-            if haproxy.server_status("filesrv", "s2") == "UP" {
-                break;
-            }
-            haproxy.wait_log("Server filesrv/s2 ");
+        // passes if the stop made it fail. HAProxy logs a health-check
+        // change but not always the end of an agent's drain, so the status
+        // is read again after each s2 line, or after two agent intervals
+        // (500 ms each) without one; bounded by LIMIT.
+        let deadline = Instant::now() + LIMIT;
+        let mut status = haproxy.server_status("filesrv", "s2");
+        while status != "UP" && Instant::now() < deadline {
+            haproxy.log_within("Server filesrv/s2 ", Duration::from_secs(1));
+            status = haproxy.server_status("filesrv", "s2");
         }
-        assert_eq!(haproxy.server_status("filesrv", "s2"), "UP");
+        assert_eq!(status, "UP");
         drop(restarted);
 
         clients.into_iter().map(|c| c.join().unwrap()).sum()

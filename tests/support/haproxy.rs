@@ -5,7 +5,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{LIMIT, TempDir, tools};
 
@@ -83,6 +83,19 @@ impl HaProxy {
                     "no haproxy line with {needle:?} ({e}) in\n{}",
                     seen.join("\n")
                 ),
+            }
+        }
+    }
+
+    /// Waits at most `within` for a line of haproxy's stderr that
+    /// contains `needle`; `None` if none came by then.
+    pub(crate) fn log_within(&self, needle: &str, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            match self.log.recv_deadline(deadline) {
+                Ok(line) if line.contains(needle) => return Some(line),
+                Ok(_) => {}
+                Err(_) => return None,
             }
         }
     }
