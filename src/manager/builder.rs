@@ -1,6 +1,5 @@
 //! Configuring and starting a [`Manager`].
 
-use std::collections::BTreeMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Condvar, Mutex};
@@ -9,6 +8,7 @@ use std::time::Duration;
 
 use super::deadline::Deadlines;
 use super::handle::Manager;
+use super::queue::Queue;
 use super::resize::{Workers, check_bound};
 use super::room::BusyLimits;
 use super::slot::Phase;
@@ -134,7 +134,7 @@ impl<S: Admission> ManagerBuilder<S> {
             gate: Mutex::new(Gate {
                 policy: self.admission,
                 tokens: Some(tx),
-                waiting: BTreeMap::new(),
+                waiting: Queue::new(),
                 deadlines: Deadlines::new(),
                 next_id: 0,
                 submitted: 0,

@@ -112,22 +112,19 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
         }
         shared.counts.queued();
         gate.admitted += 1;
-        gate.waiting.insert(
+        gate.waiting.push(Entry {
             id,
-            Entry {
-                id,
-                source,
-                key,
-                queued_at: now,
-                handler,
-            },
-        );
+            source,
+            key,
+            queued_at: now,
+            handler,
+        });
         // Watched only once queued: the deadline thread finds it there.
         let earliest = deadline.is_some_and(|deadline| {
             let Gate {
                 deadlines, waiting, ..
             } = &mut *gate;
-            deadlines.watch(deadline, id, |id| waiting.contains_key(&id))
+            deadlines.watch(deadline, id, |id| waiting.contains(id))
         });
         // The token is sent after the lock is released, so the worker it
         // wakes does not block at once on the lock the sender holds. A
@@ -153,7 +150,7 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
     pub fn stats(&self) -> Stats {
         let (submitted, admitted, oldest) = {
             let gate = lock(&self.shared.gate);
-            let oldest = gate.waiting.first_key_value().map(|(_, e)| e.queued_at);
+            let oldest = gate.waiting.first().map(|e| e.queued_at);
             (gate.submitted, gate.admitted, oldest)
         };
         let (running, waiting) = self.shared.counts.get();

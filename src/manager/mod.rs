@@ -11,6 +11,7 @@
 mod builder;
 mod deadline;
 mod handle;
+mod queue;
 mod refused;
 mod resize;
 mod room;

@@ -1,7 +1,6 @@
 //! What the manager's handle, its workers, its deadline thread and its
 //! watcher share.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -11,6 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::deadline::Deadlines;
+use super::queue::Queue;
 use super::refused::Refused;
 use super::resize::Workers;
 use super::room::BusyLimits;
@@ -50,16 +50,16 @@ pub(super) struct Entry<Q> {
 /// The admission side and the queue, under one lock: the policy, the
 /// waiting handlers and their deadlines.
 ///
-/// The queue is a map by id: ids rise with arrival, so its first entry is
-/// the head (FIFO), and a handler that leaves from the middle (deadline,
-/// hang-up) is removed at once, taking its memory with it. Workers sleep
-/// on the token channel, one token per queued handler, not on the map.
+/// The queue is FIFO by id ([`Queue`]), and a handler that leaves from the
+/// middle (deadline, hang-up) is removed at once, taking its memory with
+/// it. Workers sleep on the token channel, one token per queued handler,
+/// not on the queue.
 pub(super) struct Gate<Q, S> {
     pub(super) policy: S,
     /// The token channel's only sender, dropped at shutdown, which wakes
     /// every worker.
     pub(super) tokens: Option<Sender<()>>,
-    pub(super) waiting: BTreeMap<u64, Entry<Q>>,
+    pub(super) waiting: Queue<Q>,
     pub(super) deadlines: Deadlines,
     pub(super) next_id: u64,
     /// Counted here rather than in atomics: the lock is held anyway.
@@ -246,7 +246,7 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
         while gate.tokens.is_some() {
             let now = Instant::now();
             if let Some(id) = gate.deadlines.pop_due(now) {
-                if let Some(entry) = gate.waiting.remove(&id) {
+                if let Some(entry) = gate.waiting.remove(id) {
                     let how = Left::Refused(Refusal::QueueTimeout);
                     gate.depart(id, entry.key, how.outcome());
                     drop(gate);
@@ -284,14 +284,14 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
     /// waits and says its client is gone, it leaves the queue now.
     fn hung_up(&self, id: u64) {
         let mut gate = lock(&self.gate);
-        let Some(entry) = gate.waiting.get(&id) else {
+        let Some(entry) = gate.waiting.get(id) else {
             return;
         };
         // A peek, under the lock: it must not block.
         if !guarded("is_abandoned", id, || entry.handler.is_abandoned()).unwrap_or(true) {
             return;
         }
-        let Some(entry) = gate.waiting.remove(&id) else {
+        let Some(entry) = gate.waiting.remove(id) else {
             return;
         };
         gate.depart(id, entry.key, Outcome::Abandoned);
@@ -306,8 +306,8 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
         let (tokens, waiting) = {
             let mut gate = lock(&self.gate);
             gate.deadlines.clear();
-            let waiting = std::mem::take(&mut gate.waiting);
-            for entry in waiting.values() {
+            let waiting = gate.waiting.take_all();
+            for entry in &waiting {
                 let outcome = Outcome::Refused(Refusal::ShuttingDown);
                 gate.depart(entry.id, entry.key, outcome);
             }
@@ -319,7 +319,7 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
         self.deadline_wake.notify_all();
         self.watcher.wake();
         let refused = waiting.len() as u64;
-        for entry in waiting.into_values() {
+        for entry in waiting {
             self.leave_queue(entry, Left::Refused(Refusal::ShuttingDown));
         }
         refused

@@ -37,7 +37,7 @@ impl<Q, S: Admission> ManagerState<Q, S> {
         if let Some(d) = last {
             gate.depart(d.id, d.key, d.outcome);
         }
-        let entry = gate.waiting.pop_first().map(|(_, entry)| entry);
+        let entry = gate.waiting.pop();
         match (&entry, last) {
             (Some(_), Some(_)) => self.counts.handed_on(),
             (Some(_), None) => self.counts.started(),

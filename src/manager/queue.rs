@@ -1,0 +1,164 @@
+//! The waiting queue: FIFO by id, with removal from the middle.
+//!
+//! A ring buffer of `(id, entry)` in arrival order (ids rise). The head is
+//! taken in O(1) with no shifting, which is the hand-off's hot path; a
+//! handler leaving from the middle (deadline, hang-up) is found by binary
+//! search and its entry taken out at once, so its handler (socket, buffers)
+//! is freed when it leaves. The place it held stays as a hole until the
+//! head passes it, or until holes outnumber the waiting handlers, when the
+//! buffer is compacted: memory stays within about twice the waiting
+//! handlers at an amortised constant cost per removal.
+
+use std::collections::VecDeque;
+
+use super::state::Entry;
+
+/// Holes tolerated before compacting, whatever the number waiting.
+const MIN_HOLES: usize = 64;
+
+pub(super) struct Queue<Q> {
+    /// In id order; the front, if any, is never a hole.
+    places: VecDeque<(u64, Option<Entry<Q>>)>,
+    /// Entries that are not holes.
+    waiting: usize,
+}
+
+impl<Q> Queue<Q> {
+    pub(super) fn new() -> Queue<Q> {
+        Queue {
+            places: VecDeque::new(),
+            waiting: 0,
+        }
+    }
+
+    /// Appends `entry`; its id must be above every id queued before.
+    pub(super) fn push(&mut self, entry: Entry<Q>) {
+        debug_assert!(self.places.back().is_none_or(|&(id, _)| id < entry.id));
+        self.places.push_back((entry.id, Some(entry)));
+        self.waiting += 1;
+    }
+
+    /// Takes the head.
+    pub(super) fn pop(&mut self) -> Option<Entry<Q>> {
+        let (_, entry) = self.places.pop_front()?;
+        self.waiting -= 1;
+        self.skip_holes();
+        entry
+    }
+
+    /// The head: the handler that has waited longest.
+    pub(super) fn first(&self) -> Option<&Entry<Q>> {
+        self.places.front().and_then(|(_, entry)| entry.as_ref())
+    }
+
+    pub(super) fn get(&self, id: u64) -> Option<&Entry<Q>> {
+        let i = self.position(id)?;
+        self.places[i].1.as_ref()
+    }
+
+    pub(super) fn contains(&self, id: u64) -> bool {
+        self.get(id).is_some()
+    }
+
+    /// Takes handler `id` out of the queue, wherever it is.
+    pub(super) fn remove(&mut self, id: u64) -> Option<Entry<Q>> {
+        let i = self.position(id)?;
+        let entry = self.places[i].1.take()?;
+        self.waiting -= 1;
+        self.skip_holes();
+        let holes = self.places.len() - self.waiting;
+        if holes > self.waiting.max(MIN_HOLES) {
+            self.places.retain(|(_, entry)| entry.is_some());
+            // A burst that has left gives its memory back too.
+            if self.places.capacity() > 4 * self.places.len().max(MIN_HOLES) {
+                self.places.shrink_to(2 * self.places.len());
+            }
+        }
+        Some(entry)
+    }
+
+    /// Takes every waiting handler out, in queue order.
+    pub(super) fn take_all(&mut self) -> Vec<Entry<Q>> {
+        self.waiting = 0;
+        let places = std::mem::take(&mut self.places);
+        places.into_iter().filter_map(|(_, entry)| entry).collect()
+    }
+
+    fn position(&self, id: u64) -> Option<usize> {
+        self.places.binary_search_by_key(&id, |&(id, _)| id).ok()
+    }
+
+    /// Keeps the head a waiting handler.
+    fn skip_holes(&mut self) {
+        while self
+            .places
+            .front()
+            .is_some_and(|(_, entry)| entry.is_none())
+        {
+            self.places.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn entry(id: u64) -> Entry<u64> {
+        Entry {
+            id,
+            source: None,
+            key: None,
+            queued_at: Instant::now(),
+            handler: id,
+        }
+    }
+
+    fn ids(queue: &mut Queue<u64>) -> Vec<u64> {
+        std::iter::from_fn(|| queue.pop().map(|e| e.handler)).collect()
+    }
+
+    #[test]
+    fn pops_in_order_skipping_those_that_left() {
+        let mut queue = Queue::new();
+        for id in 1..=6 {
+            queue.push(entry(id));
+        }
+        assert_eq!(queue.remove(1).map(|e| e.handler), Some(1));
+        assert_eq!(queue.remove(4).map(|e| e.handler), Some(4));
+        assert!(queue.remove(4).is_none(), "gone already");
+        assert!(queue.remove(9).is_none(), "never queued");
+        assert_eq!(queue.first().map(|e| e.id), Some(2));
+        assert!(queue.contains(5) && !queue.contains(4));
+        assert_eq!(ids(&mut queue), [2, 3, 5, 6]);
+        assert!(queue.first().is_none());
+    }
+
+    #[test]
+    fn holes_never_outnumber_the_waiting_for_long() {
+        let mut queue = Queue::new();
+        queue.push(entry(0));
+        // The head stays; everyone behind it leaves, as with a flood of
+        // clients that hang up while every slot is held.
+        for id in 1..100_000 {
+            queue.push(entry(id));
+            queue.remove(id);
+            assert!(queue.places.len() <= 2 + MIN_HOLES);
+        }
+        assert!(queue.places.capacity() <= 4 * (2 + MIN_HOLES) + 8);
+        assert_eq!(ids(&mut queue), [0]);
+    }
+
+    #[test]
+    fn take_all_keeps_the_order() {
+        let mut queue = Queue::new();
+        for id in 1..=5 {
+            queue.push(entry(id));
+        }
+        queue.remove(3);
+        let all: Vec<u64> = queue.take_all().into_iter().map(|e| e.handler).collect();
+        assert_eq!(all, [1, 2, 4, 5]);
+        assert!(queue.pop().is_none());
+    }
+}
