@@ -43,7 +43,7 @@ struct Counting {
 impl Admission for Counting {
     fn decide(&mut self, a: &Arrival) -> Decision {
         match a.key {
-            Some(EXPIRE) => Decision::QueueUntil(a.now),
+            Some(EXPIRE) => Decision::QueueUntil(a.now()),
             Some(REFUSE) => Decision::Refuse(Refusal::Overloaded),
             _ => Decision::Queue,
         }

@@ -177,6 +177,47 @@ fn next_waiting_handler_starts_when_a_slot_frees() {
     assert_eq!(starts.recv_timeout(LIMIT), Ok(1));
 }
 
+/// The queue-wait statistics: a handler that waits behind a held slot is
+/// counted from its submission to its start; one that starts on an idle
+/// worker waits nothing, and nobody shows as the oldest waiter.
+#[test]
+fn queue_wait_is_measured_from_submission_to_start() {
+    const HELD: Duration = Duration::from_millis(60);
+    let (started, starts) = channels();
+    let (refused, _refusals) = channels();
+    let manager = ManagerBuilder::new(1).build().unwrap();
+    let (first, release) = Probe::new(&started, &refused).held();
+    manager.submit(first).unwrap();
+    assert_eq!(starts.recv_timeout(LIMIT), Ok(0));
+    let stats = manager.stats();
+    assert_eq!((stats.running, stats.waiting), (1, 0));
+    assert_eq!(stats.oldest_waiting, Duration::ZERO, "nobody waits");
+
+    let submitted = Instant::now();
+    manager.submit(Probe::new(&started, &refused)).unwrap();
+    // A timed wait for a known span, not a synchronisation.
+    thread::sleep(HELD);
+    let oldest = manager.stats().oldest_waiting;
+    assert!(
+        oldest >= HELD && oldest <= submitted.elapsed(),
+        "oldest waiter {oldest:?}, held {HELD:?}"
+    );
+    drop(release);
+    assert_eq!(starts.recv_timeout(LIMIT), Ok(1));
+    let upper = submitted.elapsed();
+    assert!(manager.wait_idle_timeout(LIMIT));
+    let stats = manager.stats();
+    assert_eq!(stats.oldest_waiting, Duration::ZERO);
+    assert!(
+        stats.queue_wait_max >= HELD && stats.queue_wait_max <= upper,
+        "{stats:?}"
+    );
+    // The first handler started on an idle worker: it adds (next to)
+    // nothing to the total.
+    let first_wait = stats.queue_wait_total - stats.queue_wait_max;
+    assert!(first_wait < HELD, "{stats:?}");
+}
+
 #[test]
 fn a_freed_slot_goes_to_the_head_of_the_queue() {
     let (started, starts) = channels();

@@ -22,7 +22,7 @@ struct PastDeadline;
 
 impl Admission for PastDeadline {
     fn decide(&mut self, arrival: &Arrival) -> Decision {
-        Decision::QueueUntil(arrival.now)
+        Decision::QueueUntil(arrival.now())
     }
 }
 
@@ -346,7 +346,7 @@ struct PastAfterFirst(bool);
 impl Admission for PastAfterFirst {
     fn decide(&mut self, arrival: &Arrival) -> Decision {
         if std::mem::replace(&mut self.0, true) {
-            Decision::QueueUntil(arrival.now)
+            Decision::QueueUntil(arrival.now())
         } else {
             Decision::Queue
         }

@@ -1,5 +1,6 @@
 //! The [`Manager`] handle: submitting, observing and shutting down.
 
+use std::cell::Cell;
 use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -70,7 +71,6 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
         let key = handler
             .key()
             .or_else(|| source.map(|ip| Key::from_source(ip, shared.ipv6_prefix)));
-        let now = Instant::now();
         let mut gate = lock(&shared.gate);
         if gate.tokens.is_none() {
             gate.submitted += 1;
@@ -86,7 +86,7 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
             running,
             waiting,
             max_running: shared.workers.target(),
-            now,
+            now: Cell::new(None),
         };
         // Counted once the policy has decided (and heard it admitted): a
         // policy that panics leaves no trace in the counts.
@@ -112,11 +112,20 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
         }
         shared.counts.queued();
         gate.admitted += 1;
+        // A handler that will wait is stamped now, for its queue-wait time;
+        // one that starts at once on an idle worker takes its start as its
+        // arrival (no wait), and saves the submitter a clock read, unless
+        // the policy read the clock already.
+        let queued_at = if will_wait {
+            Some(arrival.now())
+        } else {
+            arrival.now.get()
+        };
         gate.waiting.push(Entry {
             id,
             source,
             key,
-            queued_at: now,
+            queued_at,
             handler,
         });
         // Watched only once queued: the deadline thread finds it there.
@@ -150,7 +159,8 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
     pub fn stats(&self) -> Stats {
         let (submitted, admitted, oldest) = {
             let gate = lock(&self.shared.gate);
-            let oldest = gate.waiting.first().map(|e| e.queued_at);
+            // A head with no stamp is starting on an idle worker: no wait.
+            let oldest = gate.waiting.first().and_then(|e| e.queued_at);
             (gate.submitted, gate.admitted, oldest)
         };
         let (running, waiting) = self.shared.counts.get();

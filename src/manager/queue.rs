@@ -110,7 +110,7 @@ mod tests {
             id,
             source: None,
             key: None,
-            queued_at: Instant::now(),
+            queued_at: Some(Instant::now()),
             handler: id,
         }
     }

@@ -43,7 +43,9 @@ pub(super) struct Entry<Q> {
     pub(super) source: Option<IpAddr>,
     /// What the policy counts it by.
     pub(super) key: Option<Key>,
-    pub(super) queued_at: Instant,
+    /// When it was queued; `None` if it was queued with a running place
+    /// free, to start at once (its start is then its arrival).
+    pub(super) queued_at: Option<Instant>,
     pub(super) handler: Q,
 }
 
@@ -129,6 +131,9 @@ impl<Q, S: Admission> Gate<Q, S> {
     /// Tells the policy an admitted handler left. A policy that panics
     /// here is logged, and the manager goes on.
     pub(super) fn depart(&mut self, id: u64, key: Option<Key>, outcome: Outcome) {
+        if !S::HEARS_DEPARTURES {
+            return;
+        }
         let departure = Departure { id, key, outcome };
         guarded("Admission::departed", id, || {
             self.policy.departed(&departure);

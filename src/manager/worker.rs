@@ -54,7 +54,9 @@ impl<Q, S: Admission> ManagerState<Q, S> {
 
     /// The handler this worker ran departs, with no next one to take.
     fn finish(&self, last: Departure) {
-        lock(&self.gate).depart(last.id, last.key, last.outcome);
+        if S::HEARS_DEPARTURES {
+            lock(&self.gate).depart(last.id, last.key, last.outcome);
+        }
         if self.counts.finished() {
             self.became_idle();
         }
@@ -112,6 +114,7 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
                 continue;
             };
             let started_at = Instant::now();
+            let queued_at = queued_at.unwrap_or(started_at);
             slot.counters.waited(started_at - queued_at);
             if slot.occupy(RunningInfo {
                 id,
