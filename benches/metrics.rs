@@ -11,14 +11,19 @@
 //! Each is measured on one thread, and on two threads counting the same
 //! pair at once (as two sessions serving GETs do).
 //!
+//! `stats_snapshot`: what one `Server::stats()` costs, for the transfer
+//! bench's `stats` scenario (the snapshot read on every request).
+//!
 //! `cargo bench --bench metrics`; plain `cargo test` runs each once.
 //! docs/BENCHMARKS.md has the figures.
 
 use std::hint::black_box;
+use std::net::SocketAddr;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use filesrv::protocol::{Server, ServerConfig};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -127,5 +132,33 @@ fn count_request(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, count_request);
+/// What one [`Server::stats`] costs, the snapshot a per-request reader
+/// (a balancer's agent, a session's log line) would take: on an idle
+/// server with 1 and 64 workers (it sums every worker's counters), and on
+/// two threads at once (they share the admission lock).
+fn stats_snapshot(c: &mut Criterion) {
+    let root = std::env::temp_dir().join(format!("filesrv-metrics-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&root).expect("a temporary directory");
+    let mut group = c.benchmark_group("stats_snapshot");
+    for workers in [1, 64] {
+        let config = ServerConfig::new(&root).max_running(workers);
+        let server = Server::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config)
+            .expect("a server on loopback");
+        group.bench_function(format!("{workers} workers"), |b| {
+            b.iter(|| black_box(server.stats()));
+        });
+        group.bench_function(format!("{workers} workers, 2 threads"), |b| {
+            b.iter_custom(|iters| {
+                on_threads(2, iters, &|| {
+                    black_box(server.stats());
+                })
+            });
+        });
+        server.shutdown();
+    }
+    group.finish();
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+criterion_group!(benches, count_request, stats_snapshot);
 criterion_main!(benches);
