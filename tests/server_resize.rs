@@ -3,14 +3,8 @@
 //! back until enough leave, and the agent's `maxconn` and the
 //! `limit_sessions` metric follow the bound.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-
-use crate::support::{Conn, LIMIT, TestServer};
-
-fn local() -> Option<SocketAddr> {
-    Some(SocketAddr::from(([127, 0, 0, 1], 0)))
-}
+use crate::metrics::{agent_check, local, sample, scrape};
+use crate::support::{Conn, TestServer};
 
 /// A client that was served one `STAT /` and keeps its slot.
 fn served(t: &TestServer) -> Conn {
@@ -29,27 +23,9 @@ fn queue_is_full(t: &TestServer) {
     t.connect().expect_final_err("busy");
 }
 
-fn agent_check(t: &TestServer) -> String {
-    let mut stream = TcpStream::connect_timeout(&t.server.agent_addr().unwrap(), LIMIT).unwrap();
-    stream.set_read_timeout(Some(LIMIT)).unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).unwrap();
-    reply
-}
-
 /// The `filesrv_limit_sessions` sample of a scrape.
-fn limit_metric(t: &TestServer) -> String {
-    let addr = t.server.metrics_addr().unwrap();
-    let mut stream = TcpStream::connect_timeout(&addr, LIMIT).unwrap();
-    stream.set_read_timeout(Some(LIMIT)).unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-        .lines()
-        .find_map(|line| line.strip_prefix("filesrv_limit_sessions "))
-        .unwrap_or_else(|| panic!("no limit_sessions in\n{response}"))
-        .to_owned()
+fn limit_metric(t: &TestServer) -> f64 {
+    sample(&scrape(t), "filesrv_limit_sessions")
 }
 
 #[test]
@@ -70,14 +46,14 @@ fn max_running_grows_and_shrinks_on_a_running_server() {
     t.server.set_max_running(2).unwrap();
     assert!(second.line().starts_with("OK d "));
     assert_eq!(agent_check(&t), "up ready 100% maxconn:2\n");
-    assert_eq!(limit_metric(&t), "2");
+    assert_eq!(limit_metric(&t), 2.0);
 
     // Shrinking cuts nobody: both are still served.
     t.server.set_max_running(1).unwrap();
     stat(&mut first);
     stat(&mut second);
     assert_eq!(agent_check(&t), "up ready 100% maxconn:1\n");
-    assert_eq!(limit_metric(&t), "1");
+    assert_eq!(limit_metric(&t), 1.0);
     // Both still hold a slot, one above the bound: the next client waits,
     // and the queue still has its one place (shown by the one after it
     // being refused)...
