@@ -33,6 +33,10 @@
 //!   then holding 64 running connections (each did one `GET`), then 1,000
 //!   more connections waiting for a slot (`max_waiting` 1,000); `lab`
 //!   for comparison, which gives each of those connections a thread.
+//! - `stats`: `small`'s persistent load on `filesrv`, plain and with each
+//!   client reading `Server::stats()` after every response (more runs,
+//!   interleaved, and the median of the paired ratios): what the snapshot
+//!   costs read on every request.
 //!
 //! Every scenario runs several times, the implementations interleaved, and
 //! the medians are printed with every run's figure.
@@ -149,6 +153,9 @@ fn main() -> io::Result<()> {
     }
     if wanted("small") {
         small(dir.path(), &smalls, params)?;
+    }
+    if wanted("stats") {
+        stats_cost(dir.path(), &smalls, params)?;
     }
     if wanted("proxy") {
         proxy::proxy(dir.path(), &smalls, params)?;
@@ -331,6 +338,11 @@ fn small_run(
         warmup: params.warmup,
         duration: params.window,
     })?;
+    Ok(checked(report))
+}
+
+/// A small-file run's report, checked: no failure, and every body whole.
+fn checked(report: Report) -> Report {
     assert_eq!(
         report.errors, 0,
         "requests failed, the first: {:?}",
@@ -338,7 +350,68 @@ fn small_run(
     );
     assert!(report.requests > 0, "no request completed: {report:?}");
     assert_eq!(report.bytes, report.requests * SMALL as u64);
-    Ok(report)
+    report
+}
+
+// ---------------------------------------------------------------------------
+// The stats snapshot read on every request
+
+/// Keep-alive 4 KiB GETs to [`Server`] (as `small`'s persistent filesrv),
+/// plain and with every client reading [`Server::stats`] after each
+/// response, runs interleaved: what reading the snapshot on every request
+/// costs. It goes through whatever the manager does for a snapshot, so it
+/// can be rerun unchanged after the manager changes.
+fn stats_cost(root: &Path, paths: &[String], params: &Params) -> io::Result<()> {
+    // More runs than the other scenarios: the difference sought is ~1%.
+    let runs = 2 * params.small_runs - 1;
+    println!(
+        "\nstats: {} B files, {} clients, persistent, {:?} warm-up + {:?} window per run, {runs} runs each",
+        SMALL, params.clients, params.warmup, params.window
+    );
+    let server = serve(ServerConfig::new(root).max_running(params.clients))?;
+    let load = Load {
+        addr: server.local_addr(),
+        paths,
+        clients: params.clients,
+        mode: Mode::Persistent,
+        warmup: params.warmup,
+        duration: params.window,
+    };
+    let read_stats = || {
+        std::hint::black_box(server.stats());
+    };
+    let mut plain = Vec::new();
+    let mut reading = Vec::new();
+    for _ in 0..runs {
+        plain.push(checked(loadgen::run(&load)?));
+        reading.push(checked(loadgen::run_with(&load, &read_stats)?));
+    }
+    let base = median(&rates(&plain));
+    println!(
+        "  {:<24} {:>10} {:>8} {:>9} {:>9}   runs (req/s)",
+        "", "req/s", "x plain", "p50", "p99"
+    );
+    print_rates(24, "plain", &plain, base);
+    print_rates(24, "stats() per request", &reading, base);
+    // Each run against the plain run just before it: drift cancels out.
+    let pairs: Vec<f64> = rates(&reading)
+        .iter()
+        .zip(rates(&plain))
+        .map(|(with, without)| with / without)
+        .collect();
+    println!(
+        "  median of the {runs} paired ratios: {:.4}   ({})",
+        median(&pairs),
+        list(&pairs, 4)
+    );
+    let stats = server.stats();
+    assert_eq!(
+        stats.failed + stats.panicked + stats.refused_total(),
+        0,
+        "{stats:?}"
+    );
+    server.shutdown();
+    Ok(())
 }
 
 /// One result line: the median rate, its ratio to `base`, the median p50

@@ -309,15 +309,18 @@ impl Admission for Unbounded {
 }
 
 /// Bounds the waiting queue: an arrival is queued while
-/// `running + waiting < max_running + N`, so at most `N` handlers wait
-/// beyond the running slots. `MaxWaiting(0)` refuses whenever every running
-/// slot is taken.
+/// `waiting < N + free slots` (free slots: `max_running - running`, or
+/// none), so at most `N` handlers wait beyond the running slots.
+/// `MaxWaiting(0)` refuses whenever every running slot is taken. After
+/// [`set_max_running`](crate::Manager::set_max_running) shrank the bound,
+/// handlers still running above it leave the queue its `N` places.
 #[derive(Clone, Copy, Debug)]
 pub struct MaxWaiting(pub usize);
 
 impl Admission for MaxWaiting {
     fn decide(&mut self, a: &Arrival) -> Decision {
-        if a.running + a.waiting < a.max_running.saturating_add(self.0) {
+        let free = a.max_running.saturating_sub(a.running);
+        if a.waiting < free.saturating_add(self.0) {
             Decision::Queue
         } else {
             Decision::Refuse(Refusal::QueueFull)
@@ -466,6 +469,21 @@ mod tests {
         assert_eq!(none.decide(&arrival(1, 0)), Decision::Queue);
         assert_eq!(
             none.decide(&arrival(2, 0)),
+            Decision::Refuse(Refusal::QueueFull)
+        );
+    }
+
+    #[test]
+    fn max_waiting_keeps_its_places_while_a_shrunk_bound_is_exceeded() {
+        // Three running over a bound of two, as after a shrink.
+        let mut p = MaxWaiting(1);
+        assert_eq!(p.decide(&arrival(3, 0)), Decision::Queue);
+        assert_eq!(
+            p.decide(&arrival(3, 1)),
+            Decision::Refuse(Refusal::QueueFull)
+        );
+        assert_eq!(
+            MaxWaiting(0).decide(&arrival(3, 0)),
             Decision::Refuse(Refusal::QueueFull)
         );
     }

@@ -11,7 +11,7 @@ use filesrv::Refusal;
 
 use crate::support::{Conn, LIMIT, TestServer, begin_upload, tools};
 
-fn local() -> Option<SocketAddr> {
+pub(crate) fn local() -> Option<SocketAddr> {
     Some(SocketAddr::from(([127, 0, 0, 1], 0)))
 }
 
@@ -31,14 +31,14 @@ fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
     (status, body.to_owned())
 }
 
-fn scrape(server: &TestServer) -> String {
+pub(crate) fn scrape(server: &TestServer) -> String {
     let (status, body) = http_get(server.server.metrics_addr().unwrap(), "/metrics");
     assert_eq!(status, "HTTP/1.0 200 OK");
     body
 }
 
 /// The value of the sample `name` (with its labels, as written).
-fn sample(text: &str, name: &str) -> f64 {
+pub(crate) fn sample(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .unwrap_or_else(|| panic!("no sample {name} in\n{text}"))
@@ -200,7 +200,7 @@ fn the_metrics_endpoint_answers_only_get_metrics() {
 }
 
 /// One agent check: the line the agent sends before closing.
-fn agent_check(server: &TestServer) -> String {
+pub(crate) fn agent_check(server: &TestServer) -> String {
     let mut stream =
         TcpStream::connect_timeout(&server.server.agent_addr().unwrap(), LIMIT).unwrap();
     stream.set_read_timeout(Some(LIMIT)).unwrap();

@@ -22,4 +22,5 @@ mod pace;
 mod protocol;
 mod proxy;
 mod queue;
+mod server_resize;
 mod slots;

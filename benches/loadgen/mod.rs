@@ -89,6 +89,21 @@ impl Report {
 /// plus the time of the requests then in flight (each is bounded by a 10 s
 /// socket timeout).
 pub(crate) fn run(load: &Load<'_>) -> io::Result<Report> {
+    run_hooked(load, None)
+}
+
+/// Runs `load` as [`run`] does, each client calling `after_each` after
+/// every request it completes (outside the latency it measures, inside
+/// the window's rate).
+#[allow(
+    dead_code,
+    reason = "the transfer bench calls it; the example does not"
+)]
+pub(crate) fn run_with(load: &Load<'_>, after_each: &(dyn Fn() + Sync)) -> io::Result<Report> {
+    run_hooked(load, Some(after_each))
+}
+
+fn run_hooked(load: &Load<'_>, after_each: Option<&(dyn Fn() + Sync)>) -> io::Result<Report> {
     assert!(load.clients > 0 && !load.paths.is_empty());
     let errors = Errors::default();
     let ready = Barrier::new(load.clients + 1);
@@ -99,7 +114,9 @@ pub(crate) fn run(load: &Load<'_>) -> io::Result<Report> {
                 let (errors, ready, start) = (&errors, &ready, &start);
                 thread::Builder::new()
                     .name(format!("loadgen-{i}"))
-                    .spawn_scoped(scope, move || client(load, i, errors, ready, start))
+                    .spawn_scoped(scope, move || {
+                        client(load, i, errors, ready, start, after_each)
+                    })
             })
             .collect::<io::Result<_>>()?;
         ready.wait();
@@ -135,6 +152,7 @@ fn client(
     errors: &Errors,
     ready: &Barrier,
     start: &StartGate,
+    after_each: Option<&(dyn Fn() + Sync)>,
 ) -> (Vec<u64>, u64) {
     let mut conn = None;
     if load.mode == Mode::Persistent {
@@ -170,6 +188,9 @@ fn client(
             Mode::PerRequest => get_once(load.addr, path),
         };
         let ended = Instant::now();
+        if let (Some(hook), Ok(_)) = (after_each, &got) {
+            hook();
+        }
         match got {
             Ok(n) if began >= from && ended <= until => {
                 latencies.push(u64::try_from((ended - began).as_nanos()).unwrap_or(u64::MAX));

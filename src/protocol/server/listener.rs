@@ -241,6 +241,30 @@ impl Server {
         self.inner.manager.stats()
     }
 
+    /// Changes how many clients are served at once (`max_running`) on the
+    /// running server. Growing starts waiting clients at once, in queue
+    /// order. Shrinking never cuts a client: the running count falls to
+    /// the new bound as clients leave, and nobody starts beyond it
+    /// meanwhile. The agent's `maxconn` and the `limit_sessions` metric
+    /// show the new bound. After a shutdown began it does nothing.
+    ///
+    /// The waiting queue's bound was fitted at start to the descriptor
+    /// limit and the `max_running` of then, and stays: growing far past
+    /// the start value can run out of descriptors first (accepting then
+    /// backs off until some are free).
+    ///
+    /// # Errors
+    ///
+    /// The OS refused to start a thread; the workers already started stay,
+    /// and the bound is what they make.
+    ///
+    /// # Panics
+    ///
+    /// If `n` is 0 or above 2³¹.
+    pub fn set_max_running(&self, n: usize) -> io::Result<()> {
+        self.inner.manager.set_max_running(n)
+    }
+
     /// Stops the server: no more connections are accepted, waiting clients
     /// get `ERR unavailable`, running ones may finish their current request
     /// within the configured grace period and are cut after it, and every
@@ -362,7 +386,7 @@ impl Listening {
             let sidecar = metrics::serve(addr, move || {
                 let state = &scraped.state;
                 let stats = scraped.manager.stats();
-                metrics::encode(&state.metrics, &stats, state.config.max_running)
+                metrics::encode(&state.metrics, &stats, scraped.manager.max_running())
             });
             sidecars.metrics = Some(sidecar.map_err(bind("metrics", addr))?);
         }
@@ -370,7 +394,7 @@ impl Listening {
             let checked = self.clone();
             let sidecar = agent::serve(addr, move || Load {
                 stopping: checked.stopping.load(Ordering::SeqCst),
-                max_running: checked.state.config.max_running,
+                max_running: checked.manager.max_running(),
                 waiting: checked.manager.stats().waiting,
             });
             match sidecar {

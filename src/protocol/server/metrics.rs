@@ -13,36 +13,29 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use super::proxy::NoHeader;
+use super::request_counts::{Answer, RequestCounts};
 use super::sidecar::Sidecar;
 use crate::protocol::wire::Request;
 use crate::{Refusal, Stats};
 
 /// What the server counts as it goes; shared by the accepting thread,
-/// the handshake thread and every session. Counting is an atomic add,
-/// except a request's, which first finds its (verb, result) counter in
-/// the family under a read lock.
+/// the handshake thread and every session. Counting is an atomic add
+/// (for a request, one in a table indexed by verb and result).
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
     accepted: Counter,
-    requests: Family<RequestLabels, Counter>,
+    requests: RequestCounts,
     bytes_sent: Counter,
     bytes_received: Counter,
     /// Trusted connections refused in the PROXY handshake, by
     /// [`NoHeader`]; they never reach the manager's counts.
     proxy_refused: [AtomicU64; 4],
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestLabels {
-    verb: &'static str,
-    result: &'static str,
 }
 
 impl Metrics {
@@ -52,11 +45,9 @@ impl Metrics {
     }
 
     /// A request was answered: its verb (`invalid` for a line that did
-    /// not parse), its result (`OK` or the error code) and its body bytes.
-    pub(crate) fn request(&self, request: Option<&Request>, result: &'static str, bytes: u64) {
-        let verb = request.map_or("invalid", Request::verb);
-        let labels = RequestLabels { verb, result };
-        self.requests.get_or_create(&labels).inc();
+    /// not parse), how it ended and its body bytes.
+    pub(crate) fn request(&self, request: Option<&Request>, answer: Answer, bytes: u64) {
+        self.requests.count(request, answer);
         // `bytes` is a body's size: received for PUT, sent for GET and
         // LIST; for SUM it is what was hashed, which never crossed the wire.
         match request {
@@ -135,7 +126,7 @@ pub(crate) fn encode(metrics: &Metrics, stats: &Stats, max_running: usize) -> St
     registry.register(
         "requests",
         "Requests answered, by verb and result (OK or the error code)",
-        metrics.requests.clone(),
+        metrics.requests.snapshot(),
     );
     registry.register_collector(Box::new(Snapshot {
         stats: *stats,

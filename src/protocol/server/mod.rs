@@ -11,6 +11,7 @@ mod listener;
 mod metrics;
 mod pace;
 mod proxy;
+mod request_counts;
 mod session;
 mod sidecar;
 mod transfer;

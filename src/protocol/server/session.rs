@@ -15,6 +15,7 @@ use super::config::ServerConfig;
 use super::fs::{FsError, Root};
 use super::metrics::Metrics;
 use super::pace::Pace;
+use super::request_counts::Answer;
 use super::transfer::{Sent, is_timeout, send_all, send_body};
 use crate::protocol::checksum::sum_prefix_until;
 use crate::protocol::wire::{ErrorCode, MAX_LINE, RelPath, Request, parse_request, printable_line};
@@ -270,7 +271,7 @@ impl Connection {
                 Err(e) => {
                     let end = e.closes_connection().then_some(End::AfterError);
                     self.send_error(e.code(), e.message())
-                        .map(|()| Outcome::new(e.code().as_str(), 0, end))
+                        .map(|()| Outcome::new(Answer::Err(e.code()), 0, end))
                 }
             };
             *lock(&self.busy) = false;
@@ -388,7 +389,7 @@ impl Connection {
             Request::Sum { path, length } => self.sum(path, *length, ctx),
             Request::Quit => {
                 self.stream.write_all(b"OK bye\n")?;
-                Ok(Outcome::new("OK", 0, Some(End::Quietly)))
+                Ok(Outcome::new(Answer::Ok, 0, Some(End::Quietly)))
             }
         }
     }
@@ -402,7 +403,7 @@ impl Connection {
         Some(match request {
             Request::Put { .. } => self
                 .fail(ErrorCode::Forbidden, "hidden names may not be written")
-                .map(|end| Outcome::new("forbidden", 0, Some(end))),
+                .map(|end| Outcome::new(Answer::Err(ErrorCode::Forbidden), 0, Some(end))),
             _ => self.refuse(&FsError::new(
                 ErrorCode::NotFound,
                 "no such file or directory",
@@ -416,7 +417,7 @@ impl Connection {
             log::warn!("{}: {e}: {:?}", self.peer, std::error::Error::source(e));
         }
         self.send_error(e.code(), e.message())?;
-        Ok(Outcome::new(e.code().as_str(), 0, None))
+        Ok(Outcome::new(Answer::Err(e.code()), 0, None))
     }
 
     fn get(&mut self, path: &RelPath, offset: u64, ctx: &HandlerContext) -> io::Result<Outcome> {
@@ -427,28 +428,30 @@ impl Connection {
         let size = metadata.len();
         let Some(count) = size.checked_sub(offset) else {
             self.send_error(ErrorCode::Range, "offset is past the end of the file")?;
-            return Ok(Outcome::new("range", 0, None));
+            return Ok(Outcome::new(Answer::Err(ErrorCode::Range), 0, None));
         };
         let header = format!("OK {count}\n");
         if count == 0 {
             self.stream.write_all(header.as_bytes())?;
-            return Ok(Outcome::new("OK", 0, None));
+            return Ok(Outcome::new(Answer::Ok, 0, None));
         }
         // Held back (MSG_MORE) so the header leaves in one segment with the
         // start of the body.
         send_all(&self.stream, header.as_bytes(), SendFlags::MORE)?;
         match send_body(&self.stream, &file, offset, count, self.config())? {
-            Sent::All => Ok(Outcome::new("OK", count, None)),
+            Sent::All => Ok(Outcome::new(Answer::Ok, count, None)),
             Sent::Short(sent) => {
                 log::info!("{}: {path} shrank while being sent", self.peer);
-                Ok(Outcome::new("cut", sent, Some(End::Abruptly)))
+                Ok(Outcome::new(Answer::Cut, sent, Some(End::Abruptly)))
             }
             // The end of the shutdown grace shuts the socket: a cut, not
             // a client that stopped reading.
-            Sent::Stalled(sent) if ctx.stop_requested() == Some(Stop::Now) => {
-                Ok(Outcome::new("cut-by-shutdown", sent, Some(End::Abruptly)))
-            }
-            Sent::Stalled(sent) => Ok(Outcome::new("stalled", sent, Some(End::Abruptly))),
+            Sent::Stalled(sent) if ctx.stop_requested() == Some(Stop::Now) => Ok(Outcome::new(
+                Answer::CutByShutdown,
+                sent,
+                Some(End::Abruptly),
+            )),
+            Sent::Stalled(sent) => Ok(Outcome::new(Answer::Stalled, sent, Some(End::Abruptly))),
         }
     }
 
@@ -456,7 +459,7 @@ impl Connection {
         // Every refusal closes the connection: the body cannot be skipped.
         let refuse = |this: &mut Connection, code: ErrorCode, message: &str| {
             this.fail(code, message)
-                .map(|end| Outcome::new(code.as_str(), 0, Some(end)))
+                .map(|end| Outcome::new(Answer::Err(code), 0, Some(end)))
         };
         if !self.config().allow_put {
             return refuse(self, ErrorCode::Forbidden, "uploads are disabled");
@@ -475,7 +478,7 @@ impl Connection {
         }
         match self.receive_body(temp.as_file(), size)? {
             Received::All => {}
-            Received::Gone => return Ok(Outcome::new("gone", 0, Some(End::Quietly))),
+            Received::Gone => return Ok(Outcome::new(Answer::Gone, 0, Some(End::Quietly))),
             Received::Stalled => {
                 return refuse(self, ErrorCode::Timeout, "upload stalled");
             }
@@ -491,7 +494,7 @@ impl Connection {
             return refuse(self, e.code(), message);
         }
         self.stream.write_all(format!("OK {size}\n").as_bytes())?;
-        Ok(Outcome::new("OK", size, None))
+        Ok(Outcome::new(Answer::Ok, size, None))
     }
 
     /// Copies `size` body bytes (buffered first, then from the socket) to
@@ -548,7 +551,7 @@ impl Connection {
             Err(e) if e.code() == ErrorCode::TooLarge => {
                 return self
                     .fail(e.code(), e.message())
-                    .map(|end| Outcome::new("too-large", 0, Some(end)));
+                    .map(|end| Outcome::new(Answer::Err(ErrorCode::TooLarge), 0, Some(end)));
             }
             Err(e) => return self.refuse(&e),
         };
@@ -556,7 +559,7 @@ impl Connection {
         // whole.
         let mut out = io::BufWriter::with_capacity(LIST_BUF, &self.stream);
         let bytes = listing.write_reply(&mut out)?;
-        Ok(Outcome::new("OK", bytes, None))
+        Ok(Outcome::new(Answer::Ok, bytes, None))
     }
 
     fn sum(
@@ -573,7 +576,7 @@ impl Connection {
             None => metadata.len(),
             Some(length) if length > metadata.len() => {
                 self.send_error(ErrorCode::Range, "length is past the end of the file")?;
-                return Ok(Outcome::new("range", 0, None));
+                return Ok(Outcome::new(Answer::Err(ErrorCode::Range), 0, None));
             }
             Some(length) => length,
         };
@@ -582,9 +585,9 @@ impl Connection {
         match sum_prefix_until(&file, length, &cut) {
             Ok(sum) => {
                 self.stream.write_all(format!("OK {sum}\n").as_bytes())?;
-                Ok(Outcome::new("OK", sum.len, None))
+                Ok(Outcome::new(Answer::Ok, sum.len, None))
             }
-            Err(_) if cut() => Ok(Outcome::new("cut-by-shutdown", 0, Some(End::Abruptly))),
+            Err(_) if cut() => Ok(Outcome::new(Answer::CutByShutdown, 0, Some(End::Abruptly))),
             Err(e) => self.refuse(&FsError::from(e)),
         }
     }
@@ -593,7 +596,7 @@ impl Connection {
         match self.shared.root.stat(path) {
             Ok(entry) => {
                 self.stream.write_all(format!("OK {entry}\n").as_bytes())?;
-                Ok(Outcome::new("OK", 0, None))
+                Ok(Outcome::new(Answer::Ok, 0, None))
             }
             Err(e) => self.refuse(&e),
         }
@@ -616,13 +619,13 @@ enum Received {
 
 /// How one request went, for the log line and the connection's fate.
 struct Outcome {
-    code: &'static str,
+    code: Answer,
     bytes: u64,
     end: Option<End>,
 }
 
 impl Outcome {
-    fn new(code: &'static str, bytes: u64, end: Option<End>) -> Outcome {
+    fn new(code: Answer, bytes: u64, end: Option<End>) -> Outcome {
         Outcome { code, bytes, end }
     }
 }
