@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::deadline::Deadlines;
 use super::handle::Manager;
-use super::queue::Queue;
+use super::queue::{HeadStamp, Queue};
 use super::resize::{Workers, check_bound};
 use super::room::BusyLimits;
 use super::slot::Phase;
@@ -128,21 +128,21 @@ impl<S: Admission> ManagerBuilder<S> {
         let phase = Arc::new(Phase::default());
         let workers = Workers::new(phase.clone(), self.name.clone());
         workers.set_target(self.max_running);
+        let head = Arc::new(HeadStamp::new());
         let shared = Arc::new(ManagerState {
             workers,
             ipv6_prefix: self.ipv6_prefix,
             gate: Mutex::new(Gate {
                 policy: self.admission,
                 tokens: Some(tx),
-                waiting: Queue::new(),
+                waiting: Queue::new(head.clone()),
                 deadlines: Deadlines::new(),
                 next_id: 0,
-                submitted: 0,
-                admitted: 0,
             }),
             deadline_wake: Condvar::new(),
             tokens: rx,
             counts: Counts(AtomicU64::new(0)),
+            head,
             counters: Counters::default(),
             phase,
             closing: AtomicBool::new(false),

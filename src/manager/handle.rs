@@ -8,9 +8,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::refused::Refused;
-use super::slot::RunningInfo;
+use super::slot::{RunningInfo, Slot};
 use super::state::{Entry, Gate, ManagerState};
-use super::stats::{ShutdownReport, Stats};
+use super::stats::{Counters, ShutdownReport, Stats};
 use crate::admission::{Admission, Arrival, Decision, Key, MaxWaiting, Refusal, canonical_source};
 use crate::handler::{Handler, Stop};
 use crate::util::lock;
@@ -73,7 +73,7 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
             .or_else(|| source.map(|ip| Key::from_source(ip, shared.ipv6_prefix)));
         let mut gate = lock(&shared.gate);
         if gate.tokens.is_none() {
-            gate.submitted += 1;
+            Counters::bump_locked(&shared.counters.submitted);
             drop(gate);
             return Err(shared.refuse_at_gate(handler, Refusal::ShuttingDown));
         }
@@ -95,7 +95,7 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
             // From here on the policy hears of its departure, once.
             gate.policy.admitted(&arrival);
         }
-        gate.submitted += 1;
+        Counters::bump_locked(&shared.counters.submitted);
         let deadline = match decision {
             Decision::Refuse(reason) => {
                 drop(gate);
@@ -111,7 +111,7 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
             shared.watcher.register(socket, id);
         }
         shared.counts.queued();
-        gate.admitted += 1;
+        Counters::bump_locked(&shared.counters.admitted);
         // A handler that will wait is stamped now, for its queue-wait time;
         // one that starts at once on an idle worker takes its start as its
         // arrival (no wait), and saves the submitter a clock read, unless
@@ -154,23 +154,16 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
         Ok(())
     }
 
-    /// A snapshot of the counters. Cheap: the admission lock for a moment
-    /// and a few atomic loads.
+    /// A snapshot of the counters. Cheap enough to read on every request:
+    /// atomic loads (a few, and six per worker slot) with no lock and no
+    /// write to shared memory, and a clock read while someone waits.
     pub fn stats(&self) -> Stats {
-        let (submitted, admitted, oldest) = {
-            let gate = lock(&self.shared.gate);
-            // A head with no stamp is starting on an idle worker: no wait.
-            let oldest = gate.waiting.first().and_then(|e| e.queued_at);
-            (gate.submitted, gate.admitted, oldest)
-        };
-        let (running, waiting) = self.shared.counts.get();
-        let mut stats = self.shared.counters.snapshot(running, waiting);
-        stats.submitted = submitted;
-        stats.admitted = admitted;
-        stats.oldest_waiting = oldest.map_or(Duration::ZERO, |at| at.elapsed());
-        for slot in self.shared.workers.slots().iter() {
-            slot.counters.add_to(&mut stats);
-        }
+        let shared = &*self.shared;
+        let (running, waiting) = shared.counts.get();
+        let mut stats = shared.counters.snapshot(running, waiting);
+        // A head with no stamp is starting on an idle worker: no wait.
+        stats.oldest_waiting = shared.head.get().map_or(Duration::ZERO, |at| at.elapsed());
+        shared.workers.slots().sum_counters(&mut stats);
         stats
     }
 
@@ -198,8 +191,8 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
 
     /// The handlers running now, in no particular order.
     pub fn running(&self) -> Vec<RunningInfo> {
-        let slots = self.shared.workers.snapshot();
-        slots.iter().filter_map(|slot| slot.info()).collect()
+        let slots = self.shared.workers.slots();
+        slots.iter().filter_map(Slot::info).collect()
     }
 
     /// The bound on running handlers; see

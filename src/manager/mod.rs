@@ -16,6 +16,7 @@ mod refused;
 mod resize;
 mod room;
 mod slot;
+mod slot_list;
 mod state;
 mod stats;
 mod watcher;

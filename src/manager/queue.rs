@@ -10,8 +10,46 @@
 //! handlers at an amortised constant cost per removal.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use super::state::Entry;
+
+/// When the head of the queue was queued, published by the queue as its
+/// head changes and read without the queue's lock (the statistics'
+/// oldest waiter, read on every request by some servers).
+pub(super) struct HeadStamp {
+    epoch: Instant,
+    /// Nanoseconds from `epoch` plus one; 0: no head, or a head with no
+    /// stamp (one starting at once on an idle worker).
+    nanos: AtomicU64,
+}
+
+impl HeadStamp {
+    pub(super) fn new() -> HeadStamp {
+        HeadStamp {
+            epoch: Instant::now(),
+            nanos: AtomicU64::new(0),
+        }
+    }
+
+    /// When the head was queued, if it waits with a stamp.
+    pub(super) fn get(&self) -> Option<Instant> {
+        match self.nanos.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(self.epoch + Duration::from_nanos(n - 1)),
+        }
+    }
+
+    fn set(&self, at: Option<Instant>) {
+        let nanos = at.map_or(0, |at| {
+            let since = at.saturating_duration_since(self.epoch).as_nanos();
+            u64::try_from(since).map_or(u64::MAX, |n| n + 1)
+        });
+        self.nanos.store(nanos, Ordering::Relaxed);
+    }
+}
 
 /// Holes tolerated before compacting, whatever the number waiting.
 const MIN_HOLES: usize = 64;
@@ -21,21 +59,28 @@ pub(super) struct Queue<Q> {
     places: VecDeque<(u64, Option<Entry<Q>>)>,
     /// Entries that are not holes.
     waiting: usize,
+    head: Arc<HeadStamp>,
 }
 
 impl<Q> Queue<Q> {
-    pub(super) fn new() -> Queue<Q> {
+    /// An empty queue that publishes its head's stamp in `head`.
+    pub(super) fn new(head: Arc<HeadStamp>) -> Queue<Q> {
         Queue {
             places: VecDeque::new(),
             waiting: 0,
+            head,
         }
     }
 
     /// Appends `entry`; its id must be above every id queued before.
     pub(super) fn push(&mut self, entry: Entry<Q>) {
         debug_assert!(self.places.back().is_none_or(|&(id, _)| id < entry.id));
+        let first = self.places.is_empty();
         self.places.push_back((entry.id, Some(entry)));
         self.waiting += 1;
+        if first {
+            self.publish_head();
+        }
     }
 
     /// Takes the head.
@@ -43,6 +88,7 @@ impl<Q> Queue<Q> {
         let (_, entry) = self.places.pop_front()?;
         self.waiting -= 1;
         self.skip_holes();
+        self.publish_head();
         entry
     }
 
@@ -66,6 +112,9 @@ impl<Q> Queue<Q> {
         let entry = self.places[i].1.take()?;
         self.waiting -= 1;
         self.skip_holes();
+        if i == 0 {
+            self.publish_head();
+        }
         let holes = self.places.len() - self.waiting;
         if holes > self.waiting.max(MIN_HOLES) {
             self.places.retain(|(_, entry)| entry.is_some());
@@ -81,11 +130,17 @@ impl<Q> Queue<Q> {
     pub(super) fn take_all(&mut self) -> Vec<Entry<Q>> {
         self.waiting = 0;
         let places = std::mem::take(&mut self.places);
+        self.publish_head();
         places.into_iter().filter_map(|(_, entry)| entry).collect()
     }
 
     fn position(&self, id: u64) -> Option<usize> {
         self.places.binary_search_by_key(&id, |&(id, _)| id).ok()
+    }
+
+    fn publish_head(&self) {
+        self.head
+            .set(self.first().and_then(|entry| entry.queued_at));
     }
 
     /// Keeps the head a waiting handler.
@@ -115,13 +170,17 @@ mod tests {
         }
     }
 
+    fn queue() -> Queue<u64> {
+        Queue::new(Arc::new(HeadStamp::new()))
+    }
+
     fn ids(queue: &mut Queue<u64>) -> Vec<u64> {
         std::iter::from_fn(|| queue.pop().map(|e| e.handler)).collect()
     }
 
     #[test]
     fn pops_in_order_skipping_those_that_left() {
-        let mut queue = Queue::new();
+        let mut queue = queue();
         for id in 1..=6 {
             queue.push(entry(id));
         }
@@ -130,14 +189,16 @@ mod tests {
         assert!(queue.remove(4).is_none(), "gone already");
         assert!(queue.remove(9).is_none(), "never queued");
         assert_eq!(queue.first().map(|e| e.id), Some(2));
+        assert_eq!(queue.head.get(), queue.first().and_then(|e| e.queued_at));
         assert!(queue.contains(5) && !queue.contains(4));
         assert_eq!(ids(&mut queue), [2, 3, 5, 6]);
         assert!(queue.first().is_none());
+        assert_eq!(queue.head.get(), None);
     }
 
     #[test]
     fn holes_never_outnumber_the_waiting_for_long() {
-        let mut queue = Queue::new();
+        let mut queue = queue();
         queue.push(entry(0));
         // The head stays; everyone behind it leaves, as with a flood of
         // clients that hang up while every slot is held.
@@ -152,7 +213,7 @@ mod tests {
 
     #[test]
     fn take_all_keeps_the_order() {
-        let mut queue = Queue::new();
+        let mut queue = queue();
         for id in 1..=5 {
             queue.push(entry(id));
         }

@@ -9,12 +9,13 @@
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Instant;
 
 use super::handle::Manager;
 use super::slot::{Phase, Slot};
+use super::slot_list::SlotList;
 use crate::admission::Admission;
 use crate::handler::Handler;
 use crate::util::lock;
@@ -25,8 +26,9 @@ pub(super) struct Workers {
     target: AtomicUsize,
     /// Workers started and not retired.
     live: AtomicUsize,
-    slots: RwLock<Vec<Arc<Slot>>>,
-    /// Indices of slots whose worker retired.
+    slots: SlotList,
+    /// Indices of slots whose worker retired; its lock also serialises
+    /// adding slots.
     free: Mutex<Vec<usize>>,
     phase: Arc<Phase>,
     epoch: Instant,
@@ -39,7 +41,7 @@ impl Workers {
         Workers {
             target: AtomicUsize::new(0),
             live: AtomicUsize::new(0),
-            slots: RwLock::default(),
+            slots: SlotList::new(),
             free: Mutex::default(),
             phase,
             epoch: Instant::now(),
@@ -55,14 +57,9 @@ impl Workers {
         self.live.load(Ordering::SeqCst)
     }
 
-    /// The slots, for reading; no hook may be called under this guard.
-    pub(super) fn slots(&self) -> RwLockReadGuard<'_, Vec<Arc<Slot>>> {
-        self.slots.read().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The slots, copied, for calling hooks (which may read the slots).
-    pub(super) fn snapshot(&self) -> Vec<Arc<Slot>> {
-        self.slots().clone()
+    /// The slots, read without a lock.
+    pub(super) fn slots(&self) -> &SlotList {
+        &self.slots
     }
 
     /// Whether the calling worker must retire: true (and it is no longer
@@ -84,12 +81,11 @@ impl Workers {
     /// Counts a new worker alive and gives it a slot index.
     fn enlist(&self) -> usize {
         self.live.fetch_add(1, Ordering::SeqCst);
-        if let Some(index) = lock(&self.free).pop() {
-            return index;
+        let mut free = lock(&self.free);
+        match free.pop() {
+            Some(index) => index,
+            None => self.slots.push(Slot::new(self.phase.clone(), self.epoch)),
         }
-        let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
-        slots.push(Arc::new(Slot::new(self.phase.clone(), self.epoch)));
-        slots.len() - 1
     }
 
     /// Undoes [`Workers::enlist`] for a worker that could not start.

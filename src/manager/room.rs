@@ -107,7 +107,7 @@ impl<Q, S> ManagerState<Q, S> {
         let now = Instant::now();
         let mut past = Vec::new();
         let mut next: Option<Instant> = None;
-        let slots = self.workers.snapshot();
+        let slots = self.workers.slots();
         for (index, slot) in slots.iter().enumerate() {
             let Some(occupant) = slot.occupant() else {
                 continue;
@@ -131,7 +131,7 @@ impl<Q, S> ManagerState<Q, S> {
             if need == 0 {
                 break;
             }
-            if slots[index].ask(id, why, &self.asked) {
+            if slots.get(index).ask(id, why, &self.asked) {
                 log::debug!("handler {id} asked to make room: {why:?}");
                 need -= 1;
             }

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::room::{MakeRoom, RoomHook};
-use super::stats::WorkerCounters;
 use crate::handler::{Stop, StopHook};
 use crate::util::lock;
 
@@ -94,7 +93,6 @@ pub(crate) struct Slot {
     idle_since: AtomicU64,
     /// The [`MakeRoom`] asked of the current handler, as its code; 0: none.
     asked: AtomicU8,
-    pub(crate) counters: WorkerCounters,
 }
 
 impl Slot {
@@ -107,7 +105,6 @@ impl Slot {
             epoch,
             idle_since: AtomicU64::new(0),
             asked: AtomicU8::new(0),
-            counters: WorkerCounters::default(),
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::deadline::Deadlines;
-use super::queue::Queue;
+use super::queue::{HeadStamp, Queue};
 use super::refused::Refused;
 use super::resize::Workers;
 use super::room::BusyLimits;
@@ -64,9 +64,6 @@ pub(super) struct Gate<Q, S> {
     pub(super) waiting: Queue<Q>,
     pub(super) deadlines: Deadlines,
     pub(super) next_id: u64,
-    /// Counted here rather than in atomics: the lock is held anyway.
-    pub(super) submitted: u64,
-    pub(super) admitted: u64,
 }
 
 /// Running and waiting counts packed into one word, so that a start
@@ -152,6 +149,8 @@ pub(super) struct ManagerState<Q, S> {
     /// One token per queued handler; workers block here.
     pub(super) tokens: Receiver<()>,
     pub(super) counts: Counts,
+    /// When the head of the queue was queued, for reading without the lock.
+    pub(super) head: Arc<HeadStamp>,
     /// Counters the submitting side writes; workers count in their slots.
     pub(super) counters: Counters,
     pub(super) phase: Arc<Phase>,
@@ -333,7 +332,7 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
     pub(super) fn stop_all(&self, stop: Stop) {
         // The phase first: a hook registered after this sees it at once.
         self.phase.set(stop);
-        for slot in self.workers.snapshot() {
+        for slot in self.workers.slots().iter() {
             slot.stop(stop);
         }
     }

@@ -61,6 +61,9 @@ impl Stats {
 #[derive(Default)]
 #[repr(align(128))]
 pub(crate) struct Counters {
+    /// Counted under the admission lock, read without it.
+    pub(crate) submitted: AtomicU64,
+    pub(crate) admitted: AtomicU64,
     refused: [AtomicU64; Refusal::ALL.len()],
     /// Waiting handlers the watcher found abandoned.
     pub(crate) abandoned: AtomicU64,
@@ -71,15 +74,23 @@ impl Counters {
         counter.fetch_add(1, Relaxed);
     }
 
+    /// Counts one under the admission lock, which orders every writer of
+    /// `counter`: a load and a store, no read-modify-write.
+    pub(crate) fn bump_locked(counter: &AtomicU64) {
+        counter.store(counter.load(Relaxed) + 1, Relaxed);
+    }
+
     pub(crate) fn refused(&self, reason: Refusal) {
         Self::bump(&self.refused[reason.index()]);
     }
 
-    /// The snapshot, before the admission and worker counts are added.
+    /// The snapshot, before the workers' counts are added.
     pub(crate) fn snapshot(&self, running: usize, waiting: usize) -> Stats {
         Stats {
             running,
             waiting,
+            submitted: self.submitted.load(Relaxed),
+            admitted: self.admitted.load(Relaxed),
             refused: self.refused.each_ref().map(|c| c.load(Relaxed)),
             abandoned: self.abandoned.load(Relaxed),
             ..Stats::default()
@@ -87,8 +98,10 @@ impl Counters {
     }
 }
 
-/// One worker's counters, kept in its slot: only that worker writes them.
+/// One worker's counters, beside its slot: only that worker writes them.
+/// A cache line each, so workers never write to one another's line.
 #[derive(Debug, Default)]
+#[repr(align(64))]
 pub(crate) struct WorkerCounters {
     pub(crate) completed: AtomicU64,
     pub(crate) failed: AtomicU64,
@@ -100,15 +113,16 @@ pub(crate) struct WorkerCounters {
 }
 
 impl WorkerCounters {
-    pub(crate) fn add_to(&self, stats: &mut Stats) {
-        stats.completed += self.completed.load(Relaxed);
-        stats.failed += self.failed.load(Relaxed);
-        stats.panicked += self.panicked.load(Relaxed);
-        stats.abandoned += self.abandoned.load(Relaxed);
-        stats.queue_wait_total += Duration::from_nanos(self.waited_total.load(Relaxed));
-        stats.queue_wait_max = stats
-            .queue_wait_max
-            .max(Duration::from_nanos(self.waited_max.load(Relaxed)));
+    /// Adds these counters to `totals`: summed as plain integers, converted
+    /// once by [`WorkerTotals::add_to`].
+    pub(crate) fn add_to(&self, totals: &mut WorkerTotals) {
+        totals.completed += self.completed.load(Relaxed);
+        totals.failed += self.failed.load(Relaxed);
+        totals.panicked += self.panicked.load(Relaxed);
+        totals.abandoned += self.abandoned.load(Relaxed);
+        let waited = self.waited_total.load(Relaxed);
+        totals.waited_total = totals.waited_total.saturating_add(waited);
+        totals.waited_max = totals.waited_max.max(self.waited_max.load(Relaxed));
     }
 
     /// Counts a handler that waited `waited` before it started. Only this
@@ -120,6 +134,28 @@ impl WorkerCounters {
         if nanos > self.waited_max.load(Relaxed) {
             self.waited_max.store(nanos, Relaxed);
         }
+    }
+}
+
+/// Every worker's counters summed.
+#[derive(Default)]
+pub(crate) struct WorkerTotals {
+    completed: u64,
+    failed: u64,
+    panicked: u64,
+    abandoned: u64,
+    waited_total: u64,
+    waited_max: u64,
+}
+
+impl WorkerTotals {
+    pub(crate) fn add_to(&self, stats: &mut Stats) {
+        stats.completed += self.completed;
+        stats.failed += self.failed;
+        stats.panicked += self.panicked;
+        stats.abandoned += self.abandoned;
+        stats.queue_wait_total = Duration::from_nanos(self.waited_total);
+        stats.queue_wait_max = Duration::from_nanos(self.waited_max);
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::slot::{RunningInfo, Slot};
 use super::state::{Entry, ManagerState, guarded};
-use super::stats::Counters;
+use super::stats::{Counters, WorkerCounters};
 use crate::admission::{Admission, Departure, Outcome};
 use crate::handler::{Handler, HandlerContext};
 use crate::util::lock;
@@ -69,8 +69,8 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
     /// to the head.
     pub(super) fn work(&self, index: usize) {
         WORKER_OF.set(std::ptr::from_ref(self) as usize);
-        let slot = self.workers.slots()[index].clone();
-        let slot = &*slot;
+        let slot = self.workers.slots().get(index);
+        let counters = self.workers.slots().counters(index);
         // The handler that ran last: it departs (policy told, running
         // count down) with the next one's start, or before this worker
         // sleeps or retires, never later.
@@ -115,20 +115,21 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
             };
             let started_at = Instant::now();
             let queued_at = queued_at.unwrap_or(started_at);
-            slot.counters.waited(started_at - queued_at);
-            if slot.occupy(RunningInfo {
+            counters.waited(started_at - queued_at);
+            let info = RunningInfo {
                 id,
                 source,
                 queued_at,
                 started_at,
-            }) {
+            };
+            if slot.occupy(info) {
                 self.asked.fetch_sub(1, Ordering::AcqRel);
             }
             let vacate = Vacate { shared: self, slot };
             // Others still wait: this handler's session limit is a new
             // deadline for the make-room timer.
             self.room_needed();
-            let outcome = self.run_one(slot, id, source, queued_at, started_at, handler);
+            let outcome = self.run_one(slot, counters, info, handler);
             drop(vacate);
             last = Some(Departure { id, key, outcome });
         }
@@ -142,33 +143,32 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
     fn run_one(
         &self,
         slot: &Slot,
-        id: u64,
-        source: Option<std::net::IpAddr>,
-        queued_at: Instant,
-        started_at: Instant,
+        counters: &WorkerCounters,
+        info: RunningInfo,
         handler: Q,
     ) -> Outcome {
+        let id = info.id;
         if guarded("is_abandoned", id, || handler.is_abandoned()).unwrap_or(true) {
-            Counters::bump(&slot.counters.abandoned);
+            Counters::bump(&counters.abandoned);
             log::debug!("handler {id} abandoned while waiting");
             guarded("drop", id, || drop(handler));
             return Outcome::Abandoned;
         }
         let ctx = HandlerContext {
             id,
-            source,
-            queued_at,
-            started_at,
+            source: info.source,
+            queued_at: info.queued_at,
+            started_at: info.started_at,
             slot,
             manager: self,
         };
         let (counter, outcome) = match guarded("run", id, || handler.run(&ctx)) {
-            Some(Ok(())) => (&slot.counters.completed, Outcome::Completed),
+            Some(Ok(())) => (&counters.completed, Outcome::Completed),
             Some(Err(e)) => {
                 log::debug!("handler {id} failed: {e}");
-                (&slot.counters.failed, Outcome::Failed)
+                (&counters.failed, Outcome::Failed)
             }
-            None => (&slot.counters.panicked, Outcome::Panicked),
+            None => (&counters.panicked, Outcome::Panicked),
         };
         Counters::bump(counter);
         outcome
