@@ -49,9 +49,17 @@
 //! second or two. docs/BENCHMARKS.md has the figures.
 
 mod common;
+#[path = "connections/mod.rs"]
+mod connections;
 mod loadgen;
+#[path = "common/nginx.rs"]
+mod nginx;
 #[path = "proxy/mod.rs"]
 mod proxy;
+/// Finds haproxy and nginx, installing them when missing.
+#[allow(dead_code)]
+#[path = "../tests/support/tools.rs"]
+mod tools;
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Write};
@@ -149,6 +157,9 @@ fn main() -> io::Result<()> {
     }
     if wanted("small") {
         small(dir.path(), &smalls, params)?;
+    }
+    if wanted("connections") {
+        connections::connections(dir.path(), &smalls, params)?;
     }
     if wanted("proxy") {
         proxy::proxy(dir.path(), &smalls, params)?;
