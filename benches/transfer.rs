@@ -161,6 +161,9 @@ fn main() -> io::Result<()> {
     if wanted("connections") {
         connections::connections(dir.path(), &smalls, params)?;
     }
+    if wanted("per-request-baseline") {
+        connections::against_baseline(dir.path(), &smalls, params)?;
+    }
     if wanted("proxy") {
         proxy::proxy(dir.path(), &smalls, params)?;
     }

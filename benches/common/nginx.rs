@@ -74,6 +74,11 @@ impl Nginx {
         Ok(nginx)
     }
 
+    /// The master's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Reads the error log (at `notice`) until the master says it started
     /// its workers; then keeps draining it on a thread.
     fn wait_started(&mut self) -> io::Result<()> {

@@ -19,21 +19,23 @@
 //! `worker_processes auto`) each take up to 1,024 connections at once.
 //! nginx runs as a child process ([`Nginx`]).
 //!
-//! With `FILESRV_BASELINE=<path to an earlier build's filesrv>`, the
-//! per-request load also runs against this build's `filesrv` binary and
-//! the earlier one, both as child processes with the same arguments,
-//! interleaved: the same-run before/after figure of a change.
+//! [`against_baseline`] (`per-request-baseline`) is the same-run
+//! before/after figure of a change to what a connection costs.
 
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use filesrv::protocol::ServerConfig;
 
 use super::common::ChildServer;
 use super::loadgen::{self, Load, Mode, Protocol, Report};
 use super::nginx::Nginx;
-use super::{Params, SMALL, list, median, median_by, micros, rates, serve};
+use super::{Params, SMALL, list, median, micros, serve};
+use cpu::Cpu;
+
+mod cpu;
 
 /// The loads of the scenario: connection use and clients.
 const LOADS: [(Mode, usize); 3] = [
@@ -42,18 +44,28 @@ const LOADS: [(Mode, usize); 3] = [
     (Mode::Persistent, 64),
 ];
 
-/// One server under load: its name, address and protocol.
+/// One server under load: its name, address, protocol, and where its CPU
+/// time is read.
 struct Contender {
     name: &'static str,
     addr: SocketAddr,
     protocol: Protocol,
+    cpu: Cpu,
+}
+
+/// One run: the load's report and the server's CPU time per request.
+struct Run {
+    report: Report,
+    cpu_per_request: Duration,
 }
 
 pub(crate) fn connections(root: &Path, paths: &[String], params: &Params) -> io::Result<()> {
     println!(
         "\nconnections: {SMALL} B files, filesrv (max_running = clients) vs nginx, \
          {:?} warm-up + {:?} window per run, {} runs",
-        params.warmup, params.window, params.small_runs
+        params.warmup,
+        params.window,
+        runs_of(params)
     );
     let nginx = Nginx::start(root)?;
     println!(
@@ -67,11 +79,13 @@ pub(crate) fn connections(root: &Path, paths: &[String], params: &Params) -> io:
                 name: "filesrv",
                 addr: server.local_addr(),
                 protocol: Protocol::Filesrv,
+                cpu: Cpu::ServerThreads,
             },
             Contender {
                 name: "nginx",
                 addr: nginx.addr,
                 protocol: Protocol::Http,
+                cpu: Cpu::Process(nginx.pid()),
             },
         ];
         let label = match mode {
@@ -87,33 +101,51 @@ pub(crate) fn connections(root: &Path, paths: &[String], params: &Params) -> io:
         );
         server.shutdown();
     }
-    drop(nginx);
-    if let Some(baseline) = std::env::var_os("FILESRV_BASELINE") {
-        let (mode, clients) = LOADS[0];
-        let program = Path::new(env!("CARGO_BIN_EXE_filesrv"));
-        let ours = ChildServer::start(program, root, clients, &[])?;
-        let theirs = ChildServer::start(Path::new(&baseline), root, clients, &[])?;
-        let contenders = [
-            Contender {
-                name: "this build",
-                addr: ours.addr,
-                protocol: Protocol::Filesrv,
-            },
-            Contender {
-                name: "baseline",
-                addr: theirs.addr,
-                protocol: Protocol::Filesrv,
-            },
-        ];
-        println!("  (child processes; the ratio is to the baseline)");
-        compare("per-request", &contenders, mode, clients, paths, params)?;
-    }
     Ok(())
 }
 
-/// Runs the load against each contender `params.small_runs` times,
+/// `per-request-baseline`: with `FILESRV_BASELINE=<path to an earlier
+/// build's filesrv>`, the per-request load against this build's `filesrv`
+/// binary and the earlier one, both child processes with the same
+/// arguments (silent but for their address line), runs interleaved.
+pub(crate) fn against_baseline(root: &Path, paths: &[String], params: &Params) -> io::Result<()> {
+    let Some(baseline) = std::env::var_os("FILESRV_BASELINE") else {
+        return Ok(());
+    };
+    let (mode, clients) = LOADS[0];
+    println!(
+        "\nper-request-baseline: {SMALL} B files, {clients} clients, max_running {clients}, \
+         this build's filesrv vs {}",
+        baseline.to_string_lossy()
+    );
+    let program = Path::new(env!("CARGO_BIN_EXE_filesrv"));
+    let ours = ChildServer::start(program, root, clients, &[])?;
+    let theirs = ChildServer::start(Path::new(&baseline), root, clients, &[])?;
+    let contenders = [
+        Contender {
+            name: "this build",
+            addr: ours.addr,
+            protocol: Protocol::Filesrv,
+            cpu: Cpu::Process(ours.child.id()),
+        },
+        Contender {
+            name: "baseline",
+            addr: theirs.addr,
+            protocol: Protocol::Filesrv,
+            cpu: Cpu::Process(theirs.child.id()),
+        },
+    ];
+    println!(
+        "  {:<34} {:>10} {:>8} {:>9} {:>9}   runs (req/s)",
+        "", "req/s", "x base", "p50", "p99"
+    );
+    compare("per-request", &contenders, mode, clients, paths, params)
+}
+
+/// Runs the load against each contender [`runs_of`] times,
 /// interleaved, and prints each one's median against the last one's, with
-/// the ratio of the first to the last in every run.
+/// the ratio of the first to the last in every run; then the same for the
+/// servers' CPU time per request.
 fn compare(
     label: &str,
     contenders: &[Contender; 2],
@@ -122,41 +154,85 @@ fn compare(
     paths: &[String],
     params: &Params,
 ) -> io::Result<()> {
-    let mut reports: [Vec<Report>; 2] = [Vec::new(), Vec::new()];
-    for run in 0..params.small_runs {
+    let mut runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
+    for run in 0..runs_of(params) {
         // Alternating who goes first spreads a drift of the machine's
         // speed evenly.
         let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
-            let report = checked_run(&contenders[i], mode, clients, paths, params)?;
-            reports[i].push(report);
+            runs[i].push(checked_run(&contenders[i], mode, clients, paths, params)?);
         }
     }
-    let base = median(&rates(&reports[1]));
-    let ratios: Vec<f64> = reports[0]
-        .iter()
-        .zip(&reports[1])
-        .map(|(ours, theirs)| ours.rate() / theirs.rate())
-        .collect();
-    for (contender, reports) in contenders.iter().zip(&reports) {
-        let r = rates(reports);
-        let m = median(&r);
+    let reports = runs
+        .each_ref()
+        .map(|runs| runs.iter().map(|r| &r.report).collect::<Vec<_>>());
+    let rates = reports
+        .each_ref()
+        .map(|r| r.iter().map(|r| r.rate()).collect::<Vec<_>>());
+    let base = median(&rates[1]);
+    for ((contender, reports), rates) in contenders.iter().zip(&reports).zip(&rates) {
+        let m = median(rates);
+        let latency = |per_mille| {
+            let all: Vec<f64> = reports
+                .iter()
+                .map(|r| r.latency(per_mille).as_secs_f64())
+                .collect();
+            micros(Duration::from_secs_f64(median(&all)))
+        };
         println!(
             "  {:<34} {m:>10.0} {:>8.2} {:>9} {:>9}   {}",
             format!("{label} {}", contender.name),
             m / base,
-            micros(median_by(reports, |r| r.latency(500))),
-            micros(median_by(reports, |r| r.latency(990))),
-            list(&r, 0),
+            latency(500),
+            latency(990),
+            list(rates, 0),
         );
     }
+    print_ratios(label, contenders, &rates[0], &rates[1], "");
+    let cpu = runs.each_ref().map(|runs| {
+        runs.iter()
+            .map(|r| r.cpu_per_request.as_secs_f64() * 1e6)
+            .collect::<Vec<_>>()
+    });
+    for (contender, cpu) in contenders.iter().zip(&cpu) {
+        println!(
+            "  {:<34} {:>10.1} µs of server CPU per request   {}",
+            format!("{label} {}", contender.name),
+            median(cpu),
+            list(cpu, 1)
+        );
+    }
+    print_ratios(label, contenders, &cpu[0], &cpu[1], " (CPU)");
+    Ok(())
+}
+
+/// `params.small_runs`, or `FILESRV_BENCH_RUNS` when set: more runs for
+/// a steadier median on a busy machine.
+fn runs_of(params: &Params) -> usize {
+    std::env::var("FILESRV_BENCH_RUNS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(params.small_runs)
+}
+
+/// The median of the same-run ratios of `ours` to `theirs`, and each.
+fn print_ratios(
+    label: &str,
+    contenders: &[Contender; 2],
+    ours: &[f64],
+    theirs: &[f64],
+    what: &str,
+) {
+    let ratios: Vec<f64> = ours.iter().zip(theirs).map(|(a, b)| a / b).collect();
     println!(
         "  {:<34} {:>10.2}   (the median of the same-run ratios {})",
-        format!("{label} {} / {}", contenders[0].name, contenders[1].name),
+        format!(
+            "{label} {} / {}{what}",
+            contenders[0].name, contenders[1].name
+        ),
         median(&ratios),
         list(&ratios, 2)
     );
-    Ok(())
 }
 
 /// One closed-loop run, checked: no failure, and every body whole.
@@ -166,7 +242,7 @@ fn checked_run(
     clients: usize,
     paths: &[String],
     params: &Params,
-) -> io::Result<Report> {
+) -> io::Result<Run> {
     let load = Load {
         addr: contender.addr,
         paths,
@@ -175,7 +251,9 @@ fn checked_run(
         warmup: params.warmup,
         duration: params.window,
     };
+    let cpu_before = contender.cpu.used()?;
     let report = loadgen::run_speaking(&load, contender.protocol)?;
+    let cpu = contender.cpu.used()?.saturating_sub(cpu_before);
     assert_eq!(
         report.errors, 0,
         "{}: requests failed, the first: {:?}",
@@ -187,5 +265,11 @@ fn checked_run(
         contender.name
     );
     assert_eq!(report.bytes, report.requests * SMALL as u64);
-    Ok(report)
+    // The CPU time covers the warm-up too, at about the same rate.
+    let served = report.rate() * (params.warmup + params.window).as_secs_f64();
+    let cpu_per_request = cpu.div_f64(served);
+    Ok(Run {
+        report,
+        cpu_per_request,
+    })
 }

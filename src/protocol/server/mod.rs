@@ -13,6 +13,7 @@ mod pace;
 mod proxy;
 mod session;
 mod sidecar;
+mod sockopt;
 mod transfer;
 
 pub use closer::LingeringCloser;

@@ -15,6 +15,7 @@ use super::config::ServerConfig;
 use super::fs::{FsError, Root};
 use super::metrics::Metrics;
 use super::pace::Pace;
+use super::sockopt::ReadTimeout;
 use super::transfer::{Sent, is_timeout, send_all, send_body};
 use crate::protocol::checksum::sum_prefix_until;
 use crate::protocol::wire::{ErrorCode, MAX_LINE, RelPath, Request, parse_request, printable_line};
@@ -147,6 +148,7 @@ struct Connection {
     /// Whether a request is being served; the stop hook reads it to
     /// decide whether a graceful stop may interrupt the connection now.
     busy: Arc<Mutex<bool>>,
+    read_timeout: ReadTimeout,
     buf: Box<[u8]>,
     /// Unconsumed bytes are `buf[start..end]`.
     start: usize,
@@ -172,7 +174,9 @@ impl Connection {
             peer,
             shared,
         } = session;
-        stream.set_write_timeout(shared.config.stall_timeout)?;
+        // The write timeout (the stall timeout) and TCP_NODELAY came with
+        // the socket from the listener.
+        let read_timeout = ReadTimeout::inherited(&shared.config);
         let busy = Arc::new(Mutex::new(false));
         let hook_stream = Arc::new(hook_stream);
         let (stop_stream, stop_busy) = (hook_stream.clone(), busy.clone());
@@ -200,6 +204,7 @@ impl Connection {
             peer,
             shared,
             busy,
+            read_timeout,
             buf: vec![0; BUF_SIZE].into_boxed_slice(),
             start: 0,
             end: 0,
@@ -361,7 +366,7 @@ impl Connection {
                 Some(Some(left)) => Some(left),
                 Some(None) => return Ok(Line::TimedOut),
             };
-            self.stream.set_read_timeout(timeout)?;
+            self.read_timeout.set(&self.stream, timeout)?;
             match self.stream.read(&mut self.buf[self.end..]) {
                 Ok(0) => {
                     return Ok(Line::Eof {
@@ -517,7 +522,7 @@ impl Connection {
             let Ok(timeout) = pace.time_left() else {
                 return Ok(Received::Stalled);
             };
-            self.stream.set_read_timeout(timeout)?;
+            self.read_timeout.set(&self.stream, timeout)?;
             let room = &mut self.buf[self.end..];
             let want = chunk_len(left, room.len());
             let n = match self.stream.read(&mut room[..want]) {
