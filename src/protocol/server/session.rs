@@ -15,7 +15,7 @@ use super::config::ServerConfig;
 use super::fs::{FsError, Root};
 use super::metrics::Metrics;
 use super::pace::Pace;
-use super::sockopt::ReadTimeout;
+use super::sockopt::{Cork, ReadTimeout};
 use super::transfer::{Sent, is_timeout, send_all, send_body};
 use crate::protocol::checksum::sum_prefix_until;
 use crate::protocol::wire::{ErrorCode, MAX_LINE, RelPath, Request, parse_request, printable_line};
@@ -149,6 +149,7 @@ struct Connection {
     /// decide whether a graceful stop may interrupt the connection now.
     busy: Arc<Mutex<bool>>,
     read_timeout: ReadTimeout,
+    cork: Cork,
     buf: Box<[u8]>,
     /// Unconsumed bytes are `buf[start..end]`.
     start: usize,
@@ -205,6 +206,7 @@ impl Connection {
             shared,
             busy,
             read_timeout,
+            cork: Cork::default(),
             buf: vec![0; BUF_SIZE].into_boxed_slice(),
             start: 0,
             end: 0,
@@ -265,6 +267,11 @@ impl Connection {
                 ctx.set_busy();
             }
             self.requests += 1;
+            // The client sent the next request already: this reply
+            // leaves with the next one's.
+            if self.buf[self.start..self.end].contains(&b'\n') {
+                self.cork.hold(&self.stream)?;
+            }
             let began = Instant::now();
             // Rendered now: an upload body reuses the buffer the line is in.
             let shown = log::log_enabled!(log::Level::Info)
@@ -367,6 +374,7 @@ impl Connection {
                 Some(None) => return Ok(Line::TimedOut),
             };
             self.read_timeout.set(&self.stream, timeout)?;
+            self.cork.release(&self.stream)?;
             match self.stream.read(&mut self.buf[self.end..]) {
                 Ok(0) => {
                     return Ok(Line::Eof {
@@ -523,6 +531,7 @@ impl Connection {
                 return Ok(Received::Stalled);
             };
             self.read_timeout.set(&self.stream, timeout)?;
+            self.cork.release(&self.stream)?;
             let room = &mut self.buf[self.end..];
             let want = chunk_len(left, room.len());
             let n = match self.stream.read(&mut room[..want]) {

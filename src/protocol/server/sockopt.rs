@@ -1,5 +1,6 @@
 //! Socket options at the lowest cost per connection: set once on the
-//! listener and inherited, and a read timeout changed only when it must.
+//! listener and inherited, a read timeout changed only when it must, and
+//! the cork that sends the replies to pipelined requests together.
 //!
 //! Linux copies a listening socket's options to every socket `accept`
 //! returns (`TCP_NODELAY`, `SO_SNDTIMEO` and `SO_RCVTIMEO` among them), so
@@ -10,7 +11,7 @@ use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
-use rustix::net::sockopt::{Timeout, set_socket_timeout, set_tcp_nodelay};
+use rustix::net::sockopt::{Timeout, set_socket_timeout, set_tcp_cork, set_tcp_nodelay};
 
 use super::config::ServerConfig;
 
@@ -71,6 +72,38 @@ impl ReadTimeout {
         if !fits {
             stream.set_read_timeout(wanted)?;
             self.current = wanted;
+        }
+        Ok(())
+    }
+}
+
+/// `TCP_CORK` of one connection. Held while the client has already sent
+/// the next request (`GET` then `QUIT` in one write), so the replies
+/// leave in full segments, the end of stream with the last of them,
+/// instead of a segment (and a wake-up of the client) per reply line;
+/// released before any read that may wait for the client. Shutting the
+/// write side or closing sends what is held, and the kernel sends it
+/// after 200 ms in any case.
+#[derive(Debug, Default)]
+pub(super) struct Cork {
+    held: bool,
+}
+
+impl Cork {
+    /// Holds back partial segments from now on.
+    pub(super) fn hold(&mut self, stream: &TcpStream) -> io::Result<()> {
+        if !self.held {
+            set_tcp_cork(stream, true)?;
+            self.held = true;
+        }
+        Ok(())
+    }
+
+    /// Sends what is held, and every reply at once from now on.
+    pub(super) fn release(&mut self, stream: &TcpStream) -> io::Result<()> {
+        if self.held {
+            set_tcp_cork(stream, false)?;
+            self.held = false;
         }
         Ok(())
     }
