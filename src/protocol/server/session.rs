@@ -229,12 +229,11 @@ impl Connection {
             if let Some(why) = ctx.make_room_requested() {
                 return self.make_room(why);
             }
-            ctx.set_idle();
             let deadline = self
                 .config()
                 .idle_timeout
                 .and_then(|t| Instant::now().checked_add(t));
-            let line = match self.read_line(deadline)? {
+            let line = match self.read_line(deadline, ctx)? {
                 Line::Complete(line) => line,
                 // A graceful stop ends an idle read this way too.
                 Line::Eof { partial } => {
@@ -345,8 +344,12 @@ impl Connection {
     }
 
     /// Reads up to the next `\n` within [`MAX_LINE`] bytes, by `deadline`.
-    /// Returns the line's range in `buf`, without the `\n`.
-    fn read_line(&mut self, deadline: Option<Instant>) -> io::Result<Line> {
+    /// Returns the line's range in `buf`, without the `\n`. The handler
+    /// is idle from the first read that may wait for the client; a line
+    /// already buffered (pipelined) is served without going idle, which
+    /// would wake the manager's watcher whenever clients wait.
+    fn read_line(&mut self, deadline: Option<Instant>, ctx: &HandlerContext) -> io::Result<Line> {
+        let mut idle = false;
         let mut searched = 0;
         loop {
             let pending = &self.buf[self.start + searched..self.end];
@@ -373,6 +376,10 @@ impl Connection {
                 Some(Some(left)) => Some(left),
                 Some(None) => return Ok(Line::TimedOut),
             };
+            if !idle {
+                ctx.set_idle();
+                idle = true;
+            }
             self.read_timeout.set(&self.stream, timeout)?;
             self.cork.release(&self.stream)?;
             match self.stream.read(&mut self.buf[self.end..]) {
