@@ -11,6 +11,7 @@ mod listener;
 mod metrics;
 mod pace;
 mod proxy;
+mod readbuf;
 mod session;
 mod sidecar;
 mod sockopt;

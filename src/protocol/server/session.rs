@@ -15,6 +15,7 @@ use super::config::ServerConfig;
 use super::fs::{FsError, Root};
 use super::metrics::Metrics;
 use super::pace::Pace;
+use super::readbuf::ReadBuf;
 use super::sockopt::{Cork, ReadTimeout};
 use super::transfer::{Sent, is_timeout, send_all, send_body};
 use crate::protocol::checksum::sum_prefix_until;
@@ -150,7 +151,7 @@ struct Connection {
     busy: Arc<Mutex<bool>>,
     read_timeout: ReadTimeout,
     cork: Cork,
-    buf: Box<[u8]>,
+    buf: ReadBuf,
     /// Unconsumed bytes are `buf[start..end]`.
     start: usize,
     end: usize,
@@ -159,10 +160,6 @@ struct Connection {
 
 /// The buffer a LIST reply is written through.
 const LIST_BUF: usize = 64 * 1024;
-
-/// The read buffer: a request line plus room for pipelined ones, and the
-/// chunk size for upload bodies.
-const BUF_SIZE: usize = 64 * 1024;
 
 impl Connection {
     fn new(
@@ -207,7 +204,7 @@ impl Connection {
             busy,
             read_timeout,
             cork: Cork::default(),
-            buf: vec![0; BUF_SIZE].into_boxed_slice(),
+            buf: ReadBuf::take(),
             start: 0,
             end: 0,
             requests: 0,
