@@ -62,18 +62,7 @@ impl Handler for Session {
             self.peer,
             began - ctx.queued_at()
         );
-        // The stop hook needs a duplicate of the socket; with no
-        // descriptor left the client is told, not just dropped.
-        let hook_stream = match self.stream.try_clone() {
-            Ok(stream) => stream,
-            Err(e) => {
-                log::warn!("{}: cannot serve: {e}", self.peer);
-                let line = reply_error(ErrorCode::Internal, "server is out of resources");
-                self.shared.closer.refuse(self.stream, line.as_bytes());
-                return Err(e);
-            }
-        };
-        let mut conn = Connection::new(self, hook_stream, ctx)?;
+        let mut conn = Connection::new(self, ctx);
         let result = conn.serve(ctx);
         log::info!(
             "{}: closed after {} requests in {:?}",
@@ -143,7 +132,7 @@ enum End {
 
 /// A running session: its socket, its read buffer and its counters.
 struct Connection {
-    stream: TcpStream,
+    stream: Arc<TcpStream>,
     peer: SocketAddr,
     shared: Arc<ServerState>,
     /// Whether a request is being served; the stop hook reads it to
@@ -162,22 +151,21 @@ struct Connection {
 const LIST_BUF: usize = 64 * 1024;
 
 impl Connection {
-    fn new(
-        session: Session,
-        hook_stream: TcpStream,
-        ctx: &HandlerContext,
-    ) -> io::Result<Connection> {
+    fn new(session: Session, ctx: &HandlerContext) -> Connection {
         let Session {
             stream,
             peer,
             shared,
         } = session;
+        // Shared with the hooks, which shut it down from other threads:
+        // no duplicate descriptor, and the socket stays open (its number
+        // never reused) until the last of them is gone.
+        let stream = Arc::new(stream);
         // The write timeout (the stall timeout) and TCP_NODELAY came with
         // the socket from the listener.
         let read_timeout = ReadTimeout::inherited(&shared.config);
         let busy = Arc::new(Mutex::new(false));
-        let hook_stream = Arc::new(hook_stream);
-        let (stop_stream, stop_busy) = (hook_stream.clone(), busy.clone());
+        let (stop_stream, stop_busy) = (stream.clone(), busy.clone());
         ctx.on_stop(move |stop| {
             let busy = lock(&stop_busy);
             // Idle between requests: wake the blocked read. Busy: the
@@ -191,13 +179,13 @@ impl Connection {
         });
         // Asked to make room for a waiting client: the same, the loop
         // sees the request before it reads the next line.
-        let room_busy = busy.clone();
+        let (hook_stream, room_busy) = (stream.clone(), busy.clone());
         ctx.on_make_room(move |_| {
             if !*lock(&room_busy) {
                 let _ = hook_stream.shutdown(Shutdown::Read);
             }
         });
-        Ok(Connection {
+        Connection {
             stream,
             peer,
             shared,
@@ -208,7 +196,7 @@ impl Connection {
             start: 0,
             end: 0,
             requests: 0,
-        })
+        }
     }
 
     fn config(&self) -> &ServerConfig {
@@ -337,7 +325,7 @@ impl Connection {
     }
 
     fn send_error(&mut self, code: ErrorCode, message: &str) -> io::Result<()> {
-        self.stream.write_all(reply_error(code, message).as_bytes())
+        (&*self.stream).write_all(reply_error(code, message).as_bytes())
     }
 
     /// Reads up to the next `\n` within [`MAX_LINE`] bytes, by `deadline`.
@@ -379,7 +367,7 @@ impl Connection {
             }
             self.read_timeout.set(&self.stream, timeout)?;
             self.cork.release(&self.stream)?;
-            match self.stream.read(&mut self.buf[self.end..]) {
+            match (&*self.stream).read(&mut self.buf[self.end..]) {
                 Ok(0) => {
                     return Ok(Line::Eof {
                         partial: self.end > self.start,
@@ -404,7 +392,7 @@ impl Connection {
             Request::Stat { path } => self.stat(path),
             Request::Sum { path, length } => self.sum(path, *length, ctx),
             Request::Quit => {
-                self.stream.write_all(b"OK bye\n")?;
+                (&*self.stream).write_all(b"OK bye\n")?;
                 Ok(Outcome::new("OK", 0, Some(End::Quietly)))
             }
         }
@@ -448,7 +436,7 @@ impl Connection {
         };
         let header = format!("OK {count}\n");
         if count == 0 {
-            self.stream.write_all(header.as_bytes())?;
+            (&*self.stream).write_all(header.as_bytes())?;
             return Ok(Outcome::new("OK", 0, None));
         }
         // Held back (MSG_MORE) so the header leaves in one segment with the
@@ -507,7 +495,7 @@ impl Connection {
             let message = e.message();
             return refuse(self, e.code(), message);
         }
-        self.stream.write_all(format!("OK {size}\n").as_bytes())?;
+        (&*self.stream).write_all(format!("OK {size}\n").as_bytes())?;
         Ok(Outcome::new("OK", size, None))
     }
 
@@ -538,7 +526,7 @@ impl Connection {
             self.cork.release(&self.stream)?;
             let room = &mut self.buf[self.end..];
             let want = chunk_len(left, room.len());
-            let n = match self.stream.read(&mut room[..want]) {
+            let n = match (&*self.stream).read(&mut room[..want]) {
                 Ok(0) => return Ok(Received::Gone),
                 Ok(n) => n,
                 Err(e) if is_timeout(&e) => continue,
@@ -572,7 +560,7 @@ impl Connection {
         };
         // Streamed through a small buffer: the reply text is never held
         // whole.
-        let mut out = io::BufWriter::with_capacity(LIST_BUF, &self.stream);
+        let mut out = io::BufWriter::with_capacity(LIST_BUF, &*self.stream);
         let bytes = listing.write_reply(&mut out)?;
         Ok(Outcome::new("OK", bytes, None))
     }
@@ -599,7 +587,7 @@ impl Connection {
         let cut = || ctx.stop_requested() == Some(Stop::Now);
         match sum_prefix_until(&file, length, &cut) {
             Ok(sum) => {
-                self.stream.write_all(format!("OK {sum}\n").as_bytes())?;
+                (&*self.stream).write_all(format!("OK {sum}\n").as_bytes())?;
                 Ok(Outcome::new("OK", sum.len, None))
             }
             Err(_) if cut() => Ok(Outcome::new("cut-by-shutdown", 0, Some(End::Abruptly))),
@@ -610,7 +598,7 @@ impl Connection {
     fn stat(&mut self, path: &RelPath) -> io::Result<Outcome> {
         match self.shared.root.stat(path) {
             Ok(entry) => {
-                self.stream.write_all(format!("OK {entry}\n").as_bytes())?;
+                (&*self.stream).write_all(format!("OK {entry}\n").as_bytes())?;
                 Ok(Outcome::new("OK", 0, None))
             }
             Err(e) => self.refuse(&e),
