@@ -33,6 +33,10 @@
 //!   then holding 64 running connections (each did one `GET`), then 1,000
 //!   more connections waiting for a slot (`max_waiting` 1,000); `lab`
 //!   for comparison, which gives each of those connections a thread.
+//! - `connections` (`connections/mod.rs`): 4 KiB GETs with a new
+//!   connection per request (8 clients) and with keep-alive (8 and 64),
+//!   `filesrv` against the distribution's nginx; `per-request-baseline`:
+//!   the per-request load against an earlier build (`FILESRV_BASELINE`).
 //!
 //! Every scenario runs several times, the implementations interleaved, and
 //! the medians are printed with every run's figure.
