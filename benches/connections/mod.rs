@@ -32,7 +32,7 @@ use filesrv::protocol::ServerConfig;
 use super::common::ChildServer;
 use super::loadgen::{self, Load, Mode, Protocol, Report};
 use super::nginx::Nginx;
-use super::{Params, SMALL, list, median, micros, serve};
+use super::{Params, SMALL, list, median, print_rates, rates, serve};
 use cpu::Cpu;
 
 mod cpu;
@@ -51,12 +51,6 @@ struct Contender {
     addr: SocketAddr,
     protocol: Protocol,
     cpu: Cpu,
-}
-
-/// One run: the load's report and the server's CPU time per request.
-struct Run {
-    report: Report,
-    cpu_per_request: Duration,
 }
 
 pub(crate) fn connections(root: &Path, paths: &[String], params: &Params) -> io::Result<()> {
@@ -154,46 +148,25 @@ fn compare(
     paths: &[String],
     params: &Params,
 ) -> io::Result<()> {
-    let mut runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
+    let mut reports: [Vec<Report>; 2] = [Vec::new(), Vec::new()];
+    let mut cpu: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     for run in 0..runs_of(params) {
         // Alternating who goes first spreads a drift of the machine's
         // speed evenly.
         let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
-            runs[i].push(checked_run(&contenders[i], mode, clients, paths, params)?);
+            let (report, cpu_per_request) =
+                checked_run(&contenders[i], mode, clients, paths, params)?;
+            reports[i].push(report);
+            cpu[i].push(cpu_per_request.as_secs_f64() * 1e6);
         }
     }
-    let reports = runs
-        .each_ref()
-        .map(|runs| runs.iter().map(|r| &r.report).collect::<Vec<_>>());
-    let rates = reports
-        .each_ref()
-        .map(|r| r.iter().map(|r| r.rate()).collect::<Vec<_>>());
+    let rates = reports.each_ref().map(|r| rates(r));
     let base = median(&rates[1]);
-    for ((contender, reports), rates) in contenders.iter().zip(&reports).zip(&rates) {
-        let m = median(rates);
-        let latency = |per_mille| {
-            let all: Vec<f64> = reports
-                .iter()
-                .map(|r| r.latency(per_mille).as_secs_f64())
-                .collect();
-            micros(Duration::from_secs_f64(median(&all)))
-        };
-        println!(
-            "  {:<34} {m:>10.0} {:>8.2} {:>9} {:>9}   {}",
-            format!("{label} {}", contender.name),
-            m / base,
-            latency(500),
-            latency(990),
-            list(rates, 0),
-        );
+    for (contender, reports) in contenders.iter().zip(&reports) {
+        print_rates(34, &format!("{label} {}", contender.name), reports, base);
     }
     print_ratios(label, contenders, &rates[0], &rates[1], "");
-    let cpu = runs.each_ref().map(|runs| {
-        runs.iter()
-            .map(|r| r.cpu_per_request.as_secs_f64() * 1e6)
-            .collect::<Vec<_>>()
-    });
     for (contender, cpu) in contenders.iter().zip(&cpu) {
         println!(
             "  {:<34} {:>10.1} µs of server CPU per request   {}",
@@ -235,14 +208,15 @@ fn print_ratios(
     );
 }
 
-/// One closed-loop run, checked: no failure, and every body whole.
+/// One closed-loop run, checked: no failure, and every body whole; with
+/// the server's CPU time per request.
 fn checked_run(
     contender: &Contender,
     mode: Mode,
     clients: usize,
     paths: &[String],
     params: &Params,
-) -> io::Result<Run> {
+) -> io::Result<(Report, Duration)> {
     let load = Load {
         addr: contender.addr,
         paths,
@@ -268,8 +242,5 @@ fn checked_run(
     // The CPU time covers the warm-up too, at about the same rate.
     let served = report.rate() * (params.warmup + params.window).as_secs_f64();
     let cpu_per_request = cpu.div_f64(served);
-    Ok(Run {
-        report,
-        cpu_per_request,
-    })
+    Ok((report, cpu_per_request))
 }
