@@ -37,6 +37,10 @@
 //!   client reading `Server::stats()` after every response (more runs,
 //!   interleaved, and the median of the paired ratios): what the snapshot
 //!   costs read on every request.
+//! - `connections` (`connections/mod.rs`): 4 KiB GETs with a new
+//!   connection per request (8 clients) and with keep-alive (8 and 64),
+//!   `filesrv` against the distribution's nginx; `per-request-baseline`:
+//!   the per-request load against an earlier build (`FILESRV_BASELINE`).
 //!
 //! Every scenario runs several times, the implementations interleaved, and
 //! the medians are printed with every run's figure.
@@ -53,9 +57,17 @@
 //! second or two. docs/BENCHMARKS.md has the figures.
 
 mod common;
+#[path = "connections/mod.rs"]
+mod connections;
 mod loadgen;
+#[path = "common/nginx.rs"]
+mod nginx;
 #[path = "proxy/mod.rs"]
 mod proxy;
+/// Finds haproxy and nginx, installing them when missing.
+#[allow(dead_code)]
+#[path = "../tests/support/tools.rs"]
+mod tools;
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Write};
@@ -156,6 +168,12 @@ fn main() -> io::Result<()> {
     }
     if wanted("stats") {
         stats_cost(dir.path(), &smalls, params)?;
+    }
+    if wanted("connections") {
+        connections::connections(dir.path(), &smalls, params)?;
+    }
+    if wanted("per-request-baseline") {
+        connections::against_baseline(dir.path(), &smalls, params)?;
     }
     if wanted("proxy") {
         proxy::proxy(dir.path(), &smalls, params)?;

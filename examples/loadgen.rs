@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example loadgen -- ADDR PATH... [--clients N]
-//!     [--seconds S] [--warmup S] [--per-request]
+//!     [--seconds S] [--warmup S] [--per-request] [--http]
 //! cargo run --release --example loadgen -- ADDR --bulk PATH [--times N]
 //! ```
 //!
@@ -10,7 +10,9 @@
 //! asking for the `PATH`s in turn, on persistent connections or, with
 //! `--per-request`, a new connection per request; it prints requests/s and
 //! latency percentiles over `--seconds` (default 5) after `--warmup`
-//! (default 1). The second downloads one file `--times` times (default 3)
+//! (default 1). With `--http` the clients speak HTTP/1.1 (`GET /PATH`,
+//! with `Connection: close` under `--per-request`), to load a web server
+//! such as nginx serving the same files (the first form only). The second downloads one file `--times` times (default 3)
 //! and prints GB/s. For example, against a server started with
 //! `cargo run --release --bin filesrv -- 9000 64 --root DIR --bind 127.0.0.1`:
 //!
@@ -28,10 +30,10 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use loadgen::{Load, Mode};
+use loadgen::{Load, Mode, Protocol};
 
 const USAGE: &str =
-    "usage: loadgen ADDR PATH... [--clients N] [--seconds S] [--warmup S] [--per-request]
+    "usage: loadgen ADDR PATH... [--clients N] [--seconds S] [--warmup S] [--per-request] [--http]
        loadgen ADDR --bulk PATH [--times N]";
 
 fn main() -> ExitCode {
@@ -58,6 +60,7 @@ fn run() -> Result<(), String> {
     let mut seconds = 5.0;
     let mut warmup = 1.0;
     let mut mode = Mode::Persistent;
+    let mut protocol = Protocol::Filesrv;
     let mut bulk = None;
     let mut times = 3;
     while let Some(arg) = args.next() {
@@ -67,6 +70,7 @@ fn run() -> Result<(), String> {
             "--seconds" => seconds = number(&value("--seconds")?)?,
             "--warmup" => warmup = number(&value("--warmup")?)?,
             "--per-request" => mode = Mode::PerRequest,
+            "--http" => protocol = Protocol::Http,
             "--bulk" => bulk = Some(value("--bulk")?),
             "--times" => times = number(&value("--times")?)?,
             "-h" | "--help" => {
@@ -95,14 +99,18 @@ fn run() -> Result<(), String> {
         return Err(USAGE.to_owned());
     }
     let duration = |s: f64| Duration::try_from_secs_f64(s).map_err(|e| e.to_string());
-    let report = loadgen::run(&Load {
+    let load = Load {
         addr,
         paths: &paths,
         clients,
         mode,
         warmup: duration(warmup)?,
         duration: duration(seconds)?,
-    })
+    };
+    let report = match protocol {
+        Protocol::Filesrv => loadgen::run(&load),
+        Protocol::Http => loadgen::run_speaking(&load, Protocol::Http),
+    }
     .map_err(|e| e.to_string())?;
     println!(
         "{} requests in {:?} ({:?}, {clients} clients): {:.0} req/s, {:.1} MB/s, {} errors",

@@ -4,7 +4,9 @@
 //! It speaks the protocol itself over plain sockets (not through
 //! [`filesrv::protocol::Client`]), so the same clients can load any server
 //! that answers `GET` and `QUIT`: `filesrv`, the bench's baselines, or a
-//! server in another language. Bodies are read into a buffer and dropped.
+//! server in another language. With [`Protocol::Http`] the same clients
+//! speak HTTP/1.1 instead (`GET /<path>`), to load a web server such as
+//! nginx with the same files. Bodies are read into a buffer and dropped.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -27,6 +29,20 @@ pub(crate) enum Mode {
     /// The server closes first, as an HTTP server does after
     /// `Connection: close`, so the TIME-WAIT sockets are on its side.
     PerRequest,
+}
+
+/// What the clients of a [`Load`] speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    /// The file server's protocol: `GET <path>\n`, `OK <size>\n` and the
+    /// body.
+    Filesrv,
+    /// HTTP/1.1: `GET /<path>` with a `Host` header, answered `200` with a
+    /// `Content-Length` and the body. In [`Mode::PerRequest`] the request
+    /// says `Connection: close` (the server closes after the body, as
+    /// `filesrv` does after `QUIT`); in [`Mode::Persistent`] the
+    /// connection is kept, and opened again if the server closes it.
+    Http,
 }
 
 /// A closed-loop load: `clients` threads, each sending its next request as
@@ -85,11 +101,16 @@ impl Report {
     }
 }
 
-/// Runs `load` and returns what it measured; bounded by `warmup + duration`
-/// plus the time of the requests then in flight (each is bounded by a 10 s
-/// socket timeout).
+/// Runs `load` speaking the file server's protocol, and returns what it
+/// measured; bounded by `warmup + duration` plus the time of the requests
+/// then in flight (each is bounded by a 10 s socket timeout).
 pub(crate) fn run(load: &Load<'_>) -> io::Result<Report> {
-    run_hooked(load, None)
+    run_hooked(load, Protocol::Filesrv, None)
+}
+
+/// Runs `load` speaking `protocol`; otherwise as [`run`].
+pub(crate) fn run_speaking(load: &Load<'_>, protocol: Protocol) -> io::Result<Report> {
+    run_hooked(load, protocol, None)
 }
 
 /// Runs `load` as [`run`] does, each client calling `after_each` after
@@ -100,10 +121,14 @@ pub(crate) fn run(load: &Load<'_>) -> io::Result<Report> {
     reason = "the transfer bench calls it; the example does not"
 )]
 pub(crate) fn run_with(load: &Load<'_>, after_each: &(dyn Fn() + Sync)) -> io::Result<Report> {
-    run_hooked(load, Some(after_each))
+    run_hooked(load, Protocol::Filesrv, Some(after_each))
 }
 
-fn run_hooked(load: &Load<'_>, after_each: Option<&(dyn Fn() + Sync)>) -> io::Result<Report> {
+fn run_hooked(
+    load: &Load<'_>,
+    protocol: Protocol,
+    after_each: Option<&(dyn Fn() + Sync)>,
+) -> io::Result<Report> {
     assert!(load.clients > 0 && !load.paths.is_empty());
     let errors = Errors::default();
     let ready = Barrier::new(load.clients + 1);
@@ -115,7 +140,7 @@ fn run_hooked(load: &Load<'_>, after_each: Option<&(dyn Fn() + Sync)>) -> io::Re
                 thread::Builder::new()
                     .name(format!("loadgen-{i}"))
                     .spawn_scoped(scope, move || {
-                        client(load, i, errors, ready, start, after_each)
+                        client(load, protocol, i, errors, ready, start, after_each)
                     })
             })
             .collect::<io::Result<_>>()?;
@@ -148,6 +173,7 @@ fn run_hooked(load: &Load<'_>, after_each: Option<&(dyn Fn() + Sync)>) -> io::Re
 /// One client thread: its latencies and body bytes inside the window.
 fn client(
     load: &Load<'_>,
+    protocol: Protocol,
     index: usize,
     errors: &Errors,
     ready: &Barrier,
@@ -179,13 +205,23 @@ fn client(
                     Some(c) => Ok(c),
                     None => Conn::connect(load.addr, SMALL_BUF),
                 };
-                open.and_then(|mut c| {
-                    let n = c.get(path)?;
-                    conn = Some(c);
-                    Ok(n)
+                open.and_then(|mut c| match protocol {
+                    Protocol::Filesrv => {
+                        let n = c.get(path)?;
+                        conn = Some(c);
+                        Ok(n)
+                    }
+                    Protocol::Http => {
+                        let (n, kept) = c.http_get(load.addr, path, false)?;
+                        conn = kept.then_some(c);
+                        Ok(n)
+                    }
                 })
             }
-            Mode::PerRequest => get_once(load.addr, path),
+            Mode::PerRequest => match protocol {
+                Protocol::Filesrv => get_once(load.addr, path),
+                Protocol::Http => http_get_once(load.addr, path),
+            },
         };
         let ended = Instant::now();
         if let (Some(hook), Ok(_)) = (after_each, &got) {
@@ -213,6 +249,15 @@ fn get_once(addr: SocketAddr, path: &str) -> io::Result<u64> {
     if bye != b"OK bye" {
         return Err(unexpected(bye));
     }
+    conn.expect_end()?;
+    Ok(n)
+}
+
+/// One HTTP request on a fresh connection with `Connection: close`: the
+/// server must close after the body.
+fn http_get_once(addr: SocketAddr, path: &str) -> io::Result<u64> {
+    let mut conn = Conn::connect(addr, SMALL_BUF)?;
+    let (n, _) = conn.http_get(addr, path, true)?;
     conn.expect_end()?;
     Ok(n)
 }
@@ -260,6 +305,42 @@ impl Conn {
     pub(crate) fn get(&mut self, path: &str) -> io::Result<u64> {
         self.send(format!("GET {path}\n").as_bytes())?;
         self.body()
+    }
+
+    /// Sends an HTTP/1.1 `GET /<path>` to the server at `host` (asking it
+    /// to close after the reply when `close`), reads a `200` reply's
+    /// headers and body, and drops the body. Returns its size, and whether
+    /// the connection may be used again (neither side said `close`).
+    fn http_get(&mut self, host: SocketAddr, path: &str, close: bool) -> io::Result<(u64, bool)> {
+        let connection = if close { "Connection: close\r\n" } else { "" };
+        self.send(format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\n{connection}\r\n").as_bytes())?;
+        let status = self.line()?;
+        if !status.starts_with(b"HTTP/1.1 200 ") {
+            return Err(unexpected(status));
+        }
+        let mut size = None;
+        let mut kept = !close;
+        loop {
+            let line = self.line()?;
+            let line = line.strip_suffix(b"\r").unwrap_or(&line);
+            if line.is_empty() {
+                break;
+            }
+            let text = String::from_utf8_lossy(line);
+            let Some((name, value)) = text.split_once(':') else {
+                return Err(unexpected(line));
+            };
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                size = Some(value.parse().map_err(|_| unexpected(line))?);
+            } else if name.eq_ignore_ascii_case("connection") && value.eq_ignore_ascii_case("close")
+            {
+                kept = false;
+            }
+        }
+        let size = size.ok_or_else(|| unexpected("a reply without Content-Length"))?;
+        self.discard(size)?;
+        Ok((size, kept))
     }
 
     fn send(&mut self, bytes: &[u8]) -> io::Result<()> {

@@ -17,11 +17,7 @@ use std::process::{Child, Command, Stdio};
 use filesrv::protocol::{Server, ServerConfig};
 
 use super::loadgen::{Mode, Report};
-use super::{Params, SMALL, median, print_rates, rates, serve, small_run};
-
-#[allow(dead_code)]
-#[path = "../../tests/support/tools.rs"]
-mod tools;
+use super::{Params, SMALL, median, print_rates, rates, serve, small_run, tools};
 
 pub(crate) fn proxy(root: &Path, paths: &[String], params: &Params) -> io::Result<()> {
     let max_running = params.clients;

@@ -1,6 +1,7 @@
-//! Programs the tests drive (haproxy, promtool, curl): found on the
-//! system, or installed by `scripts/install-test-deps` when missing. A
-//! test that needs one fails loudly when it cannot be had; it never skips.
+//! Programs the tests and benches drive (haproxy, promtool, curl, nginx):
+//! found on the system, or installed by `scripts/install-test-deps` when
+//! missing. A test that needs one fails loudly when it cannot be had; it
+//! never skips.
 
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -20,7 +21,7 @@ pub(crate) fn require(program: &str) -> PathBuf {
         let status = Command::new(script).status();
         assert!(
             matches!(status, Ok(s) if s.success()),
-            "{script} failed ({status:?}); install haproxy, prometheus (promtool) and curl"
+            "{script} failed ({status:?}); install haproxy, prometheus (promtool), curl and nginx"
         );
     });
     find(program).unwrap_or_else(|| {

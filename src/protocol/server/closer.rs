@@ -10,6 +10,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -28,7 +29,7 @@ const MAX_DISCARD: usize = 1 << 20;
 #[derive(Clone, Debug)]
 pub(crate) struct Closer {
     /// `None` tells the thread to finish the queue and end.
-    queue: Sender<Option<(Instant, TcpStream)>>,
+    queue: Sender<Option<(Instant, Arc<TcpStream>)>>,
 }
 
 impl Closer {
@@ -42,8 +43,10 @@ impl Closer {
     }
 
     /// Writes `line` (best effort, never blocking), shuts the write side
-    /// and hands the connection to the closer thread.
-    pub(crate) fn refuse(&self, stream: TcpStream, line: &[u8]) {
+    /// and hands the connection to the closer thread. A shared socket
+    /// closes when its other owners are gone too.
+    pub(crate) fn refuse(&self, stream: impl Into<Arc<TcpStream>>, line: &[u8]) {
+        let stream = stream.into();
         Closer::refuse_now(&stream, line);
         // Too many lingering already, or shutting down: it closes now.
         let _ = self.queue.try_send(Some((Instant::now() + LINGER, stream)));
@@ -60,7 +63,7 @@ impl Closer {
 
     /// Shuts the write side (after the final reply) and closes the
     /// connection once the client had time to read it.
-    pub(crate) fn close(&self, stream: TcpStream) {
+    pub(crate) fn close(&self, stream: impl Into<Arc<TcpStream>>) {
         self.refuse(stream, b"");
     }
 
@@ -151,7 +154,7 @@ impl LingeringCloser {
 
 /// The closer thread: connections arrive in deadline order (the linger is
 /// the same for all), so it waits for the oldest, drains it and closes it.
-fn close_in_turn(lingering: &Receiver<Option<(Instant, TcpStream)>>) {
+fn close_in_turn(lingering: &Receiver<Option<(Instant, Arc<TcpStream>)>>) {
     while let Ok(Some((deadline, stream))) = lingering.recv() {
         // A timed wait for a known instant, not synchronisation.
         if let Some(left) = time_left(deadline) {

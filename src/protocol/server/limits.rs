@@ -10,8 +10,8 @@ use super::config::ServerConfig;
 /// streams, the log, the root, threads' and the closer's lingering
 /// refusals.
 const RESERVE: u64 = 64;
-/// Descriptors one running connection may hold at once: its socket, the
-/// stop hook's duplicate, a file, and a directory or temporary file.
+/// Descriptors one running connection may hold at once: its socket, a
+/// file, a directory or temporary file, and one to spare.
 const PER_RUNNING: u64 = 4;
 
 /// Raises the soft limit on open descriptors to the hard limit, as a

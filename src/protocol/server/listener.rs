@@ -20,6 +20,7 @@ use super::metrics::{self, Metrics};
 use super::proxy::{Handshake, Handshakes, NoHeader};
 use super::session::{ServerState, Session, reply_error};
 use super::sidecar::Sidecar;
+use super::sockopt;
 use crate::protocol::wire::ErrorCode;
 use crate::util::lock;
 use crate::{Manager, ManagerBuilder, ShutdownReport, Stats};
@@ -146,6 +147,7 @@ impl Server {
         // Accepted only when `poll` says so; another process sharing the
         // socket (a successor, under socket activation) may take it first.
         listener.set_nonblocking(true).map_err(ServerError::Start)?;
+        sockopt::set_inherited(&listener, &config).map_err(ServerError::Start)?;
         let (closer, closer_thread) = Closer::start("filesrv").map_err(ServerError::Start)?;
         let manager = ManagerBuilder::new(config.max_running)
             .admission(config.admission())
@@ -349,9 +351,6 @@ impl Listening {
                 Ok((stream, peer)) => {
                     backoff = BACKOFF_MIN;
                     self.state.metrics.accepted();
-                    // Replies are small and latency-bound; bodies are sent
-                    // with explicit corking instead of Nagle's delays.
-                    let _ = stream.set_nodelay(true);
                     match handshakes {
                         // A trusted proxy: its header names the client.
                         Some(handshakes) if handshakes.trusts(peer) => {

@@ -11,9 +11,11 @@ mod listener;
 mod metrics;
 mod pace;
 mod proxy;
+mod readbuf;
 mod request_counts;
 mod session;
 mod sidecar;
+mod sockopt;
 mod transfer;
 
 pub use closer::LingeringCloser;

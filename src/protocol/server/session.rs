@@ -15,7 +15,9 @@ use super::config::ServerConfig;
 use super::fs::{FsError, Root};
 use super::metrics::Metrics;
 use super::pace::Pace;
+use super::readbuf::ReadBuf;
 use super::request_counts::Answer;
+use super::sockopt::{Cork, ReadTimeout};
 use super::transfer::{Sent, is_timeout, send_all, send_body};
 use crate::protocol::checksum::sum_prefix_until;
 use crate::protocol::wire::{ErrorCode, MAX_LINE, RelPath, Request, parse_request, printable_line};
@@ -61,18 +63,7 @@ impl Handler for Session {
             self.peer,
             began - ctx.queued_at()
         );
-        // The stop hook needs a duplicate of the socket; with no
-        // descriptor left the client is told, not just dropped.
-        let hook_stream = match self.stream.try_clone() {
-            Ok(stream) => stream,
-            Err(e) => {
-                log::warn!("{}: cannot serve: {e}", self.peer);
-                let line = reply_error(ErrorCode::Internal, "server is out of resources");
-                self.shared.closer.refuse(self.stream, line.as_bytes());
-                return Err(e);
-            }
-        };
-        let mut conn = Connection::new(self, hook_stream, ctx)?;
+        let mut conn = Connection::new(self, ctx);
         let result = conn.serve(ctx);
         log::info!(
             "{}: closed after {} requests in {:?}",
@@ -142,13 +133,15 @@ enum End {
 
 /// A running session: its socket, its read buffer and its counters.
 struct Connection {
-    stream: TcpStream,
+    stream: Arc<TcpStream>,
     peer: SocketAddr,
     shared: Arc<ServerState>,
     /// Whether a request is being served; the stop hook reads it to
     /// decide whether a graceful stop may interrupt the connection now.
     busy: Arc<Mutex<bool>>,
-    buf: Box<[u8]>,
+    read_timeout: ReadTimeout,
+    cork: Cork,
+    buf: ReadBuf,
     /// Unconsumed bytes are `buf[start..end]`.
     start: usize,
     end: usize,
@@ -158,25 +151,22 @@ struct Connection {
 /// The buffer a LIST reply is written through.
 const LIST_BUF: usize = 64 * 1024;
 
-/// The read buffer: a request line plus room for pipelined ones, and the
-/// chunk size for upload bodies.
-const BUF_SIZE: usize = 64 * 1024;
-
 impl Connection {
-    fn new(
-        session: Session,
-        hook_stream: TcpStream,
-        ctx: &HandlerContext,
-    ) -> io::Result<Connection> {
+    fn new(session: Session, ctx: &HandlerContext) -> Connection {
         let Session {
             stream,
             peer,
             shared,
         } = session;
-        stream.set_write_timeout(shared.config.stall_timeout)?;
+        // Shared with the hooks, which shut it down from other threads:
+        // no duplicate descriptor, and the socket stays open (its number
+        // never reused) until the last of them is gone.
+        let stream = Arc::new(stream);
+        // The write timeout (the stall timeout) and TCP_NODELAY came with
+        // the socket from the listener.
+        let read_timeout = ReadTimeout::inherited(&shared.config);
         let busy = Arc::new(Mutex::new(false));
-        let hook_stream = Arc::new(hook_stream);
-        let (stop_stream, stop_busy) = (hook_stream.clone(), busy.clone());
+        let (stop_stream, stop_busy) = (stream.clone(), busy.clone());
         ctx.on_stop(move |stop| {
             let busy = lock(&stop_busy);
             // Idle between requests: wake the blocked read. Busy: the
@@ -190,22 +180,24 @@ impl Connection {
         });
         // Asked to make room for a waiting client: the same, the loop
         // sees the request before it reads the next line.
-        let room_busy = busy.clone();
+        let (hook_stream, room_busy) = (stream.clone(), busy.clone());
         ctx.on_make_room(move |_| {
             if !*lock(&room_busy) {
                 let _ = hook_stream.shutdown(Shutdown::Read);
             }
         });
-        Ok(Connection {
+        Connection {
             stream,
             peer,
             shared,
             busy,
-            buf: vec![0; BUF_SIZE].into_boxed_slice(),
+            read_timeout,
+            cork: Cork::default(),
+            buf: ReadBuf::take(),
             start: 0,
             end: 0,
             requests: 0,
-        })
+        }
     }
 
     fn config(&self) -> &ServerConfig {
@@ -223,12 +215,11 @@ impl Connection {
             if let Some(why) = ctx.make_room_requested() {
                 return self.make_room(why);
             }
-            ctx.set_idle();
             let deadline = self
                 .config()
                 .idle_timeout
                 .and_then(|t| Instant::now().checked_add(t));
-            let line = match self.read_line(deadline)? {
+            let line = match self.read_line(deadline, ctx)? {
                 Line::Complete(line) => line,
                 // A graceful stop ends an idle read this way too.
                 Line::Eof { partial } => {
@@ -261,6 +252,11 @@ impl Connection {
                 ctx.set_busy();
             }
             self.requests += 1;
+            // The client sent the next request already: this reply
+            // leaves with the next one's.
+            if self.buf[self.start..self.end].contains(&b'\n') {
+                self.cork.hold(&self.stream)?;
+            }
             let began = Instant::now();
             // Rendered now: an upload body reuses the buffer the line is in.
             let shown = log::log_enabled!(log::Level::Info)
@@ -330,12 +326,16 @@ impl Connection {
     }
 
     fn send_error(&mut self, code: ErrorCode, message: &str) -> io::Result<()> {
-        self.stream.write_all(reply_error(code, message).as_bytes())
+        (&*self.stream).write_all(reply_error(code, message).as_bytes())
     }
 
     /// Reads up to the next `\n` within [`MAX_LINE`] bytes, by `deadline`.
-    /// Returns the line's range in `buf`, without the `\n`.
-    fn read_line(&mut self, deadline: Option<Instant>) -> io::Result<Line> {
+    /// Returns the line's range in `buf`, without the `\n`. The handler
+    /// is idle from the first read that may wait for the client; a line
+    /// already buffered (pipelined) is served without going idle, which
+    /// would wake the manager's watcher whenever clients wait.
+    fn read_line(&mut self, deadline: Option<Instant>, ctx: &HandlerContext) -> io::Result<Line> {
+        let mut idle = false;
         let mut searched = 0;
         loop {
             let pending = &self.buf[self.start + searched..self.end];
@@ -362,8 +362,13 @@ impl Connection {
                 Some(Some(left)) => Some(left),
                 Some(None) => return Ok(Line::TimedOut),
             };
-            self.stream.set_read_timeout(timeout)?;
-            match self.stream.read(&mut self.buf[self.end..]) {
+            if !idle {
+                ctx.set_idle();
+                idle = true;
+            }
+            self.read_timeout.set(&self.stream, timeout)?;
+            self.cork.release(&self.stream)?;
+            match (&*self.stream).read(&mut self.buf[self.end..]) {
                 Ok(0) => {
                     return Ok(Line::Eof {
                         partial: self.end > self.start,
@@ -388,7 +393,7 @@ impl Connection {
             Request::Stat { path } => self.stat(path),
             Request::Sum { path, length } => self.sum(path, *length, ctx),
             Request::Quit => {
-                self.stream.write_all(b"OK bye\n")?;
+                (&*self.stream).write_all(b"OK bye\n")?;
                 Ok(Outcome::new(Answer::Ok, 0, Some(End::Quietly)))
             }
         }
@@ -432,7 +437,7 @@ impl Connection {
         };
         let header = format!("OK {count}\n");
         if count == 0 {
-            self.stream.write_all(header.as_bytes())?;
+            (&*self.stream).write_all(header.as_bytes())?;
             return Ok(Outcome::new(Answer::Ok, 0, None));
         }
         // Held back (MSG_MORE) so the header leaves in one segment with the
@@ -493,7 +498,7 @@ impl Connection {
             let message = e.message();
             return refuse(self, e.code(), message);
         }
-        self.stream.write_all(format!("OK {size}\n").as_bytes())?;
+        (&*self.stream).write_all(format!("OK {size}\n").as_bytes())?;
         Ok(Outcome::new(Answer::Ok, size, None))
     }
 
@@ -520,10 +525,11 @@ impl Connection {
             let Ok(timeout) = pace.time_left() else {
                 return Ok(Received::Stalled);
             };
-            self.stream.set_read_timeout(timeout)?;
+            self.read_timeout.set(&self.stream, timeout)?;
+            self.cork.release(&self.stream)?;
             let room = &mut self.buf[self.end..];
             let want = chunk_len(left, room.len());
-            let n = match self.stream.read(&mut room[..want]) {
+            let n = match (&*self.stream).read(&mut room[..want]) {
                 Ok(0) => return Ok(Received::Gone),
                 Ok(n) => n,
                 Err(e) if is_timeout(&e) => continue,
@@ -557,7 +563,7 @@ impl Connection {
         };
         // Streamed through a small buffer: the reply text is never held
         // whole.
-        let mut out = io::BufWriter::with_capacity(LIST_BUF, &self.stream);
+        let mut out = io::BufWriter::with_capacity(LIST_BUF, &*self.stream);
         let bytes = listing.write_reply(&mut out)?;
         Ok(Outcome::new(Answer::Ok, bytes, None))
     }
@@ -584,7 +590,7 @@ impl Connection {
         let cut = || ctx.stop_requested() == Some(Stop::Now);
         match sum_prefix_until(&file, length, &cut) {
             Ok(sum) => {
-                self.stream.write_all(format!("OK {sum}\n").as_bytes())?;
+                (&*self.stream).write_all(format!("OK {sum}\n").as_bytes())?;
                 Ok(Outcome::new(Answer::Ok, sum.len, None))
             }
             Err(_) if cut() => Ok(Outcome::new(Answer::CutByShutdown, 0, Some(End::Abruptly))),
@@ -595,7 +601,7 @@ impl Connection {
     fn stat(&mut self, path: &RelPath) -> io::Result<Outcome> {
         match self.shared.root.stat(path) {
             Ok(entry) => {
-                self.stream.write_all(format!("OK {entry}\n").as_bytes())?;
+                (&*self.stream).write_all(format!("OK {entry}\n").as_bytes())?;
                 Ok(Outcome::new(Answer::Ok, 0, None))
             }
             Err(e) => self.refuse(&e),

@@ -66,6 +66,7 @@ impl FsError {
         let message = match errno {
             Errno::NOSPC | Errno::DQUOT => "disk full: no space left on the server",
             Errno::FBIG => "file too large for the server",
+            Errno::MFILE | Errno::NFILE => "server is out of resources",
             Errno::ACCESS | Errno::PERM | Errno::ROFS => "the server may not write there",
             _ => "i/o error on the server",
         };

@@ -1,0 +1,147 @@
+//! nginx from the distribution's packages as a child process of a bench:
+//! the baseline a file server's new-connection cost is measured against.
+//!
+//! The configuration is generated into a temporary directory (pid file,
+//! error log and temporary paths there, nothing under /etc or /var) and
+//! follows Debian's defaults where they matter for speed: `worker_processes
+//! auto` (one worker per core), `sendfile on`, `tcp_nopush on`; access log
+//! off, as the `filesrv` servers it is compared with log nothing. It
+//! serves `root` on a listening socket this process binds on 127.0.0.1
+//! port 0 and passes down (nginx takes over inherited sockets named in its
+//! `NGINX` environment variable, as in its binary upgrade), so the port is
+//! never guessed and connections queue from the first moment.
+
+use std::fs;
+use std::io::{self, BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use rustix::process::{Pid, Signal, kill_process};
+
+use super::tools;
+
+/// A running nginx serving a directory on 127.0.0.1; stopped (`SIGTERM`,
+/// which the master passes to its workers) and reaped on drop, its
+/// directory removed.
+pub(crate) struct Nginx {
+    child: Child,
+    /// Where it listens.
+    pub(crate) addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    /// Starts nginx serving `root`, installing it first through
+    /// `scripts/install-test-deps` when it is missing. Returns once the
+    /// master has started its workers (it says so on its error log,
+    /// which goes to a pipe read here); an nginx that exits instead is an
+    /// error carrying what it wrote.
+    pub(crate) fn start(root: &Path) -> io::Result<Nginx> {
+        let program = tools::require("nginx");
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        // nginx makes only the sockets it opens itself non-blocking; a
+        // blocking one would hold a worker in `accept` whenever the other
+        // worker took the connection, its own clients starving meanwhile.
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let dir = std::env::temp_dir().join(format!("filesrv-bench-nginx-{}", addr.port()));
+        fs::create_dir_all(&dir)?;
+        let config = dir.join("nginx.conf");
+        fs::write(&config, config_text(&dir, root, addr))?;
+        let inherited = tools::Inherited::new(&listener);
+        let child = Command::new(program)
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(&config)
+            // Before the configuration is read, errors go to stderr too.
+            .args(["-e", "stderr"])
+            .env("NGINX", format!("{};", inherited.raw()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn();
+        drop(inherited);
+        // nginx holds its own copy of the socket now.
+        drop(listener);
+        let mut nginx = Nginx {
+            child: child?,
+            addr,
+            dir,
+        };
+        nginx.wait_started()?;
+        Ok(nginx)
+    }
+
+    /// The master's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Reads the error log (at `notice`) until the master says it started
+    /// its workers; then keeps draining it on a thread.
+    fn wait_started(&mut self) -> io::Result<()> {
+        let stderr = self.child.stderr.take().expect("piped");
+        let mut log = BufReader::new(stderr);
+        let mut said = String::new();
+        loop {
+            let from = said.len();
+            if log.read_line(&mut said)? == 0 {
+                return Err(io::Error::other(format!("nginx did not start: {said}")));
+            }
+            if said[from..].contains("start worker processes") {
+                break;
+            }
+        }
+        std::thread::spawn(move || io::copy(&mut log, &mut io::sink()));
+        Ok(())
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM, not the SIGKILL of `Child::kill`: a killed master
+        // would leave its workers serving.
+        let pid = Pid::from_child(&self.child);
+        if kill_process(pid, Signal::TERM).is_err() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The configuration: Debian's defaults that matter for speed, paths in
+/// `dir`, the listening address `addr` (the inherited socket's).
+fn config_text(dir: &Path, root: &Path, addr: SocketAddr) -> String {
+    let dir = dir.display();
+    format!(
+        "daemon off;
+master_process on;
+worker_processes auto;
+pid {dir}/nginx.pid;
+error_log stderr notice;
+events {{
+    worker_connections 1024;
+}}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    default_type application/octet-stream;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen {addr};
+        root \"{root}\";
+    }}
+}}
+",
+        root = root.display()
+    )
+}
