@@ -561,6 +561,99 @@ fn thread_cpu(prefix: &str) -> (u64, u64, usize) {
     (cpu, switches, threads)
 }
 
+/// A handler that exposes its socket, waits for a release, then reads
+/// its client to the end (as a session that serves until the client
+/// closes).
+struct Conn {
+    stream: std::net::TcpStream,
+    release: Option<Receiver<()>>,
+    started: Option<Sender<()>>,
+}
+
+impl Handler for Conn {
+    fn run(mut self, _ctx: &HandlerContext) -> io::Result<()> {
+        if let Some(started) = self.started {
+            let _ = started.send(());
+        }
+        if let Some(release) = self.release {
+            let _ = release.recv_timeout(LIMIT);
+        }
+        self.stream.set_read_timeout(Some(LIMIT))?;
+        io::copy(&mut self.stream, &mut io::sink())?;
+        Ok(())
+    }
+    fn socket(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        Some(self.stream.as_fd())
+    }
+}
+
+/// A handler that waited is watched for a hang-up only while it waits: its
+/// client closing once it runs wakes nobody. (It woke the watcher once a
+/// connection, as with a new connection per request.)
+#[test]
+fn a_client_closing_after_its_handler_started_wakes_no_watcher() {
+    watcher_wakes_per_waiting_connection(ManagerBuilder::new(1).name("rdhup"), "rdhup");
+}
+
+/// With busy limits set, a handler queued or started while others wait
+/// wakes the watcher for a make-room pass only when one can be due (a
+/// limit passed), not once a connection: here no limit ever passes.
+#[test]
+fn waiting_connections_under_busy_limits_wake_no_watcher() {
+    let builder = ManagerBuilder::new(1)
+        .name("limits")
+        .busy_idle_timeout(Some(Duration::from_secs(3600)))
+        .busy_session_limit(Some(Duration::from_secs(3600)));
+    watcher_wakes_per_waiting_connection(builder, "limits");
+}
+
+/// Runs rounds of a connection that waits behind a held slot, then runs
+/// while its client closes; asserts the watcher was (next to) never woken.
+fn watcher_wakes_per_waiting_connection(builder: ManagerBuilder<MaxWaiting>, name: &str) {
+    const ROUNDS: usize = 200;
+    let manager: Manager<Conn, Unbounded> = builder.admission(Unbounded).build().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    for _ in 0..ROUNDS {
+        // The slot is held, so the connection waits and is watched...
+        let (release, held) = bounded(1);
+        let holder_client = std::net::TcpStream::connect(addr).unwrap();
+        let (holder, _) = listener.accept().unwrap();
+        manager
+            .submit(Conn {
+                stream: holder,
+                release: Some(held),
+                started: None,
+            })
+            .unwrap_or_else(|_| panic!("refused"));
+        let client = std::net::TcpStream::connect(addr).unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        let (started, starts) = bounded(1);
+        manager
+            .submit(Conn {
+                stream,
+                release: None,
+                started: Some(started),
+            })
+            .unwrap_or_else(|_| panic!("refused"));
+        // ...then runs; its client closes while it runs.
+        drop(holder_client);
+        drop(release);
+        starts.recv_timeout(LIMIT).unwrap();
+        drop(client);
+        assert!(manager.wait_idle_timeout(LIMIT));
+    }
+    // The watcher's whole life (it started with this manager): it names
+    // itself once running, so it is not looked for before the rounds.
+    let (_, woken, threads) = thread_cpu(&format!("{name}-watcher"));
+    assert_eq!(threads, 1);
+    assert!(
+        woken < ROUNDS as u64 / 4,
+        "the watcher woke {woken} times in {ROUNDS} rounds"
+    );
+}
+
 #[test]
 fn idle_manager_uses_no_cpu() {
     let manager = ManagerBuilder::new(4)

@@ -6,6 +6,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use super::atomic_instant::AtomicInstant;
 use super::deadline::Deadlines;
 use super::handle::Manager;
 use super::queue::{HeadStamp, Queue};
@@ -150,6 +151,7 @@ impl<S: Admission> ManagerBuilder<S> {
             idle_waiters: AtomicUsize::new(0),
             watcher: Watcher::new()?,
             limits: self.limits,
+            room_due: AtomicInstant::new(),
             asked: AtomicUsize::new(0),
         });
         let manager = Manager {

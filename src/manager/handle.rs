@@ -107,9 +107,10 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
         gate.next_id += 1;
         // Every slot taken: it will wait, so watch its client.
         let will_wait = running + waiting >= shared.workers.target();
-        if let Some(socket) = handler.socket().filter(|_| will_wait) {
-            shared.watcher.register(socket, id);
-        }
+        let watched = handler
+            .socket()
+            .filter(|_| will_wait)
+            .is_some_and(|socket| shared.watcher.register(socket, id));
         shared.counts.queued();
         Counters::bump_locked(&shared.counters.admitted);
         // A handler that will wait is stamped now, for its queue-wait time;
@@ -126,6 +127,7 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
             source,
             key,
             queued_at,
+            watched,
             handler,
         });
         // Watched only once queued: the deadline thread finds it there.

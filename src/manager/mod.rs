@@ -8,6 +8,7 @@
 //! directly, and a worker that finishes takes the next handler at once,
 //! so there is no polling anywhere. The watcher blocks in `epoll_wait`.
 
+mod atomic_instant;
 mod builder;
 mod deadline;
 mod handle;

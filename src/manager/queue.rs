@@ -11,45 +11,15 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
+use super::atomic_instant::AtomicInstant;
 use super::state::Entry;
 
 /// When the head of the queue was queued, published by the queue as its
 /// head changes and read without the queue's lock (the statistics'
-/// oldest waiter, read on every request by some servers).
-pub(super) struct HeadStamp {
-    epoch: Instant,
-    /// Nanoseconds from `epoch` plus one; 0: no head, or a head with no
-    /// stamp (one starting at once on an idle worker).
-    nanos: AtomicU64,
-}
-
-impl HeadStamp {
-    pub(super) fn new() -> HeadStamp {
-        HeadStamp {
-            epoch: Instant::now(),
-            nanos: AtomicU64::new(0),
-        }
-    }
-
-    /// When the head was queued, if it waits with a stamp.
-    pub(super) fn get(&self) -> Option<Instant> {
-        match self.nanos.load(Ordering::Relaxed) {
-            0 => None,
-            n => Some(self.epoch + Duration::from_nanos(n - 1)),
-        }
-    }
-
-    fn set(&self, at: Option<Instant>) {
-        let nanos = at.map_or(0, |at| {
-            let since = at.saturating_duration_since(self.epoch).as_nanos();
-            u64::try_from(since).map_or(u64::MAX, |n| n + 1)
-        });
-        self.nanos.store(nanos, Ordering::Relaxed);
-    }
-}
+/// oldest waiter, read on every request by some servers). None: no head,
+/// or a head with no stamp (one starting at once on an idle worker).
+pub(super) type HeadStamp = AtomicInstant;
 
 /// Holes tolerated before compacting, whatever the number waiting.
 const MIN_HOLES: usize = 64;
@@ -166,6 +136,7 @@ mod tests {
             source: None,
             key: None,
             queued_at: Some(Instant::now()),
+            watched: false,
             handler: id,
         }
     }

@@ -74,6 +74,12 @@ impl BusyLimits {
     pub(crate) fn any(&self) -> bool {
         self.idle.is_some() || self.session.is_some()
     }
+
+    /// The shorter limit: a handler that starts or goes idle now passes
+    /// a limit no sooner than this from now.
+    fn shortest(&self) -> Option<Duration> {
+        [self.idle, self.session].into_iter().flatten().min()
+    }
 }
 
 /// What a running handler's context tells the manager, without knowing
@@ -94,6 +100,14 @@ impl<Q, S> ManagerState<Q, S> {
     /// there are waiting handlers nobody made room for yet, longest past
     /// first. Returns when the next unasked handler passes a limit, if a
     /// handler still waits for room then.
+    ///
+    /// It also publishes when the next pass is due ([`ManagerState::room_due`]):
+    /// the earliest limit an unasked handler will pass, or a shortest limit
+    /// from now (a handler starting or going idle after this pass passes
+    /// one no sooner), whichever comes first; or "now" while a waiter
+    /// would find a handler past its limit unasked. The hot paths wake the
+    /// watcher only once that moment has come, and the timer returned
+    /// covers it.
     pub(super) fn make_room(&self) -> Option<Instant> {
         let limits = self.limits;
         if !limits.any() || self.closing.load(Ordering::SeqCst) {
@@ -102,7 +116,9 @@ impl<Q, S> ManagerState<Q, S> {
         let waiting = self.counts.get().1;
         let mut need = waiting.saturating_sub(self.asked.load(Ordering::Acquire));
         if need == 0 {
-            return None;
+            // The next waiter wakes the watcher.
+            self.room_due.set(None);
+            return self.recheck(waiting, None);
         }
         let now = Instant::now();
         let mut past = Vec::new();
@@ -127,15 +143,42 @@ impl<Q, S> ManagerState<Q, S> {
         }
         // The earliest due is the longest past its limit.
         past.sort_unstable_by_key(|p| (p.0, p.2));
-        for (_, index, id, why) in past {
-            if need == 0 {
-                break;
-            }
+        let mut past = past.into_iter();
+        for (_, index, id, why) in past.by_ref() {
             if slots.get(index).ask(id, why, &self.asked) {
                 log::debug!("handler {id} asked to make room: {why:?}");
                 need -= 1;
+                if need == 0 {
+                    break;
+                }
             }
         }
-        next.filter(|_| need > 0)
+        if past.len() > 0 {
+            // Handlers past a limit are left for the next waiter.
+            self.room_due.set(None);
+            return self.recheck(waiting, None);
+        }
+        let horizon = limits.shortest().and_then(|l| now.checked_add(l));
+        let due = [next, horizon].into_iter().flatten().min();
+        self.room_due.set(due);
+        self.recheck(waiting, due)
+    }
+
+    /// After publishing when the next pass is due: if a handler was queued
+    /// meanwhile, its submitter may have read the moment before it was
+    /// published and not woken the watcher, so the pass is run again at
+    /// once. (Both sides write before they read, in sequential order, so
+    /// one of them sees the other.)
+    fn recheck(&self, waiting: usize, timer: Option<Instant>) -> Option<Instant> {
+        if self.counts.get().1 > waiting {
+            Some(Instant::now())
+        } else {
+            timer
+        }
+    }
+
+    /// Whether a make-room pass is due by now; see [`ManagerState::make_room`].
+    pub(super) fn room_pass_due(&self) -> bool {
+        self.room_due.get().is_none_or(|due| due <= Instant::now())
     }
 }

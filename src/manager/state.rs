@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::atomic_instant::AtomicInstant;
 use super::deadline::Deadlines;
 use super::queue::{HeadStamp, Queue};
 use super::refused::Refused;
@@ -46,6 +47,8 @@ pub(super) struct Entry<Q> {
     /// When it was queued; `None` if it was queued with a running place
     /// free, to start at once (its start is then its arrival).
     pub(super) queued_at: Option<Instant>,
+    /// Whether the watcher watches its socket.
+    pub(super) watched: bool,
     pub(super) handler: Q,
 }
 
@@ -160,6 +163,8 @@ pub(super) struct ManagerState<Q, S> {
     pub(super) idle_waiters: AtomicUsize,
     pub(super) watcher: Watcher,
     pub(super) limits: BusyLimits,
+    /// When the next make-room pass is due; `None`: now.
+    pub(super) room_due: AtomicInstant,
     /// Running handlers asked to make room that have not left yet.
     pub(super) asked: AtomicUsize,
 }
@@ -203,7 +208,7 @@ impl<Q, S> ManagerState<Q, S> {
     /// Wakes the watcher for a make-room pass, if any limit is set and
     /// someone waits.
     pub(super) fn room_needed(&self) {
-        if self.limits.any() && self.counts.get().1 > 0 {
+        if self.limits.any() && self.counts.get().1 > 0 && self.room_pass_due() {
             self.watcher.wake();
         }
     }

@@ -29,12 +29,24 @@ impl Watcher {
         Poller::new().map(Watcher)
     }
 
-    /// Watches `socket` for a hang-up while handler `id` waits. A socket
-    /// epoll cannot watch is simply not watched.
-    pub(super) fn register(&self, socket: BorrowedFd<'_>, id: u64) {
-        if let Err(e) = self.0.add(socket, id, EventFlags::RDHUP | EventFlags::ET) {
-            log::debug!("handler {id}: socket not watched: {e}");
+    /// Watches `socket` for a hang-up while handler `id` waits; false if
+    /// epoll cannot watch it (it is then simply not watched).
+    pub(super) fn register(&self, socket: BorrowedFd<'_>, id: u64) -> bool {
+        match self.0.add(socket, id, EventFlags::RDHUP | EventFlags::ET) {
+            Ok(()) => true,
+            Err(e) => {
+                log::debug!("handler {id}: socket not watched: {e}");
+                false
+            }
         }
+    }
+
+    /// Stops watching `socket`, whose handler left the queue to run: its
+    /// client's eventual hang-up must not wake the thread for nothing
+    /// (one wake-up and two context switches a connection, when every
+    /// connection waits a moment, as with a new connection per request).
+    pub(super) fn forget(&self, socket: BorrowedFd<'_>) {
+        self.0.delete(socket);
     }
 
     /// Makes the thread run a pass soon.

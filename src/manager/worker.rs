@@ -107,12 +107,16 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
                 source,
                 key,
                 queued_at,
+                watched,
                 handler,
             }) = self.pop(last.take())
             else {
                 // Its handler left the queue early (deadline, hang-up).
                 continue;
             };
+            if let Some(socket) = handler.socket().filter(|_| watched) {
+                self.watcher.forget(socket);
+            }
             let started_at = Instant::now();
             let queued_at = queued_at.unwrap_or(started_at);
             counters.waited(started_at - queued_at);
