@@ -1,5 +1,7 @@
 //! An optional [`Instant`] that one thread publishes and others read
-//! without a lock: nanoseconds from an epoch in one atomic word.
+//! without a lock: nanoseconds from an epoch in one atomic word, with the
+//! memory ordering the caller needs (the queue's head stamp is a plain
+//! statistic; the make-room pass's due time pairs with the queue counts).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -19,18 +21,23 @@ impl AtomicInstant {
         }
     }
 
-    pub(super) fn get(&self) -> Option<Instant> {
-        match self.nanos.load(Ordering::SeqCst) {
+    pub(super) fn get(&self, order: Ordering) -> Option<Instant> {
+        match self.nanos.load(order) {
             0 => None,
             n => Some(self.epoch + Duration::from_nanos(n - 1)),
         }
     }
 
-    pub(super) fn set(&self, at: Option<Instant>) {
+    /// Stores `at`; a store that would change nothing is left out (the
+    /// queue's head is often unstamped, pop after pop).
+    pub(super) fn set(&self, at: Option<Instant>, order: Ordering) {
         let nanos = at.map_or(0, |at| {
             let since = at.saturating_duration_since(self.epoch).as_nanos();
             u64::try_from(since).map_or(u64::MAX, |n| n + 1)
         });
-        self.nanos.store(nanos, Ordering::SeqCst);
+        if order != Ordering::SeqCst && self.nanos.load(Ordering::Relaxed) == nanos {
+            return;
+        }
+        self.nanos.store(nanos, order);
     }
 }

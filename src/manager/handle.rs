@@ -164,7 +164,10 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
         let (running, waiting) = shared.counts.get();
         let mut stats = shared.counters.snapshot(running, waiting);
         // A head with no stamp is starting on an idle worker: no wait.
-        stats.oldest_waiting = shared.head.get().map_or(Duration::ZERO, |at| at.elapsed());
+        stats.oldest_waiting = shared
+            .head
+            .get(Ordering::Relaxed)
+            .map_or(Duration::ZERO, |at| at.elapsed());
         shared.workers.slots().sum_counters(&mut stats);
         stats
     }

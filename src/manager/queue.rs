@@ -11,6 +11,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
 use super::atomic_instant::AtomicInstant;
 use super::state::Entry;
@@ -110,7 +111,7 @@ impl<Q> Queue<Q> {
 
     fn publish_head(&self) {
         self.head
-            .set(self.first().and_then(|entry| entry.queued_at));
+            .set(self.first().and_then(|entry| entry.queued_at), Relaxed);
     }
 
     /// Keeps the head a waiting handler.
@@ -160,11 +161,14 @@ mod tests {
         assert!(queue.remove(4).is_none(), "gone already");
         assert!(queue.remove(9).is_none(), "never queued");
         assert_eq!(queue.first().map(|e| e.id), Some(2));
-        assert_eq!(queue.head.get(), queue.first().and_then(|e| e.queued_at));
+        assert_eq!(
+            queue.head.get(Relaxed),
+            queue.first().and_then(|e| e.queued_at)
+        );
         assert!(queue.contains(5) && !queue.contains(4));
         assert_eq!(ids(&mut queue), [2, 3, 5, 6]);
         assert!(queue.first().is_none());
-        assert_eq!(queue.head.get(), None);
+        assert_eq!(queue.head.get(Relaxed), None);
     }
 
     #[test]

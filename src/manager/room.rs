@@ -117,7 +117,7 @@ impl<Q, S> ManagerState<Q, S> {
         let mut need = waiting.saturating_sub(self.asked.load(Ordering::Acquire));
         if need == 0 {
             // The next waiter wakes the watcher.
-            self.room_due.set(None);
+            self.room_due.set(None, Ordering::SeqCst);
             return self.recheck(waiting, None);
         }
         let now = Instant::now();
@@ -155,12 +155,12 @@ impl<Q, S> ManagerState<Q, S> {
         }
         if past.len() > 0 {
             // Handlers past a limit are left for the next waiter.
-            self.room_due.set(None);
+            self.room_due.set(None, Ordering::SeqCst);
             return self.recheck(waiting, None);
         }
         let horizon = limits.shortest().and_then(|l| now.checked_add(l));
         let due = [next, horizon].into_iter().flatten().min();
-        self.room_due.set(due);
+        self.room_due.set(due, Ordering::SeqCst);
         self.recheck(waiting, due)
     }
 
@@ -179,6 +179,8 @@ impl<Q, S> ManagerState<Q, S> {
 
     /// Whether a make-room pass is due by now; see [`ManagerState::make_room`].
     pub(super) fn room_pass_due(&self) -> bool {
-        self.room_due.get().is_none_or(|due| due <= Instant::now())
+        self.room_due
+            .get(Ordering::SeqCst)
+            .is_none_or(|due| due <= Instant::now())
     }
 }
