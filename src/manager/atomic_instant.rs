@@ -28,16 +28,27 @@ impl AtomicInstant {
         }
     }
 
-    /// Stores `at`; a store that would change nothing is left out (the
-    /// queue's head is often unstamped, pop after pop).
     pub(super) fn set(&self, at: Option<Instant>, order: Ordering) {
-        let nanos = at.map_or(0, |at| {
+        self.store(self.encode(at), order);
+    }
+
+    /// `at` as this word holds it, for [`AtomicInstant::store`]: a caller
+    /// that publishes the same instant later (the queue, when an entry
+    /// becomes its head) converts it once, ahead of time.
+    pub(super) fn encode(&self, at: Option<Instant>) -> u64 {
+        at.map_or(0, |at| {
             let since = at.saturating_duration_since(self.epoch).as_nanos();
             u64::try_from(since).map_or(u64::MAX, |n| n + 1)
-        });
-        if order != Ordering::SeqCst && self.nanos.load(Ordering::Relaxed) == nanos {
+        })
+    }
+
+    /// Stores an [`encode`](AtomicInstant::encode)d instant; a relaxed
+    /// store that would change nothing is left out (the queue's head is
+    /// often unstamped, pop after pop).
+    pub(super) fn store(&self, encoded: u64, order: Ordering) {
+        if order != Ordering::SeqCst && self.nanos.load(Ordering::Relaxed) == encoded {
             return;
         }
-        self.nanos.store(nanos, order);
+        self.nanos.store(encoded, order);
     }
 }

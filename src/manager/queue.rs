@@ -25,9 +25,18 @@ pub(super) type HeadStamp = AtomicInstant;
 /// Holes tolerated before compacting, whatever the number waiting.
 const MIN_HOLES: usize = 64;
 
+/// A place in the queue: an entry, or the hole one left.
+struct Place<Q> {
+    id: u64,
+    /// The entry's queue time as the head stamp holds it, converted once
+    /// when queued rather than at every pop.
+    stamp: u64,
+    entry: Option<Entry<Q>>,
+}
+
 pub(super) struct Queue<Q> {
     /// In id order; the front, if any, is never a hole.
-    places: VecDeque<(u64, Option<Entry<Q>>)>,
+    places: VecDeque<Place<Q>>,
     /// Entries that are not holes.
     waiting: usize,
     head: Arc<HeadStamp>,
@@ -45,9 +54,13 @@ impl<Q> Queue<Q> {
 
     /// Appends `entry`; its id must be above every id queued before.
     pub(super) fn push(&mut self, entry: Entry<Q>) {
-        debug_assert!(self.places.back().is_none_or(|&(id, _)| id < entry.id));
+        debug_assert!(self.places.back().is_none_or(|p| p.id < entry.id));
         let first = self.places.is_empty();
-        self.places.push_back((entry.id, Some(entry)));
+        self.places.push_back(Place {
+            id: entry.id,
+            stamp: self.head.encode(entry.queued_at),
+            entry: Some(entry),
+        });
         self.waiting += 1;
         if first {
             self.publish_head();
@@ -56,7 +69,7 @@ impl<Q> Queue<Q> {
 
     /// Takes the head.
     pub(super) fn pop(&mut self) -> Option<Entry<Q>> {
-        let (_, entry) = self.places.pop_front()?;
+        let entry = self.places.pop_front()?.entry;
         self.waiting -= 1;
         self.skip_holes();
         self.publish_head();
@@ -64,13 +77,14 @@ impl<Q> Queue<Q> {
     }
 
     /// The head: the handler that has waited longest.
-    pub(super) fn first(&self) -> Option<&Entry<Q>> {
-        self.places.front().and_then(|(_, entry)| entry.as_ref())
+    #[cfg(test)]
+    fn first(&self) -> Option<&Entry<Q>> {
+        self.places.front().and_then(|p| p.entry.as_ref())
     }
 
     pub(super) fn get(&self, id: u64) -> Option<&Entry<Q>> {
         let i = self.position(id)?;
-        self.places[i].1.as_ref()
+        self.places[i].entry.as_ref()
     }
 
     pub(super) fn contains(&self, id: u64) -> bool {
@@ -80,7 +94,7 @@ impl<Q> Queue<Q> {
     /// Takes handler `id` out of the queue, wherever it is.
     pub(super) fn remove(&mut self, id: u64) -> Option<Entry<Q>> {
         let i = self.position(id)?;
-        let entry = self.places[i].1.take()?;
+        let entry = self.places[i].entry.take()?;
         self.waiting -= 1;
         self.skip_holes();
         if i == 0 {
@@ -88,7 +102,7 @@ impl<Q> Queue<Q> {
         }
         let holes = self.places.len() - self.waiting;
         if holes > self.waiting.max(MIN_HOLES) {
-            self.places.retain(|(_, entry)| entry.is_some());
+            self.places.retain(|p| p.entry.is_some());
             // A burst that has left gives its memory back too.
             if self.places.capacity() > 4 * self.places.len().max(MIN_HOLES) {
                 self.places.shrink_to(2 * self.places.len());
@@ -102,25 +116,21 @@ impl<Q> Queue<Q> {
         self.waiting = 0;
         let places = std::mem::take(&mut self.places);
         self.publish_head();
-        places.into_iter().filter_map(|(_, entry)| entry).collect()
+        places.into_iter().filter_map(|p| p.entry).collect()
     }
 
     fn position(&self, id: u64) -> Option<usize> {
-        self.places.binary_search_by_key(&id, |&(id, _)| id).ok()
+        self.places.binary_search_by_key(&id, |p| p.id).ok()
     }
 
     fn publish_head(&self) {
-        self.head
-            .set(self.first().and_then(|entry| entry.queued_at), Relaxed);
+        let stamp = self.places.front().map_or(0, |p| p.stamp);
+        self.head.store(stamp, Relaxed);
     }
 
     /// Keeps the head a waiting handler.
     fn skip_holes(&mut self) {
-        while self
-            .places
-            .front()
-            .is_some_and(|(_, entry)| entry.is_none())
-        {
+        while self.places.front().is_some_and(|p| p.entry.is_none()) {
             self.places.pop_front();
         }
     }
