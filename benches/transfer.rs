@@ -326,13 +326,7 @@ fn small(root: &Path, paths: &[String], params: &Params) -> io::Result<()> {
             print_rates(24, &format!("{label} {name}"), reports, base);
         }
     }
-    let stats = server.stats();
-    assert_eq!(
-        stats.failed + stats.panicked + stats.refused_total(),
-        0,
-        "{stats:?}"
-    );
-    server.shutdown();
+    shut_down_clean(&server);
     lab.stop();
     if let Some(baseline) = std::env::var_os("FILESRV_BASELINE") {
         against_baseline(root, paths, params, Path::new(&baseline))?;
@@ -422,6 +416,13 @@ fn stats_cost(root: &Path, paths: &[String], params: &Params) -> io::Result<()> 
         median(&pairs),
         list(&pairs, 4)
     );
+    shut_down_clean(&server);
+    Ok(())
+}
+
+/// Checks that `server` failed, panicked on and refused nothing, then
+/// shuts it down.
+fn shut_down_clean(server: &Server) {
     let stats = server.stats();
     assert_eq!(
         stats.failed + stats.panicked + stats.refused_total(),
@@ -429,7 +430,6 @@ fn stats_cost(root: &Path, paths: &[String], params: &Params) -> io::Result<()> 
         "{stats:?}"
     );
     server.shutdown();
-    Ok(())
 }
 
 /// One result line: the median rate, its ratio to `base`, the median p50

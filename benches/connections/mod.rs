@@ -32,7 +32,7 @@ use filesrv::protocol::ServerConfig;
 use super::common::ChildServer;
 use super::loadgen::{self, Load, Mode, Protocol, Report};
 use super::nginx::Nginx;
-use super::{Params, SMALL, list, median, print_rates, rates, serve};
+use super::{Params, SMALL, list, median, print_rates, rates, serve, shut_down_clean};
 use cpu::Cpu;
 
 mod cpu;
@@ -87,13 +87,7 @@ pub(crate) fn connections(root: &Path, paths: &[String], params: &Params) -> io:
             Mode::PerRequest => format!("per-request, {clients} clients"),
         };
         compare(&label, &contenders, mode, clients, paths, params)?;
-        let stats = server.stats();
-        assert_eq!(
-            stats.failed + stats.panicked + stats.refused_total(),
-            0,
-            "{stats:?}"
-        );
-        server.shutdown();
+        shut_down_clean(&server);
     }
     Ok(())
 }
