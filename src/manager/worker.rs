@@ -130,8 +130,9 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
                 self.asked.fetch_sub(1, Ordering::AcqRel);
             }
             let vacate = Vacate { shared: self, slot };
-            // Others still wait: this handler's session limit is a new
-            // deadline for the make-room timer.
+            // Others still wait: a make-room pass, if one is due by now
+            // (this handler's own limits pass no sooner than the next
+            // pass the watcher has set).
             self.room_needed();
             let outcome = self.run_one(slot, counters, info, handler);
             drop(vacate);
