@@ -107,10 +107,10 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
         gate.next_id += 1;
         // Every slot taken: it will wait, so watch its client.
         let will_wait = running + waiting >= shared.workers.target();
-        let watched = handler
-            .socket()
-            .filter(|_| will_wait)
-            .is_some_and(|socket| shared.watcher.register(socket, id));
+        let watched = will_wait
+            && handler
+                .socket()
+                .is_some_and(|socket| shared.watcher.register(socket, id));
         shared.counts.queued();
         Counters::bump_locked(&shared.counters.admitted);
         // A handler that will wait is stamped now, for its queue-wait time;

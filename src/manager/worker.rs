@@ -114,8 +114,11 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
                 // Its handler left the queue early (deadline, hang-up).
                 continue;
             };
-            if let Some(socket) = handler.socket().filter(|_| watched) {
-                self.watcher.forget(socket);
+            // Checked first: `socket` is the handler's own code.
+            if watched {
+                if let Some(socket) = handler.socket() {
+                    self.watcher.forget(socket);
+                }
             }
             let started_at = Instant::now();
             let queued_at = queued_at.unwrap_or(started_at);
