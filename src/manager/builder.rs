@@ -4,9 +4,10 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::atomic_instant::AtomicInstant;
+use super::clock::CoarseClock;
 use super::deadline::Deadlines;
 use super::handle::Manager;
 use super::queue::{HeadStamp, Queue};
@@ -15,6 +16,7 @@ use super::room::BusyLimits;
 use super::slot::Phase;
 use super::state::{Counts, Gate, ManagerState};
 use super::stats::Counters;
+use super::wait_stamps::WaitStamps;
 use super::watcher::Watcher;
 use crate::admission::{Admission, MaxWaiting};
 use crate::handler::Handler;
@@ -135,15 +137,18 @@ impl<S: Admission> ManagerBuilder<S> {
             ipv6_prefix: self.ipv6_prefix,
             gate: Mutex::new(Gate {
                 policy: self.admission,
-                tokens: Some(tx),
+                channel: Some(tx),
                 waiting: Queue::new(head.clone()),
                 deadlines: Deadlines::new(),
                 next_id: 0,
             }),
             deadline_wake: Condvar::new(),
-            tokens: rx,
+            channel: rx,
             counts: Counts(AtomicU64::new(0)),
             head,
+            stamps: WaitStamps::new(Instant::now()),
+            clock: CoarseClock::new(),
+            refused_waiting: AtomicU64::new(0),
             counters: Counters::default(),
             phase,
             closing: AtomicBool::new(false),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::refused::Refused;
 use super::slot::{RunningInfo, Slot};
-use super::state::{Entry, Gate, ManagerState};
+use super::state::{Entry, Gate, ManagerState, Msg};
 use super::stats::{Counters, ShutdownReport, Stats};
 use crate::admission::{Admission, Arrival, Decision, Key, MaxWaiting, Refusal, canonical_source};
 use crate::handler::{Handler, Stop};
@@ -72,7 +72,7 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
             .key()
             .or_else(|| source.map(|ip| Key::from_source(ip, shared.ipv6_prefix)));
         let mut gate = lock(&shared.gate);
-        if gate.tokens.is_none() {
+        if gate.channel.is_none() {
             Counters::bump_locked(&shared.counters.submitted);
             drop(gate);
             return Err(shared.refuse_at_gate(handler, Refusal::ShuttingDown));
@@ -115,40 +115,52 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
         Counters::bump_locked(&shared.counters.admitted);
         // A handler that will wait is stamped now, for its queue-wait time;
         // one that starts at once on an idle worker takes its start as its
-        // arrival (no wait), and saves the submitter a clock read, unless
-        // the policy read the clock already.
-        let queued_at = if will_wait {
-            Some(arrival.now())
-        } else {
-            arrival.now.get()
-        };
-        gate.waiting.push(Entry {
+        // arrival (no wait).
+        let queued_at = will_wait.then(|| shared.clock.now());
+        let mut entry = Entry {
             id,
             source,
             key,
             queued_at,
             watched,
+            stamp_no: None,
             handler,
-        });
-        // Watched only once queued: the deadline thread finds it there.
-        let earliest = deadline.is_some_and(|deadline| {
-            let Gate {
-                deadlines, waiting, ..
-            } = &mut *gate;
-            deadlines.watch(deadline, id, |id| waiting.contains(id))
-        });
-        // The token is sent after the lock is released, so the worker it
-        // wakes does not block at once on the lock the sender holds. A
-        // shutdown in between refuses the handler; the token then finds
-        // nothing, and the clone's drop ends the channel.
-        let tokens = gate.tokens.clone();
-        drop(gate);
-        if let Some(tokens) = tokens {
-            // The receiver lives as long as `shared`, so this cannot fail.
-            let _ = tokens.send(());
-        }
-        if earliest {
-            shared.deadline_wake.notify_all();
+        };
+        // A handler that may leave the queue early (a deadline passing
+        // while it waits, a watched client hanging up) waits in the gate's
+        // queue, where it can be taken out, with a token in the channel.
+        // Any other goes into the channel itself: no admission lock for
+        // its worker. Sent under the lock, so the channel keeps the order
+        // of ids.
+        let deadline = deadline.filter(|_| will_wait);
+        if deadline.is_none() && !watched {
+            entry.stamp_no = queued_at.map(|at| shared.stamps.push(at));
+            if let Some(channel) = &gate.channel {
+                // The receiver lives as long as `shared`: this cannot fail.
+                let _ = channel.send(Msg::Start(entry));
+            }
+            drop(gate);
+        } else {
+            gate.waiting.push(entry);
+            // Watched only once queued: the deadline thread finds it there.
+            let earliest = deadline.is_some_and(|deadline| {
+                let Gate {
+                    deadlines, waiting, ..
+                } = &mut *gate;
+                deadlines.watch(deadline, id, |id| waiting.contains(id))
+            });
+            // The token is sent after the lock is released, so the worker
+            // it wakes does not block at once on the lock the sender
+            // holds. A shutdown in between refuses the handler; the token
+            // then finds nothing, and the clone's drop ends the channel.
+            let channel = gate.channel.clone();
+            drop(gate);
+            if let Some(channel) = channel {
+                let _ = channel.send(Msg::Token);
+            }
+            if earliest {
+                shared.deadline_wake.notify_all();
+            }
         }
         if will_wait {
             shared.room_needed();
@@ -164,10 +176,11 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
         let (running, waiting) = shared.counts.get();
         let mut stats = shared.counters.snapshot(running, waiting);
         // A head with no stamp is starting on an idle worker: no wait.
-        stats.oldest_waiting = shared
-            .head
-            .get(Ordering::Relaxed)
-            .map_or(Duration::ZERO, |at| at.elapsed());
+        let oldest = match (shared.head.get(Ordering::Relaxed), shared.stamps.oldest()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        stats.oldest_waiting = oldest.map_or(Duration::ZERO, |at| at.elapsed());
         shared.workers.slots().sum_counters(&mut stats);
         stats
     }
@@ -263,7 +276,7 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
         let shared = &*self.shared;
         let began = Instant::now();
         let deadline = began.checked_add(grace);
-        let refused_waiting = shared.close();
+        shared.close();
 
         let running_at_start = shared.counts.get().0;
         shared.stop_all(Stop::Graceful);
@@ -279,7 +292,8 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
             let _ = thread.join();
         }
         let done = ShutdownReport {
-            refused_waiting,
+            // Read once every worker is joined: each refusal is counted.
+            refused_waiting: shared.refused_waiting.load(Ordering::Relaxed),
             running_at_start,
             cut,
             took: began.elapsed(),

@@ -10,6 +10,7 @@
 
 mod atomic_instant;
 mod builder;
+mod clock;
 mod deadline;
 mod handle;
 mod queue;
@@ -20,10 +21,12 @@ mod slot;
 mod slot_list;
 mod state;
 mod stats;
+mod wait_stamps;
 mod watcher;
 mod worker;
 
 pub use builder::ManagerBuilder;
+pub use clock::time_resolution;
 pub use handle::Manager;
 pub use refused::Refused;
 pub use room::MakeRoom;

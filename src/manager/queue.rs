@@ -67,6 +67,27 @@ impl<Q> Queue<Q> {
         }
     }
 
+    /// Puts `entry` back in id order: a handler taken out of the hand-off
+    /// channel unstarted, older than the ones queued after it. Rare (a
+    /// worker retiring, a hang-up meeting the channel's head), so the
+    /// shift it may cost does not matter.
+    pub(super) fn insert(&mut self, entry: Entry<Q>) {
+        let i = self.places.partition_point(|p| p.id < entry.id);
+        debug_assert!(self.places.get(i).is_none_or(|p| p.id != entry.id));
+        self.places.insert(
+            i,
+            Place {
+                id: entry.id,
+                stamp: self.head.encode(entry.queued_at),
+                entry: Some(entry),
+            },
+        );
+        self.waiting += 1;
+        if i == 0 {
+            self.publish_head();
+        }
+    }
+
     /// Takes the head.
     pub(super) fn pop(&mut self) -> Option<Entry<Q>> {
         let entry = self.places.pop_front()?.entry;
@@ -148,6 +169,7 @@ mod tests {
             key: None,
             queued_at: Some(Instant::now()),
             watched: false,
+            stamp_no: None,
             handler: id,
         }
     }
@@ -194,6 +216,23 @@ mod tests {
         }
         assert!(queue.places.capacity() <= 4 * (2 + MIN_HOLES) + 8);
         assert_eq!(ids(&mut queue), [0]);
+    }
+
+    #[test]
+    fn an_entry_put_back_takes_its_place_by_id() {
+        let mut queue = queue();
+        for id in [2, 4, 6] {
+            queue.push(entry(id));
+        }
+        queue.remove(2);
+        queue.insert(entry(1));
+        queue.insert(entry(5));
+        assert_eq!(queue.first().map(|e| e.id), Some(1));
+        assert_eq!(
+            queue.head.get(Relaxed),
+            queue.first().and_then(|e| e.queued_at)
+        );
+        assert_eq!(ids(&mut queue), [1, 4, 5, 6]);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::time::Instant;
 use super::handle::Manager;
 use super::slot::{Phase, Slot};
 use super::slot_list::SlotList;
+use super::state::Msg;
 use crate::admission::Admission;
 use crate::handler::Handler;
 use crate::util::lock;
@@ -174,10 +175,10 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
             // Each parked surplus worker needs a token to wake and retire;
             // a busy one retires when its handler ends. Spare tokens are
             // harmless: a worker finding no handler waits again.
-            let tokens = lock(&shared.gate).tokens.clone();
-            if let Some(tokens) = tokens {
+            let channel = lock(&shared.gate).channel.clone();
+            if let Some(channel) = channel {
                 for _ in n..live {
-                    let _ = tokens.send(());
+                    let _ = channel.send(Msg::Token);
                 }
             }
         }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::atomic_instant::AtomicInstant;
+use super::clock::CoarseClock;
 use super::deadline::Deadlines;
 use super::queue::{HeadStamp, Queue};
 use super::refused::Refused;
@@ -17,6 +18,7 @@ use super::resize::Workers;
 use super::room::BusyLimits;
 use super::slot::Phase;
 use super::stats::Counters;
+use super::wait_stamps::WaitStamps;
 use super::watcher::Watcher;
 use crate::admission::{Admission, Departure, Key, Outcome, Refusal};
 use crate::handler::{Handler, Stop};
@@ -49,7 +51,21 @@ pub(super) struct Entry<Q> {
     pub(super) queued_at: Option<Instant>,
     /// Whether the watcher watches its socket.
     pub(super) watched: bool,
+    /// Its number in [`WaitStamps`], if it waits in the channel.
+    pub(super) stamp_no: Option<u64>,
     pub(super) handler: Q,
+}
+
+/// What the hand-off channel carries to the workers, in arrival order.
+pub(super) enum Msg<Q> {
+    /// Take the head of the gate's queue. One per handler queued there,
+    /// and spare ones to wake a worker (to retire, say); a worker that
+    /// finds the queue empty waits again.
+    Token,
+    /// A handler that cannot leave the queue early (no deadline, no
+    /// watched socket): it waits here, in the channel itself, and the
+    /// worker that takes it starts it without the admission lock.
+    Start(Entry<Q>),
 }
 
 /// The admission side and the queue, under one lock: the policy, the
@@ -57,13 +73,13 @@ pub(super) struct Entry<Q> {
 ///
 /// The queue is FIFO by id ([`Queue`]), and a handler that leaves from the
 /// middle (deadline, hang-up) is removed at once, taking its memory with
-/// it. Workers sleep on the token channel, one token per queued handler,
-/// not on the queue.
+/// it. Only such handlers wait here; the rest wait in the hand-off
+/// channel ([`Msg`]), where workers sleep.
 pub(super) struct Gate<Q, S> {
     pub(super) policy: S,
-    /// The token channel's only sender, dropped at shutdown, which wakes
-    /// every worker.
-    pub(super) tokens: Option<Sender<()>>,
+    /// The hand-off channel's only sender, dropped at shutdown, which
+    /// wakes every worker.
+    pub(super) channel: Option<Sender<Msg<Q>>>,
     pub(super) waiting: Queue<Q>,
     pub(super) deadlines: Deadlines,
     pub(super) next_id: u64,
@@ -149,11 +165,17 @@ pub(super) struct ManagerState<Q, S> {
     pub(super) gate: Mutex<Gate<Q, S>>,
     /// The deadline thread sleeps on this, with the gate lock.
     pub(super) deadline_wake: Condvar,
-    /// One token per queued handler; workers block here.
-    pub(super) tokens: Receiver<()>,
+    /// The hand-off channel: workers block here.
+    pub(super) channel: Receiver<Msg<Q>>,
     pub(super) counts: Counts,
     /// When the head of the queue was queued, for reading without the lock.
     pub(super) head: Arc<HeadStamp>,
+    /// When the handlers waiting in the channel were queued.
+    pub(super) stamps: WaitStamps,
+    /// Queue and start times.
+    pub(super) clock: CoarseClock,
+    /// Waiting handlers refused because a shutdown began.
+    pub(super) refused_waiting: AtomicU64,
     /// Counters the submitting side writes; workers count in their slots.
     pub(super) counters: Counters,
     pub(super) phase: Arc<Phase>,
@@ -220,21 +242,36 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
         Refused { handler, reason }
     }
 
-    /// Settles a handler taken out of the queue (under the gate lock,
-    /// where the policy was told of its departure) that will not run. Its
-    /// outcome is counted before it leaves the waiting count, so the
-    /// counts add up the moment the manager looks idle.
+    /// Settles a handler taken out of the gate's queue (under the gate
+    /// lock, where the policy was told of its departure) that will not
+    /// run, and takes a message out of the channel in its token's stead.
     pub(super) fn leave_queue(&self, entry: Entry<Q>, how: Left) {
+        self.settle(entry, how);
+        // Its token stays behind unless one is taken here (tokens are
+        // alike); a worker that took it already finds the queue without
+        // this entry and waits again. A handler at the channel's head
+        // moves to the gate's queue instead, where that token finds it.
+        if let Ok(Msg::Start(entry)) = self.channel.try_recv() {
+            self.requeue(entry);
+        }
+    }
+
+    /// Counts and settles a handler that left the queue without running.
+    /// Its outcome is counted before it leaves the waiting count, so the
+    /// counts add up the moment the manager looks idle.
+    fn settle(&self, entry: Entry<Q>, how: Left) {
         match how {
-            Left::Refused(reason) => self.counters.refused(reason),
+            Left::Refused(reason) => {
+                if reason == Refusal::ShuttingDown {
+                    self.refused_waiting.fetch_add(1, Ordering::Relaxed);
+                }
+                self.counters.refused(reason);
+            }
             Left::Abandoned => Counters::bump(&self.counters.abandoned),
         }
         if self.counts.left_queue() {
             self.became_idle();
         }
-        // Its token stays behind unless taken here; a worker that took it
-        // already finds the queue without this entry and waits again.
-        let _ = self.tokens.try_recv();
         let Entry { id, handler, .. } = entry;
         match how {
             Left::Refused(reason) => {
@@ -247,12 +284,45 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
         }
     }
 
+    /// Puts a handler taken out of the channel, unstarted, into the gate's
+    /// queue in id order (it is older than those queued after it); true
+    /// if queued, false if refused because a shutdown began. The caller
+    /// sees to its token.
+    pub(super) fn requeue(&self, mut entry: Entry<Q>) -> bool {
+        if let Some(no) = entry.stamp_no.take() {
+            self.stamps.took(no);
+        }
+        let mut gate = lock(&self.gate);
+        if gate.channel.is_none() {
+            let how = Left::Refused(Refusal::ShuttingDown);
+            gate.depart(entry.id, entry.key, how.outcome());
+            drop(gate);
+            self.settle(entry, how);
+            return false;
+        }
+        entry.queued_at.get_or_insert_with(|| self.clock.now());
+        gate.waiting.insert(entry);
+        true
+    }
+
+    /// Refuses a handler taken out of the channel after a shutdown began.
+    pub(super) fn refuse_late(&self, mut entry: Entry<Q>) {
+        if let Some(no) = entry.stamp_no.take() {
+            self.stamps.took(no);
+        }
+        let how = Left::Refused(Refusal::ShuttingDown);
+        if S::HEARS_DEPARTURES {
+            lock(&self.gate).depart(entry.id, entry.key, how.outcome());
+        }
+        self.settle(entry, how);
+    }
+
     /// The deadline thread: refuses each waiting handler the moment its
     /// deadline passes, until the queue closes. Sleeps until the earliest
     /// deadline, so an idle manager costs nothing.
     pub(super) fn expire_loop(&self) {
         let mut gate = lock(&self.gate);
-        while gate.tokens.is_some() {
+        while gate.channel.is_some() {
             let now = Instant::now();
             if let Some(id) = gate.deadlines.pop_due(now) {
                 if let Some(entry) = gate.waiting.remove(id) {
@@ -308,11 +378,12 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
         self.leave_queue(entry, Left::Abandoned);
     }
 
-    /// Closes admission and refuses every waiting handler; returns how
-    /// many. Later calls find nothing to do.
-    pub(super) fn close(&self) -> u64 {
+    /// Closes admission and refuses every waiting handler in the gate's
+    /// queue; workers refuse those still in the channel as they take them.
+    /// Later calls find nothing to do.
+    pub(super) fn close(&self) {
         self.closing.store(true, Ordering::SeqCst);
-        let (tokens, waiting) = {
+        let (channel, waiting) = {
             let mut gate = lock(&self.gate);
             gate.deadlines.clear();
             let waiting = gate.waiting.take_all();
@@ -320,18 +391,23 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
                 let outcome = Outcome::Refused(Refusal::ShuttingDown);
                 gate.depart(entry.id, entry.key, outcome);
             }
-            (gate.tokens.take(), waiting)
+            (gate.channel.take(), waiting)
         };
         // Without a sender, workers see the channel disconnect once the
-        // tokens left in it are taken, and exit after their handler.
-        drop(tokens);
+        // messages left in it are taken, and exit after their handler.
+        drop(channel);
         self.deadline_wake.notify_all();
         self.watcher.wake();
-        let refused = waiting.len() as u64;
         for entry in waiting {
             self.leave_queue(entry, Left::Refused(Refusal::ShuttingDown));
         }
-        refused
+        // Those waiting in the channel are refused now too, not when a
+        // worker frees up; a worker taking one meanwhile refuses it.
+        while let Ok(msg) = self.channel.try_recv() {
+            if let Msg::Start(entry) = msg {
+                self.refuse_late(entry);
+            }
+        }
     }
 
     pub(super) fn stop_all(&self, stop: Stop) {

@@ -2,10 +2,9 @@
 
 use std::cell::Cell;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use super::slot::{RunningInfo, Slot};
-use super::state::{Entry, ManagerState, guarded};
+use super::state::{Entry, ManagerState, Msg, guarded};
 use super::stats::{Counters, WorkerCounters};
 use crate::admission::{Admission, Departure, Outcome};
 use crate::handler::{Handler, HandlerContext};
@@ -52,6 +51,13 @@ impl<Q, S: Admission> ManagerState<Q, S> {
         entry
     }
 
+    /// Sends a message into the channel, unless a shutdown closed it.
+    fn send(&self, msg: Msg<Q>) {
+        if let Some(channel) = lock(&self.gate).channel.clone() {
+            let _ = channel.send(msg);
+        }
+    }
+
     /// The handler this worker ran departs, with no next one to take.
     fn finish(&self, last: Departure) {
         if S::HEARS_DEPARTURES {
@@ -59,6 +65,20 @@ impl<Q, S: Admission> ManagerState<Q, S> {
         }
         if self.counts.finished() {
             self.became_idle();
+        }
+    }
+
+    /// Counts a handler taken out of the channel as running; `last`, the
+    /// handler this worker ran before, departs in the same step.
+    fn start_from_channel(&self, last: Option<Departure>) {
+        match last {
+            Some(d) => {
+                if S::HEARS_DEPARTURES {
+                    lock(&self.gate).depart(d.id, d.key, d.outcome);
+                }
+                self.counts.handed_on();
+            }
+            None => self.counts.started(),
         }
     }
 }
@@ -79,50 +99,81 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
             if self.workers.retire() {
                 break;
             }
-            let token = match last.take() {
-                None => self.tokens.recv().is_ok(),
-                Some(done) => match self.tokens.try_recv() {
-                    Ok(()) => {
+            let msg = match last.take() {
+                None => self.channel.recv(),
+                Some(done) => match self.channel.try_recv() {
+                    Ok(msg) => {
                         last = Some(done);
-                        true
+                        Ok(msg)
                     }
                     Err(_) => {
                         self.finish(done);
-                        self.tokens.recv().is_ok()
+                        self.channel.recv()
                     }
                 },
             };
-            if !token {
+            let Ok(msg) = msg else {
                 break;
-            }
-            if self.workers.retire() {
-                // The token may be a waiting handler's: pass it on.
-                if let Some(tokens) = lock(&self.gate).tokens.clone() {
-                    let _ = tokens.send(());
+            };
+            let entry = match msg {
+                Msg::Token => {
+                    if self.workers.retire() {
+                        // The token may be a waiting handler's: pass it on.
+                        self.send(Msg::Token);
+                        break;
+                    }
+                    let Some(entry) = self.pop(last.take()) else {
+                        // Its handler left the queue early (deadline, hang-up).
+                        continue;
+                    };
+                    entry
                 }
-                break;
-            }
-            let Some(Entry {
+                Msg::Start(mut entry) => {
+                    if self.workers.retire() {
+                        // Started here it would run beyond the new bound:
+                        // it waits in the gate's queue for the next worker.
+                        if self.requeue(entry) {
+                            self.send(Msg::Token);
+                        }
+                        break;
+                    }
+                    if self.closing.load(Ordering::SeqCst) {
+                        if let Some(done) = last.take() {
+                            self.finish(done);
+                        }
+                        self.refuse_late(entry);
+                        continue;
+                    }
+                    if let Some(no) = entry.stamp_no.take() {
+                        self.stamps.took(no);
+                    }
+                    self.start_from_channel(last.take());
+                    entry
+                }
+            };
+            let Entry {
                 id,
                 source,
                 key,
                 queued_at,
                 watched,
                 handler,
-            }) = self.pop(last.take())
-            else {
-                // Its handler left the queue early (deadline, hang-up).
-                continue;
-            };
+                ..
+            } = entry;
             // Checked first: `socket` is the handler's own code.
             if watched {
                 if let Some(socket) = handler.socket() {
                     self.watcher.forget(socket);
                 }
             }
-            let started_at = Instant::now();
-            let queued_at = queued_at.unwrap_or(started_at);
-            counters.waited(started_at - queued_at);
+            let started_at = self.clock.now();
+            let queued_at = match queued_at {
+                Some(at) => {
+                    counters.waited(started_at.saturating_duration_since(at));
+                    at
+                }
+                None => started_at,
+            };
             let info = RunningInfo {
                 id,
                 source,
