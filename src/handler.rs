@@ -8,7 +8,7 @@ use std::os::fd::BorrowedFd;
 use std::time::Instant;
 
 use crate::admission::{Key, Refusal};
-use crate::manager::{MakeRoom, RoomWatch, Slot};
+use crate::manager::{CoarseClock, MakeRoom, RoomWatch, Slot, Stamp};
 
 /// The work for one client, built when the client arrives but not started.
 ///
@@ -196,8 +196,9 @@ pub(crate) type StopHook = Box<dyn Fn(Stop) + Send + Sync>;
 pub struct HandlerContext<'a> {
     pub(crate) id: u64,
     pub(crate) source: Option<IpAddr>,
-    pub(crate) queued_at: Instant,
-    pub(crate) started_at: Instant,
+    pub(crate) queued: Stamp,
+    pub(crate) started: Stamp,
+    pub(crate) clock: &'a CoarseClock,
     pub(crate) slot: &'a Slot,
     pub(crate) manager: &'a dyn RoomWatch,
 }
@@ -213,14 +214,16 @@ impl HandlerContext<'_> {
         self.source
     }
 
-    /// When the handler was queued.
+    /// When the handler was queued, to within
+    /// [`time_resolution`](crate::time_resolution).
     pub fn queued_at(&self) -> Instant {
-        self.queued_at
+        self.clock.instant(self.queued)
     }
 
-    /// When the handler was started.
+    /// When the handler was started, to within
+    /// [`time_resolution`](crate::time_resolution).
     pub fn started_at(&self) -> Instant {
-        self.started_at
+        self.clock.instant(self.started)
     }
 
     /// The most urgent stop requested so far, if a shutdown has begun.

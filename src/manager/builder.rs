@@ -4,7 +4,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::atomic_instant::AtomicInstant;
 use super::clock::CoarseClock;
@@ -129,9 +129,10 @@ impl<S: Admission> ManagerBuilder<S> {
         check_map_room(self.max_running + 2)?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let phase = Arc::new(Phase::default());
-        let workers = Workers::new(phase.clone(), self.name.clone());
+        let clock = Arc::new(CoarseClock::new());
+        let workers = Workers::new(phase.clone(), clock.clone(), self.name.clone());
         workers.set_target(self.max_running);
-        let head = Arc::new(HeadStamp::new());
+        let head = Arc::new(HeadStamp::default());
         let shared = Arc::new(ManagerState {
             workers,
             ipv6_prefix: self.ipv6_prefix,
@@ -146,8 +147,8 @@ impl<S: Admission> ManagerBuilder<S> {
             channel: rx,
             counts: Counts(AtomicU64::new(0)),
             head,
-            stamps: WaitStamps::new(Instant::now()),
-            clock: CoarseClock::new(),
+            stamps: WaitStamps::new(),
+            clock,
             refused_waiting: AtomicU64::new(0),
             counters: Counters::default(),
             phase,

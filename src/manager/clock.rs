@@ -12,13 +12,37 @@
 //! time (nginx, HAProxy) know theirs. Deadlines and timeouts keep the fine
 //! clock.
 
+use std::num::NonZeroU64;
 use std::time::{Duration, Instant};
 
 use rustix::time::{ClockId, Timespec, clock_getres, clock_gettime};
 
-/// Converts coarse readings to [`Instant`]s: both clocks count from the
-/// same origin, so an instant is an anchor read from each plus the coarse
-/// time elapsed since.
+/// A coarse clock reading: `CLOCK_MONOTONIC_COARSE` in nanoseconds, kept
+/// raw on the hot path (a subtraction gives a wait) and made an
+/// [`Instant`] by [`CoarseClock::instant`] only when someone asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Stamp(NonZeroU64);
+
+impl Stamp {
+    /// A stamp from [`Stamp::nanos`]; `None` for 0.
+    pub(crate) fn from_nanos(nanos: u64) -> Option<Stamp> {
+        NonZeroU64::new(nanos).map(Stamp)
+    }
+
+    /// Never 0, so 0 can stand for "none" in an atomic word.
+    pub(crate) fn nanos(self) -> u64 {
+        self.0.get()
+    }
+
+    /// Nanoseconds from `earlier` to this stamp; 0 if it is later.
+    pub(crate) fn nanos_since(self, earlier: Stamp) -> u64 {
+        self.nanos().saturating_sub(earlier.nanos())
+    }
+}
+
+/// Reads the coarse clock and converts its readings to [`Instant`]s: both
+/// clocks count from the same origin, so an instant is an anchor read from
+/// each plus the coarse time elapsed since.
 #[derive(Debug)]
 pub(crate) struct CoarseClock {
     anchor: Instant,
@@ -43,9 +67,16 @@ impl CoarseClock {
         }
     }
 
-    /// Now, to within one tick (never later than [`Instant::now`]).
-    pub(crate) fn now(&self) -> Instant {
+    /// Now, to within one tick.
+    pub(crate) fn stamp(&self) -> Stamp {
         let now = nanos(clock_gettime(ClockId::MonotonicCoarse));
+        Stamp(NonZeroU64::new(now).unwrap_or(NonZeroU64::MIN))
+    }
+
+    /// The instant of a stamp (never later than [`Instant::now`] was when
+    /// the stamp was read).
+    pub(crate) fn instant(&self, stamp: Stamp) -> Instant {
+        let now = stamp.nanos();
         match now.checked_sub(self.anchor_nanos) {
             Some(since) => self.anchor + Duration::from_nanos(since),
             // Within a tick of the anchor: the tick began before it.
@@ -78,7 +109,7 @@ mod tests {
         assert!(tick > Duration::ZERO && tick <= Duration::from_millis(10));
         for _ in 0..1000 {
             let before = Instant::now();
-            let coarse = clock.now();
+            let coarse = clock.instant(clock.stamp());
             let after = Instant::now();
             assert!(coarse <= after, "{coarse:?} after {after:?}");
             // One tick, plus the anchor's own two reads.

@@ -73,7 +73,7 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
             .or_else(|| source.map(|ip| Key::from_source(ip, shared.ipv6_prefix)));
         let mut gate = lock(&shared.gate);
         if gate.channel.is_none() {
-            Counters::bump_locked(&shared.counters.submitted);
+            Counters::bump_sole(&shared.counters.submitted);
             drop(gate);
             return Err(shared.refuse_at_gate(handler, Refusal::ShuttingDown));
         }
@@ -95,7 +95,7 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
             // From here on the policy hears of its departure, once.
             gate.policy.admitted(&arrival);
         }
-        Counters::bump_locked(&shared.counters.submitted);
+        Counters::bump_sole(&shared.counters.submitted);
         let deadline = match decision {
             Decision::Refuse(reason) => {
                 drop(gate);
@@ -112,11 +112,11 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
                 .socket()
                 .is_some_and(|socket| shared.watcher.register(socket, id));
         shared.counts.queued();
-        Counters::bump_locked(&shared.counters.admitted);
+        Counters::bump_sole(&shared.counters.admitted);
         // A handler that will wait is stamped now, for its queue-wait time;
         // one that starts at once on an idle worker takes its start as its
         // arrival (no wait).
-        let queued_at = will_wait.then(|| shared.clock.now());
+        let queued_at = will_wait.then(|| shared.clock.stamp());
         let mut entry = Entry {
             id,
             source,
@@ -176,11 +176,12 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
         let (running, waiting) = shared.counts.get();
         let mut stats = shared.counters.snapshot(running, waiting);
         // A head with no stamp is starting on an idle worker: no wait.
-        let oldest = match (shared.head.get(Ordering::Relaxed), shared.stamps.oldest()) {
+        let oldest = match (shared.head.get(), shared.stamps.oldest()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        stats.oldest_waiting = oldest.map_or(Duration::ZERO, |at| at.elapsed());
+        stats.oldest_waiting =
+            oldest.map_or(Duration::ZERO, |at| shared.clock.instant(at).elapsed());
         shared.workers.slots().sum_counters(&mut stats);
         stats
     }

@@ -17,6 +17,7 @@ mod queue;
 mod refused;
 mod resize;
 mod room;
+mod seqlock;
 mod slot;
 mod slot_list;
 mod state;
@@ -27,6 +28,7 @@ mod worker;
 
 pub use builder::ManagerBuilder;
 pub use clock::time_resolution;
+pub(crate) use clock::{CoarseClock, Stamp};
 pub use handle::Manager;
 pub use refused::Refused;
 pub use room::MakeRoom;

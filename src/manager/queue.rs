@@ -11,16 +11,32 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::atomic_instant::AtomicInstant;
+use super::clock::Stamp;
 use super::state::Entry;
 
 /// When the head of the queue was queued, published by the queue as its
 /// head changes and read without the queue's lock (the statistics'
 /// oldest waiter, read on every request by some servers). None: no head,
 /// or a head with no stamp (one starting at once on an idle worker).
-pub(super) type HeadStamp = AtomicInstant;
+#[derive(Default)]
+pub(super) struct HeadStamp(AtomicU64);
+
+impl HeadStamp {
+    pub(super) fn get(&self) -> Option<Stamp> {
+        Stamp::from_nanos(self.0.load(Relaxed))
+    }
+
+    /// A plain statistic: relaxed, and left alone when unchanged (the
+    /// head is often unstamped, pop after pop).
+    fn set(&self, nanos: u64) {
+        if self.0.load(Relaxed) != nanos {
+            self.0.store(nanos, Relaxed);
+        }
+    }
+}
 
 /// Holes tolerated before compacting, whatever the number waiting.
 const MIN_HOLES: usize = 64;
@@ -28,8 +44,7 @@ const MIN_HOLES: usize = 64;
 /// A place in the queue: an entry, or the hole one left.
 struct Place<Q> {
     id: u64,
-    /// The entry's queue time as the head stamp holds it, converted once
-    /// when queued rather than at every pop.
+    /// The entry's queue time as the head stamp holds it (0: none).
     stamp: u64,
     entry: Option<Entry<Q>>,
 }
@@ -58,7 +73,7 @@ impl<Q> Queue<Q> {
         let first = self.places.is_empty();
         self.places.push_back(Place {
             id: entry.id,
-            stamp: self.head.encode(entry.queued_at),
+            stamp: entry.queued_at.map_or(0, Stamp::nanos),
             entry: Some(entry),
         });
         self.waiting += 1;
@@ -78,7 +93,7 @@ impl<Q> Queue<Q> {
             i,
             Place {
                 id: entry.id,
-                stamp: self.head.encode(entry.queued_at),
+                stamp: entry.queued_at.map_or(0, Stamp::nanos),
                 entry: Some(entry),
             },
         );
@@ -145,8 +160,7 @@ impl<Q> Queue<Q> {
     }
 
     fn publish_head(&self) {
-        let stamp = self.places.front().map_or(0, |p| p.stamp);
-        self.head.store(stamp, Relaxed);
+        self.head.set(self.places.front().map_or(0, |p| p.stamp));
     }
 
     /// Keeps the head a waiting handler.
@@ -160,14 +174,13 @@ impl<Q> Queue<Q> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
 
     fn entry(id: u64) -> Entry<u64> {
         Entry {
             id,
             source: None,
             key: None,
-            queued_at: Some(Instant::now()),
+            queued_at: Stamp::from_nanos(id + 1),
             watched: false,
             stamp_no: None,
             handler: id,
@@ -175,7 +188,7 @@ mod tests {
     }
 
     fn queue() -> Queue<u64> {
-        Queue::new(Arc::new(HeadStamp::new()))
+        Queue::new(Arc::new(HeadStamp::default()))
     }
 
     fn ids(queue: &mut Queue<u64>) -> Vec<u64> {
@@ -193,14 +206,11 @@ mod tests {
         assert!(queue.remove(4).is_none(), "gone already");
         assert!(queue.remove(9).is_none(), "never queued");
         assert_eq!(queue.first().map(|e| e.id), Some(2));
-        assert_eq!(
-            queue.head.get(Relaxed),
-            queue.first().and_then(|e| e.queued_at)
-        );
+        assert_eq!(queue.head.get(), queue.first().and_then(|e| e.queued_at));
         assert!(queue.contains(5) && !queue.contains(4));
         assert_eq!(ids(&mut queue), [2, 3, 5, 6]);
         assert!(queue.first().is_none());
-        assert_eq!(queue.head.get(Relaxed), None);
+        assert_eq!(queue.head.get(), None);
     }
 
     #[test]
@@ -228,10 +238,7 @@ mod tests {
         queue.insert(entry(1));
         queue.insert(entry(5));
         assert_eq!(queue.first().map(|e| e.id), Some(1));
-        assert_eq!(
-            queue.head.get(Relaxed),
-            queue.first().and_then(|e| e.queued_at)
-        );
+        assert_eq!(queue.head.get(), queue.first().and_then(|e| e.queued_at));
         assert_eq!(ids(&mut queue), [1, 4, 5, 6]);
     }
 

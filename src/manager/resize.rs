@@ -7,11 +7,11 @@
 //! most the largest number of workers ever alive at once, and the
 //! counters of retired workers stay in the sums.
 
+use super::clock::CoarseClock;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::Instant;
 
 use super::handle::Manager;
 use super::slot::{Phase, Slot};
@@ -32,20 +32,20 @@ pub(super) struct Workers {
     /// adding slots.
     free: Mutex<Vec<usize>>,
     phase: Arc<Phase>,
-    epoch: Instant,
+    clock: Arc<CoarseClock>,
     /// Threads are named `<name>-worker-<slot index>`.
     pub(super) name: String,
 }
 
 impl Workers {
-    pub(super) fn new(phase: Arc<Phase>, name: String) -> Workers {
+    pub(super) fn new(phase: Arc<Phase>, clock: Arc<CoarseClock>, name: String) -> Workers {
         Workers {
             target: AtomicUsize::new(0),
             live: AtomicUsize::new(0),
             slots: SlotList::new(),
             free: Mutex::default(),
             phase,
-            epoch: Instant::now(),
+            clock,
             name,
         }
     }
@@ -85,7 +85,9 @@ impl Workers {
         let mut free = lock(&self.free);
         match free.pop() {
             Some(index) => index,
-            None => self.slots.push(Slot::new(self.phase.clone(), self.epoch)),
+            None => self
+                .slots
+                .push(Slot::new(self.phase.clone(), self.clock.clone())),
         }
     }
 

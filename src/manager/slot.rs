@@ -1,12 +1,14 @@
 //! One worker's running slot: what it runs now, and how to ask it to stop.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use super::clock::{CoarseClock, Stamp};
 use super::room::{MakeRoom, RoomHook};
+use super::seqlock::SeqLock;
 use crate::handler::{Stop, StopHook};
 use crate::util::lock;
 
@@ -53,10 +55,8 @@ impl Phase {
 
 #[derive(Default)]
 struct SlotState {
-    /// The last handler run here; current only while `occupant` says so.
-    info: Option<RunningInfo>,
     /// Hooks are shared so they can be called outside the lock: a hook
-    /// may call back into the manager (`running()` reads this lock).
+    /// may call back into the manager.
     hook: Option<Arc<StopHook>>,
     room_hook: Option<Arc<RoomHook>>,
 }
@@ -71,69 +71,75 @@ pub(crate) struct Occupant {
     pub(crate) idle_since: Option<Instant>,
 }
 
+/// The running handler's info as the slot's sequence lock holds it: its
+/// id, its source (a tag, 4 or 6, and 16 address bytes), and its queue
+/// and start stamps.
+const INFO_WORDS: usize = 6;
+
+/// The occupant word: the running handler's id plus one, shifted past the
+/// [`MakeRoom`] code asked of it (ids stay below 2^56: centuries of
+/// handlers at millions a second).
+const CODE_BITS: u32 = 8;
+const CODE_MASK: u64 = (1 << CODE_BITS) - 1;
+
 /// A worker's slot. The worker fills it when a handler starts and clears it
 /// when the handler ends; a shutdown reads it to call stop hooks.
 ///
-/// The hot path is cheap: clearing is one atomic store unless the handler
-/// registered a stop hook. Aligned so that workers' slots (and the
-/// counters in them) never share a cache line.
+/// The hot path takes no lock: filling is a few plain stores under a
+/// sequence lock and one store of the occupant word, clearing one swap of
+/// that word, unless the handler registered a hook. Aligned so that
+/// workers' slots never share a cache line.
 #[repr(align(128))]
 pub(crate) struct Slot {
-    /// The running handler's id plus one; 0 while the slot is empty.
+    /// `(id + 1) << CODE_BITS | make-room code asked`; 0 while empty. One
+    /// word, so that a request to make room and the handler's leaving are
+    /// ordered: exactly one of `ask` and `vacate` sees the other.
     occupant: AtomicU64,
-    /// Whether `state.hook` may be set, so clearing knows to lock.
+    /// Whether `state` may hold a hook, so clearing knows to lock.
     has_hook: AtomicBool,
     state: Mutex<SlotState>,
+    info: SeqLock<INFO_WORDS>,
     phase: Arc<Phase>,
-    /// The manager's start: `idle_since` counts nanoseconds from it.
-    epoch: Instant,
-    /// Nanoseconds since `epoch` plus one when the handler went idle;
-    /// 0 while it is busy. One store per change, read only by the
-    /// make-room pass.
+    clock: Arc<CoarseClock>,
+    /// [`Stamp::nanos`] of when the handler went idle; 0 while it is
+    /// busy. One store per change, read only by the make-room pass.
     idle_since: AtomicU64,
-    /// The [`MakeRoom`] asked of the current handler, as its code; 0: none.
-    asked: AtomicU8,
 }
 
 impl Slot {
-    pub(crate) fn new(phase: Arc<Phase>, epoch: Instant) -> Slot {
+    pub(crate) fn new(phase: Arc<Phase>, clock: Arc<CoarseClock>) -> Slot {
         Slot {
             occupant: AtomicU64::new(0),
             has_hook: AtomicBool::new(false),
             state: Mutex::default(),
+            info: SeqLock::new(),
             phase,
-            epoch,
+            clock,
             idle_since: AtomicU64::new(0),
-            asked: AtomicU8::new(0),
         }
     }
 
-    /// Fills the slot; true if a request to make room for its previous
-    /// handler came after that one left (it must be uncounted).
-    pub(crate) fn occupy(&self, info: RunningInfo) -> bool {
+    /// Fills the slot with handler `id`, queued and started at the stamps.
+    pub(crate) fn occupy(&self, id: u64, source: Option<IpAddr>, queued: Stamp, started: Stamp) {
         self.idle_since.store(0, Ordering::Relaxed);
-        // Under the lock `ask` holds from its check to its store, so a
-        // late request for the previous handler is seen here.
-        let stale = {
-            let mut state = lock(&self.state);
-            state.info = Some(info);
-            self.take_asked()
+        let (tag, high, low) = match source {
+            None => (0, 0, 0),
+            Some(IpAddr::V4(ip)) => (4, 0, u64::from(ip.to_bits())),
+            Some(IpAddr::V6(ip)) => {
+                let [high, low] = split(ip.to_bits());
+                (6, high, low)
+            }
         };
-        // Published to `stop` and `info` through the state lock they take.
-        self.occupant.store(info.id + 1, Ordering::Release);
-        stale
-    }
-
-    /// Clears the make-room request; true if there was one. `ask` may
-    /// race with the handler leaving, so both `vacate` and the next
-    /// `occupy` clear it, and exactly one of them sees it.
-    fn take_asked(&self) -> bool {
-        self.asked.load(Ordering::Acquire) != 0 && self.asked.swap(0, Ordering::AcqRel) != 0
+        self.info
+            .write([id, tag, high, low, queued.nanos(), started.nanos()]);
+        // Published to `stop` and `info` with this store.
+        self.occupant
+            .store((id + 1) << CODE_BITS, Ordering::Release);
     }
 
     /// Clears the slot; true if its handler had been asked to make room.
     pub(crate) fn vacate(&self) -> bool {
-        self.occupant.store(0, Ordering::Release);
+        let left = self.occupant.swap(0, Ordering::AcqRel);
         // A plain load first: most handlers never register a hook.
         if self.has_hook.load(Ordering::Acquire) && self.has_hook.swap(false, Ordering::AcqRel) {
             // Dropped outside the lock: a hook may own a socket or more.
@@ -143,30 +149,25 @@ impl Slot {
             };
             drop(hooks);
         }
-        self.take_asked()
+        left & CODE_MASK != 0
     }
 
     /// Records that the handler is idle between requests (`true`) or busy.
     pub(crate) fn set_idle(&self, idle: bool) {
-        let since = if idle {
-            u64::try_from(self.epoch.elapsed().as_nanos()).map_or(u64::MAX, |n| n + 1)
-        } else {
-            0
-        };
+        let since = if idle { self.clock.stamp().nanos() } else { 0 };
         self.idle_since.store(since, Ordering::Release);
     }
 
     /// The running handler, for the make-room pass; `None` if the slot is
     /// empty or its handler was already asked.
     pub(crate) fn occupant(&self) -> Option<Occupant> {
-        if self.asked.load(Ordering::Acquire) != 0 {
+        let word = self.occupant.load(Ordering::Acquire);
+        if word & CODE_MASK != 0 {
             return None;
         }
         let info = self.info()?;
-        let idle_since = match self.idle_since.load(Ordering::Acquire) {
-            0 => None,
-            n => Some(self.epoch + Duration::from_nanos(n - 1)),
-        };
+        let idle_since = Stamp::from_nanos(self.idle_since.load(Ordering::Acquire))
+            .map(|stamp| self.clock.instant(stamp));
         Some(Occupant {
             id: info.id,
             started_at: info.started_at,
@@ -175,21 +176,29 @@ impl Slot {
     }
 
     pub(crate) fn room_requested(&self) -> Option<MakeRoom> {
-        MakeRoom::from_code(self.asked.load(Ordering::Acquire))
+        let code = self.occupant.load(Ordering::Acquire) & CODE_MASK;
+        MakeRoom::from_code(u8::try_from(code).unwrap_or(0))
     }
 
     /// Asks handler `id`, if it still runs here and was not asked yet, to
     /// make room; counts it in `asked` before its hook can react.
     pub(crate) fn ask(&self, id: u64, why: MakeRoom, asked: &AtomicUsize) -> bool {
         let hook = {
+            // Under the lock `set_room_hook` takes: exactly one of the two
+            // calls the hook.
             let state = lock(&self.state);
-            if self.occupant.load(Ordering::Acquire) != id + 1
-                || self.asked.load(Ordering::Acquire) != 0
-            {
+            // Counted first: `vacate` may uncount it the moment it is set.
+            asked.fetch_add(1, Ordering::AcqRel);
+            let running = (id + 1) << CODE_BITS;
+            let set = running | u64::from(why.code());
+            let swapped =
+                self.occupant
+                    .compare_exchange(running, set, Ordering::AcqRel, Ordering::Acquire);
+            if swapped.is_err() {
+                // Gone, or asked already.
+                asked.fetch_sub(1, Ordering::AcqRel);
                 return false;
             }
-            asked.fetch_add(1, Ordering::AcqRel);
-            self.asked.store(why.code(), Ordering::Release);
             state.room_hook.clone()
         };
         if let Some(hook) = hook {
@@ -214,10 +223,28 @@ impl Slot {
         }
     }
 
+    /// The running handler's info; `None` while the slot is empty.
     pub(crate) fn info(&self) -> Option<RunningInfo> {
-        let occupant = self.occupant.load(Ordering::Acquire);
-        let info = lock(&self.state).info?;
-        (occupant == info.id + 1).then_some(info)
+        let id = (self.occupant.load(Ordering::Acquire) >> CODE_BITS).checked_sub(1)?;
+        let [info_id, tag, high, low, queued, started] = self.info.read();
+        // The info of a handler that started since is not this one's.
+        if info_id != id {
+            return None;
+        }
+        let source = match tag {
+            4 => u32::try_from(low)
+                .ok()
+                .map(|v4| Ipv4Addr::from_bits(v4).into()),
+            6 => Some(Ipv6Addr::from_bits((u128::from(high) << 64) | u128::from(low)).into()),
+            _ => None,
+        };
+        let instant = |nanos| Stamp::from_nanos(nanos).map(|s| self.clock.instant(s));
+        Some(RunningInfo {
+            id,
+            source,
+            queued_at: instant(queued)?,
+            started_at: instant(started)?,
+        })
     }
 
     pub(crate) fn stop_requested(&self) -> Option<Stop> {
@@ -256,6 +283,13 @@ impl Slot {
     }
 }
 
+/// An IPv6 address's two halves, high first.
+fn split(bits: u128) -> [u64; 2] {
+    let bytes = bits.to_be_bytes();
+    let (high, low) = bytes.split_at(8);
+    [high, low].map(|half| u64::from_be_bytes(half.try_into().expect("8 bytes")))
+}
+
 /// Calls a hook, logging a panic instead of passing it on: the shutdown
 /// or make-room pass that calls hooks must reach every slot.
 fn call_guarded(what: &str, hook: impl FnOnce()) {
@@ -264,5 +298,55 @@ fn call_guarded(what: &str, hook: impl FnOnce()) {
             "a {what} panicked: {}",
             crate::util::panic_message(&*payload)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn slot() -> (Slot, Arc<CoarseClock>) {
+        let clock = Arc::new(CoarseClock::new());
+        (Slot::new(Arc::default(), clock.clone()), clock)
+    }
+
+    #[test]
+    fn info_reads_back_what_occupy_wrote() {
+        let (slot, clock) = slot();
+        assert_eq!(slot.info(), None);
+        let queued = clock.stamp();
+        let started = Stamp::from_nanos(queued.nanos() + 5_000_000).unwrap();
+        for source in [
+            None,
+            Some("192.0.2.7".parse().unwrap()),
+            Some("2001:db8::1:2:3".parse().unwrap()),
+        ] {
+            slot.occupy(41, source, queued, started);
+            let info = slot.info().unwrap();
+            assert_eq!((info.id, info.source), (41, source));
+            assert_eq!(info.started_at - info.queued_at, Duration::from_millis(5));
+            assert!(!slot.vacate());
+            assert_eq!(slot.info(), None);
+        }
+    }
+
+    #[test]
+    fn a_request_to_make_room_is_seen_by_exactly_one_of_ask_and_vacate() {
+        let (slot, clock) = slot();
+        let asked = AtomicUsize::new(0);
+        let now = clock.stamp();
+        slot.occupy(7, None, now, now);
+        assert!(!slot.ask(8, MakeRoom::IdleTooLong, &asked), "not running");
+        assert!(slot.ask(7, MakeRoom::RanTooLong, &asked));
+        assert!(!slot.ask(7, MakeRoom::IdleTooLong, &asked), "asked already");
+        assert_eq!(slot.room_requested(), Some(MakeRoom::RanTooLong));
+        assert!(slot.occupant().is_none(), "the pass skips it");
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        assert!(slot.vacate(), "it left asked: the caller uncounts it");
+        // The next handler starts unasked.
+        slot.occupy(9, None, now, now);
+        assert_eq!(slot.room_requested(), None);
+        assert_eq!(slot.occupant().map(|o| o.id), Some(9));
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::atomic_instant::AtomicInstant;
-use super::clock::CoarseClock;
+use super::clock::{CoarseClock, Stamp};
 use super::deadline::Deadlines;
 use super::queue::{HeadStamp, Queue};
 use super::refused::Refused;
@@ -48,7 +48,7 @@ pub(super) struct Entry<Q> {
     pub(super) key: Option<Key>,
     /// When it was queued; `None` if it was queued with a running place
     /// free, to start at once (its start is then its arrival).
-    pub(super) queued_at: Option<Instant>,
+    pub(super) queued_at: Option<Stamp>,
     /// Whether the watcher watches its socket.
     pub(super) watched: bool,
     /// Its number in [`WaitStamps`], if it waits in the channel.
@@ -173,7 +173,7 @@ pub(super) struct ManagerState<Q, S> {
     /// When the handlers waiting in the channel were queued.
     pub(super) stamps: WaitStamps,
     /// Queue and start times.
-    pub(super) clock: CoarseClock,
+    pub(super) clock: Arc<CoarseClock>,
     /// Waiting handlers refused because a shutdown began.
     pub(super) refused_waiting: AtomicU64,
     /// Counters the submitting side writes; workers count in their slots.
@@ -300,7 +300,7 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
             self.settle(entry, how);
             return false;
         }
-        entry.queued_at.get_or_insert_with(|| self.clock.now());
+        entry.queued_at.get_or_insert_with(|| self.clock.stamp());
         gate.waiting.insert(entry);
         true
     }

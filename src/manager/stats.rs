@@ -74,9 +74,10 @@ impl Counters {
         counter.fetch_add(1, Relaxed);
     }
 
-    /// Counts one under the admission lock, which orders every writer of
-    /// `counter`: a load and a store, no read-modify-write.
-    pub(crate) fn bump_locked(counter: &AtomicU64) {
+    /// Counts one on a counter that one thread at a time writes (under
+    /// the admission lock, or a worker its own counters): a load and a
+    /// store, no read-modify-write.
+    pub(crate) fn bump_sole(counter: &AtomicU64) {
         counter.store(counter.load(Relaxed) + 1, Relaxed);
     }
 
@@ -125,10 +126,9 @@ impl WorkerCounters {
         totals.waited_max = totals.waited_max.max(self.waited_max.load(Relaxed));
     }
 
-    /// Counts a handler that waited `waited` before it started. Only this
+    /// Counts a handler that waited `nanos` before it started. Only this
     /// slot's worker writes, so plain loads and stores suffice.
-    pub(crate) fn waited(&self, waited: Duration) {
-        let nanos = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+    pub(crate) fn waited(&self, nanos: u64) {
         let total = self.waited_total.load(Relaxed).saturating_add(nanos);
         self.waited_total.store(total, Relaxed);
         if nanos > self.waited_max.load(Relaxed) {

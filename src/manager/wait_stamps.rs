@@ -12,26 +12,24 @@
 
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use std::time::{Duration, Instant};
+
+use super::clock::Stamp;
 
 /// Slots in the ring: 8 KiB per manager.
 const RING: usize = 1024;
 
 pub(super) struct WaitStamps {
-    epoch: Instant,
     /// Numbers given so far; written under the admission lock.
     given: AtomicU64,
     /// Every number below this was taken out of the channel.
     taken: AtomicU64,
-    /// Slot `n % RING`: handler `n`'s queue time, in microseconds since
-    /// `epoch` plus one.
+    /// Slot `n % RING`: handler `n`'s queue time ([`Stamp::nanos`]).
     ring: Box<[AtomicU64]>,
 }
 
 impl WaitStamps {
-    pub(super) fn new(epoch: Instant) -> WaitStamps {
+    pub(super) fn new() -> WaitStamps {
         WaitStamps {
-            epoch,
             given: AtomicU64::new(0),
             taken: AtomicU64::new(0),
             ring: (0..RING).map(|_| AtomicU64::new(0)).collect(),
@@ -40,11 +38,9 @@ impl WaitStamps {
 
     /// Records a handler queued at `at` that waits in the channel; returns
     /// its number. Called under the admission lock, in channel order.
-    pub(super) fn push(&self, at: Instant) -> u64 {
+    pub(super) fn push(&self, at: Stamp) -> u64 {
         let n = self.given.load(Relaxed);
-        let micros = u64::try_from(at.saturating_duration_since(self.epoch).as_micros())
-            .map_or(u64::MAX, |m| m + 1);
-        self.slot(n).store(micros, Relaxed);
+        self.slot(n).store(at.nanos(), Relaxed);
         // Publishes the slot with the number.
         self.given.store(n + 1, Release);
         n
@@ -63,13 +59,12 @@ impl WaitStamps {
     }
 
     /// When the oldest handler still waiting in the channel was queued.
-    pub(super) fn oldest(&self) -> Option<Instant> {
+    pub(super) fn oldest(&self) -> Option<Stamp> {
         let taken = self.taken.load(Acquire);
         if taken >= self.given.load(Acquire) {
             return None;
         }
-        let micros = self.slot(taken).load(Relaxed);
-        (micros != 0).then(|| self.epoch + Duration::from_micros(micros - 1))
+        Stamp::from_nanos(self.slot(taken).load(Relaxed))
     }
 }
 
@@ -77,12 +72,14 @@ impl WaitStamps {
 mod tests {
     use super::*;
 
+    fn at(ms: u64) -> Stamp {
+        Stamp::from_nanos(ms * 1_000_000).unwrap()
+    }
+
     #[test]
     fn the_oldest_is_the_first_not_taken() {
-        let epoch = Instant::now();
-        let stamps = WaitStamps::new(epoch);
+        let stamps = WaitStamps::new();
         assert_eq!(stamps.oldest(), None);
-        let at = |ms| epoch + Duration::from_millis(ms);
         let ids: Vec<u64> = (1..=3).map(|ms| stamps.push(at(ms))).collect();
         assert_eq!(ids, [0, 1, 2]);
         assert_eq!(stamps.oldest(), Some(at(1)));
@@ -97,15 +94,11 @@ mod tests {
 
     #[test]
     fn more_waiting_than_the_ring_reads_a_lower_bound() {
-        let epoch = Instant::now();
-        let stamps = WaitStamps::new(epoch);
+        let stamps = WaitStamps::new();
         for ms in 0..=RING as u64 {
-            stamps.push(epoch + Duration::from_millis(ms + 1));
+            stamps.push(at(ms + 1));
         }
         // Slot 0 now holds number RING's time, queued later.
-        assert_eq!(
-            stamps.oldest(),
-            Some(epoch + Duration::from_millis(RING as u64 + 1))
-        );
+        assert_eq!(stamps.oldest(), Some(at(RING as u64 + 1)));
     }
 }

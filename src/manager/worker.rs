@@ -3,7 +3,7 @@
 use std::cell::Cell;
 use std::sync::atomic::Ordering;
 
-use super::slot::{RunningInfo, Slot};
+use super::slot::Slot;
 use super::state::{Entry, ManagerState, Msg, guarded};
 use super::stats::{Counters, WorkerCounters};
 use crate::admission::{Admission, Departure, Outcome};
@@ -166,29 +166,30 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
                     self.watcher.forget(socket);
                 }
             }
-            let started_at = self.clock.now();
-            let queued_at = match queued_at {
+            let started = self.clock.stamp();
+            let queued = match queued_at {
                 Some(at) => {
-                    counters.waited(started_at.saturating_duration_since(at));
+                    counters.waited(started.nanos_since(at));
                     at
                 }
-                None => started_at,
+                None => started,
             };
-            let info = RunningInfo {
-                id,
-                source,
-                queued_at,
-                started_at,
-            };
-            if slot.occupy(info) {
-                self.asked.fetch_sub(1, Ordering::AcqRel);
-            }
+            slot.occupy(id, source, queued, started);
             let vacate = Vacate { shared: self, slot };
             // Others still wait: a make-room pass, if one is due by now
             // (this handler's own limits pass no sooner than the next
             // pass the watcher has set).
             self.room_needed();
-            let outcome = self.run_one(slot, counters, info, handler);
+            let ctx = HandlerContext {
+                id,
+                source,
+                queued,
+                started,
+                clock: &self.clock,
+                slot,
+                manager: self,
+            };
+            let outcome = self.run_one(&ctx, counters, handler);
             drop(vacate);
             last = Some(Departure { id, key, outcome });
         }
@@ -199,29 +200,15 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
     }
 
     /// Runs one handler taken from the queue; how it ended.
-    fn run_one(
-        &self,
-        slot: &Slot,
-        counters: &WorkerCounters,
-        info: RunningInfo,
-        handler: Q,
-    ) -> Outcome {
-        let id = info.id;
+    fn run_one(&self, ctx: &HandlerContext, counters: &WorkerCounters, handler: Q) -> Outcome {
+        let id = ctx.id;
         if guarded("is_abandoned", id, || handler.is_abandoned()).unwrap_or(true) {
-            Counters::bump(&counters.abandoned);
+            Counters::bump_sole(&counters.abandoned);
             log::debug!("handler {id} abandoned while waiting");
             guarded("drop", id, || drop(handler));
             return Outcome::Abandoned;
         }
-        let ctx = HandlerContext {
-            id,
-            source: info.source,
-            queued_at: info.queued_at,
-            started_at: info.started_at,
-            slot,
-            manager: self,
-        };
-        let (counter, outcome) = match guarded("run", id, || handler.run(&ctx)) {
+        let (counter, outcome) = match guarded("run", id, || handler.run(ctx)) {
             Some(Ok(())) => (&counters.completed, Outcome::Completed),
             Some(Err(e)) => {
                 log::debug!("handler {id} failed: {e}");
@@ -229,7 +216,7 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
             }
             None => (&counters.panicked, Outcome::Panicked),
         };
-        Counters::bump(counter);
+        Counters::bump_sole(counter);
         outcome
     }
 }
