@@ -182,7 +182,7 @@ fn next_waiting_handler_starts_when_a_slot_frees() {
 /// worker waits nothing, and nobody shows as the oldest waiter.
 #[test]
 fn queue_wait_is_measured_from_submission_to_start() {
-    const HELD: Duration = Duration::from_millis(60);
+    const HELD: Duration = Duration::from_millis(150);
     let (started, starts) = channels();
     let (refused, _refusals) = channels();
     let manager = ManagerBuilder::new(1).build().unwrap();
@@ -198,8 +198,9 @@ fn queue_wait_is_measured_from_submission_to_start() {
     // A timed wait for a known span, not a synchronisation.
     thread::sleep(HELD);
     let oldest = manager.stats().oldest_waiting;
-    // The manager's times are read from a clock with a coarser tick.
-    let tick = filesrv::time_resolution();
+    // The manager's times come from the kernel's coarse clock: about a
+    // tick late, more on a loaded virtual machine.
+    let tick = filesrv::time_resolution() * 10;
     assert!(
         oldest >= HELD && oldest <= submitted.elapsed() + tick,
         "oldest waiter {oldest:?}, held {HELD:?}"

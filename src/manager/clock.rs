@@ -6,11 +6,13 @@
 //! hypervisor's clock page); the coarse clock is the same clock as of the
 //! last timer tick, read from the vDSO for about 5 ns. On a path that
 //! hands over millions of handlers a second, one fine read was the single
-//! largest cost. The price is resolution: a coarse time is up to one tick
-//! (1-4 ms, see [`time_resolution`]) behind the fine one, so queue waits and
-//! start times are known to a tick, as servers that cache their loop's
-//! time (nginx, HAProxy) know theirs. Deadlines and timeouts keep the fine
-//! clock.
+//! largest cost. The price is precision: a coarse time is the time of the
+//! kernel's last timekeeping update, about one tick (1-4 ms, see
+//! [`time_resolution`]) behind the fine one, more while that update runs
+//! late (measured here: up to 6 ms with a 4 ms tick, on a virtual CPU the
+//! hypervisor had descheduled). Queue waits and start times are known to
+//! that, as servers that cache their loop's time (nginx, HAProxy) know
+//! theirs. Deadlines and timeouts keep the fine clock.
 
 use std::num::NonZeroU64;
 use std::time::{Duration, Instant};
@@ -91,8 +93,10 @@ impl CoarseClock {
 /// How precise the times a manager records are: queue and start times
 /// ([`RunningInfo`](crate::RunningInfo), [`HandlerContext`](crate::HandlerContext))
 /// and queue waits ([`Stats`](crate::Stats)) are read from the kernel's
-/// coarse monotonic clock, which may lag [`Instant::now`] by up to this
-/// much (its timer tick, 1 to 4 ms on Linux).
+/// coarse monotonic clock, which lags [`Instant::now`] by about this much
+/// (the kernel's timer tick, 1 to 4 ms on Linux), and by more while the
+/// kernel's own timekeeping runs late (a virtual CPU descheduled by its
+/// hypervisor). It is never ahead.
 pub fn time_resolution() -> Duration {
     let res = clock_getres(ClockId::MonotonicCoarse);
     Duration::from_nanos(nanos(res))
@@ -103,21 +107,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn coarse_time_lags_the_fine_clock_by_at_most_a_tick() {
+    fn coarse_time_lags_the_fine_clock_by_about_a_tick_and_never_leads() {
         let clock = CoarseClock::new();
         let tick = time_resolution();
         assert!(tick > Duration::ZERO && tick <= Duration::from_millis(10));
+        let mut worst = Duration::ZERO;
         for _ in 0..1000 {
             let before = Instant::now();
             let coarse = clock.instant(clock.stamp());
             let after = Instant::now();
             assert!(coarse <= after, "{coarse:?} after {after:?}");
-            // One tick, plus the anchor's own two reads.
-            let slack = tick + Duration::from_micros(100);
-            assert!(
-                before.duration_since(coarse) <= slack,
-                "{coarse:?} vs {before:?}"
-            );
+            worst = worst.max(before.saturating_duration_since(coarse));
         }
+        // About a tick; the kernel's update can run late on a loaded
+        // virtual machine (6 ms seen with a 4 ms tick), hence the slack.
+        assert!(worst <= 10 * tick, "lagged {worst:?} with a {tick:?} tick");
     }
 }

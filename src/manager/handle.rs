@@ -117,13 +117,12 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
         // one that starts at once on an idle worker takes its start as its
         // arrival (no wait).
         let queued_at = will_wait.then(|| shared.clock.stamp());
-        let mut entry = Entry {
+        let entry = Entry {
             id,
             source,
             key,
             queued_at,
             watched,
-            stamp_no: None,
             handler,
         };
         // A handler that may leave the queue early (a deadline passing
@@ -134,7 +133,9 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
         // of ids.
         let deadline = deadline.filter(|_| will_wait);
         if deadline.is_none() && !watched {
-            entry.stamp_no = queued_at.map(|at| shared.stamps.push(at));
+            if let Some(at) = queued_at {
+                shared.stamps.push(at);
+            }
             if let Some(channel) = &gate.channel {
                 // The receiver lives as long as `shared`: this cannot fail.
                 let _ = channel.send(Msg::Start(entry));

@@ -182,7 +182,6 @@ mod tests {
             key: None,
             queued_at: Stamp::from_nanos(id + 1),
             watched: false,
-            stamp_no: None,
             handler: id,
         }
     }

@@ -51,8 +51,6 @@ pub(super) struct Entry<Q> {
     pub(super) queued_at: Option<Stamp>,
     /// Whether the watcher watches its socket.
     pub(super) watched: bool,
-    /// Its number in [`WaitStamps`], if it waits in the channel.
-    pub(super) stamp_no: Option<u64>,
     pub(super) handler: Q,
 }
 
@@ -289,8 +287,8 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
     /// if queued, false if refused because a shutdown began. The caller
     /// sees to its token.
     pub(super) fn requeue(&self, mut entry: Entry<Q>) -> bool {
-        if let Some(no) = entry.stamp_no.take() {
-            self.stamps.took(no);
+        if entry.queued_at.is_some() {
+            self.stamps.took_one();
         }
         let mut gate = lock(&self.gate);
         if gate.channel.is_none() {
@@ -306,9 +304,9 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
     }
 
     /// Refuses a handler taken out of the channel after a shutdown began.
-    pub(super) fn refuse_late(&self, mut entry: Entry<Q>) {
-        if let Some(no) = entry.stamp_no.take() {
-            self.stamps.took(no);
+    pub(super) fn refuse_late(&self, entry: Entry<Q>) {
+        if entry.queued_at.is_some() {
+            self.stamps.took_one();
         }
         let how = Left::Refused(Refusal::ShuttingDown);
         if S::HEARS_DEPARTURES {

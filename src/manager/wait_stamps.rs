@@ -3,10 +3,12 @@
 //!
 //! A handler that cannot leave the queue early (no deadline, no watched
 //! socket) waits in the channel itself, where nothing can peek at it. Each
-//! one that waits gets the next number here and its queue time in a ring
-//! slot; a worker that takes it marks every number up to its own taken
-//! (the channel is FIFO, so they leave in number order). The oldest waiter
-//! is then the slot of the first number not taken. With more than
+//! one that waits (it was stamped at submission) gets the next number
+//! here and its queue time in a ring slot; whoever takes a stamped one out
+//! of the channel counts it taken. The channel is FIFO, so the first `k`
+//! taken are numbers `0..k`, and the oldest waiter is the slot of number
+//! `k` (a count bumped just after its `recv` lags by the handlers being
+//! started at that moment). With more than
 //! [`RING`] waiting at once its slot holds a newer handler's time, and the
 //! age read is a lower bound.
 
@@ -21,7 +23,7 @@ const RING: usize = 1024;
 pub(super) struct WaitStamps {
     /// Numbers given so far; written under the admission lock.
     given: AtomicU64,
-    /// Every number below this was taken out of the channel.
+    /// Stamped handlers taken out of the channel.
     taken: AtomicU64,
     /// Slot `n % RING`: handler `n`'s queue time ([`Stamp::nanos`]).
     ring: Box<[AtomicU64]>,
@@ -36,14 +38,13 @@ impl WaitStamps {
         }
     }
 
-    /// Records a handler queued at `at` that waits in the channel; returns
-    /// its number. Called under the admission lock, in channel order.
-    pub(super) fn push(&self, at: Stamp) -> u64 {
+    /// Records a handler queued at `at` that waits in the channel. Called
+    /// under the admission lock, in channel order.
+    pub(super) fn push(&self, at: Stamp) {
         let n = self.given.load(Relaxed);
         self.slot(n).store(at.nanos(), Relaxed);
         // Publishes the slot with the number.
         self.given.store(n + 1, Release);
-        n
     }
 
     fn slot(&self, n: u64) -> &AtomicU64 {
@@ -51,11 +52,9 @@ impl WaitStamps {
         &self.ring[i]
     }
 
-    /// Handler `n` left the channel.
-    pub(super) fn took(&self, n: u64) {
-        if self.taken.load(Relaxed) <= n {
-            self.taken.fetch_max(n + 1, Release);
-        }
+    /// A stamped handler left the channel.
+    pub(super) fn took_one(&self) {
+        self.taken.fetch_add(1, Release);
     }
 
     /// When the oldest handler still waiting in the channel was queued.
@@ -80,15 +79,14 @@ mod tests {
     fn the_oldest_is_the_first_not_taken() {
         let stamps = WaitStamps::new();
         assert_eq!(stamps.oldest(), None);
-        let ids: Vec<u64> = (1..=3).map(|ms| stamps.push(at(ms))).collect();
-        assert_eq!(ids, [0, 1, 2]);
+        for ms in 1..=3 {
+            stamps.push(at(ms));
+        }
         assert_eq!(stamps.oldest(), Some(at(1)));
-        // Two workers: the second handler is marked first.
-        stamps.took(1);
-        assert_eq!(stamps.oldest(), Some(at(3)));
-        stamps.took(0);
-        assert_eq!(stamps.oldest(), Some(at(3)), "taken never goes back");
-        stamps.took(2);
+        stamps.took_one();
+        assert_eq!(stamps.oldest(), Some(at(2)));
+        stamps.took_one();
+        stamps.took_one();
         assert_eq!(stamps.oldest(), None);
     }
 

@@ -128,7 +128,7 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
                     };
                     entry
                 }
-                Msg::Start(mut entry) => {
+                Msg::Start(entry) => {
                     if self.workers.retire() {
                         // Started here it would run beyond the new bound:
                         // it waits in the gate's queue for the next worker.
@@ -144,8 +144,8 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
                         self.refuse_late(entry);
                         continue;
                     }
-                    if let Some(no) = entry.stamp_no.take() {
-                        self.stamps.took(no);
+                    if entry.queued_at.is_some() {
+                        self.stamps.took_one();
                     }
                     self.start_from_channel(last.take());
                     entry
