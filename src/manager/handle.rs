@@ -170,20 +170,20 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
     }
 
     /// A snapshot of the counters. Cheap enough to read on every request:
-    /// atomic loads (a few, and six per worker slot) with no lock and no
+    /// atomic loads (a few, and seven per worker slot) with no lock and no
     /// write to shared memory, and a clock read while someone waits.
     pub fn stats(&self) -> Stats {
         let shared = &*self.shared;
         let (running, waiting) = shared.counts.get();
         let mut stats = shared.counters.snapshot(running, waiting);
+        let started = shared.workers.slots().sum_counters(&mut stats);
         // A head with no stamp is starting on an idle worker: no wait.
-        let oldest = match (shared.head.get(), shared.stamps.oldest()) {
+        let oldest = match (shared.head.get(), shared.stamps.oldest(started)) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         stats.oldest_waiting =
             oldest.map_or(Duration::ZERO, |at| shared.clock.instant(at).elapsed());
-        shared.workers.slots().sum_counters(&mut stats);
         stats
     }
 

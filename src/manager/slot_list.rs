@@ -67,7 +67,9 @@ impl SlotList {
     }
 
     /// Adds every worker's counters to `stats`.
-    pub(super) fn sum_counters(&self, stats: &mut Stats) {
+    /// Adds every worker's counters to `stats`; returns how many stamped
+    /// handlers the workers took out of the channel (for `WaitStamps`).
+    pub(super) fn sum_counters(&self, stats: &mut Stats) -> u64 {
         let mut totals = WorkerTotals::default();
         let mut left = self.len();
         for chunk in self.chunks.iter().map_while(OnceLock::get) {
@@ -78,6 +80,7 @@ impl SlotList {
             left -= here;
         }
         totals.add_to(stats);
+        totals.stamped_taken
     }
 
     /// Every slot added so far, in order.

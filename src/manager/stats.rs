@@ -111,6 +111,9 @@ pub(crate) struct WorkerCounters {
     /// Queue-wait nanoseconds of the handlers started here: sum and max.
     waited_total: AtomicU64,
     waited_max: AtomicU64,
+    /// Stamped handlers this worker took out of the hand-off channel
+    /// (see `WaitStamps`).
+    pub(crate) stamped_taken: AtomicU64,
 }
 
 impl WorkerCounters {
@@ -124,6 +127,7 @@ impl WorkerCounters {
         let waited = self.waited_total.load(Relaxed);
         totals.waited_total = totals.waited_total.saturating_add(waited);
         totals.waited_max = totals.waited_max.max(self.waited_max.load(Relaxed));
+        totals.stamped_taken += self.stamped_taken.load(Relaxed);
     }
 
     /// Counts a handler that waited `nanos` before it started. Only this
@@ -146,6 +150,7 @@ pub(crate) struct WorkerTotals {
     abandoned: u64,
     waited_total: u64,
     waited_max: u64,
+    pub(crate) stamped_taken: u64,
 }
 
 impl WorkerTotals {

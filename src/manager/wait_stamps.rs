@@ -5,10 +5,12 @@
 //! socket) waits in the channel itself, where nothing can peek at it. Each
 //! one that waits (it was stamped at submission) gets the next number
 //! here and its queue time in a ring slot; whoever takes a stamped one out
-//! of the channel counts it taken. The channel is FIFO, so the first `k`
-//! taken are numbers `0..k`, and the oldest waiter is the slot of number
-//! `k` (a count bumped just after its `recv` lags by the handlers being
-//! started at that moment). With more than
+//! of the channel counts it taken: a worker in its own counters (no shared
+//! write on the hot path), anyone else (a shutdown, a hang-up moving it
+//! to the gate's queue) here. The channel is FIFO, so the first `k` taken
+//! are numbers `0..k`, and the oldest waiter is the slot of number `k` (a
+//! count bumped just after its `recv` lags by the handlers being started
+//! at that moment). With more than
 //! [`RING`] waiting at once its slot holds a newer handler's time, and the
 //! age read is a lower bound.
 
@@ -23,7 +25,8 @@ const RING: usize = 1024;
 pub(super) struct WaitStamps {
     /// Numbers given so far; written under the admission lock.
     given: AtomicU64,
-    /// Stamped handlers taken out of the channel.
+    /// Stamped handlers taken out of the channel other than by a worker
+    /// about to start them.
     taken: AtomicU64,
     /// Slot `n % RING`: handler `n`'s queue time ([`Stamp::nanos`]).
     ring: Box<[AtomicU64]>,
@@ -52,14 +55,15 @@ impl WaitStamps {
         &self.ring[i]
     }
 
-    /// A stamped handler left the channel.
+    /// A stamped handler left the channel, not to start.
     pub(super) fn took_one(&self) {
         self.taken.fetch_add(1, Release);
     }
 
-    /// When the oldest handler still waiting in the channel was queued.
-    pub(super) fn oldest(&self) -> Option<Stamp> {
-        let taken = self.taken.load(Acquire);
+    /// When the oldest handler still waiting in the channel was queued,
+    /// given how many stamped ones the workers took to start.
+    pub(super) fn oldest(&self, started: u64) -> Option<Stamp> {
+        let taken = self.taken.load(Acquire) + started;
         if taken >= self.given.load(Acquire) {
             return None;
         }
@@ -78,16 +82,16 @@ mod tests {
     #[test]
     fn the_oldest_is_the_first_not_taken() {
         let stamps = WaitStamps::new();
-        assert_eq!(stamps.oldest(), None);
+        assert_eq!(stamps.oldest(0), None);
         for ms in 1..=3 {
             stamps.push(at(ms));
         }
-        assert_eq!(stamps.oldest(), Some(at(1)));
+        assert_eq!(stamps.oldest(0), Some(at(1)));
         stamps.took_one();
-        assert_eq!(stamps.oldest(), Some(at(2)));
-        stamps.took_one();
-        stamps.took_one();
-        assert_eq!(stamps.oldest(), None);
+        assert_eq!(stamps.oldest(0), Some(at(2)));
+        // Two started by workers.
+        assert_eq!(stamps.oldest(1), Some(at(3)));
+        assert_eq!(stamps.oldest(2), None);
     }
 
     #[test]
@@ -97,6 +101,6 @@ mod tests {
             stamps.push(at(ms + 1));
         }
         // Slot 0 now holds number RING's time, queued later.
-        assert_eq!(stamps.oldest(), Some(at(RING as u64 + 1)));
+        assert_eq!(stamps.oldest(0), Some(at(RING as u64 + 1)));
     }
 }

@@ -145,7 +145,7 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
                         continue;
                     }
                     if entry.queued_at.is_some() {
-                        self.stamps.took_one();
+                        Counters::bump_sole(&counters.stamped_taken);
                     }
                     self.start_from_channel(last.take());
                     entry
