@@ -178,8 +178,7 @@ mod tests {
     fn entry(id: u64) -> Entry<u64> {
         Entry {
             id,
-            source: None,
-            key: None,
+            origin: None,
             queued_at: Stamp::from_nanos(id + 1),
             watched: false,
             handler: id,

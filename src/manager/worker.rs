@@ -153,13 +153,12 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
             };
             let Entry {
                 id,
-                source,
-                key,
+                origin,
                 queued_at,
                 watched,
                 handler,
-                ..
             } = entry;
+            let (source, key) = origin.map_or((None, None), |o| (o.source, o.key));
             // Checked first: `socket` is the handler's own code.
             if watched {
                 if let Some(socket) = handler.socket() {
