@@ -129,7 +129,10 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
         // queue, where it can be taken out, with a token in the channel.
         // Any other goes into the channel itself: no admission lock for
         // its worker. Sent under the lock, so the channel keeps the order
-        // of ids.
+        // of ids even between submitting threads (`stress` in
+        // tests/manager.rs checks it); a send that wakes a parked worker
+        // makes a futex call under the lock, which costs only when a
+        // policy's departures want the lock at that moment.
         let deadline = deadline.filter(|_| will_wait);
         if deadline.is_none() && !watched {
             if let Some(at) = queued_at {
