@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::refused::Refused;
 use super::slot::{RunningInfo, Slot};
-use super::state::{Entry, Gate, ManagerState, Msg, Origin};
+use super::state::{Entry, Gate, ManagerState, Msg};
 use super::stats::{Counters, ShutdownReport, Stats};
 use crate::admission::{Admission, Arrival, Decision, Key, MaxWaiting, Refusal, canonical_source};
 use crate::handler::{Handler, Stop};
@@ -119,7 +119,8 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
         let queued_at = will_wait.then(|| shared.clock.stamp());
         let entry = Entry {
             id,
-            origin: Origin::boxed(source, key),
+            source,
+            key,
             queued_at,
             watched,
             handler,

@@ -178,7 +178,8 @@ mod tests {
     fn entry(id: u64) -> Entry<u64> {
         Entry {
             id,
-            origin: None,
+            source: None,
+            key: None,
             queued_at: Stamp::from_nanos(id + 1),
             watched: false,
             handler: id,

@@ -42,36 +42,16 @@ pub(super) fn guarded<T>(what: &str, id: u64, f: impl FnOnce() -> T) -> Option<T
 /// A waiting handler.
 pub(super) struct Entry<Q> {
     pub(super) id: u64,
-    /// Its source and key, if it has either: boxed, so that a message in
-    /// the channel stays small for handlers with neither (the worker's
-    /// time went mostly to copying messages out of the channel).
-    pub(super) origin: Option<Box<Origin>>,
+    /// The canonical source, when the handler reported one.
+    pub(super) source: Option<IpAddr>,
+    /// What the policy counts it by.
+    pub(super) key: Option<Key>,
     /// When it was queued; `None` if it was queued with a running place
     /// free, to start at once (its start is then its arrival).
     pub(super) queued_at: Option<Stamp>,
     /// Whether the watcher watches its socket.
     pub(super) watched: bool,
     pub(super) handler: Q,
-}
-
-/// Where a handler comes from.
-pub(super) struct Origin {
-    /// The canonical source, when the handler reported one.
-    pub(super) source: Option<IpAddr>,
-    /// What the policy counts it by.
-    pub(super) key: Option<Key>,
-}
-
-impl Origin {
-    pub(super) fn boxed(source: Option<IpAddr>, key: Option<Key>) -> Option<Box<Origin>> {
-        (source.is_some() || key.is_some()).then(|| Box::new(Origin { source, key }))
-    }
-}
-
-impl<Q> Entry<Q> {
-    pub(super) fn key(&self) -> Option<Key> {
-        self.origin.as_ref().and_then(|o| o.key)
-    }
 }
 
 /// What the hand-off channel carries to the workers, in arrival order.
@@ -313,7 +293,7 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
         let mut gate = lock(&self.gate);
         if gate.channel.is_none() {
             let how = Left::Refused(Refusal::ShuttingDown);
-            gate.depart(entry.id, entry.key(), how.outcome());
+            gate.depart(entry.id, entry.key, how.outcome());
             drop(gate);
             self.settle(entry, how);
             return false;
@@ -330,7 +310,7 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
         }
         let how = Left::Refused(Refusal::ShuttingDown);
         if S::HEARS_DEPARTURES {
-            lock(&self.gate).depart(entry.id, entry.key(), how.outcome());
+            lock(&self.gate).depart(entry.id, entry.key, how.outcome());
         }
         self.settle(entry, how);
     }
@@ -345,7 +325,7 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
             if let Some(id) = gate.deadlines.pop_due(now) {
                 if let Some(entry) = gate.waiting.remove(id) {
                     let how = Left::Refused(Refusal::QueueTimeout);
-                    gate.depart(id, entry.key(), how.outcome());
+                    gate.depart(id, entry.key, how.outcome());
                     drop(gate);
                     self.leave_queue(entry, how);
                     gate = lock(&self.gate);
@@ -391,7 +371,7 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
         let Some(entry) = gate.waiting.remove(id) else {
             return;
         };
-        gate.depart(id, entry.key(), Outcome::Abandoned);
+        gate.depart(id, entry.key, Outcome::Abandoned);
         drop(gate);
         self.leave_queue(entry, Left::Abandoned);
     }
@@ -407,7 +387,7 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
             let waiting = gate.waiting.take_all();
             for entry in &waiting {
                 let outcome = Outcome::Refused(Refusal::ShuttingDown);
-                gate.depart(entry.id, entry.key(), outcome);
+                gate.depart(entry.id, entry.key, outcome);
             }
             (gate.channel.take(), waiting)
         };

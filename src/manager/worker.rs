@@ -153,12 +153,13 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
             };
             let Entry {
                 id,
-                origin,
+                source,
+                key,
                 queued_at,
                 watched,
                 handler,
+                ..
             } = entry;
-            let (source, key) = origin.map_or((None, None), |o| (o.source, o.key));
             // Checked first: `socket` is the handler's own code.
             if watched {
                 if let Some(socket) = handler.socket() {
