@@ -227,7 +227,9 @@ pub use admission::{
     QueueTimeout, Refusal, Unbounded,
 };
 pub use handler::{BoxHandler, FnHandler, Handler, HandlerContext, Stop, handler_fn};
-pub use manager::{MakeRoom, Manager, ManagerBuilder, Refused, RunningInfo, ShutdownReport, Stats};
+pub use manager::{
+    MakeRoom, Manager, ManagerBuilder, Refused, RunningInfo, ShutdownReport, Source, Stats,
+};
 pub use protocol::LingeringCloser;
 
 /// The README's code, compiled by `cargo test` so that it cannot drift

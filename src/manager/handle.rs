@@ -66,7 +66,15 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
     /// If the admission policy panics; the handler is dropped and nothing
     /// is counted.
     pub fn submit(&self, handler: Q) -> Result<(), Refused<Q>> {
-        let shared = &*self.shared;
+        self.shared.submit(handler, true)
+    }
+}
+
+impl<Q: Handler, S: Admission> ManagerState<Q, S> {
+    /// [`Manager::submit`]; `wake_idle`: whether to wake a worker waiting
+    /// on the source for it (not when the submitting worker takes it).
+    pub(super) fn submit(&self, handler: Q, wake_idle: bool) -> Result<(), Refused<Q>> {
+        let shared = self;
         let source = handler.source().map(canonical_source);
         let key = handler
             .key()
@@ -146,6 +154,9 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
         if let Some(tokens) = tokens {
             // The receiver lives as long as `shared`, so this cannot fail.
             let _ = tokens.send(());
+            if wake_idle {
+                shared.tokens_sent();
+            }
         }
         if earliest {
             shared.deadline_wake.notify_all();
@@ -155,7 +166,9 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
         }
         Ok(())
     }
+}
 
+impl<Q: Handler, S: Admission> Manager<Q, S> {
     /// A snapshot of the counters. Cheap enough to read on every request:
     /// atomic loads (a few, and six per worker slot) with no lock and no
     /// write to shared memory, and a clock read while someone waits.

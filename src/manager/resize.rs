@@ -179,6 +179,7 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
                 for _ in n..live {
                     let _ = tokens.send(());
                 }
+                shared.tokens_sent();
             }
         }
         Ok(())

@@ -16,6 +16,7 @@ use super::refused::Refused;
 use super::resize::Workers;
 use super::room::BusyLimits;
 use super::slot::Phase;
+use super::source::Sourced;
 use super::stats::Counters;
 use super::watcher::Watcher;
 use crate::admission::{Admission, Departure, Key, Outcome, Refusal};
@@ -167,6 +168,8 @@ pub(super) struct ManagerState<Q, S> {
     pub(super) room_due: AtomicInstant,
     /// Running handlers asked to make room that have not left yet.
     pub(super) asked: AtomicUsize,
+    /// Where idle workers take handlers themselves, if anywhere.
+    pub(super) source: Option<Sourced<Q>>,
 }
 
 impl<Q, S> ManagerState<Q, S> {
@@ -325,6 +328,7 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
         // Without a sender, workers see the channel disconnect once the
         // tokens left in it are taken, and exit after their handler.
         drop(tokens);
+        self.source_closed();
         self.deadline_wake.notify_all();
         self.watcher.wake();
         let refused = waiting.len() as u64;

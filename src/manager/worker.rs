@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::slot::{RunningInfo, Slot};
+use super::source::IdleWait;
 use super::state::{Entry, ManagerState, guarded};
 use super::stats::{Counters, WorkerCounters};
 use crate::admission::{Admission, Departure, Outcome};
@@ -75,12 +76,13 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
         // count down) with the next one's start, or before this worker
         // sleeps or retires, never later.
         let mut last: Option<Departure> = None;
+        let mut idle = IdleWait::default();
         loop {
             if self.workers.retire() {
                 break;
             }
             let token = match last.take() {
-                None => self.tokens.recv().is_ok(),
+                None => self.next_token(&mut idle),
                 Some(done) => match self.tokens.try_recv() {
                     Ok(()) => {
                         last = Some(done);
@@ -88,7 +90,7 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
                     }
                     Err(_) => {
                         self.finish(done);
-                        self.tokens.recv().is_ok()
+                        self.next_token(&mut idle)
                     }
                 },
             };
@@ -99,6 +101,7 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
                 // The token may be a waiting handler's: pass it on.
                 if let Some(tokens) = lock(&self.gate).tokens.clone() {
                     let _ = tokens.send(());
+                    self.tokens_sent();
                 }
                 break;
             }
