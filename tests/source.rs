@@ -289,6 +289,39 @@ fn a_submit_wakes_a_worker_waiting_on_the_source() {
 }
 
 #[test]
+fn a_burst_of_submits_wakes_as_many_waiting_workers_as_it_needs() {
+    let (source, setup) = setup();
+    let manager: Manager<BoxHandler> = ManagerBuilder::new(3).build_with_source(source).unwrap();
+    let (started_tx, started) = unbounded();
+    let (release_tx, release) = unbounded::<()>();
+    // Each round, three handlers that all hold their worker until the
+    // round ends: all three workers, idle on the listener, must wake.
+    for round in 0..50 {
+        for _ in 0..3 {
+            let (started_tx, release) = (started_tx.clone(), release.clone());
+            let job = handler_fn(move |_| {
+                let _ = started_tx.send(());
+                let _ = release.recv_timeout(LIMIT);
+                Ok(())
+            });
+            manager.submit(BoxHandler::new(job)).unwrap();
+        }
+        for n in 0..3 {
+            assert!(
+                started.recv_timeout(LIMIT).is_ok(),
+                "round {round}: only {n} of 3 woke"
+            );
+        }
+        for _ in 0..3 {
+            release_tx.send(()).unwrap();
+        }
+        assert!(manager.wait_idle_timeout(LIMIT));
+    }
+    assert_eq!(reply(client(setup.addr, "after")), "served after\n");
+    manager.shutdown(LIMIT);
+}
+
+#[test]
 fn shutdown_with_workers_waiting_on_the_source_is_prompt() {
     let (source, setup) = setup();
     let manager: Manager<BoxHandler> = ManagerBuilder::new(4).build_with_source(source).unwrap();

@@ -146,7 +146,7 @@ impl<S: Admission> ManagerBuilder<S> {
     }
 
     fn start<Q: Handler>(self, source: Option<Sourced<Q>>) -> io::Result<Manager<Q, S>> {
-        check_map_room(self.max_running + 3)?;
+        check_map_room(self.max_running + 2 + usize::from(source.is_some()))?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let phase = Arc::new(Phase::default());
         let workers = Workers::new(phase.clone(), self.name.clone());
