@@ -68,6 +68,8 @@ impl Handler for Named {
 struct Listener {
     listener: TcpListener,
     shared: Shared,
+    /// Calls of `accept` left that panic first.
+    panics: AtomicUsize,
 }
 
 impl Source<BoxHandler> for Listener {
@@ -76,6 +78,11 @@ impl Source<BoxHandler> for Listener {
     }
 
     fn accept(&self) -> io::Result<Option<BoxHandler>> {
+        let panics = self.panics.load(SeqCst);
+        if panics > 0 {
+            self.panics.store(panics - 1, SeqCst);
+            panic!("deliberate panic in accept");
+        }
         match self.listener.accept() {
             Ok((stream, _)) => {
                 let name = thread::current().name().unwrap_or("").to_owned();
@@ -137,6 +144,7 @@ fn setup() -> (Listener, Setup) {
     let source = Listener {
         listener,
         shared: shared.clone(),
+        panics: AtomicUsize::new(0),
     };
     let setup = Setup {
         addr,
@@ -188,6 +196,8 @@ fn idle_workers_accept_and_serve_exact_bytes() {
         acceptors.iter().any(|name| name.starts_with("lf-worker-")),
         "no worker accepted: {acceptors:?}"
     );
+    // A client sees the end before its handler is counted complete.
+    assert!(manager.wait_idle_timeout(LIMIT));
     let stats = manager.stats();
     assert_eq!((stats.submitted, stats.completed), (40, 40));
     manager.shutdown(LIMIT);
@@ -196,8 +206,9 @@ fn idle_workers_accept_and_serve_exact_bytes() {
 #[test]
 fn the_bound_holds_and_the_busy_manager_queues_what_it_accepts() {
     let (source, setup) = setup();
+    let (admitted_tx, admitted) = unbounded();
     let manager: Manager<BoxHandler, _> = ManagerBuilder::new(2)
-        .admission(Unbounded)
+        .admission(Told(admitted_tx))
         .name("lf")
         .build_with_source(source)
         .unwrap();
@@ -207,6 +218,10 @@ fn the_bound_holds_and_the_busy_manager_queues_what_it_accepts() {
     let mut started = vec![next_start(&setup), next_start(&setup)];
     // Both workers are held: the others are accepted by the accepting
     // thread and wait in the queue; none starts.
+    for _ in 0..6 {
+        assert!(admitted.recv_timeout(LIMIT).is_ok(), "not all accepted");
+    }
+    assert_eq!(manager.stats().waiting, 4);
     assert!(setup.started.recv_timeout(SHORT).is_err(), "a third ran");
     for _ in 0..4 {
         setup.release.send(()).unwrap();
@@ -438,12 +453,32 @@ fn a_max_waiting_refusal_comes_from_the_accepting_thread() {
         .admission(MaxWaiting(0))
         .build_with_source(source)
         .unwrap();
-    let held = client(setup.addr, "hold");
-    assert_eq!(next_start(&setup), "hold");
-    // The only worker is busy, so nobody waits on the source: the
-    // accepting thread takes this one, and no waiting place is free.
-    assert_eq!(reply(client(setup.addr, "x")), "refused QueueFull\n");
-    setup.release.send(()).unwrap();
-    assert_eq!(reply(held), "served hold\n");
+    // Rounds, so that the accepting thread is found asleep (a worker was
+    // waiting on the source when it last looked) at some point: only the
+    // worker that stops waiting last can wake it then.
+    for _ in 0..20 {
+        let held = client(setup.addr, "hold");
+        assert_eq!(next_start(&setup), "hold");
+        // The only worker is busy, so nobody waits on the source: the
+        // accepting thread takes this one, and no waiting place is free.
+        assert_eq!(reply(client(setup.addr, "x")), "refused QueueFull\n");
+        setup.release.send(()).unwrap();
+        assert_eq!(reply(held), "served hold\n");
+        // Its client saw the end before the handler left the running
+        // count: the next `hold` must not find it still running.
+        assert!(manager.wait_idle_timeout(LIMIT));
+    }
+    manager.shutdown(LIMIT);
+}
+
+#[test]
+fn a_source_that_panics_is_backed_off_from_not_fatal() {
+    let (mut source, setup) = setup();
+    source.panics = AtomicUsize::new(3);
+    let manager: Manager<BoxHandler> = ManagerBuilder::new(2).build_with_source(source).unwrap();
+    // The connection stays in the backlog through the panics, and is
+    // served after the back-off.
+    assert_eq!(reply(client(setup.addr, "late")), "served late\n");
+    assert_eq!(reply(client(setup.addr, "next")), "served next\n");
     manager.shutdown(LIMIT);
 }
