@@ -37,6 +37,7 @@
 
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -50,7 +51,7 @@ use super::state::ManagerState;
 use crate::admission::Admission;
 use crate::handler::Handler;
 use crate::poller::Poller;
-use crate::util::lock;
+use crate::util::{lock, panic_message};
 
 /// Where a manager's idle workers take new handlers themselves: usually a
 /// listening socket that turns each accepted connection into a handler.
@@ -189,9 +190,19 @@ impl<Q: Handler> Sourced<Q> {
     /// The source's `accept`, unless stopped (`None`). Dekker-style with
     /// [`Sourced::stop`]: this counts itself in, then reads `stopped`;
     /// the stop sets `stopped`, then waits for the count to reach zero.
+    ///
+    /// A panic in the source's `accept` is an error like any other: the
+    /// thread backs off and lives on (and the count stays exact).
     fn accept(&self) -> Option<io::Result<Option<Q>>> {
         self.in_accept.fetch_add(1, Ordering::SeqCst);
-        let taken = (!self.stopped()).then(|| self.source.accept());
+        let taken = (!self.stopped()).then(|| {
+            panic::catch_unwind(AssertUnwindSafe(|| self.source.accept())).unwrap_or_else(
+                |payload| {
+                    let message = panic_message(&*payload);
+                    Err(io::Error::other(format!("the source panicked: {message}")))
+                },
+            )
+        });
         if self.in_accept.fetch_sub(1, Ordering::SeqCst) == 1 && self.stopped() {
             let _guard = lock(&self.drained.0);
             self.drained.1.notify_all();
