@@ -11,6 +11,9 @@
 //! - The [`Manager`] keeps the waiting queue (FIFO) and the running set,
 //!   never runs more than `max_running` handlers at once, and starts the
 //!   next waiting handler the moment a running one ends.
+//! - Optionally a [`Source`] (a listener): idle workers then accept new
+//!   connections themselves, with no thread handing them over
+//!   ([`ManagerBuilder::build_with_source`]).
 //!
 //! The file-transfer protocol of the bundled `filesrv` server is one
 //! [`Handler`] among others; see the [`protocol`] module.
@@ -228,7 +231,8 @@ pub use admission::{
 };
 pub use handler::{BoxHandler, FnHandler, Handler, HandlerContext, Stop, handler_fn};
 pub use manager::{
-    MakeRoom, Manager, ManagerBuilder, Refused, RunningInfo, ShutdownReport, Stats, time_resolution,
+    MakeRoom, Manager, ManagerBuilder, Refused, RunningInfo, ShutdownReport, Source, Stats,
+    time_resolution,
 };
 pub use protocol::LingeringCloser;
 

@@ -24,3 +24,4 @@ mod proxy;
 mod queue;
 mod server_resize;
 mod slots;
+mod source;

@@ -14,6 +14,7 @@ use super::queue::{HeadStamp, Queue};
 use super::resize::{Workers, check_bound};
 use super::room::BusyLimits;
 use super::slot::Phase;
+use super::source::{Source, Sourced};
 use super::state::{Counts, Gate, ManagerState};
 use super::stats::Counters;
 use super::wait_stamps::WaitStamps;
@@ -126,7 +127,28 @@ impl<S: Admission> ManagerBuilder<S> {
     /// `max_running` threads; the threads already started are stopped and
     /// joined before this returns.
     pub fn build<Q: Handler>(self) -> io::Result<Manager<Q, S>> {
-        check_map_room(self.max_running + 2)?;
+        self.start(None)
+    }
+
+    /// Starts the manager, as [`build`](ManagerBuilder::build), with a
+    /// [`Source`] its idle workers accept handlers from themselves, plus
+    /// a thread (`<name>-accept`) that accepts and queues while every
+    /// worker is busy. [`Manager::submit`] still works beside it.
+    ///
+    /// Not a builder option: the handler type is chosen only here.
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](ManagerBuilder::build), or the OS refused an eventfd.
+    pub fn build_with_source<Q: Handler>(
+        self,
+        source: impl Source<Q>,
+    ) -> io::Result<Manager<Q, S>> {
+        self.start(Some(Sourced::new(Box::new(source))?))
+    }
+
+    fn start<Q: Handler>(self, source: Option<Sourced<Q>>) -> io::Result<Manager<Q, S>> {
+        check_map_room(self.max_running + 2 + usize::from(source.is_some()))?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let phase = Arc::new(Phase::default());
         let clock = Arc::new(CoarseClock::new());
@@ -159,6 +181,7 @@ impl<S: Admission> ManagerBuilder<S> {
             limits: self.limits,
             room_due: AtomicInstant::new(),
             asked: AtomicUsize::new(0),
+            source,
         });
         let manager = Manager {
             shared: shared.clone(),
@@ -183,6 +206,13 @@ impl<S: Admission> ManagerBuilder<S> {
             format!("{}-watcher", self.name),
             Box::new(move || watcher.watch_loop()),
         )?;
+        if shared.source.is_some() {
+            let acceptor = shared.clone();
+            spawn(
+                format!("{}-accept", self.name),
+                Box::new(move || acceptor.accept_loop()),
+            )?;
+        }
         for _ in 0..self.max_running {
             let mut threads = lock(&manager.threads);
             let threads = threads

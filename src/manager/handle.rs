@@ -66,7 +66,15 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
     /// If the admission policy panics; the handler is dropped and nothing
     /// is counted.
     pub fn submit(&self, handler: Q) -> Result<(), Refused<Q>> {
-        let shared = &*self.shared;
+        self.shared.submit(handler, true)
+    }
+}
+
+impl<Q: Handler, S: Admission> ManagerState<Q, S> {
+    /// [`Manager::submit`]; `wake_idle`: whether to wake a worker waiting
+    /// on the source for it (not when the submitting worker takes it).
+    pub(super) fn submit(&self, handler: Q, wake_idle: bool) -> Result<(), Refused<Q>> {
+        let shared = self;
         let source = handler.source().map(canonical_source);
         let key = handler
             .key()
@@ -144,6 +152,9 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
                 let _ = channel.send(Msg::Start(entry));
             }
             drop(gate);
+            if wake_idle {
+                shared.message_sent();
+            }
         } else {
             gate.waiting.push(entry);
             // Watched only once queued: the deadline thread finds it there.
@@ -161,6 +172,9 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
             drop(gate);
             if let Some(channel) = channel {
                 let _ = channel.send(Msg::Token);
+                if wake_idle {
+                    shared.message_sent();
+                }
             }
             if earliest {
                 shared.deadline_wake.notify_all();
@@ -171,7 +185,9 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
         }
         Ok(())
     }
+}
 
+impl<Q: Handler, S: Admission> Manager<Q, S> {
     /// A snapshot of the counters. Cheap enough to read on every request:
     /// atomic loads (a few, and seven per worker slot) with no lock and no
     /// write to shared memory, and a clock read while someone waits.

@@ -182,6 +182,7 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
                 for _ in n..live {
                     let _ = channel.send(Msg::Token);
                 }
+                shared.message_sent();
             }
         }
         Ok(())

@@ -17,6 +17,7 @@ use super::refused::Refused;
 use super::resize::Workers;
 use super::room::BusyLimits;
 use super::slot::Phase;
+use super::source::Sourced;
 use super::stats::Counters;
 use super::wait_stamps::WaitStamps;
 use super::watcher::Watcher;
@@ -187,6 +188,8 @@ pub(super) struct ManagerState<Q, S> {
     pub(super) room_due: AtomicInstant,
     /// Running handlers asked to make room that have not left yet.
     pub(super) asked: AtomicUsize,
+    /// Where idle workers take handlers themselves, if anywhere.
+    pub(super) source: Option<Sourced<Q>>,
 }
 
 impl<Q, S> ManagerState<Q, S> {
@@ -394,6 +397,7 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
         // Without a sender, workers see the channel disconnect once the
         // messages left in it are taken, and exit after their handler.
         drop(channel);
+        self.source_closed();
         self.deadline_wake.notify_all();
         self.watcher.wake();
         for entry in waiting {

@@ -4,6 +4,7 @@ use std::cell::Cell;
 use std::sync::atomic::Ordering;
 
 use super::slot::Slot;
+use super::source::IdleWait;
 use super::state::{Entry, ManagerState, Msg, guarded};
 use super::stats::{Counters, WorkerCounters};
 use crate::admission::{Admission, Departure, Outcome};
@@ -24,7 +25,7 @@ impl<Q, S> ManagerState<Q, S> {
     }
 }
 
-impl<Q, S: Admission> ManagerState<Q, S> {
+impl<Q: Handler, S: Admission> ManagerState<Q, S> {
     /// Takes the head of the queue; it counts as running from here on, so
     /// a shutdown either refuses a waiting handler or sees it running.
     ///
@@ -55,6 +56,7 @@ impl<Q, S: Admission> ManagerState<Q, S> {
     fn send(&self, msg: Msg<Q>) {
         if let Some(channel) = lock(&self.gate).channel.clone() {
             let _ = channel.send(msg);
+            self.message_sent();
         }
     }
 
@@ -95,12 +97,13 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
         // count down) with the next one's start, or before this worker
         // sleeps or retires, never later.
         let mut last: Option<Departure> = None;
+        let mut idle = IdleWait::default();
         loop {
             if self.workers.retire() {
                 break;
             }
             let msg = match last.take() {
-                None => self.channel.recv(),
+                None => self.next_msg(&mut idle),
                 Some(done) => match self.channel.try_recv() {
                     Ok(msg) => {
                         last = Some(done);
@@ -108,7 +111,7 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
                     }
                     Err(_) => {
                         self.finish(done);
-                        self.channel.recv()
+                        self.next_msg(&mut idle)
                     }
                 },
             };

@@ -12,6 +12,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 use rustix::event::{EventfdFlags, PollFd, PollFlags, eventfd};
 
+use super::accepting::SessionSource;
 use super::agent::{self, Load};
 use super::closer::Closer;
 use super::config::{Policy, ServerConfig, ServerError};
@@ -64,7 +65,8 @@ pub struct Server {
 struct Listening {
     manager: Manager<Session, Policy>,
     state: Arc<ServerState>,
-    listener: TcpListener,
+    /// Shared with the manager's source when workers accept themselves.
+    listener: Arc<TcpListener>,
     stopping: AtomicBool,
     /// Written once by shutdown: wakes the accepting thread's `poll`.
     stop_event: OwnedFd,
@@ -72,7 +74,9 @@ struct Listening {
 
 #[derive(Debug)]
 struct Threads {
-    accept: JoinHandle<()>,
+    /// The accepting thread, when the manager does not accept itself
+    /// (with trusted proxies).
+    accept: Option<JoinHandle<()>>,
     /// The PROXY header thread, when there are trusted proxies.
     handshake: Option<JoinHandle<()>>,
     closer: JoinHandle<()>,
@@ -149,21 +153,32 @@ impl Server {
         listener.set_nonblocking(true).map_err(ServerError::Start)?;
         sockopt::set_inherited(&listener, &config).map_err(ServerError::Start)?;
         let (closer, closer_thread) = Closer::start("filesrv").map_err(ServerError::Start)?;
-        let manager = ManagerBuilder::new(config.max_running)
+        let builder = ManagerBuilder::new(config.max_running)
             .admission(config.admission())
             .busy_idle_timeout(config.busy_idle_timeout)
             .busy_session_limit(config.busy_session_limit)
             // The protocol counts per client address, not per network.
             .ipv6_prefix(128)
-            .name("filesrv")
-            .build()
-            .map_err(ServerError::Start)?;
+            .name("filesrv");
         let state = Arc::new(ServerState {
             root,
             config,
             closer,
             metrics: Metrics::default(),
         });
+        let listener = Arc::new(listener);
+        // Idle workers accept themselves, unless trusted proxies' headers
+        // must be read first (see `accepting`).
+        let workers_accept = state.config.proxy_from.is_empty();
+        let manager = if workers_accept {
+            builder.build_with_source(SessionSource {
+                listener: listener.clone(),
+                state: state.clone(),
+            })
+        } else {
+            builder.build()
+        }
+        .map_err(ServerError::Start)?;
         let inner = Arc::new(Listening {
             manager,
             state,
@@ -190,14 +205,16 @@ impl Server {
         let agent_addr = sidecars.agent.as_ref().map(Sidecar::local_addr);
         let (wake, woken) = crossbeam_channel::bounded(0);
         let accepting = inner.clone();
-        let accept = thread::Builder::new()
-            .name("filesrv-accept".to_owned())
-            .spawn(move || {
-                accepting.accept_loop(&woken, handshakes.as_ref());
-                // Dropped: the handshake thread refuses what it holds, ends.
-                drop(handshakes);
-            });
-        let accept = match accept {
+        let accept = (!workers_accept).then(|| {
+            thread::Builder::new()
+                .name("filesrv-accept".to_owned())
+                .spawn(move || {
+                    accepting.accept_loop(&woken, handshakes.as_ref());
+                    // Dropped: the handshake thread refuses what it holds, ends.
+                    drop(handshakes);
+                })
+        });
+        let accept = match accept.transpose() {
             Ok(accept) => accept,
             Err(e) => {
                 sidecars.stop();
@@ -289,7 +306,12 @@ impl Server {
             inner.stopping.store(true, Ordering::SeqCst);
             drop(wake);
             let _ = rustix::io::write(&inner.stop_event, &1u64.to_ne_bytes());
-            let _ = accept.join();
+            match accept {
+                Some(accept) => {
+                    let _ = accept.join();
+                }
+                None => inner.manager.stop_accepting(),
+            }
             log::info!("stopped accepting");
             // The accepting thread stopped the handshakes on its way out.
             if let Some(handshake) = handshake {
@@ -452,7 +474,7 @@ impl Listening {
 }
 
 /// Errors about one connection that died before it was accepted.
-fn is_transient(e: &io::Error) -> bool {
+pub(super) fn is_transient(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::ConnectionAborted
