@@ -100,10 +100,13 @@ pub trait Handler: Send + Sized + 'static {
     /// so to its client before the connection closes (`ERR busy`,
     /// `ERR unavailable`). The handler is dropped afterwards.
     ///
-    /// Called on the thread that made the decision: the submitting thread,
-    /// the manager's deadline thread, or the thread that called
-    /// [`shutdown`](crate::Manager::shutdown). It should therefore be quick
-    /// and must not block for long. The default does nothing.
+    /// Called on the thread that made the decision: the submitting thread
+    /// (for a handler taken from a [`Source`](crate::Source), a worker or
+    /// the manager's accepting thread), the manager's deadline thread, the
+    /// thread that called [`shutdown`](crate::Manager::shutdown), or a
+    /// worker that takes a waiting handler after a shutdown began. It
+    /// should therefore be quick and must not block for long. The default
+    /// does nothing.
     fn refused(self, reason: Refusal) {
         let _ = reason;
     }
