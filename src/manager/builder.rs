@@ -152,7 +152,12 @@ impl<S: Admission> ManagerBuilder<S> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let phase = Arc::new(Phase::default());
         let clock = Arc::new(CoarseClock::new());
-        let workers = Workers::new(phase.clone(), clock.clone(), self.name.clone());
+        let workers = Workers::new(
+            phase.clone(),
+            clock.clone(),
+            self.limits.any(),
+            self.name.clone(),
+        );
         workers.set_target(self.max_running);
         let head = Arc::new(HeadStamp::default());
         let shared = Arc::new(ManagerState {

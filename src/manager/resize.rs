@@ -33,12 +33,20 @@ pub(super) struct Workers {
     free: Mutex<Vec<usize>>,
     phase: Arc<Phase>,
     clock: Arc<CoarseClock>,
+    /// Whether busy limits are set, so a running handler may be asked to
+    /// make room (see [`Slot::new`]).
+    may_be_asked: bool,
     /// Threads are named `<name>-worker-<slot index>`.
     pub(super) name: String,
 }
 
 impl Workers {
-    pub(super) fn new(phase: Arc<Phase>, clock: Arc<CoarseClock>, name: String) -> Workers {
+    pub(super) fn new(
+        phase: Arc<Phase>,
+        clock: Arc<CoarseClock>,
+        may_be_asked: bool,
+        name: String,
+    ) -> Workers {
         Workers {
             target: AtomicUsize::new(0),
             live: AtomicUsize::new(0),
@@ -46,6 +54,7 @@ impl Workers {
             free: Mutex::default(),
             phase,
             clock,
+            may_be_asked,
             name,
         }
     }
@@ -85,9 +94,11 @@ impl Workers {
         let mut free = lock(&self.free);
         match free.pop() {
             Some(index) => index,
-            None => self
-                .slots
-                .push(Slot::new(self.phase.clone(), self.clock.clone())),
+            None => self.slots.push(Slot::new(
+                self.phase.clone(),
+                self.clock.clone(),
+                self.may_be_asked,
+            )),
         }
     }
 

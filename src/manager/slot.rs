@@ -104,10 +104,13 @@ pub(crate) struct Slot {
     /// [`Stamp::nanos`] of when the handler went idle; 0 while it is
     /// busy. One store per change, read only by the make-room pass.
     idle_since: AtomicU64,
+    /// Whether a make-room pass may ask the handler here to leave (busy
+    /// limits are set); if not, clearing is a store, not a swap.
+    may_be_asked: bool,
 }
 
 impl Slot {
-    pub(crate) fn new(phase: Arc<Phase>, clock: Arc<CoarseClock>) -> Slot {
+    pub(crate) fn new(phase: Arc<Phase>, clock: Arc<CoarseClock>, may_be_asked: bool) -> Slot {
         Slot {
             occupant: AtomicU64::new(0),
             has_hook: AtomicBool::new(false),
@@ -116,6 +119,7 @@ impl Slot {
             phase,
             clock,
             idle_since: AtomicU64::new(0),
+            may_be_asked,
         }
     }
 
@@ -139,7 +143,14 @@ impl Slot {
 
     /// Clears the slot; true if its handler had been asked to make room.
     pub(crate) fn vacate(&self) -> bool {
-        let left = self.occupant.swap(0, Ordering::AcqRel);
+        // Only `ask` (a make-room pass) changes the word under a running
+        // handler; without busy limits none runs, and a store will do.
+        let left = if self.may_be_asked {
+            self.occupant.swap(0, Ordering::AcqRel)
+        } else {
+            self.occupant.store(0, Ordering::Release);
+            0
+        };
         // A plain load first: most handlers never register a hook.
         if self.has_hook.load(Ordering::Acquire) && self.has_hook.swap(false, Ordering::AcqRel) {
             // Dropped outside the lock: a hook may own a socket or more.
@@ -183,6 +194,7 @@ impl Slot {
     /// Asks handler `id`, if it still runs here and was not asked yet, to
     /// make room; counts it in `asked` before its hook can react.
     pub(crate) fn ask(&self, id: u64, why: MakeRoom, asked: &AtomicUsize) -> bool {
+        debug_assert!(self.may_be_asked, "asked without busy limits");
         let hook = {
             // Under the lock `set_room_hook` takes: exactly one of the two
             // calls the hook.
@@ -308,7 +320,7 @@ mod tests {
 
     fn slot() -> (Slot, Arc<CoarseClock>) {
         let clock = Arc::new(CoarseClock::new());
-        (Slot::new(Arc::default(), clock.clone()), clock)
+        (Slot::new(Arc::default(), clock.clone(), true), clock)
     }
 
     #[test]
