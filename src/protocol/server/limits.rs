@@ -10,9 +10,11 @@ use super::config::ServerConfig;
 /// streams, the log, the root, threads' and the closer's lingering
 /// refusals.
 const RESERVE: u64 = 64;
-/// Descriptors one running connection may hold at once: its socket, a
-/// file, a directory or temporary file, and one to spare.
-const PER_RUNNING: u64 = 4;
+/// Descriptors one running place may hold at once: the connection's
+/// socket, a file, a directory or temporary file, one to spare, and its
+/// worker's two for accepting while idle (an epoll set and its poller's
+/// wake-up eventfd, held from the worker's first idle wait on).
+const PER_RUNNING: u64 = 6;
 
 /// Raises the soft limit on open descriptors to the hard limit, as a
 /// server that holds a descriptor per waiting client needs; returns the
