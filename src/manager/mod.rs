@@ -1,12 +1,15 @@
 //! The [`Manager`]: a FIFO waiting queue, a bounded running set, and the
 //! worker threads that move handlers from one to the other.
 //!
-//! Threads: `max_running` workers, one deadline thread and one watcher,
-//! all started by [`ManagerBuilder::build`] and joined by
-//! [`Manager::shutdown`]. A worker blocks on the token channel (crossbeam,
-//! one token per queued handler); a handler arriving wakes one worker
-//! directly, and a worker that finishes takes the next handler at once,
-//! so there is no polling anywhere. The watcher blocks in `epoll_wait`.
+//! Threads: `max_running` workers, one deadline thread and one watcher
+//! (and, with a [`Source`], one accepting thread), all started by
+//! [`ManagerBuilder::build`] and joined by [`Manager::shutdown`]. A worker
+//! blocks on the hand-off channel (crossbeam): a handler that cannot leave
+//! the queue early travels in it, any other waits in the gate's queue
+//! behind a token there. A handler arriving wakes one worker directly, and
+//! a worker that finishes takes the next handler at once, so there is no
+//! polling anywhere. The watcher blocks in `epoll_wait`; with a source, an
+//! idle worker waits on the source too.
 
 mod atomic_instant;
 mod builder;

@@ -261,7 +261,7 @@ pub(super) struct IdleWait {
 
 impl IdleWait {
     /// The worker's epoll set, made on first use; `None` if the OS
-    /// refused one (the worker then waits on the token channel only).
+    /// refused one (the worker then waits on the hand-off channel only).
     fn poller<Q: Handler>(&mut self, sourced: &Sourced<Q>) -> Option<&Poller> {
         if self.poller.is_none() {
             let made = Poller::new().and_then(|poller| {
@@ -414,7 +414,7 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
         }
     }
 
-    /// At shutdown, after the token channel closed: stops the source.
+    /// At shutdown, after the hand-off channel closed: stops the source.
     pub(super) fn source_closed(&self) {
         if let Some(sourced) = &self.source {
             sourced.stop();

@@ -1,4 +1,4 @@
-//! When the handlers waiting in the token channel were queued, for the
+//! When the handlers waiting in the hand-off channel were queued, for the
 //! statistics' oldest waiter, read without a lock.
 //!
 //! A handler that cannot leave the queue early (no deadline, no watched
