@@ -27,6 +27,31 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
         .unwrap_or("(non-string panic payload)")
 }
 
+/// The pause after an `accept` error such as running out of descriptors,
+/// for every accepting loop (the file server's listener, a manager's
+/// source): 5 ms, doubled on each failure in a row, up to 500 ms.
+#[derive(Debug, Default)]
+pub(crate) struct Backoff {
+    last: Option<Duration>,
+}
+
+impl Backoff {
+    const MIN: Duration = Duration::from_millis(5);
+    const MAX: Duration = Duration::from_millis(500);
+
+    /// Another failure: the pause to wait out before trying again.
+    pub(crate) fn failed(&mut self) -> Duration {
+        let pause = self.last.map_or(Self::MIN, |b| (b * 2).min(Self::MAX));
+        self.last = Some(pause);
+        pause
+    }
+
+    /// A success: the next failure starts over.
+    pub(crate) fn reset(&mut self) {
+        self.last = None;
+    }
+}
+
 /// How much of a buffer of `max` bytes a body with `remaining` bytes to
 /// go needs.
 pub(crate) fn chunk_len(remaining: u64, max: usize) -> usize {
@@ -44,4 +69,18 @@ pub(crate) fn chunk_len(remaining: u64, max: usize) -> usize {
 pub(crate) fn timeout_setting(timeout: Option<Duration>, name: &str) -> Option<Duration> {
     assert_ne!(timeout, Some(Duration::ZERO), "use None for no {name}");
     timeout
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_starts_over_after_a_success() {
+        let mut backoff = Backoff::default();
+        let pauses: Vec<u128> = (0..9).map(|_| backoff.failed().as_millis()).collect();
+        assert_eq!(pauses, [5, 10, 20, 40, 80, 160, 320, 500, 500]);
+        backoff.reset();
+        assert_eq!(backoff.failed(), Duration::from_millis(5));
+    }
 }

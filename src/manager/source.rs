@@ -52,7 +52,7 @@ use super::state::{ManagerState, Msg};
 use crate::admission::Admission;
 use crate::handler::Handler;
 use crate::poller::Poller;
-use crate::util::{lock, panic_message};
+use crate::util::{Backoff, lock, panic_message};
 
 /// Where a manager's idle workers take new handlers themselves: usually a
 /// listening socket that turns each accepted connection into a handler.
@@ -139,10 +139,6 @@ pub trait Source<Q>: Send + Sync + 'static {
     ///   (a worker still runs queued handlers meanwhile).
     fn accept(&self) -> io::Result<Option<Q>>;
 }
-
-/// Back-off after an `accept` error: doubled on each failure in a row.
-const BACKOFF_MIN: Duration = Duration::from_millis(5);
-const BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 /// Event keys in the workers' and the accepting thread's epoll sets.
 const LISTENER: u64 = 0;
@@ -256,7 +252,7 @@ pub(super) struct IdleWait {
     poller: Option<Poller>,
     events: Vec<Event>,
     /// The current back-off after an `accept` error; `None`: no error.
-    backoff: Option<Duration>,
+    backoff: Backoff,
 }
 
 impl IdleWait {
@@ -387,10 +383,10 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
     /// Accepts one handler from the source and submits it, without waking
     /// a worker for it (the caller takes its token); the back-off to wait
     /// out if accepting failed.
-    fn take_from(&self, sourced: &Sourced<Q>, backoff: &mut Option<Duration>) -> Option<Duration> {
+    fn take_from(&self, sourced: &Sourced<Q>, backoff: &mut Backoff) -> Option<Duration> {
         match sourced.accept()? {
             Ok(Some(handler)) => {
-                *backoff = None;
+                backoff.reset();
                 if let Err(refused) = self.submit(handler, false) {
                     refused.notify();
                 }
@@ -398,9 +394,8 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
             }
             Ok(None) => None,
             Err(e) => {
-                let pause = backoff.map_or(BACKOFF_MIN, |b| (b * 2).min(BACKOFF_MAX));
+                let pause = backoff.failed();
                 log::warn!("accept failed: {e}; a worker retries in {pause:?}");
-                *backoff = Some(pause);
                 Some(pause)
             }
         }
@@ -429,7 +424,7 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
         };
         let mut events = Poller::events();
         let mut watching = false;
-        let mut backoff = None;
+        let mut backoff = Backoff::default();
         while !sourced.stopped() {
             if sourced.waiters.load(Ordering::SeqCst) > 0 {
                 // A worker takes the next connection; sleep until the
@@ -446,7 +441,7 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
             };
             match taken {
                 Ok(Some(handler)) => {
-                    backoff = None;
+                    backoff.reset();
                     if let Err(refused) = self.submit(handler, true) {
                         refused.notify();
                     }
@@ -465,7 +460,7 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
                     self.acceptor_wait(sourced, None, &mut events);
                 }
                 Err(e) => {
-                    let pause = backoff.map_or(BACKOFF_MIN, |b: Duration| (b * 2).min(BACKOFF_MAX));
+                    let pause = backoff.failed();
                     log::warn!("accept failed: {e}; retrying in {pause:?}");
                     // A failed accept leaves the listener readable: the
                     // back-off must not wait on it.
@@ -473,7 +468,6 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
                         sourced.acceptor.delete(sourced.source.fd());
                         watching = false;
                     }
-                    backoff = Some(pause);
                     self.acceptor_wait(sourced, Instant::now().checked_add(pause), &mut events);
                 }
             }

@@ -7,7 +7,6 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use rustix::event::{EventfdFlags, PollFd, PollFlags, eventfd};
@@ -23,7 +22,7 @@ use super::session::{ServerState, Session, reply_error};
 use super::sidecar::Sidecar;
 use super::sockopt;
 use crate::protocol::wire::ErrorCode;
-use crate::util::lock;
+use crate::util::{Backoff, lock};
 use crate::{Manager, ManagerBuilder, ShutdownReport, Stats};
 
 /// A running file server: bound, accepting, serving.
@@ -101,11 +100,6 @@ impl Sidecars {
             .for_each(Sidecar::stop);
     }
 }
-
-/// Back-off after an `accept` error such as running out of descriptors:
-/// doubled on each failure in a row, up to the maximum.
-const BACKOFF_MIN: Duration = Duration::from_millis(5);
-const BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 impl Server {
     /// Binds `addr` and starts serving `config.root`. Leftover temporary
@@ -344,7 +338,7 @@ fn open_root(config: &ServerConfig) -> Result<Root, ServerError> {
 
 impl Listening {
     fn accept_loop(&self, woken: &Receiver<()>, handshakes: Option<&Handshakes>) {
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::default();
         loop {
             // Once stopping, nothing more is taken from the backlog: under
             // socket activation the socket outlives this process, and its
@@ -371,7 +365,7 @@ impl Listening {
             };
             match accepted {
                 Ok((stream, peer)) => {
-                    backoff = BACKOFF_MIN;
+                    backoff.reset();
                     self.state.metrics.accepted();
                     match handshakes {
                         // A trusted proxy: its header names the client.
@@ -385,11 +379,11 @@ impl Listening {
                 }
                 Err(e) if is_transient(&e) => {}
                 Err(e) => {
-                    log::warn!("accept failed: {e}; retrying in {backoff:?}");
+                    let pause = backoff.failed();
+                    log::warn!("accept failed: {e}; retrying in {pause:?}");
                     // Wait out the back-off, or until shutdown drops the
                     // sender; either way, then look again.
-                    let _ = woken.recv_timeout(backoff);
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    let _ = woken.recv_timeout(pause);
                 }
             }
         }
