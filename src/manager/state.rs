@@ -290,16 +290,14 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
     /// if queued, false if refused because a shutdown began. The caller
     /// sees to its token.
     pub(super) fn requeue(&self, mut entry: Entry<Q>) -> bool {
-        if entry.queued_at.is_some() {
-            self.stamps.took_one();
-        }
         let mut gate = lock(&self.gate);
         if gate.channel.is_none() {
-            let how = Left::Refused(Refusal::ShuttingDown);
-            gate.depart(entry.id, entry.key, how.outcome());
             drop(gate);
-            self.settle(entry, how);
+            self.refuse_late(entry);
             return false;
+        }
+        if entry.queued_at.is_some() {
+            self.stamps.took_one();
         }
         entry.queued_at.get_or_insert_with(|| self.clock.stamp());
         gate.waiting.insert(entry);
