@@ -2,13 +2,16 @@
 //!
 //! Every scenario runs the same trivial handler (it bumps one shared
 //! atomic), so what is measured is the cost of moving work from a queue to
-//! a running slot, not the work. Five implementations take part, each with
+//! a running slot, not the work. Six implementations take part, each with
 //! `max_running` (N) slots:
 //!
 //! - `manager`: [`filesrv::Manager`] with the [`Unbounded`] policy, N
 //!   reused worker threads;
 //! - `crossbeam`: an unbounded crossbeam channel feeding N worker threads,
 //!   the floor for this design (no admission, no bookkeeping);
+//! - `counted`: the same channel plus one packed running/waiting count
+//!   that the submitter and the workers both change: the floor of any
+//!   design whose admission sees exact counts, as the manager's does;
 //! - `threadpool`: the `threadpool` crate with N threads, what Rust users
 //!   pick today;
 //! - `spawn`: a queue and a dispatcher that starts one new thread per job,
@@ -320,6 +323,68 @@ impl Drop for ChannelPool {
         for worker in self.workers.drain(..) {
             let _ = worker.join();
         }
+    }
+}
+
+/// The floor of any design that keeps an exact running and waiting
+/// count: the raw channel plus one packed counts word that the submitter
+/// and the workers both change (one read-modify-write per job on each
+/// side, as the manager does when a worker takes its next handler at
+/// once).
+struct CountedPool {
+    pool: ChannelPool,
+    counts: Arc<AtomicU64>,
+}
+
+const COUNT_WAITING: u64 = 1;
+const COUNT_RUNNING: u64 = 1 << 32;
+
+impl CountedPool {
+    fn new(n: usize) -> CountedPool {
+        let (queue, jobs) = crossbeam_channel::unbounded::<Job>();
+        let counts = Arc::new(AtomicU64::new(0));
+        let workers = (0..n)
+            .map(|_| {
+                let jobs = jobs.clone();
+                let counts = counts.clone();
+                thread::spawn(move || {
+                    let mut ran = false;
+                    loop {
+                        let next = if ran { jobs.try_recv().ok() } else { None };
+                        let job = match next {
+                            Some(job) => {
+                                counts.fetch_sub(COUNT_WAITING, Ordering::SeqCst);
+                                job
+                            }
+                            _ => {
+                                if ran {
+                                    counts.fetch_sub(COUNT_RUNNING, Ordering::SeqCst);
+                                }
+                                let Ok(job) = jobs.recv() else { return };
+                                counts.fetch_add(COUNT_RUNNING - COUNT_WAITING, Ordering::SeqCst);
+                                job
+                            }
+                        };
+                        job.work();
+                        ran = true;
+                    }
+                })
+            })
+            .collect();
+        CountedPool {
+            pool: ChannelPool {
+                queue: Some(queue),
+                workers,
+            },
+            counts,
+        }
+    }
+}
+
+impl Pool for CountedPool {
+    fn submit(&self, job: Job) {
+        self.counts.fetch_add(COUNT_WAITING, Ordering::SeqCst);
+        self.pool.submit(job);
     }
 }
 
@@ -692,6 +757,7 @@ fn throughput_group(c: &mut Criterion, prefill: bool) {
     for n in SLOTS {
         throughput(&mut group, "manager", n, JOBS, prefill, manager);
         throughput(&mut group, "crossbeam", n, JOBS, prefill, ChannelPool::new);
+        throughput(&mut group, "counted", n, JOBS, prefill, CountedPool::new);
         throughput(
             &mut group,
             "threadpool",

@@ -1,5 +1,6 @@
 //! Configuring and starting a [`Manager`].
 
+use crossbeam_utils::CachePadded;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Condvar, Mutex};
@@ -163,18 +164,18 @@ impl<S: Admission> ManagerBuilder<S> {
         let shared = Arc::new(ManagerState {
             workers,
             ipv6_prefix: self.ipv6_prefix,
-            gate: Mutex::new(Gate {
+            gate: CachePadded::new(Mutex::new(Gate {
                 policy: self.admission,
                 channel: Some(tx),
                 waiting: Queue::new(head.clone()),
                 deadlines: Deadlines::new(),
                 next_id: 0,
-            }),
+            })),
             deadline_wake: Condvar::new(),
             channel: rx,
             counts: Counts(AtomicU64::new(0)),
             head,
-            stamps: WaitStamps::new(),
+            stamps: CachePadded::new(WaitStamps::new()),
             clock,
             refused_waiting: AtomicU64::new(0),
             counters: Counters::default(),

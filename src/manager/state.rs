@@ -8,6 +8,7 @@ use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use crossbeam_utils::CachePadded;
 
 use super::atomic_instant::AtomicInstant;
 use super::clock::{CoarseClock, Stamp};
@@ -161,7 +162,10 @@ pub(super) struct ManagerState<Q, S> {
     pub(super) workers: Workers,
     /// The prefix length IPv6 sources are grouped by into keys.
     pub(super) ipv6_prefix: u8,
-    pub(super) gate: Mutex<Gate<Q, S>>,
+    /// On a line of its own: every submission writes it, and a worker
+    /// reading a neighbour (the busy limits, say) would pull the line away
+    /// from the submitter on every job.
+    pub(super) gate: CachePadded<Mutex<Gate<Q, S>>>,
     /// The deadline thread sleeps on this, with the gate lock.
     pub(super) deadline_wake: Condvar,
     /// The hand-off channel: workers block here.
@@ -169,8 +173,9 @@ pub(super) struct ManagerState<Q, S> {
     pub(super) counts: Counts,
     /// When the head of the queue was queued, for reading without the lock.
     pub(super) head: Arc<HeadStamp>,
-    /// When the handlers waiting in the channel were queued.
-    pub(super) stamps: WaitStamps,
+    /// When the handlers waiting in the channel were queued; written on
+    /// every submission that waits, so on a line of its own too.
+    pub(super) stamps: CachePadded<WaitStamps>,
     /// Queue and start times.
     pub(super) clock: Arc<CoarseClock>,
     /// Waiting handlers refused because a shutdown began.
