@@ -356,7 +356,7 @@ impl CountedPool {
                                 counts.fetch_sub(COUNT_WAITING, Ordering::SeqCst);
                                 job
                             }
-                            _ => {
+                            None => {
                                 if ran {
                                     counts.fetch_sub(COUNT_RUNNING, Ordering::SeqCst);
                                 }
