@@ -27,16 +27,19 @@ pub(crate) struct Stamp(NonZeroU64);
 
 impl Stamp {
     /// A stamp from [`Stamp::nanos`]; `None` for 0.
+    #[inline]
     pub(crate) fn from_nanos(nanos: u64) -> Option<Stamp> {
         NonZeroU64::new(nanos).map(Stamp)
     }
 
     /// Never 0, so 0 can stand for "none" in an atomic word.
+    #[inline]
     pub(crate) fn nanos(self) -> u64 {
         self.0.get()
     }
 
     /// Nanoseconds from `earlier` to this stamp; 0 if it is later.
+    #[inline]
     pub(crate) fn nanos_since(self, earlier: Stamp) -> u64 {
         self.nanos().saturating_sub(earlier.nanos())
     }
@@ -52,6 +55,7 @@ pub(crate) struct CoarseClock {
     anchor_nanos: u64,
 }
 
+#[inline]
 fn nanos(ts: Timespec) -> u64 {
     let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
     let nsecs = u64::try_from(ts.tv_nsec).unwrap_or(0);
@@ -70,6 +74,7 @@ impl CoarseClock {
     }
 
     /// Now, to within one tick.
+    #[inline]
     pub(crate) fn stamp(&self) -> Stamp {
         let now = nanos(clock_gettime(ClockId::MonotonicCoarse));
         Stamp(NonZeroU64::new(now).unwrap_or(NonZeroU64::MIN))

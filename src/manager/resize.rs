@@ -59,6 +59,7 @@ impl Workers {
         }
     }
 
+    #[inline]
     pub(super) fn target(&self) -> usize {
         self.target.load(Ordering::Relaxed)
     }
@@ -68,6 +69,7 @@ impl Workers {
     }
 
     /// The slots, read without a lock.
+    #[inline]
     pub(super) fn slots(&self) -> &SlotList {
         &self.slots
     }
@@ -75,6 +77,7 @@ impl Workers {
     /// Whether the calling worker must retire: true (and it is no longer
     /// counted alive) while more workers live than the bound allows.
     /// Two loads when nothing changed.
+    #[inline]
     pub(super) fn retire(&self) -> bool {
         self.live
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |live| {

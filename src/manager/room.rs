@@ -71,6 +71,7 @@ pub(crate) struct BusyLimits {
 }
 
 impl BusyLimits {
+    #[inline]
     pub(crate) fn any(&self) -> bool {
         self.idle.is_some() || self.session.is_some()
     }

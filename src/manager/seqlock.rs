@@ -27,6 +27,7 @@ impl<const N: usize> SeqLock<N> {
     }
 
     /// Stores `words`. Only one thread may write (the slot's worker).
+    #[inline]
     pub(super) fn write(&self, words: [u64; N]) {
         let seq = self.seq.load(Relaxed);
         self.seq.store(seq.wrapping_add(1), Relaxed);

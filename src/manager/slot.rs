@@ -124,6 +124,7 @@ impl Slot {
     }
 
     /// Fills the slot with handler `id`, queued and started at the stamps.
+    #[inline]
     pub(crate) fn occupy(&self, id: u64, source: Option<IpAddr>, queued: Stamp, started: Stamp) {
         self.idle_since.store(0, Ordering::Relaxed);
         let (tag, high, low) = match source {
@@ -142,6 +143,7 @@ impl Slot {
     }
 
     /// Clears the slot; true if its handler had been asked to make room.
+    #[inline]
     pub(crate) fn vacate(&self) -> bool {
         // Only `ask` (a make-room pass) changes the word under a running
         // handler; without busy limits none runs, and a store will do.
@@ -296,6 +298,7 @@ impl Slot {
 }
 
 /// An IPv6 address's two halves, high first.
+#[inline]
 fn split(bits: u128) -> [u64; 2] {
     let bytes = bits.to_be_bytes();
     let (high, low) = bytes.split_at(8);

@@ -97,31 +97,38 @@ impl Counts {
     const WAITING: u64 = 1;
     const RUNNING: u64 = 1 << 32;
 
+    #[inline]
     pub(super) fn get(&self) -> (usize, usize) {
         let word = self.0.load(Ordering::SeqCst);
         ((word >> 32) as usize, (word & 0xFFFF_FFFF) as usize)
     }
+    #[inline]
     pub(super) fn queued(&self) {
         self.0.fetch_add(Self::WAITING, Ordering::SeqCst);
     }
     /// Returns whether the manager became idle (nothing running or waiting).
+    #[inline]
     pub(super) fn left_queue(&self) -> bool {
         self.0.fetch_sub(Self::WAITING, Ordering::SeqCst) == Self::WAITING
     }
+    #[inline]
     pub(super) fn started(&self) {
         self.0
             .fetch_add(Self::RUNNING - Self::WAITING, Ordering::SeqCst);
     }
     /// A handler that ended hands its running place to the head of the
     /// queue: waiting - 1, running unchanged.
+    #[inline]
     pub(super) fn handed_on(&self) {
         self.0.fetch_sub(Self::WAITING, Ordering::SeqCst);
     }
     /// Returns whether the manager became idle (nothing running or waiting).
+    #[inline]
     pub(super) fn finished(&self) -> bool {
         self.0.fetch_sub(Self::RUNNING, Ordering::SeqCst) == Self::RUNNING
     }
 
+    #[inline]
     pub(super) fn is_idle(&self) -> bool {
         self.0.load(Ordering::SeqCst) == 0
     }

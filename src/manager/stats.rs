@@ -77,6 +77,7 @@ impl Counters {
     /// Counts one on a counter that one thread at a time writes (under
     /// the admission lock, or a worker its own counters): a load and a
     /// store, no read-modify-write.
+    #[inline]
     pub(crate) fn bump_sole(counter: &AtomicU64) {
         counter.store(counter.load(Relaxed) + 1, Relaxed);
     }
@@ -132,6 +133,7 @@ impl WorkerCounters {
 
     /// Counts a handler that waited `nanos` before it started. Only this
     /// slot's worker writes, so plain loads and stores suffice.
+    #[inline]
     pub(crate) fn waited(&self, nanos: u64) {
         let total = self.waited_total.load(Relaxed).saturating_add(nanos);
         self.waited_total.store(total, Relaxed);

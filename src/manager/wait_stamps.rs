@@ -43,6 +43,7 @@ impl WaitStamps {
 
     /// Records a handler queued at `at` that waits in the channel. Called
     /// under the admission lock, in channel order.
+    #[inline]
     pub(super) fn push(&self, at: Stamp) {
         let n = self.given.load(Relaxed);
         self.slot(n).store(at.nanos(), Relaxed);
@@ -50,6 +51,7 @@ impl WaitStamps {
         self.given.store(n + 1, Release);
     }
 
+    #[inline]
     fn slot(&self, n: u64) -> &AtomicU64 {
         let i = usize::try_from(n % RING as u64).expect("below RING");
         &self.ring[i]
