@@ -17,7 +17,6 @@ use super::room::BusyLimits;
 use super::slot::Phase;
 use super::source::{Source, Sourced};
 use super::state::{Counts, Gate, ManagerState};
-use super::stats::Counters;
 use super::wait_stamps::WaitStamps;
 use super::watcher::Watcher;
 use crate::admission::{Admission, MaxWaiting};
@@ -173,12 +172,12 @@ impl<S: Admission> ManagerBuilder<S> {
             })),
             deadline_wake: Condvar::new(),
             channel: rx,
-            counts: Counts(AtomicU64::new(0)),
+            counts: Counts(CachePadded::new(AtomicU64::new(0))),
             head,
             stamps: CachePadded::new(WaitStamps::new()),
             clock,
             refused_waiting: AtomicU64::new(0),
-            counters: Counters::default(),
+            counters: CachePadded::default(),
             phase,
             closing: AtomicBool::new(false),
             idle: (Mutex::new(()), Condvar::new()),

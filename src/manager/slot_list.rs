@@ -12,6 +12,8 @@
 //! lock of the free list.
 
 use std::sync::OnceLock;
+
+use crossbeam_utils::CachePadded;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::slot::Slot;
@@ -21,7 +23,7 @@ use super::stats::{Stats, WorkerCounters, WorkerTotals};
 const CHUNKS: usize = 32;
 
 struct Chunk {
-    slots: Box<[OnceLock<Slot>]>,
+    slots: Box<[CachePadded<OnceLock<Slot>>]>,
     counters: Box<[WorkerCounters]>,
 }
 
@@ -94,7 +96,9 @@ impl SlotList {
         let index = self.len.load(Ordering::Relaxed);
         let (chunk, at) = locate(index);
         let chunk = self.chunks[chunk].get_or_init(|| Chunk {
-            slots: (0..1usize << chunk).map(|_| OnceLock::new()).collect(),
+            slots: (0..1usize << chunk)
+                .map(|_| CachePadded::new(OnceLock::new()))
+                .collect(),
             counters: (0..1usize << chunk)
                 .map(|_| WorkerCounters::default())
                 .collect(),

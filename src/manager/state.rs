@@ -89,9 +89,8 @@ pub(super) struct Gate<Q, S> {
 /// (waiting - 1, running + 1) is a single atomic step and admission never
 /// sees a handler in neither place.
 ///
-/// Aligned to its own cache line: the submitter and every worker write it.
-#[repr(align(128))]
-pub(super) struct Counts(pub(super) AtomicU64);
+/// On its own cache line: the submitter and every worker write it.
+pub(super) struct Counts(pub(super) CachePadded<AtomicU64>);
 
 impl Counts {
     const WAITING: u64 = 1;
@@ -188,7 +187,7 @@ pub(super) struct ManagerState<Q, S> {
     /// Waiting handlers refused because a shutdown began.
     pub(super) refused_waiting: AtomicU64,
     /// Counters the submitting side writes; workers count in their slots.
-    pub(super) counters: Counters,
+    pub(super) counters: CachePadded<Counters>,
     pub(super) phase: Arc<Phase>,
     pub(super) closing: AtomicBool,
     /// Signalled when the manager becomes idle while someone waits for it.

@@ -55,11 +55,10 @@ impl Stats {
     }
 }
 
-/// Refusal counts, on a cache line of their own so that refusing does not
-/// slow the workers down. (Submissions and admissions are counted under
+/// Refusal counts, on a cache line of their own (the manager keeps them
+/// in a `CachePadded`) so that refusing does not slow the workers down. (Submissions and admissions are counted under
 /// the admission lock; completions in each worker's slot.)
 #[derive(Default)]
-#[repr(align(128))]
 pub(crate) struct Counters {
     /// Counted under the admission lock, read without it.
     pub(crate) submitted: AtomicU64,
