@@ -87,8 +87,9 @@ const CODE_MASK: u64 = (1 << CODE_BITS) - 1;
 ///
 /// The hot path takes no lock: filling is a few plain stores under a
 /// sequence lock and one store of the occupant word, clearing one swap of
-/// that word, unless the handler registered a hook. The slot list pads
-/// each to its own cache lines, so workers' slots never share one.
+/// that word (a plain store without busy limits), unless the handler
+/// registered a hook. The slot list pads each to its own cache lines, so
+/// workers' slots never share one.
 pub(crate) struct Slot {
     /// `(id + 1) << CODE_BITS | make-room code asked`; 0 while empty. One
     /// word, so that a request to make room and the handler's leaving are

@@ -142,7 +142,7 @@ pub trait Source<Q>: Send + Sync + 'static {
 
 /// Event keys in the workers' and the accepting thread's epoll sets.
 const LISTENER: u64 = 0;
-const TOKENS_SENT: u64 = 1;
+const MESSAGE_SENT: u64 = 1;
 
 /// A manager's source and what its waiters share.
 pub(super) struct Sourced<Q> {
@@ -208,7 +208,7 @@ impl<Q: Handler> Sourced<Q> {
     }
 
     /// Stops every use of the source and returns once no thread is inside
-    /// its `accept`: the workers waiting on it go back to the token
+    /// its `accept`: the workers waiting on it go back to the hand-off
     /// channel (one woken, which wakes the next), the accepting thread
     /// ends.
     fn stop(&self) {
@@ -226,7 +226,7 @@ impl<Q: Handler> Sourced<Q> {
     }
 
     /// Wakes one worker waiting on the source, if any, to look for messages
-    /// (or the channel's end). Called after a token is sent.
+    /// (or the channel's end). Called after a message is sent.
     fn wake_one(&self) {
         // Pairs with the waiter's fence: see the module's comment.
         fence(Ordering::SeqCst);
@@ -251,7 +251,7 @@ pub(super) struct IdleWait {
     /// Its epoll set: the source and `message_sent`, both exclusive.
     poller: Option<Poller>,
     events: Vec<Event>,
-    /// The current back-off after an `accept` error; `None`: no error.
+    /// The back-off after `accept` errors in a row.
     backoff: Backoff,
 }
 
@@ -263,7 +263,7 @@ impl IdleWait {
             let made = Poller::new().and_then(|poller| {
                 let flags = EventFlags::IN | EventFlags::EXCLUSIVE;
                 poller.add(sourced.source.fd(), LISTENER, flags)?;
-                poller.add(&sourced.message_sent, TOKENS_SENT, flags)?;
+                poller.add(&sourced.message_sent, MESSAGE_SENT, flags)?;
                 Ok(poller)
             });
             match made {
@@ -331,7 +331,7 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
         }
     }
 
-    /// Waits on the source and `message_sent` (unless a token or a close
+    /// Waits on the source and `message_sent` (unless a message or a close
     /// is already there), and accepts if the source is ready.
     fn wait_on_source(&self, sourced: &Sourced<Q>, idle: &mut IdleWait) -> Waited<Q> {
         let IdleWait {
@@ -381,7 +381,7 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
     }
 
     /// Accepts one handler from the source and submits it, without waking
-    /// a worker for it (the caller takes its token); the back-off to wait
+    /// a worker for it (the caller takes it from the channel); the back-off to wait
     /// out if accepting failed.
     fn take_from(&self, sourced: &Sourced<Q>, backoff: &mut Backoff) -> Option<Duration> {
         match sourced.accept()? {
@@ -401,7 +401,7 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
         }
     }
 
-    /// After a token was sent by anyone but a worker that will take it
+    /// After a message was sent by anyone but a worker that will take it
     /// itself: wakes a worker waiting on the source, if any.
     pub(super) fn message_sent(&self) {
         if let Some(sourced) = &self.source {

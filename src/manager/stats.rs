@@ -56,8 +56,9 @@ impl Stats {
 }
 
 /// Refusal counts, on a cache line of their own (the manager keeps them
-/// in a `CachePadded`) so that refusing does not slow the workers down. (Submissions and admissions are counted under
-/// the admission lock; completions in each worker's slot.)
+/// in a `CachePadded`) so that refusing does not slow the workers down.
+/// (Submissions and admissions are counted under the admission lock;
+/// completions in each worker's slot.)
 #[derive(Default)]
 pub(crate) struct Counters {
     /// Counted under the admission lock, read without it.

@@ -161,7 +161,6 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
                 queued_at,
                 watched,
                 handler,
-                ..
             } = entry;
             // Checked first: `socket` is the handler's own code.
             if watched {
