@@ -56,9 +56,12 @@ pub trait Handler: Send + Sized + 'static {
     }
 
     /// Whether the client is already gone, so running this handler would be
-    /// wasted. Called once when the handler reaches the head of the queue;
-    /// `true` drops it unrun and counts it in
-    /// [`Stats::abandoned`](crate::Stats::abandoned).
+    /// wasted. Called once when a handler that waited in the queue reaches
+    /// its head; `true` drops it unrun and counts it in
+    /// [`Stats::abandoned`](crate::Stats::abandoned). A handler that
+    /// starts at once on a free running slot is not asked: its client had
+    /// no time to give up, and for a network handler the question is a
+    /// system call per connection.
     ///
     /// Also asked, at once, when the client of a waiting handler that
     /// exposes its [`socket`](Handler::socket) hangs up or fails; `true`

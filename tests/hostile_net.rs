@@ -16,7 +16,9 @@ use crate::support::{
     Conn, LIMIT, SECRET, SHORT, TempDir, TestServer, connect_from, contains, outside_names,
     plant_hostile_tree,
 };
-use filesrv::{Handler, HandlerContext, ManagerBuilder, MaxWaiting, Refusal, Stop, handler_fn};
+use filesrv::{
+    Handler, HandlerContext, Manager, ManagerBuilder, MaxWaiting, Refusal, Stop, handler_fn,
+};
 
 /// A server over the hostile tree (see [`plant_hostile_tree`]).
 fn hostile_server(label: &str, put: bool) -> TestServer {
@@ -977,6 +979,21 @@ impl Handler for Panicky {
     }
 }
 
+/// Submits a handler that holds the one running slot until the returned
+/// sender sends or is dropped; returns once it runs.
+fn hold_the_slot(manager: &Manager<Panicky, MaxWaiting>) -> crossbeam_channel::Sender<()> {
+    let (started, is_started) = crossbeam_channel::bounded(1);
+    let (release, released) = crossbeam_channel::bounded::<()>(1);
+    let holder = Panicky {
+        started: Some(started),
+        release: Some(released),
+        ..Panicky::default()
+    };
+    manager.submit(holder).unwrap();
+    is_started.recv_timeout(LIMIT).unwrap();
+    release
+}
+
 #[test]
 fn panicking_handlers_are_counted_and_free_their_slot() {
     crate::support::init();
@@ -985,14 +1002,18 @@ fn panicking_handlers_are_counted_and_free_their_slot() {
         .build()
         .unwrap();
     // Panics in run and in is_abandoned, then a normal handler: the one
-    // worker survives them all and runs it.
+    // worker survives them all and runs it. Each waits behind a handler
+    // that holds the slot: only a handler that waited is asked
+    // is_abandoned.
     for i in 0..20 {
+        let release = hold_the_slot(&manager);
         let h = Panicky {
             in_run: i % 2 == 0,
             in_is_abandoned: i % 2 == 1,
             ..Panicky::default()
         };
         manager.submit(h).unwrap();
+        release.send(()).unwrap();
         assert!(manager.wait_idle_timeout(LIMIT));
     }
     let (tx, rx) = crossbeam_channel::bounded(1);
@@ -1011,20 +1032,12 @@ fn panicking_handlers_are_counted_and_free_their_slot() {
             stats.completed,
             stats.running
         ),
-        (10, 10, 1, 0)
+        (10, 10, 21, 0)
     );
 
     // A panic in `refused`, called on the submitting thread, stays there:
     // no lock is held, and the manager goes on.
-    let (started, is_started) = crossbeam_channel::bounded(1);
-    let (release, released) = crossbeam_channel::bounded::<()>(0);
-    let holder = Panicky {
-        started: Some(started),
-        release: Some(released),
-        ..Panicky::default()
-    };
-    manager.submit(holder).unwrap();
-    is_started.recv_timeout(LIMIT).unwrap();
+    let release = hold_the_slot(&manager);
     manager.submit(Panicky::default()).unwrap();
     manager.submit(Panicky::default()).unwrap();
     let refused = manager
@@ -1037,7 +1050,8 @@ fn panicking_handlers_are_counted_and_free_their_slot() {
     assert!(std::panic::catch_unwind(notify).is_err());
     drop(release);
     assert!(manager.wait_idle_timeout(LIMIT));
-    assert_eq!(manager.stats().completed, 4);
+    // 21 before, and this part's holder and the two it let in.
+    assert_eq!(manager.stats().completed, 24);
 }
 
 #[test]

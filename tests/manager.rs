@@ -371,6 +371,24 @@ fn abandoned_waiter_is_dropped_at_the_head() {
 }
 
 #[test]
+fn a_handler_that_starts_at_once_is_not_asked_whether_it_was_abandoned() {
+    let (started, starts) = channels();
+    let (refused, _refusals) = channels();
+    let manager = ManagerBuilder::new(1).build().unwrap();
+    // It would say yes, but a free slot takes it before its client could
+    // have left: it runs, and no peek is spent on it.
+    let mut fresh = Probe::new(&started, &refused);
+    fresh.abandoned = true;
+    let ran = fresh.ran.clone();
+    manager.submit(fresh).unwrap();
+    assert_eq!(starts.recv_timeout(LIMIT), Ok(0));
+    assert!(manager.wait_idle_timeout(LIMIT));
+    assert!(ran.load(SeqCst));
+    let stats = manager.stats();
+    assert_eq!((stats.abandoned, stats.completed), (0, 1));
+}
+
+#[test]
 fn panicking_handler_frees_its_slot_and_is_counted() {
     let manager = ManagerBuilder::new(1).build().unwrap();
     let (done, finished) = channels();

@@ -220,10 +220,24 @@ impl PanicsOnDrop {
 #[test]
 fn an_abandoned_handler_that_panics_in_drop_keeps_its_worker() {
     let manager: Manager<_, _> = ManagerBuilder::new(1).admission(Unbounded).build().unwrap();
+    // The bad one waits behind a holder: only a handler that waited is
+    // asked whether it was abandoned.
+    let (started, is_started) = bounded(1);
+    let (release, released) = bounded::<()>(1);
+    let holder = move || {
+        started.send(()).unwrap();
+        let _ = released.recv_timeout(LIMIT);
+    };
+    manager
+        .submit(Either::Good(Box::new(holder)))
+        .map_err(|_| ())
+        .unwrap();
+    is_started.recv_timeout(LIMIT).unwrap();
     manager
         .submit(Either::Bad(PanicsOnDrop))
         .map_err(|_| ())
         .unwrap();
+    release.send(()).unwrap();
     let (done, finished) = bounded(1);
     manager
         .submit(Either::Good(Box::new(move || done.send(()).unwrap())))
@@ -232,7 +246,7 @@ fn an_abandoned_handler_that_panics_in_drop_keeps_its_worker() {
     assert_eq!(finished.recv_timeout(LIMIT), Ok(()), "the worker died");
     assert!(manager.wait_idle_timeout(LIMIT));
     let stats = manager.stats();
-    assert_eq!((stats.abandoned, stats.completed), (1, 1));
+    assert_eq!((stats.abandoned, stats.completed), (1, 2));
 }
 
 /// Panics on its first decision, then queues.

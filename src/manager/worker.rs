@@ -191,7 +191,7 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
                 slot,
                 manager: self,
             };
-            let outcome = self.run_one(&ctx, counters, handler);
+            let outcome = self.run_one(&ctx, counters, handler, queued_at.is_some());
             drop(vacate);
             last = Some(Departure { id, key, outcome });
         }
@@ -201,10 +201,19 @@ impl<Q: Handler, S: Admission> ManagerState<Q, S> {
         self.workers.retired(index);
     }
 
-    /// Runs one handler taken from the queue; how it ended.
-    fn run_one(&self, ctx: &HandlerContext, counters: &WorkerCounters, handler: Q) -> Outcome {
+    /// Runs one handler taken from the queue; how it ended. Only one that
+    /// `waited` is asked whether its client left meanwhile: one that
+    /// started on a free slot had no time to be abandoned, and the
+    /// question costs a network handler a system call per connection.
+    fn run_one(
+        &self,
+        ctx: &HandlerContext,
+        counters: &WorkerCounters,
+        handler: Q,
+        waited: bool,
+    ) -> Outcome {
         let id = ctx.id;
-        if guarded("is_abandoned", id, || handler.is_abandoned()).unwrap_or(true) {
+        if waited && guarded("is_abandoned", id, || handler.is_abandoned()).unwrap_or(true) {
             Counters::bump_sole(&counters.abandoned);
             log::debug!("handler {id} abandoned while waiting");
             guarded("drop", id, || drop(handler));
