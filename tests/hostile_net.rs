@@ -762,8 +762,9 @@ fn per_source_caps_hold_across_many_sources() {
     let first: Vec<TcpStream> = (0..SOURCES)
         .map(|i| connect_from(source(i), t.addr()).unwrap())
         .collect();
-    // Accepted in connection order, so each is admitted (running or
-    // waiting, silently) before its source's second connection arrives.
+    // Accepted in connection order (the backlog holds the whole burst:
+    // see `Server::bind`), so each is admitted (running or waiting,
+    // silently) before its source's second connection arrives.
     // A second one from each: over the cap, told busy at once.
     for i in 0..SOURCES {
         let mut c = Conn::from_stream(connect_from(source(i), t.addr()).unwrap());

@@ -151,6 +151,46 @@ fn a_flood_keeps_the_servers_memory_bounded() {
 }
 
 #[test]
+fn a_burst_met_while_the_server_is_stopped_waits_in_the_backlog() {
+    // The kernel caps the backlog at `net.core.somaxconn`; a burst that
+    // fits it must wait there, not have its handshakes dropped after
+    // the 128th (the backlog of `TcpListener::bind`).
+    let somaxconn: usize = fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let burst = somaxconn.min(300);
+    if burst <= 129 {
+        eprintln!("net.core.somaxconn is {somaxconn}: no room above 128, skipped");
+        return;
+    }
+    let dir = TempDir::new("proc-backlog");
+    dir.write("file.txt", "abc");
+    let server = ChildServer::spawn(command(&dir, 4, &[]));
+    assert_serves(&server, b"abc");
+    // Stopped, it accepts nothing: every handshake completes in the
+    // kernel, or is dropped there and retried by the client a second
+    // later, and again, for as long as the server stays stopped.
+    server.signal(Signal::STOP);
+    let clients: Vec<TcpStream> = (0..burst)
+        .map(|i| {
+            let stream = TcpStream::connect_timeout(&server.addr(), LIMIT)
+                .unwrap_or_else(|e| panic!("connection {i} of {burst}: {e}"));
+            stream.set_read_timeout(Some(LIMIT)).unwrap();
+            stream
+        })
+        .collect();
+    server.signal(Signal::CONT);
+    // Each is served in turn (4 at a time, the rest queued).
+    for stream in clients {
+        let mut c = Conn::from_stream(stream);
+        c.send(b"QUIT\n");
+        assert_eq!(c.line(), "OK bye");
+    }
+    assert_serves(&server, b"abc");
+}
+
+#[test]
 fn a_failing_write_is_internal_and_leaves_the_old_file() {
     let dir = TempDir::new("proc-fsize");
     dir.write("file.txt", "old\n");

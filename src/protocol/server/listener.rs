@@ -105,6 +105,15 @@ impl Server {
     /// Binds `addr` and starts serving `config.root`. Leftover temporary
     /// files of an earlier run (a killed upload) are removed first.
     ///
+    /// The listen backlog is the largest the kernel allows
+    /// (`net.core.somaxconn`, 4096 on current Linux), not the 128 of
+    /// [`TcpListener::bind`]: with 128, a burst of connections met while
+    /// every accepting thread is busy (or the process is descheduled) has
+    /// its handshakes beyond the 128th dropped, and those clients wait for
+    /// a SYN retry, one second or more, before the server ever sees them,
+    /// and then out of order. A listener given to
+    /// [`from_listener`](Server::from_listener) keeps the backlog it has.
+    ///
     /// # Errors
     ///
     /// - [`ServerError::Root`]: the root is missing or not a directory;
@@ -113,8 +122,13 @@ impl Server {
     /// - [`ServerError::Start`]: a thread could not be started.
     pub fn bind(addr: SocketAddr, config: ServerConfig) -> Result<Server, ServerError> {
         let root = open_root(&config)?;
-        let listener =
-            TcpListener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
+        let listener = TcpListener::bind(addr)
+            .and_then(|listener| {
+                // Listening again changes the backlog; the kernel caps it.
+                rustix::net::listen(&listener, i32::MAX)?;
+                Ok(listener)
+            })
+            .map_err(|source| ServerError::Bind { addr, source })?;
         Server::start(listener, root, config)
     }
 
