@@ -130,11 +130,10 @@ fn uploads_never_write_through_or_beneath_escaping_links() {
 
 /// Swaps `d` (a real directory) and `alt` (a link to the directory
 /// outside) with `renameat2(RENAME_EXCHANGE)`, as fast as it can, until
-/// told to stop, at most `rounds` times and for at most `limit`.
+/// told to stop, and for at most `limit`; returns how many swaps it made.
 fn swapper(
     root: std::path::PathBuf,
     stop: Arc<AtomicBool>,
-    rounds: usize,
     limit: Duration,
 ) -> thread::JoinHandle<usize> {
     thread::spawn(move || {
@@ -142,7 +141,7 @@ fn swapper(
         let (d, alt) = (root.join("d"), root.join("alt"));
         let began = Instant::now();
         let mut swaps = 0;
-        while swaps < rounds && !stop.load(Ordering::Relaxed) && began.elapsed() < limit {
+        while !stop.load(Ordering::Relaxed) && began.elapsed() < limit {
             renameat_with(CWD, &d, CWD, &alt, RenameFlags::EXCHANGE).unwrap();
             swaps += 1;
         }
@@ -165,13 +164,9 @@ fn a_directory_swapped_for_an_escaping_link_never_leaks() {
     t.dir.write("d/inside-marker", "");
     std::os::unix::fs::symlink("../outside", t.dir.root().join("alt")).unwrap();
 
+    // The swapper runs until the clients are done (at most LIMIT).
     let stop = Arc::new(AtomicBool::new(false));
-    let swaps = swapper(
-        t.dir.root(),
-        stop.clone(),
-        2_000_000,
-        Duration::from_secs(3),
-    );
+    let swaps = swapper(t.dir.root(), stop.clone(), LIMIT);
     let (ok, refused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let clients: Vec<_> = (0..3)
         .map(|client| {
@@ -179,9 +174,16 @@ fn a_directory_swapped_for_an_escaping_link_never_leaks() {
             thread::spawn(move || {
                 let mut c = Conn::connect(addr);
                 let began = Instant::now();
-                // Bounded: 40 batches of 25 requests, or 3 s.
-                for batch in 0..40 {
-                    if began.elapsed() > Duration::from_secs(3) {
+                // At least 3 s, and until both an answer from inside and a
+                // refusal were seen: on a loaded machine the swapper can
+                // be descheduled for seconds with the link in place, and
+                // every request of a fixed window refused. Bounded: 2,000
+                // batches of 25 requests, or LIMIT.
+                let both_seen =
+                    || ok.load(Ordering::Relaxed) > 0 && refused.load(Ordering::Relaxed) > 0;
+                for batch in 0..2_000 {
+                    let elapsed = began.elapsed();
+                    if (elapsed > Duration::from_secs(3) && both_seen()) || elapsed > LIMIT {
                         break;
                     }
                     let request: &[u8] = match (client + batch) % 3 {
@@ -249,7 +251,8 @@ fn a_directory_swapped_for_an_escaping_link_never_leaks() {
         ok.load(Ordering::Relaxed),
         refused.load(Ordering::Relaxed)
     );
-    assert!(ok.load(Ordering::Relaxed) > 0);
+    // Both sides of the race were met, or the test proved nothing.
+    assert!(ok.load(Ordering::Relaxed) > 0 && refused.load(Ordering::Relaxed) > 0);
     let mut outside_now: Vec<_> = fs::read_dir(&outside)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
