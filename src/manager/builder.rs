@@ -1,11 +1,12 @@
 //! Configuring and starting a [`Manager`].
 
-use crossbeam_utils::CachePadded;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
+
+use crossbeam_utils::CachePadded;
 
 use super::atomic_instant::AtomicInstant;
 use super::clock::CoarseClock;

@@ -12,9 +12,9 @@
 //! lock of the free list.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crossbeam_utils::CachePadded;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::slot::Slot;
 use super::stats::{Stats, WorkerCounters, WorkerTotals};
