@@ -341,6 +341,10 @@ fn shutdown_with_workers_waiting_on_the_source_is_prompt() {
     let (source, setup) = setup();
     let manager: Manager<BoxHandler> = ManagerBuilder::new(4).build_with_source(source).unwrap();
     assert_eq!(reply(client(setup.addr, "one")), "served one\n");
+    // The client sees the end of its reply a moment before the handler
+    // that sent it leaves its running place: wait for that, so that the
+    // shutdown meets only workers waiting on the source.
+    assert!(manager.wait_idle_timeout(LIMIT));
     let (done_tx, done) = unbounded();
     thread::spawn(move || {
         let report = manager.shutdown(Duration::from_secs(5));
