@@ -69,7 +69,8 @@ use criterion::{
     criterion_main,
 };
 use crossbeam_channel::Sender;
-use filesrv::{Handler, HandlerContext, Manager, ManagerBuilder, Unbounded};
+use filesrv::admission::Unbounded;
+use filesrv::{Handler, HandlerContext, Manager, ManagerBuilder};
 
 /// The `max_running` values every throughput scenario sweeps.
 const SLOTS: [usize; 4] = [1, 2, 8, 64];

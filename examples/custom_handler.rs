@@ -18,10 +18,9 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use filesrv::{
-    Admission, Arrival, Decision, Departure, Handler, HandlerContext, LingeringCloser, Manager,
-    ManagerBuilder, PerSourceCap, Refusal, Stop,
-};
+use filesrv::admission::{Arrival, Decision, Departure, PerKeyCap};
+use filesrv::protocol::LingeringCloser;
+use filesrv::{Admission, Handler, HandlerContext, Manager, ManagerBuilder, Refusal, Stop};
 
 /// Clients served at the same time.
 const MAX_RUNNING: usize = 2;
@@ -98,19 +97,19 @@ impl Handler for Echo {
 }
 
 /// The admission policy, written by hand: per address first (the
-/// library's [`PerSourceCap`] keeps those counts: up when a client is
+/// library's [`PerKeyCap`] keeps those counts: up when a client is
 /// admitted, down when it departs, whatever the way), then the length of
 /// the queue once every slot is taken.
 struct Policy {
     max_waiting: usize,
-    per_source: PerSourceCap,
+    per_source: PerKeyCap,
 }
 
 impl Policy {
     fn new(max_waiting: usize, per_source: usize) -> Policy {
         Policy {
             max_waiting,
-            per_source: PerSourceCap::new(per_source),
+            per_source: PerKeyCap::new(per_source),
         }
     }
 }

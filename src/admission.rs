@@ -1,6 +1,5 @@
 //! Admission policies: whether an arriving handler waits or is refused.
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
@@ -28,25 +27,8 @@ pub struct Arrival {
     pub waiting: usize,
     /// The manager's bound on running handlers now.
     pub max_running: usize,
-    /// The moment of arrival, read from the clock when first asked for.
-    pub(crate) now: Cell<Option<Instant>>,
-}
-
-impl Arrival {
-    /// The moment of arrival. The clock is read on the first call only:
-    /// a clock read costs more than the rest of an admission (35-47 ns on
-    /// a VM), so an arrival that starts at once and meets no policy that
-    /// asks for the time is never stamped here.
-    pub fn now(&self) -> Instant {
-        match self.now.get() {
-            Some(now) => now,
-            None => {
-                let now = Instant::now();
-                self.now.set(Some(now));
-                now
-            }
-        }
-    }
+    /// The moment of arrival.
+    pub now: Instant,
 }
 
 /// What a policy counts handlers by: a source address (grouped, see
@@ -219,7 +201,7 @@ impl fmt::Display for Refusal {
 /// [`departed`](Admission::departed), called exactly once for every
 /// admitted handler when it leaves, by any path. A policy that counts
 /// handlers per [`Key`] counts up in `admitted` and down in `departed`
-/// ([`PerSourceCap`] does just that). The manager's owner can reach the
+/// ([`PerKeyCap`] does just that). The manager's owner can reach the
 /// policy at run time with [`Manager::with_policy`](crate::Manager::with_policy).
 ///
 /// Combine policies with [`and`](Admission::and). Writing your own is one
@@ -227,7 +209,8 @@ impl fmt::Display for Refusal {
 /// policy. A maintenance switch, flipped on a running manager:
 ///
 /// ```
-/// use filesrv::{Admission, Arrival, Decision, Manager, ManagerBuilder, MaxWaiting, Refusal};
+/// use filesrv::admission::{Admission, Arrival, Decision, MaxWaiting, Refusal};
+/// use filesrv::{Manager, ManagerBuilder};
 /// use filesrv::{handler_fn, FnHandler, HandlerContext};
 /// # type Work = FnHandler<fn(&HandlerContext) -> std::io::Result<()>>;
 ///
@@ -278,14 +261,6 @@ pub trait Admission: Send + 'static {
         let _ = departure;
     }
 
-    /// Whether this policy is told of departures. `true` unless a policy
-    /// says otherwise; one that keeps no count of what it admitted (such as
-    /// [`Unbounded`] and [`MaxWaiting`]) says `false`, and is then never
-    /// called in [`departed`](Admission::departed): a worker whose handler
-    /// ends with nobody waiting then goes idle without taking the
-    /// admission lock.
-    const HEARS_DEPARTURES: bool = true;
-
     /// Both policies: a refusal by either wins, and the earlier deadline.
     fn and<B: Admission>(self, other: B) -> And<Self, B>
     where
@@ -304,8 +279,6 @@ impl Admission for Unbounded {
     fn decide(&mut self, _: &Arrival) -> Decision {
         Decision::Queue
     }
-
-    const HEARS_DEPARTURES: bool = false;
 }
 
 /// Bounds the waiting queue: an arrival is queued while
@@ -326,8 +299,6 @@ impl Admission for MaxWaiting {
             Decision::Refuse(Refusal::QueueFull)
         }
     }
-
-    const HEARS_DEPARTURES: bool = false;
 }
 
 /// Caps running plus waiting handlers of one [`Key`] at `N`: by default
@@ -340,15 +311,15 @@ impl Admission for MaxWaiting {
 /// down when it departs, and forgets a key whose count falls to zero, so
 /// it holds one entry per key with handlers in the manager.
 #[derive(Clone, Debug)]
-pub struct PerSourceCap {
+pub struct PerKeyCap {
     cap: usize,
     counts: HashMap<Key, usize>,
 }
 
-impl PerSourceCap {
+impl PerKeyCap {
     /// At most `cap` handlers per key.
-    pub fn new(cap: usize) -> PerSourceCap {
-        PerSourceCap {
+    pub fn new(cap: usize) -> PerKeyCap {
+        PerKeyCap {
             cap,
             counts: HashMap::new(),
         }
@@ -360,7 +331,7 @@ impl PerSourceCap {
     }
 }
 
-impl Admission for PerSourceCap {
+impl Admission for PerKeyCap {
     fn decide(&mut self, a: &Arrival) -> Decision {
         match a.key {
             Some(key) if self.count(&key) >= self.cap => Decision::Refuse(Refusal::SourceLimit),
@@ -392,13 +363,11 @@ pub struct QueueTimeout(pub Duration);
 
 impl Admission for QueueTimeout {
     fn decide(&mut self, a: &Arrival) -> Decision {
-        match a.now().checked_add(self.0) {
+        match a.now.checked_add(self.0) {
             Some(deadline) => Decision::QueueUntil(deadline),
             None => Decision::Queue,
         }
     }
-
-    const HEARS_DEPARTURES: bool = false;
 }
 
 /// Two policies combined; see [`Admission::and`].
@@ -420,15 +389,9 @@ impl<A: Admission, B: Admission> Admission for And<A, B> {
     }
 
     fn departed(&mut self, departure: &Departure) {
-        if A::HEARS_DEPARTURES {
-            self.0.departed(departure);
-        }
-        if B::HEARS_DEPARTURES {
-            self.1.departed(departure);
-        }
+        self.0.departed(departure);
+        self.1.departed(departure);
     }
-
-    const HEARS_DEPARTURES: bool = A::HEARS_DEPARTURES || B::HEARS_DEPARTURES;
 }
 
 /// A source with IPv4-mapped IPv6 folded to IPv4.
@@ -452,7 +415,7 @@ mod tests {
             running,
             waiting,
             max_running: 2,
-            now: Cell::new(Some(Instant::now())),
+            now: Instant::now(),
         }
     }
 
@@ -490,7 +453,7 @@ mod tests {
 
     #[test]
     fn per_source_cap_counts_admitted_until_they_depart() {
-        let mut p = PerSourceCap::new(2);
+        let mut p = PerKeyCap::new(2);
         let a = arrival(0, 0);
         for _ in 0..2 {
             assert_eq!(p.decide(&a), Decision::Queue);
@@ -513,43 +476,6 @@ mod tests {
     }
 
     #[test]
-    fn only_policies_that_count_hear_departures() {
-        /// Counts the departures it hears.
-        #[derive(Default)]
-        struct Heard(usize);
-        impl Admission for Heard {
-            fn decide(&mut self, _: &Arrival) -> Decision {
-                Decision::Queue
-            }
-            fn departed(&mut self, _: &Departure) {
-                self.0 += 1;
-            }
-        }
-        const { assert!(!Unbounded::HEARS_DEPARTURES) };
-        const { assert!(!<And<MaxWaiting, QueueTimeout>>::HEARS_DEPARTURES) };
-        const { assert!(<And<MaxWaiting, Heard>>::HEARS_DEPARTURES) };
-        const { assert!(<And<Heard, Unbounded>>::HEARS_DEPARTURES) };
-        let mut both = MaxWaiting(1).and(Heard::default());
-        let gone = Departure {
-            id: 0,
-            key: None,
-            outcome: Outcome::Completed,
-        };
-        both.departed(&gone);
-        both.departed(&gone);
-        assert_eq!(both.1.0, 2);
-    }
-
-    #[test]
-    fn the_arrival_clock_is_read_once() {
-        let mut a = arrival(0, 0);
-        a.now = Cell::new(None);
-        let first = a.now();
-        assert_eq!(a.now.get(), Some(first));
-        assert_eq!(a.now(), first);
-    }
-
-    #[test]
     fn ipv6_groups_by_prefix() {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let key = |s: &str, p| Key::from_source(ip(s), p);
@@ -564,7 +490,7 @@ mod tests {
     #[test]
     fn and_prefers_refusal_then_earliest_deadline() {
         let a = arrival(2, 1);
-        let soon = a.now() + Duration::from_secs(1);
+        let soon = a.now + Duration::from_secs(1);
         let mut p = QueueTimeout(Duration::from_secs(5)).and(QueueTimeout(Duration::from_secs(1)));
         assert_eq!(p.decide(&a), Decision::QueueUntil(soon));
         let mut q = QueueTimeout(Duration::from_secs(1)).and(MaxWaiting(1));

@@ -8,7 +8,7 @@ use std::os::fd::BorrowedFd;
 use std::time::Instant;
 
 use crate::admission::{Key, Refusal};
-use crate::manager::{CoarseClock, MakeRoom, RoomWatch, Slot, Stamp};
+use crate::manager::{MakeRoom, Signals, Slot};
 
 /// The work for one client, built when the client arrives but not started.
 ///
@@ -103,13 +103,13 @@ pub trait Handler: Send + Sized + 'static {
     /// so to its client before the connection closes (`ERR busy`,
     /// `ERR unavailable`). The handler is dropped afterwards.
     ///
-    /// Called on the thread that made the decision: the submitting thread
-    /// (for a handler taken from a [`Source`](crate::Source), a worker or
-    /// the manager's accepting thread), the manager's deadline thread, the
-    /// thread that called [`shutdown`](crate::Manager::shutdown), or a
-    /// worker that takes a waiting handler after a shutdown began. It
-    /// should therefore be quick and must not block for long. The default
-    /// does nothing.
+    /// Called on the thread that made the decision: the manager's watcher
+    /// (a queue deadline passed) or the thread that called
+    /// [`shutdown`](crate::Manager::shutdown). A handler refused at
+    /// [`submit`](crate::Manager::submit) comes back to the submitter
+    /// instead, which may call this itself ([`Refused::notify`](crate::Refused::notify)).
+    /// It should therefore be quick and must not block for long. The
+    /// default does nothing.
     fn refused(self, reason: Refusal) {
         let _ = reason;
     }
@@ -202,11 +202,10 @@ pub(crate) type StopHook = Box<dyn Fn(Stop) + Send + Sync>;
 pub struct HandlerContext<'a> {
     pub(crate) id: u64,
     pub(crate) source: Option<IpAddr>,
-    pub(crate) queued: Stamp,
-    pub(crate) started: Stamp,
-    pub(crate) clock: &'a CoarseClock,
+    pub(crate) queued_at: Instant,
+    pub(crate) started_at: Instant,
     pub(crate) slot: &'a Slot,
-    pub(crate) manager: &'a dyn RoomWatch,
+    pub(crate) signals: &'a Signals,
 }
 
 impl HandlerContext<'_> {
@@ -220,21 +219,19 @@ impl HandlerContext<'_> {
         self.source
     }
 
-    /// When the handler was queued, to within
-    /// [`time_resolution`](crate::time_resolution).
+    /// When the handler was queued.
     pub fn queued_at(&self) -> Instant {
-        self.clock.instant(self.queued)
+        self.queued_at
     }
 
-    /// When the handler was started, to within
-    /// [`time_resolution`](crate::time_resolution).
+    /// When the handler was started.
     pub fn started_at(&self) -> Instant {
-        self.clock.instant(self.started)
+        self.started_at
     }
 
     /// The most urgent stop requested so far, if a shutdown has begun.
     pub fn stop_requested(&self) -> Option<Stop> {
-        self.slot.stop_requested()
+        self.signals.phase.get()
     }
 
     /// Registers `hook` to be called when a shutdown asks this handler to
@@ -248,23 +245,23 @@ impl HandlerContext<'_> {
     /// it shuts down a socket so that a blocked read or write returns.
     /// A later registration replaces an earlier one.
     pub fn on_stop(&self, hook: impl Fn(Stop) + Send + Sync + 'static) {
-        self.slot.set_hook(Box::new(hook));
+        self.slot.set_stop_hook(Box::new(hook), &self.signals.phase);
     }
 
     /// Tells the manager the handler is idle between requests (waiting for
     /// its client), so the busy idle timeout applies to it while others
-    /// wait. Cheap: one atomic store, plus a wake-up of the manager's
-    /// watcher when handlers are waiting.
+    /// wait. Cheap: a brief lock of its own slot, plus a wake-up of the
+    /// manager's watcher when handlers are waiting.
     ///
     /// A handler that never calls this counts as busy: only the busy
     /// session limit applies to it.
     pub fn set_idle(&self) {
         self.slot.set_idle(true);
-        self.manager.went_idle();
+        self.signals.room_may_be_due();
     }
 
     /// Tells the manager the handler is busy with a request; undoes
-    /// [`set_idle`](HandlerContext::set_idle). One atomic store.
+    /// [`set_idle`](HandlerContext::set_idle). A brief lock of its slot.
     pub fn set_busy(&self) {
         self.slot.set_idle(false);
     }

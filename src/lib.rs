@@ -6,14 +6,13 @@
 //! - A [`Handler`] is the work for one client. The accepting thread builds
 //!   one per connection but does not start it.
 //! - An [`Admission`] policy looks at every arriving handler and decides:
-//!   queue it ([`Decision::Queue`], optionally with a deadline) or refuse
-//!   it ([`Decision::Refuse`]) as busy or unavailable.
+//!   queue it ([`Decision::Queue`](admission::Decision::Queue), optionally
+//!   with a deadline) or refuse it
+//!   ([`Decision::Refuse`](admission::Decision::Refuse)) as busy or
+//!   unavailable. The ready-made policies are in [`admission`].
 //! - The [`Manager`] keeps the waiting queue (FIFO) and the running set,
 //!   never runs more than `max_running` handlers at once, and starts the
 //!   next waiting handler the moment a running one ends.
-//! - Optionally a [`Source`] (a listener): idle workers then accept new
-//!   connections themselves, with no thread handing them over
-//!   ([`ManagerBuilder::build_with_source`]).
 //!
 //! The file-transfer protocol of the bundled `filesrv` server is one
 //! [`Handler`] among others; see the [`protocol`] module.
@@ -24,7 +23,8 @@
 //! use std::io::{BufRead, BufReader, Write};
 //! use std::net::{TcpListener, TcpStream};
 //! use std::time::Duration;
-//! use filesrv::{ManagerBuilder, MaxWaiting, handler_fn};
+//! use filesrv::admission::MaxWaiting;
+//! use filesrv::{ManagerBuilder, handler_fn};
 //!
 //! # fn main() -> std::io::Result<()> {
 //! let listener = TcpListener::bind("127.0.0.1:0")?;
@@ -56,19 +56,21 @@
 //! # Back-pressure
 //!
 //! Nothing is unbounded by default: [`ManagerBuilder::new`] starts with
-//! [`MaxWaiting`]`(1024)`, so at most 1024 handlers wait beyond the running
-//! slots, and a submission past that comes back as [`Refused`] for the
-//! caller to answer (the file server writes `ERR busy`). [`PerSourceCap`]
-//! keeps one address from taking every place, and [`QueueTimeout`] refuses
-//! a handler the moment it has waited too long. Policies combine with
-//! [`Admission::and`].
+//! [`MaxWaiting`](admission::MaxWaiting)`(1024)`, so at most 1024 handlers
+//! wait beyond the running slots, and a submission past that comes back as
+//! [`Refused`] for the caller to answer (the file server writes
+//! `ERR busy`). [`PerKeyCap`](admission::PerKeyCap) keeps one address (or
+//! any [`Key`]) from taking every place, and
+//! [`QueueTimeout`](admission::QueueTimeout) refuses a handler the moment
+//! it has waited too long. Policies combine with [`Admission::and`].
 //!
 //! # Writing a policy
 //!
-//! A policy sees each arrival ([`Arrival`]: its [`Key`], the running and
-//! waiting counts, the bound), may keep state, and hears of every handler
-//! it let in twice: [`Admission::admitted`] when it is queued and
-//! [`Admission::departed`] when it leaves, whatever the way ([`Outcome`]).
+//! A policy sees each arrival ([`Arrival`](admission::Arrival): its
+//! [`Key`], the running and waiting counts, the bound), may keep state,
+//! and hears of every handler it let in twice: [`Admission::admitted`]
+//! when it is queued and [`Admission::departed`] when it leaves, whatever
+//! the way ([`Outcome`](admission::Outcome)).
 //! All three run under the manager's admission lock, so counts kept there
 //! are exact. [`Manager::with_policy`] reaches the policy of a running
 //! manager (see [`Admission`] for a maintenance switch), and
@@ -80,7 +82,8 @@
 //!
 //! ```
 //! use std::collections::HashMap;
-//! use filesrv::{Admission, Arrival, Decision, Departure, Key, ManagerBuilder, Refusal};
+//! use filesrv::admission::{Admission, Arrival, Decision, Departure, Key, Refusal};
+//! use filesrv::ManagerBuilder;
 //! use filesrv::handler_fn;
 //!
 //! #[derive(Default)]
@@ -124,7 +127,7 @@
 //! # }
 //! ```
 //!
-//! The ready-made [`PerSourceCap`] is this policy for any key.
+//! The ready-made [`PerKeyCap`](admission::PerKeyCap) is this policy.
 //!
 //! A request-class policy: the queue is FIFO, so priority is given at the
 //! door. Bulk requests (class 1) may hold at most half the places;
@@ -132,7 +135,8 @@
 //! taken:
 //!
 //! ```
-//! use filesrv::{Admission, Arrival, Decision, Departure, Key, ManagerBuilder, Refusal};
+//! use filesrv::admission::{Admission, Arrival, Decision, Departure, Key, Refusal};
+//! use filesrv::ManagerBuilder;
 //! use filesrv::handler_fn;
 //!
 //! const BULK: Key = Key::Class(1);
@@ -210,7 +214,7 @@
 //!
 //! # Layout
 //!
-//! - `handler`, `admission` and `manager`: the core, which knows nothing
+//! - `handler`, [`admission`] and `manager`: the core, which knows nothing
 //!   of files or protocols;
 //! - [`protocol`]: the file-transfer protocol, in three layers that sit
 //!   in their own folders: `wire` (the format both ends speak), `server`
@@ -218,23 +222,16 @@
 //! - `util`: crate-private helpers both layers use.
 #![deny(missing_docs)]
 
-mod admission;
+pub mod admission;
 mod handler;
 mod manager;
 mod poller;
 pub mod protocol;
 mod util;
 
-pub use admission::{
-    Admission, And, Arrival, Decision, Departure, Key, MaxWaiting, Outcome, PerSourceCap,
-    QueueTimeout, Refusal, Unbounded,
-};
+pub use admission::{Admission, Key, Refusal};
 pub use handler::{BoxHandler, FnHandler, Handler, HandlerContext, Stop, handler_fn};
-pub use manager::{
-    MakeRoom, Manager, ManagerBuilder, Refused, RunningInfo, ShutdownReport, Source, Stats,
-    time_resolution,
-};
-pub use protocol::LingeringCloser;
+pub use manager::{MakeRoom, Manager, ManagerBuilder, Refused, RunningInfo, ShutdownReport, Stats};
 
 /// The README's code, compiled by `cargo test` so that it cannot drift
 /// from the API.

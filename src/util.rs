@@ -2,6 +2,7 @@
 //! reaches into another's internals for them.
 
 use std::any::Any;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,29 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
         .copied()
         .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("(non-string panic payload)")
+}
+
+/// Runs `f`, turning a panic into `None` after logging it as `what` of
+/// handler `id`.
+pub(crate) fn guarded<T>(what: &str, id: u64, f: impl FnOnce() -> T) -> Option<T> {
+    match panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(value) => Some(value),
+        Err(payload) => {
+            log::error!(
+                "handler {id} panicked in {what}: {}",
+                panic_message(&*payload)
+            );
+            None
+        }
+    }
+}
+
+/// Calls a hook, logging a panic instead of passing it on: the shutdown
+/// or make-room pass that calls hooks must reach every one.
+pub(crate) fn call_guarded(what: &str, hook: impl FnOnce()) {
+    if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(hook)) {
+        log::error!("a {what} panicked: {}", panic_message(&*payload));
+    }
 }
 
 /// The pause after an `accept` error such as running out of descriptors,

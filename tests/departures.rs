@@ -1,7 +1,7 @@
 //! Admission that sees keys and departures: every admitted handler
 //! departs exactly once, whatever its path (done, failed, panicked,
 //! expired, abandoned at the head or by a hang-up, refused by a
-//! shutdown); nothing refused at the door departs; `PerSourceCap` is an
+//! shutdown); nothing refused at the door departs; `PerKeyCap` is an
 //! ordinary policy whose counts come back to zero; IPv6 sources are
 //! grouped by prefix.
 
@@ -12,10 +12,8 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
-use filesrv::{
-    Admission, And, Arrival, Decision, Departure, Handler, HandlerContext, Key, Manager,
-    ManagerBuilder, Outcome, PerSourceCap, Refusal,
-};
+use filesrv::admission::{And, Arrival, Decision, Departure, Outcome, PerKeyCap};
+use filesrv::{Admission, Handler, HandlerContext, Key, Manager, ManagerBuilder, Refusal};
 
 use crate::support::LIMIT;
 
@@ -43,7 +41,7 @@ struct Counting {
 impl Admission for Counting {
     fn decide(&mut self, a: &Arrival) -> Decision {
         match a.key {
-            Some(EXPIRE) => Decision::QueueUntil(a.now()),
+            Some(EXPIRE) => Decision::QueueUntil(a.now),
             Some(REFUSE) => Decision::Refuse(Refusal::Overloaded),
             _ => Decision::Queue,
         }
@@ -128,7 +126,7 @@ fn hold(manager: &Manager<Job, Policy>) -> Sender<()> {
     releaser
 }
 
-type Policy = And<Counting, PerSourceCap>;
+type Policy = And<Counting, PerKeyCap>;
 
 fn submit(manager: &Manager<Job, Policy>, job: Job) {
     manager.submit(job).map_err(|r| r.reason()).unwrap();
@@ -147,7 +145,7 @@ fn every_admitted_handler_departs_exactly_once() {
         log: log.clone(),
         departures: tx,
     }
-    .and(PerSourceCap::new(100));
+    .and(PerKeyCap::new(100));
     let manager: Manager<Job, Policy> = ManagerBuilder::new(1).admission(policy).build().unwrap();
 
     // Refused at the door: neither admitted nor departed.
@@ -249,7 +247,7 @@ impl Handler for FromSource {
 fn ipv6_sources_share_a_cap_by_prefix() {
     for (prefix, second) in [(64, Err(Refusal::SourceLimit)), (128, Ok(()))] {
         let manager = ManagerBuilder::new(2)
-            .admission(PerSourceCap::new(1))
+            .admission(PerKeyCap::new(1))
             .ipv6_prefix(prefix)
             .build()
             .unwrap();

@@ -16,9 +16,8 @@ use crate::support::{
     Conn, LIMIT, SECRET, SHORT, TempDir, TestServer, connect_from, contains, outside_names,
     plant_hostile_tree,
 };
-use filesrv::{
-    Handler, HandlerContext, Manager, ManagerBuilder, MaxWaiting, Refusal, Stop, handler_fn,
-};
+use filesrv::admission::MaxWaiting;
+use filesrv::{Handler, HandlerContext, Manager, ManagerBuilder, Refusal, Stop, handler_fn};
 
 /// A server over the hostile tree (see [`plant_hostile_tree`]).
 fn hostile_server(label: &str, put: bool) -> TestServer {

@@ -9,10 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
-use filesrv::{
-    Admission, And, Arrival, Decision, HandlerContext, Manager, ManagerBuilder, MaxWaiting,
-    Refusal, Unbounded, handler_fn,
-};
+use filesrv::admission::{And, Arrival, Decision, MaxWaiting, Unbounded};
+use filesrv::{Admission, HandlerContext, Manager, ManagerBuilder, Refusal, handler_fn};
 
 use crate::support::LIMIT;
 

@@ -9,9 +9,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use filesrv::admission::{MaxWaiting, PerKeyCap, QueueTimeout, Unbounded};
 use filesrv::{
-    Admission, BoxHandler, Handler, HandlerContext, Manager, ManagerBuilder, MaxWaiting,
-    PerSourceCap, QueueTimeout, Refusal, Stop, Unbounded, handler_fn,
+    Admission, BoxHandler, Handler, HandlerContext, Manager, ManagerBuilder, Refusal, Stop,
+    handler_fn,
 };
 
 use crate::support::LIMIT;
@@ -198,11 +199,8 @@ fn queue_wait_is_measured_from_submission_to_start() {
     // A timed wait for a known span, not a synchronisation.
     thread::sleep(HELD);
     let oldest = manager.stats().oldest_waiting;
-    // The manager's times come from the kernel's coarse clock: about a
-    // tick late, more on a loaded virtual machine.
-    let tick = filesrv::time_resolution() * 10;
     assert!(
-        oldest >= HELD && oldest <= submitted.elapsed() + tick,
+        oldest >= HELD && oldest <= submitted.elapsed(),
         "oldest waiter {oldest:?}, held {HELD:?}"
     );
     drop(release);
@@ -212,7 +210,7 @@ fn queue_wait_is_measured_from_submission_to_start() {
     let stats = manager.stats();
     assert_eq!(stats.oldest_waiting, Duration::ZERO);
     assert!(
-        stats.queue_wait_max + tick >= HELD && stats.queue_wait_max <= upper + tick,
+        stats.queue_wait_max >= HELD && stats.queue_wait_max <= upper,
         "{stats:?}"
     );
     // The first handler started on an idle worker: it adds (next to)
@@ -289,7 +287,7 @@ fn per_source_cap_counts_mapped_ipv6_as_ipv4() {
     let (started, starts) = channels();
     let (refused, _refusals) = channels();
     let manager = ManagerBuilder::new(1)
-        .admission(PerSourceCap::new(2))
+        .admission(PerKeyCap::new(2))
         .build()
         .unwrap();
     let v4: IpAddr = "127.0.0.7".parse().unwrap();
@@ -524,11 +522,11 @@ struct DeadlineFor(Duration);
 const DEADLINED: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
 
 impl Admission for DeadlineFor {
-    fn decide(&mut self, arrival: &filesrv::Arrival) -> filesrv::Decision {
+    fn decide(&mut self, arrival: &filesrv::admission::Arrival) -> filesrv::admission::Decision {
         if arrival.source == Some(DEADLINED) {
-            filesrv::Decision::QueueUntil(arrival.now() + self.0)
+            filesrv::admission::Decision::QueueUntil(arrival.now + self.0)
         } else {
-            filesrv::Decision::Queue
+            filesrv::admission::Decision::Queue
         }
     }
 }
@@ -763,7 +761,7 @@ fn idle_manager_uses_no_cpu() {
         .build()
         .unwrap();
     // A thread names itself when it first runs, so first make every
-    // worker run (all four meet at a barrier) and the deadline thread too
+    // worker run (all four meet at a barrier) and the watcher too
     // (it refuses a fifth handler that times out while they are held).
     let all_running = Arc::new(std::sync::Barrier::new(5));
     let (release_tx, release) = bounded::<()>(0);
@@ -791,7 +789,7 @@ fn idle_manager_uses_no_cpu() {
     // is steady idleness and must be silent. Neither sleep waits for an
     // event: each is a window the kernel's per-thread accounting covers.
     let (_, sw0, threads) = thread_cpu("idlecpu");
-    assert_eq!(threads, 6, "4 workers, the deadline thread and the watcher");
+    assert_eq!(threads, 5, "4 workers and the watcher");
     thread::sleep(Duration::from_secs(1));
     let (cpu1, sw1, _) = thread_cpu("idlecpu");
     thread::sleep(Duration::from_secs(1));
@@ -879,4 +877,48 @@ fn drop_refuses_waiting_stops_running_and_joins() {
         "threads left: {:?}",
         thread_names()
     );
+}
+
+/// A shutdown racing workers woken from idle: every handler submitted
+/// before it either started before it (and is in `running_at_start`) or
+/// is refused by it (`refused_waiting`), never both and never neither.
+/// The report and the counters agree exactly, round after round. (The
+/// manager checked `closing` and then counted the start in two steps, so
+/// a worker woken from idle could start a handler the report missed.)
+#[test]
+fn a_shutdown_racing_woken_workers_reports_exact_counts() {
+    const ROUNDS: usize = 300;
+    const HANDLERS: usize = 6;
+    for round in 0..ROUNDS {
+        let manager = ManagerBuilder::new(4).admission(Unbounded).build().unwrap();
+        let started = Arc::new(AtomicUsize::new(0));
+        for _ in 0..HANDLERS {
+            let started = started.clone();
+            manager
+                .submit(BoxHandler::new(handler_fn(move |ctx| {
+                    started.fetch_add(1, SeqCst);
+                    // Runs until the shutdown asks it to stop.
+                    let (stop, stopped) = bounded(1);
+                    ctx.on_stop(move |_| {
+                        let _ = stop.try_send(());
+                    });
+                    let _ = stopped.recv_timeout(LIMIT);
+                    Ok(())
+                })))
+                .unwrap();
+        }
+        let report = manager.shutdown(LIMIT);
+        let ran = started.load(SeqCst);
+        assert_eq!(report.running_at_start, ran, "round {round}: {report:?}");
+        assert_eq!(
+            report.refused_waiting,
+            (HANDLERS - ran) as u64,
+            "round {round}"
+        );
+        assert_eq!(report.cut, 0);
+        let stats = manager.stats();
+        assert_eq!(stats.completed, ran as u64, "round {round}: {stats:?}");
+        assert_eq!(stats.refused(Refusal::ShuttingDown), report.refused_waiting);
+        assert_eq!((stats.running, stats.waiting), (0, 0));
+    }
 }

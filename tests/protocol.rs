@@ -1085,3 +1085,27 @@ fn error_messages_never_show_host_paths() {
         );
     }
 }
+
+/// Settings out of range are an error from `Server::bind`, naming the
+/// setting, never a panic. (`max_running = 0` set directly on the public
+/// field skipped the setter's check and panicked in the manager.)
+#[test]
+fn settings_out_of_range_are_an_error_not_a_panic() {
+    let dir = crate::support::TempDir::new("bad-settings");
+    let addr = "127.0.0.1:0".parse().unwrap();
+    type Set = fn(ServerConfig) -> ServerConfig;
+    let cases: [(&str, Set); 4] = [
+        ("max_running", |c| c.max_running(0)),
+        ("idle_timeout", |c| c.idle_timeout(Some(Duration::ZERO))),
+        ("min_rate", |c| c.min_rate(Some(0))),
+        ("proxy_timeout", |c| c.proxy_timeout(Duration::ZERO)),
+    ];
+    for (name, set) in cases {
+        match Server::bind(addr, set(ServerConfig::new(dir.root()))) {
+            Err(filesrv::protocol::ServerError::Config { setting, .. }) => {
+                assert_eq!(setting, name);
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+}

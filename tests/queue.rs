@@ -10,9 +10,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, unbounded};
+use filesrv::admission::{Arrival, Decision, MaxWaiting, Unbounded};
 use filesrv::{
-    Admission, Arrival, Decision, Handler, HandlerContext, MakeRoom, Manager, ManagerBuilder,
-    MaxWaiting, Refusal, Stats, Unbounded,
+    Admission, Handler, HandlerContext, MakeRoom, Manager, ManagerBuilder, Refusal, Stats,
 };
 
 use crate::support::{LIMIT, rss_kib, run_alone};
@@ -22,7 +22,7 @@ struct PastDeadline;
 
 impl Admission for PastDeadline {
     fn decide(&mut self, arrival: &Arrival) -> Decision {
-        Decision::QueueUntil(arrival.now())
+        Decision::QueueUntil(arrival.now)
     }
 }
 
@@ -360,7 +360,7 @@ struct PastAfterFirst(bool);
 impl Admission for PastAfterFirst {
     fn decide(&mut self, arrival: &Arrival) -> Decision {
         if std::mem::replace(&mut self.0, true) {
-            Decision::QueueUntil(arrival.now())
+            Decision::QueueUntil(arrival.now)
         } else {
             Decision::Queue
         }
@@ -426,7 +426,7 @@ fn expiry_at_a_high_arrival_rate_alone() {
     started.recv_timeout(LIMIT).unwrap();
     let before = rss_kib();
     // Until enough were admitted (and so expired): on a loaded machine
-    // the deadline thread may get little CPU while this loop runs.
+    // the watcher may get little CPU while this loop runs.
     // Bounded in count and time.
     let mut admitted = 0;
     let began = Instant::now();

@@ -24,4 +24,3 @@ mod proxy;
 mod queue;
 mod server_resize;
 mod slots;
-mod source;

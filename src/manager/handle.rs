@@ -1,17 +1,17 @@
-//! The [`Manager`] handle: submitting, observing and shutting down.
+//! The [`Manager`] handle: its whole API.
 
-use std::cell::Cell;
 use std::fmt;
-use std::sync::atomic::Ordering;
+use std::io;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::refused::Refused;
-use super::slot::{RunningInfo, Slot};
-use super::state::{Entry, Gate, ManagerState, Msg};
-use super::stats::{Counters, ShutdownReport, Stats};
-use crate::admission::{Admission, Arrival, Decision, Key, MaxWaiting, Refusal, canonical_source};
+use super::shared::Shared;
+use super::slot::RunningInfo;
+use super::stats::{ShutdownReport, Stats};
+use super::worker::{on_own_worker, work};
+use crate::admission::{Admission, MaxWaiting};
 use crate::handler::{Handler, Stop};
 use crate::util::lock;
 
@@ -32,32 +32,80 @@ use crate::util::lock;
 /// `max_running` worker threads are started up front and reused: each
 /// takes the next handler the moment its previous one ends.
 /// [`set_max_running`](Manager::set_max_running) starts more, or lets
-/// surplus ones retire after their current handler. One more
-/// thread enforces queue-wait deadlines. Idle, they all sleep in the
-/// kernel and use no CPU.
+/// surplus ones retire after their current handler. One more thread, the
+/// watcher, refuses handlers whose queue deadline passed, notices waiting
+/// clients that hang up, and asks running handlers to make room. Idle,
+/// they all sleep in the kernel and use no CPU.
 ///
 /// # Drop
 ///
 /// Dropping a manager that was not shut down is
 /// `shutdown(Duration::ZERO)`: waiting handlers are refused with
-/// [`Refusal::ShuttingDown`], running ones are asked to stop at once
-/// ([`Stop::Now`]), and the drop blocks until every thread is joined.
-/// A shutdown called inside one of the manager's own handlers panics
-/// rather than wait for itself; the last drop there stops the manager
-/// without waiting (see [`Drop`](#impl-Drop-for-Manager<Q,+S>)).
+/// [`Refusal::ShuttingDown`](crate::Refusal::ShuttingDown), running ones
+/// are asked to stop at once ([`Stop::Now`]), and the drop blocks until
+/// every thread is joined. A shutdown called inside one of the manager's
+/// own handlers panics rather than wait for itself; the last drop there
+/// stops the manager without waiting.
 pub struct Manager<Q: Handler, S: Admission = MaxWaiting> {
-    pub(super) shared: Arc<ManagerState<Q, S>>,
-    pub(super) threads: Mutex<Option<Vec<JoinHandle<()>>>>,
-    pub(super) report: Mutex<Option<ShutdownReport>>,
+    shared: Arc<Shared<Q, S>>,
+    /// Every thread started; taken by the shutdown, which joins them.
+    threads: Mutex<Option<Vec<JoinHandle<()>>>>,
+    report: Mutex<Option<ShutdownReport>>,
+    /// Threads are named `<name>-worker-<n>` and `<name>-watcher`.
+    name: String,
 }
 
 impl<Q: Handler, S: Admission> Manager<Q, S> {
+    /// Starts the watcher and `max_running` workers (the builder's part).
+    pub(super) fn start(shared: Shared<Q, S>, name: String) -> io::Result<Manager<Q, S>> {
+        let max_running = shared.gate().max_running;
+        check_map_room(max_running + 1)?;
+        let manager = Manager {
+            shared: Arc::new(shared),
+            threads: Mutex::new(Some(Vec::with_capacity(max_running + 1))),
+            report: Mutex::new(None),
+            name,
+        };
+        let watcher = manager.shared.clone();
+        let handle = thread::Builder::new()
+            .name(format!("{}-watcher", manager.name))
+            .spawn(move || super::watcher::watch(&watcher))?;
+        let mut threads = lock(&manager.threads);
+        let handles = threads.as_mut().expect("taken only by shutdown");
+        handles.push(handle);
+        manager.start_workers(handles, max_running)?;
+        drop(threads);
+        Ok(manager)
+    }
+
+    /// Starts `n` more workers; on an error, the bound is what started.
+    fn start_workers(&self, threads: &mut Vec<JoinHandle<()>>, n: usize) -> io::Result<()> {
+        self.shared.gate().workers += n;
+        for started in 0..n {
+            let worker = self.shared.clone();
+            let spawned = thread::Builder::new()
+                .name(format!("{}-worker-{}", self.name, threads.len()))
+                .spawn(move || work(&worker));
+            match spawned {
+                Ok(handle) => threads.push(handle),
+                Err(e) => {
+                    let mut gate = self.shared.gate();
+                    gate.workers -= n - started;
+                    gate.max_running = gate.workers;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Offers a handler to the admission policy.
     ///
     /// - `Ok(())`: it was queued. It will be run, refused when its queue
     ///   deadline passes or a shutdown begins, or dropped as abandoned.
     /// - `Err(refused)`: the policy refused it, or the manager is shutting
-    ///   down ([`Refusal::ShuttingDown`]); the handler comes back inside.
+    ///   down ([`Refusal::ShuttingDown`](crate::Refusal::ShuttingDown));
+    ///   the handler comes back inside.
     ///
     /// Never blocks beyond the brief admission lock.
     ///
@@ -66,144 +114,13 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
     /// If the admission policy panics; the handler is dropped and nothing
     /// is counted.
     pub fn submit(&self, handler: Q) -> Result<(), Refused<Q>> {
-        self.shared.submit(handler, true)
+        self.shared.submit(handler)
     }
-}
 
-impl<Q: Handler, S: Admission> ManagerState<Q, S> {
-    /// [`Manager::submit`]; `wake_idle`: whether to wake a worker waiting
-    /// on the source for it (not when the submitting worker takes it).
-    pub(super) fn submit(&self, handler: Q, wake_idle: bool) -> Result<(), Refused<Q>> {
-        let shared = self;
-        let source = handler.source().map(canonical_source);
-        let key = handler
-            .key()
-            .or_else(|| source.map(|ip| Key::from_source(ip, shared.ipv6_prefix)));
-        let mut gate = lock(&shared.gate);
-        if gate.channel.is_none() {
-            Counters::bump_sole(&shared.counters.submitted);
-            drop(gate);
-            return Err(shared.refuse_at_gate(handler, Refusal::ShuttingDown));
-        }
-        let (running, waiting) = shared.counts.get();
-        let id = gate.next_id;
-        let arrival = Arrival {
-            id,
-            source,
-            key,
-            running,
-            waiting,
-            max_running: shared.workers.target(),
-            now: Cell::new(None),
-        };
-        // Counted once the policy has decided (and heard it admitted): a
-        // policy that panics leaves no trace in the counts.
-        let decision = gate.policy.decide(&arrival);
-        if !matches!(decision, Decision::Refuse(_)) {
-            // From here on the policy hears of its departure, once.
-            gate.policy.admitted(&arrival);
-        }
-        Counters::bump_sole(&shared.counters.submitted);
-        let deadline = match decision {
-            Decision::Refuse(reason) => {
-                drop(gate);
-                return Err(shared.refuse_at_gate(handler, reason));
-            }
-            Decision::Queue => None,
-            Decision::QueueUntil(deadline) => Some(deadline),
-        };
-        gate.next_id += 1;
-        // Every slot taken: it will wait, so watch its client.
-        let will_wait = running + waiting >= shared.workers.target();
-        let watched = will_wait
-            && handler
-                .socket()
-                .is_some_and(|socket| shared.watcher.register(socket, id));
-        shared.counts.queued();
-        Counters::bump_sole(&shared.counters.admitted);
-        // A handler that will wait is stamped now, for its queue-wait time;
-        // one that starts at once on an idle worker takes its start as its
-        // arrival (no wait).
-        let queued_at = will_wait.then(|| shared.clock.stamp());
-        let entry = Entry {
-            id,
-            source,
-            key,
-            queued_at,
-            watched,
-            handler,
-        };
-        // A handler that may leave the queue early (a deadline passing
-        // while it waits, a watched client hanging up) waits in the gate's
-        // queue, where it can be taken out, with a token in the channel.
-        // Any other goes into the channel itself: no admission lock for
-        // its worker. Sent under the lock, so the channel keeps the order
-        // of ids even between submitting threads (`stress` in
-        // tests/manager.rs checks it); a send that wakes a parked worker
-        // makes a futex call under the lock, which costs only when a
-        // policy's departures want the lock at that moment.
-        let deadline = deadline.filter(|_| will_wait);
-        if deadline.is_none() && !watched {
-            if let Some(at) = queued_at {
-                shared.stamps.push(at);
-            }
-            if let Some(channel) = &gate.channel {
-                // The receiver lives as long as `shared`: this cannot fail.
-                let _ = channel.send(Msg::Start(entry));
-            }
-            drop(gate);
-            if wake_idle {
-                shared.message_sent();
-            }
-        } else {
-            gate.waiting.push(entry);
-            // Watched only once queued: the deadline thread finds it there.
-            let earliest = deadline.is_some_and(|deadline| {
-                let Gate {
-                    deadlines, waiting, ..
-                } = &mut *gate;
-                deadlines.watch(deadline, id, |id| waiting.contains(id))
-            });
-            // The token is sent after the lock is released, so the worker
-            // it wakes does not block at once on the lock the sender
-            // holds. A shutdown in between refuses the handler; the token
-            // then finds nothing, and the clone's drop ends the channel.
-            let channel = gate.channel.clone();
-            drop(gate);
-            if let Some(channel) = channel {
-                let _ = channel.send(Msg::Token);
-                if wake_idle {
-                    shared.message_sent();
-                }
-            }
-            if earliest {
-                shared.deadline_wake.notify_all();
-            }
-        }
-        if will_wait {
-            shared.room_needed();
-        }
-        Ok(())
-    }
-}
-
-impl<Q: Handler, S: Admission> Manager<Q, S> {
-    /// A snapshot of the counters. Cheap enough to read on every request:
-    /// atomic loads (a few, and seven per worker slot) with no lock and no
-    /// write to shared memory, and a clock read while someone waits.
+    /// A snapshot of the counters, taken under the admission lock: every
+    /// count of one snapshot is of the same moment.
     pub fn stats(&self) -> Stats {
-        let shared = &*self.shared;
-        let (running, waiting) = shared.counts.get();
-        let mut stats = shared.counters.snapshot(running, waiting);
-        let started = shared.workers.slots().sum_counters(&mut stats);
-        // A head with no stamp is starting on an idle worker: no wait.
-        let oldest = match (shared.head.get(), shared.stamps.oldest(started)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        stats.oldest_waiting =
-            oldest.map_or(Duration::ZERO, |at| shared.clock.instant(at).elapsed());
-        stats
+        self.shared.stats()
     }
 
     /// Calls `f` with the admission policy, under the admission lock: no
@@ -213,31 +130,84 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
     /// manager (the lock is not reentrant).
     ///
     /// ```
-    /// use filesrv::{ManagerBuilder, PerSourceCap};
+    /// use filesrv::ManagerBuilder;
+    /// use filesrv::admission::PerKeyCap;
     /// # use filesrv::{Manager, BoxHandler};
     ///
     /// # fn main() -> std::io::Result<()> {
     /// let manager: Manager<BoxHandler, _> =
-    ///     ManagerBuilder::new(2).admission(PerSourceCap::new(4)).build()?;
-    /// let key = filesrv::Key::Source("10.0.0.1".parse().unwrap());
+    ///     ManagerBuilder::new(2).admission(PerKeyCap::new(4)).build()?;
+    /// let key = filesrv::admission::Key::Source("10.0.0.1".parse().unwrap());
     /// assert_eq!(manager.with_policy(|cap| cap.count(&key)), 0);
     /// # Ok(())
     /// # }
     /// ```
     pub fn with_policy<R>(&self, f: impl FnOnce(&mut S) -> R) -> R {
-        f(&mut lock(&self.shared.gate).policy)
+        f(&mut self.shared.gate().policy)
     }
 
     /// The handlers running now, in no particular order.
     pub fn running(&self) -> Vec<RunningInfo> {
-        let slots = self.shared.workers.slots();
-        slots.iter().filter_map(Slot::info).collect()
+        let slots = lock(&self.shared.slots).clone();
+        slots.iter().filter_map(|slot| slot.info()).collect()
     }
 
     /// The bound on running handlers; see
     /// [`set_max_running`](Manager::set_max_running).
     pub fn max_running(&self) -> usize {
-        self.shared.workers.target()
+        self.shared.gate().max_running
+    }
+
+    /// Changes the bound on running handlers of a running manager.
+    ///
+    /// Growing starts workers at once, and waiting handlers start on them
+    /// in queue order. Shrinking never cuts a handler: surplus workers
+    /// retire as their current handler ends (idle ones at once), so the
+    /// running count falls to the new bound as handlers finish, and no
+    /// handler starts beyond it meanwhile. After a shutdown began it does
+    /// nothing.
+    ///
+    /// # Errors
+    ///
+    /// The OS refused to start a thread, or the process is too close to
+    /// its memory-map limit; the workers already started stay, and the
+    /// bound is what they make.
+    ///
+    /// # Panics
+    ///
+    /// If `n` is 0 or above 2³¹.
+    pub fn set_max_running(&self, n: usize) -> io::Result<()> {
+        check_bound(n);
+        // Held throughout, so two calls do not interleave.
+        let mut threads = lock(&self.threads);
+        let Some(handles) = threads.as_mut() else {
+            return Ok(());
+        };
+        // Handles of retired workers are joined here, so they do not pile up.
+        let (done, alive): (Vec<_>, Vec<_>) = handles.drain(..).partition(JoinHandle::is_finished);
+        *handles = alive;
+        for thread in done {
+            let _ = thread.join();
+        }
+        let more = {
+            let mut gate = self.shared.gate();
+            if gate.is_closed() {
+                return Ok(());
+            }
+            gate.max_running = n;
+            let surplus = gate.workers.saturating_sub(n);
+            // An idle surplus worker needs a token to wake and retire; a
+            // busy one retires when its handler ends.
+            for _ in 0..surplus {
+                gate.send_token();
+            }
+            n.saturating_sub(gate.workers)
+        };
+        if more > 0 {
+            check_map_room(more)?;
+            self.start_workers(handles, more)?;
+        }
+        Ok(())
     }
 
     /// Blocks until nothing runs or waits. Handlers submitted meanwhile
@@ -264,18 +234,22 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
 
     /// Whether [`shutdown`](Manager::shutdown) has begun.
     pub fn is_shutting_down(&self) -> bool {
-        self.shared.closing.load(Ordering::SeqCst)
+        self.shared.gate().is_closed()
     }
 
     /// Stops the manager and joins every thread it started.
     ///
     /// 1. Admission closes: later [`submit`](Manager::submit)s are refused
-    ///    with [`Refusal::ShuttingDown`].
-    /// 2. Every waiting handler is refused with [`Refusal::ShuttingDown`].
+    ///    with [`Refusal::ShuttingDown`](crate::Refusal::ShuttingDown).
+    /// 2. Every waiting handler is refused the same way.
     /// 3. Running handlers get [`Stop::Graceful`] through their stop hooks
     ///    and until `grace` has passed to finish.
     /// 4. Those still running then get [`Stop::Now`], and the call waits
     ///    for them to return before joining the threads.
+    ///
+    /// Steps 1 and 2 and the count of running handlers happen in one step
+    /// under the admission lock: no handler starts after the shutdown
+    /// began, and the report's counts are exact.
     ///
     /// A handler that ignores both stops delays this call until it returns.
     /// Calling it again, or from several threads at once, is safe: the
@@ -286,35 +260,31 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
     /// If called from inside one of this manager's own handlers (on one of
     /// its workers): the call would wait for its own handler to return.
     pub fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        let shared = &*self.shared;
         assert!(
-            !self.shared.on_own_worker(),
+            !on_own_worker(shared),
             "Manager::shutdown called from inside one of its own handlers"
         );
         let mut report = lock(&self.report);
         if let Some(report) = *report {
             return report;
         }
-        let shared = &*self.shared;
         let began = Instant::now();
         let deadline = began.checked_add(grace);
-        shared.close();
-
-        let running_at_start = shared.counts.get().0;
+        let running_at_start = shared.close();
         shared.stop_all(Stop::Graceful);
         shared.wait_idle(deadline);
-        let cut = shared.counts.get().0;
+        let cut = shared.stats().running;
         if cut > 0 {
             shared.stop_all(Stop::Now);
         }
-
         let threads = lock(&self.threads).take().unwrap_or_default();
         for thread in threads {
             // Handlers run under catch_unwind, so a worker never panics.
             let _ = thread.join();
         }
         let done = ShutdownReport {
-            // Read once every worker is joined: each refusal is counted.
-            refused_waiting: shared.refused_waiting.load(Ordering::Relaxed),
+            refused_waiting: shared.refused_waiting(),
             running_at_start,
             cut,
             took: began.elapsed(),
@@ -330,7 +300,7 @@ impl<Q: Handler, S: Admission> Drop for Manager<Q, S> {
     /// it closes admission, refuses the waiting handlers, asks the running
     /// ones to stop at once, and lets its threads end on their own.
     fn drop(&mut self) {
-        if self.shared.on_own_worker() {
+        if on_own_worker(&self.shared) {
             self.shared.close();
             self.shared.stop_all(Stop::Now);
             return;
@@ -346,4 +316,47 @@ impl<Q: Handler, S: Admission> fmt::Debug for Manager<Q, S> {
             .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
+}
+
+/// Panics unless `n` is a valid bound on running handlers.
+pub(super) fn check_bound(n: usize) {
+    assert!(
+        (1..=1 << 31).contains(&n),
+        "max_running must be between 1 and 2^31, got {n}"
+    );
+}
+
+/// Memory maps each thread costs: its stack and guard page, and the
+/// alternate signal stack and guard page Rust's runtime maps for it.
+const MAPS_PER_THREAD: usize = 4;
+
+/// Fails when starting `threads` more threads would pass the kernel's
+/// limit on memory maps (`vm.max_map_count`). Past it, `mmap` fails inside
+/// a new thread's start-up, where Rust's runtime can only abort the
+/// process; this turns that abort into an error the caller can report.
+/// Where `/proc` cannot be read, nothing is checked.
+fn check_map_room(threads: usize) -> io::Result<()> {
+    let Ok(limit) = std::fs::read_to_string("/proc/sys/vm/max_map_count") else {
+        return Ok(());
+    };
+    let Ok(limit) = limit.trim().parse::<usize>() else {
+        return Ok(());
+    };
+    let Ok(maps) = std::fs::read("/proc/self/maps") else {
+        return Ok(());
+    };
+    let used = maps.iter().filter(|&&b| b == b'\n').count();
+    // Room for the allocator and the application beyond the threads.
+    let needed = threads.saturating_mul(MAPS_PER_THREAD).saturating_add(1024);
+    if used.saturating_add(needed) > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            format!(
+                "{threads} threads would need about {needed} memory maps, \
+                 but only {} of vm.max_map_count {limit} are free",
+                limit.saturating_sub(used)
+            ),
+        ));
+    }
+    Ok(())
 }

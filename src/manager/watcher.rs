@@ -1,15 +1,19 @@
-//! The watcher: one thread blocked in `epoll_wait` that notices a waiting
-//! client hanging up, and keeps the make-room timer.
+//! The watcher: the one service thread of a manager. It blocks in
+//! `epoll_wait` and wakes for three things, none of them by polling:
 //!
-//! A handler that exposes a socket ([`Handler::socket`]) and has to wait is
-//! registered edge-triggered for `EPOLLRDHUP` (plus the implied `EPOLLHUP`
-//! and `EPOLLERR`), never for `EPOLLIN`: a client sending its request wakes
-//! nothing; a client that shuts down its write side or resets wakes the
-//! thread once, which asks [`Handler::is_abandoned`] and, if the client is
-//! gone with nothing sent, takes the handler out of the queue at once.
-//! Each registration carries the handler's id, never reused, so an event
-//! for a handler that already left is recognised and ignored; the kernel
-//! forgets a registration when the socket is closed.
+//! - a waiting client hanging up: a handler that exposes a socket
+//!   ([`Handler::socket`]) and has to wait is registered edge-triggered
+//!   for `EPOLLRDHUP` (plus the implied `EPOLLHUP` and `EPOLLERR`), never
+//!   for `EPOLLIN`, so a client sending its request wakes nothing. The
+//!   thread asks [`Handler::is_abandoned`] and, if the client is gone,
+//!   takes the handler out of the queue at once. Each registration
+//!   carries the handler's id, never reused, so an event for a handler
+//!   that already left is ignored;
+//! - the earliest queue deadline (the `epoll_wait` timeout), when the
+//!   handlers past it are refused;
+//! - a make-room pass (see `room.rs`): woken when a handler starts to
+//!   wait for a place or a running one goes idle while others wait, and
+//!   timed for when the next running handler passes a busy limit.
 //!
 //! [`Handler::socket`]: crate::Handler::socket
 //! [`Handler::is_abandoned`]: crate::Handler::is_abandoned
@@ -18,9 +22,13 @@ use std::io;
 use std::os::fd::BorrowedFd;
 use std::time::Instant;
 
-use rustix::event::epoll::{Event, EventFlags};
+use rustix::event::epoll::EventFlags;
 
+use super::shared::{Left, Shared};
+use crate::admission::Admission;
+use crate::handler::Handler;
 use crate::poller::Poller;
+use crate::util::{call_guarded, guarded, lock};
 
 pub(super) struct Watcher(Poller);
 
@@ -31,7 +39,7 @@ impl Watcher {
 
     /// Watches `socket` for a hang-up while handler `id` waits; false if
     /// epoll cannot watch it (it is then simply not watched).
-    pub(super) fn register(&self, socket: BorrowedFd<'_>, id: u64) -> bool {
+    pub(super) fn watch(&self, socket: BorrowedFd<'_>, id: u64) -> bool {
         match self.0.add(socket, id, EventFlags::RDHUP | EventFlags::ET) {
             Ok(()) => true,
             Err(e) => {
@@ -42,32 +50,97 @@ impl Watcher {
     }
 
     /// Stops watching `socket`, whose handler left the queue to run: its
-    /// client's eventual hang-up must not wake the thread for nothing
-    /// (one wake-up and two context switches a connection, when every
-    /// connection waits a moment, as with a new connection per request).
+    /// client's eventual hang-up must not wake the thread for nothing.
     pub(super) fn forget(&self, socket: BorrowedFd<'_>) {
         self.0.delete(socket);
     }
 
-    /// Makes the thread run a pass soon.
+    /// Makes the thread look at the queue and the running handlers soon.
     pub(super) fn wake(&self) {
         self.0.wake();
     }
+}
 
-    /// Blocks until an event, a [`Watcher::wake`] or `until`; hands the id
-    /// of each handler whose client hung up or failed to `hung_up`.
-    pub(super) fn wait(
-        &self,
-        until: Option<Instant>,
-        events: &mut Vec<Event>,
-        mut hung_up: impl FnMut(u64),
-    ) {
-        if let Err(e) = self.0.wait(until, events, |id, _| hung_up(id)) {
+/// The watcher thread's loop, until the manager closes.
+pub(super) fn watch<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
+    let mut events = Poller::events();
+    loop {
+        let Ok(deadline) = shared.expire(Instant::now()) else {
+            return;
+        };
+        let pass = make_room(shared);
+        let until = [deadline, pass].into_iter().flatten().min();
+        let waited = shared.signals.watcher.0.wait(until, &mut events, |id, _| {
+            // A peek, under the lock: it must not block.
+            shared.leave_if(id, Left::Abandoned, |entry| {
+                guarded("is_abandoned", id, || entry.handler.is_abandoned()).unwrap_or(true)
+            });
+        });
+        if let Err(e) = waited {
             log::error!("epoll_wait failed: {e}");
         }
     }
+}
 
-    pub(super) fn events() -> Vec<Event> {
-        Poller::events()
+/// One make-room pass: asks as many running handlers past a limit as
+/// there are handlers waiting for a place that nobody made room for yet.
+/// Returns when to run the next pass if some still wait for room.
+///
+/// It also publishes when a pass can next find anyone to ask
+/// (`Signals::set_room_due`), so that a handler queued, started or going
+/// idle before then wakes nobody. That moment is the earliest a running
+/// handler not past a limit will pass one, or a shortest limit from now (a
+/// handler starting or going idle after this pass passes one no sooner);
+/// or now, if handlers past a limit were left unasked.
+fn make_room<Q: Handler, S: Admission>(shared: &Shared<Q, S>) -> Option<Instant> {
+    let signals = &shared.signals;
+    let limits = signals.limits;
+    if !limits.any() {
+        return None;
     }
+    let need = {
+        let gate = shared.gate();
+        let need = gate.crowding().saturating_sub(gate.asked);
+        if need == 0 {
+            // The next waiter wakes the watcher.
+            signals.set_room_due(None);
+            return None;
+        }
+        need
+    };
+    let now = Instant::now();
+    let slots = lock(&shared.slots).clone();
+    let candidates = slots.iter().enumerate();
+    let candidates = candidates.filter_map(|(i, slot)| slot.candidate().map(|c| (i, c)));
+    let (chosen, past_left, next) = limits.choose(now, need, candidates);
+    let mut left = need;
+    for (index, id, why) in chosen {
+        // Counted before it is asked, so its departure never comes first.
+        shared.gate().asked += 1;
+        match slots[index].ask(id, why) {
+            Some(hook) => {
+                log::debug!("handler {id} asked to make room: {why:?}");
+                left -= 1;
+                if let Some(hook) = hook {
+                    call_guarded("make-room hook", || hook(why));
+                }
+            }
+            None => shared.gate().asked -= 1,
+        }
+    }
+    let due = if past_left {
+        None
+    } else {
+        let horizon = limits.shortest().and_then(|l| now.checked_add(l));
+        [next, horizon].into_iter().flatten().min()
+    };
+    // Published under the lock a submission reads it with: a handler
+    // queued since the pass began either sees it, or is seen here.
+    let gate = shared.gate();
+    if gate.crowding().saturating_sub(gate.asked) > left {
+        signals.set_room_due(None);
+        return Some(now);
+    }
+    signals.set_room_due(due);
+    if left > 0 { next } else { None }
 }

@@ -110,7 +110,7 @@ fn discard(mut stream: &TcpStream) {
 ///
 /// ```no_run
 /// use std::net::TcpListener;
-/// use filesrv::LingeringCloser;
+/// use filesrv::protocol::LingeringCloser;
 ///
 /// # fn main() -> std::io::Result<()> {
 /// let closer = LingeringCloser::start()?;

@@ -7,11 +7,14 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::util::timeout_setting;
-use crate::{Admission as _, And, MaxWaiting, PerSourceCap, QueueTimeout};
+use crate::admission::{Admission as _, And, MaxWaiting, PerKeyCap, QueueTimeout};
 
 /// Settings of a [`Server`](crate::protocol::Server); the command line of the `filesrv` binary maps
 /// onto these one to one.
+///
+/// Set through by-value setters named after each setting; the settings
+/// are checked together when the server starts
+/// ([`ServerError::Config`] names the first one that is wrong).
 ///
 /// `ServerConfig::new(root)` gives the defaults: 4 running, 1024 waiting,
 /// no per-source cap, no queue timeout, idle and stall timeouts of 30 s,
@@ -24,55 +27,55 @@ use crate::{Admission as _, And, MaxWaiting, PerSourceCap, QueueTimeout};
 #[non_exhaustive]
 pub struct ServerConfig {
     /// The directory served; nothing outside it is read or written.
-    pub root: PathBuf,
+    pub(crate) root: PathBuf,
     /// Clients served at the same time (at least 1).
-    pub max_running: usize,
+    pub(crate) max_running: usize,
     /// Clients waiting beyond the running ones; 0: none. Lowered at start
     /// (with a warning) to what the open-descriptor limit leaves room for:
     /// 4 per running client and 64 in reserve.
-    pub max_waiting: usize,
+    pub(crate) max_waiting: usize,
     /// Running plus waiting clients from one IP address; 0: no cap.
-    pub max_per_source: usize,
+    pub(crate) max_per_source: usize,
     /// How long a client may wait for a slot; `None`: forever.
-    pub queue_timeout: Option<Duration>,
+    pub(crate) queue_timeout: Option<Duration>,
     /// Time allowed for a complete request line; `None`: no limit.
-    pub idle_timeout: Option<Duration>,
+    pub(crate) idle_timeout: Option<Duration>,
     /// Time allowed without progress on a body; `None`: no limit.
-    pub stall_timeout: Option<Duration>,
+    pub(crate) stall_timeout: Option<Duration>,
     /// While clients wait, how long a running connection may sit idle
     /// between requests before it makes room (`ERR timeout`); `None`: no
     /// such limit.
-    pub busy_idle_timeout: Option<Duration>,
+    pub(crate) busy_idle_timeout: Option<Duration>,
     /// While clients wait, how long a connection may run before it makes
     /// room after its current request (`ERR busy`); `None`: no such limit.
-    pub busy_session_limit: Option<Duration>,
+    pub(crate) busy_session_limit: Option<Duration>,
     /// The slowest a body may move, in bytes per second, after an initial
     /// allowance of the stall timeout (30 s without one), as Apache's
     /// `mod_reqtimeout` `MinRate`; `None`: no minimum.
-    pub min_rate: Option<u64>,
+    pub(crate) min_rate: Option<u64>,
     /// Whether PUT is accepted.
-    pub allow_put: bool,
+    pub(crate) allow_put: bool,
     /// The largest accepted upload, in bytes.
-    pub max_upload: u64,
+    pub(crate) max_upload: u64,
     /// How long running clients may finish on shutdown.
-    pub shutdown_grace: Duration,
+    pub(crate) shutdown_grace: Duration,
     /// Whether hidden names (a path component starting with `.`) are
     /// listed, served and written; off: they are `not-found` (PUT:
     /// `forbidden`).
-    pub hidden: bool,
+    pub(crate) hidden: bool,
     /// The most entries one LIST returns; a larger directory is refused
     /// with `ERR too-large`. 0: no cap.
-    pub max_list_entries: usize,
+    pub(crate) max_list_entries: usize,
     /// Networks of trusted proxies: a connection from one must begin with
     /// a PROXY protocol v1 or v2 header, whose source address then counts
     /// as the client's. Empty: no header is ever looked for.
-    pub proxy_from: Vec<IpNet>,
+    pub(crate) proxy_from: Vec<IpNet>,
     /// Time a trusted proxy has to send the whole header.
-    pub proxy_timeout: Duration,
+    pub(crate) proxy_timeout: Duration,
     /// Where to serve Prometheus metrics (`GET /metrics`); `None`: nowhere.
-    pub metrics: Option<SocketAddr>,
+    pub(crate) metrics: Option<SocketAddr>,
     /// Where to answer HAProxy's `agent-check`; `None`: nowhere.
-    pub agent: Option<SocketAddr>,
+    pub(crate) agent: Option<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -101,13 +104,9 @@ impl ServerConfig {
         }
     }
 
-    /// Sets [`max_running`](ServerConfig::max_running) (default 4).
-    ///
-    /// # Panics
-    ///
-    /// If `n` is 0.
+    /// Sets [`max_running`](ServerConfig::max_running) (default 4; at
+    /// least 1).
     pub fn max_running(mut self, n: usize) -> Self {
-        assert!(n >= 1, "max_running must be at least 1");
         self.max_running = n;
         self
     }
@@ -126,67 +125,48 @@ impl ServerConfig {
 
     /// Sets [`queue_timeout`](ServerConfig::queue_timeout) (default none); `None`
     /// for no limit.
-    ///
-    /// # Panics
-    ///
-    /// If `timeout` is `Some(Duration::ZERO)`: a zero is not "none".
+    /// A zero is refused when the server starts: it is not "none".
     pub fn queue_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.queue_timeout = timeout_setting(timeout, "queue_timeout");
+        self.queue_timeout = timeout;
         self
     }
 
     /// Sets [`idle_timeout`](ServerConfig::idle_timeout) (default 30 s); `None`
     /// for no limit.
-    ///
-    /// # Panics
-    ///
-    /// If `timeout` is `Some(Duration::ZERO)`: a zero is not "none".
+    /// A zero is refused when the server starts: it is not "none".
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.idle_timeout = timeout_setting(timeout, "idle_timeout");
+        self.idle_timeout = timeout;
         self
     }
 
     /// Sets [`stall_timeout`](ServerConfig::stall_timeout) (default 30 s); `None`
     /// for no limit.
-    ///
-    /// # Panics
-    ///
-    /// If `timeout` is `Some(Duration::ZERO)`: a zero is not "none".
+    /// A zero is refused when the server starts: it is not "none".
     pub fn stall_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.stall_timeout = timeout_setting(timeout, "stall_timeout");
+        self.stall_timeout = timeout;
         self
     }
 
     /// Sets [`busy_idle_timeout`](ServerConfig::busy_idle_timeout)
     /// (default 5 s); `None` for no limit.
-    ///
-    /// # Panics
-    ///
-    /// If `timeout` is `Some(Duration::ZERO)`: a zero is not "none".
+    /// A zero is refused when the server starts: it is not "none".
     pub fn busy_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.busy_idle_timeout = timeout_setting(timeout, "busy_idle_timeout");
+        self.busy_idle_timeout = timeout;
         self
     }
 
     /// Sets [`busy_session_limit`](ServerConfig::busy_session_limit)
     /// (default 60 s); `None` for no limit.
-    ///
-    /// # Panics
-    ///
-    /// If `limit` is `Some(Duration::ZERO)`: a zero is not "none".
+    /// A zero is refused when the server starts: it is not "none".
     pub fn busy_session_limit(mut self, limit: Option<Duration>) -> Self {
-        self.busy_session_limit = timeout_setting(limit, "busy_session_limit");
+        self.busy_session_limit = limit;
         self
     }
 
     /// Sets [`min_rate`](ServerConfig::min_rate) in bytes per second
     /// (default 500); `None` for no minimum.
-    ///
-    /// # Panics
-    ///
-    /// If `rate` is `Some(0)`: a zero is not "none".
+    /// A zero is refused when the server starts: it is not "none".
     pub fn min_rate(mut self, rate: Option<u64>) -> Self {
-        assert_ne!(rate, Some(0), "use None for no min_rate");
         self.min_rate = rate;
         self
     }
@@ -229,12 +209,8 @@ impl ServerConfig {
     }
 
     /// Sets [`proxy_timeout`](ServerConfig::proxy_timeout) (default 5 s).
-    ///
-    /// # Panics
-    ///
-    /// If `timeout` is zero.
+    /// Must not be zero (checked when the server starts).
     pub fn proxy_timeout(mut self, timeout: Duration) -> Self {
-        assert!(!timeout.is_zero(), "proxy_timeout must not be zero");
         self.proxy_timeout = timeout;
         self
     }
@@ -251,19 +227,49 @@ impl ServerConfig {
         self
     }
 
+    /// The first setting that is wrong, if any.
+    pub(crate) fn check(&self) -> Result<(), ServerError> {
+        let wrong = |setting, reason| Err(ServerError::Config { setting, reason });
+        if !(1..=1 << 31).contains(&self.max_running) {
+            return wrong("max_running", "must be between 1 and 2^31");
+        }
+        let timeouts = [
+            ("queue_timeout", self.queue_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("stall_timeout", self.stall_timeout),
+            ("busy_idle_timeout", self.busy_idle_timeout),
+            ("busy_session_limit", self.busy_session_limit),
+        ];
+        for (setting, timeout) in timeouts {
+            if timeout == Some(Duration::ZERO) {
+                return wrong(setting, "zero is not \"none\": use None for no limit");
+            }
+        }
+        if self.min_rate == Some(0) {
+            return wrong("min_rate", "zero is not \"none\": use None for no minimum");
+        }
+        if self.proxy_timeout.is_zero() {
+            return wrong("proxy_timeout", "must not be zero");
+        }
+        Ok(())
+    }
+
     pub(crate) fn admission(&self) -> Policy {
         let per_source = match self.max_per_source {
             0 => usize::MAX,
             n => n,
         };
-        MaxWaiting(super::limits::waiting_bound(self))
-            .and(PerSourceCap::new(per_source))
-            .and(QueueTimeout(self.queue_timeout.unwrap_or(Duration::MAX)))
+        MaxWaiting(super::limits::waiting_bound(
+            self.max_waiting,
+            self.max_running,
+        ))
+        .and(PerKeyCap::new(per_source))
+        .and(QueueTimeout(self.queue_timeout.unwrap_or(Duration::MAX)))
     }
 }
 
 /// The file server's admission policy, built from its [`ServerConfig`].
-pub(crate) type Policy = And<And<MaxWaiting, PerSourceCap>, QueueTimeout>;
+pub(crate) type Policy = And<And<MaxWaiting, PerKeyCap>, QueueTimeout>;
 
 /// Why a [`Server`](crate::protocol::Server) could not start.
 #[derive(Debug, thiserror::Error)]
@@ -297,6 +303,14 @@ pub enum ServerError {
         /// Why binding failed.
         #[source]
         source: io::Error,
+    },
+    /// A setting is out of its range.
+    #[error("bad setting {setting}: {reason}")]
+    Config {
+        /// The setting's name, as its setter's.
+        setting: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
     },
     /// A thread could not be started, or the listener not set up.
     #[error("cannot start the server")]

@@ -4,17 +4,13 @@
 
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
-use super::config::ServerConfig;
-
 /// Descriptors kept aside whatever the load: the listener, the standard
 /// streams, the log, the root, threads' and the closer's lingering
 /// refusals.
 const RESERVE: u64 = 64;
 /// Descriptors one running place may hold at once: the connection's
-/// socket, a file, a directory or temporary file, one to spare, and its
-/// worker's two for accepting while idle (an epoll set and its poller's
-/// wake-up eventfd, held from the worker's first idle wait on).
-const PER_RUNNING: u64 = 6;
+/// socket, a file, a directory or temporary file, and one to spare.
+const PER_RUNNING: u64 = 4;
 
 /// Raises the soft limit on open descriptors to the hard limit, as a
 /// server that holds a descriptor per waiting client needs; returns the
@@ -37,24 +33,23 @@ pub fn raise_descriptor_limit() -> std::io::Result<Option<u64>> {
     Ok(limit.maximum)
 }
 
-/// The waiting queue's bound: the configured one, lowered (with a
-/// warning) to what the descriptor limit leaves once the running
-/// connections and a reserve are counted.
-pub(super) fn waiting_bound(config: &ServerConfig) -> usize {
+/// The waiting queue's bound: `max_waiting`, lowered (with a warning) to
+/// what the descriptor limit leaves once `max_running` connections and a
+/// reserve are counted.
+pub(super) fn waiting_bound(max_waiting: usize, max_running: usize) -> usize {
     let Some(soft) = getrlimit(Resource::Nofile).current else {
-        return config.max_waiting;
+        return max_waiting;
     };
-    let running = u64::try_from(config.max_running).unwrap_or(u64::MAX);
+    let running = u64::try_from(max_running).unwrap_or(u64::MAX);
     let room = soft.saturating_sub(RESERVE.saturating_add(running.saturating_mul(PER_RUNNING)));
     let bound = usize::try_from(room).unwrap_or(usize::MAX);
-    if bound < config.max_waiting {
+    if bound < max_waiting {
         log::warn!(
-            "max waiting lowered from {} to {bound}: the descriptor limit is {soft} \
-             (raise it with ulimit -n)",
-            config.max_waiting
+            "max waiting lowered from {max_waiting} to {bound}: the descriptor limit \
+             is {soft} (raise it with ulimit -n)"
         );
         bound
     } else {
-        config.max_waiting
+        max_waiting
     }
 }

@@ -11,7 +11,6 @@ use std::thread::{self, JoinHandle};
 use crossbeam_channel::{Receiver, Sender};
 use rustix::event::{EventfdFlags, PollFd, PollFlags, eventfd};
 
-use super::accepting::SessionSource;
 use super::agent::{self, Load};
 use super::closer::Closer;
 use super::config::{Policy, ServerConfig, ServerError};
@@ -64,8 +63,7 @@ pub struct Server {
 struct Listening {
     manager: Manager<Session, Policy>,
     state: Arc<ServerState>,
-    /// Shared with the manager's source when workers accept themselves.
-    listener: Arc<TcpListener>,
+    listener: TcpListener,
     stopping: AtomicBool,
     /// Written once by shutdown: wakes the accepting thread's `poll`.
     stop_event: OwnedFd,
@@ -73,9 +71,8 @@ struct Listening {
 
 #[derive(Debug)]
 struct Threads {
-    /// The accepting thread, when the manager does not accept itself
-    /// (with trusted proxies).
-    accept: Option<JoinHandle<()>>,
+    /// The accepting thread.
+    accept: JoinHandle<()>,
     /// The PROXY header thread, when there are trusted proxies.
     handshake: Option<JoinHandle<()>>,
     closer: JoinHandle<()>,
@@ -116,6 +113,7 @@ impl Server {
     ///
     /// # Errors
     ///
+    /// - [`ServerError::Config`]: a setting is out of its range;
     /// - [`ServerError::Root`]: the root is missing or not a directory;
     /// - [`ServerError::Bind`]: the address is in use or not available;
     /// - [`ServerError::BindExtra`]: so is the metrics or agent address;
@@ -174,19 +172,7 @@ impl Server {
             closer,
             metrics: Metrics::default(),
         });
-        let listener = Arc::new(listener);
-        // Idle workers accept themselves, unless trusted proxies' headers
-        // must be read first (see `accepting`).
-        let workers_accept = state.config.proxy_from.is_empty();
-        let manager = if workers_accept {
-            builder.build_with_source(SessionSource {
-                listener: listener.clone(),
-                state: state.clone(),
-            })
-        } else {
-            builder.build()
-        }
-        .map_err(ServerError::Start)?;
+        let manager = builder.build().map_err(ServerError::Start)?;
         let inner = Arc::new(Listening {
             manager,
             state,
@@ -213,16 +199,14 @@ impl Server {
         let agent_addr = sidecars.agent.as_ref().map(Sidecar::local_addr);
         let (wake, woken) = crossbeam_channel::bounded(0);
         let accepting = inner.clone();
-        let accept = (!workers_accept).then(|| {
-            thread::Builder::new()
-                .name("filesrv-accept".to_owned())
-                .spawn(move || {
-                    accepting.accept_loop(&woken, handshakes.as_ref());
-                    // Dropped: the handshake thread refuses what it holds, ends.
-                    drop(handshakes);
-                })
-        });
-        let accept = match accept.transpose() {
+        let accept = thread::Builder::new()
+            .name("filesrv-accept".to_owned())
+            .spawn(move || {
+                accepting.accept_loop(&woken, handshakes.as_ref());
+                // Dropped: the handshake thread refuses what it holds, ends.
+                drop(handshakes);
+            });
+        let accept = match accept {
             Ok(accept) => accept,
             Err(e) => {
                 sidecars.stop();
@@ -314,12 +298,7 @@ impl Server {
             inner.stopping.store(true, Ordering::SeqCst);
             drop(wake);
             let _ = rustix::io::write(&inner.stop_event, &1u64.to_ne_bytes());
-            match accept {
-                Some(accept) => {
-                    let _ = accept.join();
-                }
-                None => inner.manager.stop_accepting(),
-            }
+            let _ = accept.join();
             log::info!("stopped accepting");
             // The accepting thread stopped the handshakes on its way out.
             if let Some(handshake) = handshake {
@@ -344,6 +323,7 @@ impl Drop for Server {
 }
 
 fn open_root(config: &ServerConfig) -> Result<Root, ServerError> {
+    config.check()?;
     Root::open(&config.root).map_err(|source| ServerError::Root {
         root: config.root.clone(),
         source,

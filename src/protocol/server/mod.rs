@@ -2,7 +2,6 @@
 //! one [`Session`](session) handler per connection, body transfer, the
 //! lingering close, and the file-system layer beneath the root.
 
-mod accepting;
 mod agent;
 mod closer;
 mod config;

@@ -1,0 +1,488 @@
+//! What the manager's handle, its workers and its watcher share, and the
+//! steps each takes on it. No loops here: the worker's is in `worker.rs`,
+//! the watcher's in `watcher.rs`.
+//!
+//! Everything that decides who runs lives in one [`Gate`] under one lock:
+//! the policy, the waiting queue (FIFO by id), the queue deadlines and the
+//! counts. A handler moves from waiting to running, or leaves, only under
+//! that lock, so FIFO order and every count hold by construction. Workers
+//! sleep on a crossbeam channel of tokens, one sent per queued handler; a
+//! woken worker takes the head of the queue under the lock, whoever's
+//! token it holds. A handler that leaves the queue early takes a token
+//! with it, and a token that finds the queue empty is simply dropped.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::Refused;
+use super::room::BusyLimits;
+use super::slot::{Phase, Slot};
+use super::stats::Stats;
+use super::watcher::Watcher;
+use crate::admission::canonical_source;
+use crate::admission::{Admission, Arrival, Decision, Departure, Key, Outcome, Refusal};
+use crate::handler::{Handler, Stop};
+use crate::util::{guarded, lock, time_left};
+
+/// A queued handler.
+pub(super) struct Entry<Q> {
+    pub(super) id: u64,
+    /// The canonical source, when the handler reported one.
+    pub(super) source: Option<IpAddr>,
+    /// What the policy counts it by.
+    pub(super) key: Option<Key>,
+    pub(super) queued_at: Instant,
+    /// Whether it found every running place taken, so it may wait: only
+    /// then does it get a deadline, a watched socket, and the question
+    /// whether its client left meanwhile.
+    pub(super) waits: bool,
+    pub(super) deadline: Option<Instant>,
+    /// Whether the watcher watches its socket.
+    pub(super) watched: bool,
+    pub(super) handler: Q,
+}
+
+/// A handler that ran (or was found abandoned) leaving its running place.
+#[derive(Clone, Copy)]
+pub(super) struct Done {
+    pub(super) id: u64,
+    pub(super) key: Option<Key>,
+    pub(super) outcome: Outcome,
+    /// Whether it had been asked to make room.
+    pub(super) asked: bool,
+}
+
+/// A worker's next step, as [`Shared::next`] decides it.
+pub(super) enum Next<Q> {
+    Run(Entry<Q>),
+    /// Nothing queued: wait for a token.
+    Wait,
+    /// More workers live than the bound allows: this one ends.
+    Retire,
+}
+
+/// The state under the admission lock.
+pub(super) struct Gate<Q, S> {
+    pub(super) policy: S,
+    /// In id order, which is arrival order.
+    waiting: BTreeMap<u64, Entry<Q>>,
+    /// `(deadline, id)` of the waiting handlers that have one.
+    deadlines: BTreeSet<(Instant, u64)>,
+    next_id: u64,
+    pub(super) running: usize,
+    /// The bound on running handlers.
+    pub(super) max_running: usize,
+    /// Workers alive (counted until they retire).
+    pub(super) workers: usize,
+    /// Running handlers asked to make room that have not left yet.
+    pub(super) asked: usize,
+    /// The counters; `running`, `waiting` and `oldest_waiting` are
+    /// filled in by [`Shared::stats`].
+    stats: Stats,
+    refused_waiting: u64,
+    /// The sending side of the workers' tokens; dropped at shutdown,
+    /// which wakes every worker once the tokens left are taken.
+    tokens: Option<Sender<()>>,
+    /// Threads in [`Shared::wait_idle`].
+    idle_waiters: usize,
+}
+
+impl<Q, S: Admission> Gate<Q, S> {
+    /// Handlers that wait for a running place beyond the free ones.
+    pub(super) fn crowding(&self) -> usize {
+        (self.running + self.waiting.len()).saturating_sub(self.max_running)
+    }
+
+    /// Wakes a worker, unless the manager is closed.
+    pub(super) fn send_token(&self) {
+        if let Some(tokens) = &self.tokens {
+            // The receiver lives as long as the gate: this cannot fail.
+            let _ = tokens.send(());
+        }
+    }
+
+    pub(super) fn is_closed(&self) -> bool {
+        self.tokens.is_none()
+    }
+
+    fn is_idle(&self) -> bool {
+        self.running == 0 && self.waiting.is_empty()
+    }
+
+    /// Tells the policy an admitted handler left, and counts how. A policy
+    /// that panics here is logged, and the manager goes on.
+    fn depart(&mut self, id: u64, key: Option<Key>, outcome: Outcome) {
+        self.stats.count(outcome);
+        let departure = Departure { id, key, outcome };
+        guarded("Admission::departed", id, || {
+            self.policy.departed(&departure);
+        });
+    }
+
+    /// Takes handler `id` out of the queue, wherever it is.
+    fn remove(&mut self, id: u64) -> Option<Entry<Q>> {
+        let entry = self.waiting.remove(&id)?;
+        if let Some(deadline) = entry.deadline {
+            self.deadlines.remove(&(deadline, id));
+        }
+        Some(entry)
+    }
+}
+
+/// How a handler left the queue without running.
+#[derive(Clone, Copy)]
+pub(super) enum Left {
+    Refused(Refusal),
+    Abandoned,
+}
+
+/// What a running handler's context reaches without knowing the
+/// manager's type parameters.
+pub(crate) struct Signals {
+    pub(crate) phase: Phase,
+    pub(super) watcher: Watcher,
+    pub(super) limits: BusyLimits,
+    /// Whether handlers wait for a running place beyond the free ones: a
+    /// copy of [`Gate::crowding`]` > 0` for readers without the lock.
+    crowded: AtomicBool,
+    /// When a make-room pass can next find a handler past a limit, as the
+    /// last pass saw it; `None`: now. Written by the watcher under the
+    /// gate's lock.
+    room_due: Mutex<Option<Instant>>,
+}
+
+impl Signals {
+    /// A running handler went idle or started: a make-room pass may be
+    /// due, if anyone waits for its place.
+    pub(crate) fn room_may_be_due(&self) {
+        if self.limits.any() && self.crowded.load(Ordering::Relaxed) && self.room_pass_due() {
+            self.watcher.wake();
+        }
+    }
+
+    fn room_pass_due(&self) -> bool {
+        lock(&self.room_due).is_none_or(|due| due <= Instant::now())
+    }
+
+    pub(super) fn set_room_due(&self, due: Option<Instant>) {
+        *lock(&self.room_due) = due;
+    }
+}
+
+pub(super) struct Shared<Q, S> {
+    gate: Mutex<Gate<Q, S>>,
+    /// Signalled, with the gate's lock, when nothing runs or waits.
+    became_idle: Condvar,
+    pub(super) tokens: Receiver<()>,
+    /// Every worker's slot.
+    pub(super) slots: Mutex<Vec<Arc<Slot>>>,
+    pub(super) signals: Signals,
+    /// The prefix length IPv6 sources are grouped by into keys.
+    ipv6_prefix: u8,
+}
+
+impl<Q: Handler, S: Admission> Shared<Q, S> {
+    pub(super) fn new(
+        policy: S,
+        max_running: usize,
+        limits: BusyLimits,
+        ipv6_prefix: u8,
+    ) -> std::io::Result<Shared<Q, S>> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Ok(Shared {
+            gate: Mutex::new(Gate {
+                policy,
+                waiting: BTreeMap::new(),
+                deadlines: BTreeSet::new(),
+                next_id: 0,
+                running: 0,
+                max_running,
+                workers: 0,
+                asked: 0,
+                stats: Stats::default(),
+                refused_waiting: 0,
+                tokens: Some(tx),
+                idle_waiters: 0,
+            }),
+            became_idle: Condvar::new(),
+            tokens: rx,
+            slots: Mutex::default(),
+            signals: Signals {
+                phase: Phase::default(),
+                watcher: Watcher::new()?,
+                limits,
+                crowded: AtomicBool::new(false),
+                room_due: Mutex::new(None),
+            },
+            ipv6_prefix,
+        })
+    }
+
+    pub(super) fn gate(&self) -> MutexGuard<'_, Gate<Q, S>> {
+        lock(&self.gate)
+    }
+
+    /// After the counts changed under `gate`: publishes whether anyone
+    /// waits for a place, and wakes the threads waiting for idle.
+    fn changed(&self, gate: &Gate<Q, S>) {
+        self.signals
+            .crowded
+            .store(gate.crowding() > 0, Ordering::Relaxed);
+        if gate.idle_waiters > 0 && gate.is_idle() {
+            self.became_idle.notify_all();
+        }
+    }
+
+    /// [`Manager::submit`](crate::Manager::submit).
+    pub(super) fn submit(&self, handler: Q) -> Result<(), Refused<Q>> {
+        let source = handler.source().map(canonical_source);
+        let key = handler
+            .key()
+            .or_else(|| source.map(|ip| Key::from_source(ip, self.ipv6_prefix)));
+        let now = Instant::now();
+        let mut gate = self.gate();
+        let id = gate.next_id;
+        let decision = if gate.is_closed() {
+            Decision::Refuse(Refusal::ShuttingDown)
+        } else {
+            let arrival = Arrival {
+                id,
+                source,
+                key,
+                running: gate.running,
+                waiting: gate.waiting.len(),
+                max_running: gate.max_running,
+                now,
+            };
+            let decision = gate.policy.decide(&arrival);
+            if !matches!(decision, Decision::Refuse(_)) {
+                // From here on the policy hears of its departure, once.
+                gate.policy.admitted(&arrival);
+            }
+            decision
+        };
+        gate.stats.submitted += 1;
+        let deadline = match decision {
+            Decision::Refuse(reason) => {
+                gate.stats.count(Outcome::Refused(reason));
+                return Err(Refused { handler, reason });
+            }
+            Decision::Queue => None,
+            Decision::QueueUntil(deadline) => Some(deadline),
+        };
+        gate.stats.admitted += 1;
+        gate.next_id += 1;
+        let waits = gate.running + gate.waiting.len() >= gate.max_running;
+        let deadline = deadline.filter(|_| waits);
+        // Watched under the lock: a hang-up reported at once waits for the
+        // lock and then finds the handler queued.
+        let watched = waits
+            && handler
+                .socket()
+                .is_some_and(|socket| self.signals.watcher.watch(socket, id));
+        let earliest = deadline.is_some_and(|deadline| {
+            let first = gate.deadlines.first().map(|d| d.0);
+            gate.deadlines.insert((deadline, id));
+            first.is_none_or(|first| deadline < first)
+        });
+        gate.waiting.insert(
+            id,
+            Entry {
+                id,
+                source,
+                key,
+                queued_at: now,
+                waits,
+                deadline,
+                watched,
+                handler,
+            },
+        );
+        gate.send_token();
+        self.changed(&gate);
+        // Read under the gate's lock, as the watcher writes it.
+        let room = waits && self.signals.limits.any() && self.signals.room_pass_due();
+        drop(gate);
+        if earliest || room {
+            // A new earliest deadline, or a make-room pass for a waiter.
+            self.signals.watcher.wake();
+        }
+        Ok(())
+    }
+
+    /// A worker's step between handlers: `done`, the handler it ran last,
+    /// departs, and it takes the head of the queue in the same step, so a
+    /// running place passes straight from one to the next.
+    /// `have_token`: the worker was just woken by a token; otherwise it
+    /// takes one out of the channel for the handler it takes, so no other
+    /// worker wakes for it.
+    pub(super) fn next(&self, done: Option<Done>, have_token: bool) -> Next<Q> {
+        let mut gate = self.gate();
+        if let Some(done) = done {
+            gate.running -= 1;
+            gate.asked -= usize::from(done.asked);
+            gate.depart(done.id, done.key, done.outcome);
+        }
+        let next = if gate.workers > gate.max_running {
+            gate.workers -= 1;
+            if have_token && !gate.waiting.is_empty() {
+                // The token may be a waiting handler's: pass it on.
+                gate.send_token();
+            }
+            Next::Retire
+        } else if let Some((_, entry)) = gate.waiting.pop_first() {
+            if let Some(deadline) = entry.deadline {
+                gate.deadlines.remove(&(deadline, entry.id));
+            }
+            gate.running += 1;
+            gate.stats.started(entry.queued_at, Instant::now());
+            if !have_token {
+                let _ = self.tokens.try_recv();
+            }
+            Next::Run(entry)
+        } else {
+            Next::Wait
+        };
+        self.changed(&gate);
+        next
+    }
+
+    /// Takes handler `id` out of the queue if it still waits there and
+    /// `leaves` says so (asked under the lock); settles it.
+    pub(super) fn leave_if(&self, id: u64, how: Left, leaves: impl FnOnce(&Entry<Q>) -> bool) {
+        let mut gate = self.gate();
+        if !gate.waiting.get(&id).is_some_and(leaves) {
+            return;
+        }
+        let Some(entry) = gate.remove(id) else { return };
+        let outcome = match how {
+            Left::Refused(reason) => Outcome::Refused(reason),
+            Left::Abandoned => Outcome::Abandoned,
+        };
+        gate.depart(id, entry.key, outcome);
+        // Its token goes with it (tokens are alike); if a worker holds it
+        // already, that worker finds the queue without this handler.
+        let _ = self.tokens.try_recv();
+        self.changed(&gate);
+        drop(gate);
+        settle(entry, how);
+    }
+
+    /// Refuses every waiting handler whose deadline passed; the earliest
+    /// deadline left, or `Err` once the manager is closed.
+    pub(super) fn expire(&self, now: Instant) -> Result<Option<Instant>, ()> {
+        loop {
+            let due = {
+                let gate = self.gate();
+                if gate.is_closed() {
+                    return Err(());
+                }
+                match gate.deadlines.first() {
+                    Some(&(deadline, id)) if deadline <= now => id,
+                    next => return Ok(next.map(|d| d.0)),
+                }
+            };
+            self.leave_if(due, Left::Refused(Refusal::QueueTimeout), |_| true);
+        }
+    }
+
+    /// Closes admission and refuses every waiting handler; returns how
+    /// many handlers were running then. Later calls find nothing to do.
+    pub(super) fn close(&self) -> usize {
+        let (tokens, waiting, running) = {
+            let mut gate = self.gate();
+            let tokens = gate.tokens.take();
+            gate.deadlines.clear();
+            let waiting = std::mem::take(&mut gate.waiting);
+            for entry in waiting.values() {
+                let outcome = Outcome::Refused(Refusal::ShuttingDown);
+                gate.depart(entry.id, entry.key, outcome);
+            }
+            gate.refused_waiting += waiting.len() as u64;
+            self.changed(&gate);
+            (tokens, waiting, gate.running)
+        };
+        // Without a sender, workers see the channel disconnect once the
+        // tokens left in it are taken, and exit after their handler.
+        drop(tokens);
+        self.signals.watcher.wake();
+        for entry in waiting.into_values() {
+            settle(entry, Left::Refused(Refusal::ShuttingDown));
+        }
+        running
+    }
+
+    /// Waiting handlers refused by the shutdown.
+    pub(super) fn refused_waiting(&self) -> u64 {
+        self.gate().refused_waiting
+    }
+
+    /// Waits until nothing runs or waits, or until `deadline` (`None`:
+    /// none); true if idle.
+    pub(super) fn wait_idle(&self, deadline: Option<Instant>) -> bool {
+        let mut gate = self.gate();
+        gate.idle_waiters += 1;
+        let idle = loop {
+            if gate.is_idle() {
+                break true;
+            }
+            gate = match deadline.map(time_left) {
+                None => self
+                    .became_idle
+                    .wait(gate)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(Some(left)) => {
+                    self.became_idle
+                        .wait_timeout(gate, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+                Some(None) => break false,
+            };
+        };
+        gate.idle_waiters -= 1;
+        idle
+    }
+
+    pub(super) fn stats(&self) -> Stats {
+        let gate = self.gate();
+        let mut stats = gate.stats;
+        stats.running = gate.running;
+        stats.waiting = gate.waiting.len();
+        stats.oldest_waiting = gate
+            .waiting
+            .values()
+            .next()
+            .map_or_else(Default::default, |e| e.queued_at.elapsed());
+        stats
+    }
+
+    /// Asks every running handler to stop, through its hook.
+    pub(super) fn stop_all(&self, stop: Stop) {
+        // The phase first: a hook registered after this sees it at once.
+        self.signals.phase.set(stop);
+        let slots = lock(&self.slots).clone();
+        for slot in slots {
+            slot.stop(stop);
+        }
+    }
+}
+
+/// Tells a handler that left the queue without running why, or drops it.
+fn settle<Q: Handler>(entry: Entry<Q>, how: Left) {
+    let Entry { id, handler, .. } = entry;
+    match how {
+        Left::Refused(reason) => {
+            guarded("refused", id, || handler.refused(reason));
+        }
+        Left::Abandoned => {
+            log::debug!("handler {id} abandoned while waiting");
+            guarded("drop", id, || drop(handler));
+        }
+    }
+}
