@@ -39,8 +39,8 @@
 //!   costs read on every request.
 //! - `connections` (`connections/mod.rs`): 4 KiB GETs with a new
 //!   connection per request (8 clients) and with keep-alive (8 and 64),
-//!   `filesrv` against the distribution's nginx; `per-request-baseline`:
-//!   the per-request load against an earlier build (`FILESRV_BASELINE`).
+//!   `filesrv` against the distribution's nginx; `baseline`: the same
+//!   loads against an earlier build (`FILESRV_BASELINE`).
 //!
 //! Every scenario runs several times, the implementations interleaved, and
 //! the medians are printed with every run's figure.
@@ -79,7 +79,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::{BenchArgs, ChildServer, TempDir, list, median, random_bytes, write_random_file};
+use common::{BenchArgs, TempDir, list, median, random_bytes, write_random_file};
 use filesrv::protocol::{Client, MAX_LINE, Server, ServerConfig};
 use loadgen::{BULK_BUF, Conn, Load, Mode, Report};
 use rustix::io::Errno;
@@ -172,7 +172,7 @@ fn main() -> io::Result<()> {
     if wanted("connections") {
         connections::connections(dir.path(), &smalls, params)?;
     }
-    if wanted("per-request-baseline") {
+    if wanted("baseline") {
         connections::against_baseline(dir.path(), &smalls, params)?;
     }
     if wanted("proxy") {
@@ -328,9 +328,6 @@ fn small(root: &Path, paths: &[String], params: &Params) -> io::Result<()> {
     }
     shut_down_clean(&server);
     lab.stop();
-    if let Some(baseline) = std::env::var_os("FILESRV_BASELINE") {
-        against_baseline(root, paths, params, Path::new(&baseline))?;
-    }
     Ok(())
 }
 
@@ -444,56 +441,6 @@ fn print_rates(width: usize, label: &str, reports: &[Report], base: f64) {
         micros(median_by(reports, |r| r.latency(990))),
         list(&r, 0),
     );
-}
-
-/// Keep-alive 4 KiB GETs against this build's `filesrv` binary and an
-/// earlier build's (`FILESRV_BASELINE=<path to its filesrv>`), both as
-/// silent child processes with the same arguments, runs interleaved: the
-/// same-run comparison of a change against the code before it.
-fn against_baseline(
-    root: &Path,
-    paths: &[String],
-    params: &Params,
-    baseline: &Path,
-) -> io::Result<()> {
-    let ours = ChildServer::start(
-        Path::new(env!("CARGO_BIN_EXE_filesrv")),
-        root,
-        params.clients,
-        &[],
-    )?;
-    let theirs = ChildServer::start(baseline, root, params.clients, &[])?;
-    let mut reports = [Vec::new(), Vec::new()];
-    for _ in 0..params.small_runs {
-        for (server, reports) in [&ours, &theirs].into_iter().zip(reports.iter_mut()) {
-            let report = loadgen::run(&Load {
-                addr: server.addr,
-                paths,
-                clients: params.clients,
-                mode: Mode::Persistent,
-                warmup: params.warmup,
-                duration: params.window,
-            })?;
-            assert_eq!(report.errors, 0, "{:?}", report.first_error);
-            assert_eq!(report.bytes, report.requests * SMALL as u64);
-            reports.push(report);
-        }
-    }
-    let base = median(&rates(&reports[1]));
-    println!("  {:<24} {:>10} {:>8}", "", "req/s", "x base");
-    for (name, reports) in [("this build", &reports[0]), ("baseline", &reports[1])] {
-        let r = rates(reports);
-        let m = median(&r);
-        println!(
-            "  {:<24} {m:>10.0} {:>8.2} {:>9} {:>9}   {}",
-            format!("persistent {name}"),
-            m / base,
-            micros(median_by(reports, |r| r.latency(500))),
-            micros(median_by(reports, |r| r.latency(990))),
-            list(&r, 0),
-        );
-    }
-    Ok(())
 }
 
 fn rates(reports: &[Report]) -> Vec<f64> {

@@ -19,8 +19,8 @@
 //! `worker_processes auto`) each take up to 1,024 connections at once.
 //! nginx runs as a child process ([`Nginx`]).
 //!
-//! [`against_baseline`] (`per-request-baseline`) is the same-run
-//! before/after figure of a change to what a connection costs.
+//! [`against_baseline`] (`baseline`) is the same-run before/after figure
+//! of a change, on the same loads.
 
 use std::io;
 use std::net::SocketAddr;
@@ -82,52 +82,71 @@ pub(crate) fn connections(root: &Path, paths: &[String], params: &Params) -> io:
                 cpu: Cpu::Process(nginx.pid()),
             },
         ];
-        let label = match mode {
-            Mode::Persistent => format!("keep-alive, {clients} clients"),
-            Mode::PerRequest => format!("per-request, {clients} clients"),
-        };
-        compare(&label, &contenders, mode, clients, paths, params)?;
+        compare(
+            &label(mode, clients),
+            &contenders,
+            mode,
+            clients,
+            paths,
+            params,
+        )?;
         shut_down_clean(&server);
     }
     Ok(())
 }
 
-/// `per-request-baseline`: with `FILESRV_BASELINE=<path to an earlier
-/// build's filesrv>`, the per-request load against this build's `filesrv`
+/// `baseline`: with `FILESRV_BASELINE=<path to an earlier build's
+/// filesrv>`, every load of [`LOADS`] against this build's `filesrv`
 /// binary and the earlier one, both child processes with the same
-/// arguments (silent but for their address line), runs interleaved.
+/// arguments (`max_running` = clients; silent but for their address
+/// line), runs interleaved.
 pub(crate) fn against_baseline(root: &Path, paths: &[String], params: &Params) -> io::Result<()> {
     let Some(baseline) = std::env::var_os("FILESRV_BASELINE") else {
         return Ok(());
     };
-    let (mode, clients) = LOADS[0];
     println!(
-        "\nper-request-baseline: {SMALL} B files, {clients} clients, max_running {clients}, \
-         this build's filesrv vs {}",
+        "\nbaseline: {SMALL} B files, max_running = clients, this build's filesrv vs {}",
         baseline.to_string_lossy()
     );
-    let program = Path::new(env!("CARGO_BIN_EXE_filesrv"));
-    let ours = ChildServer::start(program, root, clients, &[])?;
-    let theirs = ChildServer::start(Path::new(&baseline), root, clients, &[])?;
-    let contenders = [
-        Contender {
-            name: "this build",
-            addr: ours.addr,
-            protocol: Protocol::Filesrv,
-            cpu: Cpu::Process(ours.child.id()),
-        },
-        Contender {
-            name: "baseline",
-            addr: theirs.addr,
-            protocol: Protocol::Filesrv,
-            cpu: Cpu::Process(theirs.child.id()),
-        },
-    ];
     println!(
         "  {:<34} {:>10} {:>8} {:>9} {:>9}   runs (req/s)",
         "", "req/s", "x base", "p50", "p99"
     );
-    compare("per-request", &contenders, mode, clients, paths, params)
+    let program = Path::new(env!("CARGO_BIN_EXE_filesrv"));
+    for (mode, clients) in LOADS {
+        let ours = ChildServer::start(program, root, clients, &[])?;
+        let theirs = ChildServer::start(Path::new(&baseline), root, clients, &[])?;
+        let contenders = [
+            Contender {
+                name: "this build",
+                addr: ours.addr,
+                protocol: Protocol::Filesrv,
+                cpu: Cpu::Process(ours.child.id()),
+            },
+            Contender {
+                name: "baseline",
+                addr: theirs.addr,
+                protocol: Protocol::Filesrv,
+                cpu: Cpu::Process(theirs.child.id()),
+            },
+        ];
+        compare(
+            &label(mode, clients),
+            &contenders,
+            mode,
+            clients,
+            paths,
+            params,
+        )?;
+    }
+    Ok(())
+}
+
+fn label(mode: Mode, clients: usize) -> String {
+    match mode {
+        Mode::Persistent => format!("keep-alive, {clients} clients"),
+        Mode::PerRequest => format!("per-request, {clients} clients"),
+    }
 }
 
 /// Runs the load against each contender [`runs_of`] times,

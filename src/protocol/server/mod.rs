@@ -12,7 +12,6 @@ mod metrics;
 mod pace;
 mod proxy;
 mod readbuf;
-mod request_counts;
 mod session;
 mod sidecar;
 mod sockopt;
