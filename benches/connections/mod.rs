@@ -82,14 +82,7 @@ pub(crate) fn connections(root: &Path, paths: &[String], params: &Params) -> io:
                 cpu: Cpu::Process(nginx.pid()),
             },
         ];
-        compare(
-            &label(mode, clients),
-            &contenders,
-            mode,
-            clients,
-            paths,
-            params,
-        )?;
+        compare(&contenders, mode, clients, paths, params)?;
         shut_down_clean(&server);
     }
     Ok(())
@@ -130,14 +123,7 @@ pub(crate) fn against_baseline(root: &Path, paths: &[String], params: &Params) -
                 cpu: Cpu::Process(theirs.child.id()),
             },
         ];
-        compare(
-            &label(mode, clients),
-            &contenders,
-            mode,
-            clients,
-            paths,
-            params,
-        )?;
+        compare(&contenders, mode, clients, paths, params)?;
     }
     Ok(())
 }
@@ -154,13 +140,13 @@ fn label(mode: Mode, clients: usize) -> String {
 /// the ratio of the first to the last in every run; then the same for the
 /// servers' CPU time per request.
 fn compare(
-    label: &str,
     contenders: &[Contender; 2],
     mode: Mode,
     clients: usize,
     paths: &[String],
     params: &Params,
 ) -> io::Result<()> {
+    let label = &label(mode, clients);
     let mut reports: [Vec<Report>; 2] = [Vec::new(), Vec::new()];
     let mut cpu: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     for run in 0..runs_of(params) {
