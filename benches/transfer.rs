@@ -57,17 +57,10 @@
 //! second or two. docs/BENCHMARKS.md has the figures.
 
 mod common;
-#[path = "connections/mod.rs"]
 mod connections;
-mod loadgen;
 #[path = "common/nginx.rs"]
 mod nginx;
-#[path = "proxy/mod.rs"]
 mod proxy;
-/// Finds haproxy and nginx, installing them when missing.
-#[allow(dead_code)]
-#[path = "../tests/support/tools.rs"]
-mod tools;
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Write};
@@ -81,7 +74,8 @@ use std::time::{Duration, Instant};
 
 use common::{BenchArgs, TempDir, list, median, random_bytes, write_random_file};
 use filesrv::protocol::{Client, MAX_LINE, Server, ServerConfig};
-use loadgen::{BULK_BUF, Conn, Load, Mode, Report};
+use filesrv_testkit::loadgen::{self, BULK_BUF, Conn, Load, Mode, Report};
+use filesrv_testkit::tools;
 use rustix::io::Errno;
 
 /// Sizes and counts of one run of the bench.

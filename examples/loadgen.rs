@@ -23,8 +23,7 @@
 //! Only loopback and the machine's own test addresses are meant as
 //! targets; every run is bounded in time.
 
-#[path = "../benches/loadgen/mod.rs"]
-mod loadgen;
+use filesrv_testkit::loadgen;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;

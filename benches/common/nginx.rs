@@ -19,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 
 use rustix::process::{Pid, Signal, kill_process};
 
-use super::tools;
+use filesrv_testkit::tools;
 
 /// A running nginx serving a directory on 127.0.0.1; stopped (`SIGTERM`,
 /// which the master passes to its workers) and reaped on drop, its

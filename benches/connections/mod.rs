@@ -30,10 +30,10 @@ use std::time::Duration;
 use filesrv::protocol::ServerConfig;
 
 use super::common::ChildServer;
-use super::loadgen::{self, Load, Mode, Protocol, Report};
 use super::nginx::Nginx;
 use super::{Params, SMALL, list, median, print_rates, rates, serve, shut_down_clean};
 use cpu::Cpu;
+use filesrv_testkit::loadgen::{self, Load, Mode, Protocol, Report};
 
 mod cpu;
 

@@ -16,8 +16,8 @@ use std::process::{Child, Command, Stdio};
 
 use filesrv::protocol::{Server, ServerConfig};
 
-use super::loadgen::{Mode, Report};
 use super::{Params, SMALL, median, print_rates, rates, serve, small_run, tools};
+use filesrv_testkit::loadgen::{Mode, Report};
 
 pub(crate) fn proxy(root: &Path, paths: &[String], params: &Params) -> io::Result<()> {
     let max_running = params.clients;

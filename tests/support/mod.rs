@@ -4,12 +4,8 @@
 mod alone;
 mod child;
 mod conn;
-mod encoding;
 mod haproxy;
-mod hostile;
 mod server;
-mod tempdir;
-pub(crate) mod tools;
 mod watch;
 
 use std::time::Duration;
@@ -17,11 +13,11 @@ use std::time::Duration;
 pub(crate) use alone::{rss_kib, run_alone};
 pub(crate) use child::ChildServer;
 pub(crate) use conn::{Conn, connect_from};
-pub(crate) use encoding::{CASES, config, encode, join_encoded};
+pub(crate) use filesrv_testkit::encoding::{CASES, config, encode, join_encoded};
+pub(crate) use filesrv_testkit::hostile::{SECRET, contains, outside_names, plant_hostile_tree};
+pub(crate) use filesrv_testkit::{TempDir, tools};
 pub(crate) use haproxy::HaProxy;
-pub(crate) use hostile::{SECRET, contains, outside_names, plant_hostile_tree};
 pub(crate) use server::{TestServer, begin_upload, running_and_waiting};
-pub(crate) use tempdir::TempDir;
 pub(crate) use watch::DirWatch;
 
 /// The longest any single wait in a test may take.

@@ -1,20 +1,12 @@
 //! Test helpers of the file-system layer: the link tree its resolvers must
 //! tell apart, and a root opened with each resolver.
 //!
-//! The temporary directory, the hostile tree and the path encoders are the
-//! integration tests' own files, included here so that each is defined
-//! once for the whole crate.
+//! The temporary directory, the hostile tree and the path encoders come
+//! from the test support crate the integration tests use too.
 
-#[path = "../../../../tests/support/encoding.rs"]
-mod encoding;
-#[path = "../../../../tests/support/hostile.rs"]
-mod hostile;
-#[path = "../../../../tests/support/tempdir.rs"]
-mod tempdir;
-
-pub(crate) use encoding::{CASES, config, join_encoded};
-pub(crate) use hostile::{SECRET, contains, outside_names, plant_hostile_tree};
-pub(crate) use tempdir::TempDir;
+pub(crate) use filesrv_testkit::TempDir;
+pub(crate) use filesrv_testkit::encoding::{CASES, config, join_encoded};
+pub(crate) use filesrv_testkit::hostile::{SECRET, contains, outside_names, plant_hostile_tree};
 
 use super::Root;
 use super::resolve::Resolver;

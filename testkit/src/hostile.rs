@@ -1,15 +1,11 @@
 //! A planted tree of hostile links around a served root, and the checks
 //! that nothing outside it leaked.
-//!
-//! Shared by the integration tests (`tests/support/`) and the crate's unit
-//! tests of confinement (`src/protocol/server/fs/testutil.rs` includes this
-//! file with `#[path]`), so it uses `std` and the sibling `tempdir` only.
 
-use super::tempdir::TempDir;
+use crate::tempdir::TempDir;
 
 /// The content of the only file outside the served root: no reply may
 /// ever contain it.
-pub(crate) const SECRET: &[u8] = b"SECRET-OUTSIDE-THE-ROOT\n";
+pub const SECRET: &[u8] = b"SECRET-OUTSIDE-THE-ROOT\n";
 
 /// Plants, beneath `dir`, a secret outside the root and links that try to
 /// reach it every way a link can, next to benign files and links:
@@ -26,7 +22,7 @@ pub(crate) const SECRET: &[u8] = b"SECRET-OUTSIDE-THE-ROOT\n";
 ///   `deep/a/b/c` -> `../../../../outside`, `proc_root` ->
 ///   `/proc/self/root`, `dangling_out` -> `../outside/nowhere`;
 /// - broken: `dangling` -> `nowhere`, `loop_a` <-> `loop_b`, `self_loop`.
-pub(crate) fn plant_hostile_tree(dir: &TempDir) {
+pub fn plant_hostile_tree(dir: &TempDir) {
     dir.write("../outside/secret.txt", SECRET);
     dir.write("../root-evil/secret.txt", SECRET);
 
@@ -53,11 +49,11 @@ pub(crate) fn plant_hostile_tree(dir: &TempDir) {
 
 /// The names in the directory outside the root, to prove nothing was
 /// written there.
-pub(crate) fn outside_names(dir: &TempDir) -> Vec<String> {
+pub fn outside_names(dir: &TempDir) -> Vec<String> {
     dir.names("../outside")
 }
 
 /// Whether `haystack` holds `needle` anywhere.
-pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }

@@ -1,15 +1,15 @@
 //! Random percent-encodings of raw paths, for the property tests of the
 //! decoder (integration tests) and of confinement beneath the root (the
-//! crate's unit tests, which include this file with `#[path]`).
+//! crate's unit tests).
 
 use proptest::test_runner::Config;
 
 /// Cases per property: enough to cover the grammar, small enough for two
 /// cores.
-pub(crate) const CASES: u32 = 512;
+pub const CASES: u32 = 512;
 
 /// A runner configuration with `cases` cases and no persisted failures.
-pub(crate) fn config(cases: u32) -> Config {
+pub fn config(cases: u32) -> Config {
     Config {
         cases,
         failure_persistence: None,
@@ -32,13 +32,13 @@ impl Coin {
 /// Writes `raw` as a request field: `%` always escaped, bytes outside
 /// printable ASCII escaped when `ascii_only`, everything else escaped at
 /// random, in random hex case.
-pub(crate) fn encode(raw: &[u8], seed: u64, ascii_only: bool) -> Vec<u8> {
+pub fn encode(raw: &[u8], seed: u64, ascii_only: bool) -> Vec<u8> {
     let mut coin = Coin(seed | 1);
     let mut out = Vec::with_capacity(raw.len() * 3);
     for &byte in raw {
         let must = byte == b'%' || (ascii_only && !(0x21..=0x7E).contains(&byte));
-        if must || coin.next() % 3 == 0 {
-            let escape = if coin.next() % 2 == 0 {
+        if must || coin.next().is_multiple_of(3) {
+            let escape = if coin.next().is_multiple_of(2) {
                 format!("%{byte:02X}")
             } else {
                 format!("%{byte:02x}")
@@ -52,10 +52,10 @@ pub(crate) fn encode(raw: &[u8], seed: u64, ascii_only: bool) -> Vec<u8> {
 }
 
 /// Joins components with separators, each one literal or `%2F` at random.
-pub(crate) fn join_encoded(components: &[Vec<u8>], seed: u64, ascii_only: bool) -> Vec<u8> {
+pub fn join_encoded(components: &[Vec<u8>], seed: u64, ascii_only: bool) -> Vec<u8> {
     let mut coin = Coin(seed.rotate_left(17) | 1);
     let mut field = Vec::new();
-    if coin.next() % 2 == 0 {
+    if coin.next().is_multiple_of(2) {
         field.push(b'/');
     }
     for (i, c) in components.iter().enumerate() {

@@ -20,7 +20,7 @@ const MAX_LINE: usize = 4096;
 
 /// How the clients of a [`Load`] use connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Mode {
+pub enum Mode {
     /// One connection per client, kept for the whole run: `GET`, read the
     /// body, next `GET`.
     Persistent,
@@ -33,7 +33,7 @@ pub(crate) enum Mode {
 
 /// What the clients of a [`Load`] speak.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Protocol {
+pub enum Protocol {
     /// The file server's protocol: `GET <path>\n`, `OK <size>\n` and the
     /// body.
     Filesrv,
@@ -48,36 +48,36 @@ pub(crate) enum Protocol {
 /// A closed-loop load: `clients` threads, each sending its next request as
 /// soon as the previous reply is complete.
 #[derive(Clone, Debug)]
-pub(crate) struct Load<'a> {
+pub struct Load<'a> {
     /// The server.
-    pub(crate) addr: SocketAddr,
+    pub addr: SocketAddr,
     /// The paths asked for; client `i` starts at `paths[i % len]` and goes
     /// round.
-    pub(crate) paths: &'a [String],
+    pub paths: &'a [String],
     /// Concurrent clients.
-    pub(crate) clients: usize,
+    pub clients: usize,
     /// How connections are used.
-    pub(crate) mode: Mode,
+    pub mode: Mode,
     /// Run before the measured window; its requests are not counted.
-    pub(crate) warmup: Duration,
+    pub warmup: Duration,
     /// The measured window.
-    pub(crate) duration: Duration,
+    pub duration: Duration,
 }
 
 /// What one [`Load`] run measured.
 #[derive(Debug)]
-pub(crate) struct Report {
+pub struct Report {
     /// Requests that started and ended inside the measured window.
-    pub(crate) requests: u64,
+    pub requests: u64,
     /// Body bytes of those requests.
-    pub(crate) bytes: u64,
+    pub bytes: u64,
     /// Failed requests (any time during the run), an `ERR` reply
     /// included; a persistent client reconnects after one.
-    pub(crate) errors: u64,
+    pub errors: u64,
     /// The first failure's description.
-    pub(crate) first_error: Option<String>,
+    pub first_error: Option<String>,
     /// The measured window.
-    pub(crate) window: Duration,
+    pub window: Duration,
     /// Latency of every counted request in nanoseconds, sorted: from just
     /// before the request was written (before `connect` in
     /// [`Mode::PerRequest`]) to its body's last byte.
@@ -86,13 +86,13 @@ pub(crate) struct Report {
 
 impl Report {
     /// Requests per second over the window.
-    pub(crate) fn rate(&self) -> f64 {
+    pub fn rate(&self) -> f64 {
         self.requests as f64 / self.window.as_secs_f64()
     }
 
     /// The latency at `per_mille` thousandths (500: the median, 990: the
     /// 99th percentile), by the nearest-rank method.
-    pub(crate) fn latency(&self, per_mille: usize) -> Duration {
+    pub fn latency(&self, per_mille: usize) -> Duration {
         let rank = (per_mille.min(1000) * self.latencies.len()).div_ceil(1000);
         match rank.checked_sub(1).and_then(|i| self.latencies.get(i)) {
             Some(&nanos) => Duration::from_nanos(nanos),
@@ -104,12 +104,12 @@ impl Report {
 /// Runs `load` speaking the file server's protocol, and returns what it
 /// measured; bounded by `warmup + duration` plus the time of the requests
 /// then in flight (each is bounded by a 10 s socket timeout).
-pub(crate) fn run(load: &Load<'_>) -> io::Result<Report> {
+pub fn run(load: &Load<'_>) -> io::Result<Report> {
     run_hooked(load, Protocol::Filesrv, None)
 }
 
 /// Runs `load` speaking `protocol`; otherwise as [`run`].
-pub(crate) fn run_speaking(load: &Load<'_>, protocol: Protocol) -> io::Result<Report> {
+pub fn run_speaking(load: &Load<'_>, protocol: Protocol) -> io::Result<Report> {
     run_hooked(load, protocol, None)
 }
 
@@ -120,7 +120,7 @@ pub(crate) fn run_speaking(load: &Load<'_>, protocol: Protocol) -> io::Result<Re
     dead_code,
     reason = "the transfer bench calls it; the example does not"
 )]
-pub(crate) fn run_with(load: &Load<'_>, after_each: &(dyn Fn() + Sync)) -> io::Result<Report> {
+pub fn run_with(load: &Load<'_>, after_each: &(dyn Fn() + Sync)) -> io::Result<Report> {
     run_hooked(load, Protocol::Filesrv, Some(after_each))
 }
 
@@ -268,17 +268,17 @@ const SMALL_BUF: usize = 16 * 1024;
 
 /// The read buffer of [`fetch`]: large reads keep the receiver's system
 /// calls out of a bulk transfer's cost.
-pub(crate) const BULK_BUF: usize = 256 * 1024;
+pub const BULK_BUF: usize = 256 * 1024;
 
 /// Downloads `path` on a new connection with a [`BULK_BUF`] buffer and
 /// drops the body; returns its size.
-pub(crate) fn fetch(addr: SocketAddr, path: &str) -> io::Result<u64> {
+pub fn fetch(addr: SocketAddr, path: &str) -> io::Result<u64> {
     let mut conn = Conn::connect(addr, BULK_BUF)?;
     conn.get(path)
 }
 
 /// A client connection with its read buffer.
-pub(crate) struct Conn {
+pub struct Conn {
     stream: TcpStream,
     buf: Box<[u8]>,
     /// Unread bytes are `buf[start..end]`.
@@ -288,7 +288,7 @@ pub(crate) struct Conn {
 
 impl Conn {
     /// Connects with `TCP_NODELAY` and 10 s read and write timeouts.
-    pub(crate) fn connect(addr: SocketAddr, buf_size: usize) -> io::Result<Conn> {
+    pub fn connect(addr: SocketAddr, buf_size: usize) -> io::Result<Conn> {
         let stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -302,7 +302,7 @@ impl Conn {
     }
 
     /// Sends `GET <path>`, reads the body and drops it; returns its size.
-    pub(crate) fn get(&mut self, path: &str) -> io::Result<u64> {
+    pub fn get(&mut self, path: &str) -> io::Result<u64> {
         self.send(format!("GET {path}\n").as_bytes())?;
         self.body()
     }
@@ -360,7 +360,7 @@ impl Conn {
     }
 
     /// Reads exactly `n` bytes and drops them.
-    pub(crate) fn discard(&mut self, mut n: u64) -> io::Result<()> {
+    pub fn discard(&mut self, mut n: u64) -> io::Result<()> {
         loop {
             let buffered = self.end - self.start;
             let take = usize::try_from(n).map_or(buffered, |n| n.min(buffered));
@@ -374,7 +374,7 @@ impl Conn {
     }
 
     /// Reads the next line, without its `\n`.
-    pub(crate) fn line(&mut self) -> io::Result<Vec<u8>> {
+    pub fn line(&mut self) -> io::Result<Vec<u8>> {
         let mut searched = 0;
         loop {
             let unread = &self.buf[self.start..self.end];

@@ -11,13 +11,13 @@ use std::sync::Once;
 
 /// The path of `program`, installing the test dependencies first if it
 /// is not found. Panics, naming the script, when it still is not there.
-pub(crate) fn require(program: &str) -> PathBuf {
+pub fn require(program: &str) -> PathBuf {
     if let Some(path) = find(program) {
         return path;
     }
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/install-test-deps");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/install-test-deps");
         let status = Command::new(script).status();
         assert!(
             matches!(status, Ok(s) if s.success()),
@@ -41,7 +41,7 @@ fn find(program: &str) -> Option<PathBuf> {
 
 /// Runs `command` with `input` on its stdin; its stdout and stderr are
 /// captured.
-pub(crate) fn run_with_input(command: &mut Command, input: &[u8]) -> Output {
+pub fn run_with_input(command: &mut Command, input: &[u8]) -> Output {
     let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -56,17 +56,17 @@ pub(crate) fn run_with_input(command: &mut Command, input: &[u8]) -> Output {
 /// cleared), at its own number; dropped, it is close-on-exec again. A
 /// child another test spawns meanwhile inherits it too: it never uses it,
 /// and its copy closes when it exits.
-pub(crate) struct Inherited<'a>(BorrowedFd<'a>);
+pub struct Inherited<'a>(BorrowedFd<'a>);
 
 impl<'a> Inherited<'a> {
-    pub(crate) fn new(fd: &'a impl AsFd) -> Inherited<'a> {
+    pub fn new(fd: &'a impl AsFd) -> Inherited<'a> {
         let fd = fd.as_fd();
         rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty()).unwrap();
         Inherited(fd)
     }
 
     /// The number the child sees.
-    pub(crate) fn raw(&self) -> RawFd {
+    pub fn raw(&self) -> RawFd {
         self.0.as_raw_fd()
     }
 }

@@ -1,8 +1,4 @@
 //! A temporary directory for tests, removed on drop.
-//!
-//! Shared by the integration tests (`tests/support/`) and the crate's own
-//! unit tests (`src/protocol/server/fs/testutil.rs` includes this file with
-//! `#[path]`), so it uses `std` and `rustix` only.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -17,11 +13,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// parent directories: `"sub/file.txt"` is inside, `"../outside/secret"`
 /// is in the sibling directory `outside`, spelled as a link from the root
 /// to it would be.
-pub(crate) struct TempDir(PathBuf);
+pub struct TempDir(PathBuf);
 
 impl TempDir {
     /// Creates `<tmp>/filesrv-<label>-<pid>-<n>/root`.
-    pub(crate) fn new(label: &str) -> TempDir {
+    pub fn new(label: &str) -> TempDir {
         static COUNT: AtomicUsize = AtomicUsize::new(0);
         let path = std::env::temp_dir().join(format!(
             "filesrv-{label}-{}-{}",
@@ -35,34 +31,34 @@ impl TempDir {
     }
 
     /// The whole directory.
-    pub(crate) fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         &self.0
     }
 
     /// The directory to serve.
-    pub(crate) fn root(&self) -> PathBuf {
+    pub fn root(&self) -> PathBuf {
         self.path().join("root")
     }
 
     /// Writes a file at `rel`, creating parent directories.
-    pub(crate) fn write(&self, rel: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+    pub fn write(&self, rel: &str, contents: impl AsRef<[u8]>) -> PathBuf {
         let path = self.parent_made(rel);
         fs::write(&path, contents).unwrap();
         path
     }
 
     /// The contents of the file at `rel`.
-    pub(crate) fn read(&self, rel: &str) -> Vec<u8> {
+    pub fn read(&self, rel: &str) -> Vec<u8> {
         fs::read(self.root().join(rel)).unwrap()
     }
 
     /// Creates the symlink `rel` pointing at `target` (taken as it is).
-    pub(crate) fn symlink(&self, target: impl AsRef<Path>, rel: &str) {
+    pub fn symlink(&self, target: impl AsRef<Path>, rel: &str) {
         std::os::unix::fs::symlink(target, self.parent_made(rel)).unwrap();
     }
 
     /// Makes a FIFO at `rel`.
-    pub(crate) fn mkfifo(&self, rel: &str) {
+    pub fn mkfifo(&self, rel: &str) {
         rustix::fs::mkfifoat(
             rustix::fs::CWD,
             self.parent_made(rel),
@@ -72,7 +68,7 @@ impl TempDir {
     }
 
     /// The names in the directory at `rel`, sorted.
-    pub(crate) fn names(&self, rel: &str) -> Vec<String> {
+    pub fn names(&self, rel: &str) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(self.root().join(rel))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -83,7 +79,7 @@ impl TempDir {
 
     /// The upload temporary files (reserved prefix `.filesrv-`) in the
     /// directory at `rel`, sorted.
-    pub(crate) fn temp_files(&self, rel: &str) -> Vec<String> {
+    pub fn temp_files(&self, rel: &str) -> Vec<String> {
         let mut names = self.names(rel);
         names.retain(|name| name.starts_with(".filesrv-"));
         names
