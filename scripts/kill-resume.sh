@@ -3,7 +3,7 @@
 # random points five times and rerun, must end with the server's SHA-256,
 # and a local file of the same name that is not a partial download of it
 # must never be mixed in. The test suite runs the same scenario on 64 MiB
-# (tests/integrity.rs); this is the full-size run, done by hand:
+# (tests/client/integrity.rs); this is the full-size run, done by hand:
 #
 #   cargo build --release && scripts/kill-resume.sh [SIZE_MIB]
 #

@@ -1,26 +1,11 @@
-//! The integration tests, one module per topic, compiled as one binary
+//! The integration tests, grouped by layer (core, server, client,
+//! deployment) with a module per topic, compiled as one binary
 //! (`autotests = false` in `Cargo.toml`), with their support code
 //! compiled once.
 
 mod support;
 
-mod activation;
-mod cli;
 mod client;
-mod departures;
-mod deploy;
-mod hidden;
-mod hostile_input;
-mod hostile_net;
-mod hostile_process;
-mod integrity;
-mod live_changes;
-mod manager;
-mod metrics;
-mod operations;
-mod pace;
-mod protocol;
-mod proxy;
-mod queue;
-mod server_resize;
-mod slots;
+mod core;
+mod deployment;
+mod server;

@@ -3,7 +3,7 @@
 //! back until enough leave, and the agent's `maxconn` and the
 //! `limit_sessions` metric follow the bound.
 
-use crate::metrics::{agent_check, local, sample, scrape};
+use super::metrics::{agent_check, local, sample, scrape};
 use crate::support::{Conn, TestServer};
 
 /// A client that was served one `STAT /` and keeps its slot.

@@ -16,8 +16,8 @@ use rustix::process::Signal;
 
 use crate::support::{ChildServer, Conn, HaProxy, LIMIT, TempDir, connect_from, tools};
 
-const CONFIG: &str = include_str!("../deploy/haproxy.cfg");
-const DEPLOY_MD: &str = include_str!("../docs/DEPLOY.md");
+const CONFIG: &str = include_str!("../../deploy/haproxy.cfg");
+const DEPLOY_MD: &str = include_str!("../../docs/DEPLOY.md");
 
 /// As in the configuration's comment and the service unit.
 const MAX_RUNNING: usize = 4;

@@ -10,7 +10,7 @@ use std::thread;
 
 use filesrv::protocol::Client;
 
-use crate::client::{content, fsc, local_dir, serve, success};
+use super::client::{content, fsc, local_dir, serve, success};
 use crate::support::{DirWatch, TempDir, TestServer};
 
 /// What `sha256sum` prints for `path`: the 64 hex digits.

@@ -1,0 +1,4 @@
+//! The client library and the `fsc` binary against a real server.
+
+mod client;
+mod integrity;

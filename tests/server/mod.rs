@@ -1,0 +1,14 @@
+//! The file server over real TCP: the wire protocol, its limits and
+//! timeouts, hostile clients and processes, and the `filesrv` binary.
+
+mod cli;
+mod hidden;
+mod hostile_input;
+mod hostile_net;
+mod hostile_process;
+mod metrics;
+mod operations;
+mod pace;
+mod protocol;
+mod server_resize;
+mod slots;
