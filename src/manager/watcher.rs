@@ -142,5 +142,7 @@ fn make_room<Q: Handler, S: Admission>(shared: &Shared<Q, S>) -> Option<Instant>
         return Some(now);
     }
     signals.set_room_due(due);
-    if left > 0 { next } else { None }
+    // The timer covers a handler that goes idle after this pass: it
+    // passes a limit no sooner than `due`, and wakes nobody before then.
+    if left > 0 { due } else { None }
 }

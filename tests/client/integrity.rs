@@ -10,7 +10,7 @@ use std::thread;
 
 use filesrv::protocol::Client;
 
-use super::client::{content, fsc, local_dir, serve, success};
+use super::end_to_end::{content, fsc, local_dir, serve, success};
 use crate::support::{DirWatch, TempDir, TestServer};
 
 /// What `sha256sum` prints for `path`: the 64 hex digits.

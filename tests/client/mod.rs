@@ -1,4 +1,4 @@
 //! The client library and the `fsc` binary against a real server.
 
-mod client;
+mod end_to_end;
 mod integrity;
