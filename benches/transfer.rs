@@ -73,7 +73,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use common::{BenchArgs, TempDir, list, median, random_bytes, write_random_file};
-use filesrv::protocol::{Client, MAX_LINE, Server, ServerConfig};
+use filesrv::protocol::wire::MAX_LINE;
+use filesrv::protocol::{Client, Server, ServerConfig};
 use filesrv_testkit::loadgen::{self, BULK_BUF, Conn, Load, Mode, Report};
 use filesrv_testkit::tools;
 use rustix::io::Errno;

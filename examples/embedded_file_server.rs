@@ -69,7 +69,8 @@ mod tests {
     use std::io::{Read, Write};
     use std::net::TcpStream;
 
-    use filesrv::protocol::{Client, ClientError, EntryKind, ErrorCode};
+    use filesrv::protocol::wire::{EntryKind, ErrorCode};
+    use filesrv::protocol::{Client, ClientError};
 
     use super::*;
 

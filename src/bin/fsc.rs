@@ -11,7 +11,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use filesrv::protocol::{Client, ClientError, EntryKind, TransferOptions};
+use filesrv::protocol::wire::EntryKind;
+use filesrv::protocol::{Client, ClientError, TransferOptions};
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
 /// Exit status when the server refused the request.

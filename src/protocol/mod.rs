@@ -8,10 +8,12 @@
 //!
 //! Three layers, each in its own folder:
 //!
-//! - the wire format both ends speak: [`parse_request`] turns a line into a
-//!   [`Request`], [`RelPath`] is a decoded, checked path, [`encode_name`]
-//!   writes names for replies, [`ErrorCode`] is an `ERR` reply's code, and
-//!   [`Stat`], [`ListEntry`] and [`FileSum`] are the data replies carry, each written
+//! - the [`wire`] format both ends speak: [`parse_request`](wire::parse_request)
+//!   turns a line into a [`Request`](wire::Request), [`RelPath`](wire::RelPath)
+//!   is a decoded, checked path, [`encode_name`](wire::encode_name) writes
+//!   names for replies, [`ErrorCode`](wire::ErrorCode) is an `ERR` reply's
+//!   code, and [`Stat`](wire::Stat), [`ListEntry`](wire::ListEntry) and
+//!   [`FileSum`](wire::FileSum) are the data replies carry, each written
 //!   with `Display` and read with `FromStr`;
 //! - the [`Server`], which listens, admits connections through a
 //!   [`Manager`](crate::Manager) and serves each with a handler confined
@@ -43,11 +45,7 @@
 mod checksum;
 mod client;
 mod server;
-mod wire;
+pub mod wire;
 
 pub use client::{Client, ClientError, Progress, TransferOptions};
 pub use server::{LingeringCloser, Server, ServerConfig, ServerError, raise_descriptor_limit};
-pub use wire::{
-    EntryKind, ErrorCode, FileSum, ListEntry, MAX_LINE, MalformedReply, PathError, RelPath,
-    Request, RequestError, Stat, UnknownErrorCode, encode_name, parse_request, percent_decode,
-};

@@ -12,9 +12,8 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, SystemTime};
 
-use filesrv::protocol::{
-    Client, ClientError, EntryKind, ErrorCode, Server, ServerConfig, TransferOptions,
-};
+use filesrv::protocol::wire::{EntryKind, ErrorCode};
+use filesrv::protocol::{Client, ClientError, Server, ServerConfig, TransferOptions};
 
 use crate::support::{LIMIT, TempDir};
 

@@ -10,7 +10,7 @@
 //! (`src/protocol/server/fs/confinement_tests.rs`): they need its
 //! crate-private `Root`.
 
-use filesrv::protocol::{
+use filesrv::protocol::wire::{
     ErrorCode, MAX_LINE, PathError, RelPath, Request, parse_request, percent_decode,
 };
 use proptest::prelude::*;

@@ -1,5 +1,5 @@
 //! The file server: the listener and its accepting thread, the settings,
-//! one [`Session`](session) handler per connection, body transfer, the
+//! one `Session` handler per connection, body transfer, the
 //! lingering close, and the file-system layer beneath the root.
 
 mod agent;

@@ -9,7 +9,7 @@ use std::str::FromStr;
 /// a client can match on every code.
 ///
 /// ```
-/// use filesrv::protocol::ErrorCode;
+/// use filesrv::protocol::wire::ErrorCode;
 ///
 /// assert_eq!(ErrorCode::NotFound.as_str(), "not-found");
 /// assert_eq!("too-large".parse(), Ok(ErrorCode::TooLarge));

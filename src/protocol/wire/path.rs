@@ -21,13 +21,13 @@ pub(crate) const RESERVED_PREFIX: &[u8] = b".filesrv-";
 /// the root), which decodes back to the same path and is safe to log.
 ///
 /// ```
-/// use filesrv::protocol::RelPath;
+/// use filesrv::protocol::wire::RelPath;
 ///
 /// let path = RelPath::decode(b"/docs//./my%20notes.txt")?;
 /// assert_eq!(path.as_bytes(), b"docs/my notes.txt");
 /// assert_eq!(path.file_name(), Some(&b"my notes.txt"[..]));
 /// assert_eq!(path.to_string(), "docs/my%20notes.txt");
-/// # Ok::<(), filesrv::protocol::PathError>(())
+/// # Ok::<(), filesrv::protocol::wire::PathError>(())
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RelPath {
@@ -228,7 +228,7 @@ pub fn percent_decode(field: &[u8]) -> Result<Vec<u8>, PathError> {
 /// literal. [`percent_decode`] gives the raw bytes back.
 ///
 /// ```
-/// use filesrv::protocol::encode_name;
+/// use filesrv::protocol::wire::encode_name;
 ///
 /// assert_eq!(encode_name(b"a b%c\n"), "a%20b%25c%0A");
 /// assert_eq!(encode_name("café".as_bytes()), "café");

@@ -23,12 +23,12 @@ pub enum EntryKind {
 /// text after `OK ` in the reply.
 ///
 /// ```
-/// use filesrv::protocol::{EntryKind, Stat};
+/// use filesrv::protocol::wire::{EntryKind, Stat};
 ///
 /// let stat: Stat = "f 6 1764000000".parse()?;
 /// assert_eq!(stat, Stat { kind: EntryKind::File, size: 6, mtime: 1_764_000_000 });
 /// assert_eq!(stat.to_string(), "f 6 1764000000");
-/// # Ok::<(), filesrv::protocol::MalformedReply>(())
+/// # Ok::<(), filesrv::protocol::wire::MalformedReply>(())
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stat {
@@ -44,7 +44,7 @@ pub struct Stat {
 /// name written with `%XX` escapes as [`encode_name`] does.
 ///
 /// ```
-/// use filesrv::protocol::{EntryKind, ListEntry};
+/// use filesrv::protocol::wire::{EntryKind, ListEntry};
 ///
 /// let entry = ListEntry { kind: EntryKind::File, size: 3, name: b"my notes.txt".to_vec() };
 /// assert_eq!(entry.to_string(), "f 3 my%20notes.txt");
@@ -66,14 +66,14 @@ pub struct ListEntry {
 /// `sha256sum` prints it.
 ///
 /// ```
-/// use filesrv::protocol::FileSum;
+/// use filesrv::protocol::wire::FileSum;
 ///
 /// let text = "sha256 ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad 3";
 /// let sum: FileSum = text.parse()?;
 /// assert_eq!(sum.len, 3);
 /// assert_eq!(sum.hex(), &text[7..71]);
 /// assert_eq!(sum.to_string(), text);
-/// # Ok::<(), filesrv::protocol::MalformedReply>(())
+/// # Ok::<(), filesrv::protocol::wire::MalformedReply>(())
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FileSum {

@@ -143,7 +143,7 @@ impl From<PathError> for RequestError {
 /// case-insensitive; numbers are one or more ASCII digits that fit a `u64`.
 ///
 /// ```
-/// use filesrv::protocol::{parse_request, Request, RelPath};
+/// use filesrv::protocol::wire::{parse_request, Request, RelPath};
 ///
 /// assert_eq!(
 ///     parse_request(b"get docs/a%20b.txt 10\r")?,

@@ -18,7 +18,7 @@ use super::Root;
 use super::testutil::{
     CASES, SECRET, TempDir, config, contains, join_encoded, outside_names, plant_hostile_tree,
 };
-use crate::protocol::{ErrorCode, MAX_LINE, RelPath, Request, parse_request};
+use crate::protocol::wire::{ErrorCode, MAX_LINE, RelPath, Request, parse_request};
 
 /// Where an open descriptor points, as the kernel tells it.
 fn fd_path(fd: &impl std::os::fd::AsRawFd) -> PathBuf {

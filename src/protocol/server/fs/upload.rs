@@ -282,7 +282,7 @@ mod tests {
     use super::super::Root;
     use super::super::testutil::{TempDir, roots};
     use super::*;
-    use crate::protocol::RelPath;
+    use crate::protocol::wire::RelPath;
 
     fn path(field: &str) -> RelPath {
         field.parse().unwrap()
