@@ -29,6 +29,11 @@ pub struct Arrival {
     pub max_running: usize,
     /// The moment of arrival.
     pub now: Instant,
+    /// Whether it is a parked handler coming back (see
+    /// [`Handler::serve`](crate::Handler::serve)): admitted before and not
+    /// departed since, so a policy that counts admissions counts it
+    /// already, and [`Admission::admitted`] is not called for it again.
+    pub returning: bool,
 }
 
 /// What a policy counts handlers by: a source address (grouped, see
@@ -147,24 +152,34 @@ pub enum Refusal {
     /// A policy of the application's own refused it as unavailable
     /// (a maintenance switch, say): "not now", not "busy".
     Unavailable,
+    /// It was parked for longer than the idle timeout.
+    IdleTimeout,
+    /// It was the longest parked when the most that may be parked were.
+    Evicted,
 }
 
 impl Refusal {
     /// Every reason, in a fixed order (for counters and reports).
-    pub const ALL: [Refusal; 6] = [
+    pub const ALL: [Refusal; 8] = [
         Refusal::QueueFull,
         Refusal::SourceLimit,
         Refusal::QueueTimeout,
         Refusal::Overloaded,
         Refusal::ShuttingDown,
         Refusal::Unavailable,
+        Refusal::IdleTimeout,
+        Refusal::Evicted,
     ];
 
     /// `true` for a refusal that says "try later, the server is busy";
     /// `false` for [`Refusal::ShuttingDown`] and [`Refusal::Unavailable`]
-    /// ("unavailable").
+    /// ("unavailable"), and for the two ways a parked handler is closed,
+    /// [`Refusal::IdleTimeout`] and [`Refusal::Evicted`].
     pub fn is_busy(self) -> bool {
-        !matches!(self, Refusal::ShuttingDown | Refusal::Unavailable)
+        !matches!(
+            self,
+            Refusal::ShuttingDown | Refusal::Unavailable | Refusal::IdleTimeout | Refusal::Evicted
+        )
     }
 
     /// A short human-readable reason, lower case.
@@ -176,6 +191,8 @@ impl Refusal {
             Refusal::Overloaded => "server busy",
             Refusal::ShuttingDown => "server is shutting down",
             Refusal::Unavailable => "server unavailable",
+            Refusal::IdleTimeout => "idle too long",
+            Refusal::Evicted => "too many idle connections",
         }
     }
 
@@ -305,7 +322,9 @@ impl Admission for MaxWaiting {
 /// one source address (IPv4-mapped IPv6 addresses count as their IPv4
 /// address, other IPv6 addresses by network, see
 /// [`ManagerBuilder::ipv6_prefix`](crate::ManagerBuilder::ipv6_prefix)),
-/// or the key a handler gives. Handlers without a key are not capped.
+/// or the key a handler gives. Handlers without a key are not capped; a
+/// parked handler (see [`Handler::serve`](crate::Handler::serve)) counts
+/// until it leaves for good.
 ///
 /// An ordinary policy: it counts a key up when a handler is admitted and
 /// down when it departs, and forgets a key whose count falls to zero, so
@@ -333,6 +352,10 @@ impl PerKeyCap {
 
 impl Admission for PerKeyCap {
     fn decide(&mut self, a: &Arrival) -> Decision {
+        if a.returning {
+            // Counted since it was first admitted.
+            return Decision::Queue;
+        }
         match a.key {
             Some(key) if self.count(&key) >= self.cap => Decision::Refuse(Refusal::SourceLimit),
             _ => Decision::Queue,
@@ -416,6 +439,7 @@ mod tests {
             waiting,
             max_running: 2,
             now: Instant::now(),
+            returning: false,
         }
     }
 

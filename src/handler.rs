@@ -35,7 +35,8 @@ use crate::manager::{MakeRoom, Signals, Slot};
 ///
 /// For one-off work, [`handler_fn`] turns a closure into a handler.
 pub trait Handler: Send + Sized + 'static {
-    /// Serves the client. Called at most once, on a manager worker thread.
+    /// Serves the client. Called at most once, on a manager worker thread,
+    /// by the default [`serve`](Handler::serve).
     ///
     /// The handler occupies a running slot until this returns (or panics).
     /// Long-running handlers should register a stop hook with
@@ -47,6 +48,31 @@ pub trait Handler: Send + Sized + 'static {
     /// [`Stats::panicked`](crate::Stats::panicked), and the slot is freed.
     fn run(self, ctx: &HandlerContext) -> io::Result<()>;
 
+    /// Serves the client, and may end the run by handing the handler back
+    /// to be parked ([`Served::Park`]) until its client sends more: it then
+    /// holds no thread and no running slot. What the manager calls; the
+    /// default runs [`run`](Handler::run) and is done.
+    ///
+    /// A parked handler is watched through its [`socket`](Handler::socket)
+    /// (one without a socket is dropped). When the socket becomes readable
+    /// (or its client hangs up), it goes through the admission policy
+    /// again as an arrival with [`Arrival::returning`](crate::admission::Arrival::returning)
+    /// set, and then waits and runs like any other: `serve` is called
+    /// again, on whatever worker takes it. A handler should park only
+    /// with nothing of its client's unread in its own buffers: the manager
+    /// watches the socket, not the handler.
+    ///
+    /// While parked it leaves by [`refused`](Handler::refused) with
+    /// [`Refusal::IdleTimeout`] (parked longer than
+    /// [`ManagerBuilder::park_idle_timeout`](crate::ManagerBuilder::park_idle_timeout)),
+    /// [`Refusal::Evicted`] (the longest parked when more than
+    /// [`ManagerBuilder::max_parked`](crate::ManagerBuilder::max_parked) would be)
+    /// or [`Refusal::ShuttingDown`], or is dropped when its client hung up
+    /// with nothing sent ([`is_abandoned`](Handler::is_abandoned)).
+    fn serve(self, ctx: &HandlerContext) -> io::Result<Served<Self>> {
+        self.run(ctx).map(|()| Served::Done)
+    }
+
     /// The address the work came from, for per-source limits and for
     /// [`RunningInfo`](crate::RunningInfo). Called once, at submission.
     ///
@@ -57,7 +83,7 @@ pub trait Handler: Send + Sized + 'static {
 
     /// Whether the client is already gone, so running this handler would be
     /// wasted. Called once when a handler that waited in the queue reaches
-    /// its head; `true` drops it unrun and counts it in
+    /// its head, and when a parked one's socket wakes; `true` drops it unrun and counts it in
     /// [`Stats::abandoned`](crate::Stats::abandoned). A handler that
     /// starts at once on a free running slot is not asked: its client had
     /// no time to give up, and for a network handler the question is a
@@ -113,6 +139,15 @@ pub trait Handler: Send + Sized + 'static {
     fn refused(self, reason: Refusal) {
         let _ = reason;
     }
+}
+
+/// How a [`Handler::serve`] ended.
+#[derive(Debug)]
+pub enum Served<H> {
+    /// The work is done: the handler is dropped and its slot freed.
+    Done,
+    /// Park the handler until its client sends more; see [`Handler::serve`].
+    Park(H),
 }
 
 /// A [`Handler`] made from a closure; see [`handler_fn`].
@@ -301,6 +336,7 @@ impl fmt::Debug for HandlerContext<'_> {
 /// Object-safe twin of [`Handler`], behind [`BoxHandler`].
 trait DynHandler: Send {
     fn run_boxed(self: Box<Self>, ctx: &HandlerContext) -> io::Result<()>;
+    fn serve_boxed(self: Box<Self>, ctx: &HandlerContext) -> io::Result<Served<BoxHandler>>;
     fn source(&self) -> Option<IpAddr>;
     fn is_abandoned(&self) -> bool;
     fn key(&self) -> Option<Key>;
@@ -311,6 +347,12 @@ trait DynHandler: Send {
 impl<H: Handler> DynHandler for H {
     fn run_boxed(self: Box<Self>, ctx: &HandlerContext) -> io::Result<()> {
         (*self).run(ctx)
+    }
+    fn serve_boxed(self: Box<Self>, ctx: &HandlerContext) -> io::Result<Served<BoxHandler>> {
+        Ok(match (*self).serve(ctx)? {
+            Served::Done => Served::Done,
+            Served::Park(handler) => Served::Park(BoxHandler::new(handler)),
+        })
     }
     fn source(&self) -> Option<IpAddr> {
         Handler::source(self)
@@ -352,6 +394,9 @@ impl BoxHandler {
 impl Handler for BoxHandler {
     fn run(self, ctx: &HandlerContext) -> io::Result<()> {
         self.0.run_boxed(ctx)
+    }
+    fn serve(self, ctx: &HandlerContext) -> io::Result<Served<Self>> {
+        self.0.serve_boxed(ctx)
     }
     fn source(&self) -> Option<IpAddr> {
         self.0.source()

@@ -230,7 +230,7 @@ pub mod protocol;
 mod util;
 
 pub use admission::{Admission, Key, Refusal};
-pub use handler::{BoxHandler, FnHandler, Handler, HandlerContext, Stop, handler_fn};
+pub use handler::{BoxHandler, FnHandler, Handler, HandlerContext, Served, Stop, handler_fn};
 pub use manager::{MakeRoom, Manager, ManagerBuilder, Refused, RunningInfo, ShutdownReport, Stats};
 
 /// The README's code, compiled by `cargo test` so that it cannot drift

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::handle::{Manager, check_bound};
 use super::room::BusyLimits;
-use super::shared::Shared;
+use super::shared::{ParkLimits, Shared};
 use crate::admission::{Admission, MaxWaiting};
 use crate::handler::Handler;
 use crate::util::timeout_setting;
@@ -19,6 +19,7 @@ pub struct ManagerBuilder<S> {
     name: String,
     limits: BusyLimits,
     ipv6_prefix: u8,
+    park: ParkLimits,
 }
 
 impl ManagerBuilder<MaxWaiting> {
@@ -36,6 +37,10 @@ impl ManagerBuilder<MaxWaiting> {
             name: "filesrv".to_owned(),
             limits: BusyLimits::default(),
             ipv6_prefix: 64,
+            park: ParkLimits {
+                idle: None,
+                max: 10_000,
+            },
         }
     }
 }
@@ -49,6 +54,7 @@ impl<S: Admission> ManagerBuilder<S> {
             name: self.name,
             limits: self.limits,
             ipv6_prefix: self.ipv6_prefix,
+            park: self.park,
         }
     }
 
@@ -98,6 +104,28 @@ impl<S: Admission> ManagerBuilder<S> {
         self
     }
 
+    /// How long a parked handler (see [`Handler::serve`]) may stay parked
+    /// before it is refused with
+    /// [`Refusal::IdleTimeout`](crate::Refusal::IdleTimeout). Default
+    /// `None`: no limit.
+    ///
+    /// # Panics
+    ///
+    /// If `timeout` is `Some(Duration::ZERO)`: a zero is not "none".
+    pub fn park_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.park.idle = timeout_setting(timeout, "park_idle_timeout");
+        self
+    }
+
+    /// The most handlers parked at once (default 10,000): parking one more
+    /// refuses the longest parked with
+    /// [`Refusal::Evicted`](crate::Refusal::Evicted). 0 turns parking off:
+    /// a handler that asks to be parked is evicted at once.
+    pub fn max_parked(mut self, n: usize) -> Self {
+        self.park.max = n;
+        self
+    }
+
     /// Names the manager's threads `<name>-worker-<i>` and
     /// `<name>-watcher` (default: `filesrv`).
     pub fn name(mut self, name: impl Into<String>) -> Self {
@@ -119,6 +147,7 @@ impl<S: Admission> ManagerBuilder<S> {
             self.max_running,
             self.limits,
             self.ipv6_prefix,
+            self.park,
         )?;
         Manager::start(shared, self.name)
     }

@@ -241,7 +241,7 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
     ///
     /// 1. Admission closes: later [`submit`](Manager::submit)s are refused
     ///    with [`Refusal::ShuttingDown`](crate::Refusal::ShuttingDown).
-    /// 2. Every waiting handler is refused the same way.
+    /// 2. Every waiting handler is refused the same way, and every parked one.
     /// 3. Running handlers get [`Stop::Graceful`] through their stop hooks
     ///    and until `grace` has passed to finish.
     /// 4. Those still running then get [`Stop::Now`], and the call waits
@@ -283,8 +283,10 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
             // Handlers run under catch_unwind, so a worker never panics.
             let _ = thread.join();
         }
+        let (refused_waiting, closed_parked) = shared.closed_by_shutdown();
         let done = ShutdownReport {
-            refused_waiting: shared.refused_waiting(),
+            refused_waiting,
+            closed_parked,
             running_at_start,
             cut,
             took: began.elapsed(),

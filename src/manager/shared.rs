@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -47,6 +47,36 @@ pub(super) struct Entry<Q> {
     pub(super) handler: Q,
 }
 
+/// A parked handler: it holds no thread and no running place until its
+/// socket is readable.
+pub(super) struct Parked<Q> {
+    /// The canonical source, as when it was first submitted.
+    source: Option<IpAddr>,
+    key: Option<Key>,
+    parked_at: Instant,
+    handler: Q,
+}
+
+/// How a run ended, as the worker hands it to [`Shared::next`].
+pub(super) enum Ended<Q> {
+    Done(Done),
+    /// The handler asked to be parked ([`Served::Park`](crate::Served::Park)).
+    Park {
+        done: Done,
+        source: Option<IpAddr>,
+        handler: Q,
+    },
+}
+
+/// The limits on parked handlers.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ParkLimits {
+    /// How long one may stay parked; `None`: no limit.
+    pub(super) idle: Option<Duration>,
+    /// The most parked at once; the longest parked is evicted past it.
+    pub(super) max: usize,
+}
+
 /// A handler that ran (or was found abandoned) leaving its running place.
 #[derive(Clone, Copy)]
 pub(super) struct Done {
@@ -73,6 +103,10 @@ pub(super) struct Gate<Q, S> {
     waiting: BTreeMap<u64, Entry<Q>>,
     /// `(deadline, id)` of the waiting handlers that have one.
     deadlines: BTreeSet<(Instant, u64)>,
+    /// The parked handlers by id, ids rising with the moment they were
+    /// parked: the first is the longest parked, so expiry and eviction
+    /// look only at it.
+    parked: BTreeMap<u64, Parked<Q>>,
     next_id: u64,
     pub(super) running: usize,
     /// The bound on running handlers.
@@ -85,6 +119,7 @@ pub(super) struct Gate<Q, S> {
     /// filled in by [`Shared::stats`].
     stats: Stats,
     refused_waiting: u64,
+    closed_parked: u64,
     /// The sending side of the workers' tokens; dropped at shutdown,
     /// which wakes every worker once the tokens left are taken.
     tokens: Option<Sender<()>>,
@@ -134,11 +169,23 @@ impl<Q, S: Admission> Gate<Q, S> {
     }
 }
 
-/// How a handler left the queue without running.
+/// How a handler left the queue or the parked set without running.
 #[derive(Clone, Copy)]
 pub(super) enum Left {
     Refused(Refusal),
     Abandoned,
+    /// A handler that asked to be parked but cannot be watched.
+    Dropped,
+}
+
+impl Left {
+    fn outcome(self) -> Outcome {
+        match self {
+            Left::Refused(reason) => Outcome::Refused(reason),
+            Left::Abandoned => Outcome::Abandoned,
+            Left::Dropped => Outcome::Completed,
+        }
+    }
 }
 
 /// What a running handler's context reaches without knowing the
@@ -184,6 +231,7 @@ pub(super) struct Shared<Q, S> {
     pub(super) signals: Signals,
     /// The prefix length IPv6 sources are grouped by into keys.
     ipv6_prefix: u8,
+    park: ParkLimits,
 }
 
 impl<Q: Handler, S: Admission> Shared<Q, S> {
@@ -192,6 +240,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         max_running: usize,
         limits: BusyLimits,
         ipv6_prefix: u8,
+        park: ParkLimits,
     ) -> std::io::Result<Shared<Q, S>> {
         let (tx, rx) = crossbeam_channel::unbounded();
         Ok(Shared {
@@ -199,6 +248,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
                 policy,
                 waiting: BTreeMap::new(),
                 deadlines: BTreeSet::new(),
+                parked: BTreeMap::new(),
                 next_id: 0,
                 running: 0,
                 max_running,
@@ -206,6 +256,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
                 asked: 0,
                 stats: Stats::default(),
                 refused_waiting: 0,
+                closed_parked: 0,
                 tokens: Some(tx),
                 idle_waiters: 0,
             }),
@@ -220,6 +271,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
                 room_due: Mutex::new(None),
             },
             ipv6_prefix,
+            park,
         })
     }
 
@@ -244,6 +296,19 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         let key = handler
             .key()
             .or_else(|| source.map(|ip| Key::from_source(ip, self.ipv6_prefix)));
+        self.admit(handler, source, key, false)
+    }
+
+    /// Offers a handler to the policy: a new one, or a parked one coming
+    /// back (`returning`), which was admitted before and has not departed,
+    /// so a refusal is its departure.
+    fn admit(
+        &self,
+        handler: Q,
+        source: Option<IpAddr>,
+        key: Option<Key>,
+        returning: bool,
+    ) -> Result<(), Refused<Q>> {
         let now = Instant::now();
         let mut gate = self.gate();
         let id = gate.next_id;
@@ -258,16 +323,23 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
                 waiting: gate.waiting.len(),
                 max_running: gate.max_running,
                 now,
+                returning,
             };
             let decision = gate.policy.decide(&arrival);
-            if !matches!(decision, Decision::Refuse(_)) {
+            if !returning && !matches!(decision, Decision::Refuse(_)) {
                 // From here on the policy hears of its departure, once.
                 gate.policy.admitted(&arrival);
             }
             decision
         };
-        gate.stats.submitted += 1;
+        if !returning {
+            gate.stats.submitted += 1;
+        }
         let deadline = match decision {
+            Decision::Refuse(reason) if returning => {
+                gate.depart(id, key, Outcome::Refused(reason));
+                return Err(Refused { handler, reason });
+            }
             Decision::Refuse(reason) => {
                 gate.stats.count(Outcome::Refused(reason));
                 return Err(Refused { handler, reason });
@@ -275,7 +347,9 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
             Decision::Queue => None,
             Decision::QueueUntil(deadline) => Some(deadline),
         };
-        gate.stats.admitted += 1;
+        if !returning {
+            gate.stats.admitted += 1;
+        }
         gate.next_id += 1;
         let waits = gate.running + gate.waiting.len() >= gate.max_running;
         let deadline = deadline.filter(|_| waits);
@@ -321,12 +395,25 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
     /// `have_token`: the worker was just woken by a token; otherwise it
     /// takes one out of the channel for the handler it takes, so no other
     /// worker wakes for it.
-    pub(super) fn next(&self, done: Option<Done>, have_token: bool) -> Next<Q> {
+    pub(super) fn next(&self, ended: Option<Ended<Q>>, have_token: bool) -> Next<Q> {
         let mut gate = self.gate();
-        if let Some(done) = done {
-            gate.running -= 1;
-            gate.asked -= usize::from(done.asked);
-            gate.depart(done.id, done.key, done.outcome);
+        let mut evicted = None;
+        match ended {
+            None => {}
+            Some(Ended::Done(done)) => {
+                gate.running -= 1;
+                gate.asked -= usize::from(done.asked);
+                gate.depart(done.id, done.key, done.outcome);
+            }
+            Some(Ended::Park {
+                done,
+                source,
+                handler,
+            }) => {
+                gate.running -= 1;
+                gate.asked -= usize::from(done.asked);
+                evicted = self.park(&mut gate, done, source, handler);
+            }
         }
         let next = if gate.workers > gate.max_running {
             gate.workers -= 1;
@@ -349,7 +436,112 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
             Next::Wait
         };
         self.changed(&gate);
+        drop(gate);
+        if let Some((id, handler, how)) = evicted {
+            self.settle_parked(id, handler, how);
+        }
         next
+    }
+
+    /// Parks a handler that asked for it, under the gate's lock: it is
+    /// watched from here on, and a readable socket brings it back through
+    /// admission. Returns one to settle after the lock: the one evicted to
+    /// make room, or this one if it cannot be watched.
+    fn park(
+        &self,
+        gate: &mut Gate<Q, S>,
+        done: Done,
+        source: Option<IpAddr>,
+        handler: Q,
+    ) -> Option<(u64, Q, Left)> {
+        if gate.is_closed() {
+            // The shutdown closed the parked set already.
+            let how = Left::Refused(Refusal::ShuttingDown);
+            gate.depart(done.id, done.key, how.outcome());
+            gate.closed_parked += 1;
+            return Some((done.id, handler, how));
+        }
+        let id = gate.next_id;
+        gate.next_id += 1;
+        // Watched before it is in the map, under the lock: an event at
+        // once waits for the lock and then finds it.
+        let watched = handler
+            .socket()
+            .is_some_and(|socket| self.signals.watcher.watch_parked(socket, id));
+        if !watched {
+            log::debug!(
+                "handler {}: cannot be parked without a socket to watch",
+                done.id
+            );
+            gate.depart(done.id, done.key, Outcome::Completed);
+            return Some((done.id, handler, Left::Dropped));
+        }
+        let first = gate.parked.is_empty();
+        gate.parked.insert(
+            id,
+            Parked {
+                source,
+                key: done.key,
+                parked_at: Instant::now(),
+                handler,
+            },
+        );
+        if first && self.park.idle.is_some() {
+            // Its expiry is the watcher's next timer.
+            self.signals.watcher.wake();
+        }
+        if gate.parked.len() <= self.park.max {
+            return None;
+        }
+        let (id, longest) = gate.parked.pop_first()?;
+        let how = Left::Refused(Refusal::Evicted);
+        gate.depart(id, longest.key, how.outcome());
+        Some((id, longest.handler, how))
+    }
+
+    /// A watched socket reported an event: a waiting handler whose client
+    /// may have hung up, or a parked one to bring back.
+    pub(super) fn socket_event(&self, id: u64) {
+        let mut gate = self.gate();
+        if gate.waiting.contains_key(&id) {
+            drop(gate);
+            // A peek, under the lock: it must not block.
+            self.leave_if(id, Left::Abandoned, |entry| {
+                guarded("is_abandoned", id, || entry.handler.is_abandoned()).unwrap_or(true)
+            });
+            return;
+        }
+        let Some(parked) = gate.parked.remove(&id) else {
+            return;
+        };
+        self.changed(&gate);
+        drop(gate);
+        let Parked {
+            source,
+            key,
+            handler,
+            ..
+        } = parked;
+        if let Some(socket) = handler.socket() {
+            self.signals.watcher.forget(socket);
+        }
+        if guarded("is_abandoned", id, || handler.is_abandoned()).unwrap_or(true) {
+            self.gate().depart(id, key, Outcome::Abandoned);
+            settle(id, handler, Left::Abandoned);
+            return;
+        }
+        if let Err(refused) = self.admit(handler, source, key, true) {
+            let Refused { handler, reason } = refused;
+            settle(id, handler, Left::Refused(reason));
+        }
+    }
+
+    /// Settles a handler taken out of the parked set.
+    fn settle_parked(&self, id: u64, handler: Q, how: Left) {
+        if let Some(socket) = handler.socket() {
+            self.signals.watcher.forget(socket);
+        }
+        settle(id, handler, how);
     }
 
     /// Takes handler `id` out of the queue if it still waits there and
@@ -360,41 +552,54 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
             return;
         }
         let Some(entry) = gate.remove(id) else { return };
-        let outcome = match how {
-            Left::Refused(reason) => Outcome::Refused(reason),
-            Left::Abandoned => Outcome::Abandoned,
-        };
-        gate.depart(id, entry.key, outcome);
+        gate.depart(id, entry.key, how.outcome());
         // Its token goes with it (tokens are alike); if a worker holds it
         // already, that worker finds the queue without this handler.
         let _ = self.tokens.try_recv();
         self.changed(&gate);
         drop(gate);
-        settle(entry, how);
+        settle(entry.id, entry.handler, how);
     }
 
     /// Refuses every waiting handler whose deadline passed; the earliest
     /// deadline left, or `Err` once the manager is closed.
     pub(super) fn expire(&self, now: Instant) -> Result<Option<Instant>, ()> {
         loop {
-            let due = {
-                let gate = self.gate();
-                if gate.is_closed() {
-                    return Err(());
+            let mut gate = self.gate();
+            if gate.is_closed() {
+                return Err(());
+            }
+            let parked_expiry = self.park.idle.and_then(|idle| {
+                let (&id, first) = gate.parked.first_key_value()?;
+                Some((first.parked_at.checked_add(idle)?, id))
+            });
+            match (gate.deadlines.first().copied(), parked_expiry) {
+                (Some((deadline, id)), _) if deadline <= now => {
+                    drop(gate);
+                    self.leave_if(id, Left::Refused(Refusal::QueueTimeout), |_| true);
                 }
-                match gate.deadlines.first() {
-                    Some(&(deadline, id)) if deadline <= now => id,
-                    next => return Ok(next.map(|d| d.0)),
+                (_, Some((expiry, id))) if expiry <= now => {
+                    let Some(parked) = gate.parked.remove(&id) else {
+                        continue;
+                    };
+                    let how = Left::Refused(Refusal::IdleTimeout);
+                    gate.depart(id, parked.key, how.outcome());
+                    self.changed(&gate);
+                    drop(gate);
+                    self.settle_parked(id, parked.handler, how);
                 }
-            };
-            self.leave_if(due, Left::Refused(Refusal::QueueTimeout), |_| true);
+                (deadline, expiry) => {
+                    let next = [deadline.map(|d| d.0), expiry.map(|e| e.0)];
+                    return Ok(next.into_iter().flatten().min());
+                }
+            }
         }
     }
 
     /// Closes admission and refuses every waiting handler; returns how
     /// many handlers were running then. Later calls find nothing to do.
     pub(super) fn close(&self) -> usize {
-        let (tokens, waiting, running) = {
+        let (tokens, waiting, parked, running) = {
             let mut gate = self.gate();
             let tokens = gate.tokens.take();
             gate.deadlines.clear();
@@ -404,22 +609,32 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
                 gate.depart(entry.id, entry.key, outcome);
             }
             gate.refused_waiting += waiting.len() as u64;
+            let parked = std::mem::take(&mut gate.parked);
+            for (&id, p) in &parked {
+                gate.depart(id, p.key, Outcome::Refused(Refusal::ShuttingDown));
+            }
+            gate.closed_parked += parked.len() as u64;
             self.changed(&gate);
-            (tokens, waiting, gate.running)
+            (tokens, waiting, parked, gate.running)
         };
         // Without a sender, workers see the channel disconnect once the
         // tokens left in it are taken, and exit after their handler.
         drop(tokens);
         self.signals.watcher.wake();
+        let how = Left::Refused(Refusal::ShuttingDown);
         for entry in waiting.into_values() {
-            settle(entry, Left::Refused(Refusal::ShuttingDown));
+            settle(entry.id, entry.handler, how);
+        }
+        for (id, p) in parked {
+            self.settle_parked(id, p.handler, how);
         }
         running
     }
 
-    /// Waiting handlers refused by the shutdown.
-    pub(super) fn refused_waiting(&self) -> u64 {
-        self.gate().refused_waiting
+    /// Waiting handlers refused, and parked ones closed, by the shutdown.
+    pub(super) fn closed_by_shutdown(&self) -> (u64, u64) {
+        let gate = self.gate();
+        (gate.refused_waiting, gate.closed_parked)
     }
 
     /// Waits until nothing runs or waits, or until `deadline` (`None`:
@@ -454,6 +669,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         let mut stats = gate.stats;
         stats.running = gate.running;
         stats.waiting = gate.waiting.len();
+        stats.parked = gate.parked.len();
         stats.oldest_waiting = gate
             .waiting
             .values()
@@ -473,15 +689,15 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
     }
 }
 
-/// Tells a handler that left the queue without running why, or drops it.
-fn settle<Q: Handler>(entry: Entry<Q>, how: Left) {
-    let Entry { id, handler, .. } = entry;
+/// Tells a handler that left the queue (or the parked set) without
+/// running why, or drops it.
+fn settle<Q: Handler>(id: u64, handler: Q, how: Left) {
     match how {
         Left::Refused(reason) => {
             guarded("refused", id, || handler.refused(reason));
         }
-        Left::Abandoned => {
-            log::debug!("handler {id} abandoned while waiting");
+        Left::Abandoned | Left::Dropped => {
+            log::debug!("handler {id} left: its client is gone");
             guarded("drop", id, || drop(handler));
         }
     }

@@ -8,8 +8,8 @@ use crate::admission::{Outcome, Refusal};
 ///
 /// Every submitted handler ends up in exactly one place, and the counts
 /// are read under the lock that moves handlers between places, so
-/// `submitted == running + waiting + completed + failed + panicked +
-/// abandoned + refused_total()` in every snapshot.
+/// `submitted == running + waiting + parked + completed + failed +
+/// panicked + abandoned + refused_total()` in every snapshot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -17,6 +17,9 @@ pub struct Stats {
     pub running: usize,
     /// Handlers queued and not yet started.
     pub waiting: usize,
+    /// Handlers parked until their client sends more (see
+    /// [`Handler::serve`](crate::Handler::serve)).
+    pub parked: usize,
     /// Handlers ever passed to [`submit`](crate::Manager::submit).
     pub submitted: u64,
     /// Handlers the admission policy queued.
@@ -79,6 +82,8 @@ impl Stats {
 pub struct ShutdownReport {
     /// Waiting handlers refused with [`Refusal::ShuttingDown`].
     pub refused_waiting: u64,
+    /// Parked handlers closed (refused with [`Refusal::ShuttingDown`]).
+    pub closed_parked: u64,
     /// Handlers that were running when the shutdown began.
     pub running_at_start: usize,
     /// Of those, handlers still running when the grace period ended, and

@@ -1,5 +1,5 @@
 //! The watcher: the one service thread of a manager. It blocks in
-//! `epoll_wait` and wakes for three things, none of them by polling:
+//! `epoll_wait` and wakes for these, none of them by polling:
 //!
 //! - a waiting client hanging up: a handler that exposes a socket
 //!   ([`Handler::socket`]) and has to wait is registered edge-triggered
@@ -9,8 +9,11 @@
 //!   takes the handler out of the queue at once. Each registration
 //!   carries the handler's id, never reused, so an event for a handler
 //!   that already left is ignored;
-//! - the earliest queue deadline (the `epoll_wait` timeout), when the
-//!   handlers past it are refused;
+//! - a parked handler's socket becoming readable (registered one-shot,
+//!   level-triggered, for `EPOLLIN` and `EPOLLRDHUP`): the handler goes
+//!   through admission again, or is dropped if its client hung up;
+//! - the earliest queue deadline or parked handler's idle expiry (the
+//!   `epoll_wait` timeout), when the handlers past it are refused;
 //! - a make-room pass (see `room.rs`): woken when a handler starts to
 //!   wait for a place or a running one goes idle while others wait, and
 //!   timed for when the next running handler passes a busy limit.
@@ -24,11 +27,11 @@ use std::time::Instant;
 
 use rustix::event::epoll::EventFlags;
 
-use super::shared::{Left, Shared};
+use super::shared::Shared;
 use crate::admission::Admission;
 use crate::handler::Handler;
 use crate::poller::Poller;
-use crate::util::{call_guarded, guarded, lock};
+use crate::util::{call_guarded, lock};
 
 pub(super) struct Watcher(Poller);
 
@@ -49,8 +52,23 @@ impl Watcher {
         }
     }
 
-    /// Stops watching `socket`, whose handler left the queue to run: its
-    /// client's eventual hang-up must not wake the thread for nothing.
+    /// Watches the socket of parked handler `id` until it is readable or
+    /// hangs up, once (level-triggered: bytes that came before this call
+    /// report at once); false if epoll cannot watch it.
+    pub(super) fn watch_parked(&self, socket: BorrowedFd<'_>, id: u64) -> bool {
+        let flags = EventFlags::IN | EventFlags::RDHUP | EventFlags::ONESHOT;
+        match self.0.add(socket, id, flags) {
+            Ok(()) => true,
+            Err(e) => {
+                log::debug!("parked handler {id}: socket not watched: {e}");
+                false
+            }
+        }
+    }
+
+    /// Stops watching `socket`, whose handler left the queue to run or
+    /// the parked set: its client's eventual hang-up must not wake the
+    /// thread for nothing, and a parked one may be watched again.
     pub(super) fn forget(&self, socket: BorrowedFd<'_>) {
         self.0.delete(socket);
     }
@@ -71,10 +89,7 @@ pub(super) fn watch<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
         let pass = make_room(shared);
         let until = [deadline, pass].into_iter().flatten().min();
         let waited = shared.signals.watcher.0.wait(until, &mut events, |id, _| {
-            // A peek, under the lock: it must not block.
-            shared.leave_if(id, Left::Abandoned, |entry| {
-                guarded("is_abandoned", id, || entry.handler.is_abandoned()).unwrap_or(true)
-            });
+            shared.socket_event(id);
         });
         if let Err(e) = waited {
             log::error!("epoll_wait failed: {e}");

@@ -5,10 +5,10 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::shared::{Done, Entry, Next, Shared};
+use super::shared::{Done, Ended, Entry, Next, Shared};
 use super::slot::{RunningInfo, Slot};
 use crate::admission::{Admission, Outcome};
-use crate::handler::{Handler, HandlerContext};
+use crate::handler::{Handler, HandlerContext, Served};
 use crate::util::{guarded, lock};
 
 thread_local! {
@@ -48,11 +48,11 @@ pub(super) fn work<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
     lock(&shared.slots).retain(|s| !Arc::ptr_eq(s, &slot));
 }
 
-/// Runs one handler taken from the queue; how it left. Only one that
+/// Runs one handler taken from the queue; how it ended. Only one that
 /// waited is asked whether its client left meanwhile: one that started on
 /// a free place had no time to give up, and the question costs a network
 /// handler a system call.
-fn run<Q: Handler, S: Admission>(shared: &Shared<Q, S>, slot: &Slot, entry: Entry<Q>) -> Done {
+fn run<Q: Handler, S: Admission>(shared: &Shared<Q, S>, slot: &Slot, entry: Entry<Q>) -> Ended<Q> {
     let Entry {
         id,
         source,
@@ -77,7 +77,7 @@ fn run<Q: Handler, S: Admission>(shared: &Shared<Q, S>, slot: &Slot, entry: Entr
     if waits && guarded("is_abandoned", id, || handler.is_abandoned()).unwrap_or(true) {
         log::debug!("handler {id} abandoned while waiting");
         guarded("drop", id, || drop(handler));
-        return done(Outcome::Abandoned, false);
+        return Ended::Done(done(Outcome::Abandoned, false));
     }
     let started_at = Instant::now();
     slot.occupy(RunningInfo {
@@ -97,13 +97,20 @@ fn run<Q: Handler, S: Admission>(shared: &Shared<Q, S>, slot: &Slot, entry: Entr
         signals: &shared.signals,
     };
     // Under catch_unwind: a panic is counted, and the slot freed below.
-    let outcome = match guarded("run", id, || handler.run(&ctx)) {
-        Some(Ok(())) => Outcome::Completed,
+    let outcome = match guarded("run", id, || handler.serve(&ctx)) {
+        Some(Ok(Served::Park(handler))) => {
+            return Ended::Park {
+                done: done(Outcome::Completed, slot.vacate()),
+                source,
+                handler,
+            };
+        }
+        Some(Ok(Served::Done)) => Outcome::Completed,
         Some(Err(e)) => {
             log::debug!("handler {id} failed: {e}");
             Outcome::Failed
         }
         None => Outcome::Panicked,
     };
-    done(outcome, slot.vacate())
+    Ended::Done(done(outcome, slot.vacate()))
 }

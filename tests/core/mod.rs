@@ -4,4 +4,5 @@
 mod departures;
 mod live_changes;
 mod manager;
+mod parking;
 mod races;

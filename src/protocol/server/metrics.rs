@@ -138,6 +138,8 @@ fn refusal_label(reason: Refusal) -> &'static str {
         Refusal::Overloaded => "overloaded",
         Refusal::ShuttingDown => "shutting_down",
         Refusal::Unavailable => "unavailable",
+        Refusal::IdleTimeout => "idle_timeout",
+        Refusal::Evicted => "evicted",
     }
 }
 
