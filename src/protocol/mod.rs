@@ -46,8 +46,12 @@ mod server;
 mod wire;
 
 pub use client::{Client, ClientError, Progress, TransferOptions};
-pub use server::{LingeringCloser, Server, ServerConfig, ServerError, raise_descriptor_limit};
+pub use server::{
+    LingeringCloser, Server, ServerConfig, ServerError, TlsError, UsersError, hash_password,
+    raise_descriptor_limit,
+};
 pub use wire::{
-    EntryKind, ErrorCode, FileSum, ListEntry, MAX_LINE, MalformedReply, PathError, RelPath,
-    Request, RequestError, Stat, UnknownErrorCode, encode_name, parse_request, percent_decode,
+    EntryKind, ErrorCode, FileSum, ListEntry, MAX_LINE, MalformedReply, Password, PathError,
+    RelPath, Request, RequestError, Stat, UnknownErrorCode, encode_name, parse_request,
+    percent_decode,
 };

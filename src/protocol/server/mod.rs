@@ -17,9 +17,15 @@ mod request_counts;
 mod session;
 mod sidecar;
 mod sockopt;
+mod stream;
+mod tls;
 mod transfer;
+mod users;
+mod watch;
 
 pub use closer::LingeringCloser;
 pub use config::{ServerConfig, ServerError};
 pub use limits::raise_descriptor_limit;
 pub use listener::Server;
+pub use tls::TlsError;
+pub use users::{UsersError, hash_password};

@@ -99,7 +99,9 @@ impl fmt::Display for Answer {
 
 /// The rows of the table: each verb's label, and `invalid` for a line that
 /// did not parse, in row order.
-const VERBS: [&str; 7] = ["GET", "PUT", "LIST", "STAT", "SUM", "QUIT", "invalid"];
+const VERBS: [&str; 8] = [
+    "GET", "PUT", "LIST", "STAT", "SUM", "QUIT", "AUTH", "invalid",
+];
 
 /// The row of a request (`None`: a line that did not parse).
 const fn verb_index(request: Option<&Request>) -> usize {
@@ -110,7 +112,8 @@ const fn verb_index(request: Option<&Request>) -> usize {
         Some(Request::Stat { .. }) => 3,
         Some(Request::Sum { .. }) => 4,
         Some(Request::Quit) => 5,
-        None => 6,
+        Some(Request::Auth { .. }) => 6,
+        None => 7,
     }
 }
 
@@ -200,6 +203,10 @@ mod tests {
             Request::List { path: path.clone() },
             Request::Stat { path: path.clone() },
             Request::Sum { path, length: None },
+            Request::Auth {
+                name: "a".to_owned(),
+                password: crate::protocol::Password::new("p"),
+            },
             Request::Quit,
         ]
     }
