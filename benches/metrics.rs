@@ -31,7 +31,7 @@ use prometheus_client::metrics::family::Family;
 /// The paths the counting code names its types by (`crate::protocol`).
 mod protocol {
     #[cfg(test)]
-    pub(crate) use filesrv::protocol::RelPath;
+    pub(crate) use filesrv::protocol::{Password, RelPath};
     pub(crate) use filesrv::protocol::{ErrorCode, Request};
 }
 

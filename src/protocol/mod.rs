@@ -42,10 +42,13 @@
 
 mod checksum;
 mod client;
+mod client_tls;
+mod pin;
 mod server;
 mod wire;
 
 pub use client::{Client, ClientError, Progress, TransferOptions};
+pub use client_tls::{ClientTls, ClientTlsError};
 pub use server::{
     LingeringCloser, Server, ServerConfig, ServerError, TlsError, UsersError, hash_password,
     raise_descriptor_limit,

@@ -18,18 +18,16 @@ use std::sync::{Arc, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use rustix::event::{EventfdFlags, PollFd, PollFlags, eventfd};
-use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, ServerConnection};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use sha2::{Digest as _, Sha256};
 
 use super::closer::Closer;
+use crate::protocol::pin::{pin_of, provider};
 
 /// How long a refused connection's handshake may take before it is closed
 /// without its `ERR` line.
@@ -66,26 +64,6 @@ pub enum TlsError {
     /// A certificate could not be generated.
     #[error("cannot generate a self-signed certificate")]
     Generate(#[source] rcgen::Error),
-}
-
-/// The ring provider, the one the server and the client use.
-pub(crate) fn provider() -> Arc<CryptoProvider> {
-    // Deprecated only for lacking post-quantum key exchange, which ring
-    // does not offer; aws-lc-rs would bring it at a heavier build.
-    #[allow(deprecated)]
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// `sha256//<base64 of the SHA-256 of the SubjectPublicKeyInfo>` of a DER
-/// certificate, the format of curl's `--pinnedpubkey`.
-pub(crate) fn pin_of(cert: &CertificateDer<'_>) -> Result<String, rustls::Error> {
-    let parsed = webpki::EndEntityCert::try_from(cert)
-        .map_err(|e| rustls::Error::General(format!("bad certificate: {e}")))?;
-    let spki = parsed.subject_public_key_info();
-    Ok(format!(
-        "sha256//{}",
-        base64::engine::general_purpose::STANDARD.encode(Sha256::digest(spki.as_ref()))
-    ))
 }
 
 /// Reads a PEM certificate chain and key and checks that they match.
