@@ -30,9 +30,9 @@ use prometheus_client::metrics::family::Family;
 
 /// The paths the counting code names its types by (`crate::protocol`).
 mod protocol {
+    pub(crate) use filesrv::protocol::{ErrorCode, Request};
     #[cfg(test)]
     pub(crate) use filesrv::protocol::{Password, RelPath};
-    pub(crate) use filesrv::protocol::{ErrorCode, Request};
 }
 
 /// The server's counting code itself, not a copy; what it has for the

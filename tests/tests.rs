@@ -25,3 +25,5 @@ mod queue;
 mod server_resize;
 mod slots;
 mod source;
+mod tls;
+mod users;
