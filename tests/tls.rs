@@ -332,3 +332,41 @@ fn a_renewed_certificate_is_used_without_a_restart() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn the_library_client_connects_by_pin_and_ca_and_logs_in() {
+    use filesrv::protocol::{Client, ClientError, ClientTls, ErrorCode, Server, ServerConfig};
+    let dir = root();
+    let users = dir.path().join("users");
+    let hash = filesrv::protocol::hash_password(b"pw").unwrap();
+    std::fs::write(&users, format!("ann:{hash}\n")).unwrap();
+    let config = ServerConfig::new(dir.root())
+        .tls_self_signed(true)
+        .users(Some(users));
+    let server = Server::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config).unwrap();
+    let pin = server.tls_pin().unwrap().to_owned();
+    let addr = format!("localhost:{}", server.local_addr().port());
+    let mut client =
+        Client::connect_tls(&addr, Some(LIMIT), &ClientTls::pin(&pin).unwrap()).unwrap();
+    let refused = client.stat("notes.txt").unwrap_err();
+    assert!(
+        matches!(
+            &refused,
+            ClientError::Server {
+                code: ErrorCode::Denied,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    client.login("ann", b"pw").unwrap();
+    let mut body = Vec::new();
+    client.get_to("notes.txt", 0, &mut body).unwrap();
+    assert_eq!(body, NOTES);
+    client.quit().unwrap();
+    let other = ClientTls::pin("sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").unwrap();
+    let failed = Client::connect_tls(&addr, Some(LIMIT), &other).unwrap_err();
+    assert!(matches!(failed, ClientError::Tls { .. }), "{failed:?}");
+    assert!(ClientTls::pin("sha256//short").is_err());
+    server.shutdown();
+}
