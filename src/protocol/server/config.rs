@@ -19,7 +19,8 @@ use crate::{Admission as _, And, MaxWaiting, PerSourceCap, QueueTimeout};
 /// of 500 bytes/s, uploads off (1 GiB limit when on), 10 s shutdown grace,
 /// hidden names not served, at most 100,000 entries per LIST, no trusted
 /// proxies (a PROXY header deadline of 5 s once there are some), no
-/// metrics or agent listener.
+/// metrics or agent listener, no TLS, no users (10 failed logins per
+/// source per minute once there are some).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ServerConfig {
