@@ -436,7 +436,7 @@ fn secure(
         }
         _ => return Err(ServerError::Tls(TlsError::Incomplete)),
     };
-    let (tls, thread) = Tls::start(source, closer.clone()).map_err(ServerError::Tls)?;
+    let (tls, thread) = Tls::start(source, closer.clone())?;
     Ok((Some(tls), Some(thread), users))
 }
 

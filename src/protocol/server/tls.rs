@@ -27,6 +27,7 @@ use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::closer::Closer;
+use super::config::ServerError;
 use crate::protocol::pin::{pin_of, provider};
 
 /// How long a refused connection's handshake may take before it is closed
@@ -140,8 +141,25 @@ impl Tls {
     pub(crate) fn start(
         source: TlsSource,
         closer: Closer,
-    ) -> Result<(Tls, JoinHandle<()>), TlsError> {
-        let certified = match &source {
+    ) -> Result<(Tls, JoinHandle<()>), ServerError> {
+        let (config, current, pin) = Tls::configure(&source).map_err(ServerError::Tls)?;
+        let (refuser, thread) = Refuser::start(closer).map_err(ServerError::Start)?;
+        let tls = Tls {
+            config,
+            current,
+            source,
+            pin,
+            refuser,
+        };
+        Ok((tls, thread))
+    }
+
+    /// The server configuration for the certificate `source` gives, the
+    /// handle to swap that certificate, and its pin.
+    fn configure(
+        source: &TlsSource,
+    ) -> Result<(Arc<ServerConfig>, Arc<Current>, String), TlsError> {
+        let certified = match source {
             TlsSource::Files { cert, key } => load_pair(cert, key)?,
             TlsSource::SelfSigned(names) => self_signed(names.clone())?,
         };
@@ -155,19 +173,7 @@ impl Tls {
             .with_cert_resolver(current.clone());
         // HTTP on the same port: a client offering ALPN http/1.1 gets it.
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let (refuser, thread) = Refuser::start(closer).map_err(|e| TlsError::Load {
-            what: "refuser thread",
-            path: PathBuf::new(),
-            source: e,
-        })?;
-        let tls = Tls {
-            config: Arc::new(config),
-            current,
-            source,
-            pin,
-            refuser,
-        };
-        Ok((tls, thread))
+        Ok((Arc::new(config), current, pin))
     }
 
     /// A new server-side TLS connection state, for one accepted socket.
