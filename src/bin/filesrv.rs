@@ -22,7 +22,11 @@ use signal_hook::iterator::Signals;
 /// Serve a directory over TCP to filesrv clients (fsc, nc, any program),
 /// at most MAX_RUNNING at a time; later clients wait in a queue.
 #[derive(Debug, Parser)]
-#[command(version, after_help = AFTER_HELP)]
+#[command(
+    version,
+    after_help = AFTER_HELP,
+    override_usage = "filesrv <PORT> <MAX_RUNNING> [OPTIONS]\n       filesrv --hash-password < password"
+)]
 struct Args {
     /// TCP port to listen on (0 picks a free one).
     #[arg(required_unless_present = "hash_password")]
