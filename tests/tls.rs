@@ -370,3 +370,47 @@ fn the_library_client_connects_by_pin_and_ca_and_logs_in() {
     assert!(ClientTls::pin("sha256//short").is_err());
     server.shutdown();
 }
+
+/// HAProxy in front, sending a PROXY v2 header and then speaking TLS to
+/// the server (its `ssl` server option): the header names each client
+/// inside TLS, and the per-source cap applies to it.
+#[test]
+fn haproxy_sends_proxy_headers_then_tls_and_each_client_keeps_its_cap() {
+    use std::net::Ipv4Addr;
+
+    use crate::support::{Conn, HaProxy, TestServer, connect_from};
+
+    let t = TestServer::start("tls-haproxy", |c| {
+        c.tls_self_signed(true)
+            .proxy_from(["127.0.0.1/32".parse().unwrap()])
+            .max_per_source(1)
+    });
+    t.dir.write("notes.txt", NOTES);
+    let haproxy = HaProxy::start(
+        "haproxy-tls",
+        &format!(
+            "global\n\
+             \x20   stats socket @STATS@ mode 600 level admin\n\
+             defaults\n\
+             \x20   mode tcp\n\
+             \x20   timeout connect 5s\n\
+             \x20   timeout client 30s\n\
+             \x20   timeout server 30s\n\
+             frontend fe\n\
+             \x20   bind @FRONTEND@\n\
+             \x20   default_backend be\n\
+             backend be\n\
+             \x20   server s1 {} send-proxy-v2 ssl verify none\n",
+            t.addr()
+        ),
+    );
+    let through = |from| Conn::from_stream(connect_from(from, haproxy.addr()).unwrap());
+    let two = Ipv4Addr::new(127, 0, 0, 2);
+    let mut first = through(two);
+    first.assert_get("notes.txt", NOTES);
+    let mut other = through(Ipv4Addr::new(127, 0, 0, 3));
+    other.assert_get("notes.txt", NOTES);
+    // The first client's cap holds: refused inside TLS, relayed in clear.
+    let mut again = through(two);
+    again.expect_err("busy");
+}
