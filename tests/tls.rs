@@ -386,23 +386,9 @@ fn haproxy_sends_proxy_headers_then_tls_and_each_client_keeps_its_cap() {
             .max_per_source(1)
     });
     t.dir.write("notes.txt", NOTES);
-    let haproxy = HaProxy::start(
+    let haproxy = HaProxy::forwarding(
         "haproxy-tls",
-        &format!(
-            "global\n\
-             \x20   stats socket @STATS@ mode 600 level admin\n\
-             defaults\n\
-             \x20   mode tcp\n\
-             \x20   timeout connect 5s\n\
-             \x20   timeout client 30s\n\
-             \x20   timeout server 30s\n\
-             frontend fe\n\
-             \x20   bind @FRONTEND@\n\
-             \x20   default_backend be\n\
-             backend be\n\
-             \x20   server s1 {} send-proxy-v2 ssl verify none\n",
-            t.addr()
-        ),
+        &format!("{} send-proxy-v2 ssl verify none", t.addr()),
     );
     let through = |from| Conn::from_stream(connect_from(from, haproxy.addr()).unwrap());
     let two = Ipv4Addr::new(127, 0, 0, 2);
