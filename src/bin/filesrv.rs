@@ -22,13 +22,18 @@ use signal_hook::iterator::Signals;
 /// Serve a directory over TCP to filesrv clients (fsc, nc, any program),
 /// at most MAX_RUNNING at a time; later clients wait in a queue.
 #[derive(Debug, Parser)]
-#[command(version, after_help = AFTER_HELP)]
+#[command(
+    version,
+    after_help = AFTER_HELP,
+    override_usage = "filesrv <PORT> <MAX_RUNNING> [OPTIONS]\n       filesrv --hash-password < password"
+)]
 struct Args {
     /// TCP port to listen on (0 picks a free one).
-    port: u16,
+    #[arg(required_unless_present = "hash_password")]
+    port: Option<u16>,
     /// Clients served at the same time; later ones wait in a queue.
-    #[arg(value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
-    max_running: u64,
+    #[arg(value_parser = clap::value_parser!(u64).range(1..=1 << 20), required_unless_present = "hash_password")]
+    max_running: Option<u64>,
     /// Directory served; nothing outside it is ever read or written.
     #[arg(long, value_name = "DIR", default_value = ".")]
     root: PathBuf,
@@ -93,6 +98,35 @@ struct Args {
     /// maxconn:N`, or `drain` while shutting down.
     #[arg(long, value_name = "ADDR")]
     agent: Option<SocketAddr>,
+    /// PEM certificate (chain): the port speaks TLS; needs --tls-key.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Speak TLS with a certificate generated at start; its pin is printed
+    /// as one stderr line.
+    #[arg(long)]
+    tls_self_signed: bool,
+    /// Extra DNS name for --tls-self-signed (repeatable).
+    #[arg(long, value_name = "NAME")]
+    tls_name: Vec<String>,
+    /// Users, password hashes and rights: `name:hash[:ro|rw,root=DIR]`.
+    #[arg(long, value_name = "FILE")]
+    users: Option<PathBuf>,
+    /// With --users: GET, LIST, STAT and SUM served before AUTH.
+    #[arg(long)]
+    anonymous_read: bool,
+    /// Accept passwords on plaintext connections from non-loopback peers.
+    #[arg(long)]
+    allow_plain_auth: bool,
+    /// Failed logins per source per 60 s before AUTH is refused unchecked;
+    /// 0 = no limit.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    max_auth_failures: usize,
+    /// Read a password from stdin, print its argon2id hash, exit.
+    #[arg(long)]
+    hash_password: bool,
     /// Log to stderr: -v connections and requests, -vv debug details.
     /// RUST_LOG works too.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -108,9 +142,10 @@ Examples:
 Under systemd, a listening socket passed by socket activation
 (LISTEN_FDS) is served instead of PORT, and readiness and stopping are
 notified (NOTIFY_SOCKET). Silent unless -v is given (-v sets the level
-over RUST_LOG). SIGINT, SIGTERM or SIGHUP stop it gracefully: waiting
+over RUST_LOG). SIGINT or SIGTERM stop it gracefully: waiting
 clients get `ERR unavailable`, running ones may finish within
---shutdown-grace, then it exits 0. Start-up errors exit 1.";
+--shutdown-grace, then it exits 0. SIGHUP reloads the users file and
+the TLS certificate. Start-up errors exit 1.";
 
 /// A SECS value: fractions allowed; 0 means "none".
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -169,18 +204,35 @@ fn init_logging(verbose: u8) {
     logger.init();
 }
 
+/// `--hash-password`: one line of stdin in, its argon2id hash out.
+fn hash_password() -> Result<(), Box<dyn std::error::Error>> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    println!("{}", filesrv::protocol::hash_password(password.as_bytes())?);
+    Ok(())
+}
+
 fn run(args: Args, mut passed: ListenFd) -> Result<(), Box<dyn std::error::Error>> {
+    if args.hash_password {
+        return hash_password();
+    }
     init_logging(args.verbose);
     // Installed before serving: a write past RLIMIT_FSIZE must fail with
     // EFBIG (answered `ERR internal`), not kill the server.
     signal_hook::flag::register(SIGXFSZ, Arc::new(AtomicBool::new(false)))?;
     // SIGHUP (the terminal closed) stops gracefully too, as SIGTERM does.
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    let (port, max_running) = match (args.port, args.max_running) {
+        (Some(port), Some(max_running)) => (port, max_running),
+        _ => return Err("PORT and MAX_RUNNING are required".into()),
+    };
     // One descriptor per waiting client: take what the hard limit allows.
     if let Err(e) = filesrv::protocol::raise_descriptor_limit() {
         log::warn!("cannot raise the open-descriptor limit: {e}");
     }
-    let max_running = usize::try_from(args.max_running)?;
+    let max_running = usize::try_from(max_running)?;
     let config = ServerConfig::new(args.root)
         .max_running(max_running)
         .max_waiting(args.max_waiting)
@@ -198,13 +250,26 @@ fn run(args: Args, mut passed: ListenFd) -> Result<(), Box<dyn std::error::Error
         .shutdown_grace(args.shutdown_grace.0.unwrap_or(Duration::ZERO))
         .proxy_from(args.proxy_from)
         .metrics(args.metrics)
-        .agent(args.agent);
+        .agent(args.agent)
+        .tls_cert(args.tls_cert)
+        .tls_key(args.tls_key)
+        .tls_self_signed(args.tls_self_signed)
+        .tls_names(args.tls_name)
+        .users(args.users)
+        .anonymous_read(args.anonymous_read)
+        .allow_plain_auth(args.allow_plain_auth)
+        .max_auth_failures(args.max_auth_failures);
     // Socket activation: the listening socket systemd passed (PORT and
     // --bind are then ignored); it outlives a restart, with its backlog.
     let server = match passed.take_tcp_listener(0)? {
         Some(listener) => Server::from_listener(listener, config)?,
-        None => Server::bind(SocketAddr::new(args.bind, args.port), config)?,
+        None => Server::bind(SocketAddr::new(args.bind, port), config)?,
     };
+    if args.tls_self_signed
+        && let Some(pin) = server.tls_pin()
+    {
+        eprintln!("filesrv: certificate pin {pin}");
+    }
     // Under systemd (Type=notify): ready now, stopping on a signal. Without
     // NOTIFY_SOCKET these do nothing.
     let _ = sd_notify::notify(&[NotifyState::Ready]);
@@ -214,8 +279,14 @@ fn run(args: Args, mut passed: ListenFd) -> Result<(), Box<dyn std::error::Error
     if let Some(addr) = server.agent_addr() {
         log::info!("agent-check on {addr}");
     }
-    if let Some(signal) = signals.forever().next() {
+    for signal in signals.forever() {
+        if signal == SIGHUP {
+            log::info!("SIGHUP: reloading the users and the certificate");
+            server.reload();
+            continue;
+        }
         log::info!("signal {signal}: shutting down");
+        break;
     }
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
     let report = server.shutdown();

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use filesrv::protocol::wire::EntryKind;
-use filesrv::protocol::{Client, ClientError, TransferOptions};
+use filesrv::protocol::{Client, ClientError, ClientTls, TransferOptions};
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
 /// Exit status when the server refused the request.
@@ -36,10 +36,13 @@ Examples:
   fsc localhost:9000 get notes.txt - | less
   fsc localhost:9000 sum docs/report.pdf | sha256sum -c
   fsc localhost:9000 put backup.tar archive/backup.tar
+  fsc --pin sha256//BASE64 localhost:9000 ls     TLS, trusting one server key
+  FSC_PASSWORD=... fsc --tls --user alice files.example.org:9000 ls
 
 Exit status:
   0  success
-  1  the server refused the request (its `ERR <code> <message>` reply is shown)
+  1  the server refused the request (its `ERR <code> <message>` reply is
+     shown), or failed TLS verification (unknown CA, wrong name or pin)
   2  bad usage, no connection, a broken transfer, or a local file error"
 )]
 struct Cli {
@@ -47,6 +50,26 @@ struct Cli {
     /// many seconds (fractions allowed; 0 waits forever).
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
     timeout: Duration,
+
+    /// Speak TLS, trusting the system's CA certificates (unless --ca or
+    /// --pin says otherwise).
+    #[arg(long)]
+    tls: bool,
+
+    /// TLS, trusting only the CA certificates in this PEM file (a
+    /// self-signed server certificate works).
+    #[arg(long, value_name = "FILE", conflicts_with = "pin")]
+    ca: Option<PathBuf>,
+
+    /// TLS, trusting only a server whose public key has this pin, as
+    /// `filesrv --tls-self-signed` prints it (curl's --pinnedpubkey).
+    #[arg(long, value_name = "sha256//BASE64")]
+    pin: Option<String>,
+
+    /// Log in as NAME; the password comes from FSC_PASSWORD, or is asked
+    /// for on the terminal without echo. Never give it on the command line.
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
 
     /// The server, as HOST:PORT (e.g. localhost:9000 or [::1]:9000).
     #[arg(value_name = "HOST:PORT")]
@@ -135,7 +158,7 @@ impl From<ClientError> for Failure {
 impl Failure {
     fn exit_code(&self) -> u8 {
         match self {
-            Failure::Client(ClientError::Server { .. }) => EXIT_REFUSED,
+            Failure::Client(ClientError::Server { .. } | ClientError::Tls { .. }) => EXIT_REFUSED,
             _ => EXIT_FAILED,
         }
     }
@@ -181,13 +204,19 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), Failure> {
     // Every argument is checked before connecting.
     let command = Plan::new(cli.command)?;
+    let tls = trust(cli.tls, cli.ca.as_deref(), cli.pin.as_deref())?;
+    let password = cli.user.as_ref().map(|_| password()).transpose()?;
     // On the command line 0 waits forever; in the library that is "no
     // timeout", not a zero one.
-    let mut client = if cli.timeout.is_zero() {
-        Client::connect(&cli.server)?
-    } else {
-        Client::connect_timeout(&cli.server, cli.timeout)?
+    let timeout = (!cli.timeout.is_zero()).then_some(cli.timeout);
+    let mut client = match (&tls, timeout) {
+        (Some(tls), timeout) => Client::connect_tls(&cli.server, timeout, tls)?,
+        (None, None) => Client::connect(&cli.server)?,
+        (None, Some(timeout)) => Client::connect_timeout(&cli.server, timeout)?,
     };
+    if let (Some(user), Some(password)) = (&cli.user, password) {
+        client.login(user, password.as_bytes())?;
+    }
     client.set_notice(|message| eprintln!("fsc: {message}"));
     match command {
         Plan::Get {
@@ -304,6 +333,55 @@ impl Plan {
             Command::Stat { path } => Plan::Stat { path },
         })
     }
+}
+
+/// Whom to trust, if TLS is asked for (by --tls, --ca or --pin).
+fn trust(tls: bool, ca: Option<&Path>, pin: Option<&str>) -> Result<Option<ClientTls>, Failure> {
+    let trust = match (ca, pin) {
+        (Some(ca), _) => ClientTls::ca_file(ca),
+        (None, Some(pin)) => ClientTls::pin(pin),
+        (None, None) if tls => ClientTls::platform(),
+        (None, None) => return Ok(None),
+    };
+    trust.map(Some).map_err(|e| {
+        let mut message = e.to_string();
+        if let Some(cause) = e.source() {
+            let _ = write!(message, ": {cause}");
+        }
+        Failure::Usage(message)
+    })
+}
+
+/// The password for --user: FSC_PASSWORD, or asked for on the terminal
+/// with echo off.
+fn password() -> Result<String, Failure> {
+    if let Ok(password) = std::env::var("FSC_PASSWORD") {
+        return Ok(password);
+    }
+    let failed = |e: io::Error| Failure::Usage(format!("cannot ask for the password: {e}"));
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .map_err(|e| {
+            Failure::Usage(format!(
+                "--user needs FSC_PASSWORD or a terminal to ask on: {e}"
+            ))
+        })?;
+    let saved = rustix::termios::tcgetattr(&tty).map_err(|e| failed(e.into()))?;
+    let mut quiet = saved.clone();
+    quiet.local_modes.remove(rustix::termios::LocalModes::ECHO);
+    rustix::termios::tcsetattr(&tty, rustix::termios::OptionalActions::Flush, &quiet)
+        .map_err(|e| failed(e.into()))?;
+    let mut line = String::new();
+    let asked = (&tty)
+        .write_all(b"Password: ")
+        .and_then(|()| io::BufRead::read_line(&mut io::BufReader::new(&tty), &mut line));
+    let _ = rustix::termios::tcsetattr(&tty, rustix::termios::OptionalActions::Flush, &saved);
+    let _ = (&tty).write_all(b"\n");
+    asked.map_err(failed)?;
+    let line = line.strip_suffix('\n').unwrap_or(&line);
+    Ok(line.strip_suffix('\r').unwrap_or(line).to_owned())
 }
 
 /// The last component of a remote path, to name the local copy after.

@@ -10,6 +10,7 @@ use std::time::Duration;
 use sha2::{Digest as _, Sha256};
 
 use super::checksum::sum_prefix;
+use super::client_tls::{ClientStream, ClientTls};
 use super::wire::{ErrorCode, FileSum, ListEntry, Stat, encode_name, number};
 use crate::util::chunk_len;
 
@@ -50,8 +51,8 @@ const MAX_REPLY: u64 = 64 * 1024;
 /// # }
 /// ```
 pub struct Client {
-    /// The connection; requests are written through `get_ref`.
-    reader: BufReader<TcpStream>,
+    /// The connection; requests are written through `get_mut`.
+    reader: BufReader<ClientStream>,
     /// Told about each transfer's progress.
     progress: Option<Box<dyn FnMut(Progress) + Send>>,
     /// Told about what a call did unasked (see [`Client::set_notice`]).
@@ -194,6 +195,17 @@ pub enum ClientError {
         /// The server's sum.
         remote: FileSum,
     },
+    /// The TLS handshake failed: the server's certificate is not trusted
+    /// (unknown CA, wrong name, wrong pin) or TLS failed otherwise.
+    /// Nothing was sent to the server.
+    #[error("TLS handshake with {addr} failed")]
+    Tls {
+        /// The server's address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
     /// The server closed the connection before the end of an announced body.
     #[error("transfer cut short: got {got} of {expected} bytes")]
     Truncated {
@@ -217,7 +229,7 @@ impl Client {
     /// - [`ClientError::Connect`] if no address accepts the connection,
     ///   with the last address's error.
     pub fn connect(addr: impl ToSocketAddrs) -> Result<Client, ClientError> {
-        Client::connect_any(addr, None)
+        Client::connect_any(addr, None, None)
     }
 
     /// Connects to a server, trying each address `addr` resolves to for at
@@ -233,12 +245,53 @@ impl Client {
         addr: impl ToSocketAddrs,
         timeout: Duration,
     ) -> Result<Client, ClientError> {
-        Client::connect_any(addr, Some(timeout))
+        Client::connect_any(addr, Some(timeout), None)
+    }
+
+    /// Connects to a server that speaks TLS, trusting what `tls` says, as
+    /// [`connect_timeout`](Client::connect_timeout) does (`None`: no time
+    /// limit). `addr` is `HOST:PORT`; HOST is the name the certificate
+    /// must hold (unless `tls` trusts a pin).
+    ///
+    /// The handshake is complete, and the server verified, before this
+    /// returns: nothing is sent to a server that fails verification.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::connect`], and [`ClientError::Tls`] if the handshake
+    /// fails (wrong pin, unknown CA, name mismatch, no TLS on the port).
+    pub fn connect_tls(
+        addr: &str,
+        timeout: Option<Duration>,
+        tls: &ClientTls,
+    ) -> Result<Client, ClientError> {
+        let host = match addr.rsplit_once(':') {
+            Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']'),
+            None => addr,
+        };
+        Client::connect_any(addr, timeout, Some((tls, host)))
+    }
+
+    /// Logs in as `name` with `AUTH`; later paths are the user's.
+    ///
+    /// # Errors
+    ///
+    /// - [`ClientError::Server`] with `denied` for a wrong name or password
+    ///   or a throttled source, `forbidden` on a plaintext connection the
+    ///   server refuses passwords on, `bad-request` if the server has no
+    ///   users;
+    /// - [`ClientError::Io`] if the connection fails or times out.
+    pub fn login(&mut self, name: &str, password: &[u8]) -> Result<(), ClientError> {
+        self.exchange(|client| {
+            let line = format!("AUTH {} {}\n", field(name), encode_name(password));
+            client.request(&line).map(drop)
+        })
     }
 
     fn connect_any(
         addr: impl ToSocketAddrs,
         timeout: Option<Duration>,
+        tls: Option<(&ClientTls, &str)>,
     ) -> Result<Client, ClientError> {
         let addrs = addr.to_socket_addrs().map_err(ClientError::Resolve)?;
         let mut last = None;
@@ -252,17 +305,29 @@ impl Client {
                 stream.set_nodelay(true)?;
                 stream.set_read_timeout(timeout)?;
                 stream.set_write_timeout(timeout)?;
-                Ok(Client {
-                    reader: BufReader::new(stream),
-                    progress: None,
-                    notice: None,
-                    closed: false,
-                })
+                Ok(stream)
             });
-            match connected {
-                Ok(client) => return Ok(client),
-                Err(source) => last = Some(ClientError::Connect { addr, source }),
-            }
+            let stream = match connected {
+                Ok(stream) => stream,
+                Err(source) => {
+                    last = Some(ClientError::Connect { addr, source });
+                    continue;
+                }
+            };
+            let stream = match tls {
+                None => ClientStream::Plain(stream),
+                // A failed verification is final: no other address is
+                // tried with the same trust.
+                Some((tls, host)) => tls
+                    .handshake(host, stream)
+                    .map_err(|source| ClientError::Tls { addr, source })?,
+            };
+            return Ok(Client {
+                reader: BufReader::new(stream),
+                progress: None,
+                notice: None,
+                closed: false,
+            });
         }
         Err(last.unwrap_or_else(|| {
             ClientError::Resolve(io::Error::new(
@@ -283,7 +348,7 @@ impl Client {
     /// [`ClientError::Io`] if the system refuses the setting (a zero
     /// duration among others).
     pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), ClientError> {
-        let stream = self.reader.get_ref();
+        let stream = self.reader.get_ref().socket();
         stream
             .set_read_timeout(timeout)
             .and_then(|()| stream.set_write_timeout(timeout))
@@ -667,7 +732,7 @@ impl Client {
         if matches!(&result, Err(error) if !matches!(error, ClientError::Server { .. })) {
             self.closed = true;
             // Tells the server too, so that it drops a half-sent upload.
-            let _ = self.reader.get_ref().shutdown(Shutdown::Both);
+            let _ = self.reader.get_ref().socket().shutdown(Shutdown::Both);
         }
         result
     }
@@ -757,7 +822,8 @@ impl Client {
     /// without reading on, so a failed write is followed by a look for that
     /// answer.
     fn send(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        let Err(error) = self.reader.get_ref().write_all(bytes) else {
+        let stream = self.reader.get_mut();
+        let Err(error) = stream.write_all(bytes).and_then(|()| stream.flush()) else {
             return Ok(());
         };
         match self.reply() {
@@ -811,7 +877,7 @@ impl Client {
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("peer", &self.reader.get_ref().peer_addr().ok())
+            .field("peer", &self.reader.get_ref().socket().peer_addr().ok())
             .field("closed", &self.closed)
             .finish_non_exhaustive()
     }

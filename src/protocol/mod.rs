@@ -44,8 +44,14 @@
 
 mod checksum;
 mod client;
+mod client_tls;
+mod pin;
 mod server;
 pub mod wire;
 
 pub use client::{Client, ClientError, Progress, TransferOptions};
-pub use server::{LingeringCloser, Server, ServerConfig, ServerError, raise_descriptor_limit};
+pub use client_tls::{ClientTls, ClientTlsError};
+pub use server::{
+    LingeringCloser, Server, ServerConfig, ServerError, TlsError, UsersError, hash_password,
+    raise_descriptor_limit,
+};

@@ -198,23 +198,9 @@ fn curl_sends_a_v1_header_that_is_honoured() {
 #[test]
 fn haproxy_send_proxy_v2_gives_each_client_its_own_cap() {
     let t = serve("proxy-haproxy", |c| c);
-    let haproxy = HaProxy::start(
+    let haproxy = HaProxy::forwarding(
         "haproxy-v2",
-        &format!(
-            "global\n\
-             \x20   stats socket @STATS@ mode 600 level admin\n\
-             defaults\n\
-             \x20   mode tcp\n\
-             \x20   timeout connect 5s\n\
-             \x20   timeout client 30s\n\
-             \x20   timeout server 30s\n\
-             frontend fe\n\
-             \x20   bind @FRONTEND@\n\
-             \x20   default_backend be\n\
-             backend be\n\
-             \x20   server s1 {} send-proxy-v2 check inter 100ms\n",
-            t.addr()
-        ),
+        &format!("{} send-proxy-v2 check inter 100ms", t.addr()),
     );
     let through = |from| {
         let stream: TcpStream = connect_from(from, haproxy.addr()).unwrap();

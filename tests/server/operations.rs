@@ -16,9 +16,11 @@ fn command(dir: &TempDir, max_running: usize, args: &[&str]) -> Command {
     command
 }
 
+/// SIGTERM, not SIGHUP: SIGHUP reloads the users and the certificate
+/// (see tests/users.rs), as the command-line contract has it.
 #[test]
-fn sighup_shuts_down_gracefully_and_removes_temporary_files() {
-    let dir = TempDir::new("ops-sighup");
+fn sigterm_shuts_down_gracefully_and_removes_temporary_files() {
+    let dir = TempDir::new("ops-sigterm");
     dir.write("file.txt", "abc");
     let args = ["--allow-put", "--max-waiting", "1"];
     let mut server = ChildServer::spawn(command(&dir, 1, &args));
@@ -29,7 +31,7 @@ fn sighup_shuts_down_gracefully_and_removes_temporary_files() {
     // Accepted in order: once a third is refused, the second waits in
     // the queue, not in the backlog a stopping server leaves alone.
     server.connect().expect_final_err("busy");
-    server.signal(Signal::HUP);
+    server.signal(Signal::TERM);
     waiting.expect_last_err("unavailable");
     // The upload in progress is cut when the grace ends (it never
     // finishes: its client sends nothing more) ... or when its client

@@ -900,13 +900,17 @@ fn waiting_client_is_served_once_a_slot_frees() {
 
 #[test]
 fn a_waiting_client_that_hung_up_is_dropped_unrun() {
-    let t = serve("abandoned", |c| c.max_running(1));
+    let t = serve("abandoned", |c| c.max_running(1).max_waiting(2));
     let mut first = t.connect();
     first.assert_get("notes.txt", NOTES);
     // Queued behind `first`, then gone before its turn.
-    drop(t.connect());
+    let gone = t.connect();
     let mut third = t.connect();
     third.send(b"GET notes.txt\nQUIT\n");
+    // Both are in the queue: it is full. (Without this, the one that hung
+    // up could be accepted only after `first` left, and run at once.)
+    t.connect().expect_final_err("busy");
+    drop(gone);
     quit(&mut first);
     // FIFO: the one that hung up reached the head before `third` ran.
     get_notes_body(&mut third);

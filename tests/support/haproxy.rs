@@ -24,6 +24,29 @@ pub(crate) struct HaProxy {
 }
 
 impl HaProxy {
+    /// Starts haproxy in TCP mode, forwarding its frontend to one backend
+    /// server described by `server` (`ADDR` and its options, such as
+    /// `send-proxy-v2` or `ssl verify none`), with a stats socket.
+    pub(crate) fn forwarding(label: &str, server: &str) -> HaProxy {
+        HaProxy::start(
+            label,
+            &format!(
+                "global\n\
+                 \x20   stats socket @STATS@ mode 600 level admin\n\
+                 defaults\n\
+                 \x20   mode tcp\n\
+                 \x20   timeout connect 5s\n\
+                 \x20   timeout client 30s\n\
+                 \x20   timeout server 30s\n\
+                 frontend fe\n\
+                 \x20   bind @FRONTEND@\n\
+                 \x20   default_backend be\n\
+                 backend be\n\
+                 \x20   server s1 {server}\n"
+            ),
+        )
+    }
+
     /// Starts haproxy on `config`, in which `@FRONTEND@` stands for the
     /// frontend's address (`fd@N`) and `@STATS@` for the stats socket's
     /// path.

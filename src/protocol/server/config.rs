@@ -22,7 +22,8 @@ use crate::admission::{Admission as _, And, MaxWaiting, PerKeyCap, QueueTimeout}
 /// of 500 bytes/s, uploads off (1 GiB limit when on), 10 s shutdown grace,
 /// hidden names not served, at most 100,000 entries per LIST, no trusted
 /// proxies (a PROXY header deadline of 5 s once there are some), no
-/// metrics or agent listener.
+/// metrics or agent listener, no TLS, no users (10 failed logins per
+/// source per minute once there are some).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ServerConfig {
@@ -76,6 +77,29 @@ pub struct ServerConfig {
     pub(crate) metrics: Option<SocketAddr>,
     /// Where to answer HAProxy's `agent-check`; `None`: nowhere.
     pub(crate) agent: Option<SocketAddr>,
+    /// PEM certificate chain: with [`tls_key`](ServerConfig::tls_key), the
+    /// port speaks TLS. Both or neither.
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of
+    /// [`tls_cert`](ServerConfig::tls_cert).
+    pub(crate) tls_key: Option<PathBuf>,
+    /// Speak TLS with a certificate generated at start (for `localhost`,
+    /// the bound address and [`tls_names`](ServerConfig::tls_names)); its
+    /// pin is [`Server::tls_pin`](crate::protocol::Server::tls_pin).
+    pub(crate) tls_self_signed: bool,
+    /// Extra DNS names of a generated certificate.
+    pub(crate) tls_names: Vec<String>,
+    /// The users file; `None`: everyone is anonymous.
+    pub(crate) users: Option<PathBuf>,
+    /// With users: GET, LIST, STAT and SUM are served before `AUTH`, on
+    /// the whole served root.
+    pub(crate) anonymous_read: bool,
+    /// Accept `AUTH` on plaintext connections from peers that are not
+    /// loopback (TLS ended at a trusted proxy).
+    pub(crate) allow_plain_auth: bool,
+    /// Failed logins per source within 60 s before `AUTH` is refused
+    /// without a check; 0: no limit.
+    pub(crate) max_auth_failures: usize,
 }
 
 impl ServerConfig {
@@ -101,6 +125,14 @@ impl ServerConfig {
             proxy_timeout: Duration::from_secs(5),
             metrics: None,
             agent: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_self_signed: false,
+            tls_names: Vec::new(),
+            users: None,
+            anonymous_read: false,
+            allow_plain_auth: false,
+            max_auth_failures: 10,
         }
     }
 
@@ -254,6 +286,55 @@ impl ServerConfig {
         Ok(())
     }
 
+    /// Sets [`tls_cert`](ServerConfig::tls_cert) (default none).
+    pub fn tls_cert(mut self, path: Option<PathBuf>) -> Self {
+        self.tls_cert = path;
+        self
+    }
+
+    /// Sets [`tls_key`](ServerConfig::tls_key) (default none).
+    pub fn tls_key(mut self, path: Option<PathBuf>) -> Self {
+        self.tls_key = path;
+        self
+    }
+
+    /// Sets [`tls_self_signed`](ServerConfig::tls_self_signed) (default off).
+    pub fn tls_self_signed(mut self, generate: bool) -> Self {
+        self.tls_self_signed = generate;
+        self
+    }
+
+    /// Sets [`tls_names`](ServerConfig::tls_names) (default none).
+    pub fn tls_names(mut self, names: impl IntoIterator<Item = String>) -> Self {
+        self.tls_names = names.into_iter().collect();
+        self
+    }
+
+    /// Sets [`users`](ServerConfig::users) (default none).
+    pub fn users(mut self, path: Option<PathBuf>) -> Self {
+        self.users = path;
+        self
+    }
+
+    /// Sets [`anonymous_read`](ServerConfig::anonymous_read) (default off).
+    pub fn anonymous_read(mut self, open: bool) -> Self {
+        self.anonymous_read = open;
+        self
+    }
+
+    /// Sets [`allow_plain_auth`](ServerConfig::allow_plain_auth) (default off).
+    pub fn allow_plain_auth(mut self, allow: bool) -> Self {
+        self.allow_plain_auth = allow;
+        self
+    }
+
+    /// Sets [`max_auth_failures`](ServerConfig::max_auth_failures)
+    /// (default 10; 0 for no limit).
+    pub fn max_auth_failures(mut self, n: usize) -> Self {
+        self.max_auth_failures = n;
+        self
+    }
+
     pub(crate) fn admission(&self) -> Policy {
         let per_source = match self.max_per_source {
             0 => usize::MAX,
@@ -312,6 +393,12 @@ pub enum ServerError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// The TLS certificate or key is missing, unreadable or unusable.
+    #[error("cannot set up TLS")]
+    Tls(#[source] super::tls::TlsError),
+    /// The users file could not be loaded.
+    #[error("cannot load the users")]
+    Users(#[source] super::users::UsersError),
     /// A thread could not be started, or the listener not set up.
     #[error("cannot start the server")]
     Start(#[source] io::Error),

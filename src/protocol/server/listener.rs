@@ -20,6 +20,9 @@ use super::proxy::{Handshake, Handshakes, NoHeader};
 use super::session::{ServerState, Session, reply_error};
 use super::sidecar::Sidecar;
 use super::sockopt;
+use super::tls::{Tls, TlsError, TlsSource};
+use super::users::Users;
+use super::watch;
 use crate::protocol::wire::ErrorCode;
 use crate::util::{Backoff, lock};
 use crate::{Manager, ManagerBuilder, ShutdownReport, Stats};
@@ -76,6 +79,10 @@ struct Threads {
     /// The PROXY header thread, when there are trusted proxies.
     handshake: Option<JoinHandle<()>>,
     closer: JoinHandle<()>,
+    /// The TLS refuser, when the port speaks TLS.
+    tls: Option<JoinHandle<()>>,
+    /// The watcher of the users file and the certificate files.
+    watch: Option<JoinHandle<()>>,
     /// The metrics and agent listeners, stopped last.
     sidecars: Sidecars,
     /// Dropped to wake the accepting thread from an error back-off.
@@ -117,6 +124,10 @@ impl Server {
     /// - [`ServerError::Root`]: the root is missing or not a directory;
     /// - [`ServerError::Bind`]: the address is in use or not available;
     /// - [`ServerError::BindExtra`]: so is the metrics or agent address;
+    /// - [`ServerError::Tls`]: the certificate or key is missing,
+    ///   unreadable or unusable, or only one of them was given;
+    /// - [`ServerError::Users`]: the users file is unreadable or has a bad
+    ///   line;
     /// - [`ServerError::Start`]: a thread could not be started.
     pub fn bind(addr: SocketAddr, config: ServerConfig) -> Result<Server, ServerError> {
         let root = open_root(&config)?;
@@ -159,6 +170,15 @@ impl Server {
         listener.set_nonblocking(true).map_err(ServerError::Start)?;
         sockopt::set_inherited(&listener, &config).map_err(ServerError::Start)?;
         let (closer, closer_thread) = Closer::start("filesrv").map_err(ServerError::Start)?;
+        let secured = secure(&config, &root, local_addr, &closer);
+        let (tls, tls_thread, users) = match secured {
+            Ok(secured) => secured,
+            Err(e) => {
+                closer.stop();
+                let _ = closer_thread.join();
+                return Err(e);
+            }
+        };
         let builder = ManagerBuilder::new(config.max_running)
             .admission(config.admission())
             .busy_idle_timeout(config.busy_idle_timeout)
@@ -171,6 +191,8 @@ impl Server {
             config,
             closer,
             metrics: Metrics::default(),
+            tls,
+            users,
         });
         let manager = builder.build().map_err(ServerError::Start)?;
         let inner = Arc::new(Listening {
@@ -195,6 +217,20 @@ impl Server {
             }
         };
         let sidecars = inner.start_sidecars()?;
+        let watched = inner.watched_files();
+        let watch = if watched.is_empty() {
+            None
+        } else {
+            let reloading = inner.clone();
+            let stop = inner.stop_event.try_clone().map_err(ServerError::Start)?;
+            match watch::watch(&watched, stop, move || reloading.reload()) {
+                Ok(thread) => Some(thread),
+                Err(e) => {
+                    log::warn!("cannot watch the users and certificate files: {e}");
+                    None
+                }
+            }
+        };
         let metrics_addr = sidecars.metrics.as_ref().map(Sidecar::local_addr);
         let agent_addr = sidecars.agent.as_ref().map(Sidecar::local_addr);
         let (wake, woken) = crossbeam_channel::bounded(0);
@@ -223,10 +259,26 @@ impl Server {
                 accept,
                 handshake,
                 closer: closer_thread,
+                tls: tls_thread,
+                watch,
                 sidecars,
                 wake,
             })),
         })
+    }
+
+    /// The pin of the TLS certificate in use at start,
+    /// `sha256//<base64 SHA-256 of its SubjectPublicKeyInfo>` (curl's
+    /// `--pinnedpubkey` format); `None` without TLS.
+    pub fn tls_pin(&self) -> Option<&str> {
+        self.inner.state.tls.as_ref().map(Tls::pin)
+    }
+
+    /// Reads the users file and the TLS certificate and key again, as a
+    /// change of those files does: for connections and logins after it.
+    /// What fails to load keeps the old one, with a warning.
+    pub fn reload(&self) {
+        self.inner.reload();
     }
 
     /// The address the server listens on (with the real port when bound
@@ -291,6 +343,8 @@ impl Server {
             accept,
             handshake,
             closer,
+            tls,
+            watch,
             sidecars,
             wake,
         }) = threads.take()
@@ -305,6 +359,15 @@ impl Server {
                 let _ = handshake.join();
             }
             inner.manager.shutdown(grace);
+            if let Some(watch) = watch {
+                let _ = watch.join();
+            }
+            // Refusals inside TLS end within their bound, then go to the
+            // closer.
+            if let (Some(state), Some(thread)) = (&inner.state.tls, tls) {
+                state.stop();
+                let _ = thread.join();
+            }
             // Every session is done: nothing else reaches the closer.
             inner.state.closer.stop();
             let _ = closer.join();
@@ -320,6 +383,40 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// TLS, its refuser thread, and the users, as the settings ask.
+type Secured = (Option<Tls>, Option<JoinHandle<()>>, Option<Users>);
+
+/// TLS (with its refuser thread) and the users, as the settings ask.
+fn secure(
+    config: &ServerConfig,
+    root: &Root,
+    local_addr: SocketAddr,
+    closer: &Closer,
+) -> Result<Secured, ServerError> {
+    let users = config
+        .users
+        .as_deref()
+        .map(|path| Users::load(path, root, config.max_auth_failures))
+        .transpose()
+        .map_err(ServerError::Users)?;
+    let source = match (&config.tls_cert, &config.tls_key, config.tls_self_signed) {
+        (None, None, false) => return Ok((None, None, users)),
+        (Some(_), Some(_), true) => return Err(ServerError::Tls(TlsError::Conflict)),
+        (Some(cert), Some(key), false) => TlsSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        (None, None, true) => {
+            let mut names = vec![local_addr.ip().to_string()];
+            names.extend(config.tls_names.iter().cloned());
+            TlsSource::SelfSigned(names)
+        }
+        _ => return Err(ServerError::Tls(TlsError::Incomplete)),
+    };
+    let (tls, thread) = Tls::start(source, closer.clone())?;
+    Ok((Some(tls), Some(thread), users))
 }
 
 fn open_root(config: &ServerConfig) -> Result<Root, ServerError> {
@@ -385,6 +482,25 @@ impl Listening {
 }
 
 impl Listening {
+    /// The files a change of which is reloaded.
+    fn watched_files(&self) -> Vec<std::path::PathBuf> {
+        let state = &self.state;
+        let mut files: Vec<_> = state.users.iter().map(|u| u.path().to_owned()).collect();
+        if let Some((cert, key)) = state.tls.as_ref().and_then(Tls::files) {
+            files.extend([cert.to_owned(), key.to_owned()]);
+        }
+        files
+    }
+
+    fn reload(&self) {
+        if let Some(tls) = &self.state.tls {
+            tls.reload();
+        }
+        if let Some(users) = &self.state.users {
+            users.reload(&self.state.root);
+        }
+    }
+
     /// Starts the metrics and agent listeners that the settings ask for.
     fn start_sidecars(self: &Arc<Self>) -> Result<Sidecars, ServerError> {
         let config = &self.state.config;

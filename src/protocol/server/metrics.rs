@@ -84,6 +84,39 @@ pub(crate) struct Metrics {
     /// Trusted connections refused in the PROXY handshake, by
     /// [`NoHeader`]; they never reach the manager's counts.
     proxy_refused: [AtomicU64; 4],
+    /// `AUTH`s, by [`LoginResult`].
+    logins: [AtomicU64; 4],
+    /// Password hashes checked (throttled logins are not).
+    password_checks: Counter,
+    /// TLS connections that ended before their handshake completed.
+    tls_handshakes_failed: Counter,
+}
+
+/// How an `AUTH` ended, for the `logins` counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LoginResult {
+    Ok,
+    Denied,
+    Throttled,
+    PlaintextRefused,
+}
+
+impl LoginResult {
+    const ALL: [LoginResult; 4] = [
+        LoginResult::Ok,
+        LoginResult::Denied,
+        LoginResult::Throttled,
+        LoginResult::PlaintextRefused,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            LoginResult::Ok => "ok",
+            LoginResult::Denied => "denied",
+            LoginResult::Throttled => "throttled",
+            LoginResult::PlaintextRefused => "plaintext-refused",
+        }
+    }
 }
 
 impl Metrics {
@@ -107,6 +140,21 @@ impl Metrics {
             Some(Request::Get { .. } | Request::List { .. }) => self.bytes_sent.inc_by(bytes),
             _ => 0,
         };
+    }
+
+    /// An `AUTH` was answered.
+    pub(crate) fn login(&self, result: LoginResult) {
+        self.logins[result as usize].fetch_add(1, Relaxed);
+    }
+
+    /// A password hash was checked.
+    pub(crate) fn password_checked(&self) {
+        self.password_checks.inc();
+    }
+
+    /// A TLS connection ended before its handshake completed.
+    pub(crate) fn tls_handshake_failed(&self) {
+        self.tls_handshakes_failed.inc();
     }
 
     /// A trusted connection was refused in the PROXY handshake.
@@ -173,6 +221,16 @@ pub(crate) fn encode(metrics: &Metrics, stats: &Stats, max_running: usize) -> St
             "Body bytes received (PUT)",
             &metrics.bytes_received,
         ),
+        (
+            "password_checks",
+            "Password hashes checked by AUTH (throttled logins are not)",
+            &metrics.password_checks,
+        ),
+        (
+            "tls_handshakes_failed",
+            "TLS connections that ended before their handshake completed",
+            &metrics.tls_handshakes_failed,
+        ),
     ];
     for (name, help, counter) in counters {
         registry.register(name, help, counter.clone());
@@ -186,6 +244,7 @@ pub(crate) fn encode(metrics: &Metrics, stats: &Stats, max_running: usize) -> St
         stats: *stats,
         max_running,
         proxy_refused: metrics.proxy_refused.each_ref().map(|c| c.load(Relaxed)),
+        logins: metrics.logins.each_ref().map(|c| c.load(Relaxed)),
     }));
     let mut text = String::new();
     prometheus_client::encoding::prometheus_text::encode(&mut text, &registry)
@@ -199,6 +258,7 @@ struct Snapshot {
     stats: Stats,
     max_running: usize,
     proxy_refused: [u64; 4],
+    logins: [u64; 4],
 }
 
 impl Collector for Snapshot {
@@ -264,6 +324,11 @@ impl Collector for Snapshot {
                     .map(|&r| (proxy_label(r), self.proxy_refused[proxy_index(r)])),
             )
             .collect();
+        let logins: Vec<_> = LoginResult::ALL
+            .iter()
+            .map(|&r| (r.label(), self.logins[r as usize]))
+            .collect();
+        family(e, "logins", "AUTH requests, by result", "result", &logins)?;
         family(
             e,
             "refusals",

@@ -15,9 +15,15 @@ mod readbuf;
 mod session;
 mod sidecar;
 mod sockopt;
+mod stream;
+mod tls;
 mod transfer;
+mod users;
+mod watch;
 
 pub use closer::LingeringCloser;
 pub use config::{ServerConfig, ServerError};
 pub use limits::raise_descriptor_limit;
 pub use listener::Server;
+pub use tls::TlsError;
+pub use users::{UsersError, hash_password};

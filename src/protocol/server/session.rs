@@ -13,25 +13,31 @@ use rustix::net::{RecvFlags, SendFlags};
 use super::closer::Closer;
 use super::config::ServerConfig;
 use super::fs::{FsError, Root};
-use super::metrics::Answer;
-use super::metrics::Metrics;
+use super::metrics::{Answer, LoginResult, Metrics};
 use super::pace::Pace;
 use super::readbuf::ReadBuf;
 use super::sockopt::{Cork, ReadTimeout};
-use super::transfer::{Sent, is_timeout, send_all, send_body};
+use super::stream::SessionStream;
+use super::tls::Tls;
+use super::transfer::{Sent, copy_body, is_timeout, send_all, send_body};
+use super::users::{Login, User, Users, plain_auth_allowed};
 use crate::protocol::checksum::sum_prefix_until;
-use crate::protocol::wire::{ErrorCode, MAX_LINE, RelPath, Request, parse_request, printable_line};
+use crate::protocol::wire::{
+    ErrorCode, MAX_LINE, Password, RelPath, Request, parse_request, printable_line,
+};
 use crate::util::{chunk_len, lock, time_left};
 use crate::{Handler, HandlerContext, MakeRoom, Refusal, Stop};
 
 /// What every session of one server shares: the root, the settings, the
-/// closer and the metrics.
+/// closer, the metrics, and TLS and the users when configured.
 #[derive(Debug)]
 pub(crate) struct ServerState {
     pub(crate) root: Root,
     pub(crate) config: ServerConfig,
     pub(crate) closer: Closer,
     pub(crate) metrics: Metrics,
+    pub(crate) tls: Option<Tls>,
+    pub(crate) users: Option<Users>,
 }
 
 /// The protocol handler for one accepted connection.
@@ -63,7 +69,7 @@ impl Handler for Session {
             self.peer,
             began - ctx.queued_at()
         );
-        let mut conn = Connection::new(self, ctx);
+        let mut conn = Connection::new(self, ctx)?;
         let result = conn.serve(ctx);
         log::info!(
             "{}: closed after {} requests in {:?}",
@@ -102,7 +108,11 @@ impl Handler for Session {
     fn refused(self, reason: Refusal) {
         log::info!("{}: refused: {reason}", self.peer);
         let line = refusal_line(reason);
-        self.shared.closer.refuse(self.stream, line.as_bytes());
+        match &self.shared.tls {
+            // Inside TLS, if the handshake completes in time.
+            Some(tls) => tls.refuse(self.stream, line.as_bytes()),
+            None => self.shared.closer.refuse(self.stream, line.as_bytes()),
+        }
     }
 }
 
@@ -133,7 +143,15 @@ enum End {
 
 /// A running session: its socket, its read buffer and its counters.
 struct Connection {
+    /// The socket: timeouts, the cork, shutdown, `sendfile`.
     stream: Arc<TcpStream>,
+    /// What requests are read from and replies written to: the socket, or
+    /// TLS over it.
+    io: SessionStream,
+    /// Logged in with `AUTH`.
+    user: Option<Arc<User>>,
+    /// `AUTH`s refused on this connection; the third closes it.
+    failed_logins: u32,
     peer: SocketAddr,
     shared: Arc<ServerState>,
     /// Whether a request is being served; the stop hook reads it to
@@ -152,7 +170,7 @@ struct Connection {
 const LIST_BUF: usize = 64 * 1024;
 
 impl Connection {
-    fn new(session: Session, ctx: &HandlerContext) -> Connection {
+    fn new(session: Session, ctx: &HandlerContext) -> io::Result<Connection> {
         let Session {
             stream,
             peer,
@@ -162,6 +180,12 @@ impl Connection {
         // no duplicate descriptor, and the socket stays open (its number
         // never reused) until the last of them is gone.
         let stream = Arc::new(stream);
+        // The TLS handshake happens on the first read, within the idle
+        // deadline of the first request.
+        let io = match &shared.tls {
+            Some(tls) => SessionStream::tls(stream.clone(), tls.accept()?),
+            None => SessionStream::plain(stream.clone()),
+        };
         // The write timeout (the stall timeout) and TCP_NODELAY came with
         // the socket from the listener.
         let read_timeout = ReadTimeout::inherited(&shared.config);
@@ -186,8 +210,11 @@ impl Connection {
                 let _ = hook_stream.shutdown(Shutdown::Read);
             }
         });
-        Connection {
+        Ok(Connection {
             stream,
+            io,
+            user: None,
+            failed_logins: 0,
             peer,
             shared,
             busy,
@@ -197,7 +224,7 @@ impl Connection {
             start: 0,
             end: 0,
             requests: 0,
-        }
+        })
     }
 
     fn config(&self) -> &ServerConfig {
@@ -259,8 +286,8 @@ impl Connection {
             }
             let began = Instant::now();
             // Rendered now: an upload body reuses the buffer the line is in.
-            let shown = log::log_enabled!(log::Level::Info)
-                .then(|| printable_line(&self.buf[line.clone()]));
+            let shown =
+                log::log_enabled!(log::Level::Info).then(|| loggable(&self.buf[line.clone()]));
             let parsed = parse_request(&self.buf[line]);
             let outcome = match &parsed {
                 Ok(request) => self.execute(request, ctx),
@@ -273,8 +300,12 @@ impl Connection {
             *lock(&self.busy) = false;
             let outcome = outcome?;
             log::info!(
-                "{}: {} -> {} {} bytes in {:?}",
+                "{}{}: {} -> {} {} bytes in {:?}",
                 self.peer,
+                self.user
+                    .as_ref()
+                    .map(|user| format!(" ({})", user.name()))
+                    .unwrap_or_default(),
                 shown.unwrap_or_default(),
                 outcome.code,
                 outcome.bytes,
@@ -289,10 +320,17 @@ impl Connection {
     }
 
     /// Closes the connection the way `end` says.
-    fn finish(self, result: io::Result<End>) -> io::Result<()> {
+    fn finish(mut self, result: io::Result<End>) -> io::Result<()> {
+        if self.io.is_handshaking() {
+            self.shared.metrics.tls_handshake_failed();
+        }
         match result {
-            Ok(End::AfterError) => self.shared.closer.close(self.stream),
+            Ok(End::AfterError) => {
+                self.io.close_notify();
+                self.shared.closer.close(self.stream);
+            }
             Ok(End::Quietly) => {
+                self.io.close_notify();
                 let _ = self.stream.shutdown(Shutdown::Write);
             }
             Ok(End::Abruptly) => {}
@@ -325,8 +363,27 @@ impl Connection {
         Ok(End::AfterError)
     }
 
+    /// Sends an `ERR` line; nothing while a TLS handshake is incomplete,
+    /// since nothing can reach the client then.
     fn send_error(&mut self, code: ErrorCode, message: &str) -> io::Result<()> {
-        (&*self.stream).write_all(reply_error(code, message).as_bytes())
+        if self.io.is_handshaking() {
+            return Ok(());
+        }
+        self.send(reply_error(code, message).as_bytes())
+    }
+
+    /// Writes a reply (or part of one) and sends it on.
+    fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.io.write_all(bytes)?;
+        self.io.flush()
+    }
+
+    /// The root requests resolve beneath: the user's, or the served one.
+    fn root(&self) -> &Root {
+        self.user
+            .as_ref()
+            .and_then(|user| user.root())
+            .unwrap_or(&self.shared.root)
     }
 
     /// Reads up to the next `\n` within [`MAX_LINE`] bytes, by `deadline`.
@@ -368,7 +425,7 @@ impl Connection {
             }
             self.read_timeout.set(&self.stream, timeout)?;
             self.cork.release(&self.stream)?;
-            match (&*self.stream).read(&mut self.buf[self.end..]) {
+            match self.io.read(&mut self.buf[self.end..]) {
                 Ok(0) => {
                     return Ok(Line::Eof {
                         partial: self.end > self.start,
@@ -377,12 +434,24 @@ impl Connection {
                 Ok(n) => self.end += n,
                 Err(e) if is_timeout(&e) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // A handshake cut by the stop or make-room hooks (a read
+                // shut down) ends as an idle read does.
+                Err(_) if self.io.is_handshaking() && self.stop_or_room(ctx) => {
+                    return Ok(Line::Eof { partial: false });
+                }
                 Err(e) => return Err(e),
             }
         }
     }
 
+    fn stop_or_room(&self, ctx: &HandlerContext) -> bool {
+        ctx.stop_requested().is_some() || ctx.make_room_requested().is_some()
+    }
+
     fn execute(&mut self, request: &Request, ctx: &HandlerContext) -> io::Result<Outcome> {
+        if let Some(refusal) = self.access_refusal(request) {
+            return refusal;
+        }
         if let Some(refusal) = self.hidden_refusal(request) {
             return refusal;
         }
@@ -392,11 +461,89 @@ impl Connection {
             Request::List { path } => self.list(path),
             Request::Stat { path } => self.stat(path),
             Request::Sum { path, length } => self.sum(path, *length, ctx),
+            Request::Auth { name, password } => self.auth(name, password),
             Request::Quit => {
-                (&*self.stream).write_all(b"OK bye\n")?;
+                self.send(b"OK bye\n")?;
                 Ok(Outcome::new(Answer::Ok, 0, Some(End::Quietly)))
             }
         }
+    }
+
+    /// With users: before `AUTH`, only `AUTH` and `QUIT` (and reads with
+    /// `--anonymous-read`); after it, PUT needs the `rw` right.
+    fn access_refusal(&mut self, request: &Request) -> Option<io::Result<Outcome>> {
+        self.shared.users.as_ref()?;
+        let is_put = matches!(request, Request::Put { .. });
+        let (code, message) = match &self.user {
+            Some(user) if is_put && self.config().allow_put && !user.may_write() => {
+                (ErrorCode::Forbidden, "this user may not upload")
+            }
+            Some(_) => return None,
+            None => match request {
+                Request::Auth { .. } | Request::Quit => return None,
+                Request::Get { .. }
+                | Request::List { .. }
+                | Request::Stat { .. }
+                | Request::Sum { .. }
+                    if self.config().anonymous_read =>
+                {
+                    return None;
+                }
+                _ => (ErrorCode::Denied, "authentication required"),
+            },
+        };
+        Some(if is_put {
+            // A refused PUT closes: its body cannot be skipped.
+            self.fail(code, message)
+                .map(|end| Outcome::new(Answer::Err(code), 0, Some(end)))
+        } else {
+            self.refuse(&FsError::new(code, message))
+        })
+    }
+
+    /// `AUTH`: the plaintext rule, then the throttle, then the hash check.
+    fn auth(&mut self, name: &str, password: &Password) -> io::Result<Outcome> {
+        let shared = self.shared.clone();
+        let Some(users) = &shared.users else {
+            return self.refuse(&FsError::new(
+                ErrorCode::BadRequest,
+                "authentication is not configured",
+            ));
+        };
+        if self.user.is_some() {
+            return self.refuse(&FsError::new(ErrorCode::BadRequest, "already logged in"));
+        }
+        let metrics = &shared.metrics;
+        if !plain_auth_allowed(
+            self.io.is_tls(),
+            self.peer.ip(),
+            self.config().allow_plain_auth,
+        ) {
+            metrics.login(LoginResult::PlaintextRefused);
+            return self.refuse(&FsError::new(ErrorCode::Forbidden, "AUTH needs TLS"));
+        }
+        let login = users.authenticate(self.peer.ip(), name, password.as_bytes(), || {
+            metrics.password_checked();
+        });
+        let (result, message) = match login {
+            Login::Ok(user) => {
+                metrics.login(LoginResult::Ok);
+                log::info!("{}: logged in as {}", self.peer, user.name());
+                self.send(format!("OK {}\n", user.name()).as_bytes())?;
+                self.user = Some(user);
+                return Ok(Outcome::new(Answer::Ok, 0, None));
+            }
+            Login::Denied => (LoginResult::Denied, "bad credentials"),
+            Login::Throttled => (LoginResult::Throttled, "too many failed logins"),
+        };
+        metrics.login(result);
+        self.failed_logins += 1;
+        if self.failed_logins >= MAX_FAILED_LOGINS {
+            return self
+                .fail(ErrorCode::Denied, message)
+                .map(|end| Outcome::new(Answer::Err(ErrorCode::Denied), 0, Some(end)));
+        }
+        self.refuse(&FsError::new(ErrorCode::Denied, message))
     }
 
     /// Hidden names, unless served: as if absent, and PUT is forbidden
@@ -426,7 +573,7 @@ impl Connection {
     }
 
     fn get(&mut self, path: &RelPath, offset: u64, ctx: &HandlerContext) -> io::Result<Outcome> {
-        let (file, metadata) = match self.shared.root.open_file(path) {
+        let (file, metadata) = match self.root().open_file(path) {
             Ok(opened) => opened,
             Err(e) => return self.refuse(&e),
         };
@@ -437,13 +584,23 @@ impl Connection {
         };
         let header = format!("OK {count}\n");
         if count == 0 {
-            (&*self.stream).write_all(header.as_bytes())?;
+            self.send(header.as_bytes())?;
             return Ok(Outcome::new(Answer::Ok, 0, None));
         }
-        // Held back (MSG_MORE) so the header leaves in one segment with the
-        // start of the body.
-        send_all(&self.stream, header.as_bytes(), SendFlags::MORE)?;
-        match send_body(&self.stream, &file, offset, count, self.config())? {
+        let sent = match self.io.plain_socket() {
+            Some(socket) => {
+                // Held back (MSG_MORE) so the header leaves in one segment
+                // with the start of the body.
+                send_all(socket, header.as_bytes(), SendFlags::MORE)?;
+                send_body(socket, &file, offset, count, self.config())?
+            }
+            // TLS: no sendfile; the header goes in the first record batch.
+            None => {
+                self.io.write_all(header.as_bytes())?;
+                copy_body(&mut self.io, &file, offset, offset + count, count)?
+            }
+        };
+        match sent {
             Sent::All => Ok(Outcome::new(Answer::Ok, count, None)),
             Sent::Short(sent) => {
                 log::info!("{}: {path} shrank while being sent", self.peer);
@@ -472,7 +629,7 @@ impl Connection {
         if size > self.config().max_upload {
             return refuse(self, ErrorCode::TooLarge, "upload exceeds the size limit");
         }
-        let temp = match self.shared.root.create_temp(path) {
+        let temp = match self.root().create_temp(path) {
             Ok(temp) => temp,
             Err(e) => return refuse(self, e.code(), e.message()),
         };
@@ -498,7 +655,7 @@ impl Connection {
             let message = e.message();
             return refuse(self, e.code(), message);
         }
-        (&*self.stream).write_all(format!("OK {size}\n").as_bytes())?;
+        self.send(format!("OK {size}\n").as_bytes())?;
         Ok(Outcome::new(Answer::Ok, size, None))
     }
 
@@ -529,7 +686,7 @@ impl Connection {
             self.cork.release(&self.stream)?;
             let room = &mut self.buf[self.end..];
             let want = chunk_len(left, room.len());
-            let n = match (&*self.stream).read(&mut room[..want]) {
+            let n = match self.io.read(&mut room[..want]) {
                 Ok(0) => return Ok(Received::Gone),
                 Ok(n) => n,
                 Err(e) if is_timeout(&e) => continue,
@@ -548,8 +705,7 @@ impl Connection {
     fn list(&mut self, path: &RelPath) -> io::Result<Outcome> {
         let config = self.config();
         let listing = self
-            .shared
-            .root
+            .root()
             .list(path, config.hidden, config.max_list_entries);
         let listing = match listing {
             Ok(listing) => listing,
@@ -563,8 +719,9 @@ impl Connection {
         };
         // Streamed through a small buffer: the reply text is never held
         // whole.
-        let mut out = io::BufWriter::with_capacity(LIST_BUF, &*self.stream);
+        let mut out = io::BufWriter::with_capacity(LIST_BUF, &mut self.io);
         let bytes = listing.write_reply(&mut out)?;
+        out.flush()?;
         Ok(Outcome::new(Answer::Ok, bytes, None))
     }
 
@@ -574,7 +731,7 @@ impl Connection {
         length: Option<u64>,
         ctx: &HandlerContext,
     ) -> io::Result<Outcome> {
-        let (file, metadata) = match self.shared.root.open_file(path) {
+        let (file, metadata) = match self.root().open_file(path) {
             Ok(opened) => opened,
             Err(e) => return self.refuse(&e),
         };
@@ -590,7 +747,7 @@ impl Connection {
         let cut = || ctx.stop_requested() == Some(Stop::Now);
         match sum_prefix_until(&file, length, &cut) {
             Ok(sum) => {
-                (&*self.stream).write_all(format!("OK {sum}\n").as_bytes())?;
+                self.send(format!("OK {sum}\n").as_bytes())?;
                 Ok(Outcome::new(Answer::Ok, sum.len, None))
             }
             Err(_) if cut() => Ok(Outcome::new(Answer::CutByShutdown, 0, Some(End::Abruptly))),
@@ -599,14 +756,31 @@ impl Connection {
     }
 
     fn stat(&mut self, path: &RelPath) -> io::Result<Outcome> {
-        match self.shared.root.stat(path) {
+        match self.root().stat(path) {
             Ok(entry) => {
-                (&*self.stream).write_all(format!("OK {entry}\n").as_bytes())?;
+                self.send(format!("OK {entry}\n").as_bytes())?;
                 Ok(Outcome::new(Answer::Ok, 0, None))
             }
             Err(e) => self.refuse(&e),
         }
     }
+}
+
+/// `AUTH`s refused on one connection before it is closed.
+const MAX_FAILED_LOGINS: u32 = 3;
+
+/// A request line as the log shows it: an `AUTH`'s password left out,
+/// even from a line that does not parse.
+fn loggable(raw: &[u8]) -> String {
+    let is_auth = raw.len() > 5 && raw[..5].eq_ignore_ascii_case(b"AUTH ");
+    if !is_auth {
+        return printable_line(raw);
+    }
+    let name_end = raw[5..]
+        .iter()
+        .position(|&b| b == b' ')
+        .map_or(raw.len(), |i| 5 + i);
+    format!("{} ***", printable_line(&raw[..name_end]))
 }
 
 enum Line {

@@ -101,7 +101,7 @@ fn send_file(
                 if pace.is_some() {
                     rustix::io::ioctl_fionbio(stream, false)?;
                 }
-                return copy_body(stream, file, offset, end, count);
+                return copy_body(&mut &*stream, file, offset, end, count);
             }
             // A stall (the send timeout, or the pace's deadline) or a
             // vanished client.
@@ -111,10 +111,12 @@ fn send_file(
     Ok(Sent::All)
 }
 
-/// The fallback for files `sendfile(2)` cannot read: sends the bytes from
-/// `offset` to `end`, the last `count` bytes of which are the body.
-fn copy_body(
-    mut stream: &TcpStream,
+/// The fallback for files `sendfile(2)` cannot read, and the way bodies
+/// go through TLS: sends the bytes from `offset` to `end`, the last
+/// `count` bytes of which are the body. A write that fails (the stall
+/// timeout as the socket's send timeout, or a client gone) is a stall.
+pub(super) fn copy_body(
+    stream: &mut dyn Write,
     file: &File,
     mut offset: u64,
     end: u64,
@@ -131,7 +133,11 @@ fn copy_body(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        if stream.write_all(&buf[..n]).is_err() {
+        if stream
+            .write_all(&buf[..n])
+            .and_then(|()| stream.flush())
+            .is_err()
+        {
             return Ok(Sent::Stalled(sent(offset)));
         }
         offset += n as u64;

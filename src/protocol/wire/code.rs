@@ -34,13 +34,16 @@ pub enum ErrorCode {
     Unavailable,
     /// `timeout`: no complete request in time, or a stalled upload body.
     Timeout,
+    /// `denied`: authentication required, bad credentials, or too many
+    /// failed logins from the client's network.
+    Denied,
     /// `internal`: an I/O error on the server side.
     Internal,
 }
 
 impl ErrorCode {
     /// Every code, in the order of the protocol's table.
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 10] = [
         ErrorCode::BadRequest,
         ErrorCode::NotFound,
         ErrorCode::Forbidden,
@@ -49,6 +52,7 @@ impl ErrorCode {
         ErrorCode::Busy,
         ErrorCode::Unavailable,
         ErrorCode::Timeout,
+        ErrorCode::Denied,
         ErrorCode::Internal,
     ];
 
@@ -63,6 +67,7 @@ impl ErrorCode {
             ErrorCode::Busy => "busy",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Timeout => "timeout",
+            ErrorCode::Denied => "denied",
             ErrorCode::Internal => "internal",
         }
     }

@@ -14,4 +14,4 @@ pub use path::{PathError, RelPath, encode_name, percent_decode};
 pub(crate) use path::{RESERVED_PREFIX, printable_line};
 pub(crate) use reply::list_line;
 pub use reply::{EntryKind, FileSum, ListEntry, MalformedReply, Stat};
-pub use request::{MAX_LINE, Request, RequestError, parse_request};
+pub use request::{MAX_LINE, Password, Request, RequestError, parse_request};

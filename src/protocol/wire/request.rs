@@ -1,7 +1,7 @@
 //! The request-line parser: bytes in, a [`Request`] or a [`RequestError`] out.
 
 use super::number::number;
-use super::{ErrorCode, PathError, RelPath};
+use super::{ErrorCode, PathError, RelPath, percent_decode};
 
 /// The longest request line, counting every byte up to and including `\n`.
 ///
@@ -44,8 +44,42 @@ pub enum Request {
         /// How many bytes from the start to hash; `None` for the whole file.
         length: Option<u64>,
     },
+    /// `AUTH <name> <password>`: log in as a user of the server's users
+    /// file.
+    Auth {
+        /// The user's name, as written (never percent-decoded).
+        name: String,
+        /// The password: the rest of the line after the name,
+        /// percent-decoded.
+        password: Password,
+    },
     /// `QUIT`: say goodbye and close.
     Quit,
+}
+
+/// The password of an `AUTH` request: raw bytes that are never shown.
+///
+/// Its `Debug` prints `Password(..)`, so a logged or printed request never
+/// carries the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(Vec<u8>);
+
+impl Password {
+    /// Wraps the decoded bytes of a password.
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Password {
+        Password(bytes.into())
+    }
+
+    /// The password's bytes, for a hash verifier.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(..)")
+    }
 }
 
 impl Request {
@@ -57,12 +91,12 @@ impl Request {
             | Request::List { path }
             | Request::Stat { path }
             | Request::Sum { path, .. } => Some(path),
-            Request::Quit => None,
+            Request::Auth { .. } | Request::Quit => None,
         }
     }
 
     /// The verb as the protocol spells it, upper case: `GET`, `PUT`,
-    /// `LIST`, `STAT`, `SUM` or `QUIT`.
+    /// `LIST`, `STAT`, `SUM`, `AUTH` or `QUIT`.
     pub fn verb(&self) -> &'static str {
         match self {
             Request::Get { .. } => "GET",
@@ -70,6 +104,7 @@ impl Request {
             Request::List { .. } => "LIST",
             Request::Stat { .. } => "STAT",
             Request::Sum { .. } => "SUM",
+            Request::Auth { .. } => "AUTH",
             Request::Quit => "QUIT",
         }
     }
@@ -180,6 +215,12 @@ fn parse_text(line: &str) -> Result<Request, RequestError> {
     if line.bytes().any(|b| b < 0x20 || b == 0x7F) {
         return Err(RequestError::bad("control character in request line"));
     }
+    // The password is the rest of the line, spaces included.
+    if let Some((verb, rest)) = line.split_once(' ')
+        && verb.eq_ignore_ascii_case("AUTH")
+    {
+        return parse_auth(rest);
+    }
     let fields: Vec<&str> = line.split(' ').collect();
     if fields.contains(&"") {
         return Err(RequestError::bad(
@@ -227,8 +268,23 @@ fn parse_text(line: &str) -> Result<Request, RequestError> {
         ("STAT", _) => return Err(RequestError::bad("usage: STAT <path>")),
         ("SUM", _) => return Err(RequestError::bad("usage: SUM <path> [<length>]")),
         ("QUIT", _) => return Err(RequestError::bad("usage: QUIT")),
+        ("AUTH", _) => return Err(RequestError::bad(AUTH_USAGE)),
         _ => return Err(RequestError::bad("unknown verb")),
     })
+}
+
+const AUTH_USAGE: &str = "usage: AUTH <name> <password>";
+
+/// `<name> <password>`: the name up to the next space, the password the
+/// rest of the line, percent-decoded.
+fn parse_auth(rest: &str) -> Result<Request, RequestError> {
+    match rest.split_once(' ') {
+        Some((name, password)) if !name.is_empty() => Ok(Request::Auth {
+            name: name.to_owned(),
+            password: Password::new(percent_decode(password.as_bytes())?),
+        }),
+        _ => Err(RequestError::bad(AUTH_USAGE)),
+    }
 }
 
 fn parse_path(field: &str) -> Result<RelPath, RequestError> {
@@ -265,6 +321,29 @@ mod tests {
             String::from_utf8_lossy(line)
         );
         assert!(!error.message().is_empty() && !error.message().contains('\n'));
+    }
+
+    #[test]
+    fn auth_takes_the_rest_of_the_line_as_a_decoded_password() {
+        let auth = |name: &str, password: &[u8]| Request::Auth {
+            name: name.to_owned(),
+            password: Password::new(password),
+        };
+        assert_eq!(
+            parse_request(b"auth bob two words%21").unwrap(),
+            auth("bob", b"two words!")
+        );
+        assert_eq!(parse_request(b"AUTH bob ").unwrap(), auth("bob", b""));
+        assert_eq!(
+            parse_request(b"AUTH bob a  b").unwrap(),
+            auth("bob", b"a  b")
+        );
+        for bad in [&b"AUTH"[..], b"AUTH bob", b"AUTH  pw", b"AUTH bob p%zz"] {
+            refused(bad, ErrorCode::BadRequest, false);
+        }
+        // The secret never shows in a debug print.
+        let printed = format!("{:?}", parse_request(b"AUTH bob hunter2").unwrap());
+        assert!(!printed.contains("hunter2"), "{printed}");
     }
 
     #[test]

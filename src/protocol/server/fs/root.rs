@@ -54,6 +54,22 @@ impl Root {
         Ok(Root { fd, resolver })
     }
 
+    /// The directory `path` beneath this root, as a root of its own: a
+    /// user's root. It is resolved by the same rules as every request, so
+    /// it can never lie outside this root.
+    ///
+    /// # Errors
+    ///
+    /// As listed on [`Root`]; a path that is not a directory is
+    /// `not-found`.
+    pub(crate) fn open_beneath(&self, path: &RelPath) -> Result<Root, FsError> {
+        let fd = self.resolve(path, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        Ok(Root {
+            fd,
+            resolver: self.resolver,
+        })
+    }
+
     /// Opens a regular file for reading (GET).
     ///
     /// The file is opened with `O_NONBLOCK`, so a FIFO never blocks, and its

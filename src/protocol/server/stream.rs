@@ -1,0 +1,115 @@
+//! A session's byte stream: the TCP socket itself, or TLS over it.
+//!
+//! Whatever speaks a protocol on a connection reads and writes through a
+//! [`SessionStream`]. The socket stays reachable beside it for what is
+//! set or done on the socket whatever runs over it (timeouts, the cork,
+//! shutdown from another thread, polling), and, in plaintext only, for
+//! `sendfile`.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+
+use rustls::ServerConnection;
+
+/// The socket, shared with the hooks that shut it down from other
+/// threads, and the TLS state when the port speaks TLS.
+#[derive(Debug)]
+pub(crate) struct SessionStream {
+    socket: Arc<TcpStream>,
+    tls: Option<Box<ServerConnection>>,
+}
+
+impl SessionStream {
+    /// Plaintext over `socket`.
+    pub(crate) fn plain(socket: Arc<TcpStream>) -> SessionStream {
+        SessionStream { socket, tls: None }
+    }
+
+    /// TLS over `socket`, its handshake still to come: the first read or
+    /// write does it.
+    pub(crate) fn tls(socket: Arc<TcpStream>, conn: ServerConnection) -> SessionStream {
+        SessionStream {
+            socket,
+            tls: Some(Box::new(conn)),
+        }
+    }
+
+    /// Whether the connection speaks TLS.
+    pub(crate) fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Whether the TLS handshake is still to be completed (never in
+    /// plaintext): nothing can be said to the client yet.
+    pub(crate) fn is_handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(|tls| tls.is_handshaking())
+    }
+
+    /// The socket, when bytes written to it reach the client as they are
+    /// (plaintext): what `sendfile` needs.
+    pub(crate) fn plain_socket(&self) -> Option<&TcpStream> {
+        match self.tls {
+            None => Some(&self.socket),
+            Some(_) => None,
+        }
+    }
+
+    /// Ends TLS cleanly (close_notify), best effort; nothing in
+    /// plaintext or before the handshake completed.
+    pub(crate) fn close_notify(&mut self) {
+        if let Some(tls) = &mut self.tls
+            && !tls.is_handshaking()
+        {
+            tls.send_close_notify();
+            let mut socket = &*self.socket;
+            while tls.wants_write() {
+                if tls.write_tls(&mut socket).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The socket beneath, for polling (TLS or not).
+impl AsFd for SessionStream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
+impl Read for SessionStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut socket = &*self.socket;
+        match &mut self.tls {
+            None => socket.read(buf),
+            Some(tls) => match rustls::Stream::new(&mut **tls, &mut socket).read(buf) {
+                // A peer that closes without close_notify ends the stream
+                // as a plaintext close does: requests are framed, so no
+                // truncation goes unnoticed.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
+                other => other,
+            },
+        }
+    }
+}
+
+impl Write for SessionStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut socket = &*self.socket;
+        match &mut self.tls {
+            None => socket.write(buf),
+            Some(tls) => rustls::Stream::new(&mut **tls, &mut socket).write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let mut socket = &*self.socket;
+        match &mut self.tls {
+            None => Ok(()),
+            Some(tls) => rustls::Stream::new(&mut **tls, &mut socket).flush(),
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! Users and rights: a users file with an argon2id line from
+//! `filesrv --hash-password` and a bcrypt line from `htpasswd -nbB`,
+//! per-user roots and rights refused as the contract says, the log that
+//! names users and never passwords, reloads, and the throttle of guesses
+//! counted in password checks, not in time.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Command;
+
+use crate::server::metrics::sample;
+use crate::server::tls::{metrics_addr, scrape};
+use crate::support::{ChildServer, Conn, TempDir, connect_from, tools};
+
+const ALICE_PW: &str = "alice's pass phrase";
+const BOB_PW: &str = "b0b-secret";
+
+/// `filesrv --hash-password` of `password`.
+fn argon2_line(password: &str) -> String {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_filesrv"));
+    let out = tools::run_with_input(
+        command.arg("--hash-password"),
+        format!("{password}\n").as_bytes(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let hash = String::from_utf8(out.stdout).unwrap();
+    assert!(hash.starts_with("$argon2id$v=19$"), "{hash}");
+    hash.trim().to_owned()
+}
+
+/// `htpasswd -nbB name password`: `name:$2y$...`.
+fn htpasswd_line(name: &str, password: &str) -> String {
+    let out = Command::new(tools::require("htpasswd"))
+        .args(["-nbB", name, password])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Alice (argon2id, rw, root `alice/`) and Bob (bcrypt, ro, root `bob/`),
+/// with a file each, a public file, and in Alice's root a symlink to
+/// Bob's file.
+fn users_dir() -> TempDir {
+    let dir = TempDir::new("users");
+    dir.write("public.txt", "public\n");
+    dir.write("alice/a.txt", "alice\n");
+    dir.write("bob/b.txt", "bob\n");
+    dir.symlink("../bob/b.txt", "alice/link-to-bob");
+    let users = format!(
+        "# test users\n\nalice:{}:rw,root=alice\n{}:ro,root=bob\n",
+        argon2_line(ALICE_PW),
+        htpasswd_line("bob", BOB_PW)
+    );
+    std::fs::write(dir.path().join("users"), users).unwrap();
+    dir
+}
+
+fn serve(dir: &TempDir, extra: &[&str]) -> ChildServer {
+    let mut command = ChildServer::command(&dir.root(), 4);
+    command
+        .arg("--users")
+        .arg(dir.path().join("users"))
+        .args(extra);
+    ChildServer::spawn(command)
+}
+
+fn auth(c: &mut Conn, name: &str, password: &str) -> String {
+    let encoded = password.replace('%', "%25").replace(' ', "%20");
+    c.send(format!("AUTH {name} {encoded}\n").as_bytes());
+    c.line()
+}
+
+#[test]
+fn each_user_sees_only_its_root_with_its_rights() {
+    let dir = users_dir();
+    let server = serve(&dir, &["--allow-put"]);
+    let mut c = server.connect();
+    // Before AUTH: only AUTH and QUIT.
+    c.send(b"LIST\n");
+    assert!(c.line().starts_with("ERR denied authentication required"));
+    c.send(b"PUT x 1\n");
+    c.expect_final_err("denied");
+
+    let mut alice = server.connect();
+    assert_eq!(auth(&mut alice, "alice", ALICE_PW), "OK alice");
+    // The symlink leads out of her root: not listed.
+    alice.send(b"LIST\n");
+    assert_eq!(alice.line(), "OK 1");
+    assert_eq!(alice.line(), "f 6 a.txt");
+    alice.assert_get("a.txt", b"alice\n");
+    for refused in ["../bob/b.txt", "link-to-bob"] {
+        alice.send(format!("GET {refused}\n").as_bytes());
+        alice.expect_err("forbidden");
+    }
+    // Paths are hers: /bob is beneath her root, and there is none.
+    alice.send(b"GET /bob/b.txt\n");
+    alice.expect_err("not-found");
+    alice.send(b"GET public.txt\n");
+    alice.expect_err("not-found");
+    alice.send(b"PUT new.txt 3\nnew");
+    assert_eq!(alice.line(), "OK 3");
+    assert_eq!(dir.read("alice/new.txt"), b"new");
+    alice.send(format!("AUTH bob {BOB_PW}\n").as_bytes());
+    alice.expect_err("bad-request");
+
+    let mut bob = server.connect();
+    assert_eq!(auth(&mut bob, "bob", BOB_PW), "OK bob");
+    bob.assert_get("b.txt", b"bob\n");
+    bob.send(b"PUT b.txt 1\nx");
+    bob.expect_final_err("forbidden");
+
+    // Wrong password and unknown name: the same reply; the third failure
+    // closes.
+    let mut guess = server.connect();
+    assert_eq!(
+        auth(&mut guess, "alice", "wrong"),
+        "ERR denied bad credentials"
+    );
+    assert_eq!(
+        auth(&mut guess, "nobody", "wrong"),
+        "ERR denied bad credentials"
+    );
+    guess.send(b"AUTH bob wrong\n");
+    guess.expect_final_err("denied");
+
+    // The log names the user and never a password, not even a wrong one.
+    let line = server.wait_log("(alice): PUT new.txt").unwrap();
+    assert!(!line.contains(ALICE_PW));
+    drop(server);
+}
+
+#[test]
+fn the_log_never_shows_a_password() {
+    let dir = users_dir();
+    let server = serve(&dir, &[]);
+    let mut c = server.connect();
+    assert_eq!(auth(&mut c, "alice", ALICE_PW), "OK alice");
+    assert_eq!(
+        auth(&mut c, "bob", "hunter2 wrong"),
+        "ERR bad-request already logged in"
+    );
+    let mut d = server.connect();
+    assert_eq!(
+        auth(&mut d, "bob", "hunter2 wrong"),
+        "ERR denied bad credentials"
+    );
+    d.send(b"AUTH bob pass%zz\n");
+    d.expect_err("bad-request");
+    for (needle, secret) in [
+        ("AUTH alice", ALICE_PW),
+        ("AUTH bob", "hunter2"),
+        ("AUTH bob", "hunter2"),
+        ("AUTH bob", "pass%zz"),
+    ] {
+        let line = server.wait_log(needle).unwrap();
+        assert!(line.contains(&format!("{needle} ***")), "{line}");
+        assert!(!line.contains(secret), "{line}");
+    }
+}
+
+#[test]
+fn anonymous_read_serves_reads_before_auth_and_never_put() {
+    let dir = users_dir();
+    let server = serve(&dir, &["--anonymous-read", "--allow-put"]);
+    let mut c = server.connect();
+    c.assert_get("public.txt", b"public\n");
+    c.assert_get("bob/b.txt", b"bob\n");
+    c.send(b"PUT x 1\nx");
+    c.expect_final_err("denied");
+}
+
+#[test]
+fn uploads_need_both_allow_put_and_rw() {
+    let dir = users_dir();
+    let server = serve(&dir, &[]);
+    let mut alice = server.connect();
+    assert_eq!(auth(&mut alice, "alice", ALICE_PW), "OK alice");
+    alice.send(b"PUT new.txt 3\nnew");
+    alice.expect_final_err("forbidden");
+}
+
+#[test]
+fn a_changed_users_file_and_sighup_are_read_again() {
+    let dir = users_dir();
+    let server = serve(&dir, &[]);
+    let mut users = std::fs::read_to_string(dir.path().join("users")).unwrap();
+    users.push_str(&format!("carol:{}\n", argon2_line("carol pw")));
+    // Written beside and renamed over, as editors do.
+    std::fs::write(dir.path().join("users.new"), &users).unwrap();
+    std::fs::rename(dir.path().join("users.new"), dir.path().join("users")).unwrap();
+    server.wait_log("reloaded: 3 users").unwrap();
+    let mut c = server.connect();
+    assert_eq!(auth(&mut c, "carol", "carol pw"), "OK carol");
+    c.assert_get("public.txt", b"public\n");
+    // A broken file keeps the table loaded before.
+    std::fs::write(dir.path().join("users"), "carol:not-a-hash\n").unwrap();
+    server.wait_log("keeping the users loaded before").unwrap();
+    server.signal(rustix::process::Signal::HUP);
+    server.wait_log("keeping the users loaded before").unwrap();
+    let mut d = server.connect();
+    assert_eq!(auth(&mut d, "carol", "carol pw"), "OK carol");
+}
+
+#[test]
+fn a_thousand_guesses_check_only_the_limit_and_another_source_logs_in() {
+    const GUESSES: usize = 1000;
+    const LIMIT: usize = 10;
+    let dir = users_dir();
+    let server = serve(
+        &dir,
+        &[
+            "--max-auth-failures",
+            &LIMIT.to_string(),
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
+    let metrics = metrics_addr(&server);
+    let addr: SocketAddr = server.addr();
+    let guesser = Ipv4Addr::new(127, 0, 0, 1);
+    let mut answers = Vec::new();
+    let mut c = Conn::from_stream(connect_from(guesser, addr).unwrap());
+    for i in 0..GUESSES {
+        // Three failures close a connection: a new one for each three.
+        if i > 0 && i % 3 == 0 {
+            c.expect_closed();
+            c = Conn::from_stream(connect_from(guesser, addr).unwrap());
+        }
+        answers.push(auth(&mut c, "alice", &format!("guess {i}")));
+    }
+    assert!(
+        answers[..LIMIT]
+            .iter()
+            .all(|a| a == "ERR denied bad credentials")
+    );
+    assert!(
+        answers[LIMIT..]
+            .iter()
+            .all(|a| a == "ERR denied too many failed logins"),
+        "{:?}",
+        &answers[LIMIT..LIMIT + 3]
+    );
+    // Another source logs in at once, its guesser still throttled.
+    let mut other = Conn::from_stream(connect_from(Ipv4Addr::new(127, 0, 0, 2), addr).unwrap());
+    assert_eq!(auth(&mut other, "alice", ALICE_PW), "OK alice");
+    let mut again = Conn::from_stream(connect_from(guesser, addr).unwrap());
+    assert_eq!(
+        auth(&mut again, "alice", ALICE_PW),
+        "ERR denied too many failed logins"
+    );
+    let text = scrape(&metrics);
+    // The limit's checks and the other source's login: no more.
+    assert_eq!(
+        sample(&text, "filesrv_password_checks_total"),
+        (LIMIT + 1) as f64
+    );
+    assert_eq!(
+        sample(&text, "filesrv_logins_total{result=\"throttled\"}"),
+        (GUESSES - LIMIT + 1) as f64
+    );
+    assert_eq!(
+        sample(&text, "filesrv_logins_total{result=\"denied\"}"),
+        LIMIT as f64
+    );
+    assert_eq!(sample(&text, "filesrv_logins_total{result=\"ok\"}"), 1.0);
+}
