@@ -7,6 +7,7 @@ mod support;
 mod activation;
 mod cli;
 mod client;
+mod defer_accept;
 mod departures;
 mod deploy;
 mod hidden;

@@ -93,6 +93,11 @@ struct Args {
     /// maxconn:N`, or `drain` while shutting down.
     #[arg(long, value_name = "ADDR")]
     agent: Option<SocketAddr>,
+    /// Accept a connection only once its client has sent something, or
+    /// after about a second of silence (TCP_DEFER_ACCEPT, as nginx's
+    /// `deferred`); also set on a socket passed by systemd.
+    #[arg(long)]
+    defer_accept: bool,
     /// Log to stderr: -v connections and requests, -vv debug details.
     /// RUST_LOG works too.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -198,7 +203,8 @@ fn run(args: Args, mut passed: ListenFd) -> Result<(), Box<dyn std::error::Error
         .shutdown_grace(args.shutdown_grace.0.unwrap_or(Duration::ZERO))
         .proxy_from(args.proxy_from)
         .metrics(args.metrics)
-        .agent(args.agent);
+        .agent(args.agent)
+        .defer_accept(args.defer_accept);
     // Socket activation: the listening socket systemd passed (PORT and
     // --bind are then ignored); it outlives a restart, with its backlog.
     let server = match passed.take_tcp_listener(0)? {

@@ -19,7 +19,7 @@ use crate::{Admission as _, And, MaxWaiting, PerSourceCap, QueueTimeout};
 /// of 500 bytes/s, uploads off (1 GiB limit when on), 10 s shutdown grace,
 /// hidden names not served, at most 100,000 entries per LIST, no trusted
 /// proxies (a PROXY header deadline of 5 s once there are some), no
-/// metrics or agent listener.
+/// metrics or agent listener, no deferred accept.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ServerConfig {
@@ -73,6 +73,12 @@ pub struct ServerConfig {
     pub metrics: Option<SocketAddr>,
     /// Where to answer HAProxy's `agent-check`; `None`: nowhere.
     pub agent: Option<SocketAddr>,
+    /// Whether the listener defers accepting a connection until its
+    /// client has sent something (Linux's `TCP_DEFER_ACCEPT`, nginx's
+    /// `deferred`): a client that connects and waits before speaking is
+    /// accepted only once it speaks, or after about a second when the
+    /// kernel gives up waiting. Off: the listener is left as it is.
+    pub defer_accept: bool,
 }
 
 impl ServerConfig {
@@ -98,6 +104,7 @@ impl ServerConfig {
             proxy_timeout: Duration::from_secs(5),
             metrics: None,
             agent: None,
+            defer_accept: false,
         }
     }
 
@@ -248,6 +255,12 @@ impl ServerConfig {
     /// Sets [`agent`](ServerConfig::agent) (default none).
     pub fn agent(mut self, addr: Option<SocketAddr>) -> Self {
         self.agent = addr;
+        self
+    }
+
+    /// Sets [`defer_accept`](ServerConfig::defer_accept) (default off).
+    pub fn defer_accept(mut self, defer: bool) -> Self {
+        self.defer_accept = defer;
         self
     }
 
