@@ -8,10 +8,14 @@
 //!
 //! # Scenarios
 //!
-//! - `large`: one 1 GiB file of random bytes (page-cached), downloaded
-//!   whole, time from `connect` to the last byte, in GB/s (10⁹ bytes/s):
+//! - `large`: one 1 GiB file of random bytes, read through into the page
+//!   cache before every download and checked resident (`fincore`),
+//!   downloaded whole, time from `connect` to the last byte, in GB/s
+//!   (10⁹ bytes/s), the servers taking turns in each round:
 //!   - `filesrv`: a `GET` to [`Server`] (header with `MSG_MORE`, then
 //!     `sendfile`), the body read into a 256 KiB buffer and dropped;
+//!   - `nginx`: an HTTP/1.0 `GET` to the distribution's nginx
+//!     (`sendfile on`), the same reader;
 //!   - `bare sendfile` (the limit): no protocol, a thread that accepts and
 //!     `sendfile`s the file, the same reader;
 //!   - `Client::get_to(sink)`: the bundled client, 64 KiB reads into
@@ -45,11 +49,16 @@
 //! Every scenario runs several times, the implementations interleaved, and
 //! the medians are printed with every run's figure.
 //!
+//! Every listening socket the bench creates has `cubic` congestion
+//! control (`common/machine.rs` says why), printed with the system's
+//! default at the start.
+//!
 //! # Running
 //!
 //! `cargo bench --bench transfer` runs everything (about 1.5 minutes);
 //! `cargo bench --bench transfer -- small` runs the scenarios whose name
-//! holds `small`. On two cores the large-file figures swing 2-3x from run
+//! holds `small`; `FILESRV_BENCH_RUNS=N` sets the rounds of `large` and
+//! `connections`. On two cores the large-file figures swing 2-3x from run
 //! to run with where the scheduler puts sender and receiver; `taskset -c 0
 //! cargo bench --bench transfer -- large` puts both on one core and gives
 //! steady figures (a third of the throughput). Without `--bench` (as `cargo test --all-targets` runs
@@ -58,13 +67,15 @@
 
 mod common;
 mod connections;
+#[path = "common/machine.rs"]
+mod machine;
 #[path = "common/nginx.rs"]
 mod nginx;
 mod proxy;
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -77,6 +88,7 @@ use filesrv::protocol::wire::MAX_LINE;
 use filesrv::protocol::{Client, Server, ServerConfig};
 use filesrv_testkit::loadgen::{self, BULK_BUF, Conn, Load, Mode, Report};
 use filesrv_testkit::tools;
+use nginx::Nginx;
 use rustix::io::Errno;
 
 /// Sizes and counts of one run of the bench.
@@ -148,12 +160,13 @@ fn main() -> io::Result<()> {
         fs::write(dir.path().join(name), random_bytes(SMALL, i as u64 + 1))?;
     }
     println!(
-        "transfer bench ({}): {} cores, kernel {}",
+        "transfer bench ({}): {} cores, kernel {}, {}",
         if full { "full" } else { "smoke test" },
         thread::available_parallelism().map_or(0, std::num::NonZero::get),
         fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
-            .trim()
+            .trim(),
+        machine::congestion_line(&machine::pinned_listener()?)
     );
     if wanted("large") {
         large(dir.path(), params)?;
@@ -188,34 +201,50 @@ fn large(root: &Path, params: &Params) -> io::Result<()> {
     let size = params.large;
     let made = Instant::now();
     write_random_file(&path, size)?;
+    let runs = runs_of(params.large_runs);
     println!(
-        "\nlarge: {} MiB file written in {:.1?}",
+        "\nlarge: {} MiB file written in {:.1?}; {runs} rounds, the file read through \
+         and checked resident before each download",
         size >> 20,
         made.elapsed()
     );
     let server = serve(ServerConfig::new(root))?;
     let addr = server.local_addr();
-    // Warm-up: the page cache, the socket buffers' growth.
-    loadgen::fetch(addr, name)?;
-    bare_sendfile(&path)?;
-
-    let mut filesrv = Vec::new();
-    let mut bare = Vec::new();
-    let mut sink = Vec::new();
-    for _ in 0..params.large_runs {
-        filesrv.push(timed(|| loadgen::fetch(addr, name))?);
-        bare.push(timed(|| bare_sendfile(&path))?);
-        sink.push(timed(|| {
+    let nginx = Nginx::start(root, false)?;
+    let nginx_addr = nginx.addr;
+    // The contenders, in the order of the first round; later rounds
+    // start one further along.
+    let fetches: [(&str, &dyn Fn() -> io::Result<u64>); 4] = [
+        ("bare sendfile (the limit)", &|| bare_sendfile(&path)),
+        ("filesrv GET", &|| loadgen::fetch(addr, name)),
+        ("nginx GET", &|| loadgen::fetch_http(nginx_addr, name)),
+        ("Client::get_to(sink)", &|| {
             let mut client =
                 Client::connect_timeout(addr, Duration::from_secs(10)).map_err(io::Error::other)?;
             client
                 .get_to(name, 0, &mut io::sink())
                 .map_err(io::Error::other)
-        })?);
+        }),
+    ];
+    // Warm-up: the socket buffers' growth, nginx's workers.
+    for (_, fetch) in &fetches {
+        fetch()?;
+    }
+    let mut runs_of_each = vec![Vec::new(); fetches.len()];
+    let mut least_resident: Option<f64> = None;
+    for round in 0..runs {
+        for k in 0..fetches.len() {
+            let i = (round + k) % fetches.len();
+            if let Some(resident) = machine::warm(&path)? {
+                least_resident = Some(least_resident.map_or(resident, |l| l.min(resident)));
+            }
+            runs_of_each[i].push(timed(fetches[i].1)?);
+        }
     }
     let local = root.join("downloaded.bin");
     let mut file = Vec::new();
     for _ in 0..params.file_runs {
+        machine::warm(&path)?;
         file.push(timed(|| {
             let mut client =
                 Client::connect_timeout(addr, Duration::from_secs(10)).map_err(io::Error::other)?;
@@ -231,8 +260,16 @@ fn large(root: &Path, params: &Params) -> io::Result<()> {
         })?);
         fs::remove_file(&local)?;
     }
+    drop(nginx);
     server.shutdown();
     fs::remove_file(&path)?;
+    match least_resident {
+        Some(f) => println!(
+            "  resident before each download: at least {:.1}%",
+            f * 100.0
+        ),
+        None => println!("  resident before each download: unknown (no fincore)"),
+    }
 
     let gbps = |runs: &[(u64, Duration)]| -> Vec<f64> {
         runs.iter()
@@ -242,29 +279,57 @@ fn large(root: &Path, params: &Params) -> io::Result<()> {
             })
             .collect()
     };
-    let limit = median(&gbps(&bare));
-    println!("  {:<28} {:>8} {:>8}   runs", "", "GB/s", "x limit");
-    for (label, runs) in [
-        ("bare sendfile (the limit)", &bare),
-        ("filesrv GET", &filesrv),
-        ("Client::get_to(sink)", &sink),
-        ("Client::get_file (fsync)", &file),
-    ] {
+    let limit = median(&gbps(&runs_of_each[0]));
+    let nginx_rate = median(&gbps(&runs_of_each[2]));
+    println!(
+        "  {:<28} {:>8} {:>8} {:>8} {:>12}   runs",
+        "", "GB/s", "x limit", "x nginx", "range"
+    );
+    let labelled = fetches.iter().map(|(label, _)| *label).zip(&runs_of_each);
+    for (label, runs) in labelled.chain([("Client::get_file (fsync)", &file)]) {
         let rates = gbps(runs);
         let m = median(&rates);
+        let (low, high) = rates
+            .iter()
+            .fold((f64::MAX, 0f64), |(l, h), &r| (l.min(r), h.max(r)));
         println!(
-            "  {label:<28} {m:>8.2} {:>8.2}   {}",
+            "  {label:<28} {m:>8.2} {:>8.2} {:>8.2} {:>12}   {}",
             m / limit,
+            m / nginx_rate,
+            format!("{low:.2}-{high:.2}"),
             list(&rates, 2)
+        );
+    }
+    // Each filesrv download against the others of its round: drift
+    // between rounds cancels out.
+    for (other, label) in [(0, "bare sendfile"), (2, "nginx")] {
+        let ratios: Vec<f64> = gbps(&runs_of_each[1])
+            .iter()
+            .zip(gbps(&runs_of_each[other]))
+            .map(|(ours, theirs)| ours / theirs)
+            .collect();
+        println!(
+            "  filesrv / {label:<17} {:>8.2}   (the median of the same-round ratios {})",
+            median(&ratios),
+            list(&ratios, 2)
         );
     }
     Ok(())
 }
 
+/// `default`, or `FILESRV_BENCH_RUNS` when set: more rounds for a
+/// steadier median on a busy machine.
+fn runs_of(default: usize) -> usize {
+    std::env::var("FILESRV_BENCH_RUNS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default)
+}
+
 /// The limit: `sendfile` of the whole file to a fresh loopback connection,
 /// no protocol; received as `filesrv`'s bodies are. Returns the bytes.
 fn bare_sendfile(path: &Path) -> io::Result<u64> {
-    let listener = TcpListener::bind(localhost())?;
+    let listener = machine::pinned_listener()?;
     let addr = listener.local_addr()?;
     let file = File::open(path)?;
     let size = file.metadata()?.len();
@@ -469,7 +534,7 @@ struct Lab {
 
 impl Lab {
     fn start(root: &Path) -> io::Result<Lab> {
-        let listener = TcpListener::bind(localhost())?;
+        let listener = machine::pinned_listener()?;
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let live = Arc::new(AtomicUsize::new(0));
@@ -733,13 +798,10 @@ fn vm_rss_kib() -> io::Result<u64> {
 // ---------------------------------------------------------------------------
 // Helpers
 
-/// Starts a [`Server`] on 127.0.0.1 with a free port.
+/// Starts a [`Server`] on 127.0.0.1 with a free port, on a listener with
+/// the pinned congestion control.
 fn serve(config: ServerConfig) -> io::Result<Server> {
-    Server::bind(localhost(), config).map_err(io::Error::other)
-}
-
-fn localhost() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
+    Server::from_listener(machine::pinned_listener()?, config).map_err(io::Error::other)
 }
 
 /// Raises the soft limit on open files to the hard one: the waiting-cost

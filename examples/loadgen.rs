@@ -10,8 +10,8 @@
 //! asking for the `PATH`s in turn, on persistent connections or, with
 //! `--per-request`, a new connection per request; it prints requests/s and
 //! latency percentiles over `--seconds` (default 5) after `--warmup`
-//! (default 1). With `--http` the clients speak HTTP/1.1 (`GET /PATH`,
-//! with `Connection: close` under `--per-request`), to load a web server
+//! (default 1). With `--http` the clients speak HTTP (`GET /PATH`,
+//! HTTP/1.1 kept alive, or HTTP/1.0 under `--per-request`), to load a web server
 //! such as nginx serving the same files (the first form only). The second downloads one file `--times` times (default 3)
 //! and prints GB/s. For example, against a server started with
 //! `cargo run --release --bin filesrv -- 9000 64 --root DIR --bind 127.0.0.1`:

@@ -9,16 +9,20 @@
 //! serves `root` on a listening socket this process binds on 127.0.0.1
 //! port 0 and passes down (nginx takes over inherited sockets named in its
 //! `NGINX` environment variable, as in its binary upgrade), so the port is
-//! never guessed and connections queue from the first moment.
+//! never guessed and connections queue from the first moment. The
+//! socket has the congestion control the bench pins
+//! ([`machine::pinned_listener`]); with `deferred`, nginx sets
+//! `TCP_DEFER_ACCEPT` on it (its `listen ... deferred`).
 
 use std::fs;
 use std::io::{self, BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use rustix::process::{Pid, Signal, kill_process};
 
+use super::machine;
 use filesrv_testkit::tools;
 
 /// A running nginx serving a directory on 127.0.0.1; stopped (`SIGTERM`,
@@ -32,14 +36,15 @@ pub(crate) struct Nginx {
 }
 
 impl Nginx {
-    /// Starts nginx serving `root`, installing it first through
+    /// Starts nginx serving `root` (with `listen ... deferred` when
+    /// `deferred`), installing it first through
     /// `scripts/install-test-deps` when it is missing. Returns once the
     /// master has started its workers (it says so on its error log,
     /// which goes to a pipe read here); an nginx that exits instead is an
     /// error carrying what it wrote.
-    pub(crate) fn start(root: &Path) -> io::Result<Nginx> {
+    pub(crate) fn start(root: &Path, deferred: bool) -> io::Result<Nginx> {
         let program = tools::require("nginx");
-        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let listener = machine::pinned_listener()?;
         // nginx makes only the sockets it opens itself non-blocking; a
         // blocking one would hold a worker in `accept` whenever the other
         // worker took the connection, its own clients starving meanwhile.
@@ -48,7 +53,7 @@ impl Nginx {
         let dir = std::env::temp_dir().join(format!("filesrv-bench-nginx-{}", addr.port()));
         fs::create_dir_all(&dir)?;
         let config = dir.join("nginx.conf");
-        fs::write(&config, config_text(&dir, root, addr))?;
+        fs::write(&config, config_text(&dir, root, addr, deferred))?;
         let inherited = tools::Inherited::new(&listener);
         let child = Command::new(program)
             .arg("-p")
@@ -114,8 +119,9 @@ impl Drop for Nginx {
 
 /// The configuration: Debian's defaults that matter for speed, paths in
 /// `dir`, the listening address `addr` (the inherited socket's).
-fn config_text(dir: &Path, root: &Path, addr: SocketAddr) -> String {
+fn config_text(dir: &Path, root: &Path, addr: SocketAddr, deferred: bool) -> String {
     let dir = dir.display();
+    let deferred = if deferred { " deferred" } else { "" };
     format!(
         "daemon off;
 master_process on;
@@ -137,7 +143,7 @@ http {{
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
     server {{
-        listen {addr};
+        listen {addr}{deferred};
         root \"{root}\";
     }}
 }}

@@ -7,8 +7,12 @@
 //!
 //! - `per-request, 8 clients`: a new connection per request, the figure
 //!   this scenario is for. `filesrv` speaks its protocol (`GET`, `QUIT`,
-//!   end of stream), nginx HTTP/1.1 (`GET /path` with `Connection: close`,
-//!   end of stream); in both the server closes first.
+//!   end of stream), nginx HTTP/1.0 (`GET /path`, end of stream); in both
+//!   the server closes first.
+//! - `per-request, 8 clients, deferred`: the same with both servers
+//!   deferring accept (`filesrv` with `defer_accept`, nginx with
+//!   `listen ... deferred`): a connection reaches the server with its
+//!   request.
 //! - `keep-alive, 8 and 64 clients`: one connection per client, for
 //!   context.
 //!
@@ -37,11 +41,13 @@ use filesrv_testkit::loadgen::{self, Load, Mode, Protocol, Report};
 
 mod cpu;
 
-/// The loads of the scenario: connection use and clients.
-const LOADS: [(Mode, usize); 3] = [
-    (Mode::PerRequest, 8),
-    (Mode::Persistent, 8),
-    (Mode::Persistent, 64),
+/// The loads of the scenario: connection use, clients, and whether both
+/// servers defer accepting.
+const LOADS: [(Mode, usize, bool); 4] = [
+    (Mode::PerRequest, 8, false),
+    (Mode::PerRequest, 8, true),
+    (Mode::Persistent, 8, false),
+    (Mode::Persistent, 64, false),
 ];
 
 /// One server under load: its name, address, protocol, and where its CPU
@@ -61,13 +67,18 @@ pub(crate) fn connections(root: &Path, paths: &[String], params: &Params) -> io:
         params.window,
         runs_of(params)
     );
-    let nginx = Nginx::start(root)?;
+    let nginx = Nginx::start(root, false)?;
+    let deferring_nginx = Nginx::start(root, true)?;
     println!(
-        "  {:<34} {:>10} {:>8} {:>9} {:>9}   runs (req/s)",
+        "  {:<44} {:>10} {:>8} {:>9} {:>9}   runs (req/s)",
         "", "req/s", "x nginx", "p50", "p99"
     );
-    for (mode, clients) in LOADS {
-        let server = serve(ServerConfig::new(root).max_running(clients))?;
+    for (mode, clients, deferred) in LOADS {
+        let config = ServerConfig::new(root)
+            .max_running(clients)
+            .defer_accept(deferred);
+        let server = serve(config)?;
+        let nginx = if deferred { &deferring_nginx } else { &nginx };
         let contenders = [
             Contender {
                 name: "filesrv",
@@ -82,7 +93,7 @@ pub(crate) fn connections(root: &Path, paths: &[String], params: &Params) -> io:
                 cpu: Cpu::Process(nginx.pid()),
             },
         ];
-        compare(&contenders, mode, clients, paths, params)?;
+        compare(&contenders, mode, clients, deferred, paths, params)?;
         shut_down_clean(&server);
     }
     Ok(())
@@ -102,11 +113,12 @@ pub(crate) fn against_baseline(root: &Path, paths: &[String], params: &Params) -
         baseline.to_string_lossy()
     );
     println!(
-        "  {:<34} {:>10} {:>8} {:>9} {:>9}   runs (req/s)",
+        "  {:<44} {:>10} {:>8} {:>9} {:>9}   runs (req/s)",
         "", "req/s", "x base", "p50", "p99"
     );
     let program = Path::new(env!("CARGO_BIN_EXE_filesrv"));
-    for (mode, clients) in LOADS {
+    // The earlier build may not have --defer-accept.
+    for (mode, clients, _) in LOADS.into_iter().filter(|load| !load.2) {
         let ours = ChildServer::start(program, root, clients, &[])?;
         let theirs = ChildServer::start(Path::new(&baseline), root, clients, &[])?;
         let contenders = [
@@ -123,15 +135,16 @@ pub(crate) fn against_baseline(root: &Path, paths: &[String], params: &Params) -
                 cpu: Cpu::Process(theirs.child.id()),
             },
         ];
-        compare(&contenders, mode, clients, paths, params)?;
+        compare(&contenders, mode, clients, false, paths, params)?;
     }
     Ok(())
 }
 
-fn label(mode: Mode, clients: usize) -> String {
+fn label(mode: Mode, clients: usize, deferred: bool) -> String {
+    let deferred = if deferred { ", deferred" } else { "" };
     match mode {
-        Mode::Persistent => format!("keep-alive, {clients} clients"),
-        Mode::PerRequest => format!("per-request, {clients} clients"),
+        Mode::Persistent => format!("keep-alive, {clients} clients{deferred}"),
+        Mode::PerRequest => format!("per-request, {clients} clients{deferred}"),
     }
 }
 
@@ -143,10 +156,11 @@ fn compare(
     contenders: &[Contender; 2],
     mode: Mode,
     clients: usize,
+    deferred: bool,
     paths: &[String],
     params: &Params,
 ) -> io::Result<()> {
-    let label = &label(mode, clients);
+    let label = &label(mode, clients, deferred);
     let mut reports: [Vec<Report>; 2] = [Vec::new(), Vec::new()];
     let mut cpu: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     for run in 0..runs_of(params) {
@@ -163,12 +177,12 @@ fn compare(
     let rates = reports.each_ref().map(|r| rates(r));
     let base = median(&rates[1]);
     for (contender, reports) in contenders.iter().zip(&reports) {
-        print_rates(34, &format!("{label} {}", contender.name), reports, base);
+        print_rates(44, &format!("{label} {}", contender.name), reports, base);
     }
     print_ratios(label, contenders, &rates[0], &rates[1], "");
     for (contender, cpu) in contenders.iter().zip(&cpu) {
         println!(
-            "  {:<34} {:>10.1} µs of server CPU per request   {}",
+            "  {:<44} {:>10.1} µs of server CPU per request   {}",
             format!("{label} {}", contender.name),
             median(cpu),
             list(cpu, 1)
@@ -178,13 +192,9 @@ fn compare(
     Ok(())
 }
 
-/// `params.small_runs`, or `FILESRV_BENCH_RUNS` when set: more runs for
-/// a steadier median on a busy machine.
+/// `params.small_runs`, or `FILESRV_BENCH_RUNS` when set.
 fn runs_of(params: &Params) -> usize {
-    std::env::var("FILESRV_BENCH_RUNS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(params.small_runs)
+    super::runs_of(params.small_runs)
 }
 
 /// The median of the same-run ratios of `ours` to `theirs`, and each.
@@ -197,7 +207,7 @@ fn print_ratios(
 ) {
     let ratios: Vec<f64> = ours.iter().zip(theirs).map(|(a, b)| a / b).collect();
     println!(
-        "  {:<34} {:>10.2}   (the median of the same-run ratios {})",
+        "  {:<44} {:>10.2}   (the median of the same-run ratios {})",
         format!(
             "{label} {} / {}{what}",
             contenders[0].name, contenders[1].name

@@ -127,6 +127,11 @@ struct Args {
     /// Read a password from stdin, print its argon2id hash, exit.
     #[arg(long)]
     hash_password: bool,
+    /// Accept a connection only once its client has sent something, or
+    /// after about a second of silence (TCP_DEFER_ACCEPT, as nginx's
+    /// `deferred`); also set on a socket passed by systemd.
+    #[arg(long)]
+    defer_accept: bool,
     /// Log to stderr: -v connections and requests, -vv debug details.
     /// RUST_LOG works too.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -258,7 +263,8 @@ fn run(args: Args, mut passed: ListenFd) -> Result<(), Box<dyn std::error::Error
         .users(args.users)
         .anonymous_read(args.anonymous_read)
         .allow_plain_auth(args.allow_plain_auth)
-        .max_auth_failures(args.max_auth_failures);
+        .max_auth_failures(args.max_auth_failures)
+        .defer_accept(args.defer_accept);
     // Socket activation: the listening socket systemd passed (PORT and
     // --bind are then ignored); it outlives a restart, with its backlog.
     let server = match passed.take_tcp_listener(0)? {

@@ -5,8 +5,13 @@
 //! [`filesrv::protocol::Client`]), so the same clients can load any server
 //! that answers `GET` and `QUIT`: `filesrv`, the bench's baselines, or a
 //! server in another language. With [`Protocol::Http`] the same clients
-//! speak HTTP/1.1 instead (`GET /<path>`), to load a web server such as
+//! speak HTTP instead (`GET /<path>`), to load a web server such as
 //! nginx with the same files. Bodies are read into a buffer and dropped.
+//!
+//! Both protocols cost the client the same: every request is built once
+//! before the run, and a reply is checked for its status and length
+//! only (an HTTP client finds `Content-Length` and the end of the head
+//! with one scan, no header parsing).
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -37,11 +42,11 @@ pub enum Protocol {
     /// The file server's protocol: `GET <path>\n`, `OK <size>\n` and the
     /// body.
     Filesrv,
-    /// HTTP/1.1: `GET /<path>` with a `Host` header, answered `200` with a
-    /// `Content-Length` and the body. In [`Mode::PerRequest`] the request
-    /// says `Connection: close` (the server closes after the body, as
-    /// `filesrv` does after `QUIT`); in [`Mode::Persistent`] the
-    /// connection is kept, and opened again if the server closes it.
+    /// HTTP: `GET /<path>`, answered `200` with a `Content-Length` and
+    /// the body. In [`Mode::PerRequest`] an HTTP/1.0 request, after which
+    /// the server closes (as `filesrv` does after `QUIT`); in
+    /// [`Mode::Persistent`] HTTP/1.1 with a `Host` header, the connection
+    /// kept, and opened again if the server says `Connection: close`.
     Http,
 }
 
@@ -124,23 +129,45 @@ pub fn run_with(load: &Load<'_>, after_each: &(dyn Fn() + Sync)) -> io::Result<R
     run_hooked(load, Protocol::Filesrv, Some(after_each))
 }
 
+/// The bytes of the request for `path`, built once per run.
+fn request(load: &Load<'_>, protocol: Protocol, path: &str) -> Vec<u8> {
+    match (protocol, load.mode) {
+        (Protocol::Filesrv, Mode::Persistent) => format!("GET {path}\n"),
+        (Protocol::Filesrv, Mode::PerRequest) => format!("GET {path}\nQUIT\n"),
+        (Protocol::Http, Mode::Persistent) => {
+            format!("GET /{path} HTTP/1.1\r\nHost: {}\r\n\r\n", load.addr)
+        }
+        (Protocol::Http, Mode::PerRequest) => format!("GET /{path} HTTP/1.0\r\n\r\n"),
+    }
+    .into_bytes()
+}
+
 fn run_hooked(
     load: &Load<'_>,
     protocol: Protocol,
     after_each: Option<&(dyn Fn() + Sync)>,
 ) -> io::Result<Report> {
     assert!(load.clients > 0 && !load.paths.is_empty());
+    let requests: Vec<Vec<u8>> = (load.paths.iter())
+        .map(|path| request(load, protocol, path))
+        .collect();
     let errors = Errors::default();
     let ready = Barrier::new(load.clients + 1);
     let start = StartGate::default();
     let results = thread::scope(|scope| {
         let workers: Vec<_> = (0..load.clients)
             .map(|i| {
-                let (errors, ready, start) = (&errors, &ready, &start);
+                let (errors, ready, start, requests) = (&errors, &ready, &start, &requests);
                 thread::Builder::new()
                     .name(format!("loadgen-{i}"))
                     .spawn_scoped(scope, move || {
-                        client(load, protocol, i, errors, ready, start, after_each)
+                        let fixture = Fixture {
+                            errors,
+                            ready,
+                            start,
+                            after_each,
+                        };
+                        client(load, protocol, requests, i, &fixture)
                     })
             })
             .collect::<io::Result<_>>()?;
@@ -170,16 +197,29 @@ fn run_hooked(
     })
 }
 
+/// What every client thread of a run shares.
+struct Fixture<'a> {
+    errors: &'a Errors,
+    ready: &'a Barrier,
+    start: &'a StartGate,
+    after_each: Option<&'a (dyn Fn() + Sync)>,
+}
+
 /// One client thread: its latencies and body bytes inside the window.
+/// `requests[i]` is the request for `load.paths[i]`.
 fn client(
     load: &Load<'_>,
     protocol: Protocol,
+    requests: &[Vec<u8>],
     index: usize,
-    errors: &Errors,
-    ready: &Barrier,
-    start: &StartGate,
-    after_each: Option<&(dyn Fn() + Sync)>,
+    fixture: &Fixture<'_>,
 ) -> (Vec<u64>, u64) {
+    let Fixture {
+        errors,
+        ready,
+        start,
+        after_each,
+    } = *fixture;
     let mut conn = None;
     if load.mode == Mode::Persistent {
         conn = Conn::connect(load.addr, SMALL_BUF)
@@ -197,7 +237,7 @@ fn client(
         if began >= until {
             break;
         }
-        let path = &load.paths[next % load.paths.len()];
+        let request = &requests[next % requests.len()];
         next += 1;
         let got = match load.mode {
             Mode::Persistent => {
@@ -205,23 +245,17 @@ fn client(
                     Some(c) => Ok(c),
                     None => Conn::connect(load.addr, SMALL_BUF),
                 };
-                open.and_then(|mut c| match protocol {
-                    Protocol::Filesrv => {
-                        let n = c.get(path)?;
-                        conn = Some(c);
-                        Ok(n)
-                    }
-                    Protocol::Http => {
-                        let (n, kept) = c.http_get(load.addr, path, false)?;
-                        conn = kept.then_some(c);
-                        Ok(n)
-                    }
+                open.and_then(|mut c| {
+                    c.send(request)?;
+                    let (n, kept) = match protocol {
+                        Protocol::Filesrv => (c.body()?, true),
+                        Protocol::Http => c.http_reply()?,
+                    };
+                    conn = kept.then_some(c);
+                    Ok(n)
                 })
             }
-            Mode::PerRequest => match protocol {
-                Protocol::Filesrv => get_once(load.addr, path),
-                Protocol::Http => http_get_once(load.addr, path),
-            },
+            Mode::PerRequest => once(load.addr, protocol, request),
         };
         let ended = Instant::now();
         if let (Some(hook), Ok(_)) = (after_each, &got) {
@@ -240,24 +274,22 @@ fn client(
     (latencies, bytes)
 }
 
-/// One request on a fresh connection, closed by the server after `QUIT`.
-fn get_once(addr: SocketAddr, path: &str) -> io::Result<u64> {
+/// One request on a fresh connection, which the server closes after the
+/// reply (after `QUIT`, or after an HTTP/1.0 reply).
+fn once(addr: SocketAddr, protocol: Protocol, request: &[u8]) -> io::Result<u64> {
     let mut conn = Conn::connect(addr, SMALL_BUF)?;
-    conn.send(format!("GET {path}\nQUIT\n").as_bytes())?;
-    let n = conn.body()?;
-    let bye = conn.line()?;
-    if bye != b"OK bye" {
-        return Err(unexpected(bye));
-    }
-    conn.expect_end()?;
-    Ok(n)
-}
-
-/// One HTTP request on a fresh connection with `Connection: close`: the
-/// server must close after the body.
-fn http_get_once(addr: SocketAddr, path: &str) -> io::Result<u64> {
-    let mut conn = Conn::connect(addr, SMALL_BUF)?;
-    let (n, _) = conn.http_get(addr, path, true)?;
+    conn.send(request)?;
+    let n = match protocol {
+        Protocol::Filesrv => {
+            let n = conn.body()?;
+            let bye = conn.line()?;
+            if bye != b"OK bye" {
+                return Err(unexpected(bye));
+            }
+            n
+        }
+        Protocol::Http => conn.http_reply()?.0,
+    };
     conn.expect_end()?;
     Ok(n)
 }
@@ -275,6 +307,17 @@ pub const BULK_BUF: usize = 256 * 1024;
 pub fn fetch(addr: SocketAddr, path: &str) -> io::Result<u64> {
     let mut conn = Conn::connect(addr, BULK_BUF)?;
     conn.get(path)
+}
+
+/// [`fetch`] from an HTTP server (an HTTP/1.0 `GET /<path>`).
+#[allow(
+    dead_code,
+    reason = "the transfer bench calls it; the example does not"
+)]
+pub fn fetch_http(addr: SocketAddr, path: &str) -> io::Result<u64> {
+    let mut conn = Conn::connect(addr, BULK_BUF)?;
+    conn.send(format!("GET /{path} HTTP/1.0\r\n\r\n").as_bytes())?;
+    Ok(conn.http_reply()?.0)
 }
 
 /// A client connection with its read buffer.
@@ -307,38 +350,38 @@ impl Conn {
         self.body()
     }
 
-    /// Sends an HTTP/1.1 `GET /<path>` to the server at `host` (asking it
-    /// to close after the reply when `close`), reads a `200` reply's
-    /// headers and body, and drops the body. Returns its size, and whether
-    /// the connection may be used again (neither side said `close`).
-    fn http_get(&mut self, host: SocketAddr, path: &str, close: bool) -> io::Result<(u64, bool)> {
-        let connection = if close { "Connection: close\r\n" } else { "" };
-        self.send(format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\n{connection}\r\n").as_bytes())?;
-        let status = self.line()?;
-        if !status.starts_with(b"HTTP/1.1 200 ") {
-            return Err(unexpected(status));
-        }
-        let mut size = None;
-        let mut kept = !close;
-        loop {
-            let line = self.line()?;
-            let line = line.strip_suffix(b"\r").unwrap_or(&line);
-            if line.is_empty() {
-                break;
+    /// Reads a `200` reply's head and body, and drops the body. Returns
+    /// its size, and whether the connection may be used again (the server
+    /// did not say `Connection: close`). The head is looked at for its
+    /// status, its `Content-Length` and `Connection: close` only, as
+    /// nginx writes them.
+    fn http_reply(&mut self) -> io::Result<(u64, bool)> {
+        let mut searched: usize = 0;
+        let head_len = loop {
+            let unread = &self.buf[self.start..self.end];
+            let from = searched.saturating_sub(3);
+            if let Some(i) = find(&unread[from..], b"\r\n\r\n") {
+                break from + i + 4;
             }
-            let text = String::from_utf8_lossy(line);
-            let Some((name, value)) = text.split_once(':') else {
-                return Err(unexpected(line));
-            };
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("content-length") {
-                size = Some(value.parse().map_err(|_| unexpected(line))?);
-            } else if name.eq_ignore_ascii_case("connection") && value.eq_ignore_ascii_case("close")
-            {
-                kept = false;
+            searched = unread.len();
+            if searched >= MAX_LINE {
+                return Err(unexpected("a reply head too long"));
             }
+            self.fill()?;
+        };
+        let head = &self.buf[self.start..self.start + head_len];
+        if !head.starts_with(b"HTTP/1.1 200 ") {
+            return Err(unexpected(head));
         }
-        let size = size.ok_or_else(|| unexpected("a reply without Content-Length"))?;
+        let size = find(head, b"\r\nContent-Length: ")
+            .map(|i| &head[i + 18..])
+            .and_then(|rest| {
+                let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+                std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+            })
+            .ok_or_else(|| unexpected(head))?;
+        let kept = find(head, b"\r\nConnection: close\r\n").is_none();
+        self.start += head_len;
         self.discard(size)?;
         Ok((size, kept))
     }
@@ -423,6 +466,11 @@ impl Conn {
             Ok(()) => Err(unexpected(&self.buf[self.start..self.end])),
         }
     }
+}
+
+/// Where `needle` first occurs in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 fn unexpected(reply: impl AsRef<[u8]>) -> io::Error {

@@ -7,6 +7,7 @@ mod hostile_input;
 mod hostile_net;
 mod hostile_process;
 pub(crate) mod metrics;
+mod new_connections;
 mod operations;
 mod pace;
 mod protocol;

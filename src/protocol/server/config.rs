@@ -23,7 +23,7 @@ use crate::admission::{Admission as _, And, MaxWaiting, PerKeyCap, QueueTimeout}
 /// hidden names not served, at most 100,000 entries per LIST, no trusted
 /// proxies (a PROXY header deadline of 5 s once there are some), no
 /// metrics or agent listener, no TLS, no users (10 failed logins per
-/// source per minute once there are some).
+/// source per minute once there are some), no deferred accept.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ServerConfig {
@@ -100,6 +100,12 @@ pub struct ServerConfig {
     /// Failed logins per source within 60 s before `AUTH` is refused
     /// without a check; 0: no limit.
     pub(crate) max_auth_failures: usize,
+    /// Whether the listener defers accepting a connection until its
+    /// client has sent something (Linux's `TCP_DEFER_ACCEPT`, nginx's
+    /// `deferred`): a client that connects and waits before speaking is
+    /// accepted only once it speaks, or after about a second when the
+    /// kernel gives up waiting. Off: the listener is left as it is.
+    pub(crate) defer_accept: bool,
 }
 
 impl ServerConfig {
@@ -133,6 +139,7 @@ impl ServerConfig {
             anonymous_read: false,
             allow_plain_auth: false,
             max_auth_failures: 10,
+            defer_accept: false,
         }
     }
 
@@ -332,6 +339,12 @@ impl ServerConfig {
     /// (default 10; 0 for no limit).
     pub fn max_auth_failures(mut self, n: usize) -> Self {
         self.max_auth_failures = n;
+        self
+    }
+
+    /// Sets [`defer_accept`](ServerConfig::defer_accept) (default off).
+    pub fn defer_accept(mut self, defer: bool) -> Self {
+        self.defer_accept = defer;
         self
     }
 

@@ -4,7 +4,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use rustix::io::Errno;
@@ -116,6 +116,13 @@ impl Handler for Session {
     }
 }
 
+/// Shuts down a connection's socket `how`, if it is still open.
+fn shut(stream: &Weak<TcpStream>, how: Shutdown) {
+    if let Some(stream) = stream.upgrade() {
+        let _ = stream.shutdown(how);
+    }
+}
+
 /// An `ERR` reply line.
 pub(crate) fn reply_error(code: ErrorCode, message: &str) -> String {
     format!("ERR {code} {message}\n")
@@ -163,6 +170,9 @@ struct Connection {
     /// Unconsumed bytes are `buf[start..end]`.
     start: usize,
     end: usize,
+    /// Whether the last read from the socket took less than it asked
+    /// for: the kernel held nothing more then.
+    drained: bool,
     requests: u64,
 }
 
@@ -176,9 +186,11 @@ impl Connection {
             peer,
             shared,
         } = session;
-        // Shared with the hooks, which shut it down from other threads:
+        // Reached by the hooks, which shut it down from other threads:
         // no duplicate descriptor, and the socket stays open (its number
-        // never reused) until the last of them is gone.
+        // never reused) while a hook uses it. The hooks hold it weakly,
+        // so the connection's own drop closes it: a close without a
+        // shutdown first sends the FIN at once (see `finish`).
         let stream = Arc::new(stream);
         // The TLS handshake happens on the first read, within the idle
         // deadline of the first request.
@@ -190,7 +202,7 @@ impl Connection {
         // the socket from the listener.
         let read_timeout = ReadTimeout::inherited(&shared.config);
         let busy = Arc::new(Mutex::new(false));
-        let (stop_stream, stop_busy) = (stream.clone(), busy.clone());
+        let (stop_stream, stop_busy) = (Arc::downgrade(&stream), busy.clone());
         ctx.on_stop(move |stop| {
             let busy = lock(&stop_busy);
             // Idle between requests: wake the blocked read. Busy: the
@@ -200,14 +212,14 @@ impl Connection {
                 _ if *busy => return,
                 _ => Shutdown::Read,
             };
-            let _ = stop_stream.shutdown(how);
+            shut(&stop_stream, how);
         });
         // Asked to make room for a waiting client: the same, the loop
         // sees the request before it reads the next line.
-        let (hook_stream, room_busy) = (stream.clone(), busy.clone());
+        let (hook_stream, room_busy) = (Arc::downgrade(&stream), busy.clone());
         ctx.on_make_room(move |_| {
             if !*lock(&room_busy) {
-                let _ = hook_stream.shutdown(Shutdown::Read);
+                shut(&hook_stream, Shutdown::Read);
             }
         });
         Ok(Connection {
@@ -223,6 +235,7 @@ impl Connection {
             buf: ReadBuf::take(),
             start: 0,
             end: 0,
+            drained: true,
             requests: 0,
         })
     }
@@ -329,6 +342,13 @@ impl Connection {
                 self.io.close_notify();
                 self.shared.closer.close(self.stream);
             }
+            // Nothing left unread on a plaintext connection: closing sends
+            // what is unsent (corked replies included) and then the FIN, as
+            // a shutdown would, and the hooks hold the socket weakly, so it
+            // closes here. With bytes left unread the close would send a
+            // reset, which can destroy replies the client has not read
+            // yet: the shutdown sends them and the FIN first.
+            Ok(End::Quietly) if !self.io.is_tls() && self.start == self.end && self.drained => {}
             Ok(End::Quietly) => {
                 self.io.close_notify();
                 let _ = self.stream.shutdown(Shutdown::Write);
@@ -425,13 +445,17 @@ impl Connection {
             }
             self.read_timeout.set(&self.stream, timeout)?;
             self.cork.release(&self.stream)?;
+            let room = self.buf.len() - self.end;
             match self.io.read(&mut self.buf[self.end..]) {
                 Ok(0) => {
                     return Ok(Line::Eof {
                         partial: self.end > self.start,
                     });
                 }
-                Ok(n) => self.end += n,
+                Ok(n) => {
+                    self.end += n;
+                    self.drained = n < room;
+                }
                 Err(e) if is_timeout(&e) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // A handshake cut by the stop or make-room hooks (a read
@@ -684,6 +708,8 @@ impl Connection {
             };
             self.read_timeout.set(&self.stream, timeout)?;
             self.cork.release(&self.stream)?;
+            // Reads stop at the body's end, whatever follows it.
+            self.drained = false;
             let room = &mut self.buf[self.end..];
             let want = chunk_len(left, room.len());
             let n = match self.io.read(&mut room[..want]) {
