@@ -13,6 +13,9 @@
 //! - The [`Manager`] keeps the waiting queue (FIFO) and the running set,
 //!   never runs more than `max_running` handlers at once, and starts the
 //!   next waiting handler the moment a running one ends.
+//! - Optionally an [`Acceptor`] (a listener): idle workers then accept new
+//!   connections themselves, with no thread handing them over
+//!   ([`ManagerBuilder::build_with_acceptor`]).
 //!
 //! The file-transfer protocol of the bundled `filesrv` server is one
 //! [`Handler`] among others; see the [`protocol`] module.
@@ -231,7 +234,9 @@ mod util;
 
 pub use admission::{Admission, Key, Refusal};
 pub use handler::{BoxHandler, FnHandler, Handler, HandlerContext, Served, Stop, handler_fn};
-pub use manager::{MakeRoom, Manager, ManagerBuilder, Refused, RunningInfo, ShutdownReport, Stats};
+pub use manager::{
+    Acceptor, MakeRoom, Manager, ManagerBuilder, Refused, RunningInfo, ShutdownReport, Stats,
+};
 
 /// The README's code, compiled by `cargo test` so that it cannot drift
 /// from the API.

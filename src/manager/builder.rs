@@ -3,6 +3,7 @@
 use std::io;
 use std::time::Duration;
 
+use super::acceptor::{Accepting, Acceptor};
 use super::handle::{Manager, check_bound};
 use super::room::BusyLimits;
 use super::shared::{ParkLimits, Shared};
@@ -126,8 +127,8 @@ impl<S: Admission> ManagerBuilder<S> {
         self
     }
 
-    /// Names the manager's threads `<name>-worker-<i>` and
-    /// `<name>-watcher` (default: `filesrv`).
+    /// Names the manager's threads `<name>-worker-<i>`, `<name>-watcher`
+    /// and `<name>-accept` (default: `filesrv`).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
@@ -142,12 +143,32 @@ impl<S: Admission> ManagerBuilder<S> {
     /// `max_running` threads; the threads already started are stopped and
     /// joined before this returns.
     pub fn build<Q: Handler>(self) -> io::Result<Manager<Q, S>> {
+        self.start(None)
+    }
+
+    /// Starts the manager, as [`build`](ManagerBuilder::build), with an
+    /// [`Acceptor`] its idle workers accept handlers from themselves, plus
+    /// a thread (`<name>-accept`) that accepts and queues while every
+    /// worker is busy. [`Manager::submit`] still works beside it.
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](ManagerBuilder::build), or the OS refused an eventfd.
+    pub fn build_with_acceptor<Q: Handler>(
+        self,
+        acceptor: impl Acceptor<Q>,
+    ) -> io::Result<Manager<Q, S>> {
+        self.start(Some(Accepting::new(Box::new(acceptor))?))
+    }
+
+    fn start<Q: Handler>(self, accepting: Option<Accepting<Q>>) -> io::Result<Manager<Q, S>> {
         let shared = Shared::new(
             self.admission,
             self.max_running,
             self.limits,
             self.ipv6_prefix,
             self.park,
+            accepting,
         )?;
         Manager::start(shared, self.name)
     }

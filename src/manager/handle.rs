@@ -59,7 +59,7 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
     /// Starts the watcher and `max_running` workers (the builder's part).
     pub(super) fn start(shared: Shared<Q, S>, name: String) -> io::Result<Manager<Q, S>> {
         let max_running = shared.gate().max_running;
-        check_map_room(max_running + 1)?;
+        check_map_room(max_running + 2)?;
         let manager = Manager {
             shared: Arc::new(shared),
             threads: Mutex::new(Some(Vec::with_capacity(max_running + 1))),
@@ -73,6 +73,17 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
         let mut threads = lock(&manager.threads);
         let handles = threads.as_mut().expect("taken only by shutdown");
         handles.push(handle);
+        if manager.shared.accepting.is_some() {
+            let acceptor = manager.shared.clone();
+            let handle = thread::Builder::new()
+                .name(format!("{}-accept", manager.name))
+                .spawn(move || {
+                    if let Some(accepting) = &acceptor.accepting {
+                        super::acceptor::accept_loop(&acceptor, accepting);
+                    }
+                })?;
+            handles.push(handle);
+        }
         manager.start_workers(handles, max_running)?;
         drop(threads);
         Ok(manager)
@@ -210,6 +221,19 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
         Ok(())
     }
 
+    /// Stops taking handlers from the [`Acceptor`](crate::Acceptor): once
+    /// this returns, no thread calls its `accept` again, and idle workers
+    /// wait for submitted handlers only. Handlers taken already run or
+    /// wait as usual, and [`submit`](Manager::submit) still works.
+    ///
+    /// For a server that stops accepting before a graceful
+    /// [`shutdown`](Manager::shutdown) (which does this first anyway):
+    /// under socket activation the listener's backlog then belongs to the
+    /// successor. Without an acceptor it does nothing.
+    pub fn stop_accepting(&self) {
+        self.shared.stop_accepting();
+    }
+
     /// Blocks until nothing runs or waits. Handlers submitted meanwhile
     /// are waited for too.
     pub fn wait_idle(&self) {
@@ -271,6 +295,7 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
         }
         let began = Instant::now();
         let deadline = began.checked_add(grace);
+        shared.stop_accepting();
         let running_at_start = shared.close();
         shared.stop_all(Stop::Graceful);
         shared.wait_idle(deadline);
@@ -303,6 +328,7 @@ impl<Q: Handler, S: Admission> Drop for Manager<Q, S> {
     /// ones to stop at once, and lets its threads end on their own.
     fn drop(&mut self) {
         if on_own_worker(&self.shared) {
+            self.shared.stop_accepting();
             self.shared.close();
             self.shared.stop_all(Stop::Now);
             return;

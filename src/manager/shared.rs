@@ -12,6 +12,7 @@
 //! with it, and a token that finds the queue empty is simply dropped.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::Refused;
+use super::acceptor::Accepting;
 use super::room::BusyLimits;
 use super::slot::{Phase, Slot};
 use super::stats::Stats;
@@ -68,6 +70,17 @@ pub(super) enum Ended<Q> {
     },
 }
 
+/// Where an admitted handler comes from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Admitting {
+    /// [`Shared::submit`], or the accepting thread.
+    New,
+    /// Accepted by the worker that will take it.
+    Accepted,
+    /// A parked handler coming back.
+    Returning,
+}
+
 /// The limits on parked handlers.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct ParkLimits {
@@ -92,6 +105,9 @@ pub(super) enum Next<Q> {
     Run(Entry<Q>),
     /// Nothing queued: wait for a token.
     Wait,
+    /// Nothing queued: wait on the acceptor and the doorbell (counted in
+    /// [`Gate::on_acceptor`] already).
+    WaitOnAcceptor,
     /// More workers live than the bound allows: this one ends.
     Retire,
 }
@@ -125,6 +141,12 @@ pub(super) struct Gate<Q, S> {
     tokens: Option<Sender<()>>,
     /// Threads in [`Shared::wait_idle`].
     idle_waiters: usize,
+    /// Whether the acceptor, if any, is used: until `stop_accepting`.
+    accepting: bool,
+    /// Workers waiting on the acceptor.
+    on_acceptor: usize,
+    /// Threads inside the acceptor's `accept`.
+    in_accept: usize,
 }
 
 impl<Q, S: Admission> Gate<Q, S> {
@@ -232,6 +254,8 @@ pub(super) struct Shared<Q, S> {
     /// The prefix length IPv6 sources are grouped by into keys.
     ipv6_prefix: u8,
     park: ParkLimits,
+    /// Where idle workers accept handlers themselves, if anywhere.
+    pub(super) accepting: Option<Accepting<Q>>,
 }
 
 impl<Q: Handler, S: Admission> Shared<Q, S> {
@@ -241,7 +265,8 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         limits: BusyLimits,
         ipv6_prefix: u8,
         park: ParkLimits,
-    ) -> std::io::Result<Shared<Q, S>> {
+        accepting: Option<Accepting<Q>>,
+    ) -> io::Result<Shared<Q, S>> {
         let (tx, rx) = crossbeam_channel::unbounded();
         Ok(Shared {
             gate: Mutex::new(Gate {
@@ -259,6 +284,9 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
                 closed_parked: 0,
                 tokens: Some(tx),
                 idle_waiters: 0,
+                accepting: accepting.is_some(),
+                on_acceptor: 0,
+                in_accept: 0,
             }),
             became_idle: Condvar::new(),
             tokens: rx,
@@ -272,6 +300,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
             },
             ipv6_prefix,
             park,
+            accepting,
         })
     }
 
@@ -296,7 +325,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         let key = handler
             .key()
             .or_else(|| source.map(|ip| Key::from_source(ip, self.ipv6_prefix)));
-        self.admit(handler, source, key, false)
+        self.admit(handler, source, key, Admitting::New)
     }
 
     /// Offers a handler to the policy: a new one, or a parked one coming
@@ -307,8 +336,9 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         handler: Q,
         source: Option<IpAddr>,
         key: Option<Key>,
-        returning: bool,
+        how: Admitting,
     ) -> Result<(), Refused<Q>> {
+        let returning = how == Admitting::Returning;
         let now = Instant::now();
         let mut gate = self.gate();
         let id = gate.next_id;
@@ -378,6 +408,13 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
             },
         );
         gate.send_token();
+        if let Some(accepting) = &self.accepting {
+            // A worker waiting on the acceptor takes it, unless the one
+            // that accepted it runs it.
+            if gate.on_acceptor > 0 && how != Admitting::Accepted {
+                accepting.ring(1);
+            }
+        }
         self.changed(&gate);
         // Read under the gate's lock, as the watcher writes it.
         let room = waits && self.signals.limits.any() && self.signals.room_pass_due();
@@ -395,7 +432,13 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
     /// `have_token`: the worker was just woken by a token; otherwise it
     /// takes one out of the channel for the handler it takes, so no other
     /// worker wakes for it.
-    pub(super) fn next(&self, ended: Option<Ended<Q>>, have_token: bool) -> Next<Q> {
+    /// `may_accept`: the worker can wait on the acceptor, if there is one.
+    pub(super) fn next(
+        &self,
+        ended: Option<Ended<Q>>,
+        have_token: bool,
+        may_accept: bool,
+    ) -> Next<Q> {
         let mut gate = self.gate();
         let mut evicted = None;
         match ended {
@@ -432,6 +475,16 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
                 let _ = self.tokens.try_recv();
             }
             Next::Run(entry)
+        } else if may_accept && gate.accepting && !gate.is_closed() {
+            gate.on_acceptor += 1;
+            if gate.on_acceptor == 1 {
+                if let Some(accepting) = &self.accepting {
+                    // A worker takes the next connection: the accepting
+                    // thread steps back.
+                    accepting.wake_thread();
+                }
+            }
+            Next::WaitOnAcceptor
         } else {
             Next::Wait
         };
@@ -530,7 +583,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
             settle(id, handler, Left::Abandoned);
             return;
         }
-        if let Err(refused) = self.admit(handler, source, key, true) {
+        if let Err(refused) = self.admit(handler, source, key, Admitting::Returning) {
             let Refused { handler, reason } = refused;
             settle(id, handler, Left::Refused(reason));
         }
@@ -676,6 +729,103 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
             .next()
             .map_or_else(Default::default, |e| e.queued_at.elapsed());
         stats
+    }
+
+    /// A worker back from its wait on the acceptor: accepts if the
+    /// acceptor was `ready`, and admits what it took without ringing (it
+    /// takes it itself).
+    pub(super) fn accept_one(&self, accepting: &Accepting<Q>, ready: bool) -> io::Result<()> {
+        let mut gate = self.gate();
+        gate.on_acceptor -= 1;
+        if gate.on_acceptor == 0 {
+            // The accepting thread takes over while this one runs.
+            accepting.changed.notify_all();
+        }
+        if !ready || !gate.accepting {
+            return Ok(());
+        }
+        drop(gate);
+        self.accept_with(accepting, Admitting::Accepted).map(drop)
+    }
+
+    /// The acceptor's `accept`, counted in the gate, and the admission of
+    /// what it took; whether it took something.
+    fn accept_with(&self, accepting: &Accepting<Q>, how: Admitting) -> io::Result<bool> {
+        let mut gate = self.gate();
+        if !gate.accepting {
+            return Ok(false);
+        }
+        gate.in_accept += 1;
+        drop(gate);
+        let taken = accepting.accept();
+        let mut gate = self.gate();
+        gate.in_accept -= 1;
+        if gate.in_accept == 0 && !gate.accepting {
+            accepting.changed.notify_all();
+        }
+        drop(gate);
+        let Some(handler) = taken? else {
+            return Ok(false);
+        };
+        let source = handler.source().map(canonical_source);
+        let key = handler
+            .key()
+            .or_else(|| source.map(|ip| Key::from_source(ip, self.ipv6_prefix)));
+        if let Err(refused) = self.admit(handler, source, key, how) {
+            refused.notify();
+        }
+        Ok(true)
+    }
+
+    /// The accepting thread: blocks until no worker waits on the acceptor;
+    /// false once accepting stopped.
+    pub(super) fn wait_for_no_worker_on_acceptor(&self, accepting: &Accepting<Q>) -> bool {
+        let mut gate = self.gate();
+        loop {
+            if !gate.accepting {
+                return false;
+            }
+            if gate.on_acceptor == 0 {
+                return true;
+            }
+            gate = super::acceptor::wait(&accepting.changed, gate);
+        }
+    }
+
+    /// The accepting thread accepts one, unless a worker waits on the
+    /// acceptor now or accepting stopped (`None`); whether it took one.
+    pub(super) fn accept_by_thread(&self, accepting: &Accepting<Q>) -> Option<io::Result<bool>> {
+        if self.gate().on_acceptor > 0 {
+            return None;
+        }
+        Some(self.accept_with(accepting, Admitting::New))
+    }
+
+    /// The accepting thread's back-off after an error; a stop ends it.
+    pub(super) fn pause_accepting_thread(&self, accepting: &Accepting<Q>, pause: Duration) {
+        let gate = self.gate();
+        if gate.accepting {
+            let _ = accepting.changed.wait_timeout(gate, pause);
+        }
+    }
+
+    /// Stops every use of the acceptor and returns once no thread is
+    /// inside its `accept`: the workers waiting on it go back to the token
+    /// channel, the accepting thread ends.
+    pub(super) fn stop_accepting(&self) {
+        let Some(accepting) = &self.accepting else {
+            return;
+        };
+        let mut gate = self.gate();
+        if gate.accepting {
+            gate.accepting = false;
+            accepting.ring(gate.workers);
+            accepting.wake_thread();
+            accepting.changed.notify_all();
+        }
+        while gate.in_accept > 0 {
+            gate = super::acceptor::wait(&accepting.changed, gate);
+        }
     }
 
     /// Asks every running handler to stop, through its hook.

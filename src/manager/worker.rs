@@ -5,6 +5,9 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crossbeam_channel::RecvTimeoutError;
+
+use super::acceptor::{IdleWait, wait_on_acceptor};
 use super::shared::{Done, Ended, Entry, Next, Shared};
 use super::slot::{RunningInfo, Slot};
 use crate::admission::{Admission, Outcome};
@@ -29,10 +32,16 @@ pub(super) fn work<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
     WORKER_OF.set(std::ptr::from_ref(shared) as usize);
     let slot = Arc::new(Slot::default());
     lock(&shared.slots).push(slot.clone());
+    // With an acceptor: this worker's epoll set on it, made once.
+    let mut idle = shared.accepting.as_ref().and_then(|accepting| {
+        IdleWait::new(accepting)
+            .inspect_err(|e| log::error!("a worker cannot wait on the acceptor: {e}"))
+            .ok()
+    });
     let mut done = None;
     let mut have_token = false;
     loop {
-        match shared.next(done.take(), have_token) {
+        match shared.next(done.take(), have_token, idle.is_some()) {
             Next::Run(entry) => {
                 have_token = false;
                 done = Some(run(shared, &slot, entry));
@@ -42,6 +51,20 @@ pub(super) fn work<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
                 Ok(()) => have_token = true,
                 Err(_) => break,
             },
+            Next::WaitOnAcceptor => {
+                have_token = false;
+                let (Some(accepting), Some(idle)) = (&shared.accepting, &mut idle) else {
+                    continue;
+                };
+                if let Some(pause) = wait_on_acceptor(shared, accepting, idle) {
+                    // Queued handlers still run during the back-off.
+                    match shared.tokens.recv_timeout(pause) {
+                        Ok(()) => have_token = true,
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+            }
             Next::Retire => break,
         }
     }

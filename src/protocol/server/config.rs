@@ -33,7 +33,7 @@ pub struct ServerConfig {
     pub(crate) max_running: usize,
     /// Clients waiting beyond the running ones; 0: none. Lowered at start
     /// (with a warning) to what the open-descriptor limit leaves room for:
-    /// 4 per running client and 64 in reserve.
+    /// 6 per running client and 64 in reserve.
     pub(crate) max_waiting: usize,
     /// Running plus waiting clients from one IP address; 0: no cap.
     pub(crate) max_per_source: usize,

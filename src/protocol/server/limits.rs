@@ -9,8 +9,10 @@ use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 /// refusals.
 const RESERVE: u64 = 64;
 /// Descriptors one running place may hold at once: the connection's
-/// socket, a file, a directory or temporary file, and one to spare.
-const PER_RUNNING: u64 = 4;
+/// socket, a file, a directory or temporary file, one to spare, and its
+/// worker's two for accepting while idle (an epoll set and its wake-up
+/// eventfd).
+const PER_RUNNING: u64 = 6;
 
 /// Raises the soft limit on open descriptors to the hard limit, as a
 /// server that holds a descriptor per waiting client needs; returns the

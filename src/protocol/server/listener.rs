@@ -6,25 +6,24 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, Sender};
-use rustix::event::{EventfdFlags, PollFd, PollFlags, eventfd};
+use rustix::event::{EventfdFlags, eventfd};
 
+use super::accepting::{HandshakeSlot, SessionAcceptor, refuse_proxied};
 use super::agent::{self, Load};
 use super::closer::Closer;
 use super::config::{Policy, ServerConfig, ServerError};
 use super::fs::Root;
 use super::metrics::{self, Metrics};
-use super::proxy::{Handshake, Handshakes, NoHeader};
-use super::session::{ServerState, Session, reply_error};
+use super::proxy::{Handshake, Handshakes};
+use super::session::{ServerState, Session};
 use super::sidecar::Sidecar;
 use super::sockopt;
 use super::tls::{Tls, TlsError, TlsSource};
 use super::users::Users;
 use super::watch;
-use crate::protocol::wire::ErrorCode;
-use crate::util::{Backoff, lock};
+use crate::util::lock;
 use crate::{Manager, ManagerBuilder, ShutdownReport, Stats};
 
 /// A running file server: bound, accepting, serving.
@@ -66,16 +65,15 @@ pub struct Server {
 struct Listening {
     manager: Manager<Session, Policy>,
     state: Arc<ServerState>,
-    listener: TcpListener,
+    /// The PROXY handshake thread's handle, shared with the acceptor.
+    handshakes: HandshakeSlot,
     stopping: AtomicBool,
-    /// Written once by shutdown: wakes the accepting thread's `poll`.
+    /// Written once by shutdown: stops the file watcher.
     stop_event: OwnedFd,
 }
 
 #[derive(Debug)]
 struct Threads {
-    /// The accepting thread.
-    accept: JoinHandle<()>,
     /// The PROXY header thread, when there are trusted proxies.
     handshake: Option<JoinHandle<()>>,
     closer: JoinHandle<()>,
@@ -85,8 +83,6 @@ struct Threads {
     watch: Option<JoinHandle<()>>,
     /// The metrics and agent listeners, stopped last.
     sidecars: Sidecars,
-    /// Dropped to wake the accepting thread from an error back-off.
-    wake: Sender<()>,
 }
 
 /// The optional listeners beside the main one.
@@ -194,26 +190,33 @@ impl Server {
             tls,
             users,
         });
-        let manager = builder.build().map_err(ServerError::Start)?;
+        let handshakes = HandshakeSlot::default();
+        let manager = builder
+            .build_with_acceptor(SessionAcceptor {
+                listener,
+                state: state.clone(),
+                handshakes: handshakes.clone(),
+            })
+            .map_err(ServerError::Start)?;
         let inner = Arc::new(Listening {
             manager,
             state,
-            listener,
+            handshakes,
             stopping: AtomicBool::new(false),
             stop_event: eventfd(0, EventfdFlags::CLOEXEC)
                 .map_err(|e| ServerError::Start(e.into()))?,
         });
-        let (handshakes, handshake) = match &inner.state.config.proxy_from {
-            trusted if trusted.is_empty() => (None, None),
-            trusted => {
+        let handshake = match &inner.state.config.proxy_from {
+            trusted if trusted.is_empty() => None,
+            _ => {
                 let admitting = inner.clone();
-                let (handshakes, thread) = Handshakes::start(
-                    trusted.clone(),
-                    inner.state.config.proxy_timeout,
-                    move |handshake| admitting.after_handshake(handshake),
-                )
-                .map_err(ServerError::Start)?;
-                (Some(handshakes), Some(thread))
+                let (handshakes, thread) =
+                    Handshakes::start(inner.state.config.proxy_timeout, move |handshake| {
+                        admitting.after_handshake(handshake)
+                    })
+                    .map_err(ServerError::Start)?;
+                *lock(&inner.handshakes) = Some(handshakes);
+                Some(thread)
             }
         };
         let sidecars = inner.start_sidecars()?;
@@ -233,22 +236,6 @@ impl Server {
         };
         let metrics_addr = sidecars.metrics.as_ref().map(Sidecar::local_addr);
         let agent_addr = sidecars.agent.as_ref().map(Sidecar::local_addr);
-        let (wake, woken) = crossbeam_channel::bounded(0);
-        let accepting = inner.clone();
-        let accept = thread::Builder::new()
-            .name("filesrv-accept".to_owned())
-            .spawn(move || {
-                accepting.accept_loop(&woken, handshakes.as_ref());
-                // Dropped: the handshake thread refuses what it holds, ends.
-                drop(handshakes);
-            });
-        let accept = match accept {
-            Ok(accept) => accept,
-            Err(e) => {
-                sidecars.stop();
-                return Err(ServerError::Start(e));
-            }
-        };
         log::info!("serving on {local_addr}");
         Ok(Server {
             local_addr,
@@ -256,13 +243,11 @@ impl Server {
             agent_addr,
             inner,
             threads: Mutex::new(Some(Threads {
-                accept,
                 handshake,
                 closer: closer_thread,
                 tls: tls_thread,
                 watch,
                 sidecars,
-                wake,
             })),
         })
     }
@@ -340,21 +325,22 @@ impl Server {
         let grace = inner.state.config.shutdown_grace;
         let mut threads = lock(&self.threads);
         if let Some(Threads {
-            accept,
             handshake,
             closer,
             tls,
             watch,
             sidecars,
-            wake,
         }) = threads.take()
         {
             inner.stopping.store(true, Ordering::SeqCst);
-            drop(wake);
             let _ = rustix::io::write(&inner.stop_event, &1u64.to_ne_bytes());
-            let _ = accept.join();
+            // Nothing more is taken from the backlog: under socket
+            // activation the socket outlives this process, and its backlog
+            // is the successor's.
+            inner.manager.stop_accepting();
             log::info!("stopped accepting");
-            // The accepting thread stopped the handshakes on its way out.
+            // Dropped: the handshake thread refuses what it holds, ends.
+            drop(lock(&inner.handshakes).take());
             if let Some(handshake) = handshake {
                 let _ = handshake.join();
             }
@@ -425,60 +411,6 @@ fn open_root(config: &ServerConfig) -> Result<Root, ServerError> {
         root: config.root.clone(),
         source,
     })
-}
-
-impl Listening {
-    fn accept_loop(&self, woken: &Receiver<()>, handshakes: Option<&Handshakes>) {
-        let mut backoff = Backoff::default();
-        loop {
-            // Once stopping, nothing more is taken from the backlog: under
-            // socket activation the socket outlives this process, and its
-            // backlog is the successor's.
-            if self.stopping.load(Ordering::SeqCst) {
-                return;
-            }
-            // The listener is non-blocking: a burst is accepted back to
-            // back, and only an empty backlog costs a wait.
-            let accepted = match self.listener.accept() {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Wait for a connection or the stop.
-                    let mut ready = [
-                        PollFd::new(&self.listener, PollFlags::IN),
-                        PollFd::new(&self.stop_event, PollFlags::IN),
-                    ];
-                    match rustix::event::poll(&mut ready, None) {
-                        Ok(_) if !ready[1].revents().is_empty() => return,
-                        Ok(_) | Err(rustix::io::Errno::INTR) => continue,
-                        Err(e) => Err(e.into()),
-                    }
-                }
-                accepted => accepted,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    backoff.reset();
-                    self.state.metrics.accepted();
-                    match handshakes {
-                        // A trusted proxy: its header names the client.
-                        Some(handshakes) if handshakes.trusts(peer) => {
-                            if let Err(stream) = handshakes.submit(stream, peer) {
-                                self.refuse_proxied(stream, peer, NoHeader::Full);
-                            }
-                        }
-                        _ => self.admit(stream, peer),
-                    }
-                }
-                Err(e) if is_transient(&e) => {}
-                Err(e) => {
-                    let pause = backoff.failed();
-                    log::warn!("accept failed: {e}; retrying in {pause:?}");
-                    // Wait out the back-off, or until shutdown drops the
-                    // sender; either way, then look again.
-                    let _ = woken.recv_timeout(pause);
-                }
-            }
-        }
-    }
 }
 
 impl Listening {
@@ -556,33 +488,8 @@ impl Listening {
                 stream,
                 peer,
                 reason,
-            } => self.refuse_proxied(stream, peer, reason),
+            } => refuse_proxied(&self.state, stream, peer, reason),
             Handshake::Closed(stream) => self.state.closer.close(stream),
         }
     }
-
-    /// Refuses a trusted proxy's connection that brought no usable header;
-    /// it never reached the manager, so it took no waiting place.
-    fn refuse_proxied(&self, stream: TcpStream, peer: SocketAddr, reason: NoHeader) {
-        log::info!("{peer}: refused: {reason}");
-        self.state.metrics.proxy_refused(reason);
-        let code = match reason {
-            NoHeader::Malformed => ErrorCode::BadRequest,
-            NoHeader::Timeout => ErrorCode::Timeout,
-            NoHeader::Full => ErrorCode::Busy,
-            NoHeader::ShuttingDown => ErrorCode::Unavailable,
-        };
-        let line = reply_error(code, &reason.to_string());
-        self.state.closer.refuse(stream, line.as_bytes());
-    }
-}
-
-/// Errors about one connection that died before it was accepted.
-pub(super) fn is_transient(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-    )
 }

@@ -2,6 +2,7 @@
 //! one `Session` handler per connection, body transfer, the
 //! lingering close, and the file-system layer beneath the root.
 
+mod accepting;
 mod agent;
 mod closer;
 mod config;

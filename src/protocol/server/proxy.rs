@@ -87,7 +87,6 @@ pub(crate) enum NoHeader {
 /// way to the handshake thread.
 #[derive(Debug)]
 pub(crate) struct Handshakes {
-    trusted: Vec<IpNet>,
     /// Taken and dropped by `drop`, it tells the thread to refuse what it
     /// holds and end; `Some` until then.
     queue: Option<Sender<(TcpStream, SocketAddr)>>,
@@ -98,7 +97,6 @@ impl Handshakes {
     /// Starts the handshake thread; `finished` gets every connection that
     /// leaves the handshake, on that thread.
     pub(crate) fn start(
-        trusted: Vec<IpNet>,
         timeout: Duration,
         finished: impl FnMut(Handshake) + Send + 'static,
     ) -> io::Result<(Handshakes, JoinHandle<()>)> {
@@ -120,18 +118,11 @@ impl Handshakes {
             })?;
         Ok((
             Handshakes {
-                trusted,
                 queue: Some(queue),
                 poller,
             },
             thread,
         ))
-    }
-
-    /// Whether `peer` is a trusted proxy, which must send a header.
-    pub(crate) fn trusts(&self, peer: SocketAddr) -> bool {
-        let ip = peer.ip().to_canonical();
-        self.trusted.iter().any(|net| net.contains(&ip))
     }
 
     /// Hands an accepted connection from a trusted peer to the handshake
@@ -356,25 +347,29 @@ fn consume(stream: &TcpStream, buf: &mut [u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether `peer` is in one of the `trusted` networks (an IPv4-mapped
+/// IPv6 address as its IPv4 address): a proxy that must send a header.
+pub(crate) fn trusts(trusted: &[IpNet], peer: SocketAddr) -> bool {
+    let ip = peer.ip().to_canonical();
+    trusted.iter().any(|net| net.contains(&ip))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn handshakes(trusted: &[&str]) -> Handshakes {
-        let trusted = trusted.iter().map(|n| n.parse().unwrap()).collect();
-        let (handshakes, _thread) =
-            Handshakes::start(trusted, Duration::from_secs(1), drop).unwrap();
-        handshakes
-    }
-
     #[test]
     fn trust_follows_the_networks_and_unmaps_ipv4() {
-        let h = handshakes(&["10.0.0.0/8", "127.0.0.1/32", "fd00::/8"]);
-        assert!(h.trusts("10.1.2.3:5".parse().unwrap()));
-        assert!(h.trusts("127.0.0.1:5".parse().unwrap()));
-        assert!(h.trusts("[::ffff:127.0.0.1]:5".parse().unwrap()));
-        assert!(h.trusts("[fd12::1]:5".parse().unwrap()));
-        assert!(!h.trusts("127.0.0.2:5".parse().unwrap()));
-        assert!(!h.trusts("11.0.0.1:5".parse().unwrap()));
+        let nets: Vec<IpNet> = ["10.0.0.0/8", "127.0.0.1/32", "fd00::/8"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        let h = |peer: &str| trusts(&nets, peer.parse().unwrap());
+        assert!(h("10.1.2.3:5"));
+        assert!(h("127.0.0.1:5"));
+        assert!(h("[::ffff:127.0.0.1]:5"));
+        assert!(h("[fd12::1]:5"));
+        assert!(!h("127.0.0.2:5"));
+        assert!(!h("11.0.0.1:5"));
     }
 }

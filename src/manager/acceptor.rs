@@ -1,0 +1,261 @@
+//! Idle workers that accept (leader/follower): with an [`Acceptor`], a
+//! worker that finds the queue empty waits on the acceptor's descriptor
+//! itself and runs what it accepts, with no thread in between. A new
+//! connection then costs one wake-up, not two (an accepting thread's and
+//! then a worker's).
+//!
+//! Who waits where, all counted under the gate's lock:
+//!
+//! - **Idle workers** wait in their own epoll set on the acceptor's
+//!   descriptor and on the doorbell, both `EPOLLEXCLUSIVE`, so the kernel
+//!   wakes one of them per connection or per ring.
+//! - **The doorbell** (an eventfd in semaphore mode) is rung once for each
+//!   handler queued while workers wait there: they take handlers that are
+//!   submitted or accepted by someone else, as a worker on the token
+//!   channel would.
+//! - **The accepting thread** (`<name>-accept`) accepts only while no
+//!   worker waits on the acceptor (all are busy), so that connections
+//!   still reach the queue, its deadlines and the hang-up watch. It sleeps
+//!   on a condition variable otherwise, and in `poll` on the acceptor
+//!   while it accepts; a worker that starts to wait wakes it to step back.
+
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::{Condvar, PoisonError};
+use std::time::Duration;
+
+use rustix::event::epoll::{Event, EventFlags};
+use rustix::event::{EventfdFlags, PollFd, PollFlags, eventfd};
+
+use super::shared::Shared;
+use crate::admission::Admission;
+use crate::handler::Handler;
+use crate::poller::Poller;
+use crate::util::{Backoff, panic_message};
+
+/// Where a manager's idle workers take new handlers themselves: usually a
+/// listening socket that turns each accepted connection into a handler.
+///
+/// Given to [`ManagerBuilder::build_with_acceptor`](crate::ManagerBuilder::build_with_acceptor).
+/// A worker with nothing queued waits for [`fd`](Acceptor::fd) to become
+/// readable, calls [`accept`](Acceptor::accept), and runs the handler at
+/// once; while every worker is busy, the manager's `<name>-accept` thread
+/// accepts instead and queues what it takes. Either way the handler goes
+/// through the admission policy like a submitted one (a refused one gets
+/// [`Handler::refused`] on the thread that accepted it), and a waiting
+/// handler always starts before a newer one.
+///
+/// ```
+/// use std::io::{self, Read, Write};
+/// use std::net::{TcpListener, TcpStream};
+/// use std::os::fd::{AsFd, BorrowedFd};
+/// use std::time::Duration;
+/// use filesrv::{Acceptor, BoxHandler, Manager, ManagerBuilder, handler_fn};
+///
+/// /// Says hello to each client.
+/// struct Hello(TcpListener);
+///
+/// impl Acceptor<BoxHandler> for Hello {
+///     fn fd(&self) -> BorrowedFd<'_> {
+///         self.0.as_fd()
+///     }
+///
+///     fn accept(&self) -> io::Result<Option<BoxHandler>> {
+///         match self.0.accept() {
+///             Ok((mut stream, peer)) => {
+///                 let greet = handler_fn(move |_ctx| stream.write_all(b"hello\n"));
+///                 Ok(Some(BoxHandler::new(greet.with_source(peer.ip()))))
+///             }
+///             // Another thread took the connection first.
+///             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+///             Err(e) => Err(e),
+///         }
+///     }
+/// }
+///
+/// # fn main() -> io::Result<()> {
+/// let listener = TcpListener::bind("127.0.0.1:0")?;
+/// // Several threads wait on it: it must not block.
+/// listener.set_nonblocking(true)?;
+/// let addr = listener.local_addr()?;
+/// let manager: Manager<BoxHandler> = ManagerBuilder::new(2).build_with_acceptor(Hello(listener))?;
+///
+/// let mut reply = String::new();
+/// TcpStream::connect(addr)?.read_to_string(&mut reply)?;
+/// assert_eq!(reply, "hello\n");
+/// manager.shutdown(Duration::from_secs(1));
+/// # Ok(())
+/// # }
+/// ```
+pub trait Acceptor<Q>: Send + Sync + 'static {
+    /// The descriptor that becomes readable when [`accept`](Acceptor::accept)
+    /// may have something: a listening socket in non-blocking mode. It
+    /// must stay the same open descriptor as long as the manager runs.
+    fn fd(&self) -> BorrowedFd<'_>;
+
+    /// Takes the next handler, without blocking (several threads may call
+    /// it at once).
+    ///
+    /// - `Ok(Some(handler))`: offered to the admission policy and, if
+    ///   admitted, run (by this worker, unless a handler waits already).
+    /// - `Ok(None)`: nothing to run: another thread took the connection,
+    ///   it died before it was accepted, or the acceptor dealt with it.
+    /// - `Err(e)`: accepting failed, as when the process is out of
+    ///   descriptors. It is logged, and that thread leaves the acceptor
+    ///   alone for 5 ms, doubled on each failure in a row up to 500 ms.
+    fn accept(&self) -> io::Result<Option<Q>>;
+}
+
+/// Event keys in a worker's epoll set.
+const READY: u64 = 0;
+const DOORBELL: u64 = 1;
+
+/// A manager's acceptor and what its users share; the counts are in the
+/// gate ([`Shared::accept_one`] and friends).
+pub(super) struct Accepting<Q> {
+    pub(super) acceptor: Box<dyn Acceptor<Q>>,
+    /// Rung once per handler queued while workers wait on the acceptor.
+    doorbell: OwnedFd,
+    /// Wakes the accepting thread from its `poll`.
+    pub(super) step_back: OwnedFd,
+    /// With the gate's lock: the accepting thread waits for no worker to
+    /// wait on the acceptor; a stop waits for the last `accept` to end.
+    pub(super) changed: Condvar,
+}
+
+impl<Q: Handler> Accepting<Q> {
+    pub(super) fn new(acceptor: Box<dyn Acceptor<Q>>) -> io::Result<Accepting<Q>> {
+        let flags = EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK;
+        Ok(Accepting {
+            acceptor,
+            doorbell: eventfd(0, flags | EventfdFlags::SEMAPHORE)?,
+            step_back: eventfd(0, flags)?,
+            changed: Condvar::new(),
+        })
+    }
+
+    /// Wakes `n` workers waiting on the acceptor.
+    pub(super) fn ring(&self, n: usize) {
+        for _ in 0..n {
+            let _ = rustix::io::write(&self.doorbell, &1u64.to_ne_bytes());
+        }
+    }
+
+    pub(super) fn wake_thread(&self) {
+        let _ = rustix::io::write(&self.step_back, &1u64.to_ne_bytes());
+    }
+
+    /// The acceptor's `accept`, a panic in it an error like any other.
+    pub(super) fn accept(&self) -> io::Result<Option<Q>> {
+        panic::catch_unwind(AssertUnwindSafe(|| self.acceptor.accept())).unwrap_or_else(|payload| {
+            let message = panic_message(&*payload);
+            Err(io::Error::other(format!(
+                "the acceptor panicked: {message}"
+            )))
+        })
+    }
+}
+
+/// A worker's own epoll set on the acceptor and the doorbell.
+pub(super) struct IdleWait {
+    poller: Poller,
+    events: Vec<Event>,
+    backoff: Backoff,
+}
+
+impl IdleWait {
+    pub(super) fn new<Q: Handler>(accepting: &Accepting<Q>) -> io::Result<IdleWait> {
+        let poller = Poller::new()?;
+        let flags = EventFlags::IN | EventFlags::EXCLUSIVE;
+        poller.add(accepting.acceptor.fd(), READY, flags)?;
+        poller.add(&accepting.doorbell, DOORBELL, flags)?;
+        Ok(IdleWait {
+            poller,
+            events: Poller::events(),
+            backoff: Backoff::default(),
+        })
+    }
+}
+
+/// A worker's wait on the acceptor, counted in the gate by
+/// [`Shared::next`]: returns once it was rung or took a connection; the
+/// back-off to wait out (on the token channel) if accepting failed.
+pub(super) fn wait_on_acceptor<Q: Handler, S: Admission>(
+    shared: &Shared<Q, S>,
+    accepting: &Accepting<Q>,
+    idle: &mut IdleWait,
+) -> Option<Duration> {
+    let (mut ready, mut rung) = (false, false);
+    let waited = idle
+        .poller
+        .wait(None, &mut idle.events, |key, _| match key {
+            READY => ready = true,
+            _ => rung = true,
+        });
+    if let Err(e) = waited {
+        log::error!("epoll_wait failed: {e}");
+    }
+    if rung {
+        // One count per ring: another worker woken for the same one finds
+        // nothing here and looks at the queue anyway.
+        let mut count = [0u8; 8];
+        let _ = rustix::io::read(&accepting.doorbell, &mut count);
+    }
+    match shared.accept_one(accepting, ready) {
+        Ok(()) => {
+            idle.backoff.reset();
+            None
+        }
+        Err(e) => {
+            let pause = idle.backoff.failed();
+            log::warn!("accept failed: {e}; a worker retries in {pause:?}");
+            Some(pause)
+        }
+    }
+}
+
+/// The accepting thread, for while no worker waits on the acceptor.
+pub(super) fn accept_loop<Q: Handler, S: Admission>(
+    shared: &Shared<Q, S>,
+    accepting: &Accepting<Q>,
+) {
+    let mut backoff = Backoff::default();
+    while shared.wait_for_no_worker_on_acceptor(accepting) {
+        let fd = accepting.acceptor.fd();
+        let mut fds = [
+            PollFd::new(&fd, PollFlags::IN),
+            PollFd::new(&accepting.step_back, PollFlags::IN),
+        ];
+        match rustix::event::poll(&mut fds, None) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => log::error!("poll failed: {e}"),
+        }
+        if !fds[1].revents().is_empty() {
+            let mut count = [0u8; 8];
+            let _ = rustix::io::read(&accepting.step_back, &mut count);
+            continue;
+        }
+        // A burst is accepted back to back, while no worker waits.
+        while let Some(taken) = shared.accept_by_thread(accepting) {
+            match taken {
+                Ok(true) => backoff.reset(),
+                Ok(false) => break,
+                Err(e) => {
+                    let pause = backoff.failed();
+                    log::warn!("accept failed: {e}; retrying in {pause:?}");
+                    shared.pause_accepting_thread(accepting, pause);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// `Condvar::wait`, ignoring poison as [`crate::util::lock`] does.
+pub(super) fn wait<'a, T>(
+    condvar: &Condvar,
+    guard: std::sync::MutexGuard<'a, T>,
+) -> std::sync::MutexGuard<'a, T> {
+    condvar.wait(guard).unwrap_or_else(PoisonError::into_inner)
+}
