@@ -266,12 +266,12 @@ fn sigkill_mid_upload_then_restart_leaves_no_trace() {
     let mut c = server.connect();
     c.send(format!("PUT file.txt {}\n", 1 << 20).as_bytes());
     c.send(&[b'n'; 100 * 1024]);
-    // Wait until the upload's temporary file is on disk, its declared
-    // size reserved up front.
+    // Wait until the upload's temporary file is on disk with the bytes
+    // sent so far.
     let partial = || {
         dir.temp_files("").iter().any(|n| {
             n != ".filesrv-1-0-0"
-                && fs::metadata(dir.root().join(n)).is_ok_and(|m| m.len() == 1 << 20)
+                && fs::metadata(dir.root().join(n)).is_ok_and(|m| m.len() == 100 * 1024)
         })
     };
     assert!(watch.wait_until(partial), "no partial upload appeared");

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use rustix::process::{Resource, Signal};
 
-use crate::support::{ChildServer, LIMIT, TempDir, begin_upload};
+use crate::support::{ChildServer, LIMIT, TempDir, Tmpfs, begin_upload};
 
 fn command(dir: &TempDir, max_running: usize, args: &[&str]) -> Command {
     let mut command = ChildServer::command(&dir.root(), max_running);
@@ -207,19 +207,7 @@ fn a_disk_too_full_for_an_upload_is_refused_before_its_body() {
 fn full_tmpfs() {
     let dir = TempDir::new("ops-tmpfs");
     let root = dir.root();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "filesrv-test"])
-        .arg(&root)
-        .status()
-        .unwrap();
-    assert!(mounted.success());
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(root.clone());
+    let _tmpfs = Tmpfs::mount(&root, 2 << 20).expect("root mounts a tmpfs");
     let server = ChildServer::spawn(command(&dir, 1, &["--allow-put"]));
     let mut c = server.connect();
     c.send(format!("PUT big.bin {}\n", 3 << 20).as_bytes());

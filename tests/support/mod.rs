@@ -9,6 +9,7 @@ mod haproxy;
 mod hostile;
 mod server;
 mod tempdir;
+mod tmpfs;
 pub(crate) mod tools;
 mod watch;
 
@@ -22,6 +23,7 @@ pub(crate) use haproxy::HaProxy;
 pub(crate) use hostile::{SECRET, contains, outside_names, plant_hostile_tree};
 pub(crate) use server::{TestServer, begin_upload, running_and_waiting};
 pub(crate) use tempdir::TempDir;
+pub(crate) use tmpfs::Tmpfs;
 pub(crate) use watch::DirWatch;
 
 /// The longest any single wait in a test may take.

@@ -1,6 +1,5 @@
 //! One client connection speaking the protocol: the [`Session`] handler.
 
-use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -12,7 +11,7 @@ use rustix::net::{RecvFlags, SendFlags};
 
 use super::closer::Closer;
 use super::config::ServerConfig;
-use super::fs::{FsError, Root};
+use super::fs::{FsError, Root, TempFile};
 use super::metrics::Metrics;
 use super::pace::Pace;
 use super::readbuf::ReadBuf;
@@ -472,16 +471,17 @@ impl Connection {
         if size > self.config().max_upload {
             return refuse(self, ErrorCode::TooLarge, "upload exceeds the size limit");
         }
-        let temp = match self.shared.root.create_temp(path) {
+        let mut temp = match self.shared.root.create_temp(path) {
             Ok(temp) => temp,
             Err(e) => return refuse(self, e.code(), e.message()),
         };
-        // Space first: a full disk is refused before the body is read.
-        if let Err(e) = temp.reserve(size) {
+        // Space first: a body the disk cannot hold is refused before it is
+        // read; disk is then reserved as it arrives, not up front.
+        if let Err(e) = temp.expect(size) {
             log::warn!("{}: upload to {path} refused: {e}", self.peer);
             return refuse(self, e.code(), e.message());
         }
-        match self.receive_body(temp.as_file(), size)? {
+        match self.receive_body(&mut temp, size)? {
             Received::All => {}
             Received::Gone => return Ok(Outcome::new(Answer::Gone, 0, Some(End::Quietly))),
             Received::Stalled => {
@@ -504,7 +504,7 @@ impl Connection {
 
     /// Copies `size` body bytes (buffered first, then from the socket) to
     /// `file`, within the stall timeout and the minimum rate ([`Pace`]).
-    fn receive_body(&mut self, mut file: &File, size: u64) -> io::Result<Received> {
+    fn receive_body(&mut self, file: &mut TempFile, size: u64) -> io::Result<Received> {
         let mut left = size;
         let buffered = chunk_len(left, self.end - self.start);
         if buffered > 0 {
