@@ -52,6 +52,14 @@ impl Backoff {
     }
 }
 
+/// A wait as `poll` takes it.
+pub(crate) fn timespec(wait: Duration) -> rustix::event::Timespec {
+    rustix::event::Timespec {
+        tv_sec: i64::try_from(wait.as_secs()).unwrap_or(i64::MAX),
+        tv_nsec: i64::from(wait.subsec_nanos()),
+    }
+}
+
 /// How much of a buffer of `max` bytes a body with `remaining` bytes to
 /// go needs.
 pub(crate) fn chunk_len(remaining: u64, max: usize) -> usize {

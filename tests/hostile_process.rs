@@ -12,6 +12,7 @@ use std::os::unix::process::CommandExt;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::metrics::http_get;
 use crate::support::{ChildServer, Conn, DirWatch, LIMIT, TempDir, connect_from};
 use rustix::process::{Resource, Signal};
 
@@ -31,6 +32,27 @@ fn assert_serves(server: &ChildServer, want: &[u8]) {
     assert_eq!(c.line(), "OK bye");
 }
 
+/// `n` clients that were answered and are now idle.
+fn idle_clients(server: &ChildServer, n: usize) -> Vec<Conn> {
+    (0..n)
+        .map(|_| {
+            let mut c = server.connect();
+            c.send(b"STAT /\n");
+            assert!(c.line().starts_with("OK d "));
+            c
+        })
+        .collect()
+}
+
+/// Lowers the server's descriptor limit to `limit` and connects 80
+/// clients, more than it leaves.
+fn exhaust_descriptors(server: &ChildServer, limit: u64) -> Vec<TcpStream> {
+    server.set_limit(Resource::Nofile, limit);
+    (0..80)
+        .map(|_| TcpStream::connect(server.addr()).unwrap())
+        .collect()
+}
+
 #[test]
 fn out_of_descriptors_the_server_backs_off_and_recovers() {
     let dir = TempDir::new("proc-nofile");
@@ -40,19 +62,9 @@ fn out_of_descriptors_the_server_backs_off_and_recovers() {
     // Every running slot taken by an idle client, so the flood below
     // waits in the queue holding its descriptors (a client dequeued with
     // none left would be answered ERR internal and its descriptor freed).
-    let running: Vec<Conn> = (0..4)
-        .map(|_| {
-            let mut c = server.connect();
-            c.send(b"STAT /\n");
-            assert!(c.line().starts_with("OK d "));
-            c
-        })
-        .collect();
+    let running = idle_clients(&server, 4);
     // A few dozen descriptors: the flood below exhausts them.
-    server.set_limit(Resource::Nofile, 48);
-    let flood: Vec<TcpStream> = (0..80)
-        .map(|_| TcpStream::connect(server.addr()).unwrap())
-        .collect();
+    let flood = exhaust_descriptors(&server, 48);
     // Failing accepts back off, doubling up to half a second: the CPU
     // time over the back-off's climb shows whether it spins.
     let first = server.wait_log("accept failed").unwrap();
@@ -66,6 +78,36 @@ fn out_of_descriptors_the_server_backs_off_and_recovers() {
     drop(flood);
     drop(running);
     assert_serves(&server, b"abc");
+}
+
+#[test]
+fn out_of_descriptors_the_sidecars_back_off_and_answer_again() {
+    let dir = TempDir::new("proc-nofile-sidecar");
+    dir.write("file.txt", "abc");
+    let server = ChildServer::spawn(command(&dir, 2, &["--metrics", "127.0.0.1:0"]));
+    let line = server.wait_log("metrics on http://").unwrap();
+    let metrics: std::net::SocketAddr = line
+        .rsplit("http://")
+        .next()
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(http_get(metrics, "/metrics").0, "HTTP/1.0 200 OK");
+    // The running slots taken, then descriptors exhausted by a flood on
+    // the main port: a scrape's connection cannot be accepted.
+    let running = idle_clients(&server, 2);
+    let flood = exhaust_descriptors(&server, 40);
+    server.wait_log("accept failed").unwrap();
+    let waiting_scrape = TcpStream::connect(metrics).unwrap();
+    server
+        .wait_log(&format!("{metrics}: accept failed"))
+        .unwrap();
+    // Load drops: the metrics endpoint answers again.
+    drop(flood);
+    drop(running);
+    drop(waiting_scrape);
+    assert_eq!(http_get(metrics, "/metrics").0, "HTTP/1.0 200 OK");
 }
 
 #[test]

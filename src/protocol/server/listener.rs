@@ -19,10 +19,10 @@ use super::fs::Root;
 use super::metrics::{self, Metrics};
 use super::proxy::{Handshake, Handshakes, NoHeader};
 use super::session::{ServerState, Session, reply_error};
-use super::sidecar::Sidecar;
+use super::sidecar::{SharedBackoff, Sidecar};
 use super::sockopt;
 use crate::protocol::wire::ErrorCode;
-use crate::util::{Backoff, lock};
+use crate::util::lock;
 use crate::{Manager, ManagerBuilder, ShutdownReport, Stats};
 
 /// A running file server: bound, accepting, serving.
@@ -69,6 +69,8 @@ struct Listening {
     stopping: AtomicBool,
     /// Written once by shutdown: wakes the accepting thread's `poll`.
     stop_event: OwnedFd,
+    /// The accept back-off of every listener, the sidecars' included.
+    backoff: SharedBackoff,
 }
 
 #[derive(Debug)]
@@ -194,6 +196,7 @@ impl Server {
             stopping: AtomicBool::new(false),
             stop_event: eventfd(0, EventfdFlags::CLOEXEC)
                 .map_err(|e| ServerError::Start(e.into()))?,
+            backoff: SharedBackoff::default(),
         });
         let (handshakes, handshake) = match &inner.state.config.proxy_from {
             trusted if trusted.is_empty() => (None, None),
@@ -352,7 +355,6 @@ fn open_root(config: &ServerConfig) -> Result<Root, ServerError> {
 
 impl Listening {
     fn accept_loop(&self, woken: &Receiver<()>, handshakes: Option<&Handshakes>) {
-        let mut backoff = Backoff::default();
         loop {
             // Once stopping, nothing more is taken from the backlog: under
             // socket activation the socket outlives this process, and its
@@ -379,7 +381,7 @@ impl Listening {
             };
             match accepted {
                 Ok((stream, peer)) => {
-                    backoff.reset();
+                    lock(&self.backoff).reset();
                     self.state.metrics.accepted();
                     match handshakes {
                         // A trusted proxy: its header names the client.
@@ -393,7 +395,7 @@ impl Listening {
                 }
                 Err(e) if is_transient(&e) => {}
                 Err(e) => {
-                    let pause = backoff.failed();
+                    let pause = lock(&self.backoff).failed();
                     log::warn!("accept failed: {e}; retrying in {pause:?}");
                     // Wait out the back-off, or until shutdown drops the
                     // sender; either way, then look again.
@@ -412,7 +414,7 @@ impl Listening {
         let mut sidecars = Sidecars::default();
         if let Some(addr) = config.metrics {
             let scraped = self.clone();
-            let sidecar = metrics::serve(addr, move || {
+            let sidecar = metrics::serve(addr, self.backoff.clone(), move || {
                 let state = &scraped.state;
                 let stats = scraped.manager.stats();
                 metrics::encode(&state.metrics, &stats, scraped.manager.max_running())
@@ -421,7 +423,7 @@ impl Listening {
         }
         if let Some(addr) = config.agent {
             let checked = self.clone();
-            let sidecar = agent::serve(addr, move || Load {
+            let sidecar = agent::serve(addr, self.backoff.clone(), move || Load {
                 stopping: checked.stopping.load(Ordering::SeqCst),
                 max_running: checked.manager.max_running(),
                 waiting: checked.manager.stats().waiting,
