@@ -17,7 +17,7 @@ fn command(dir: &TempDir, max_running: usize, args: &[&str]) -> Command {
 }
 
 #[test]
-fn sighup_shuts_down_gracefully_and_removes_temporary_files() {
+fn sighup_keeps_serving_and_sigterm_shuts_down_removing_temporary_files() {
     let dir = TempDir::new("ops-sighup");
     dir.write("file.txt", "abc");
     let args = ["--allow-put", "--max-waiting", "1"];
@@ -29,7 +29,12 @@ fn sighup_shuts_down_gracefully_and_removes_temporary_files() {
     // Accepted in order: once a third is refused, the second waits in
     // the queue, not in the backlog a stopping server leaves alone.
     server.connect().expect_final_err("busy");
+    // A reload-style SIGHUP: logged, and nothing stops.
     server.signal(Signal::HUP);
+    server.wait_log("SIGHUP").unwrap();
+    upload.send(b"more");
+    server.connect().expect_final_err("busy");
+    server.signal(Signal::TERM);
     waiting.expect_last_err("unavailable");
     // The upload in progress is cut when the grace ends (it never
     // finishes: its client sends nothing more) ... or when its client

@@ -37,8 +37,13 @@ enum Version {
 
 /// The header a proxy sends for a client at `source`.
 fn header(version: Version, source: &str) -> Vec<u8> {
-    let address =
-        ProxiedAddress::stream(source.parse().unwrap(), "192.0.2.200:9000".parse().unwrap());
+    let source: std::net::SocketAddr = source.parse().unwrap();
+    let destination = if source.is_ipv6() {
+        "[2001:db8::200]:9000"
+    } else {
+        "192.0.2.200:9000"
+    };
+    let address = ProxiedAddress::stream(source, destination.parse().unwrap());
     let mut bytes = Vec::new();
     let header = ProxyHeader::with_address(address);
     match version {
@@ -61,6 +66,22 @@ fn assert_served(conn: &mut Conn) {
     conn.send(b"STAT /\n");
     let line = conn.line();
     assert!(line.starts_with("OK d "), "{line}");
+}
+
+#[test]
+fn ipv6_clients_are_counted_per_64() {
+    for version in [Version::V1, Version::V2] {
+        let t = serve("proxy-v6", |c| c);
+        let mut first = connect(&t, PROXY, &header(version, "[2001:db8::1]:1000"));
+        assert_served(&mut first);
+        // Another address of the same /64, which one host holds whole.
+        let mut same = connect(&t, PROXY, &header(version, "[2001:db8::2]:1000"));
+        same.expect_final_err("busy");
+        // Another /64 is another source.
+        let mut other = connect(&t, PROXY, &header(version, "[2001:db8:0:1::1]:1000"));
+        assert_served(&mut other);
+        drop((first, other));
+    }
 }
 
 fn headers_name_the_client_for_per_source_caps(version: Version) {

@@ -108,9 +108,10 @@ Examples:
 Under systemd, a listening socket passed by socket activation
 (LISTEN_FDS) is served instead of PORT, and readiness and stopping are
 notified (NOTIFY_SOCKET). Silent unless -v is given (-v sets the level
-over RUST_LOG). SIGINT, SIGTERM or SIGHUP stop it gracefully: waiting
-clients get `ERR unavailable`, running ones may finish within
---shutdown-grace, then it exits 0. Start-up errors exit 1.";
+over RUST_LOG). SIGINT or SIGTERM stop it gracefully: waiting clients
+get `ERR unavailable`, running ones may finish within --shutdown-grace,
+then it exits 0. SIGHUP never stops it (it would reload; there is
+nothing to reload yet). Start-up errors exit 1.";
 
 /// A SECS value: fractions allowed; 0 means "none".
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -174,7 +175,8 @@ fn run(args: Args, mut passed: ListenFd) -> Result<(), Box<dyn std::error::Error
     // Installed before serving: a write past RLIMIT_FSIZE must fail with
     // EFBIG (answered `ERR internal`), not kill the server.
     signal_hook::flag::register(SIGXFSZ, Arc::new(AtomicBool::new(false)))?;
-    // SIGHUP (the terminal closed) stops gracefully too, as SIGTERM does.
+    // SIGHUP never stops the server: it asks for a reload (logrotate,
+    // `systemctl reload`), and there is nothing to reload yet.
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     // One descriptor per waiting client: take what the hard limit allows.
     if let Err(e) = filesrv::protocol::raise_descriptor_limit() {
@@ -214,8 +216,13 @@ fn run(args: Args, mut passed: ListenFd) -> Result<(), Box<dyn std::error::Error
     if let Some(addr) = server.agent_addr() {
         log::info!("agent-check on {addr}");
     }
-    if let Some(signal) = signals.forever().next() {
+    for signal in signals.forever() {
+        if signal == SIGHUP {
+            log::info!("SIGHUP: nothing to reload; still serving");
+            continue;
+        }
         log::info!("signal {signal}: shutting down");
+        break;
     }
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
     let report = server.shutdown();

@@ -167,8 +167,6 @@ impl Server {
             .admission(config.admission())
             .busy_idle_timeout(config.busy_idle_timeout)
             .busy_session_limit(config.busy_session_limit)
-            // The protocol counts per client address, not per network.
-            .ipv6_prefix(128)
             .name("filesrv");
         let state = Arc::new(ServerState {
             root,
