@@ -156,6 +156,35 @@ fn command_line(dir: &TempDir, args: &[&str]) -> Command {
 }
 
 #[test]
+fn a_put_onto_a_file_the_server_could_not_write_is_forbidden() {
+    let dir = TempDir::new("ops-readonly");
+    let read_only = dir.write("read-only.txt", "kept\n");
+    fs::set_permissions(&read_only, fs::Permissions::from_mode(0o444)).unwrap();
+    let mut names = vec!["read-only.txt"];
+    // Another user's file, writable by its owner only (root may chown).
+    if rustix::process::geteuid().is_root() {
+        let theirs = dir.write("theirs.txt", "kept\n");
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        names.push("theirs.txt");
+    }
+    let server = ChildServer::spawn(command(&dir, 1, &["--allow-put"]));
+    for name in names {
+        let mut c = server.connect();
+        // Refused before its body: the connection closes, as every
+        // refused PUT does.
+        c.send(format!("PUT {name} 4\n").as_bytes());
+        c.expect_final_err("forbidden");
+        assert_eq!(dir.read(name), b"kept\n", "{name}");
+    }
+    assert!(dir.temp_files("").is_empty());
+    // A file the server may write is still replaced.
+    dir.write("mine.txt", "old\n");
+    let mut c = server.connect();
+    c.send(b"PUT mine.txt 4\nnew\n");
+    assert_eq!(c.line(), "OK 4");
+}
+
+#[test]
 fn uploads_keep_the_replaced_files_permissions() {
     let dir = TempDir::new("ops-mode");
     let private = dir.write("private.txt", "secret\n");

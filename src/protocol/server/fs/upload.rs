@@ -195,9 +195,10 @@ impl Drop for TempFile {
     }
 }
 
-/// Refuses a target name that is a directory, FIFO, socket or device; a
-/// regular file, a symlink (to be replaced) or nothing at all is fine.
-/// Returns the mode of the regular file it replaces.
+/// Refuses a target name that is a directory, FIFO, socket or device, or
+/// a regular file the server's user could not write; a writable regular
+/// file, a symlink (to be replaced) or nothing at all is fine. Returns the
+/// mode of the regular file it replaces.
 fn check_target(dir: BorrowedFd<'_>, name: &[u8]) -> Result<Option<u32>, FsError> {
     let stat = match fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(stat) => stat,
@@ -205,7 +206,11 @@ fn check_target(dir: BorrowedFd<'_>, name: &[u8]) -> Result<Option<u32>, FsError
         Err(errno) => return Err(FsError::resolving(errno)),
     };
     match FileType::from_raw_mode(stat.st_mode) {
-        FileType::RegularFile => Ok(Some(stat.st_mode)),
+        FileType::RegularFile if may_write(&stat) => Ok(Some(stat.st_mode)),
+        FileType::RegularFile => Err(FsError::new(
+            ErrorCode::Forbidden,
+            "permission denied: the file is not writable",
+        )),
         FileType::Symlink => Ok(None),
         FileType::Directory => Err(FsError::new(ErrorCode::BadRequest, "target is a directory")),
         _ => Err(FsError::new(
@@ -213,6 +218,25 @@ fn check_target(dir: BorrowedFd<'_>, name: &[u8]) -> Result<Option<u32>, FsError
             "target is not a regular file",
         )),
     }
+}
+
+/// Whether the file's permission bits let the server's user write it:
+/// the owner's bits if it owns the file, the group's if it is in the
+/// file's group, the others' otherwise. Root's privilege to write any file
+/// is not used: a read-only file stays read-only, whoever runs the server.
+fn may_write(stat: &fs::Stat) -> bool {
+    let (uid, gid) = (process::geteuid().as_raw(), process::getegid().as_raw());
+    let in_group = || {
+        process::getgroups().is_ok_and(|groups| groups.iter().any(|g| g.as_raw() == stat.st_gid))
+    };
+    let bit = if stat.st_uid == uid {
+        0o200
+    } else if stat.st_gid == gid || in_group() {
+        0o020
+    } else {
+        0o002
+    };
+    stat.st_mode & bit != 0
 }
 
 /// A temporary name unique per upload: `.filesrv-<pid>-<counter>-<time>`.
