@@ -6,6 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags};
 
@@ -77,9 +78,22 @@ impl Handler for Session {
         Some(self.peer.ip())
     }
 
-    /// The client hung up if a peek finds end of stream (and no pipelined
-    /// request before it) or a reset.
+    /// The client hung up if the socket was reset (a request it sent may
+    /// still be readable), or a peek finds end of stream (and no
+    /// pipelined request before it).
     fn is_abandoned(&self) -> bool {
+        // A reset shows as an error or a hang-up in both directions; a
+        // half-close (the client shut its writing side) does not.
+        let mut fds = [PollFd::new(&self.stream, PollFlags::empty())];
+        let now = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        if poll(&mut fds, Some(&now)).is_ok_and(|ready| ready > 0)
+            && fds[0].revents().intersects(PollFlags::ERR | PollFlags::HUP)
+        {
+            return true;
+        }
         let mut probe = [0u8; 1];
         match rustix::net::recv(
             &self.stream,
