@@ -18,7 +18,7 @@ use super::pace::Pace;
 use super::readbuf::ReadBuf;
 use super::request_counts::Answer;
 use super::sockopt::{Cork, ReadTimeout};
-use super::transfer::{Sent, is_timeout, send_all, send_body};
+use super::transfer::{PacedWriter, Sent, is_timeout, send_all, send_body};
 use crate::protocol::checksum::sum_prefix_until;
 use crate::protocol::wire::{ErrorCode, MAX_LINE, RelPath, Request, parse_request, printable_line};
 use crate::util::{chunk_len, lock, time_left};
@@ -576,10 +576,16 @@ impl Connection {
             Err(e) => return self.refuse(&e),
         };
         // Streamed through a small buffer: the reply text is never held
-        // whole.
-        let mut out = io::BufWriter::with_capacity(LIST_BUF, &*self.stream);
-        let bytes = listing.write_reply(&mut out)?;
-        Ok(Outcome::new(Answer::Ok, bytes, None))
+        // whole. Paced as a GET body is.
+        let paced = PacedWriter::new(&self.stream, &self.shared.config);
+        let mut out = io::BufWriter::with_capacity(LIST_BUF, paced);
+        match listing.write_reply(&mut out) {
+            Ok(bytes) => Ok(Outcome::new(Answer::Ok, bytes, None)),
+            Err(_) if out.get_ref().stalled() => {
+                Ok(Outcome::new(Answer::Stalled, 0, Some(End::Abruptly)))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn sum(
