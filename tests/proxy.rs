@@ -159,6 +159,48 @@ fn a_trusted_peer_without_a_header_is_refused_before_the_queue() {
 }
 
 #[test]
+fn what_can_never_become_a_header_is_refused_at_once() {
+    // A deadline longer than any wait here: each refusal is for what was
+    // sent.
+    let t = serve("proxy-strict", |c| c.proxy_timeout(LIMIT * 2));
+    let mut unknown = b"PROXY UNKNOWN ".to_vec();
+    unknown.resize(200, b'x');
+    unknown.extend_from_slice(b"\r\n");
+    let never: [&[u8]; 3] = [
+        // Not the signature: `PROXY` must be followed by a space.
+        b"PROXYX TCP4 192.0.2.1 192.0.2.2 1000 9000\r\n",
+        // Longer than the 107 bytes the specification allows.
+        &unknown,
+        // LF without CR.
+        b"PROXY TCP4 192.0.2.1 192.0.2.2 1000 9000\n",
+    ];
+    for bytes in never {
+        let mut conn = connect(&t, PROXY, bytes);
+        let message = conn.err_message("bad-request");
+        assert!(message.contains("PROXY"), "{message}");
+    }
+    assert_eq!(t.server.stats().submitted, 0);
+}
+
+#[test]
+fn one_trusted_source_cannot_fill_the_handshake() {
+    let t = TestServer::start("proxy-per-source", |c| {
+        c.max_running(4)
+            .proxy_from(["127.0.0.0/8".parse().unwrap()])
+            .proxy_timeout(LIMIT * 2)
+    });
+    // One trusted host holds its share of handshakes, silent...
+    let host = Ipv4Addr::new(127, 0, 0, 3);
+    let silent: Vec<Conn> = (0..128).map(|_| connect(&t, host, b"")).collect();
+    // ...and past it is refused at once...
+    connect(&t, host, b"").expect_final_err("busy");
+    // ...while the other proxy's clients are served.
+    let mut other = connect(&t, PROXY, &header(Version::V2, "192.0.2.1:1000"));
+    assert_served(&mut other);
+    drop(silent);
+}
+
+#[test]
 fn a_trickled_header_is_cut_at_its_deadline_and_stalls_nobody() {
     let t = serve("proxy-trickle", |c| c.proxy_timeout(SHORT));
     let whole = header(Version::V1, "192.0.2.1:1000");
