@@ -231,6 +231,14 @@ impl Peer {
                 Err(_) => return false,
             }
         }
+        // Bytes the peer sent that were not read (a check's own) would
+        // turn the close into a reset, which may destroy the reply.
+        let mut discard = [0u8; 1024];
+        for _ in 0..MAX_REQUEST / discard.len() {
+            if !matches!(self.stream.read(&mut discard), Ok(n) if n > 0) {
+                break;
+            }
+        }
         let _ = self.stream.shutdown(Shutdown::Write);
         false
     }
