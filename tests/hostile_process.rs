@@ -111,6 +111,91 @@ fn out_of_descriptors_the_sidecars_back_off_and_answer_again() {
 }
 
 #[test]
+fn bursts_of_refusals_never_starve_running_clients_of_descriptors() {
+    let dir = TempDir::new("proc-budget");
+    dir.write("file.txt", "abc");
+    // A hard limit of 300 descriptors from the start, under which the
+    // server shares them out.
+    let plain = command(&dir, 4, &[]);
+    let mut limited = std::process::Command::new("prlimit");
+    limited
+        .arg("--nofile=300:300")
+        .arg(env!("CARGO_BIN_EXE_filesrv"))
+        .args(plain.get_args())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let server = ChildServer::spawn(limited);
+    let mut running = idle_clients(&server, 4);
+    // The queue filled, and held.
+    let waiting: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(server.addr()).unwrap())
+        .collect();
+    let addr = server.addr();
+    let (outcomes, newcomer) = thread::scope(|scope| {
+        let (done, flooding) = crossbeam_channel::bounded::<()>(0);
+        // Bursts of connections refused busy, each lingering a while.
+        let flood = scope.spawn(move || {
+            for _ in 0..3 {
+                let burst: Vec<TcpStream> = (0..600)
+                    .filter_map(|_| TcpStream::connect(addr).ok())
+                    .collect();
+                drop(burst);
+            }
+            drop(done);
+        });
+        // Meanwhile the running clients keep asking.
+        let askers: Vec<_> = running
+            .iter_mut()
+            .map(|c| {
+                let flooding = flooding.clone();
+                scope.spawn(move || {
+                    let (mut ok, mut failed) = (0, Vec::new());
+                    // At least once, and on until the bursts are over.
+                    loop {
+                        c.send(b"GET file.txt\n");
+                        match c.line() {
+                            line if line == "OK 3" => {
+                                assert_eq!(c.body(3), b"abc");
+                                ok += 1;
+                            }
+                            line => failed.push(line),
+                        }
+                        let over = crossbeam_channel::TryRecvError::Disconnected;
+                        if flooding.try_recv() == Err(over) {
+                            break;
+                        }
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        flood.join().unwrap();
+        // A newcomer finds the queue full: told so, not left unanswered.
+        let mut newcomer = server.connect();
+        let line = newcomer.try_line();
+        let outcomes: Vec<(usize, Vec<String>)> =
+            askers.into_iter().map(|a| a.join().unwrap()).collect();
+        (outcomes, line)
+    });
+    eprintln!("running clients: {outcomes:?}; newcomer: {newcomer:?}");
+    for (ok, failed) in &outcomes {
+        assert!(
+            failed.is_empty(),
+            "a running client was refused: {failed:?}"
+        );
+        assert!(*ok > 0);
+    }
+    assert!(
+        newcomer
+            .as_deref()
+            .is_some_and(|line| line.starts_with("ERR busy ")),
+        "{newcomer:?}"
+    );
+    drop((waiting, running));
+}
+
+#[test]
 fn out_of_descriptors_the_server_still_shuts_down_cleanly() {
     let dir = TempDir::new("proc-nofile-term");
     dir.write("file.txt", "abc");

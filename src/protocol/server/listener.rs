@@ -16,6 +16,7 @@ use super::agent::{self, Load};
 use super::closer::Closer;
 use super::config::{Policy, ServerConfig, ServerError};
 use super::fs::Root;
+use super::limits::Budget;
 use super::metrics::{self, Metrics};
 use super::proxy::{Handshake, Handshakes, NoHeader};
 use super::session::{ServerState, Session, reply_error};
@@ -162,7 +163,9 @@ impl Server {
         // socket (a successor, under socket activation) may take it first.
         listener.set_nonblocking(true).map_err(ServerError::Start)?;
         sockopt::set_inherited(&listener, &config).map_err(ServerError::Start)?;
-        let (closer, closer_thread) = Closer::start("filesrv").map_err(ServerError::Start)?;
+        let budget = Budget::of(&config);
+        let (closer, closer_thread) =
+            Closer::start("filesrv", budget.lingering).map_err(ServerError::Start)?;
         let builder = ManagerBuilder::new(config.max_running)
             .admission(config.admission())
             .busy_idle_timeout(config.busy_idle_timeout)
@@ -203,6 +206,7 @@ impl Server {
                 let (handshakes, thread) = Handshakes::start(
                     trusted.clone(),
                     inner.state.config.proxy_timeout,
+                    budget.pending,
                     move |handshake| admitting.after_handshake(handshake),
                 )
                 .map_err(ServerError::Start)?;

@@ -38,7 +38,8 @@ use rustix::net::RecvFlags;
 
 use crate::poller::Poller;
 
-/// Connections in the handshake at once; later ones are refused busy.
+/// Connections in the handshake at once, at most; later ones are refused
+/// busy. A server lowers it to its descriptor budget.
 pub(crate) const MAX_PENDING: usize = 1024;
 
 /// Connections in the handshake at once from one trusted address, so that
@@ -118,13 +119,19 @@ pub(crate) struct Handshakes {
 impl Handshakes {
     /// Starts the handshake thread; `finished` gets every connection that
     /// leaves the handshake, on that thread.
+    ///
+    /// At most `max_pending` connections are held at once (at most
+    /// [`MAX_PENDING`]), and at most an eighth of them (at most
+    /// [`MAX_PENDING_PER_SOURCE`]) from one address.
     pub(crate) fn start(
         trusted: Vec<IpNet>,
         timeout: Duration,
+        max_pending: usize,
         finished: impl FnMut(Handshake) + Send + 'static,
     ) -> io::Result<(Handshakes, JoinHandle<()>)> {
         let poller = Arc::new(Poller::new()?);
-        let (queue, arrivals) = crossbeam_channel::bounded(MAX_PENDING);
+        let max_pending = max_pending.clamp(1, MAX_PENDING);
+        let (queue, arrivals) = crossbeam_channel::bounded(max_pending);
         let thread_poller = poller.clone();
         let thread = thread::Builder::new()
             .name("filesrv-handshake".to_owned())
@@ -132,6 +139,8 @@ impl Handshakes {
                 let mut set = HandshakeSet {
                     poller: thread_poller,
                     timeout,
+                    max_pending,
+                    per_source_cap: (max_pending / 8).clamp(1, MAX_PENDING_PER_SOURCE),
                     pending: HashMap::new(),
                     per_source: HashMap::new(),
                     deadlines: BTreeSet::new(),
@@ -199,6 +208,8 @@ struct Pending {
 struct HandshakeSet<F> {
     poller: Arc<Poller>,
     timeout: Duration,
+    max_pending: usize,
+    per_source_cap: usize,
     pending: HashMap<u64, Pending>,
     /// How many of them each trusted address holds.
     per_source: HashMap<IpAddr, usize>,
@@ -245,7 +256,7 @@ impl<F: FnMut(Handshake)> HandshakeSet<F> {
 
     fn add(&mut self, stream: TcpStream, peer: SocketAddr) {
         let held = self.per_source.get(&peer.ip()).copied().unwrap_or(0);
-        if self.pending.len() >= MAX_PENDING || held >= MAX_PENDING_PER_SOURCE {
+        if self.pending.len() >= self.max_pending || held >= self.per_source_cap {
             return self.refuse(stream, peer, NoHeader::Full);
         }
         let key = self.next_key;
@@ -421,7 +432,7 @@ mod tests {
     fn handshakes(trusted: &[&str]) -> Handshakes {
         let trusted = trusted.iter().map(|n| n.parse().unwrap()).collect();
         let (handshakes, _thread) =
-            Handshakes::start(trusted, Duration::from_secs(1), drop).unwrap();
+            Handshakes::start(trusted, Duration::from_secs(1), MAX_PENDING, drop).unwrap();
         handshakes
     }
 

@@ -21,7 +21,7 @@ use super::sockopt::{Cork, ReadTimeout};
 use super::transfer::{PacedWriter, Sent, is_timeout, send_all, send_body};
 use crate::protocol::checksum::sum_prefix_until;
 use crate::protocol::wire::{ErrorCode, MAX_LINE, RelPath, Request, parse_request, printable_line};
-use crate::util::{chunk_len, lock, time_left};
+use crate::util::{Throttle, chunk_len, lock, time_left};
 use crate::{Handler, HandlerContext, MakeRoom, Refusal, Stop};
 
 /// What every session of one server shares: the root, the settings, the
@@ -431,8 +431,19 @@ impl Connection {
 
     /// Replies to a failed file operation; the connection stays.
     fn refuse(&mut self, e: &FsError) -> io::Result<Outcome> {
+        // At most one a second: under descriptor starvation every request
+        // fails, and each warning would otherwise be a line of log.
+        static INTERNAL: Throttle = Throttle::new();
         if e.code() == ErrorCode::Internal {
-            log::warn!("{}: {e}: {:?}", self.peer, std::error::Error::source(e));
+            let source = std::error::Error::source(e);
+            match INTERNAL.allow() {
+                Some(0) => log::warn!("{}: {e}: {source:?}", self.peer),
+                Some(held) => log::warn!(
+                    "{}: {e}: {source:?} ({held} more internal errors in the last second)",
+                    self.peer
+                ),
+                None => log::debug!("{}: {e}: {source:?}", self.peer),
+            }
         }
         self.send_error(e.code(), e.message())?;
         Ok(Outcome::new(Answer::Err(e.code()), 0, None))
