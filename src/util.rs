@@ -76,6 +76,58 @@ impl Backoff {
     }
 }
 
+/// Lets a warning that may repeat without end (one per failed request
+/// under descriptor starvation) through at most once a second.
+#[derive(Debug)]
+pub(crate) struct Throttle {
+    /// When one was last let through, and how many were held back since.
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl Throttle {
+    pub(crate) const fn new() -> Throttle {
+        Throttle {
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(held back since the last one)` when this one may be logged.
+    pub(crate) fn allow(&self) -> Option<u64> {
+        let mut state = lock(&self.state);
+        let now = Instant::now();
+        match state.0 {
+            Some(last) if now.duration_since(last) < Duration::from_secs(1) => {
+                state.1 += 1;
+                None
+            }
+            _ => {
+                let held = state.1;
+                *state = (Some(now), 0);
+                Some(held)
+            }
+        }
+    }
+}
+
+/// A wait as `poll` takes it.
+pub(crate) fn timespec(wait: Duration) -> rustix::event::Timespec {
+    rustix::event::Timespec {
+        tv_sec: i64::try_from(wait.as_secs()).unwrap_or(i64::MAX),
+        tv_nsec: i64::from(wait.subsec_nanos()),
+    }
+}
+
+/// Errors of `accept` about one connection that died before it was
+/// accepted: the next one may do.
+pub(crate) fn is_transient(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::Interrupted
+    )
+}
+
 /// How much of a buffer of `max` bytes a body with `remaining` bytes to
 /// go needs.
 pub(crate) fn chunk_len(remaining: u64, max: usize) -> usize {

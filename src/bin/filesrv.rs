@@ -227,7 +227,8 @@ fn run(args: Args, mut passed: ListenFd) -> Result<(), Box<dyn std::error::Error
     // Installed before serving: a write past RLIMIT_FSIZE must fail with
     // EFBIG (answered `ERR internal`), not kill the server.
     signal_hook::flag::register(SIGXFSZ, Arc::new(AtomicBool::new(false)))?;
-    // SIGHUP (the terminal closed) stops gracefully too, as SIGTERM does.
+    // SIGHUP never stops the server: it asks for a reload (logrotate,
+    // `systemctl reload`), and there is nothing to reload yet.
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     let (port, max_running) = match (args.port, args.max_running) {
         (Some(port), Some(max_running)) => (port, max_running),

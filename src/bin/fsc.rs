@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use filesrv::protocol::wire::EntryKind;
+use filesrv::protocol::wire::{EntryKind, ListEntry};
 use filesrv::protocol::{Client, ClientError, ClientTls, TransferOptions};
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
@@ -195,7 +195,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("fsc: {}", failure.message());
+            eprintln!("fsc: {}", printable(&failure.message()));
             ExitCode::from(failure.exit_code())
         }
     }
@@ -217,7 +217,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
     if let (Some(user), Some(password)) = (&cli.user, password) {
         client.login(user, password.as_bytes())?;
     }
-    client.set_notice(|message| eprintln!("fsc: {message}"));
+    client.set_notice(|message| eprintln!("fsc: {}", printable(message)));
     match command {
         Plan::Get {
             remote,
@@ -477,15 +477,32 @@ fn print_sum(client: &mut Client, remote: &str) -> Result<(), Failure> {
     Ok(())
 }
 
+/// How many entries `ls` aligns at a time: the memory it holds, whatever
+/// the server announces or sends.
+const LIST_BATCH: usize = 1024;
+
 fn print_list(client: &mut Client, dir: &str) -> Result<(), ClientError> {
-    let entries = client.list(dir)?;
+    let mut out = io::stdout().lock();
+    let mut batch = Vec::with_capacity(LIST_BATCH);
+    client.list_each(dir, |entry| {
+        batch.push(entry);
+        if batch.len() == LIST_BATCH {
+            print_entries(&mut out, &mut batch)?;
+        }
+        Ok(())
+    })?;
+    print_entries(&mut out, &mut batch)?;
+    out.flush().map_err(ClientError::Local)
+}
+
+/// Prints `entries`, their sizes aligned, and empties it.
+fn print_entries(out: &mut impl Write, entries: &mut Vec<ListEntry>) -> Result<(), ClientError> {
     let width = entries
         .iter()
         .map(|entry| entry.size.to_string().len())
         .max()
         .unwrap_or(0);
-    let mut out = io::stdout().lock();
-    for entry in &entries {
+    for entry in entries.drain(..) {
         writeln!(
             out,
             "{} {:>width$} {}",
@@ -495,7 +512,21 @@ fn print_list(client: &mut Client, dir: &str) -> Result<(), ClientError> {
         )
         .map_err(ClientError::Local)?;
     }
-    out.flush().map_err(ClientError::Local)
+    Ok(())
+}
+
+/// `text` with its control characters escaped (`\u{1b}`, `\n`), so that
+/// what a server sent cannot drive the terminal it is printed on.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn print_stat(client: &mut Client, path: &str) -> Result<(), ClientError> {

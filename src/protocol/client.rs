@@ -30,6 +30,43 @@ const MAX_REPLY: u64 = 64 * 1024;
 /// escape in the request line, so any name that is valid UTF-8 can be asked
 /// for as it is. The empty path and `/` both name the root.
 ///
+/// Opens the partial download at `path`, creating it (empty) if `create`,
+/// without following a symlink there, and only if it is a regular file
+/// this user owns under no other name: a link someone else planted at the
+/// predictable name is refused, never written through.
+fn open_partial(path: &Path, create: bool) -> io::Result<File> {
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+    let not_ours = || {
+        io::Error::new(
+            ErrorKind::PermissionDenied,
+            "not a regular file of this user's: refusing to write through it",
+        )
+    };
+    // Non-blocking, so that a FIFO planted there cannot stall the open.
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .custom_flags(i32::try_from(flags.bits()).map_err(|_| not_ours())?)
+        .open(path)
+        .map_err(|error| match error.raw_os_error() {
+            Some(code) if code == rustix::io::Errno::LOOP.raw_os_error() => not_ours(),
+            _ => error,
+        })?;
+    let metadata = file.metadata()?;
+    let ours = metadata.file_type().is_file()
+        && metadata.uid() == rustix::process::geteuid().as_raw()
+        && metadata.nlink() == 1;
+    if !ours {
+        return Err(not_ours());
+    }
+    if create {
+        file.set_len(0)?;
+    }
+    Ok(file)
+}
+
 /// A reply of `ERR <code> <message>` comes back as [`ClientError::Server`]
 /// and leaves the client usable when the server keeps the connection (see
 /// the protocol's table of codes). Any other error leaves the connection
@@ -428,14 +465,7 @@ impl Client {
             let file = file.to_owned();
             move |source| ClientError::File { path: file, source }
         };
-        let open = |create: bool| {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(create)
-                .truncate(create)
-                .open(&partial)
-        };
+        let open = |create: bool| open_partial(&partial, create);
         let existing = match open(false) {
             Ok(file) if options.resume => Some(file),
             Ok(_) => None,
@@ -625,20 +655,44 @@ impl Client {
     /// - [`ClientError::Io`] if the connection fails or times out, or was
     ///   already closed;
     /// - [`ClientError::Protocol`] if the reply is malformed.
+    ///
+    /// The whole listing is held: against a server that may send without
+    /// end, use [`list_each`](Client::list_each).
     pub fn list(&mut self, dir: &str) -> Result<Vec<ListEntry>, ClientError> {
+        let mut entries = Vec::new();
+        self.list_each(dir, |entry| {
+            entries.push(entry);
+            Ok(())
+        })?;
+        Ok(entries)
+    }
+
+    /// Lists the directory `dir` as [`list`](Client::list) does, handing
+    /// each entry to `each` as its line arrives: the memory used is one
+    /// line's, however many the server announces or sends. Returns how
+    /// many entries there were.
+    ///
+    /// # Errors
+    ///
+    /// As [`list`](Client::list), and whatever `each` returns, which ends
+    /// the listing (and the connection, unless it is
+    /// [`ClientError::Server`]).
+    pub fn list_each(
+        &mut self,
+        dir: &str,
+        mut each: impl FnMut(ListEntry) -> Result<(), ClientError>,
+    ) -> Result<u64, ClientError> {
         self.exchange(|client| {
             let count = number(&client.request(&format!("LIST {}\n", field(dir)))?)
                 .ok_or_else(|| malformed("`OK <count>`"))?;
-            // The count is the server's word: grow as lines actually arrive.
-            let mut entries = Vec::with_capacity(usize::try_from(count.min(1024)).unwrap_or(0));
             for _ in 0..count {
                 let line = client.read_line()?;
                 let entry = line
                     .parse()
                     .map_err(|_| malformed("`<f|d> <size> <name>`"))?;
-                entries.push(entry);
+                each(entry)?;
             }
-            Ok(entries)
+            Ok(count)
         })
     }
 

@@ -572,3 +572,110 @@ fn client_types_are_send() {
     send::<Client>();
     send_sync::<ClientError>();
 }
+
+/// A hostile server on 127.0.0.1 for one connection: it reads the request
+/// line, sends each part the number of times given, and closes. Returns
+/// its address.
+fn hostile_server(parts: Vec<(Vec<u8>, usize)>) -> (String, thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let thread = thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(LIMIT)).unwrap();
+        stream.set_write_timeout(Some(LIMIT)).unwrap();
+        let mut request = String::new();
+        BufReader::new(&stream).read_line(&mut request).unwrap();
+        for (bytes, times) in parts {
+            for _ in 0..times {
+                // The client may give up first.
+                if (&stream).write_all(&bytes).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    (addr, thread)
+}
+
+#[test]
+fn fsc_ls_streams_an_endless_listing_in_bounded_memory() {
+    let dir = TempDir::new("client-endless");
+    // The largest count there is, 48 MiB of entries (8 million, about
+    // 500 MB as a list in memory), then a line that is no entry.
+    let (addr, server) = hostile_server(vec![
+        (b"OK 18446744073709551615\n".to_vec(), 1),
+        (b"f 1 x\n".repeat(1 << 20), 8),
+        (b"not an entry\n".to_vec(), 1),
+    ]);
+    // 64 MiB of address space: fsc needs under 16.
+    let run = Command::new("prlimit")
+        .arg(format!("--as={}", 64 << 20))
+        .arg(env!("CARGO_BIN_EXE_fsc"))
+        .args(["--timeout", "20", &addr, "ls"])
+        .current_dir(local_dir(&dir))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    server.join().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr, "fsc: malformed reply: expected `<f|d> <size> <name>`\n",
+        "fsc did not read to the last line"
+    );
+}
+
+#[test]
+fn fsc_escapes_control_characters_a_server_sends() {
+    let dir = TempDir::new("client-escapes");
+    // A title change and a screen clear in an error message.
+    let (addr, server) = hostile_server(vec![(
+        b"ERR not-found \x1b]0;pwned\x07\x1b[2Jgone\n".to_vec(),
+        1,
+    )]);
+    let run = fsc(&local_dir(&dir), &[&addr, "stat", "x"]);
+    server.join().unwrap();
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert_eq!(
+        run.stderr,
+        "fsc: server refused: not-found \\u{1b}]0;pwned\\u{7}\\u{1b}[2Jgone\n"
+    );
+}
+
+#[test]
+fn fsc_get_refuses_a_symlink_planted_at_its_partial_name() {
+    let dir = TempDir::new("client-planted");
+    dir.write("notes.txt", "server notes\n");
+    let victim = dir.write("../victim", "precious\n");
+    let server = serve(&dir, |config| config);
+    let addr = server.local_addr().to_string();
+    let local = local_dir(&dir);
+    let partial = Client::partial_path(&local.join("notes.txt"), "notes.txt");
+    std::os::unix::fs::symlink(&victim, &partial).unwrap();
+    for args in [
+        &["get", "notes.txt"][..],
+        &["get", "--no-resume", "notes.txt"],
+    ] {
+        let mut all = vec![&addr[..]];
+        all.extend_from_slice(args);
+        let run = fsc(&local, &all);
+        assert_eq!(run.code, Some(2), "{args:?}: {run:?}");
+        assert!(
+            run.stderr.contains("not a regular file of this user's"),
+            "{run:?}"
+        );
+        assert_eq!(fs::read(&victim).unwrap(), b"precious\n");
+        assert!(!local.join("notes.txt").exists());
+    }
+    // Another user's file there is refused as well.
+    fs::remove_file(&partial).unwrap();
+    fs::write(&partial, b"theirs").unwrap();
+    if rustix::process::geteuid().is_root() {
+        std::os::unix::fs::chown(&partial, Some(65534), None).unwrap();
+        let run = fsc(&local, &[&addr, "get", "notes.txt"]);
+        assert_eq!(run.code, Some(2), "{run:?}");
+        assert_eq!(fs::read(&partial).unwrap(), b"theirs");
+    }
+}

@@ -37,11 +37,13 @@ const SOURCES: u8 = 8;
 const ATTEMPTS: usize = 20;
 
 /// One instance: its socket (held here, as by `filesrv@.socket`) and
-/// its agent's address, kept across restarts.
+/// its agent's address, kept across restarts, and options of the test's
+/// beyond the unit's.
 struct Instance {
     listener: TcpListener,
     agent: Option<SocketAddr>,
     process: Option<ChildServer>,
+    extra: &'static [&'static str],
 }
 
 impl Instance {
@@ -54,6 +56,7 @@ impl Instance {
             .args(["--max-per-source", &MAX_PER_SOURCE.to_string()])
             .args(["--agent", &agent.to_string()])
             .args(["--shutdown-grace", "20"])
+            .args(self.extra)
             .env("LISTEN_FDS", "1")
             .env("LISTEN_FDS_FIRST_FD", passed.raw().to_string())
             .env_remove("LISTEN_PID");
@@ -78,12 +81,10 @@ fn config(instances: &[Instance]) -> String {
     for (i, instance) in instances.iter().enumerate() {
         let n = i + 1;
         let addr = instance.listener.local_addr().unwrap();
+        let agent = instance.agent.unwrap().port();
         replace(
-            &format!("server s{n} 127.0.0.1:900{n} agent-port 910{n}"),
-            &format!(
-                "server s{n} {addr} agent-port {}",
-                instance.agent.unwrap().port()
-            ),
+            &format!("server s{n} 127.0.0.1:900{n} port 910{n} agent-port 910{n}"),
+            &format!("server s{n} {addr} port {agent} agent-port {agent}"),
         );
     }
     config
@@ -157,6 +158,7 @@ fn three_instances_behind_haproxy_survive_a_rolling_restart() {
             listener: TcpListener::bind("127.0.0.1:0").unwrap(),
             agent: None,
             process: None,
+            extra: &[],
         })
         .collect();
     for instance in &mut instances {
@@ -263,6 +265,63 @@ fn three_instances_behind_haproxy_survive_a_rolling_restart() {
     });
     assert_eq!(done.load(Ordering::SeqCst), TRANSFERS);
     assert!(attempts >= TRANSFERS);
+    for name in ["s1", "s2", "s3"] {
+        assert_eq!(haproxy.server_status("filesrv", name), "UP", "{name}");
+    }
+}
+
+#[test]
+fn haproxys_health_checks_never_queue_nor_make_idle_clients_leave() {
+    let root = TempDir::new("deploy-checks");
+    // Idle clients leave after 1 s while clients wait: a check that
+    // waited in an instance's queue would evict one within a second.
+    let mut instances: Vec<Instance> = (0..3)
+        .map(|_| Instance {
+            listener: TcpListener::bind("127.0.0.1:0").unwrap(),
+            agent: None,
+            process: None,
+            extra: &["--busy-idle-timeout", "1"],
+        })
+        .collect();
+    for instance in &mut instances {
+        instance.start(&root);
+    }
+    let haproxy = HaProxy::start("deploy-checks", &config(&instances));
+    // Every slot of every instance taken by a client now idle (six
+    // addresses, two each: within every per-source cap).
+    let mut idle: Vec<Conn> = (0..3 * MAX_RUNNING)
+        .map(|i| {
+            let from = Ipv4Addr::new(127, 0, 0, 20 + u8::try_from(i / 2).unwrap());
+            let mut c = Conn::from_stream(connect_from(from, haproxy.addr()).unwrap());
+            c.send(b"STAT /\n");
+            assert!(c.line().starts_with("OK d "));
+            c
+        })
+        .collect();
+    // Four check intervals: nothing comes to any idle client.
+    let quiet = Duration::from_secs(4);
+    let began = Instant::now();
+    for c in &mut idle {
+        let left = quiet
+            .saturating_sub(began.elapsed())
+            .max(Duration::from_millis(1));
+        c.stream().set_read_timeout(Some(left)).unwrap();
+        let mut byte = [0u8; 1];
+        match c.reader.read(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!(
+                "an idle client was told something: {other:?}: {:?}",
+                c.try_line()
+            ),
+        }
+    }
+    assert!(began.elapsed() >= quiet);
+    // Every client is still served, and every instance is UP.
+    for c in &mut idle {
+        c.stream().set_read_timeout(Some(LIMIT)).unwrap();
+        c.send(b"STAT /\n");
+        assert!(c.line().starts_with("OK d "));
+    }
     for name in ["s1", "s2", "s3"] {
         assert_eq!(haproxy.server_status("filesrv", name), "UP", "{name}");
     }

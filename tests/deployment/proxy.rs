@@ -37,8 +37,13 @@ enum Version {
 
 /// The header a proxy sends for a client at `source`.
 fn header(version: Version, source: &str) -> Vec<u8> {
-    let address =
-        ProxiedAddress::stream(source.parse().unwrap(), "192.0.2.200:9000".parse().unwrap());
+    let source: std::net::SocketAddr = source.parse().unwrap();
+    let destination = if source.is_ipv6() {
+        "[2001:db8::200]:9000"
+    } else {
+        "192.0.2.200:9000"
+    };
+    let address = ProxiedAddress::stream(source, destination.parse().unwrap());
     let mut bytes = Vec::new();
     let header = ProxyHeader::with_address(address);
     match version {
@@ -61,6 +66,22 @@ fn assert_served(conn: &mut Conn) {
     conn.send(b"STAT /\n");
     let line = conn.line();
     assert!(line.starts_with("OK d "), "{line}");
+}
+
+#[test]
+fn ipv6_clients_are_counted_per_64() {
+    for version in [Version::V1, Version::V2] {
+        let t = serve("proxy-v6", |c| c);
+        let mut first = connect(&t, PROXY, &header(version, "[2001:db8::1]:1000"));
+        assert_served(&mut first);
+        // Another address of the same /64, which one host holds whole.
+        let mut same = connect(&t, PROXY, &header(version, "[2001:db8::2]:1000"));
+        same.expect_final_err("busy");
+        // Another /64 is another source.
+        let mut other = connect(&t, PROXY, &header(version, "[2001:db8:0:1::1]:1000"));
+        assert_served(&mut other);
+        drop((first, other));
+    }
 }
 
 fn headers_name_the_client_for_per_source_caps(version: Version) {
@@ -135,6 +156,48 @@ fn a_trusted_peer_without_a_header_is_refused_before_the_queue() {
     // None took a waiting place: the manager never saw them.
     assert_eq!(t.server.stats().submitted, 0);
     t.assert_serves_through(&header(Version::V2, "192.0.2.1:1000"));
+}
+
+#[test]
+fn what_can_never_become_a_header_is_refused_at_once() {
+    // A deadline longer than any wait here: each refusal is for what was
+    // sent.
+    let t = serve("proxy-strict", |c| c.proxy_timeout(LIMIT * 2));
+    let mut unknown = b"PROXY UNKNOWN ".to_vec();
+    unknown.resize(200, b'x');
+    unknown.extend_from_slice(b"\r\n");
+    let never: [&[u8]; 3] = [
+        // Not the signature: `PROXY` must be followed by a space.
+        b"PROXYX TCP4 192.0.2.1 192.0.2.2 1000 9000\r\n",
+        // Longer than the 107 bytes the specification allows.
+        &unknown,
+        // LF without CR.
+        b"PROXY TCP4 192.0.2.1 192.0.2.2 1000 9000\n",
+    ];
+    for bytes in never {
+        let mut conn = connect(&t, PROXY, bytes);
+        let message = conn.err_message("bad-request");
+        assert!(message.contains("PROXY"), "{message}");
+    }
+    assert_eq!(t.server.stats().submitted, 0);
+}
+
+#[test]
+fn one_trusted_source_cannot_fill_the_handshake() {
+    let t = TestServer::start("proxy-per-source", |c| {
+        c.max_running(4)
+            .proxy_from(["127.0.0.0/8".parse().unwrap()])
+            .proxy_timeout(LIMIT * 2)
+    });
+    // One trusted host holds its share of handshakes, silent...
+    let host = Ipv4Addr::new(127, 0, 0, 3);
+    let silent: Vec<Conn> = (0..128).map(|_| connect(&t, host, b"")).collect();
+    // ...and past it is refused at once...
+    connect(&t, host, b"").expect_final_err("busy");
+    // ...while the other proxy's clients are served.
+    let mut other = connect(&t, PROXY, &header(Version::V2, "192.0.2.1:1000"));
+    assert_served(&mut other);
+    drop(silent);
 }
 
 #[test]

@@ -12,6 +12,7 @@ use std::os::unix::process::CommandExt;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::metrics::http_get;
 use crate::support::{ChildServer, Conn, DirWatch, LIMIT, TempDir, connect_from};
 use rustix::process::{Resource, Signal};
 
@@ -31,6 +32,27 @@ fn assert_serves(server: &ChildServer, want: &[u8]) {
     assert_eq!(c.line(), "OK bye");
 }
 
+/// `n` clients that were answered and are now idle.
+fn idle_clients(server: &ChildServer, n: usize) -> Vec<Conn> {
+    (0..n)
+        .map(|_| {
+            let mut c = server.connect();
+            c.send(b"STAT /\n");
+            assert!(c.line().starts_with("OK d "));
+            c
+        })
+        .collect()
+}
+
+/// Lowers the server's descriptor limit to `limit` and connects 80
+/// clients, more than it leaves.
+fn exhaust_descriptors(server: &ChildServer, limit: u64) -> Vec<TcpStream> {
+    server.set_limit(Resource::Nofile, limit);
+    (0..80)
+        .map(|_| TcpStream::connect(server.addr()).unwrap())
+        .collect()
+}
+
 #[test]
 fn out_of_descriptors_the_server_backs_off_and_recovers() {
     let dir = TempDir::new("proc-nofile");
@@ -40,19 +62,9 @@ fn out_of_descriptors_the_server_backs_off_and_recovers() {
     // Every running slot taken by an idle client, so the flood below
     // waits in the queue holding its descriptors (a client dequeued with
     // none left would be answered ERR internal and its descriptor freed).
-    let running: Vec<Conn> = (0..4)
-        .map(|_| {
-            let mut c = server.connect();
-            c.send(b"STAT /\n");
-            assert!(c.line().starts_with("OK d "));
-            c
-        })
-        .collect();
+    let running = idle_clients(&server, 4);
     // A few dozen descriptors: the flood below exhausts them.
-    server.set_limit(Resource::Nofile, 48);
-    let flood: Vec<TcpStream> = (0..80)
-        .map(|_| TcpStream::connect(server.addr()).unwrap())
-        .collect();
+    let flood = exhaust_descriptors(&server, 48);
     // Failing accepts back off, doubling up to half a second: the CPU
     // time over the back-off's climb shows whether it spins.
     let first = server.wait_log("accept failed").unwrap();
@@ -66,6 +78,121 @@ fn out_of_descriptors_the_server_backs_off_and_recovers() {
     drop(flood);
     drop(running);
     assert_serves(&server, b"abc");
+}
+
+#[test]
+fn out_of_descriptors_the_sidecars_back_off_and_answer_again() {
+    let dir = TempDir::new("proc-nofile-sidecar");
+    dir.write("file.txt", "abc");
+    let server = ChildServer::spawn(command(&dir, 2, &["--metrics", "127.0.0.1:0"]));
+    let line = server.wait_log("metrics on http://").unwrap();
+    let metrics: std::net::SocketAddr = line
+        .rsplit("http://")
+        .next()
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(http_get(metrics, "/metrics").0, "HTTP/1.0 200 OK");
+    // The running slots taken, then descriptors exhausted by a flood on
+    // the main port: a scrape's connection cannot be accepted.
+    let running = idle_clients(&server, 2);
+    let flood = exhaust_descriptors(&server, 40);
+    server.wait_log("accept failed").unwrap();
+    let waiting_scrape = TcpStream::connect(metrics).unwrap();
+    server
+        .wait_log(&format!("{metrics}: accept failed"))
+        .unwrap();
+    // Load drops: the metrics endpoint answers again.
+    drop(flood);
+    drop(running);
+    drop(waiting_scrape);
+    assert_eq!(http_get(metrics, "/metrics").0, "HTTP/1.0 200 OK");
+}
+
+#[test]
+fn bursts_of_refusals_never_starve_running_clients_of_descriptors() {
+    let dir = TempDir::new("proc-budget");
+    dir.write("file.txt", "abc");
+    // A hard limit of 300 descriptors from the start, under which the
+    // server shares them out.
+    let plain = command(&dir, 4, &[]);
+    let mut limited = std::process::Command::new("prlimit");
+    limited
+        .arg("--nofile=300:300")
+        .arg(env!("CARGO_BIN_EXE_filesrv"))
+        .args(plain.get_args())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let server = ChildServer::spawn(limited);
+    let mut running = idle_clients(&server, 4);
+    // The queue filled, and held.
+    let waiting: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(server.addr()).unwrap())
+        .collect();
+    let addr = server.addr();
+    let (outcomes, newcomer) = thread::scope(|scope| {
+        let (done, flooding) = crossbeam_channel::bounded::<()>(0);
+        // Bursts of connections refused busy, each lingering a while.
+        let flood = scope.spawn(move || {
+            for _ in 0..3 {
+                let burst: Vec<TcpStream> = (0..600)
+                    .filter_map(|_| TcpStream::connect(addr).ok())
+                    .collect();
+                drop(burst);
+            }
+            drop(done);
+        });
+        // Meanwhile the running clients keep asking.
+        let askers: Vec<_> = running
+            .iter_mut()
+            .map(|c| {
+                let flooding = flooding.clone();
+                scope.spawn(move || {
+                    let (mut ok, mut failed) = (0, Vec::new());
+                    // At least once, and on until the bursts are over.
+                    loop {
+                        c.send(b"GET file.txt\n");
+                        match c.line() {
+                            line if line == "OK 3" => {
+                                assert_eq!(c.body(3), b"abc");
+                                ok += 1;
+                            }
+                            line => failed.push(line),
+                        }
+                        let over = crossbeam_channel::TryRecvError::Disconnected;
+                        if flooding.try_recv() == Err(over) {
+                            break;
+                        }
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        flood.join().unwrap();
+        // A newcomer finds the queue full: told so, not left unanswered.
+        let mut newcomer = server.connect();
+        let line = newcomer.try_line();
+        let outcomes: Vec<(usize, Vec<String>)> =
+            askers.into_iter().map(|a| a.join().unwrap()).collect();
+        (outcomes, line)
+    });
+    eprintln!("running clients: {outcomes:?}; newcomer: {newcomer:?}");
+    for (ok, failed) in &outcomes {
+        assert!(
+            failed.is_empty(),
+            "a running client was refused: {failed:?}"
+        );
+        assert!(*ok > 0);
+    }
+    assert!(
+        newcomer
+            .as_deref()
+            .is_some_and(|line| line.starts_with("ERR busy ")),
+        "{newcomer:?}"
+    );
+    drop((waiting, running));
 }
 
 #[test]
@@ -266,12 +393,12 @@ fn sigkill_mid_upload_then_restart_leaves_no_trace() {
     let mut c = server.connect();
     c.send(format!("PUT file.txt {}\n", 1 << 20).as_bytes());
     c.send(&[b'n'; 100 * 1024]);
-    // Wait until the upload's temporary file is on disk, its declared
-    // size reserved up front.
+    // Wait until the upload's temporary file is on disk with the bytes
+    // sent so far.
     let partial = || {
         dir.temp_files("").iter().any(|n| {
             n != ".filesrv-1-0-0"
-                && fs::metadata(dir.root().join(n)).is_ok_and(|m| m.len() == 1 << 20)
+                && fs::metadata(dir.root().join(n)).is_ok_and(|m| m.len() == 100 * 1024)
         })
     };
     assert!(watch.wait_until(partial), "no partial upload appeared");

@@ -16,7 +16,7 @@ pub(crate) fn local() -> Option<SocketAddr> {
 }
 
 /// `GET path HTTP/1.0` on `addr`: the status line and the body.
-fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+pub(crate) fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
     let mut stream = TcpStream::connect_timeout(&addr, LIMIT).unwrap();
     stream.set_read_timeout(Some(LIMIT)).unwrap();
     write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
@@ -196,6 +196,67 @@ fn the_metrics_endpoint_answers_only_get_metrics() {
     silent.set_read_timeout(Some(LIMIT)).unwrap();
     let mut nothing = Vec::new();
     silent.read_to_end(&mut nothing).unwrap();
+    assert!(scrape(&t).contains("filesrv_current_sessions 0"));
+}
+
+/// Whether the server still holds `peer` open: nothing to read, and no
+/// end of stream.
+fn still_open(peer: &TcpStream) -> bool {
+    peer.set_nonblocking(true).unwrap();
+    let open = matches!(
+        (&*peer).read(&mut [0u8; 1]),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+    );
+    peer.set_nonblocking(false).unwrap();
+    open
+}
+
+#[test]
+fn silent_and_trickling_peers_do_not_hold_a_scrape() {
+    let t = TestServer::start("metrics-silent", |c| c.metrics(local()).agent(local()));
+    let addr = t.server.metrics_addr().unwrap();
+    let agent = t.server.agent_addr().unwrap();
+    // Silent peers (the agent answers them at once, the metrics endpoint
+    // waits for their request), and one that sends half a request.
+    let _agent_peers: Vec<TcpStream> = (0..5).map(|_| TcpStream::connect(agent).unwrap()).collect();
+    let mut peers: Vec<TcpStream> = (0..5).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let mut trickling = TcpStream::connect(addr).unwrap();
+    trickling.write_all(b"GET /metr").unwrap();
+    peers.push(trickling);
+    // Answered while every one of them is still held: they were not
+    // served (and waited out) first.
+    assert!(scrape(&t).contains("filesrv_current_sessions 0"));
+    assert!(agent_check(&t).starts_with("up ready 100%"));
+    for (i, peer) in peers.iter().enumerate() {
+        assert!(still_open(peer), "peer {i} was closed before the scrape");
+    }
+}
+
+#[test]
+fn a_trickling_peer_is_cut_at_the_whole_request_deadline() {
+    let t = TestServer::start("metrics-trickle", |c| c.metrics(local()));
+    let mut trickling = TcpStream::connect(t.server.metrics_addr().unwrap()).unwrap();
+    // A byte whenever 300 ms pass with nothing from the server: each read
+    // alone is well within 2 s, the request never ends.
+    trickling
+        .set_read_timeout(Some(std::time::Duration::from_millis(300)))
+        .unwrap();
+    let began = std::time::Instant::now();
+    let mut sent = 0;
+    loop {
+        match trickling.read(&mut [0u8; 64]) {
+            Ok(0) | Err(_) if began.elapsed() > LIMIT => panic!("still open after {sent} bytes"),
+            Ok(0) => break,
+            Ok(_) => panic!("an answer to an incomplete request"),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("{e}"),
+        }
+        if trickling.write_all(b"x").is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    eprintln!("cut after {sent} bytes in {:?}", began.elapsed());
     assert!(scrape(&t).contains("filesrv_current_sessions 0"));
 }
 

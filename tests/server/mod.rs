@@ -2,6 +2,7 @@
 //! timeouts, hostile clients and processes, and the `filesrv` binary.
 
 mod cli;
+mod disk;
 mod hidden;
 mod hostile_input;
 mod hostile_net;

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use rustix::process::{Resource, Signal};
 
-use crate::support::{ChildServer, LIMIT, TempDir, begin_upload};
+use crate::support::{ChildServer, LIMIT, TempDir, Tmpfs, begin_upload};
 
 fn command(dir: &TempDir, max_running: usize, args: &[&str]) -> Command {
     let mut command = ChildServer::command(&dir.root(), max_running);
@@ -16,11 +16,11 @@ fn command(dir: &TempDir, max_running: usize, args: &[&str]) -> Command {
     command
 }
 
-/// SIGTERM, not SIGHUP: SIGHUP reloads the users and the certificate
-/// (see tests/users.rs), as the command-line contract has it.
+/// SIGHUP reloads (the users and the certificate, see tests/server/users.rs)
+/// and never stops; SIGTERM shuts down gracefully.
 #[test]
-fn sigterm_shuts_down_gracefully_and_removes_temporary_files() {
-    let dir = TempDir::new("ops-sigterm");
+fn sighup_keeps_serving_and_sigterm_shuts_down_removing_temporary_files() {
+    let dir = TempDir::new("ops-sighup");
     dir.write("file.txt", "abc");
     let args = ["--allow-put", "--max-waiting", "1"];
     let mut server = ChildServer::spawn(command(&dir, 1, &args));
@@ -30,6 +30,11 @@ fn sigterm_shuts_down_gracefully_and_removes_temporary_files() {
     waiting.send(b"STAT /\n");
     // Accepted in order: once a third is refused, the second waits in
     // the queue, not in the backlog a stopping server leaves alone.
+    server.connect().expect_final_err("busy");
+    // SIGHUP: logged, and nothing stops.
+    server.signal(Signal::HUP);
+    server.wait_log("SIGHUP").unwrap();
+    upload.send(b"more");
     server.connect().expect_final_err("busy");
     server.signal(Signal::TERM);
     waiting.expect_last_err("unavailable");
@@ -153,6 +158,35 @@ fn command_line(dir: &TempDir, args: &[&str]) -> Command {
 }
 
 #[test]
+fn a_put_onto_a_file_the_server_could_not_write_is_forbidden() {
+    let dir = TempDir::new("ops-readonly");
+    let read_only = dir.write("read-only.txt", "kept\n");
+    fs::set_permissions(&read_only, fs::Permissions::from_mode(0o444)).unwrap();
+    let mut names = vec!["read-only.txt"];
+    // Another user's file, writable by its owner only (root may chown).
+    if rustix::process::geteuid().is_root() {
+        let theirs = dir.write("theirs.txt", "kept\n");
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        names.push("theirs.txt");
+    }
+    let server = ChildServer::spawn(command(&dir, 1, &["--allow-put"]));
+    for name in names {
+        let mut c = server.connect();
+        // Refused before its body: the connection closes, as every
+        // refused PUT does.
+        c.send(format!("PUT {name} 4\n").as_bytes());
+        c.expect_final_err("forbidden");
+        assert_eq!(dir.read(name), b"kept\n", "{name}");
+    }
+    assert!(dir.temp_files("").is_empty());
+    // A file the server may write is still replaced.
+    dir.write("mine.txt", "old\n");
+    let mut c = server.connect();
+    c.send(b"PUT mine.txt 4\nnew\n");
+    assert_eq!(c.line(), "OK 4");
+}
+
+#[test]
 fn uploads_keep_the_replaced_files_permissions() {
     let dir = TempDir::new("ops-mode");
     let private = dir.write("private.txt", "secret\n");
@@ -209,19 +243,7 @@ fn a_disk_too_full_for_an_upload_is_refused_before_its_body() {
 fn full_tmpfs() {
     let dir = TempDir::new("ops-tmpfs");
     let root = dir.root();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "filesrv-test"])
-        .arg(&root)
-        .status()
-        .unwrap();
-    assert!(mounted.success());
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(root.clone());
+    let _tmpfs = Tmpfs::mount(&root, 2 << 20).expect("root mounts a tmpfs");
     let server = ChildServer::spawn(command(&dir, 1, &["--allow-put"]));
     let mut c = server.connect();
     c.send(format!("PUT big.bin {}\n", 3 << 20).as_bytes());

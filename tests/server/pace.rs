@@ -3,6 +3,7 @@
 //! the minimum rate is cut. The `filesrv` binary as a child, its log (`-v`)
 //! telling when a GET was cut; every wait bounded.
 
+use std::io::{Read, Write};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -75,4 +76,51 @@ fn a_put_body_trickling_a_byte_at_a_time_is_cut_by_the_minimum_rate() {
         "cut after {cut:?}"
     );
     assert!(dir.temp_files("").is_empty(), "a temporary file was left");
+}
+
+/// A connection to `addr` whose receive buffer is small, so that what the
+/// server has sent but the client not read stays small too.
+fn connect_with_small_window(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    use rustix::net::{AddressFamily, SocketType, connect, socket, sockopt};
+    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    sockopt::set_socket_recv_buffer_size(&fd, 4096).unwrap();
+    connect(&fd, &addr).unwrap();
+    std::net::TcpStream::from(fd)
+}
+
+#[test]
+fn a_list_reply_read_slower_than_the_minimum_rate_is_cut() {
+    let dir = TempDir::new("list-rate");
+    // About 6 MB of listing, more than the server's socket buffer takes
+    // (4 MiB at most): 25,000 names of 250 bytes.
+    for i in 0..25_000 {
+        let name = format!("{i:0>250}");
+        std::fs::File::create(dir.root().join(name)).unwrap();
+    }
+    let mut command = ChildServer::command(&dir.root(), 1);
+    // 4 MB/s after a 1 s allowance; the client reads 10 KB/s, each read
+    // within the stall timeout.
+    command.args(["--stall-timeout", "1", "--min-rate", "4000000"]);
+    let server = ChildServer::spawn(command);
+    let mut stream = connect_with_small_window(server.addr());
+    stream.write_all(b"LIST\n").unwrap();
+    let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+    let reader = thread::spawn(move || {
+        let mut read = 0;
+        let mut chunk = [0u8; 1024];
+        // 1 KiB every 100 ms, until the end, a reset, or the test is done.
+        let pause = Duration::from_millis(100);
+        while stopped.recv_timeout(pause) == Err(crossbeam_channel::RecvTimeoutError::Timeout) {
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+        }
+        read
+    });
+    let line = server.wait_log("LIST -> ").unwrap();
+    drop(stop);
+    let read = reader.join().unwrap();
+    eprintln!("{line}; the client had read {read} bytes");
+    assert!(line.contains("-> stalled"), "{line}");
 }

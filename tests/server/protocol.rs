@@ -898,26 +898,39 @@ fn waiting_client_is_served_once_a_slot_frees() {
     second.expect_closed();
 }
 
-#[test]
-fn a_waiting_client_that_hung_up_is_dropped_unrun() {
-    let t = serve("abandoned", |c| c.max_running(1).max_waiting(2));
+/// A client queued behind a running one leaves by `leave` before its
+/// turn: it is dropped unrun, and counted abandoned.
+fn assert_dropped_unrun(label: &str, leave: impl FnOnce(Conn)) {
+    let t = serve(label, |c| c.max_running(1).max_waiting(2));
     let mut first = t.connect();
     first.assert_get("notes.txt", NOTES);
-    // Queued behind `first`, then gone before its turn.
-    let gone = t.connect();
+    let leaving = t.connect();
     let mut third = t.connect();
-    third.send(b"GET notes.txt\nQUIT\n");
-    // Both are in the queue: it is full. (Without this, the one that hung
-    // up could be accepted only after `first` left, and run at once.)
+    // Both queued, not still in the backlog: the queue is full.
     t.connect().expect_final_err("busy");
-    drop(gone);
+    leave(leaving);
+    third.send(b"GET notes.txt\nQUIT\n");
     quit(&mut first);
-    // FIFO: the one that hung up reached the head before `third` ran.
+    // FIFO: the one that left reached the head before `third` ran.
     get_notes_body(&mut third);
     assert_eq!(third.line(), "OK bye");
     third.expect_closed();
     // Counted before `third` started, so before its replies.
     assert_eq!(t.server.stats().abandoned, 1);
+}
+
+#[test]
+fn a_waiting_client_that_hung_up_is_dropped_unrun() {
+    assert_dropped_unrun("abandoned", drop);
+}
+
+#[test]
+fn a_waiting_client_that_sent_a_request_and_reset_is_dropped_unrun() {
+    // Its request stays readable in the server's socket after the reset.
+    assert_dropped_unrun("abandoned-reset", |mut c| {
+        c.send(b"GET notes.txt\n");
+        c.reset();
+    });
 }
 
 // ------------------------------------------------------------ timeouts

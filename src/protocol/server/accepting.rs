@@ -14,7 +14,7 @@ use super::proxy::{Handshakes, NoHeader, trusts};
 use super::session::{ServerState, Session, reply_error};
 use crate::Acceptor;
 use crate::protocol::wire::ErrorCode;
-use crate::util::lock;
+use crate::util::{is_transient, lock};
 
 /// The handshake thread's handle, set once it runs and taken at shutdown
 /// (dropping it ends the thread).
@@ -75,14 +75,4 @@ pub(super) fn refuse_proxied(
     };
     let line = reply_error(code, &reason.to_string());
     state.closer.refuse(stream, line.as_bytes());
-}
-
-/// Errors about one connection that died before it was accepted.
-fn is_transient(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-    )
 }

@@ -13,10 +13,10 @@
 //! Use `weight 100` on the HAProxy server line: percentages are of the
 //! configured weight, and the default weight of 1 rounds them to 0.
 
-use std::io::{self, Write};
+use std::io;
 use std::net::SocketAddr;
 
-use super::sidecar::Sidecar;
+use super::sidecar::{SharedBackoff, Sidecar};
 
 /// What the agent reports about the server, at the moment of a check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,11 +42,11 @@ pub(crate) fn reply(load: Load) -> String {
 /// Answers agent checks on `addr` with the load `now` reports.
 pub(crate) fn serve(
     addr: SocketAddr,
+    backoff: SharedBackoff,
     now: impl Fn() -> Load + Send + 'static,
 ) -> io::Result<Sidecar> {
-    Sidecar::start("filesrv-agent", addr, move |mut stream| {
-        let _ = stream.write_all(reply(now()).as_bytes());
-    })
+    let answer = move |_: &[u8]| Some(reply(now()).into_bytes());
+    Sidecar::start("filesrv-agent", addr, backoff, Box::new(answer))
 }
 
 #[cfg(test)]

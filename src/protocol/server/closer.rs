@@ -20,8 +20,9 @@ use crate::util::time_left;
 
 /// How long a closing connection is kept to drain before it is closed.
 const LINGER: Duration = Duration::from_millis(250);
-/// How many connections may linger at once; past that they close at once.
-const MAX_LINGERING: usize = 4096;
+/// How many connections may linger at once, at most; past that they close
+/// at once. A server lowers it to its descriptor budget.
+pub(crate) const MAX_LINGERING: usize = 4096;
 /// At most this much is discarded from one lingering connection.
 const MAX_DISCARD: usize = 1 << 20;
 
@@ -33,9 +34,10 @@ pub(crate) struct Closer {
 }
 
 impl Closer {
-    /// Starts the closer thread; it ends after [`Closer::stop`].
-    pub(crate) fn start(name: &str) -> io::Result<(Closer, JoinHandle<()>)> {
-        let (queue, lingering) = crossbeam_channel::bounded(MAX_LINGERING);
+    /// Starts the closer thread, which lets at most `max_lingering`
+    /// connections linger at once; it ends after [`Closer::stop`].
+    pub(crate) fn start(name: &str, max_lingering: usize) -> io::Result<(Closer, JoinHandle<()>)> {
+        let (queue, lingering) = crossbeam_channel::bounded(max_lingering.max(1));
         let thread = thread::Builder::new()
             .name(format!("{name}-closer"))
             .spawn(move || close_in_turn(&lingering))?;
@@ -134,7 +136,7 @@ impl LingeringCloser {
     /// The error of spawning the thread.
     pub fn start() -> io::Result<LingeringCloser> {
         // Detached: it ends by itself when the last sender is gone.
-        let (closer, _thread) = Closer::start("lingering")?;
+        let (closer, _thread) = Closer::start("lingering", MAX_LINGERING)?;
         Ok(LingeringCloser { closer })
     }
 

@@ -348,17 +348,16 @@ impl ServerConfig {
         self
     }
 
-    pub(crate) fn admission(&self) -> Policy {
+    /// The admission policy, with at most `max_waiting` waiting (the
+    /// setting, as the descriptor budget lowered it).
+    pub(crate) fn admission(&self, max_waiting: usize) -> Policy {
         let per_source = match self.max_per_source {
             0 => usize::MAX,
             n => n,
         };
-        MaxWaiting(super::limits::waiting_bound(
-            self.max_waiting,
-            self.max_running,
-        ))
-        .and(PerKeyCap::new(per_source))
-        .and(QueueTimeout(self.queue_timeout.unwrap_or(Duration::MAX)))
+        MaxWaiting(max_waiting)
+            .and(PerKeyCap::new(per_source))
+            .and(QueueTimeout(self.queue_timeout.unwrap_or(Duration::MAX)))
     }
 }
 

@@ -4,6 +4,11 @@
 
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
+use super::closer::MAX_LINGERING;
+use super::config::ServerConfig;
+use super::proxy::MAX_PENDING;
+use super::sidecar::MAX_PEERS;
+
 /// Descriptors kept aside whatever the load: the listener, the standard
 /// streams, the log, the root, threads' and the closer's lingering
 /// refusals.
@@ -35,23 +40,116 @@ pub fn raise_descriptor_limit() -> std::io::Result<Option<u64>> {
     Ok(limit.maximum)
 }
 
-/// The waiting queue's bound: `max_waiting`, lowered (with a warning) to
-/// what the descriptor limit leaves once `max_running` connections and a
-/// reserve are counted.
-pub(super) fn waiting_bound(max_waiting: usize, max_running: usize) -> usize {
-    let Some(soft) = getrlimit(Resource::Nofile).current else {
-        return max_waiting;
-    };
-    let running = u64::try_from(max_running).unwrap_or(u64::MAX);
-    let room = soft.saturating_sub(RESERVE.saturating_add(running.saturating_mul(PER_RUNNING)));
-    let bound = usize::try_from(room).unwrap_or(usize::MAX);
-    if bound < max_waiting {
-        log::warn!(
-            "max waiting lowered from {max_waiting} to {bound}: the descriptor limit \
-             is {soft} (raise it with ulimit -n)"
+/// How the descriptors the process may open are shared out: everything
+/// the server may hold at once is counted (the reserve, the running
+/// connections, the sidecars and their peers, the waiting clients, the
+/// refusals lingering in the closer, the pending PROXY handshakes), so
+/// that the limit is never reached by connections the server could have
+/// refused: past its share each is refused `ERR busy` (or closed at once),
+/// and running clients keep the descriptors their requests need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Budget {
+    /// Clients that may wait.
+    pub(super) waiting: usize,
+    /// Refused connections that may linger in the closer.
+    pub(super) lingering: usize,
+    /// Connections that may be in the PROXY handshake.
+    pub(super) pending: usize,
+}
+
+impl Budget {
+    /// The budget under the current soft limit; a share lowered from its
+    /// usual value is said in one warning.
+    pub(super) fn of(config: &ServerConfig) -> Budget {
+        let budget = Budget::within(getrlimit(Resource::Nofile).current, config);
+        let full = Budget::within(None, config);
+        if budget != full {
+            log::warn!(
+                "the descriptor limit ({}) lowers max waiting from {} to {}, lingering \
+                 refusals from {} to {} and pending PROXY handshakes from {} to {} \
+                 (raise it with ulimit -n)",
+                getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX),
+                full.waiting,
+                budget.waiting,
+                full.lingering,
+                budget.lingering,
+                full.pending,
+                budget.pending
+            );
+        }
+        budget
+    }
+
+    /// The budget under a soft limit of `soft` descriptors (`None`:
+    /// unlimited). What is left after the reserve, the running places and
+    /// the sidecars goes to lingering refusals and pending handshakes (a
+    /// quarter each at most) and the rest to the waiting clients.
+    fn within(soft: Option<u64>, config: &ServerConfig) -> Budget {
+        let pending_wanted = if config.proxy_from.is_empty() {
+            0
+        } else {
+            MAX_PENDING
+        };
+        let Some(soft) = soft else {
+            return Budget {
+                waiting: config.max_waiting,
+                lingering: MAX_LINGERING,
+                pending: pending_wanted,
+            };
+        };
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        let sidecars = [config.metrics, config.agent].iter().flatten().count();
+        let fixed = RESERVE
+            .saturating_add(count(config.max_running).saturating_mul(PER_RUNNING))
+            .saturating_add(count(sidecars).saturating_mul(1 + count(MAX_PEERS)));
+        let room = usize::try_from(soft.saturating_sub(fixed)).unwrap_or(usize::MAX);
+        let lingering = MAX_LINGERING.min(room / 4);
+        let pending = pending_wanted.min(room / 4);
+        Budget {
+            waiting: config.max_waiting.min(room - lingering - pending),
+            lingering,
+            pending,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn everything_the_server_may_hold_is_counted() {
+        let config = ServerConfig::new("/").max_running(4);
+        // 300 - 64 reserved - 4 * 6 running = 212: a quarter may linger.
+        assert_eq!(
+            Budget::within(Some(300), &config),
+            Budget {
+                waiting: 159,
+                lingering: 53,
+                pending: 0
+            }
         );
-        bound
-    } else {
-        max_waiting
+        let proxied = config
+            .proxy_from(["127.0.0.1/32".parse().unwrap()])
+            .metrics(Some("127.0.0.1:0".parse().unwrap()));
+        // 33 more for the metrics listener and its peers: 179 left.
+        assert_eq!(
+            Budget::within(Some(300), &proxied),
+            Budget {
+                waiting: 91,
+                lingering: 44,
+                pending: 44
+            }
+        );
+        let plenty = Budget::within(Some(1 << 20), &proxied);
+        assert_eq!(
+            (plenty.waiting, plenty.lingering, plenty.pending),
+            (1024, MAX_LINGERING, MAX_PENDING)
+        );
+        let starved = Budget::within(Some(10), &proxied);
+        assert_eq!(
+            (starved.waiting, starved.lingering, starved.pending),
+            (0, 0, 0)
+        );
     }
 }

@@ -15,10 +15,11 @@ use super::agent::{self, Load};
 use super::closer::Closer;
 use super::config::{Policy, ServerConfig, ServerError};
 use super::fs::Root;
+use super::limits::Budget;
 use super::metrics::{self, Metrics};
 use super::proxy::{Handshake, Handshakes};
 use super::session::{ServerState, Session};
-use super::sidecar::Sidecar;
+use super::sidecar::{SharedBackoff, Sidecar};
 use super::sockopt;
 use super::tls::{Tls, TlsError, TlsSource};
 use super::users::Users;
@@ -70,6 +71,8 @@ struct Listening {
     stopping: AtomicBool,
     /// Written once by shutdown: stops the file watcher.
     stop_event: OwnedFd,
+    /// The accept back-off of every listener, the sidecars' included.
+    backoff: SharedBackoff,
 }
 
 #[derive(Debug)]
@@ -165,7 +168,9 @@ impl Server {
         // socket (a successor, under socket activation) may take it first.
         listener.set_nonblocking(true).map_err(ServerError::Start)?;
         sockopt::set_inherited(&listener, &config).map_err(ServerError::Start)?;
-        let (closer, closer_thread) = Closer::start("filesrv").map_err(ServerError::Start)?;
+        let budget = Budget::of(&config);
+        let (closer, closer_thread) =
+            Closer::start("filesrv", budget.lingering).map_err(ServerError::Start)?;
         let secured = secure(&config, &root, local_addr, &closer);
         let (tls, tls_thread, users) = match secured {
             Ok(secured) => secured,
@@ -176,11 +181,9 @@ impl Server {
             }
         };
         let builder = ManagerBuilder::new(config.max_running)
-            .admission(config.admission())
+            .admission(config.admission(budget.waiting))
             .busy_idle_timeout(config.busy_idle_timeout)
             .busy_session_limit(config.busy_session_limit)
-            // The protocol counts per client address, not per network.
-            .ipv6_prefix(128)
             .name("filesrv");
         let state = Arc::new(ServerState {
             root,
@@ -205,16 +208,18 @@ impl Server {
             stopping: AtomicBool::new(false),
             stop_event: eventfd(0, EventfdFlags::CLOEXEC)
                 .map_err(|e| ServerError::Start(e.into()))?,
+            backoff: SharedBackoff::default(),
         });
         let handshake = match &inner.state.config.proxy_from {
             trusted if trusted.is_empty() => None,
             _ => {
                 let admitting = inner.clone();
-                let (handshakes, thread) =
-                    Handshakes::start(inner.state.config.proxy_timeout, move |handshake| {
-                        admitting.after_handshake(handshake)
-                    })
-                    .map_err(ServerError::Start)?;
+                let (handshakes, thread) = Handshakes::start(
+                    inner.state.config.proxy_timeout,
+                    budget.pending,
+                    move |handshake| admitting.after_handshake(handshake),
+                )
+                .map_err(ServerError::Start)?;
                 *lock(&inner.handshakes) = Some(handshakes);
                 Some(thread)
             }
@@ -440,7 +445,7 @@ impl Listening {
         let mut sidecars = Sidecars::default();
         if let Some(addr) = config.metrics {
             let scraped = self.clone();
-            let sidecar = metrics::serve(addr, move || {
+            let sidecar = metrics::serve(addr, self.backoff.clone(), move || {
                 let state = &scraped.state;
                 let stats = scraped.manager.stats();
                 metrics::encode(&state.metrics, &stats, scraped.manager.max_running())
@@ -449,7 +454,7 @@ impl Listening {
         }
         if let Some(addr) = config.agent {
             let checked = self.clone();
-            let sidecar = agent::serve(addr, move || Load {
+            let sidecar = agent::serve(addr, self.backoff.clone(), move || Load {
                 stopping: checked.stopping.load(Ordering::SeqCst),
                 max_running: checked.manager.max_running(),
                 waiting: checked.manager.stats().waiting,

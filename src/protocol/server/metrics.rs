@@ -8,8 +8,8 @@
 //! `promtool check metrics` accepts without lint warnings.
 
 use std::fmt;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use prometheus_client::collector::Collector;
@@ -20,7 +20,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use super::proxy::NoHeader;
-use super::sidecar::Sidecar;
+use super::sidecar::{MAX_REQUEST, SharedBackoff, Sidecar};
 use crate::protocol::wire::{ErrorCode, Request};
 use crate::{Refusal, Stats};
 
@@ -385,49 +385,40 @@ fn family(
 /// Serves `GET /metrics` on `addr`, with the text `scrape` makes.
 pub(crate) fn serve(
     addr: SocketAddr,
+    backoff: SharedBackoff,
     scrape: impl Fn() -> String + Send + 'static,
 ) -> io::Result<Sidecar> {
-    Sidecar::start("filesrv-metrics", addr, move |mut stream| {
-        if let Err(e) = answer(&mut stream, &scrape) {
-            log::debug!("metrics: {e}");
-        }
-    })
+    let answer = move |head: &[u8]| answer(head, &scrape);
+    Sidecar::start("filesrv-metrics", addr, backoff, Box::new(answer))
 }
 
-/// The largest request head read; a scrape's is a few hundred bytes.
-const MAX_HEAD: usize = 8 * 1024;
-
-/// Reads one HTTP request head and answers it, then closes.
-fn answer(stream: &mut TcpStream, scrape: &dyn Fn() -> String) -> io::Result<()> {
-    let mut head = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !head.ends_with(b"\r\n\r\n") && !head.ends_with(b"\n\n") {
-        let n = stream.read(&mut chunk)?;
-        if n == 0 || head.len() + n > MAX_HEAD {
-            return respond(stream, "400 Bad Request", "text/plain", "bad request\n");
-        }
-        head.extend_from_slice(&chunk[..n]);
+/// The answer to an HTTP request head read so far: `None` until it is
+/// complete (a blank line), a 400 once it is longer than a sidecar reads.
+fn answer(head: &[u8], scrape: &dyn Fn() -> String) -> Option<Vec<u8>> {
+    let end = |blank: &[u8]| head.windows(blank.len()).any(|w| w == blank);
+    if !end(b"\r\n\r\n") && !end(b"\n\n") {
+        return (head.len() > MAX_REQUEST)
+            .then(|| respond("400 Bad Request", "text/plain", "bad request\n"));
     }
     let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
     let mut words = line.trim_ascii().split(|&b| b == b' ');
-    match (words.next(), words.next()) {
+    Some(match (words.next(), words.next()) {
         (Some(b"GET"), Some(b"/metrics")) => respond(
-            stream,
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
             &scrape(),
         ),
-        (Some(b"GET"), _) => respond(stream, "404 Not Found", "text/plain", "not found\n"),
-        _ => respond(stream, "405 Method Not Allowed", "text/plain", "only GET\n"),
-    }
+        (Some(b"GET"), _) => respond("404 Not Found", "text/plain", "not found\n"),
+        _ => respond("405 Method Not Allowed", "text/plain", "only GET\n"),
+    })
 }
 
-fn respond(stream: &mut TcpStream, status: &str, kind: &str, body: &str) -> io::Result<()> {
-    let head = format!(
+fn respond(status: &str, kind: &str, body: &str) -> Vec<u8> {
+    let mut response = format!(
         "HTTP/1.0 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
-    );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())?;
-    stream.flush()
+    )
+    .into_bytes();
+    response.extend_from_slice(body.as_bytes());
+    response
 }

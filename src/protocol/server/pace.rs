@@ -11,9 +11,10 @@ use std::io;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::event::{PollFd, PollFlags, poll};
 
 use super::config::ServerConfig;
+use crate::util::timespec;
 
 /// The allowance before the minimum rate applies when there is no stall
 /// timeout to take it from.
@@ -73,10 +74,7 @@ impl Pace {
                 Ok(left) => left,
                 Err(stalled) => return Ok(Err(stalled)),
             };
-            let timeout = left.map(|left| Timespec {
-                tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
-                tv_nsec: i64::from(left.subsec_nanos()),
-            });
+            let timeout = left.map(timespec);
             let mut fds = [PollFd::new(stream, PollFlags::OUT)];
             match poll(&mut fds, timeout.as_ref()) {
                 Ok(0) => {} // the deadline: looked at again above

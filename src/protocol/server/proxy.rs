@@ -13,11 +13,18 @@
 //! One thread waits on an epoll set (edge-triggered, so an incomplete
 //! header is looked at again only when more bytes arrive) with a timeout
 //! at the earliest deadline; the number of connections in the handshake
-//! is bounded by [`MAX_PENDING`], its memory by a fixed peek buffer.
+//! is bounded by [`MAX_PENDING`], and by [`MAX_PENDING_PER_SOURCE`] from
+//! one trusted address, its memory by a fixed peek buffer.
+//!
+//! The parser is held to the specification before the crate sees the
+//! bytes: a connection must begin with a signature (`PROXY ` or v2's
+//! twelve bytes) or a beginning of one, and a v1 line must end with CRLF
+//! within 107 bytes. What can never become a header is refused at once,
+//! not at the deadline.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -31,8 +38,23 @@ use rustix::net::RecvFlags;
 
 use crate::poller::Poller;
 
-/// Connections in the handshake at once; later ones are refused busy.
+/// Connections in the handshake at once, at most; later ones are refused
+/// busy. A server lowers it to its descriptor budget.
 pub(crate) const MAX_PENDING: usize = 1024;
+
+/// Connections in the handshake at once from one trusted address, so that
+/// one proxy's (or one compromised host's) silent connections leave room
+/// for the others.
+pub(crate) const MAX_PENDING_PER_SOURCE: usize = 128;
+
+/// The v1 signature, with its space.
+const V1_SIGNATURE: &[u8] = b"PROXY ";
+
+/// The v2 signature.
+const V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+
+/// The longest v1 line, CRLF included.
+const V1_MAX: usize = 107;
 
 /// The longest header looked at: a v1 header is at most 107 bytes, a v2
 /// header 16 plus its length, which for addresses and the usual TLVs is
@@ -96,12 +118,18 @@ pub(crate) struct Handshakes {
 impl Handshakes {
     /// Starts the handshake thread; `finished` gets every connection that
     /// leaves the handshake, on that thread.
+    ///
+    /// At most `max_pending` connections are held at once (at most
+    /// [`MAX_PENDING`]), and at most an eighth of them (at most
+    /// [`MAX_PENDING_PER_SOURCE`]) from one address.
     pub(crate) fn start(
         timeout: Duration,
+        max_pending: usize,
         finished: impl FnMut(Handshake) + Send + 'static,
     ) -> io::Result<(Handshakes, JoinHandle<()>)> {
         let poller = Arc::new(Poller::new()?);
-        let (queue, arrivals) = crossbeam_channel::bounded(MAX_PENDING);
+        let max_pending = max_pending.clamp(1, MAX_PENDING);
+        let (queue, arrivals) = crossbeam_channel::bounded(max_pending);
         let thread_poller = poller.clone();
         let thread = thread::Builder::new()
             .name("filesrv-handshake".to_owned())
@@ -109,7 +137,10 @@ impl Handshakes {
                 let mut set = HandshakeSet {
                     poller: thread_poller,
                     timeout,
+                    max_pending,
+                    per_source_cap: (max_pending / 8).clamp(1, MAX_PENDING_PER_SOURCE),
                     pending: HashMap::new(),
+                    per_source: HashMap::new(),
                     deadlines: BTreeSet::new(),
                     next_key: 0,
                     finished,
@@ -168,7 +199,11 @@ struct Pending {
 struct HandshakeSet<F> {
     poller: Arc<Poller>,
     timeout: Duration,
+    max_pending: usize,
+    per_source_cap: usize,
     pending: HashMap<u64, Pending>,
+    /// How many of them each trusted address holds.
+    per_source: HashMap<IpAddr, usize>,
     /// Deadlines in order, with the key of their connection.
     deadlines: BTreeSet<(Instant, u64)>,
     next_key: u64,
@@ -211,7 +246,8 @@ impl<F: FnMut(Handshake)> HandshakeSet<F> {
     }
 
     fn add(&mut self, stream: TcpStream, peer: SocketAddr) {
-        if self.pending.len() >= MAX_PENDING {
+        let held = self.per_source.get(&peer.ip()).copied().unwrap_or(0);
+        if self.pending.len() >= self.max_pending || held >= self.per_source_cap {
             return self.refuse(stream, peer, NoHeader::Full);
         }
         let key = self.next_key;
@@ -224,6 +260,7 @@ impl<F: FnMut(Handshake)> HandshakeSet<F> {
         // once, so a header that came with the connection is not missed.
         let deadline = Instant::now() + self.timeout;
         self.deadlines.insert((deadline, key));
+        *self.per_source.entry(peer.ip()).or_default() += 1;
         self.pending.insert(
             key,
             Pending {
@@ -244,13 +281,7 @@ impl<F: FnMut(Handshake)> HandshakeSet<F> {
         if let Ok(None) = outcome {
             return;
         }
-        let Pending {
-            stream,
-            peer,
-            deadline,
-        } = self.pending.remove(&key).expect("looked up above");
-        self.deadlines.remove(&(deadline, key));
-        self.poller.delete(&stream);
+        let Pending { stream, peer, .. } = self.remove(key).expect("looked up above");
         let handshake = match outcome {
             Ok(Some(source)) => match stream.set_nonblocking(false) {
                 Ok(()) => Handshake::Done {
@@ -278,16 +309,30 @@ impl<F: FnMut(Handshake)> HandshakeSet<F> {
             if deadline > now {
                 return;
             }
-            self.deadlines.pop_first();
-            if let Some(Pending { stream, peer, .. }) = self.pending.remove(&key) {
-                self.poller.delete(&stream);
+            if let Some(Pending { stream, peer, .. }) = self.remove(key) {
                 self.refuse(stream, peer, NoHeader::Timeout);
             }
         }
     }
 
+    /// Takes a connection out of the handshake.
+    fn remove(&mut self, key: u64) -> Option<Pending> {
+        let pending = self.pending.remove(&key)?;
+        self.deadlines.remove(&(pending.deadline, key));
+        self.poller.delete(&pending.stream);
+        let ip = pending.peer.ip();
+        if let Some(held) = self.per_source.get_mut(&ip) {
+            *held -= 1;
+            if *held == 0 {
+                self.per_source.remove(&ip);
+            }
+        }
+        Some(pending)
+    }
+
     fn refuse_all(&mut self, reason: NoHeader) {
         self.deadlines.clear();
+        self.per_source.clear();
         for (_, Pending { stream, peer, .. }) in std::mem::take(&mut self.pending) {
             self.refuse(stream, peer, reason);
         }
@@ -318,6 +363,7 @@ fn read_header(
         Err(Errno::AGAIN | Errno::INTR) if !hung_up => return Ok(None),
         Err(_) => return Err(None),
     };
+    strict(&buf[..seen]).map_err(Some)?;
     let config = ParseConfig {
         include_tlvs: false,
         ..ParseConfig::default()
@@ -330,6 +376,29 @@ fn read_header(
         }
         Err(proxy_header::Error::BufferTooShort) if seen < MAX_HEADER && !hung_up => Ok(None),
         Err(_) => Err(Some(NoHeader::Malformed)),
+    }
+}
+
+/// Refuses bytes that can never become a header the specification
+/// allows: they must begin with a signature or a beginning of one, and a
+/// v1 line must end with CRLF within [`V1_MAX`] bytes.
+fn strict(seen: &[u8]) -> Result<(), NoHeader> {
+    let begins = |signature: &[u8]| {
+        let n = seen.len().min(signature.len());
+        seen[..n] == signature[..n]
+    };
+    if begins(V2_SIGNATURE) {
+        return Ok(());
+    }
+    if !begins(V1_SIGNATURE) {
+        return Err(NoHeader::Malformed);
+    }
+    let line = &seen[..seen.len().min(V1_MAX)];
+    match line.iter().position(|&b| b == b'\n') {
+        Some(end) if end > 0 && line[end - 1] == b'\r' => Ok(()),
+        Some(_) => Err(NoHeader::Malformed),
+        None if seen.len() >= V1_MAX => Err(NoHeader::Malformed),
+        None => Ok(()),
     }
 }
 
@@ -357,6 +426,35 @@ pub(crate) fn trusts(trusted: &[IpNet], peer: SocketAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_what_can_still_become_a_header_is_kept() {
+        let v1 = b"PROXY TCP4 192.0.2.1 192.0.2.2 1000 9000\r\n";
+        for maybe in [
+            &b"P"[..],
+            b"PROXY",
+            b"PROXY TCP4 1",
+            v1,
+            b"\r\n\r\n\0",
+            V2_SIGNATURE,
+        ] {
+            assert_eq!(strict(maybe), Ok(()), "{maybe:?}");
+        }
+        let mut long = b"PROXY UNKNOWN ".to_vec();
+        long.resize(200, b'x');
+        long.extend_from_slice(b"\r\n");
+        let never: [&[u8]; 6] = [
+            b"PROXYX TCP4",
+            b"GET / HTTP/1.0\r\n",
+            b"PROXY TCP4 192.0.2.1 192.0.2.2 1000 9000\n",
+            &long,
+            &long[..V1_MAX],
+            b"\r\n\r\nX",
+        ];
+        for bytes in never {
+            assert_eq!(strict(bytes), Err(NoHeader::Malformed), "{bytes:?}");
+        }
+    }
 
     #[test]
     fn trust_follows_the_networks_and_unmaps_ipv4() {

@@ -1,31 +1,31 @@
 //! One client connection speaking the protocol: the [`Session`] handler.
 
-use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags};
 
 use super::closer::Closer;
 use super::config::ServerConfig;
-use super::fs::{FsError, Root};
+use super::fs::{FsError, Root, TempFile};
 use super::metrics::{Answer, LoginResult, Metrics};
 use super::pace::Pace;
 use super::readbuf::ReadBuf;
 use super::sockopt::{Cork, ReadTimeout};
 use super::stream::SessionStream;
 use super::tls::Tls;
-use super::transfer::{Sent, copy_body, is_timeout, send_all, send_body};
+use super::transfer::{PacedWriter, Sent, copy_body, is_timeout, send_all, send_body};
 use super::users::{Login, User, Users, plain_auth_allowed};
 use crate::protocol::checksum::sum_prefix_until;
 use crate::protocol::wire::{
     ErrorCode, MAX_LINE, Password, RelPath, Request, parse_request, printable_line,
 };
-use crate::util::{chunk_len, lock, time_left};
+use crate::util::{Throttle, chunk_len, lock, time_left};
 use crate::{Handler, HandlerContext, MakeRoom, Refusal, Stop};
 
 /// What every session of one server shares: the root, the settings, the
@@ -84,9 +84,22 @@ impl Handler for Session {
         Some(self.peer.ip())
     }
 
-    /// The client hung up if a peek finds end of stream (and no pipelined
-    /// request before it) or a reset.
+    /// The client hung up if the socket was reset (a request it sent may
+    /// still be readable), or a peek finds end of stream (and no
+    /// pipelined request before it).
     fn is_abandoned(&self) -> bool {
+        // A reset shows as an error or a hang-up in both directions; a
+        // half-close (the client shut its writing side) does not.
+        let mut fds = [PollFd::new(&self.stream, PollFlags::empty())];
+        let now = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        if poll(&mut fds, Some(&now)).is_ok_and(|ready| ready > 0)
+            && fds[0].revents().intersects(PollFlags::ERR | PollFlags::HUP)
+        {
+            return true;
+        }
         let mut probe = [0u8; 1];
         match rustix::net::recv(
             &self.stream,
@@ -589,8 +602,19 @@ impl Connection {
 
     /// Replies to a failed file operation; the connection stays.
     fn refuse(&mut self, e: &FsError) -> io::Result<Outcome> {
+        // At most one a second: under descriptor starvation every request
+        // fails, and each warning would otherwise be a line of log.
+        static INTERNAL: Throttle = Throttle::new();
         if e.code() == ErrorCode::Internal {
-            log::warn!("{}: {e}: {:?}", self.peer, std::error::Error::source(e));
+            let source = std::error::Error::source(e);
+            match INTERNAL.allow() {
+                Some(0) => log::warn!("{}: {e}: {source:?}", self.peer),
+                Some(held) => log::warn!(
+                    "{}: {e}: {source:?} ({held} more internal errors in the last second)",
+                    self.peer
+                ),
+                None => log::debug!("{}: {e}: {source:?}", self.peer),
+            }
         }
         self.send_error(e.code(), e.message())?;
         Ok(Outcome::new(Answer::Err(e.code()), 0, None))
@@ -653,16 +677,17 @@ impl Connection {
         if size > self.config().max_upload {
             return refuse(self, ErrorCode::TooLarge, "upload exceeds the size limit");
         }
-        let temp = match self.root().create_temp(path) {
+        let mut temp = match self.root().create_temp(path) {
             Ok(temp) => temp,
             Err(e) => return refuse(self, e.code(), e.message()),
         };
-        // Space first: a full disk is refused before the body is read.
-        if let Err(e) = temp.reserve(size) {
+        // Space first: a body the disk cannot hold is refused before it is
+        // read; disk is then reserved as it arrives, not up front.
+        if let Err(e) = temp.expect(size) {
             log::warn!("{}: upload to {path} refused: {e}", self.peer);
             return refuse(self, e.code(), e.message());
         }
-        match self.receive_body(temp.as_file(), size)? {
+        match self.receive_body(&mut temp, size)? {
             Received::All => {}
             Received::Gone => return Ok(Outcome::new(Answer::Gone, 0, Some(End::Quietly))),
             Received::Stalled => {
@@ -685,7 +710,7 @@ impl Connection {
 
     /// Copies `size` body bytes (buffered first, then from the socket) to
     /// `file`, within the stall timeout and the minimum rate ([`Pace`]).
-    fn receive_body(&mut self, mut file: &File, size: u64) -> io::Result<Received> {
+    fn receive_body(&mut self, file: &mut TempFile, size: u64) -> io::Result<Received> {
         let mut left = size;
         let buffered = chunk_len(left, self.end - self.start);
         if buffered > 0 {
@@ -744,11 +769,25 @@ impl Connection {
             Err(e) => return self.refuse(&e),
         };
         // Streamed through a small buffer: the reply text is never held
-        // whole.
-        let mut out = io::BufWriter::with_capacity(LIST_BUF, &mut self.io);
-        let bytes = listing.write_reply(&mut out)?;
-        out.flush()?;
-        Ok(Outcome::new(Answer::Ok, bytes, None))
+        // whole. Paced as a GET body is, in plaintext.
+        let Some(socket) = self.io.plain_socket() else {
+            let mut out = io::BufWriter::with_capacity(LIST_BUF, &mut self.io);
+            let bytes = listing.write_reply(&mut out)?;
+            out.flush()?;
+            return Ok(Outcome::new(Answer::Ok, bytes, None));
+        };
+        let paced = PacedWriter::new(socket, &self.shared.config);
+        let mut out = io::BufWriter::with_capacity(LIST_BUF, paced);
+        match listing
+            .write_reply(&mut out)
+            .and_then(|bytes| out.flush().map(|()| bytes))
+        {
+            Ok(bytes) => Ok(Outcome::new(Answer::Ok, bytes, None)),
+            Err(_) if out.get_ref().stalled() => {
+                Ok(Outcome::new(Answer::Stalled, 0, Some(End::Abruptly)))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn sum(

@@ -29,6 +29,58 @@ pub(super) enum Sent {
     Stalled(u64),
 }
 
+/// A reply body written to the socket within its [`Pace`]: each write
+/// waits for room only as long as the stall timeout and the minimum rate
+/// allow, so a client that reads a LIST slowly is cut as a slow GET is.
+/// Once the pace is broken every write fails, and
+/// [`stalled`](PacedWriter::stalled) says why.
+pub(super) struct PacedWriter<'a> {
+    stream: &'a TcpStream,
+    pace: Pace,
+    stalled: bool,
+}
+
+impl<'a> PacedWriter<'a> {
+    pub(super) fn new(stream: &'a TcpStream, config: &ServerConfig) -> PacedWriter<'a> {
+        PacedWriter {
+            stream,
+            pace: Pace::new(config),
+            stalled: false,
+        }
+    }
+
+    /// Whether a write failed because the client read too slowly.
+    pub(super) fn stalled(&self) -> bool {
+        self.stalled
+    }
+}
+
+impl Write for PacedWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            if self.stalled {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+            match rustix::net::send(self.stream, buf, flags) {
+                Ok(n) => {
+                    self.pace.progress(n);
+                    return Ok(n);
+                }
+                Err(Errno::INTR) => {}
+                Err(Errno::AGAIN) => {
+                    self.stalled = self.pace.wait_writable(self.stream)?.is_err();
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A timed-out blocking socket call reports `WouldBlock` on Unix.
 pub(super) fn is_timeout(e: &io::Error) -> bool {
     matches!(

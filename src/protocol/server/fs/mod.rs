@@ -14,3 +14,4 @@ mod upload;
 
 pub(crate) use error::FsError;
 pub(crate) use root::Root;
+pub(crate) use upload::TempFile;

@@ -21,6 +21,10 @@ const MAX_CLEANUP_DEPTH: usize = 64;
 /// How many fresh names [`TempFile::create`] tries before giving up.
 const CREATE_ATTEMPTS: usize = 8;
 
+/// How far ahead of the bytes written an upload holds disk space: after
+/// each write, an upload has at most this much reserved but not written.
+const RESERVE_AHEAD: u64 = 1 << 20;
+
 /// An upload in progress: a temporary file in the target's directory.
 ///
 /// Write the body to it, then [`commit`](TempFile::commit). Dropped without
@@ -32,6 +36,11 @@ pub(crate) struct TempFile {
     target_name: Vec<u8>,
     file: File,
     committed: bool,
+    /// The declared size: nothing is reserved beyond it.
+    size: u64,
+    /// Bytes written so far, and bytes reserved on disk from the start.
+    written: u64,
+    reserved: u64,
 }
 
 impl TempFile {
@@ -66,6 +75,9 @@ impl TempFile {
                         target_name: target_name.to_vec(),
                         file: File::from(fd),
                         committed: false,
+                        size: 0,
+                        written: 0,
+                        reserved: 0,
                     });
                 }
                 Err(Errno::EXIST) if attempts < CREATE_ATTEMPTS => attempts += 1,
@@ -74,24 +86,52 @@ impl TempFile {
         }
     }
 
-    /// Reserves `len` bytes on disk before the body arrives, so that a
-    /// disk too full for it is refused up front. A file system that cannot
-    /// reserve space is not an error: the writes will tell.
+    /// Expects a body of `size` bytes: refuses at once one that cannot
+    /// fit in the file system's free space, and from then on reserves disk
+    /// as the body is written, at most [`RESERVE_AHEAD`] bytes ahead of it,
+    /// so that a body that never comes holds next to no disk.
     ///
     /// # Errors
     ///
-    /// `internal`, with a message saying the disk is full for `ENOSPC`.
-    pub(crate) fn reserve(&self, len: u64) -> Result<(), FsError> {
-        if len == 0 {
-            return Ok(());
+    /// `internal`, with a message saying the disk is full, when `size` is
+    /// more than the space left to unprivileged writers, or saying the
+    /// file is too large, when it is more than the process may write to
+    /// one file (`RLIMIT_FSIZE`).
+    pub(crate) fn expect(&mut self, size: u64) -> Result<(), FsError> {
+        self.size = size;
+        let limit = process::getrlimit(process::Resource::Fsize).current;
+        if limit.is_some_and(|limit| size > limit) {
+            return Err(FsError::internal(Errno::FBIG));
         }
-        match fs::fallocate(&self.file, fs::FallocateFlags::empty(), 0, len) {
-            Ok(()) | Err(Errno::OPNOTSUPP | Errno::NOSYS) => Ok(()),
-            Err(errno) => Err(FsError::internal(errno)),
+        let stat = fs::fstatvfs(&self.file).map_err(FsError::internal)?;
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        if size > free {
+            return Err(FsError::internal(Errno::NOSPC));
         }
+        Ok(())
     }
 
-    /// The temporary file, for writing the body or querying it.
+    /// Reserves disk for the next `len` bytes and [`RESERVE_AHEAD`] more,
+    /// within the declared size. A file system that cannot reserve space
+    /// is not an error: the writes will tell.
+    fn reserve_for(&mut self, len: usize) -> io::Result<()> {
+        let needed = self.written.saturating_add(len as u64);
+        if needed <= self.reserved || self.reserved >= self.size {
+            return Ok(());
+        }
+        let through = needed.saturating_add(RESERVE_AHEAD).min(self.size);
+        let flags = fs::FallocateFlags::KEEP_SIZE;
+        match fs::fallocate(&self.file, flags, self.reserved, through - self.reserved) {
+            Ok(()) => self.reserved = through,
+            // Nothing to gain from asking again.
+            Err(Errno::OPNOTSUPP | Errno::NOSYS) => self.reserved = self.size,
+            Err(errno) => return Err(errno.into()),
+        }
+        Ok(())
+    }
+
+    /// The temporary file, for querying it.
+    #[cfg(test)]
     pub(crate) fn as_file(&self) -> &File {
         &self.file
     }
@@ -126,14 +166,14 @@ impl TempFile {
     }
 }
 
-/// Writes go to the temporary file.
+/// Writes go to the temporary file, with disk reserved just ahead of
+/// them (see [`TempFile::expect`]).
 impl Write for TempFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file.write(buf)
-    }
-
-    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        self.file.write_vectored(bufs)
+        self.reserve_for(buf.len())?;
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -155,9 +195,10 @@ impl Drop for TempFile {
     }
 }
 
-/// Refuses a target name that is a directory, FIFO, socket or device; a
-/// regular file, a symlink (to be replaced) or nothing at all is fine.
-/// Returns the mode of the regular file it replaces.
+/// Refuses a target name that is a directory, FIFO, socket or device, or
+/// a regular file the server's user could not write; a writable regular
+/// file, a symlink (to be replaced) or nothing at all is fine. Returns the
+/// mode of the regular file it replaces.
 fn check_target(dir: BorrowedFd<'_>, name: &[u8]) -> Result<Option<u32>, FsError> {
     let stat = match fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(stat) => stat,
@@ -165,7 +206,11 @@ fn check_target(dir: BorrowedFd<'_>, name: &[u8]) -> Result<Option<u32>, FsError
         Err(errno) => return Err(FsError::resolving(errno)),
     };
     match FileType::from_raw_mode(stat.st_mode) {
-        FileType::RegularFile => Ok(Some(stat.st_mode)),
+        FileType::RegularFile if may_write(&stat) => Ok(Some(stat.st_mode)),
+        FileType::RegularFile => Err(FsError::new(
+            ErrorCode::Forbidden,
+            "permission denied: the file is not writable",
+        )),
         FileType::Symlink => Ok(None),
         FileType::Directory => Err(FsError::new(ErrorCode::BadRequest, "target is a directory")),
         _ => Err(FsError::new(
@@ -173,6 +218,25 @@ fn check_target(dir: BorrowedFd<'_>, name: &[u8]) -> Result<Option<u32>, FsError
             "target is not a regular file",
         )),
     }
+}
+
+/// Whether the file's permission bits let the server's user write it:
+/// the owner's bits if it owns the file, the group's if it is in the
+/// file's group, the others' otherwise. Root's privilege to write any file
+/// is not used: a read-only file stays read-only, whoever runs the server.
+fn may_write(stat: &fs::Stat) -> bool {
+    let (uid, gid) = (process::geteuid().as_raw(), process::getegid().as_raw());
+    let in_group = || {
+        process::getgroups().is_ok_and(|groups| groups.iter().any(|g| g.as_raw() == stat.st_gid))
+    };
+    let bit = if stat.st_uid == uid {
+        0o200
+    } else if stat.st_gid == gid || in_group() {
+        0o020
+    } else {
+        0o002
+    };
+    stat.st_mode & bit != 0
 }
 
 /// A temporary name unique per upload: `.filesrv-<pid>-<counter>-<time>`.
