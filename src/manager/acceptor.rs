@@ -23,13 +23,10 @@ use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Condvar, PoisonError};
-use std::time::Duration;
 
 use rustix::event::epoll::{Event, EventFlags};
-use rustix::event::{EventfdFlags, PollFd, PollFlags, eventfd};
+use rustix::event::{EventfdFlags, eventfd};
 
-use super::shared::Shared;
-use crate::admission::Admission;
 use crate::handler::Handler;
 use crate::poller::Poller;
 use crate::util::{Backoff, panic_message};
@@ -50,8 +47,7 @@ use crate::util::{Backoff, panic_message};
 /// use std::io::{self, Read, Write};
 /// use std::net::{TcpListener, TcpStream};
 /// use std::os::fd::{AsFd, BorrowedFd};
-/// use std::time::Duration;
-/// use filesrv::{Acceptor, BoxHandler, Manager, ManagerBuilder, handler_fn};
+/// /// use filesrv::{Acceptor, BoxHandler, Manager, ManagerBuilder, handler_fn};
 ///
 /// /// Says hello to each client.
 /// struct Hello(TcpListener);
@@ -108,7 +104,7 @@ pub trait Acceptor<Q>: Send + Sync + 'static {
 }
 
 /// Event keys in a worker's epoll set.
-const READY: u64 = 0;
+pub(super) const READY: u64 = 0;
 const DOORBELL: u64 = 1;
 
 /// A manager's acceptor and what its users share; the counts are in the
@@ -135,6 +131,19 @@ impl<Q: Handler> Accepting<Q> {
         })
     }
 
+    /// Takes one ring off the doorbell: another worker woken for the same
+    /// one finds nothing and looks at the queue anyway.
+    pub(super) fn answer_ring(&self) {
+        let mut count = [0u8; 8];
+        let _ = rustix::io::read(&self.doorbell, &mut count);
+    }
+
+    /// Resets the accepting thread's wake-up.
+    pub(super) fn answer_step_back(&self) {
+        let mut count = [0u8; 8];
+        let _ = rustix::io::read(&self.step_back, &mut count);
+    }
+
     /// Wakes `n` workers waiting on the acceptor.
     pub(super) fn ring(&self, n: usize) {
         for _ in 0..n {
@@ -159,9 +168,9 @@ impl<Q: Handler> Accepting<Q> {
 
 /// A worker's own epoll set on the acceptor and the doorbell.
 pub(super) struct IdleWait {
-    poller: Poller,
-    events: Vec<Event>,
-    backoff: Backoff,
+    pub(super) poller: Poller,
+    pub(super) events: Vec<Event>,
+    pub(super) backoff: Backoff,
 }
 
 impl IdleWait {
@@ -175,80 +184,6 @@ impl IdleWait {
             events: Poller::events(),
             backoff: Backoff::default(),
         })
-    }
-}
-
-/// A worker's wait on the acceptor, counted in the gate by
-/// [`Shared::next`]: returns once it was rung or took a connection; the
-/// back-off to wait out (on the token channel) if accepting failed.
-pub(super) fn wait_on_acceptor<Q: Handler, S: Admission>(
-    shared: &Shared<Q, S>,
-    accepting: &Accepting<Q>,
-    idle: &mut IdleWait,
-) -> Option<Duration> {
-    let (mut ready, mut rung) = (false, false);
-    let waited = idle
-        .poller
-        .wait(None, &mut idle.events, |key, _| match key {
-            READY => ready = true,
-            _ => rung = true,
-        });
-    if let Err(e) = waited {
-        log::error!("epoll_wait failed: {e}");
-    }
-    if rung {
-        // One count per ring: another worker woken for the same one finds
-        // nothing here and looks at the queue anyway.
-        let mut count = [0u8; 8];
-        let _ = rustix::io::read(&accepting.doorbell, &mut count);
-    }
-    match shared.accept_one(accepting, ready) {
-        Ok(()) => {
-            idle.backoff.reset();
-            None
-        }
-        Err(e) => {
-            let pause = idle.backoff.failed();
-            log::warn!("accept failed: {e}; a worker retries in {pause:?}");
-            Some(pause)
-        }
-    }
-}
-
-/// The accepting thread, for while no worker waits on the acceptor.
-pub(super) fn accept_loop<Q: Handler, S: Admission>(
-    shared: &Shared<Q, S>,
-    accepting: &Accepting<Q>,
-) {
-    let mut backoff = Backoff::default();
-    while shared.wait_for_no_worker_on_acceptor(accepting) {
-        let fd = accepting.acceptor.fd();
-        let mut fds = [
-            PollFd::new(&fd, PollFlags::IN),
-            PollFd::new(&accepting.step_back, PollFlags::IN),
-        ];
-        match rustix::event::poll(&mut fds, None) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(e) => log::error!("poll failed: {e}"),
-        }
-        if !fds[1].revents().is_empty() {
-            let mut count = [0u8; 8];
-            let _ = rustix::io::read(&accepting.step_back, &mut count);
-            continue;
-        }
-        // A burst is accepted back to back, while no worker waits.
-        while let Some(taken) = shared.accept_by_thread(accepting) {
-            match taken {
-                Ok(true) => backoff.reset(),
-                Ok(false) => break,
-                Err(e) => {
-                    let pause = backoff.failed();
-                    log::warn!("accept failed: {e}; retrying in {pause:?}");
-                    shared.pause_accepting_thread(accepting, pause);
-                    break;
-                }
-            }
-        }
     }
 }
 

@@ -79,7 +79,7 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
                 .name(format!("{}-accept", manager.name))
                 .spawn(move || {
                     if let Some(accepting) = &acceptor.accepting {
-                        super::acceptor::accept_loop(&acceptor, accepting);
+                        super::worker::accept_loop(&acceptor, accepting);
                     }
                 })?;
             handles.push(handle);

@@ -19,8 +19,6 @@
 
 use std::time::{Duration, Instant};
 
-use super::slot::Candidate;
-
 /// Why the manager asks a running handler to make room for a waiting
 /// one; passed to the hook of
 /// [`HandlerContext::on_make_room`](crate::HandlerContext::on_make_room).
@@ -34,6 +32,14 @@ pub enum MakeRoom {
     /// it is also idle too long): leave as soon as the request in progress,
     /// if any, is done.
     RanTooLong,
+}
+
+/// A running handler past a busy limit, as the make-room pass sees it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Candidate {
+    pub(super) id: u64,
+    pub(super) started_at: Instant,
+    pub(super) idle_since: Option<Instant>,
 }
 
 /// A make-room hook, as registered with

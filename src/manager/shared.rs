@@ -14,21 +14,23 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::IpAddr;
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use rustix::event::epoll::EventFlags;
 
 use super::Refused;
 use super::acceptor::Accepting;
 use super::room::BusyLimits;
 use super::slot::{Phase, Slot};
 use super::stats::Stats;
-use super::watcher::Watcher;
 use crate::admission::canonical_source;
 use crate::admission::{Admission, Arrival, Decision, Departure, Key, Outcome, Refusal};
 use crate::handler::{Handler, Stop};
+use crate::poller::Poller;
 use crate::util::{guarded, lock, time_left};
 
 /// A queued handler.
@@ -835,6 +837,67 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         let slots = lock(&self.slots).clone();
         for slot in slots {
             slot.stop(stop);
+        }
+    }
+}
+
+/// The watcher thread's epoll set (its loop is in `watcher.rs`): the
+/// sockets of waiting handlers (hang-ups) and of parked ones.
+pub(super) struct Watcher(Poller);
+
+impl Watcher {
+    pub(super) fn new() -> io::Result<Watcher> {
+        Poller::new().map(Watcher)
+    }
+
+    /// Watches `socket` for a hang-up while handler `id` waits; false if
+    /// epoll cannot watch it (it is then simply not watched).
+    pub(super) fn watch(&self, socket: BorrowedFd<'_>, id: u64) -> bool {
+        match self.0.add(socket, id, EventFlags::RDHUP | EventFlags::ET) {
+            Ok(()) => true,
+            Err(e) => {
+                log::debug!("handler {id}: socket not watched: {e}");
+                false
+            }
+        }
+    }
+
+    /// Watches the socket of parked handler `id` until it is readable or
+    /// hangs up, once (level-triggered: bytes that came before this call
+    /// report at once); false if epoll cannot watch it.
+    pub(super) fn watch_parked(&self, socket: BorrowedFd<'_>, id: u64) -> bool {
+        let flags = EventFlags::IN | EventFlags::RDHUP | EventFlags::ONESHOT;
+        match self.0.add(socket, id, flags) {
+            Ok(()) => true,
+            Err(e) => {
+                log::debug!("parked handler {id}: socket not watched: {e}");
+                false
+            }
+        }
+    }
+
+    /// Stops watching `socket`, whose handler left the queue to run or
+    /// the parked set: its client's eventual hang-up must not wake the
+    /// thread for nothing, and a parked one may be watched again.
+    pub(super) fn forget(&self, socket: BorrowedFd<'_>) {
+        self.0.delete(socket);
+    }
+
+    /// Makes the thread look at the queue and the running handlers soon.
+    pub(super) fn wake(&self) {
+        self.0.wake();
+    }
+
+    /// Blocks until an event, a wake-up or `until`; hands the id of each
+    /// socket that reported to `event`.
+    pub(super) fn wait(
+        &self,
+        until: Option<Instant>,
+        events: &mut Vec<rustix::event::epoll::Event>,
+        mut event: impl FnMut(u64),
+    ) {
+        if let Err(e) = self.0.wait(until, events, |id, _| event(id)) {
+            log::error!("epoll_wait failed: {e}");
         }
     }
 }

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::room::{MakeRoom, RoomHook};
+use super::room::{Candidate, MakeRoom, RoomHook};
 use crate::handler::{Stop, StopHook};
 use crate::util::{call_guarded, lock};
 
@@ -33,14 +33,6 @@ struct Occupant {
     asked: Option<MakeRoom>,
     stop_hook: Option<Arc<StopHook>>,
     room_hook: Option<Arc<RoomHook>>,
-}
-
-/// A running handler past a busy limit, as the make-room pass sees it.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Candidate {
-    pub(super) id: u64,
-    pub(super) started_at: Instant,
-    pub(super) idle_since: Option<Instant>,
 }
 
 /// A worker's slot: the worker fills it when a handler starts and empties

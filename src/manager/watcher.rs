@@ -21,63 +21,13 @@
 //! [`Handler::socket`]: crate::Handler::socket
 //! [`Handler::is_abandoned`]: crate::Handler::is_abandoned
 
-use std::io;
-use std::os::fd::BorrowedFd;
 use std::time::Instant;
-
-use rustix::event::epoll::EventFlags;
 
 use super::shared::Shared;
 use crate::admission::Admission;
 use crate::handler::Handler;
 use crate::poller::Poller;
 use crate::util::{call_guarded, lock};
-
-pub(super) struct Watcher(Poller);
-
-impl Watcher {
-    pub(super) fn new() -> io::Result<Watcher> {
-        Poller::new().map(Watcher)
-    }
-
-    /// Watches `socket` for a hang-up while handler `id` waits; false if
-    /// epoll cannot watch it (it is then simply not watched).
-    pub(super) fn watch(&self, socket: BorrowedFd<'_>, id: u64) -> bool {
-        match self.0.add(socket, id, EventFlags::RDHUP | EventFlags::ET) {
-            Ok(()) => true,
-            Err(e) => {
-                log::debug!("handler {id}: socket not watched: {e}");
-                false
-            }
-        }
-    }
-
-    /// Watches the socket of parked handler `id` until it is readable or
-    /// hangs up, once (level-triggered: bytes that came before this call
-    /// report at once); false if epoll cannot watch it.
-    pub(super) fn watch_parked(&self, socket: BorrowedFd<'_>, id: u64) -> bool {
-        let flags = EventFlags::IN | EventFlags::RDHUP | EventFlags::ONESHOT;
-        match self.0.add(socket, id, flags) {
-            Ok(()) => true,
-            Err(e) => {
-                log::debug!("parked handler {id}: socket not watched: {e}");
-                false
-            }
-        }
-    }
-
-    /// Stops watching `socket`, whose handler left the queue to run or
-    /// the parked set: its client's eventual hang-up must not wake the
-    /// thread for nothing, and a parked one may be watched again.
-    pub(super) fn forget(&self, socket: BorrowedFd<'_>) {
-        self.0.delete(socket);
-    }
-
-    /// Makes the thread look at the queue and the running handlers soon.
-    pub(super) fn wake(&self) {
-        self.0.wake();
-    }
-}
 
 /// The watcher thread's loop, until the manager closes.
 pub(super) fn watch<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
@@ -88,12 +38,10 @@ pub(super) fn watch<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
         };
         let pass = make_room(shared);
         let until = [deadline, pass].into_iter().flatten().min();
-        let waited = shared.signals.watcher.0.wait(until, &mut events, |id, _| {
-            shared.socket_event(id);
-        });
-        if let Err(e) = waited {
-            log::error!("epoll_wait failed: {e}");
-        }
+        shared
+            .signals
+            .watcher
+            .wait(until, &mut events, |id| shared.socket_event(id));
     }
 }
 

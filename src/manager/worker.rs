@@ -1,18 +1,22 @@
-//! A worker thread: takes the head of the queue and runs it, until the
-//! manager closes or the bound shrinks below the workers alive.
+//! The threads that take handlers: a worker takes the head of the queue
+//! (or, idle, accepts from the acceptor) and runs it, until the manager
+//! closes or the bound shrinks below the workers alive; the accepting
+//! thread accepts while every worker is busy.
 
 use std::cell::Cell;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::RecvTimeoutError;
 
-use super::acceptor::{IdleWait, wait_on_acceptor};
+use rustix::event::{PollFd, PollFlags};
+
+use super::acceptor::{Accepting, IdleWait, READY};
 use super::shared::{Done, Ended, Entry, Next, Shared};
 use super::slot::{RunningInfo, Slot};
 use crate::admission::{Admission, Outcome};
 use crate::handler::{Handler, HandlerContext, Served};
-use crate::util::{guarded, lock};
+use crate::util::{Backoff, guarded, lock};
 
 thread_local! {
     /// The state of the manager whose worker this thread is (its address),
@@ -136,4 +140,74 @@ fn run<Q: Handler, S: Admission>(shared: &Shared<Q, S>, slot: &Slot, entry: Entr
         None => Outcome::Panicked,
     };
     Ended::Done(done(outcome, slot.vacate()))
+}
+
+/// A worker's wait on the acceptor, counted in the gate by
+/// [`Shared::next`]: returns once it was rung or took a connection; the
+/// back-off to wait out (on the token channel) if accepting failed.
+pub(super) fn wait_on_acceptor<Q: Handler, S: Admission>(
+    shared: &Shared<Q, S>,
+    accepting: &Accepting<Q>,
+    idle: &mut IdleWait,
+) -> Option<Duration> {
+    let (mut ready, mut rung) = (false, false);
+    let waited = idle
+        .poller
+        .wait(None, &mut idle.events, |key, _| match key {
+            READY => ready = true,
+            _ => rung = true,
+        });
+    if let Err(e) = waited {
+        log::error!("epoll_wait failed: {e}");
+    }
+    if rung {
+        accepting.answer_ring();
+    }
+    match shared.accept_one(accepting, ready) {
+        Ok(()) => {
+            idle.backoff.reset();
+            None
+        }
+        Err(e) => {
+            let pause = idle.backoff.failed();
+            log::warn!("accept failed: {e}; a worker retries in {pause:?}");
+            Some(pause)
+        }
+    }
+}
+
+/// The accepting thread, for while no worker waits on the acceptor.
+pub(super) fn accept_loop<Q: Handler, S: Admission>(
+    shared: &Shared<Q, S>,
+    accepting: &Accepting<Q>,
+) {
+    let mut backoff = Backoff::default();
+    while shared.wait_for_no_worker_on_acceptor(accepting) {
+        let fd = accepting.acceptor.fd();
+        let mut fds = [
+            PollFd::new(&fd, PollFlags::IN),
+            PollFd::new(&accepting.step_back, PollFlags::IN),
+        ];
+        match rustix::event::poll(&mut fds, None) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => log::error!("poll failed: {e}"),
+        }
+        if !fds[1].revents().is_empty() {
+            accepting.answer_step_back();
+            continue;
+        }
+        // A burst is accepted back to back, while no worker waits.
+        while let Some(taken) = shared.accept_by_thread(accepting) {
+            match taken {
+                Ok(true) => backoff.reset(),
+                Ok(false) => break,
+                Err(e) => {
+                    let pause = backoff.failed();
+                    log::warn!("accept failed: {e}; retrying in {pause:?}");
+                    shared.pause_accepting_thread(accepting, pause);
+                    break;
+                }
+            }
+        }
+    }
 }

@@ -406,7 +406,10 @@ fn secure(
         }
         _ => return Err(ServerError::Tls(TlsError::Incomplete)),
     };
-    let (tls, thread) = Tls::start(source, closer.clone())?;
+    let (tls, thread) = Tls::start(source, closer.clone()).map_err(|e| match e {
+        Ok(e) => ServerError::Tls(e),
+        Err(e) => ServerError::Start(e),
+    })?;
     Ok((Some(tls), Some(thread), users))
 }
 

@@ -27,7 +27,6 @@ use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::closer::Closer;
-use super::config::ServerError;
 use crate::protocol::pin::{pin_of, provider};
 
 /// How long a refused connection's handshake may take before it is closed
@@ -138,12 +137,14 @@ pub(crate) struct Tls {
 impl Tls {
     /// Loads or generates the certificate and starts the refuser thread,
     /// which hands what it is done with to `closer`.
+    ///
+    /// `Err(Ok(e))`: the certificate or key; `Err(Err(e))`: the thread.
     pub(crate) fn start(
         source: TlsSource,
         closer: Closer,
-    ) -> Result<(Tls, JoinHandle<()>), ServerError> {
-        let (config, current, pin) = Tls::configure(&source).map_err(ServerError::Tls)?;
-        let (refuser, thread) = Refuser::start(closer).map_err(ServerError::Start)?;
+    ) -> Result<(Tls, JoinHandle<()>), Result<TlsError, io::Error>> {
+        let (config, current, pin) = Tls::configure(&source).map_err(Ok)?;
+        let (refuser, thread) = Refuser::start(closer).map_err(Err)?;
         let tls = Tls {
             config,
             current,
