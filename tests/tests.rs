@@ -13,6 +13,7 @@ mod hidden;
 mod hostile_input;
 mod hostile_net;
 mod hostile_process;
+mod http;
 mod integrity;
 mod live_changes;
 mod manager;

@@ -13,4 +13,5 @@ mod testutil;
 mod upload;
 
 pub(crate) use error::FsError;
+pub(crate) use listing::Listing;
 pub(crate) use root::Root;
