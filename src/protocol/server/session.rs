@@ -103,7 +103,8 @@ impl Handler for Session {
     fn refused(self, reason: Refusal) {
         log::info!("{}: refused: {reason}", self.peer);
         let line = refusal_line(reason);
-        self.shared.closer.refuse(self.stream, line.as_bytes());
+        let http = http::refusal().into_bytes();
+        (self.shared.closer).refuse_sniffing(self.stream, line.as_bytes(), http);
     }
 }
 

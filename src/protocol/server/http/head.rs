@@ -65,6 +65,25 @@ pub(in crate::protocol::server) fn long_request_line(
     }
 }
 
+/// Whether a refused connection's first bytes `seen` begin an HTTP
+/// request line: `None` while they may but its end has not come, unless
+/// `last` (nothing more will be read), when an HTTP-looking start (a
+/// method and an origin-form target) is taken as HTTP.
+pub(in crate::protocol::server) fn refusal_is_http(seen: &[u8], last: bool) -> Option<bool> {
+    if let Some(newline) = seen.iter().position(|&b| b == b'\n') {
+        return Some(is_request_line(&seen[..newline]));
+    }
+    let method = seen.split(|&b| b == b' ').next().unwrap_or_default();
+    let may_begin = method.len() <= 16
+        && method.iter().all(u8::is_ascii_uppercase)
+        && seen.get(method.len() + 1).is_none_or(|&b| b == b'/');
+    match (may_begin, last) {
+        (false, _) => Some(false),
+        (true, false) => None,
+        (true, true) => Some(may_be_request_line(seen)),
+    }
+}
+
 /// Whether `start` begins as an HTTP request line does: a method and an
 /// origin-form target.
 fn may_be_request_line(start: &[u8]) -> bool {
@@ -289,6 +308,16 @@ mod tests {
         assert!(!is_request_line(b"GET notes.txt 5"));
         assert!(may_be_request_line(b"GET /aaaa"));
         assert!(!may_be_request_line(b"GET aaaa"));
+        assert_eq!(
+            refusal_is_http(b"GET / HTTP/1.1\r\nHost", false),
+            Some(true)
+        );
+        assert_eq!(refusal_is_http(b"GET /x\n", false), Some(false));
+        assert_eq!(refusal_is_http(b"GE", false), None);
+        assert_eq!(refusal_is_http(b"GET /x", false), None);
+        assert_eq!(refusal_is_http(b"GET /x", true), Some(true));
+        assert_eq!(refusal_is_http(b"GET notes", false), Some(false));
+        assert_eq!(refusal_is_http(b"", true), Some(false));
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod serve;
 mod validators;
 mod wire;
 
-pub(super) use head::{is_request_line, long_request_line};
+pub(super) use head::{is_request_line, long_request_line, refusal_is_http};
+pub(super) use reply::refusal;
 pub(super) use serve::serve;
 pub(super) use wire::Wire;
