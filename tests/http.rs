@@ -431,3 +431,59 @@ fn directory_listing_redirects_and_escapes() {
         assert_eq!(got, contents.as_bytes());
     }
 }
+
+#[test]
+fn busy_gives_curl_503_and_nc_err_busy() {
+    let t = serve("http-busy", |c| c.max_running(1).max_waiting(0));
+    let mut running = t.connect();
+    running.send(b"STAT /\n");
+    assert!(running.line().starts_with("OK d "));
+    let out = TempDir::new("http-busy-out");
+    let (code, head) = curl_head(&[&url(&t, "/notes.txt")], &out.path().join("b"));
+    assert_eq!(code, 503);
+    assert_eq!(field(&head, "retry-after"), Some("1"));
+    assert_eq!(field(&head, "connection"), Some("close"));
+    // A line-protocol client that sends its request at once, and one
+    // that sends nothing (as `nc` before its user types), get `ERR busy`.
+    let mut eager = t.connect();
+    eager.send(b"GET notes.txt\n");
+    eager.expect_final_err("busy");
+    t.connect().expect_final_err("busy");
+    // An HTTP request line split across writes is still recognised.
+    let mut split = t.connect();
+    split.send(b"GET /notes");
+    split.send(b".txt HTTP/1.1\r\nHost: x\r\n\r\n");
+    let reply = String::from_utf8(split.read_until_closed()).unwrap();
+    assert!(
+        reply.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{reply}"
+    );
+    drop(running);
+    t.assert_serves();
+}
+
+#[test]
+fn metrics_count_http_requests_by_method_and_class() {
+    let t = serve("http-metrics", |c| {
+        c.metrics(Some("127.0.0.1:0".parse().unwrap()))
+    });
+    let mut c = t.connect();
+    c.send(
+        b"GET /notes.txt HTTP/1.1\r\n\r\nHEAD /nope HTTP/1.1\r\n\r\n\
+          DELETE /notes.txt HTTP/1.1\r\nConnection: close\r\n\r\n",
+    );
+    c.read_until_closed();
+    raw(&t, b"GET /notes.txt HTTP/1.1\r\nA : b\r\n\r\n");
+    let text = crate::metrics::scrape(&t);
+    let n = |name: &str| crate::metrics::sample(&text, name);
+    for (method, class) in [
+        ("GET", "2xx"),
+        ("HEAD", "4xx"),
+        ("other", "4xx"),
+        ("invalid", "4xx"),
+    ] {
+        let name = format!("filesrv_http_requests_total{{method=\"{method}\",class=\"{class}\"}}");
+        assert_eq!(n(&name), 1.0, "{name}");
+    }
+    assert_eq!(n("filesrv_bytes_sent_total"), NOTES.len() as f64);
+}
