@@ -487,3 +487,19 @@ fn metrics_count_http_requests_by_method_and_class() {
     }
     assert_eq!(n("filesrv_bytes_sent_total"), NOTES.len() as f64);
 }
+
+#[test]
+fn curl_haproxy_protocol_header_comes_before_http() {
+    let t = serve("http-proxy", |c| {
+        c.proxy_from(["127.0.0.0/8".parse().unwrap()])
+    });
+    let u = url(&t, "/notes.txt");
+    let out = curl(&["--haproxy-protocol", &u, &u]);
+    assert_eq!(out.stdout, [NOTES, NOTES].concat());
+    // From a trusted proxy, a connection without the header is refused.
+    let refused = Command::new(tools::require("curl"))
+        .args(["-sS", "--max-time", "20", &u])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+}

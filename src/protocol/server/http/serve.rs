@@ -114,8 +114,12 @@ fn read_head(wire: &mut impl Wire, ctx: &HandlerContext) -> io::Result<Result<He
         let started = !wire.pending().is_empty();
         match wire.fill(deadline, &mut idle, ctx)? {
             Filled::More => {}
-            // Between requests, or stopped: just close.
-            Filled::Eof if !started || ctx.stop_requested().is_some() => {
+            // Between requests, stopped, or asked to make room: just close.
+            Filled::Eof
+                if !started
+                    || ctx.stop_requested().is_some()
+                    || ctx.make_room_requested().is_some() =>
+            {
                 return Ok(Err(End::Quietly));
             }
             Filled::Eof => {
