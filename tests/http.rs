@@ -503,3 +503,68 @@ fn curl_haproxy_protocol_header_comes_before_http() {
         .unwrap();
     assert!(!refused.status.success());
 }
+
+/// Runs headless Chromium on `url` with `args`, bounded in time.
+fn chromium(profile: &Path, args: &[&str], url: &str) -> Output {
+    let output = Command::new("timeout")
+        .arg("60")
+        .arg(tools::require("chromium"))
+        .args(["--headless", "--no-sandbox", "--disable-gpu"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(url)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "chromium: {output:?}");
+    output
+}
+
+#[test]
+fn chromium_shows_a_listing_whose_links_lead_to_the_exact_files() {
+    let t = serve("http-chromium", |c| c);
+    let script = "<img src=x onerror=\"document.body.setAttribute(`data-pwned`,1)\">";
+    let names: [&[u8]; 7] = [
+        b"<b>bold",
+        b"a&b",
+        b"q\"uote",
+        b"sp ace",
+        b"100%",
+        b"raw\xFF",
+        script.as_bytes(),
+    ];
+    let dir = t.dir.root().join("d");
+    std::fs::create_dir(&dir).unwrap();
+    for name in names {
+        std::fs::write(dir.join(std::ffi::OsStr::from_bytes(name)), name).unwrap();
+    }
+    let profile = TempDir::new("http-chromium-profile");
+    let page = url(&t, "/d/");
+    let dom = chromium(profile.path(), &["--dump-dom"], &page).stdout;
+    let dom = String::from_utf8(dom).unwrap();
+    // No script from a file name ran.
+    assert!(
+        dom.contains("<body>") && !dom.contains("data-pwned=\""),
+        "{dom}"
+    );
+    // Every entry's link, followed, gives back exactly the file named.
+    let links: Vec<&str> = dom
+        .split("<a href=\"./")
+        .skip(1)
+        .map(|rest| &rest[..rest.find('"').unwrap()])
+        .collect();
+    assert_eq!(links.len(), names.len(), "{dom}");
+    let mut fetched: Vec<Vec<u8>> = links
+        .iter()
+        .map(|link| curl(&[&url(&t, &format!("/d/{link}"))]).stdout)
+        .collect();
+    fetched.sort();
+    let mut expected: Vec<Vec<u8>> = names.iter().map(|n| n.to_vec()).collect();
+    expected.sort();
+    assert_eq!(fetched, expected);
+    // A picture of the page, kept for people to look at.
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("http-listing.png");
+    let arg = format!("--screenshot={}", shot.display());
+    chromium(profile.path(), &[&arg, "--window-size=800,400"], &page);
+    assert!(std::fs::metadata(&shot).unwrap().len() > 0);
+}
