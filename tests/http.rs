@@ -568,3 +568,48 @@ fn chromium_shows_a_listing_whose_links_lead_to_the_exact_files() {
     chromium(profile.path(), &[&arg, "--window-size=800,400"], &page);
     assert!(std::fs::metadata(&shot).unwrap().len() > 0);
 }
+
+#[test]
+fn timeouts_hidden_puts_and_shutdown() {
+    let t = serve("http-timeouts", |c| {
+        c.idle_timeout(Some(crate::support::SHORT)).allow_put(true)
+    });
+    // Part of a head, then nothing: 408 and close.
+    let reply = raw(&t, b"GET /notes.txt HTTP/1.1\r\n");
+    assert!(
+        reply.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{reply}"
+    );
+    // An idle keep-alive connection is closed without a reply.
+    let mut c = t.connect();
+    c.send(b"GET /notes.txt HTTP/1.1\r\n\r\n");
+    let reply = String::from_utf8(c.read_until_closed()).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n") && reply.ends_with("\r\n\r\nhello, world\n"));
+    // Hidden names may not be written; a missing parent is 404; both close.
+    let hidden = raw(&t, b"PUT /.env HTTP/1.1\r\nContent-Length: 1\r\n\r\nx");
+    assert!(hidden.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{hidden}");
+    let missing = raw(&t, b"PUT /no/x HTTP/1.1\r\nContent-Length: 1\r\n\r\nx");
+    assert!(
+        missing.starts_with("HTTP/1.1 404 Not Found\r\n"),
+        "{missing}"
+    );
+    assert!(!t.dir.root().join(".env").exists());
+    // HEAD of a directory: the listing's head, no body.
+    let head = raw(&t, b"HEAD / HTTP/1.1\r\nConnection: close\r\n\r\n");
+    assert!(
+        head.starts_with("HTTP/1.1 200 OK\r\n") && head.ends_with("\r\n\r\n"),
+        "{head}"
+    );
+    // Shutdown: an idle keep-alive connection is closed without a reply.
+    let t = serve("http-shutdown", |c| c);
+    let mut c = t.connect();
+    c.send(b"GET /notes.txt HTTP/1.1\r\n\r\n");
+    let mut head = String::new();
+    while !head.ends_with("\r\n\r\n") {
+        head.push_str(&c.line());
+        head.push('\n');
+    }
+    assert_eq!(c.body(NOTES.len()), NOTES);
+    t.server.shutdown();
+    c.expect_closed();
+}
