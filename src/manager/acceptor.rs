@@ -47,7 +47,8 @@ use crate::util::{Backoff, panic_message};
 /// use std::io::{self, Read, Write};
 /// use std::net::{TcpListener, TcpStream};
 /// use std::os::fd::{AsFd, BorrowedFd};
-/// /// use filesrv::{Acceptor, BoxHandler, Manager, ManagerBuilder, handler_fn};
+/// use std::time::Duration;
+/// use filesrv::{Acceptor, BoxHandler, Manager, ManagerBuilder, handler_fn};
 ///
 /// /// Says hello to each client.
 /// struct Hello(TcpListener);

@@ -7,15 +7,24 @@
 //! stream), and a single closer thread keeps it a short while, discarding
 //! what the client still sends, before closing it. The accepting thread
 //! and the workers never wait for this.
+//!
+//! A refused connection may be an HTTP client, which would not understand
+//! an `ERR` line: the closer thread waits up to [`SNIFF`] for its first
+//! bytes and answers a `503` instead when they begin an HTTP request line,
+//! the `ERR` line otherwise (also when nothing came in time).
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec, eventfd};
 
+use super::http;
 use crate::util::time_left;
 
 /// How long a closing connection is kept to drain before it is closed.
@@ -25,23 +34,82 @@ const LINGER: Duration = Duration::from_millis(250);
 pub(crate) const MAX_LINGERING: usize = 4096;
 /// At most this much is discarded from one lingering connection.
 const MAX_DISCARD: usize = 1 << 20;
+/// How long a refused connection is given to send its first bytes, to
+/// tell an HTTP client (answered `503`) from a line-protocol one.
+const SNIFF: Duration = Duration::from_secs(1);
+/// The most first bytes kept to decide; an HTTP-looking start that long
+/// without its line's end is taken as HTTP.
+const MAX_SNIFF: usize = 1024;
+
+/// What the closer thread is handed.
+#[derive(Debug)]
+enum Job {
+    /// Answered already: linger until the instant, then close.
+    Linger(Instant, Arc<TcpStream>),
+    /// Refused: wait for the first bytes until the instant, then answer.
+    Sniff(Instant, Arc<TcpStream>, Refusal),
+}
+
+/// A refused connection's two possible answers.
+#[derive(Debug)]
+struct Refusal {
+    line: Vec<u8>,
+    http: Vec<u8>,
+    /// The first bytes received so far.
+    seen: Vec<u8>,
+}
 
 /// The handle workers and the accepting thread use to close connections.
 #[derive(Clone, Debug)]
 pub(crate) struct Closer {
     /// `None` tells the thread to finish the queue and end.
-    queue: Sender<Option<(Instant, Arc<TcpStream>)>>,
+    queue: Sender<Option<Job>>,
+    /// Written after each job: wakes the thread from its `poll`.
+    wake: Arc<OwnedFd>,
 }
 
 impl Closer {
-    /// Starts the closer thread, which lets at most `max_lingering`
-    /// connections linger at once; it ends after [`Closer::stop`].
+    /// Starts the closer thread, which holds at most `max_lingering`
+    /// connections at once (half waiting in its queue, half lingering or
+    /// sniffed; past that a refusal closes at once); it ends after
+    /// [`Closer::stop`].
     pub(crate) fn start(name: &str, max_lingering: usize) -> io::Result<(Closer, JoinHandle<()>)> {
-        let (queue, lingering) = crossbeam_channel::bounded(max_lingering.max(1));
+        let half = (max_lingering / 2).max(1);
+        let (queue, jobs) = crossbeam_channel::bounded(half);
+        let wake = Arc::new(eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?);
+        let woken = wake.clone();
         let thread = thread::Builder::new()
             .name(format!("{name}-closer"))
-            .spawn(move || close_in_turn(&lingering))?;
-        Ok((Closer { queue }, thread))
+            .spawn(move || close_in_turn(&jobs, &woken, half))?;
+        Ok((Closer { queue, wake }, thread))
+    }
+
+    /// Hands `job` to the thread; `false` when it cannot take it now.
+    fn hand(&self, job: Option<Job>) -> bool {
+        let taken = self.queue.try_send(job).is_ok();
+        let _ = rustix::io::write(&*self.wake, &1u64.to_ne_bytes());
+        taken
+    }
+
+    /// Refuses a connection that may be an HTTP client: the closer
+    /// thread waits up to 1 s for its first bytes, then writes `http` if
+    /// they begin an HTTP request line, `line` otherwise, and closes as
+    /// [`refuse`](Closer::refuse) does. Never blocks the caller; with the
+    /// thread's queue full, `line` is written at once.
+    pub(crate) fn refuse_sniffing(&self, stream: TcpStream, line: &[u8], http: Vec<u8>) {
+        let stream = Arc::new(stream);
+        if stream.set_nonblocking(true).is_ok() {
+            let refusal = Refusal {
+                line: line.to_vec(),
+                http,
+                seen: Vec::new(),
+            };
+            let job = Job::Sniff(Instant::now() + SNIFF, stream.clone(), refusal);
+            if self.hand(Some(job)) {
+                return;
+            }
+        }
+        Closer::refuse_now(&stream, line);
     }
 
     /// Writes `line` (best effort, never blocking), shuts the write side
@@ -51,7 +119,7 @@ impl Closer {
         let stream = stream.into();
         Closer::refuse_now(&stream, line);
         // Too many lingering already, or shutting down: it closes now.
-        let _ = self.queue.try_send(Some((Instant::now() + LINGER, stream)));
+        self.hand(Some(Job::Linger(Instant::now() + LINGER, stream)));
     }
 
     /// Writes `line` without blocking and shuts the write side.
@@ -73,6 +141,7 @@ impl Closer {
     /// closed; their lingering takes at most [`LINGER`].
     pub(crate) fn stop(&self) {
         let _ = self.queue.send(None);
+        let _ = rustix::io::write(&*self.wake, &1u64.to_ne_bytes());
     }
 }
 
@@ -154,14 +223,114 @@ impl LingeringCloser {
     }
 }
 
-/// The closer thread: connections arrive in deadline order (the linger is
-/// the same for all), so it waits for the oldest, drains it and closes it.
-fn close_in_turn(lingering: &Receiver<Option<(Instant, Arc<TcpStream>)>>) {
-    while let Ok(Some((deadline, stream))) = lingering.recv() {
-        // A timed wait for a known instant, not synchronisation.
-        if let Some(left) = time_left(deadline) {
-            thread::sleep(left);
+/// The closer thread. Jobs of each kind arrive in deadline order (the
+/// wait is the same for all of a kind), so it keeps two FIFOs, waits in
+/// `poll` for the first bytes of the refused ones (and its wake-up
+/// event) until the nearest deadline, answers each refused connection
+/// when its bytes decide or its wait ends, and closes lingering ones
+/// when theirs ends. On stop, refused connections are answered at once
+/// with what they sent so far.
+fn close_in_turn(jobs: &Receiver<Option<Job>>, wake: &OwnedFd, max: usize) {
+    let mut lingering: VecDeque<(Instant, Arc<TcpStream>)> = VecDeque::new();
+    let mut sniffing: VecDeque<(Instant, Arc<TcpStream>, Refusal)> = VecDeque::new();
+    let mut stopping = false;
+    loop {
+        // At most `max` held: the rest wait in the queue, and past it
+        // refusals close at once.
+        while lingering.len() + sniffing.len() < max {
+            match jobs.try_recv() {
+                Ok(Some(Job::Linger(deadline, stream))) => lingering.push_back((deadline, stream)),
+                Ok(Some(Job::Sniff(deadline, stream, refusal))) => {
+                    sniffing.push_back((deadline, stream, refusal));
+                }
+                Ok(None) | Err(TryRecvError::Disconnected) => {
+                    stopping = true;
+                    break;
+                }
+                Err(TryRecvError::Empty) => break,
+            }
         }
-        discard(&stream);
+        let now = Instant::now();
+        while let Some((deadline, ..)) = sniffing.front() {
+            if *deadline > now && !stopping {
+                break;
+            }
+            let (_, stream, refusal) = sniffing.pop_front().expect("front seen");
+            lingering.push_back(answer(stream, &refusal));
+        }
+        while lingering
+            .front()
+            .is_some_and(|(deadline, _)| *deadline <= now)
+        {
+            let (_, stream) = lingering.pop_front().expect("front seen");
+            discard(&stream);
+        }
+        let next = match (sniffing.front(), lingering.front()) {
+            (Some((a, ..)), Some((b, _))) => Some(*a.min(b)),
+            (Some((a, ..)), None) => Some(*a),
+            (None, Some((b, _))) => Some(*b),
+            (None, None) if stopping => return,
+            (None, None) => None,
+        };
+        let timeout = next.map(|next| {
+            let left = time_left(next).unwrap_or_default();
+            Timespec {
+                tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+                tv_nsec: i64::from(left.subsec_nanos()),
+            }
+        });
+        let mut fds: Vec<PollFd<'_>> = std::iter::once(PollFd::new(wake, PollFlags::IN))
+            .chain(
+                sniffing
+                    .iter()
+                    .map(|(_, s, _)| PollFd::new(&**s, PollFlags::IN)),
+            )
+            .collect();
+        if rustix::event::poll(&mut fds, timeout.as_ref()).is_err() {
+            continue;
+        }
+        let ready: Vec<bool> = fds[1..].iter().map(|fd| !fd.revents().is_empty()).collect();
+        drop(fds);
+        let mut counter = [0u8; 8];
+        let _ = rustix::io::read(wake, &mut counter);
+        let mut still = VecDeque::with_capacity(sniffing.len());
+        for ((deadline, stream, mut refusal), ready) in sniffing.into_iter().zip(ready) {
+            if !ready {
+                still.push_back((deadline, stream, refusal));
+                continue;
+            }
+            let mut chunk = [0u8; MAX_SNIFF];
+            let room = MAX_SNIFF - refusal.seen.len();
+            match (&*stream).read(&mut chunk[..room]) {
+                // Gone before a byte came: answered all the same.
+                Ok(0) => lingering.push_back(answer(stream, &refusal)),
+                Ok(n) => {
+                    refusal.seen.extend_from_slice(&chunk[..n]);
+                    match http::refusal_is_http(&refusal.seen, refusal.seen.len() == MAX_SNIFF) {
+                        None => still.push_back((deadline, stream, refusal)),
+                        Some(_) => lingering.push_back(answer(stream, &refusal)),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    still.push_back((deadline, stream, refusal));
+                }
+                Err(_) => {}
+            }
+        }
+        sniffing = still;
     }
+}
+
+/// Writes a refused connection's answer (the `503` when its first bytes
+/// began an HTTP request line) and shuts its write side; returns it to
+/// linger.
+fn answer(stream: Arc<TcpStream>, refusal: &Refusal) -> (Instant, Arc<TcpStream>) {
+    let is_http = http::refusal_is_http(&refusal.seen, true) == Some(true);
+    let reply = if is_http {
+        &refusal.http
+    } else {
+        &refusal.line
+    };
+    Closer::refuse_now(&stream, reply);
+    (Instant::now() + LINGER, stream)
 }

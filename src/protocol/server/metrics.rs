@@ -71,6 +71,15 @@ struct RequestLabels {
     result: &'static str,
 }
 
+/// The labels of the `http_requests` family.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    /// `GET`, `HEAD`, `PUT`, `other`, or `invalid` for a refused head.
+    method: &'static str,
+    /// `1xx` to `5xx`.
+    class: &'static str,
+}
+
 /// What the server counts as it goes; shared by the accepting thread,
 /// the handshake thread and every session. A request is counted in a
 /// labelled family (a read lock and a hash lookup: about 30 ns, under
@@ -79,6 +88,7 @@ struct RequestLabels {
 pub(crate) struct Metrics {
     accepted: Counter,
     requests: Family<RequestLabels, Counter>,
+    http_requests: Family<HttpLabels, Counter>,
     bytes_sent: Counter,
     bytes_received: Counter,
     /// Trusted connections refused in the PROXY handshake, by
@@ -155,6 +165,32 @@ impl Metrics {
     /// A TLS connection ended before its handshake completed.
     pub(crate) fn tls_handshake_failed(&self) {
         self.tls_handshakes_failed.inc();
+    }
+
+    /// An HTTP request was answered: its method, its status, whether
+    /// `bytes` were received (PUT) or sent.
+    pub(crate) fn http_request(
+        &self,
+        method: &'static str,
+        status: u16,
+        received: bool,
+        bytes: u64,
+    ) {
+        let class = match status / 100 {
+            1 => "1xx",
+            2 => "2xx",
+            3 => "3xx",
+            4 => "4xx",
+            _ => "5xx",
+        };
+        self.http_requests
+            .get_or_create(&HttpLabels { method, class })
+            .inc();
+        if received {
+            self.bytes_received.inc_by(bytes);
+        } else {
+            self.bytes_sent.inc_by(bytes);
+        }
     }
 
     /// A trusted connection was refused in the PROXY handshake.
@@ -239,6 +275,11 @@ pub(crate) fn encode(metrics: &Metrics, stats: &Stats, max_running: usize) -> St
         "requests",
         "Requests answered, by verb and result (OK or the error code)",
         metrics.requests.clone(),
+    );
+    registry.register(
+        "http_requests",
+        "HTTP requests answered, by method and status class",
+        metrics.http_requests.clone(),
     );
     registry.register_collector(Box::new(Snapshot {
         stats: *stats,

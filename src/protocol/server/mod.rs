@@ -7,6 +7,7 @@ mod agent;
 mod closer;
 mod config;
 mod fs;
+mod http;
 mod limits;
 mod listener;
 mod metrics;

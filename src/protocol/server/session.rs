@@ -1,5 +1,6 @@
 //! One client connection speaking the protocol: the [`Session`] handler.
 
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -13,6 +14,7 @@ use rustix::net::{RecvFlags, SendFlags};
 use super::closer::Closer;
 use super::config::ServerConfig;
 use super::fs::{FsError, Root, TempFile};
+use super::http::{self, Wire as _};
 use super::metrics::{Answer, LoginResult, Metrics};
 use super::pace::Pace;
 use super::readbuf::ReadBuf;
@@ -122,9 +124,13 @@ impl Handler for Session {
         log::info!("{}: refused: {reason}", self.peer);
         let line = refusal_line(reason);
         match &self.shared.tls {
-            // Inside TLS, if the handshake completes in time.
+            // Inside TLS, if the handshake completes in time; an HTTPS
+            // client gets the ERR line there too (no sniff inside TLS).
             Some(tls) => tls.refuse(self.stream, line.as_bytes()),
-            None => self.shared.closer.refuse(self.stream, line.as_bytes()),
+            None => {
+                let http = http::refusal().into_bytes();
+                (self.shared.closer).refuse_sniffing(self.stream, line.as_bytes(), http);
+            }
         }
     }
 }
@@ -152,7 +158,7 @@ fn refusal_line(reason: Refusal) -> String {
 }
 
 /// How a connection ends.
-enum End {
+pub(super) enum End {
     /// The client closed, said QUIT, or vanished: just close.
     Quietly,
     /// A final `ERR` line was sent: close without losing it.
@@ -285,24 +291,26 @@ impl Connection {
                         (None, true) => self.fail(ErrorCode::BadRequest, "incomplete request line"),
                     };
                 }
+                Line::TooLong
+                    if self.requests == 0 && http::long_request_line(self, deadline, ctx)? =>
+                {
+                    return http::serve(self, ctx);
+                }
                 Line::TooLong => return self.fail(ErrorCode::BadRequest, "request line too long"),
                 Line::TimedOut => {
                     return self.fail(ErrorCode::Timeout, "no complete request in time");
                 }
             };
+            // The first request line decides the protocol for good.
+            if self.requests == 0 && http::is_request_line(&self.buf[line.clone()]) {
+                self.start = line.start;
+                return http::serve(self, ctx);
+            }
             // Claim the connection for this request, unless a stop came.
-            {
-                let mut busy = lock(&self.busy);
-                if ctx.stop_requested().is_some() {
-                    drop(busy);
-                    return self.stop_unavailable();
-                }
-                if let Some(why) = ctx.make_room_requested() {
-                    drop(busy);
-                    return self.make_room(why);
-                }
-                *busy = true;
-                ctx.set_busy();
+            match self.claim(ctx) {
+                Claim::Claimed => {}
+                Claim::Stop => return self.stop_unavailable(),
+                Claim::MakeRoom(why) => return self.make_room(why),
             }
             self.requests += 1;
             // The client sent the next request already: this reply
@@ -442,41 +450,14 @@ impl Connection {
             if searched >= MAX_LINE {
                 return Ok(Line::TooLong);
             }
-            if self.end == self.buf.len() {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            }
-            let timeout = match deadline.map(time_left) {
-                None => None,
-                Some(Some(left)) => Some(left),
-                Some(None) => return Ok(Line::TimedOut),
-            };
-            if !idle {
-                ctx.set_idle();
-                idle = true;
-            }
-            self.read_timeout.set(&self.stream, timeout)?;
-            self.cork.release(&self.stream)?;
-            let room = self.buf.len() - self.end;
-            match self.io.read(&mut self.buf[self.end..]) {
-                Ok(0) => {
+            match self.fill(deadline, &mut idle, ctx)? {
+                Filled::More => {}
+                Filled::Eof => {
                     return Ok(Line::Eof {
                         partial: self.end > self.start,
                     });
                 }
-                Ok(n) => {
-                    self.end += n;
-                    self.drained = n < room;
-                }
-                Err(e) if is_timeout(&e) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // A handshake cut by the stop or make-room hooks (a read
-                // shut down) ends as an idle read does.
-                Err(_) if self.io.is_handshaking() && self.stop_or_room(ctx) => {
-                    return Ok(Line::Eof { partial: false });
-                }
-                Err(e) => return Err(e),
+                Filled::TimedOut => return Ok(Line::TimedOut),
             }
         }
     }
@@ -848,6 +829,134 @@ fn loggable(raw: &[u8]) -> String {
     format!("{} ***", printable_line(&raw[..name_end]))
 }
 
+/// What [`Connection::fill`] found.
+pub(super) enum Filled {
+    More,
+    Eof,
+    TimedOut,
+}
+
+/// Whether a request may start now.
+pub(super) enum Claim {
+    Claimed,
+    Stop,
+    MakeRoom(MakeRoom),
+}
+
+/// The HTTP serve loop's view of the connection (see [`http::Wire`]).
+impl http::Wire for Connection {
+    fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    fn state(&self) -> &ServerState {
+        &self.shared
+    }
+
+    /// The bytes received and not yet consumed.
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        }
+    }
+
+    /// Reads what the client sent next into the buffer, by `deadline`,
+    /// making room first if the buffer is full up to its end. Marks the
+    /// handler idle before the first read that may wait (`idle`).
+    fn fill(
+        &mut self,
+        deadline: Option<Instant>,
+        idle: &mut bool,
+        ctx: &HandlerContext,
+    ) -> io::Result<Filled> {
+        if self.end == self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let timeout = match deadline.map(time_left) {
+            None => None,
+            Some(Some(left)) => Some(left),
+            Some(None) => return Ok(Filled::TimedOut),
+        };
+        if !*idle {
+            ctx.set_idle();
+            *idle = true;
+        }
+        self.read_timeout.set(&self.stream, timeout)?;
+        self.cork.release(&self.stream)?;
+        let room = self.buf.len() - self.end;
+        match self.io.read(&mut self.buf[self.end..]) {
+            Ok(0) => return Ok(Filled::Eof),
+            Ok(n) => {
+                self.end += n;
+                self.drained = n < room;
+            }
+            Err(e) if is_timeout(&e) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // A handshake cut by the stop or make-room hooks (a read
+            // shut down) ends as an idle read does.
+            Err(_) if self.io.is_handshaking() && self.stop_or_room(ctx) => {
+                return Ok(Filled::Eof);
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(Filled::More)
+    }
+
+    /// Claims the connection for a request, unless a stop or a request
+    /// to make room came first.
+    fn claim(&self, ctx: &HandlerContext) -> Claim {
+        let mut busy = lock(&self.busy);
+        if ctx.stop_requested().is_some() {
+            return Claim::Stop;
+        }
+        if let Some(why) = ctx.make_room_requested() {
+            return Claim::MakeRoom(why);
+        }
+        *busy = true;
+        ctx.set_busy();
+        Claim::Claimed
+    }
+
+    fn release(&self) {
+        *lock(&self.busy) = false;
+    }
+
+    fn hold(&mut self) -> io::Result<()> {
+        self.cork.hold(&self.stream)
+    }
+
+    /// Written through TLS when the port speaks it, and flushed: a TLS
+    /// record may wait for the next write otherwise.
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.io.write_all(bytes)?;
+        self.io.flush()
+    }
+
+    fn send_file(&mut self, head: &[u8], file: &File, offset: u64, count: u64) -> io::Result<Sent> {
+        let Some(socket) = self.io.plain_socket() else {
+            // TLS: no sendfile; the head goes in the first record batch.
+            self.io.write_all(head)?;
+            let sent = copy_body(&mut self.io, file, offset, offset + count, count)?;
+            self.io.flush()?;
+            return Ok(sent);
+        };
+        // Held back (MSG_MORE) so the head leaves with the body's start.
+        send_all(socket, head, SendFlags::MORE)?;
+        send_body(socket, file, offset, count, &self.shared.config)
+    }
+
+    fn receive_body(&mut self, file: &mut TempFile, size: u64) -> io::Result<Received> {
+        Connection::receive_body(self, file, size)
+    }
+}
+
 enum Line {
     Complete(std::ops::Range<usize>),
     Eof { partial: bool },
@@ -855,7 +964,7 @@ enum Line {
     TimedOut,
 }
 
-enum Received {
+pub(super) enum Received {
     All,
     Gone,
     Stalled,

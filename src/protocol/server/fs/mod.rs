@@ -13,5 +13,6 @@ mod testutil;
 mod upload;
 
 pub(crate) use error::FsError;
+pub(crate) use listing::Listing;
 pub(crate) use root::Root;
 pub(crate) use upload::TempFile;

@@ -1,0 +1,146 @@
+//! Response heads: the status line and the fields every reply carries.
+
+use std::fmt::Write as _;
+use std::time::SystemTime;
+
+use crate::protocol::wire::ErrorCode;
+
+/// The statuses the server answers with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Status {
+    Ok,
+    Created,
+    NoContent,
+    PartialContent,
+    MovedPermanently,
+    NotModified,
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    RequestTimeout,
+    LengthRequired,
+    ContentTooLarge,
+    UriTooLong,
+    RangeNotSatisfiable,
+    HeadersTooLarge,
+    InternalError,
+    Unavailable,
+}
+
+impl Status {
+    /// The code and reason phrase.
+    pub(super) fn line(self) -> (u16, &'static str) {
+        match self {
+            Status::Ok => (200, "OK"),
+            Status::Created => (201, "Created"),
+            Status::NoContent => (204, "No Content"),
+            Status::PartialContent => (206, "Partial Content"),
+            Status::MovedPermanently => (301, "Moved Permanently"),
+            Status::NotModified => (304, "Not Modified"),
+            Status::BadRequest => (400, "Bad Request"),
+            Status::Unauthorized => (401, "Unauthorized"),
+            Status::Forbidden => (403, "Forbidden"),
+            Status::NotFound => (404, "Not Found"),
+            Status::MethodNotAllowed => (405, "Method Not Allowed"),
+            Status::RequestTimeout => (408, "Request Timeout"),
+            Status::LengthRequired => (411, "Length Required"),
+            Status::ContentTooLarge => (413, "Content Too Large"),
+            Status::UriTooLong => (414, "URI Too Long"),
+            Status::RangeNotSatisfiable => (416, "Range Not Satisfiable"),
+            Status::HeadersTooLarge => (431, "Request Header Fields Too Large"),
+            Status::InternalError => (500, "Internal Server Error"),
+            Status::Unavailable => (503, "Service Unavailable"),
+        }
+    }
+
+    /// The status code.
+    pub(super) fn code(self) -> u16 {
+        self.line().0
+    }
+
+    /// The status a line-protocol error code maps to.
+    pub(super) fn of(code: ErrorCode) -> Status {
+        match code {
+            ErrorCode::BadRequest => Status::BadRequest,
+            ErrorCode::NotFound => Status::NotFound,
+            ErrorCode::Forbidden => Status::Forbidden,
+            ErrorCode::TooLarge => Status::ContentTooLarge,
+            ErrorCode::Range => Status::RangeNotSatisfiable,
+            ErrorCode::Busy | ErrorCode::Unavailable => Status::Unavailable,
+            ErrorCode::Timeout => Status::RequestTimeout,
+            ErrorCode::Internal => Status::InternalError,
+            ErrorCode::Denied => Status::Unauthorized,
+        }
+    }
+
+    /// Whether the reply may carry `Content-Length` (RFC 9110, 8.6).
+    fn has_length(self) -> bool {
+        self != Status::NoContent
+    }
+}
+
+/// A response head being written: the status line, `Date`, and the
+/// fields added; [`ReplyHead::finish`] adds the framing and the blank line.
+pub(super) struct ReplyHead {
+    text: String,
+    status: Status,
+}
+
+impl ReplyHead {
+    /// `HTTP/1.1 <status>` and `Date`.
+    pub(super) fn new(status: Status) -> ReplyHead {
+        let (code, reason) = status.line();
+        let mut text = String::with_capacity(256);
+        let date = httpdate::fmt_http_date(SystemTime::now());
+        let _ = write!(text, "HTTP/1.1 {code} {reason}\r\nDate: {date}\r\n");
+        ReplyHead { text, status }
+    }
+
+    /// Adds a field; `value` must hold no CR or LF.
+    pub(super) fn field(mut self, name: &str, value: impl std::fmt::Display) -> ReplyHead {
+        let _ = write!(self.text, "{name}: {value}\r\n");
+        self
+    }
+
+    /// Adds `Content-Length` (where allowed), `Connection` as `keep_alive`
+    /// says (`keep-alive` only for an HTTP/1.0 client, which asked for
+    /// it), and ends the head.
+    pub(super) fn finish(mut self, length: u64, keep_alive: bool, http10: bool) -> String {
+        if self.status.has_length() {
+            let _ = write!(self.text, "Content-Length: {length}\r\n");
+        }
+        if !keep_alive {
+            self.text.push_str("Connection: close\r\n");
+        } else if http10 {
+            self.text.push_str("Connection: keep-alive\r\n");
+        }
+        self.text.push_str("\r\n");
+        self.text
+    }
+}
+
+/// A reply with a short `text/plain` body: an error or a redirect.
+pub(super) fn plain(
+    status: Status,
+    extra: &[(&str, &str)],
+    keep_alive: bool,
+    http10: bool,
+) -> String {
+    let (code, reason) = status.line();
+    let body = format!("{code} {reason}\n");
+    let mut head = ReplyHead::new(status).field("Content-Type", "text/plain; charset=utf-8");
+    for (name, value) in extra {
+        head = head.field(name, value);
+    }
+    let mut text = head.finish(body.len() as u64, keep_alive, http10);
+    text.push_str(&body);
+    text
+}
+
+/// The `503` a refused connection gets when its first bytes begin an
+/// HTTP request line.
+pub(in crate::protocol::server) fn refusal() -> String {
+    plain(Status::Unavailable, &[("Retry-After", "1")], false, false)
+}
