@@ -264,3 +264,92 @@ fn a_thousand_guesses_check_only_the_limit_and_another_source_logs_in() {
     );
     assert_eq!(sample(&text, "filesrv_logins_total{result=\"ok\"}"), 1.0);
 }
+
+/// `curl -s -o BODY -w '%{http_code}' [ARGS] URL` against the child
+/// server: the status and the body.
+fn curl_status(server: &ChildServer, args: &[&str], path: &str) -> (String, String) {
+    let body = tempfile_path();
+    let url = format!("http://{}{path}", server.addr());
+    let out = Command::new(tools::require("curl"))
+        .args(["-s", "--max-time", "20", "-o"])
+        .arg(&body)
+        .args(["-w", "%{http_code}"])
+        .args(args)
+        .arg(&url)
+        .output()
+        .unwrap();
+    let text = std::fs::read_to_string(&body).unwrap_or_default();
+    let _ = std::fs::remove_file(&body);
+    (String::from_utf8(out.stdout).unwrap(), text)
+}
+
+fn tempfile_path() -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    std::env::temp_dir().join(format!(
+        "filesrv-curl-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ))
+}
+
+/// HTTP Basic auth checks the users file as AUTH does: each user in its
+/// own root with its rights, a wrong password and no credentials `401`
+/// with the challenge, reads before login only under --anonymous-read.
+/// (Before, every HTTP request was served anonymously on the whole root,
+/// past the users' rules.)
+#[test]
+fn curl_with_basic_auth_sees_only_its_root_with_its_rights() {
+    let dir = users_dir();
+    let server = serve(&dir, &["--allow-put"]);
+    let alice = format!("alice:{ALICE_PW}");
+    let bob = format!("bob:{BOB_PW}");
+    // No credentials, or wrong ones: 401.
+    assert_eq!(curl_status(&server, &[], "/public.txt").0, "401");
+    let (status, _) = curl_status(&server, &["-u", "alice:wrong"], "/a.txt");
+    assert_eq!(status, "401");
+    let challenge = Command::new(tools::require("curl"))
+        .args(["-s", "-D", "-", "-o", "/dev/null"])
+        .arg(format!("http://{}/a.txt", server.addr()))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&challenge.stdout).to_ascii_lowercase();
+    assert!(
+        head.contains("www-authenticate: basic realm=\"filesrv\""),
+        "{head}"
+    );
+    // Each in its own root.
+    assert_eq!(
+        curl_status(&server, &["-u", &alice], "/a.txt"),
+        ("200".to_owned(), "alice\n".to_owned())
+    );
+    assert_eq!(curl_status(&server, &["-u", &bob], "/a.txt").0, "404");
+    assert_eq!(
+        curl_status(&server, &["-u", &bob], "/b.txt"),
+        ("200".to_owned(), "bob\n".to_owned())
+    );
+    assert_eq!(
+        curl_status(&server, &["-u", &alice], "/link-to-bob").0,
+        "403"
+    );
+    // Rights: Bob is ro, Alice rw.
+    let upload = dir.path().join("upload.txt");
+    std::fs::write(&upload, "new\n").unwrap();
+    let upload = upload.to_str().unwrap();
+    assert_eq!(
+        curl_status(&server, &["-u", &bob, "-T", upload], "/up.txt").0,
+        "403"
+    );
+    assert_eq!(
+        curl_status(&server, &["-u", &alice, "-T", upload], "/up.txt").0,
+        "201"
+    );
+    assert_eq!(dir.read("alice/up.txt"), b"new\n");
+    // --anonymous-read: reads without credentials, on the whole root.
+    let open = serve(&dir, &["--anonymous-read", "--allow-put"]);
+    assert_eq!(
+        curl_status(&open, &[], "/public.txt"),
+        ("200".to_owned(), "public\n".to_owned())
+    );
+    assert_eq!(curl_status(&open, &["-T", upload], "/up2.txt").0, "401");
+}

@@ -853,6 +853,14 @@ impl http::Wire for Connection {
         &self.shared
     }
 
+    fn shared(&self) -> Arc<ServerState> {
+        self.shared.clone()
+    }
+
+    fn is_tls(&self) -> bool {
+        self.io.is_tls()
+    }
+
     /// The bytes received and not yet consumed.
     fn pending(&self) -> &[u8] {
         &self.buf[self.start..self.end]

@@ -5,6 +5,7 @@
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt as _;
+use std::sync::Arc;
 use std::time::Instant;
 
 use base64::Engine as _;
@@ -15,9 +16,11 @@ use super::reply::{ReplyHead, Status, plain};
 use super::validators::{Ranged, Validators, range};
 use super::wire::Wire;
 use crate::protocol::checksum::sum_prefix_until;
-use crate::protocol::server::fs::FsError;
-use crate::protocol::server::session::{Claim, End, Filled, Received};
+use crate::protocol::server::fs::{FsError, Root};
+use crate::protocol::server::metrics::LoginResult;
+use crate::protocol::server::session::{Claim, End, Filled, Received, ServerState};
 use crate::protocol::server::transfer::Sent;
+use crate::protocol::server::users::{Login, User, plain_auth_allowed};
 use crate::protocol::wire::{EntryKind, ErrorCode, RelPath, printable_line};
 use crate::{HandlerContext, Stop};
 
@@ -138,23 +141,15 @@ fn read_head(wire: &mut impl Wire, ctx: &HandlerContext) -> io::Result<Result<He
 
 /// Answers one request.
 fn respond(wire: &mut impl Wire, head: &Head, ctx: &HandlerContext) -> io::Result<Outcome> {
-    // With users, HTTP is served only where the line protocol serves
-    // before AUTH: reads under --anonymous-read. `Authorization: Basic`
-    // (`head.basic_auth`) is not checked yet, so every other request is
-    // `401` and nothing is ever served past the users' rules.
-    let config = &wire.state().config;
-    let anonymous = matches!(head.method, Method::Get | Method::Head) && config.anonymous_read;
-    if wire.state().users.is_some() && !anonymous {
-        let _credentials = head.basic_auth.as_deref();
-        let keep = head.keep_alive && head.content_length.unwrap_or(0) == 0;
-        return reply_plain(
-            wire,
-            head,
-            Status::Unauthorized,
-            &[("WWW-Authenticate", "Basic realm=\"filesrv\"")],
-            keep,
-        );
-    }
+    let state = wire.shared();
+    let user = match authorize(wire, head, &state)? {
+        Ok(user) => user,
+        Err(refused) => return Ok(refused),
+    };
+    // Paths resolve beneath the user's root, with every rule of the
+    // served root.
+    let root = user.as_ref().and_then(|u| u.root()).unwrap_or(&state.root);
+    let config = &state.config;
     let allow_put = config.allow_put;
     let path = match (&head.path, head.method) {
         (_, Method::Other) => {
@@ -172,7 +167,11 @@ fn respond(wire: &mut impl Wire, head: &Head, ctx: &HandlerContext) -> io::Resul
                 keep,
             );
         }
-        (_, Method::Put) if !allow_put => {
+        // PUT needs --allow-put, and with users the `rw` right.
+        (_, Method::Put)
+            if !allow_put
+                || (state.users.is_some() && !user.as_ref().is_some_and(|u| u.may_write())) =>
+        {
             return reply_plain(wire, head, Status::Forbidden, &[], false);
         }
         (Err(e), _) => {
@@ -188,12 +187,67 @@ fn respond(wire: &mut impl Wire, head: &Head, ctx: &HandlerContext) -> io::Resul
         };
     }
     match head.method {
-        Method::Put => put(wire, head, path),
+        Method::Put => put(wire, head, root, path),
         _ if head.content_length.unwrap_or(0) > 0 => {
             reply_plain(wire, head, Status::BadRequest, &[], false)
         }
-        _ => get(wire, head, path, ctx),
+        _ => get(wire, head, root, path, ctx),
     }
+}
+
+/// The user a request is made as: `None` without users, or for a read
+/// before login under `--anonymous-read`. `Authorization: Basic` is
+/// checked exactly as `AUTH` is, the rule on plaintext and the throttle
+/// included; a refusal is the reply it got (`401` with
+/// `WWW-Authenticate`, or `403` for a password sent in plaintext).
+fn authorize(
+    wire: &mut impl Wire,
+    head: &Head,
+    state: &ServerState,
+) -> io::Result<Result<Option<Arc<User>>, Outcome>> {
+    let Some(users) = &state.users else {
+        return Ok(Ok(None));
+    };
+    let keep = head.keep_alive && head.content_length.unwrap_or(0) == 0;
+    let challenge = [("WWW-Authenticate", "Basic realm=\"filesrv\"")];
+    let Some(credentials) = head.basic_auth.as_deref() else {
+        let anonymous = matches!(head.method, Method::Get | Method::Head);
+        if anonymous && state.config.anonymous_read {
+            return Ok(Ok(None));
+        }
+        return reply_plain(wire, head, Status::Unauthorized, &challenge, keep).map(Err);
+    };
+    let metrics = &state.metrics;
+    if !plain_auth_allowed(
+        wire.is_tls(),
+        wire.peer().ip(),
+        state.config.allow_plain_auth,
+    ) {
+        metrics.login(LoginResult::PlaintextRefused);
+        return reply_plain(wire, head, Status::Forbidden, &[], keep).map(Err);
+    }
+    // `name:password`, base64 (RFC 7617); anything else is a bad one.
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(credentials)
+        .unwrap_or_default();
+    let split = decoded.iter().position(|&b| b == b':');
+    let (name, password) = match split {
+        Some(i) => (String::from_utf8_lossy(&decoded[..i]), &decoded[i + 1..]),
+        None => (String::from_utf8_lossy(&decoded), &[][..]),
+    };
+    let login = users.authenticate(wire.peer().ip(), &name, password, || {
+        metrics.password_checked();
+    });
+    let result = match login {
+        Login::Ok(user) => {
+            metrics.login(LoginResult::Ok);
+            return Ok(Ok(Some(user)));
+        }
+        Login::Denied => LoginResult::Denied,
+        Login::Throttled => LoginResult::Throttled,
+    };
+    metrics.login(result);
+    reply_plain(wire, head, Status::Unauthorized, &challenge, keep).map(Err)
 }
 
 /// A short `text/plain` reply (without its body for HEAD).
@@ -226,15 +280,15 @@ fn refuse(wire: &mut impl Wire, head: &Head, e: &FsError, keep: bool) -> io::Res
 fn get(
     wire: &mut impl Wire,
     head: &Head,
+    root: &Root,
     path: &RelPath,
     ctx: &HandlerContext,
 ) -> io::Result<Outcome> {
-    let root = &wire.state().root;
     let (file, metadata) = match root.open_file(path) {
         Ok(opened) => opened,
         Err(e) if e.code() == ErrorCode::BadRequest => {
             return match root.stat(path) {
-                Ok(stat) if stat.kind == EntryKind::Dir => directory(wire, head, path),
+                Ok(stat) if stat.kind == EntryKind::Dir => directory(wire, head, root, path),
                 _ => refuse(wire, head, &e, true),
             };
         }
@@ -316,7 +370,12 @@ fn get(
 }
 
 /// A directory: `301` to the path with a final `/`, else the listing.
-fn directory(wire: &mut impl Wire, head: &Head, path: &RelPath) -> io::Result<Outcome> {
+fn directory(
+    wire: &mut impl Wire,
+    head: &Head,
+    root: &Root,
+    path: &RelPath,
+) -> io::Result<Outcome> {
     if !head.slash {
         let target = head
             .target
@@ -332,10 +391,8 @@ fn directory(wire: &mut impl Wire, head: &Head, path: &RelPath) -> io::Result<Ou
             head.keep_alive,
         );
     }
-    let state = wire.state();
-    let listing = state
-        .root
-        .list(path, state.config.hidden, state.config.max_list_entries);
+    let config = &wire.state().config;
+    let listing = root.list(path, config.hidden, config.max_list_entries);
     let listing = match listing {
         Ok(listing) => listing,
         Err(e) => return refuse(wire, head, &e, true),
@@ -355,12 +412,11 @@ fn directory(wire: &mut impl Wire, head: &Head, path: &RelPath) -> io::Result<Ou
 
 /// An upload through the line protocol's atomic path. Every refusal
 /// closes the connection: the body cannot be skipped safely.
-fn put(wire: &mut impl Wire, head: &Head, path: &RelPath) -> io::Result<Outcome> {
+fn put(wire: &mut impl Wire, head: &Head, root: &Root, path: &RelPath) -> io::Result<Outcome> {
     let size = head.content_length.unwrap_or(0);
     if size > wire.state().config.max_upload {
         return reply_plain(wire, head, Status::ContentTooLarge, &[], false);
     }
-    let root = &wire.state().root;
     let existed = root.stat(path).is_ok();
     let mut temp = match root.create_temp(path) {
         Ok(temp) => temp,

@@ -6,6 +6,7 @@
 use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::HandlerContext;
@@ -19,6 +20,10 @@ pub(in crate::protocol::server) trait Wire {
     fn peer(&self) -> SocketAddr;
     /// What every session of the server shares.
     fn state(&self) -> &ServerState;
+    /// The same, owned: for what must outlive a borrow of the connection.
+    fn shared(&self) -> Arc<ServerState>;
+    /// Whether the connection speaks TLS (for the rule on passwords).
+    fn is_tls(&self) -> bool;
     /// The bytes received and not yet consumed.
     fn pending(&self) -> &[u8];
     /// Consumes the first `n` pending bytes.
