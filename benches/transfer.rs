@@ -169,13 +169,15 @@ fn main() -> io::Result<()> {
     if wanted("stats") {
         stats_cost(dir.path(), &smalls, params)?;
     }
-    if wanted("connections") {
+    // nginx and haproxy: when not installed, one line says so (see
+    // tests/support/tools.rs) and the scenario is left out.
+    if wanted("connections") && tools::require("nginx").is_some() {
         connections::connections(dir.path(), &smalls, params)?;
     }
     if wanted("per-request-baseline") {
         connections::against_baseline(dir.path(), &smalls, params)?;
     }
-    if wanted("proxy") {
+    if wanted("proxy") && tools::require("haproxy").is_some() {
         proxy::proxy(dir.path(), &smalls, params)?;
     }
     if wanted("waiting") {

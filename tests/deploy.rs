@@ -137,6 +137,9 @@ fn fetch(proxy: SocketAddr, from: Ipv4Addr, name: &str, size: usize) -> (Vec<u8>
 
 #[test]
 fn three_instances_behind_haproxy_survive_a_rolling_restart() {
+    if tools::require("haproxy").is_none() {
+        return;
+    }
     // The test runs the configuration the docs show.
     let shown = CONFIG.trim();
     assert!(

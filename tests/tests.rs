@@ -25,3 +25,4 @@ mod queue;
 mod server_resize;
 mod slots;
 mod source;
+mod test_deps;
