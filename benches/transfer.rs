@@ -301,7 +301,8 @@ fn bare_sendfile(path: &Path) -> io::Result<u64> {
 
 fn small(root: &Path, paths: &[String], params: &Params) -> io::Result<()> {
     println!(
-        "\nsmall: {} B files, {} clients, {:?} warm-up + {:?} window per run",
+        "\nsmall: {} B files, {} clients, {:?} warm-up + {:?} window per run\n  \
+         (lab: a thread-per-connection server written in this bench, the baseline)",
         SMALL, params.clients, params.warmup, params.window
     );
     let server = serve(ServerConfig::new(root).max_running(params.clients))?;
@@ -614,7 +615,8 @@ fn lab_session(stream: TcpStream, root: &Path) -> io::Result<()> {
 
 fn waiting(root: &Path, small: &str, params: &Params) -> io::Result<()> {
     println!(
-        "\nwaiting: server VmRSS (child process), {} running + {} waiting connections",
+        "\nwaiting: server VmRSS (child process), {} running + {} waiting connections\n  \
+         (lab: a thread-per-connection server written in this bench, the baseline)",
         params.running, params.waiting
     );
     let mut ours = Vec::new();

@@ -9,6 +9,7 @@ mod cli;
 mod client;
 mod departures;
 mod deploy;
+mod docs;
 mod hidden;
 mod hostile_input;
 mod hostile_net;

@@ -66,9 +66,10 @@ impl Handler for Session {
         let mut conn = Connection::new(self, ctx);
         let result = conn.serve(ctx);
         log::info!(
-            "{}: closed after {} requests in {:?}",
+            "{}: closed after {} request{} in {:?}",
             conn.peer,
             conn.requests,
+            if conn.requests == 1 { "" } else { "s" },
             began.elapsed()
         );
         conn.finish(result)
