@@ -480,6 +480,40 @@ fn shutdown_grace_cuts_a_stalled_upload_and_exits_0() {
     assert!(!dir.root().join("up.bin").exists());
 }
 
+/// With a grace far longer than any test waits, only the second signal
+/// can end it: the upload still running is cut, its temporary file
+/// removed, and the exit is 0. The first, with -v, said whom it waits for.
+fn second_signal_ends_the_grace_at_once(first: Signal, second: Signal, label: &str) {
+    let dir = root_with_notes(label);
+    let mut server = spawn_verbose(&dir, 2, &["--allow-put", "--shutdown-grace", "3600"]);
+    let mut uploader = server.connect();
+    begin_upload(&mut uploader, &dir, "up.bin", 1000, b"0123456789");
+    server.signal(first);
+    let line = server.wait_log("shutting down").unwrap();
+    assert!(
+        line.contains("waiting up to 3600s for 1 running client"),
+        "{line}"
+    );
+    server.signal(second);
+    let line = server.wait_log("stopping now").unwrap();
+    assert!(line.contains("cutting 1 running client"), "{line}");
+    let status = server.wait_exit(LIMIT);
+    assert!(status.success(), "{status:?}");
+    assert!(!uploader.rest().starts_with(b"OK"));
+    assert_eq!(dir.temp_files(""), Vec::<String>::new());
+    assert!(!dir.root().join("up.bin").exists());
+}
+
+#[test]
+fn a_second_sigint_ends_the_grace_at_once() {
+    second_signal_ends_the_grace_at_once(Signal::INT, Signal::INT, "cli-second-int");
+}
+
+#[test]
+fn sigterm_after_sigint_ends_the_grace_at_once() {
+    second_signal_ends_the_grace_at_once(Signal::INT, Signal::TERM, "cli-second-term");
+}
+
 #[test]
 fn max_running_past_the_memory_map_limit_fails_with_one_line() {
     // Twice the threads the kernel's map limit allows (each needs about

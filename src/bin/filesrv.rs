@@ -110,7 +110,9 @@ Under systemd, a listening socket passed by socket activation
 notified (NOTIFY_SOCKET). Silent unless -v is given (-v sets the level
 over RUST_LOG). SIGINT, SIGTERM or SIGHUP stop it gracefully: waiting
 clients get `ERR unavailable`, running ones may finish within
---shutdown-grace, then it exits 0. Start-up errors exit 1.";
+--shutdown-grace, then it exits 0; a second signal stops it at once
+(running clients cut, their uploads removed; exit 0). Start-up errors
+exit 1.";
 
 /// A SECS value: fractions allowed; 0 means "none".
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -215,17 +217,54 @@ fn run(args: Args, mut passed: ListenFd) -> Result<(), Box<dyn std::error::Error
         log::info!("agent-check on {addr}");
     }
     if let Some(signal) = signals.forever().next() {
-        log::info!("signal {signal}: shutting down");
+        log::info!(
+            "signal {signal}: shutting down; waiting up to {:?} for {} (the signal again \
+             stops at once)",
+            args.shutdown_grace.0.unwrap_or(Duration::ZERO),
+            clients(server.stats().running)
+        );
     }
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
-    let report = server.shutdown();
-    log::info!(
-        "stopped: {} waiting refused, {} of {} running cut",
-        report.refused_waiting,
-        report.cut,
-        report.running_at_start
-    );
+    let handle = signals.handle();
+    std::thread::scope(|scope| {
+        // A second signal during the grace ends it: see `force_exit`.
+        let server = &server;
+        scope.spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                force_exit(server, signal);
+            }
+        });
+        let report = server.shutdown();
+        handle.close();
+        log::info!(
+            "stopped: {} waiting refused, {} of {} running cut",
+            report.refused_waiting,
+            report.cut,
+            report.running_at_start
+        );
+    });
     Ok(())
+}
+
+/// Ends the process at once (exit 0) on a second signal: the running
+/// clients' connections close with it; their uploads' temporary files
+/// are removed first.
+fn force_exit(server: &Server, signal: i32) -> ! {
+    let running = server.stats().running;
+    log::info!(
+        "signal {signal}: stopping now, cutting {}",
+        clients(running)
+    );
+    let removed = server.remove_temporary_files();
+    if removed > 0 {
+        log::info!("removed {removed} temporary upload files");
+    }
+    std::process::exit(0)
+}
+
+/// "1 running client", "2 running clients".
+fn clients(n: usize) -> String {
+    format!("{n} running client{}", if n == 1 { "" } else { "s" })
 }
 
 fn main() -> ExitCode {

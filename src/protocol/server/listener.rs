@@ -292,6 +292,26 @@ impl Server {
         self.inner.manager.set_max_running(n)
     }
 
+    /// Removes the temporary files of the uploads still in progress in
+    /// this process, and any left beneath the root by an earlier one;
+    /// returns how many it removed.
+    ///
+    /// For a program about to exit without waiting for its clients, as
+    /// `filesrv` does on a second SIGINT or SIGTERM: those uploads are
+    /// lost either way, and their files would otherwise stay until the
+    /// next start. A program that goes on serving instead sees each such
+    /// upload fail when it completes (`ERR internal`).
+    pub fn remove_temporary_files(&self) -> usize {
+        self.inner
+            .state
+            .root
+            .cleanup_stale_temps()
+            .unwrap_or_else(|e| {
+                log::warn!("could not remove temporary files: {e}");
+                0
+            })
+    }
+
     /// Stops the server: no more connections are accepted, waiting clients
     /// get `ERR unavailable`, running ones may finish their current request
     /// within the configured grace period and are cut after it, and every
