@@ -515,6 +515,21 @@ fn sigterm_after_sigint_ends_the_grace_at_once() {
 }
 
 #[test]
+fn bind_takes_a_host_name() {
+    let dir = root_with_notes("cli-bind-name");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_filesrv"));
+    command
+        .args(["-v", "--bind", "localhost", "0", "1", "--root"])
+        .arg(dir.root())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let server = ChildServer::spawn(command);
+    assert!(server.addr().ip().is_loopback(), "{}", server.addr());
+    server.connect().assert_get("notes.txt", NOTES);
+}
+
+#[test]
 fn max_running_past_the_memory_map_limit_fails_with_one_line() {
     // Twice the threads the kernel's map limit allows (each needs about
     // four maps): once refused with a line, not an abort inside a thread.

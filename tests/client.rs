@@ -567,6 +567,29 @@ fn fsc_reports_failures_with_exit_codes() {
 }
 
 #[test]
+fn fsc_takes_options_anywhere_and_the_server_after_the_command() {
+    let dir = TempDir::new("client-order");
+    fs::write(dir.root().join("a.txt"), b"abc").unwrap();
+    let server = serve(&dir, |config| config);
+    let addr = server.local_addr().to_string();
+    let local = local_dir(&dir);
+    let listing = b"f 3 a.txt\n";
+    assert_eq!(
+        success(fsc(&local, &[&addr, "ls", "--timeout", "5"])),
+        listing
+    );
+    assert_eq!(success(fsc(&local, &["ls", &addr])), listing);
+    assert_eq!(
+        success(fsc(&local, &["--timeout=5", "ls", &addr, "--timeout", "6"])),
+        listing
+    );
+    assert_eq!(
+        success(fsc(&local, &["get", &addr, "a.txt", "-", "--no-verify"])),
+        b"abc"
+    );
+}
+
+#[test]
 fn client_types_are_send() {
     fn send<T: Send>() {}
     fn send_sync<T: Send + Sync>() {}

@@ -4,7 +4,7 @@
 //! [`Server`](filesrv::protocol::Server), wait for SIGINT or SIGTERM, shut
 //! down gracefully. Everything else lives in the library.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -32,8 +32,9 @@ struct Args {
     /// Directory served; nothing outside it is ever read or written.
     #[arg(long, value_name = "DIR", default_value = ".")]
     root: PathBuf,
-    /// Address to listen on.
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0")]
+    /// Address to listen on: an IP address or a host name (its first
+    /// address).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0", value_parser = parse_bind)]
     bind: IpAddr,
     /// Bound of the waiting queue; a client finding it full gets `ERR busy`.
     /// 0 = no queue (refuse whenever all running slots are taken).
@@ -125,6 +126,25 @@ fn parse_secs(text: &str) -> Result<Secs, String> {
     let duration = Duration::try_from_secs_f64(secs)
         .map_err(|_| format!("'{text}' is not a valid number of seconds"))?;
     Ok(Secs((!duration.is_zero()).then_some(duration)))
+}
+
+/// `--bind`'s address: an IP address (`::1` or `[::1]`), or a host name
+/// resolved to its first address.
+fn parse_bind(text: &str) -> Result<IpAddr, String> {
+    let unbracketed = text
+        .strip_prefix('[')
+        .and_then(|b| b.strip_suffix(']'))
+        .unwrap_or(text);
+    if let Ok(ip) = unbracketed.parse::<IpAddr>() {
+        return Ok(ip);
+    }
+    let mut addrs = (text, 0)
+        .to_socket_addrs()
+        .map_err(|e| format!("'{text}' is not an address, nor a host name that resolves: {e}"))?;
+    addrs
+        .next()
+        .map(|addr| addr.ip())
+        .ok_or_else(|| format!("host name '{text}' has no address"))
 }
 
 /// A network (`10.0.0.0/8`, `fd00::/8`) or one address (`127.0.0.1`).
@@ -300,6 +320,20 @@ mod tests {
         assert_eq!(parse_secs("0"), Ok(Secs(None)));
         assert!(parse_secs("-1").is_err());
         assert!(parse_secs("soon").is_err());
+    }
+
+    #[test]
+    fn bind_takes_an_address_or_a_host_name() {
+        assert_eq!(parse_bind("0.0.0.0"), Ok("0.0.0.0".parse().unwrap()));
+        assert_eq!(parse_bind("::1"), Ok("::1".parse().unwrap()));
+        assert_eq!(parse_bind("[::1]"), Ok("::1".parse().unwrap()));
+        let local = parse_bind("localhost").unwrap();
+        assert!(local.is_loopback(), "{local}");
+        let error = parse_bind("no-such-host.invalid").unwrap_err();
+        assert!(
+            error.starts_with("'no-such-host.invalid' is not an address"),
+            "{error}"
+        );
     }
 
     #[test]

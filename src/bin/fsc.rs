@@ -18,6 +18,10 @@ use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 const EXIT_REFUSED: u8 = 1;
 /// Exit status for bad usage and every other failure.
 const EXIT_FAILED: u8 = 2;
+/// The port when HOST has none: the one the README's examples use.
+const DEFAULT_PORT: u16 = 9000;
+/// The commands' names, to find the server after one (`fsc ls HOST`).
+const COMMANDS: [&str; 5] = ["get", "put", "sum", "ls", "stat"];
 
 /// Fetch, store and list files on a filesrv server.
 ///
@@ -30,11 +34,14 @@ const EXIT_FAILED: u8 = 2;
     version,
     after_help = "\
 Examples:
-  fsc localhost:9000 ls
+  fsc localhost ls                  (port 9000 when none is given)
   fsc localhost:9000 get docs/report.pdf
-  fsc localhost:9000 get notes.txt - | less
+  fsc localhost get notes.txt - | less
+  fsc ls localhost:9000 docs        (the command may come first)
   fsc localhost:9000 sum docs/report.pdf | sha256sum -c
-  fsc localhost:9000 put backup.tar archive/backup.tar
+  fsc localhost:9000 put backup.tar archive/backup.tar --timeout 5
+
+Options may come anywhere on the line.
 
 Exit status:
   0  success
@@ -44,11 +51,12 @@ Exit status:
 struct Cli {
     /// Give up when connecting, or when the server is silent, for this
     /// many seconds (fractions allowed; 0 waits forever).
-    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
+    #[arg(long, global = true, overrides_with = "timeout", value_name = "SECS", default_value = "30", value_parser = parse_secs)]
     timeout: Duration,
 
-    /// The server, as HOST:PORT (e.g. localhost:9000 or [::1]:9000).
-    #[arg(value_name = "HOST:PORT")]
+    /// The server, as HOST[:PORT] (e.g. localhost, localhost:9000 or
+    /// [::1]:9000); the port is 9000 when none is given.
+    #[arg(value_name = "HOST[:PORT]")]
     server: String,
 
     #[command(subcommand)]
@@ -157,7 +165,7 @@ impl Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(server_first(std::env::args_os().collect())) {
         Ok(cli) => cli,
         Err(error) => {
             let _ = error.print();
@@ -182,11 +190,18 @@ fn run(cli: Cli) -> Result<(), Failure> {
     let command = Plan::new(cli.command)?;
     // On the command line 0 waits forever; in the library that is "no
     // timeout", not a zero one.
+    let server = with_default_port(&cli.server);
     let mut client = if cli.timeout.is_zero() {
-        Client::connect(&cli.server)?
+        Client::connect(&server)
     } else {
-        Client::connect_timeout(&cli.server, cli.timeout)?
-    };
+        Client::connect_timeout(&server, cli.timeout)
+    }
+    .map_err(|error| match error {
+        ClientError::Resolve(source) => Failure::Usage(format!(
+            "cannot resolve the server address {server}: {source} (give HOST or HOST:PORT)"
+        )),
+        error => error.into(),
+    })?;
     client.set_notice(|message| eprintln!("fsc: {message}"));
     match command {
         Plan::Get {
@@ -302,6 +317,46 @@ impl Plan {
             },
             Command::Stat { path } => Plan::Stat { path },
         })
+    }
+}
+
+/// The arguments with the server before the command: `fsc ls HOST dir`
+/// is read as `fsc HOST ls dir`. The first two arguments that are not
+/// options are swapped when the first is a command's name.
+fn server_first(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut positional = Vec::new();
+    let mut i = 1;
+    while i < args.len() && positional.len() < 2 {
+        let arg = args[i].to_string_lossy();
+        if arg == "--" {
+            break;
+        } else if arg == "--timeout" {
+            i += 1; // its value
+        } else if !arg.starts_with('-') || arg == "-" {
+            positional.push(i);
+        }
+        i += 1;
+    }
+    if let [command, server] = positional[..] {
+        if COMMANDS.contains(&&*args[command].to_string_lossy()) {
+            args.swap(command, server);
+        }
+    }
+    args
+}
+
+/// `server` with [`DEFAULT_PORT`] added when it has no port: `host`,
+/// `192.0.2.1`, `[::1]` and a bare IPv6 address such as `::1` get one;
+/// `host:port` and `[::1]:port` are kept.
+fn with_default_port(server: &str) -> String {
+    match server.matches(':').count() {
+        0 => format!("{server}:{DEFAULT_PORT}"),
+        _ if server.starts_with('[') && server.ends_with(']') => {
+            format!("{server}:{DEFAULT_PORT}")
+        }
+        1 => server.to_owned(),
+        _ if server.starts_with('[') => server.to_owned(),
+        _ => format!("[{server}]:{DEFAULT_PORT}"),
     }
 }
 
@@ -559,6 +614,37 @@ mod tests {
         }
         assert_eq!(local_name(Path::new("dir/a.txt")).unwrap(), "a.txt");
         assert!(local_name(Path::new("..")).is_err());
+    }
+
+    #[test]
+    fn a_server_without_a_port_gets_the_default() {
+        for (given, used) in [
+            ("localhost", "localhost:9000"),
+            ("localhost:1234", "localhost:1234"),
+            ("192.0.2.1", "192.0.2.1:9000"),
+            ("[::1]", "[::1]:9000"),
+            ("[::1]:1234", "[::1]:1234"),
+            ("::1", "[::1]:9000"),
+        ] {
+            assert_eq!(with_default_port(given), used, "{given}");
+        }
+    }
+
+    #[test]
+    fn the_server_may_follow_the_command() {
+        let args = |line: &str| -> Vec<String> {
+            server_first(line.split(' ').map(Into::into).collect())
+                .into_iter()
+                .map(|a| a.into_string().unwrap())
+                .collect()
+        };
+        assert_eq!(args("fsc ls h:1 dir"), ["fsc", "h:1", "ls", "dir"]);
+        assert_eq!(
+            args("fsc --timeout 5 get h x -"),
+            ["fsc", "--timeout", "5", "h", "get", "x", "-"]
+        );
+        assert_eq!(args("fsc h:1 ls dir"), ["fsc", "h:1", "ls", "dir"]);
+        assert_eq!(args("fsc h:1 get ls"), ["fsc", "h:1", "get", "ls"]);
     }
 
     #[test]
