@@ -515,19 +515,23 @@ fn fsc_reports_failures_with_exit_codes() {
     let addr = server.local_addr().to_string();
     let local = local_dir(&dir);
 
-    // Refusals by the server: 1.
+    // Refusals by the server: 1, naming the command and its path.
     let run = fsc(&local, &[&addr, "get", "missing"]);
     assert!(
-        failure(&run, 1).starts_with("fsc: server refused: not-found "),
+        failure(&run, 1).starts_with("fsc: get missing: server refused: not-found "),
         "{run:?}"
     );
     assert!(!local.join("missing").exists());
     let run = fsc(&local, &[&addr, "stat", "../five"]);
-    assert!(failure(&run, 1).starts_with("fsc: server refused: forbidden "));
+    assert!(failure(&run, 1).starts_with("fsc: stat ../five: server refused: forbidden "));
     let run = fsc(&local, &[&addr, "put", "upload"]);
-    assert!(failure(&run, 1).starts_with("fsc: server refused: forbidden "));
+    assert_eq!(
+        failure(&run, 1),
+        "fsc: put upload: server refused: forbidden uploads are disabled \
+         (a filesrv server accepts them when started with --allow-put)"
+    );
     let run = fsc(&local, &[&addr, "ls", "five"]);
-    assert!(failure(&run, 1).starts_with("fsc: server refused: bad-request "));
+    assert!(failure(&run, 1).starts_with("fsc: ls five: server refused: bad-request "));
     let names: Vec<_> = fs::read_dir(&local)
         .unwrap()
         .map(|entry| entry.unwrap().file_name())
@@ -547,7 +551,19 @@ fn fsc_reports_failures_with_exit_codes() {
     let run = fsc(&local, &[&closed, "ls"]);
     assert!(failure(&run, 2).starts_with(&format!("fsc: cannot connect to {closed}: ")));
     let run = fsc(&local, &[&addr, "put", "no-such-file"]);
-    assert!(failure(&run, 2).starts_with("fsc: local file no-such-file: "));
+    assert!(failure(&run, 2).starts_with("fsc: put no-such-file: local file no-such-file: "));
+    // The partial file cannot be made: the line names the path given.
+    fs::write(local.join("plain"), b"").unwrap();
+    let run = fsc(&local, &[&addr, "get", "five", "plain/five"]);
+    let line = failure(&run, 2);
+    assert!(
+        line.starts_with("fsc: get five: local file plain/.five.")
+            && line.ends_with(
+                "(the partial download of plain/five (it becomes that file once complete))"
+            ),
+        "{line}"
+    );
+    fs::remove_file(local.join("plain")).unwrap();
     let run = fsc(&local, &[&addr, "get", "/"]);
     assert!(failure(&run, 2).contains("give LOCAL"));
 
@@ -564,6 +580,86 @@ fn fsc_reports_failures_with_exit_codes() {
     let run = fsc(&local, &["--version"]);
     assert_eq!(run.code, Some(0));
     assert!(String::from_utf8(run.stdout).unwrap().starts_with("fsc "));
+}
+
+#[test]
+fn fsc_upload_refusals_name_the_directory_and_the_limit() {
+    let dir = TempDir::new("client-put-errors");
+    let local = local_dir(&dir);
+    fs::write(local.join("eleven"), b"hello world").unwrap();
+    fs::write(local.join("three"), b"abc").unwrap();
+    let server = serve(&dir, |config| config.allow_put(true).max_upload(10));
+    let addr = server.local_addr().to_string();
+    let run = fsc(&local, &[&addr, "put", "three", "nodir/sub/x"]);
+    let line = failure(&run, 1);
+    assert!(
+        line.starts_with("fsc: put nodir/sub/x: server refused: not-found ")
+            && line.ends_with(" (the server has no directory nodir/sub)"),
+        "{line}"
+    );
+    let run = fsc(&local, &[&addr, "put", "eleven"]);
+    assert_eq!(
+        failure(&run, 1),
+        "fsc: put eleven: server refused: too-large upload of 11 bytes exceeds the size \
+         limit of 10 bytes"
+    );
+}
+
+/// A scripted server for one connection: `GET x` answered `OK 3\nabc`,
+/// then `SUM x` answered with the digest of `abd`. Returns the request
+/// lines it read.
+fn server_whose_file_changes() -> (SocketAddr, thread::JoinHandle<Vec<String>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(LIMIT)).unwrap();
+        let mut reader = BufReader::new(&stream);
+        let mut lines = Vec::new();
+        for reply in [
+            &b"OK 3\nabc"[..],
+            // A digest that is not that of `abc`.
+            b"OK sha256 a52b286a3e7f4d91f4bb0e9b0fc4c1d8c2b9c8e1f2a3b4c5d6e7f8091a2b3c4d 3\n",
+        ] {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            lines.push(line);
+            (&stream).write_all(reply).unwrap();
+        }
+        lines
+    });
+    (addr, handle)
+}
+
+#[test]
+fn fsc_get_to_stdout_is_checked_against_the_servers_sum() {
+    let dir = TempDir::new("client-stdout-sum");
+    let local = local_dir(&dir);
+    let (addr, server) = server_whose_file_changes();
+    let run = fsc(&local, &[&addr.to_string(), "get", "x", "-"]);
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert_eq!(run.stdout, b"abc");
+    assert_eq!(run.stderr.lines().count(), 1, "{run:?}");
+    assert!(
+        run.stderr
+            .starts_with("fsc: get x: the file does not match the server's: ")
+            && run.stderr.trim_end().ends_with(
+                "(what was written to standard output is not the server's file (it changed \
+                 meanwhile?): discard it)"
+            ),
+        "{run:?}"
+    );
+    assert_eq!(server.join().unwrap(), ["GET x\n", "SUM x\n"]);
+
+    // --no-verify: no SUM asked, so none to disagree.
+    let (addr, server) = server_whose_file_changes();
+    let run = fsc(&local, &[&addr.to_string(), "get", "x", "-", "--no-verify"]);
+    assert_eq!(
+        (run.code, &run.stdout[..]),
+        (Some(0), &b"abc"[..]),
+        "{run:?}"
+    );
+    assert_eq!(server.join().unwrap(), ["GET x\n", "QUIT\n"]);
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use filesrv::protocol::{Client, ClientError, EntryKind, TransferOptions};
+use filesrv::protocol::{Client, ClientError, EntryKind, ErrorCode, TransferOptions};
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
 /// Exit status when the server refused the request.
@@ -129,8 +129,11 @@ enum Command {
 enum Failure {
     /// The arguments make no sense together.
     Usage(String),
-    /// The client failed.
+    /// The client failed before a command ran (connecting).
     Client(ClientError),
+    /// The command failed: its whole line, and whether the server
+    /// refused it.
+    Command { line: String, refused: bool },
 }
 
 impl From<ClientError> for Failure {
@@ -140,28 +143,44 @@ impl From<ClientError> for Failure {
 }
 
 impl Failure {
+    /// `command` failed with `error`: the line names the command (`get
+    /// docs/a.txt`) and adds what the error alone does not say ([`hint`]).
+    fn command(command: &Plan, error: &ClientError) -> Failure {
+        let mut line = format!("{}: {}", command.context(), chain(error));
+        if let Some(hint) = hint(command, error) {
+            let _ = write!(line, " ({hint})");
+        }
+        let refused = matches!(error, ClientError::Server { .. });
+        Failure::Command { line, refused }
+    }
+
     fn exit_code(&self) -> u8 {
         match self {
-            Failure::Client(ClientError::Server { .. }) => EXIT_REFUSED,
+            Failure::Client(ClientError::Server { .. })
+            | Failure::Command { refused: true, .. } => EXIT_REFUSED,
             _ => EXIT_FAILED,
         }
     }
 
-    /// The message, followed by every source in the chain.
+    /// The message, as one line.
     fn message(&self) -> String {
         match self {
             Failure::Usage(message) => message.clone(),
-            Failure::Client(error) => {
-                let mut message = error.to_string();
-                let mut source = error.source();
-                while let Some(cause) = source {
-                    let _ = write!(message, ": {cause}");
-                    source = cause.source();
-                }
-                message
-            }
+            Failure::Client(error) => chain(error),
+            Failure::Command { line, .. } => line.clone(),
         }
     }
+}
+
+/// `error`'s message followed by every source in its chain.
+fn chain(error: &ClientError) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let _ = write!(message, ": {cause}");
+        source = cause.source();
+    }
+    message
 }
 
 fn main() -> ExitCode {
@@ -203,22 +222,22 @@ fn run(cli: Cli) -> Result<(), Failure> {
         error => error.into(),
     })?;
     client.set_notice(|message| eprintln!("fsc: {message}"));
-    match command {
+    let done = match &command {
         Plan::Get {
             remote,
             local: Some(local),
             options,
-        } => with_progress(&mut client, &remote, |client| {
-            client.get_file(&remote, &local, &options)
+        } => with_progress(&mut client, remote, |client| {
+            client.get_file(remote, local, options)
         })
-        .map(drop)?,
+        .map(drop),
         Plan::Get {
             remote,
             local: None,
-            ..
+            options,
         } => {
-            let sent = with_progress(&mut client, &remote, |client| {
-                client.get_to(&remote, 0, &mut io::stdout().lock())
+            let sent = with_progress(&mut client, remote, |client| {
+                client.get_to_checked(remote, &mut io::stdout().lock(), options)
             });
             match sent {
                 // The reader (`| head`) has all it wanted: stop quietly,
@@ -226,24 +245,62 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 Err(ClientError::Local(e)) if e.kind() == io::ErrorKind::BrokenPipe => {
                     return Ok(());
                 }
-                sent => sent.map(drop)?,
+                sent => sent.map(drop),
             }
         }
         Plan::Put {
             local,
             remote,
             options,
-        } => with_progress(&mut client, &remote, |client| {
-            client.put_file(&local, &remote, &options)
+        } => with_progress(&mut client, remote, |client| {
+            client.put_file(local, remote, options)
         })
-        .map(drop)?,
-        Plan::Sum { remote } => print_sum(&mut client, &remote)?,
-        Plan::List { dir } => print_list(&mut client, &dir)?,
-        Plan::Stat { path } => print_stat(&mut client, &path)?,
+        .map(drop),
+        Plan::Sum { remote } => print_sum(&mut client, remote),
+        Plan::List { dir } => print_list(&mut client, dir),
+        Plan::Stat { path } => print_stat(&mut client, path),
     };
+    done.map_err(|error| Failure::command(&command, &error))?;
     // The work is done: a failed goodbye changes nothing for the user.
     let _ = client.quit();
     Ok(())
+}
+
+/// What to add to `error`'s line so that it names what the user can act
+/// on: the directory missing for an upload, the option that allows
+/// uploads, the partial file behind a local path, what a mismatch on
+/// standard output means.
+fn hint(command: &Plan, error: &ClientError) -> Option<String> {
+    match (command, error) {
+        (Plan::Put { remote, .. }, ClientError::Server { code, .. })
+            if *code == ErrorCode::NotFound =>
+        {
+            let (dir, _) = remote.trim_start_matches('/').rsplit_once('/')?;
+            Some(format!("the server has no directory {dir}"))
+        }
+        (Plan::Put { .. }, ClientError::Server { code, message })
+            if *code == ErrorCode::Forbidden && message.contains("uploads are disabled") =>
+        {
+            Some("a filesrv server accepts them when started with --allow-put".to_owned())
+        }
+        (
+            Plan::Get {
+                remote,
+                local: Some(local),
+                ..
+            },
+            ClientError::File { path, .. },
+        ) if *path == Client::partial_path(local, remote) => Some(format!(
+            "the partial download of {} (it becomes that file once complete)",
+            local.display()
+        )),
+        (Plan::Get { local: None, .. }, ClientError::Mismatch { .. }) => Some(
+            "what was written to standard output is not the server's file (it changed \
+             meanwhile?): discard it"
+                .to_owned(),
+        ),
+        _ => None,
+    }
 }
 
 /// A command with every default filled in.
@@ -271,6 +328,19 @@ enum Plan {
 }
 
 impl Plan {
+    /// The command as the user would name it: `get docs/a.txt`, `put
+    /// up/b.txt`, `ls docs` (`ls` for the root).
+    fn context(&self) -> String {
+        match self {
+            Plan::Get { remote, .. } => format!("get {remote}"),
+            Plan::Put { remote, .. } => format!("put {remote}"),
+            Plan::Sum { remote } => format!("sum {remote}"),
+            Plan::List { dir } if dir.is_empty() => "ls".to_owned(),
+            Plan::List { dir } => format!("ls {dir}"),
+            Plan::Stat { path } => format!("stat {path}"),
+        }
+    }
+
     fn new(command: Command) -> Result<Plan, Failure> {
         Ok(match command {
             Command::Get {
@@ -439,9 +509,10 @@ fn with_progress(
     result
 }
 
-fn print_sum(client: &mut Client, remote: &str) -> Result<(), Failure> {
+fn print_sum(client: &mut Client, remote: &str) -> Result<(), ClientError> {
     let sum = client.sum(remote, None)?;
-    let name = remote_name(remote)?;
+    // Checked before connecting.
+    let name = remote_name(remote).unwrap_or(remote);
     // sha256sum's own form for a name with a backslash or a newline.
     let line = if name.contains(['\\', '\n']) {
         let escaped = name.replace('\\', "\\\\").replace('\n', "\\n");

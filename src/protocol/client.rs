@@ -116,6 +116,24 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
+/// A writer that hashes what passes through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Syncs the directory holding `path`, so that a rename into it survives
 /// a crash.
 fn sync_parent(path: &Path) -> io::Result<()> {
@@ -322,6 +340,43 @@ impl Client {
             let size = client.start_get(path, offset)?;
             client.recv_body(offset, size, out)
         })
+    }
+
+    /// Downloads the whole of `path` into `out` (a pipe, standard output),
+    /// and returns the bytes written. With [`TransferOptions::verify`] the
+    /// bytes are hashed as they pass and, once all are written, compared
+    /// with the server's `SUM`: `out` has them all by then, so a mismatch
+    /// can only be reported, not undone. ([`TransferOptions::resume`]
+    /// means nothing here.)
+    ///
+    /// # Errors
+    ///
+    /// - [`ClientError::Mismatch`] if what was written is not the file the
+    ///   server's `SUM` describes (it changed on the server meanwhile);
+    /// - the errors of [`Client::get_to`] and [`Client::sum`] otherwise.
+    pub fn get_to_checked(
+        &mut self,
+        path: &str,
+        out: &mut impl Write,
+        options: &TransferOptions,
+    ) -> Result<u64, ClientError> {
+        if !options.verify {
+            return self.get_to(path, 0, out);
+        }
+        let mut hashing = HashingWriter {
+            inner: out,
+            hasher: Sha256::new(),
+        };
+        let received = self.get_to(path, 0, &mut hashing)?;
+        let local = FileSum {
+            sha256: hashing.hasher.finalize().into(),
+            len: received,
+        };
+        let remote = self.sum(path, None)?;
+        if local != remote {
+            return Err(ClientError::Mismatch { local, remote });
+        }
+        Ok(received)
     }
 
     /// Downloads `path` into the local file `local`, and returns the bytes

@@ -470,8 +470,10 @@ impl Connection {
         if !self.config().allow_put {
             return refuse(self, ErrorCode::Forbidden, "uploads are disabled");
         }
-        if size > self.config().max_upload {
-            return refuse(self, ErrorCode::TooLarge, "upload exceeds the size limit");
+        let limit = self.config().max_upload;
+        if size > limit {
+            let message = format!("upload of {size} bytes exceeds the size limit of {limit} bytes");
+            return refuse(self, ErrorCode::TooLarge, &message);
         }
         let temp = match self.shared.root.create_temp(path) {
             Ok(temp) => temp,
