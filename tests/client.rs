@@ -13,7 +13,7 @@ use std::thread;
 use std::time::{Duration, SystemTime};
 
 use filesrv::protocol::{
-    Client, ClientError, EntryKind, ErrorCode, Server, ServerConfig, TransferOptions,
+    Client, ClientError, EntryKind, ErrorCode, Server, ServerConfig, Stage, TransferOptions,
 };
 
 use crate::support::{LIMIT, TempDir};
@@ -102,7 +102,8 @@ fn get_file_resumes_its_own_partial_download() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = seen.clone();
     client.set_progress(move |progress| {
-        record.lock().unwrap().push((progress.done, progress.total));
+        let report = (progress.stage, progress.done, progress.total);
+        record.lock().unwrap().push(report);
     });
     let options = TransferOptions::default();
     assert_eq!(
@@ -111,10 +112,16 @@ fn get_file_resumes_its_own_partial_download() {
     );
     assert_eq!(fs::read(&local).unwrap(), data);
     assert!(!partial.exists());
-    let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen.first(), Some(&(30_000, 100_000)));
-    assert_eq!(seen.last(), Some(&(100_000, 100_000)));
-    assert!(seen.windows(2).all(|pair| pair[0].0 <= pair[1].0));
+    // The check of the partial file, the body, the check of the whole.
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    let n = seen.len();
+    assert!(n > 4, "{seen:?}");
+    assert_eq!(seen[0], (Stage::ResumeCheck, 30_000, 30_000));
+    assert_eq!(seen[1], (Stage::Transfer, 30_000, 100_000));
+    assert_eq!(seen[n - 2], (Stage::Transfer, 100_000, 100_000));
+    assert_eq!(seen[n - 1], (Stage::Verify, 100_000, 100_000));
+    assert!(seen[1..n - 1].iter().all(|s| s.0 == Stage::Transfer));
+    assert!(seen.windows(2).all(|pair| pair[0].1 <= pair[1].1));
 
     // A complete local file is not a partial one: fetched whole again.
     assert_eq!(
@@ -131,6 +138,28 @@ fn get_file_resumes_its_own_partial_download() {
         100_000
     );
     assert_eq!(fs::read(&local).unwrap(), data);
+}
+
+#[test]
+fn uploads_and_streams_report_their_check_after_the_body() {
+    let dir = TempDir::new("client-stages");
+    let data = content(50_000);
+    let file = local_dir(&dir).join("up.bin");
+    fs::write(&file, &data).unwrap();
+    let server = serve(&dir, |config| config.allow_put(true));
+    let mut client = connect(&server);
+    let stages = Arc::new(Mutex::new(Vec::new()));
+    let record = stages.clone();
+    client.set_progress(move |progress| record.lock().unwrap().push(progress.stage));
+    let options = TransferOptions::default();
+    client.put_file(&file, "up.bin", &options).unwrap();
+    let mut out = Vec::new();
+    client.get_to_checked("up.bin", &mut out, &options).unwrap();
+    assert_eq!(out, data);
+    let mut stages = stages.lock().unwrap().clone();
+    stages.dedup();
+    use Stage::{Transfer, Verify};
+    assert_eq!(stages, [Transfer, Verify, Transfer, Verify]);
 }
 
 #[test]
@@ -691,4 +720,42 @@ fn client_types_are_send() {
     fn send_sync<T: Send + Sync>() {}
     send::<Client>();
     send_sync::<ClientError>();
+}
+
+/// `fsc get` on a terminal (a pty through util-linux's `script`): the
+/// check of the partial file and the final check are shown as what they
+/// are, and the summary gives the body's time and the checks' apart.
+#[test]
+fn fsc_shows_its_checks_on_a_terminal() {
+    let dir = TempDir::new("client-tty");
+    let data = content(4 << 20);
+    fs::write(dir.root().join("big.bin"), &data).unwrap();
+    let local = local_dir(&dir);
+    let partial = Client::partial_path(&local.join("big.bin"), "big.bin");
+    fs::write(&partial, &data[..1 << 20]).unwrap();
+    let server = serve(&dir, |config| config);
+    let command = format!(
+        "{} --timeout 20 {} get big.bin",
+        env!("CARGO_BIN_EXE_fsc"),
+        server.local_addr()
+    );
+    let output = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(&local)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{shown}");
+    assert_eq!(fs::read(local.join("big.bin")).unwrap(), data);
+    for part in [
+        "big.bin: checking the partial download (1.00 MiB) against the server's",
+        "big.bin (resumed at 1.00 MiB)",
+        "big.bin: checking its SHA-256 with the server's",
+        "big.bin: 3.00 MiB in ",
+    ] {
+        assert!(shown.contains(part), "no {part:?} in {shown:?}");
+    }
+    let checks = shown.find("checking its SHA-256").unwrap();
+    assert!(shown.find("(resumed at").unwrap() < checks, "{shown:?}");
 }

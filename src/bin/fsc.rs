@@ -8,10 +8,11 @@ use std::fmt::Write as _;
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use filesrv::protocol::{Client, ClientError, EntryKind, ErrorCode, TransferOptions};
+use filesrv::protocol::{Client, ClientError, EntryKind, ErrorCode, Stage, TransferOptions};
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
 /// Exit status when the server refused the request.
@@ -458,6 +459,9 @@ fn local_name(local: &Path) -> Result<&str, Failure> {
 ///
 /// The bar counts the bytes this run moves (a resumed download's earlier
 /// bytes are shown as where it resumed), so speed and time left are real.
+/// The checks before and after the body (a partial download compared with
+/// the server's, the whole file with the server's SHA-256) are shown as
+/// what they are, and the summary's speed is the body's alone.
 fn with_progress(
     client: &mut Client,
     name: &str,
@@ -466,45 +470,83 @@ fn with_progress(
     if !io::stderr().is_terminal() {
         return transfer(client);
     }
-    let style = ProgressStyle::with_template(
+    let bar_style = ProgressStyle::with_template(
         "{msg} {bytes:>10} / {total_bytes:<10} [{wide_bar}] {binary_bytes_per_sec:>12} eta {eta}",
     )
     .expect("the template is valid")
     .progress_chars("=> ");
+    let check_style =
+        ProgressStyle::with_template("{msg} {spinner}").expect("the template is valid");
     let bar = ProgressBar::new(0)
-        .with_style(style)
+        .with_style(bar_style.clone())
         .with_message(name.to_owned());
     let shown = bar.clone();
     let label = name.to_owned();
+    // When the body began and ended to flow.
+    let body = Arc::new(Mutex::new((None::<Instant>, None::<Instant>)));
+    let timed = body.clone();
     let mut start = None;
     client.set_progress(move |progress| {
-        let from = *start.get_or_insert_with(|| {
-            if progress.done > 0 {
+        let mut body = timed.lock().unwrap_or_else(PoisonError::into_inner);
+        match progress.stage {
+            Stage::ResumeCheck => {
+                shown.set_style(check_style.clone());
                 shown.set_message(format!(
-                    "{label} (resumed at {})",
+                    "{label}: checking the partial download ({}) against the server's",
                     HumanBytes(progress.done)
                 ));
+                // Drawn now, however soon the check ends.
+                shown.force_draw();
+                shown.enable_steady_tick(Duration::from_millis(100));
             }
-            shown.reset();
-            progress.done
-        });
-        shown.set_length(progress.total - from);
-        shown.set_position(progress.done - from);
+            Stage::Verify => {
+                body.1 = Some(Instant::now());
+                shown.set_style(check_style.clone());
+                shown.set_message(format!("{label}: checking its SHA-256 with the server's"));
+                // Drawn now, however soon the check ends.
+                shown.force_draw();
+                shown.enable_steady_tick(Duration::from_millis(100));
+            }
+            _ => {
+                let from = *start.get_or_insert_with(|| {
+                    shown.disable_steady_tick();
+                    shown.set_style(bar_style.clone());
+                    shown.set_message(if progress.done > 0 {
+                        format!("{label} (resumed at {})", HumanBytes(progress.done))
+                    } else {
+                        label.clone()
+                    });
+                    shown.reset();
+                    body.0 = Some(Instant::now());
+                    progress.done
+                });
+                shown.set_length(progress.total - from);
+                shown.set_position(progress.done - from);
+                body.1 = Some(Instant::now());
+            }
+        }
     });
     let began = Instant::now();
     let result = transfer(client);
     bar.finish_and_clear();
     if let Ok(bytes) = result {
-        let elapsed = began.elapsed();
+        let ended = Instant::now();
+        let (body_began, body_ended) = *body.lock().unwrap_or_else(PoisonError::into_inner);
+        let elapsed = body_ended.unwrap_or(ended) - body_began.unwrap_or(began);
         let rate = bytes.checked_mul(1000).map_or(0, |milli| {
             milli / u64::try_from(elapsed.as_millis().max(1)).unwrap_or(u64::MAX)
         });
-        eprintln!(
+        let mut line = format!(
             "{name}: {} in {:.2?} ({}/s)",
             HumanBytes(bytes),
             elapsed,
             HumanBytes(rate)
         );
+        let checks = (ended - began).saturating_sub(elapsed);
+        if checks >= Duration::from_millis(10) {
+            let _ = write!(line, ", checked in {checks:.2?}");
+        }
+        eprintln!("{line}");
     }
     result
 }

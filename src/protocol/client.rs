@@ -156,6 +156,27 @@ pub struct Progress {
     /// file's size on the server for a download, the body's size for an
     /// upload.
     pub total: u64,
+    /// What the transfer is doing: only [`Stage::Transfer`] moves bytes.
+    pub stage: Stage,
+}
+
+/// The part of a transfer a [`Progress`] report is about. The checks
+/// before and after the body move no bytes but can take seconds on a
+/// large file (both sides hash it), so a caller showing progress can say
+/// what is happening meanwhile, and time the body alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stage {
+    /// Before a download resumes: the partial file's `done` bytes are
+    /// being compared with the server's `SUM` of as many. Reported once,
+    /// when it begins.
+    ResumeCheck,
+    /// The body moves: reported when it is about to flow, then after every
+    /// chunk.
+    Transfer,
+    /// After the body: the whole file is being compared with the server's
+    /// `SUM`. Reported once, when it begins; `done` equals `total`.
+    Verify,
 }
 
 /// The error of a [`Client`] call.
@@ -309,7 +330,9 @@ impl Client {
     }
 
     /// Calls `callback` as transfers move: once when a body is about to
-    /// flow (with [`Progress::done`] at its start), then after every chunk.
+    /// flow (with [`Progress::done`] at its start), then after every chunk
+    /// ([`Stage::Transfer`]); and once as each check before or after the
+    /// body begins ([`Stage::ResumeCheck`], [`Stage::Verify`]).
     ///
     /// It replaces any earlier callback and stays for every later transfer.
     pub fn set_progress(&mut self, callback: impl FnMut(Progress) + Send + 'static) {
@@ -368,6 +391,7 @@ impl Client {
             hasher: Sha256::new(),
         };
         let received = self.get_to(path, 0, &mut hashing)?;
+        self.report_stage(Stage::Verify, received, received);
         let local = FileSum {
             sha256: hashing.hasher.finalize().into(),
             len: received,
@@ -438,6 +462,7 @@ impl Client {
         };
         let stale = match &existing {
             Some(file) if offset > 0 && options.verify => {
+                self.report_stage(Stage::ResumeCheck, offset, offset);
                 !self.prefix_matches(path, file, offset)?
             }
             _ => false,
@@ -465,6 +490,8 @@ impl Client {
             Ok((size, file))
         })?;
         if options.verify {
+            let whole = offset + received;
+            self.report_stage(Stage::Verify, whole, whole);
             let local_sum = sum_prefix(&file, u64::MAX).map_err(at(&partial))?;
             let remote_sum = self.sum(path, None)?;
             if local_sum != remote_sum {
@@ -552,6 +579,7 @@ impl Client {
             .put_from(remote, &mut hashing, metadata.len())
             .map_err(|error| error.at(local))?;
         if options.verify {
+            self.report_stage(Stage::Verify, size, size);
             let sent = FileSum {
                 sha256: hashing.hasher.finalize().into(),
                 len: size,
@@ -795,8 +823,12 @@ impl Client {
     }
 
     fn report(&mut self, done: u64, total: u64) {
+        self.report_stage(Stage::Transfer, done, total);
+    }
+
+    fn report_stage(&mut self, stage: Stage, done: u64, total: u64) {
         if let Some(callback) = &mut self.progress {
-            callback(Progress { done, total });
+            callback(Progress { done, total, stage });
         }
     }
 

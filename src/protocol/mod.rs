@@ -45,7 +45,7 @@ mod client;
 mod server;
 mod wire;
 
-pub use client::{Client, ClientError, Progress, TransferOptions};
+pub use client::{Client, ClientError, Progress, Stage, TransferOptions};
 pub use server::{LingeringCloser, Server, ServerConfig, ServerError, raise_descriptor_limit};
 pub use wire::{
     EntryKind, ErrorCode, FileSum, ListEntry, MAX_LINE, MalformedReply, PathError, RelPath,
