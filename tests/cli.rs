@@ -514,6 +514,96 @@ fn sigterm_after_sigint_ends_the_grace_at_once() {
     second_signal_ends_the_grace_at_once(Signal::INT, Signal::TERM, "cli-second-term");
 }
 
+/// The fields of each line of an access log, checked for the documented
+/// form: eight, the first a Unix time with milliseconds, the last seconds
+/// with microseconds; the six between returned.
+fn access_log_fields(log: &str) -> Vec<Vec<String>> {
+    log.lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            assert_eq!(fields.len(), 8, "{line}");
+            let (secs, millis) = fields[0].split_once('.').unwrap();
+            assert!(secs.parse::<u64>().unwrap() > 1_700_000_000, "{line}");
+            assert_eq!(millis.len(), 3, "{line}");
+            let (_, micros) = fields[7].split_once('.').unwrap();
+            assert!(
+                fields[7].parse::<f64>().unwrap() < LIMIT.as_secs_f64(),
+                "{line}"
+            );
+            assert_eq!(micros.len(), 6, "{line}");
+            fields[1..7].iter().map(|f| (*f).to_owned()).collect()
+        })
+        .collect()
+}
+
+#[test]
+fn access_log_has_one_line_per_request() {
+    let dir = root_with_notes("cli-access-log");
+    let log = dir.path().join("access.log");
+    let server = spawn_verbose(
+        &dir,
+        1,
+        &["--allow-put", "--access-log", log.to_str().unwrap()],
+    );
+    let mut c = server.connect();
+    let client = c.stream().local_addr().unwrap().to_string();
+    c.send(b"GET notes.txt\nSTAT no%20such\nFROB\nPUT up.txt 5\nhelloLIST\nQUIT\n");
+    let replies = c.read_until_closed();
+    let replies = String::from_utf8(replies).unwrap();
+    // LIST's body: the lines between its `OK 2` and `OK bye`.
+    let listing = replies
+        .split_once("OK 5\nOK 2\n")
+        .and_then(|(_, rest)| rest.strip_suffix("OK bye\n"))
+        .unwrap_or_else(|| panic!("{replies:?}"));
+    // Written before the connection closed.
+    let fields = access_log_fields(&std::fs::read_to_string(&log).unwrap());
+    let row = |r: &str| -> Vec<String> {
+        std::iter::once(client.clone())
+            .chain(r.split(' ').map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(
+        fields,
+        [
+            row("- GET notes.txt OK 13"),
+            row("- STAT no%20such not-found 0"),
+            row("- invalid - bad-request 0"),
+            row("- PUT up.txt OK 5"),
+            row(&format!("- LIST . OK {}", listing.len())),
+            row("- QUIT - OK 0"),
+        ]
+    );
+}
+
+#[test]
+fn access_log_dash_is_stderr() {
+    let dir = root_with_notes("cli-access-stderr");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_filesrv"));
+    command
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "0",
+            "1",
+            "--access-log",
+            "-",
+            "--root",
+        ])
+        .arg(dir.root());
+    // -v too, for the line saying where it listens; the access log's
+    // lines come among the others.
+    command.arg("-v");
+    command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let server = ChildServer::spawn(command);
+    let mut c = server.connect();
+    c.assert_get("notes.txt", NOTES);
+    let line = server.wait_log(" GET notes.txt OK 13 ").unwrap();
+    assert_eq!(access_log_fields(&line).len(), 1, "{line}");
+}
+
 #[test]
 fn bind_takes_a_host_name() {
     let dir = root_with_notes("cli-bind-name");

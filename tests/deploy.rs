@@ -54,6 +54,8 @@ impl Instance {
             .args(["--max-per-source", &MAX_PER_SOURCE.to_string()])
             .args(["--agent", &agent.to_string()])
             .args(["--shutdown-grace", "20"])
+            // As the unit: the access log on stderr (the journal there).
+            .args(["--access-log", "-"])
             .env("LISTEN_FDS", "1")
             .env("LISTEN_FDS_FIRST_FD", passed.raw().to_string())
             .env_remove("LISTEN_PID");
@@ -246,6 +248,12 @@ fn three_instances_behind_haproxy_survive_a_rolling_restart() {
         // The running transfer finishes within the grace period.
         assert!(slow.body(big.len()) == big, "the draining transfer was cut");
         slow.expect_last_err("unavailable");
+        // Logged with the client's address from the PROXY header; the
+        // health checks (connections without a request) are not.
+        let line = old
+            .wait_log(&format!(" 127.0.0.50:5000 - GET big.bin OK {} ", big.len()))
+            .unwrap();
+        assert_eq!(line.split(' ').count(), 8, "{line}");
         assert!(old.wait_exit(LIMIT).success());
         s2.start(&root);
         // Back: the agent's "ready" ends the drain, and the health check

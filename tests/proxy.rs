@@ -275,3 +275,59 @@ fn a_shutdown_refuses_headers_still_coming() {
     partial.expect_last_err("unavailable");
     served.expect_last_err("unavailable");
 }
+
+/// A writer the test reads back: the access log's lines.
+#[derive(Clone, Default)]
+struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The access log names the client the header gives; the proxy's own
+/// health checks (a v2 LOCAL header) are left out unless asked for.
+fn access_log_behind_a_proxy(checks: bool) -> Vec<String> {
+    let log = Shared::default();
+    let t = serve("proxy-access-log", |c| {
+        c.access_log(Some(filesrv::protocol::AccessLog::to_writer(log.clone())))
+            .access_log_checks(checks)
+    });
+    let mut local = Vec::new();
+    ProxyHeader::with_local().encode_v2(&mut local).unwrap();
+    for prefix in [local, header(Version::V2, "192.0.2.7:4000")] {
+        let mut c = connect(&t, PROXY, &prefix);
+        c.send(b"STAT /\nQUIT\n");
+        assert!(c.line().starts_with("OK d "));
+        assert_eq!(c.line(), "OK bye");
+        // Logged before the close.
+        c.expect_eof();
+    }
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    text.lines()
+        .map(|line| {
+            line.split(' ')
+                .skip(1)
+                .take(5)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+#[test]
+fn the_access_log_names_the_relayed_client_and_leaves_out_health_checks() {
+    assert_eq!(
+        access_log_behind_a_proxy(false),
+        ["192.0.2.7:4000 - STAT / OK", "192.0.2.7:4000 - QUIT - OK"]
+    );
+    let with_checks = access_log_behind_a_proxy(true);
+    assert_eq!(with_checks.len(), 4, "{with_checks:?}");
+    assert!(with_checks[0].starts_with("127.0.0.1:"), "{with_checks:?}");
+    assert!(with_checks[0].ends_with(" - STAT / OK"), "{with_checks:?}");
+}

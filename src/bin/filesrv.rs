@@ -5,14 +5,14 @@
 //! down gracefully. Everything else lives in the library.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use clap::Parser;
-use filesrv::protocol::{Server, ServerConfig};
+use filesrv::protocol::{AccessLog, Server, ServerConfig};
 use ipnet::IpNet;
 use listenfd::ListenFd;
 use sd_notify::NotifyState;
@@ -94,6 +94,14 @@ struct Args {
     /// maxconn:N`, or `drain` while shutting down.
     #[arg(long, value_name = "ADDR")]
     agent: Option<SocketAddr>,
+    /// Write one line per request to FILE (appended), or to stderr for
+    /// `-`: time, client, user, verb, path, result, bytes, seconds.
+    #[arg(long, value_name = "FILE|-")]
+    access_log: Option<PathBuf>,
+    /// Log the requests of a trusted proxy's health checks too (its own
+    /// connections, with a PROXY v2 LOCAL header); left out by default.
+    #[arg(long)]
+    access_log_checks: bool,
     /// Log to stderr: -v connections and requests, -vv debug details.
     /// RUST_LOG works too.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -126,6 +134,17 @@ fn parse_secs(text: &str) -> Result<Secs, String> {
     let duration = Duration::try_from_secs_f64(secs)
         .map_err(|_| format!("'{text}' is not a valid number of seconds"))?;
     Ok(Secs((!duration.is_zero()).then_some(duration)))
+}
+
+/// The log `--access-log` names: `-` for stderr, else a file.
+fn access_log(path: Option<&Path>) -> Result<Option<AccessLog>, String> {
+    match path {
+        None => Ok(None),
+        Some(path) if path.as_os_str() == "-" => Ok(Some(AccessLog::stderr())),
+        Some(path) => AccessLog::file(path)
+            .map(Some)
+            .map_err(|e| format!("--access-log {}: {e}", path.display())),
+    }
 }
 
 /// `--bind`'s address: an IP address (`::1` or `[::1]`), or a host name
@@ -220,7 +239,9 @@ fn run(args: Args, mut passed: ListenFd) -> Result<(), Box<dyn std::error::Error
         .shutdown_grace(args.shutdown_grace.0.unwrap_or(Duration::ZERO))
         .proxy_from(args.proxy_from)
         .metrics(args.metrics)
-        .agent(args.agent);
+        .agent(args.agent)
+        .access_log(access_log(args.access_log.as_deref())?)
+        .access_log_checks(args.access_log_checks);
     // Socket activation: the listening socket systemd passed (PORT and
     // --bind are then ignored); it outlives a restart, with its backlog.
     let server = match passed.take_tcp_listener(0)? {

@@ -46,7 +46,9 @@ mod server;
 mod wire;
 
 pub use client::{Client, ClientError, Progress, Stage, TransferOptions};
-pub use server::{LingeringCloser, Server, ServerConfig, ServerError, raise_descriptor_limit};
+pub use server::{
+    AccessLog, LingeringCloser, Server, ServerConfig, ServerError, raise_descriptor_limit,
+};
 pub use wire::{
     EntryKind, ErrorCode, FileSum, ListEntry, MAX_LINE, MalformedReply, PathError, RelPath,
     Request, RequestError, Stat, UnknownErrorCode, encode_name, parse_request, percent_decode,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use super::AccessLog;
 use crate::util::timeout_setting;
 use crate::{Admission as _, And, MaxWaiting, PerSourceCap, QueueTimeout};
 
@@ -19,7 +20,7 @@ use crate::{Admission as _, And, MaxWaiting, PerSourceCap, QueueTimeout};
 /// of 500 bytes/s, uploads off (1 GiB limit when on), 10 s shutdown grace,
 /// hidden names not served, at most 100,000 entries per LIST, no trusted
 /// proxies (a PROXY header deadline of 5 s once there are some), no
-/// metrics or agent listener.
+/// metrics or agent listener, no access log.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ServerConfig {
@@ -73,6 +74,13 @@ pub struct ServerConfig {
     pub metrics: Option<SocketAddr>,
     /// Where to answer HAProxy's `agent-check`; `None`: nowhere.
     pub agent: Option<SocketAddr>,
+    /// Where to write one line per request ([`AccessLog`] gives the
+    /// format); `None`: nowhere.
+    pub access_log: Option<AccessLog>,
+    /// Whether the access log has the requests of a trusted proxy's own
+    /// connections (a PROXY v2 `LOCAL` header: HAProxy's health checks);
+    /// off: they are left out.
+    pub access_log_checks: bool,
 }
 
 impl ServerConfig {
@@ -98,6 +106,8 @@ impl ServerConfig {
             proxy_timeout: Duration::from_secs(5),
             metrics: None,
             agent: None,
+            access_log: None,
+            access_log_checks: false,
         }
     }
 
@@ -248,6 +258,19 @@ impl ServerConfig {
     /// Sets [`agent`](ServerConfig::agent) (default none).
     pub fn agent(mut self, addr: Option<SocketAddr>) -> Self {
         self.agent = addr;
+        self
+    }
+
+    /// Sets [`access_log`](ServerConfig::access_log) (default none).
+    pub fn access_log(mut self, log: Option<AccessLog>) -> Self {
+        self.access_log = log;
+        self
+    }
+
+    /// Sets [`access_log_checks`](ServerConfig::access_log_checks)
+    /// (default off).
+    pub fn access_log_checks(mut self, on: bool) -> Self {
+        self.access_log_checks = on;
         self
     }
 

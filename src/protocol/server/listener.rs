@@ -408,7 +408,7 @@ impl Listening {
                                 self.refuse_proxied(stream, peer, NoHeader::Full);
                             }
                         }
-                        _ => self.admit(stream, peer),
+                        _ => self.admit(stream, peer, false),
                     }
                 }
                 Err(e) if is_transient(&e) => {}
@@ -457,9 +457,13 @@ impl Listening {
         Ok(sidecars)
     }
 
-    /// Submits a session for the client at `source` to the manager.
-    fn admit(&self, stream: TcpStream, source: SocketAddr) {
-        let session = Session::new(stream, source, self.state.clone());
+    /// Submits a session for the client at `source` to the manager;
+    /// `check`: the proxy's own connection (its health check).
+    fn admit(&self, stream: TcpStream, source: SocketAddr, check: bool) {
+        let mut session = Session::new(stream, source, self.state.clone());
+        if check {
+            session = session.proxy_check();
+        }
         if let Err(refused) = self.manager.submit(session) {
             refused.notify();
         }
@@ -474,7 +478,9 @@ impl Listening {
                 source,
             } => {
                 log::debug!("{peer}: PROXY header for {source}");
-                self.admit(stream, source);
+                // A LOCAL header (or v1 UNKNOWN) leaves the proxy's own
+                // address as the source.
+                self.admit(stream, source, source == peer);
             }
             Handshake::Refused {
                 stream,

@@ -101,6 +101,12 @@ impl fmt::Display for Answer {
 /// did not parse, in row order.
 const VERBS: [&str; 7] = ["GET", "PUT", "LIST", "STAT", "SUM", "QUIT", "invalid"];
 
+/// A request's verb as counted and logged; `invalid` for `None` (a line
+/// that did not parse).
+pub(crate) const fn verb_label(request: Option<&Request>) -> &'static str {
+    VERBS[verb_index(request)]
+}
+
 /// The row of a request (`None`: a line that did not parse).
 const fn verb_index(request: Option<&Request>) -> usize {
     match request {

@@ -10,6 +10,7 @@ use std::time::Instant;
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags};
 
+use super::access_log::AccessLog;
 use super::closer::Closer;
 use super::config::ServerConfig;
 use super::fs::{FsError, Root};
@@ -43,6 +44,9 @@ pub(crate) struct Session {
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<ServerState>,
+    /// The proxy's own connection (a v2 `LOCAL` header: its health
+    /// check), left out of the access log unless it asks for checks.
+    check: bool,
 }
 
 impl Session {
@@ -51,7 +55,15 @@ impl Session {
             stream,
             peer,
             shared,
+            check: false,
         }
+    }
+
+    /// Marks the session as a trusted proxy's own connection (its health
+    /// check) rather than a client's it relays.
+    pub(crate) fn proxy_check(mut self) -> Session {
+        self.check = true;
+        self
     }
 }
 
@@ -147,6 +159,8 @@ struct Connection {
     start: usize,
     end: usize,
     requests: u64,
+    /// Where its requests are logged, if they are: see [`Session::check`].
+    access_log: Option<AccessLog>,
 }
 
 /// The buffer a LIST reply is written through.
@@ -158,7 +172,12 @@ impl Connection {
             stream,
             peer,
             shared,
+            check,
         } = session;
+        let access_log = match &shared.config.access_log {
+            Some(log) if !check || shared.config.access_log_checks => Some(log.clone()),
+            _ => None,
+        };
         // Shared with the hooks, which shut it down from other threads:
         // no duplicate descriptor, and the socket stays open (its number
         // never reused) until the last of them is gone.
@@ -198,6 +217,7 @@ impl Connection {
             start: 0,
             end: 0,
             requests: 0,
+            access_log,
         }
     }
 
@@ -262,7 +282,11 @@ impl Connection {
             // Rendered now: an upload body reuses the buffer the line is in.
             let shown = log::log_enabled!(log::Level::Info)
                 .then(|| printable_line(&self.buf[line.clone()]));
-            let parsed = parse_request(&self.buf[line]);
+            let parsed = parse_request(&self.buf[line.clone()]);
+            let logged = self
+                .access_log
+                .is_some()
+                .then(|| super::access_log::path_field(&self.buf[line], parsed.as_ref().ok()));
             let outcome = match &parsed {
                 Ok(request) => self.execute(request, ctx),
                 Err(e) => {
@@ -283,6 +307,10 @@ impl Connection {
             );
             let request = parsed.as_ref().ok();
             (self.shared.metrics).request(request, outcome.code, outcome.bytes);
+            if let (Some(log), Some(path)) = (&self.access_log, logged) {
+                let took = began.elapsed();
+                log.record(self.peer, request, &path, outcome.code, outcome.bytes, took);
+            }
             if let Some(end) = outcome.end {
                 return Ok(end);
             }
