@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Resource, Signal};
 
-use crate::support::{ChildServer, Conn, LIMIT, NOTES, TempDir, begin_upload, running_and_waiting};
+use crate::support::{
+    ChildServer, Conn, LIMIT, NOTES, TempDir, begin_upload, running_and_waiting, tools,
+};
 
 /// A temporary root holding `notes.txt`.
 fn root_with_notes(label: &str) -> TempDir {
@@ -602,6 +604,151 @@ fn access_log_dash_is_stderr() {
     c.assert_get("notes.txt", NOTES);
     let line = server.wait_log(" GET notes.txt OK 13 ").unwrap();
     assert_eq!(access_log_fields(&line).len(), 1, "{line}");
+}
+
+// ------------------------------------------- config file, completions, man
+
+/// Sends a PUT of `size` bytes and returns the reply line.
+fn put_reply(server: &ChildServer, size: usize) -> String {
+    let mut c = server.connect();
+    c.send(format!("PUT up.bin {size}\n").as_bytes());
+    c.send(&vec![b'x'; size]);
+    c.line()
+}
+
+#[test]
+fn a_config_file_sets_options_and_the_command_line_wins() {
+    let dir = root_with_notes("cli-config");
+    let config = dir.write(
+        "../filesrv.toml",
+        "# uploads up to 10 bytes\nallow-put = true\nmax-upload = \"10\"\n\
+         idle-timeout = 30.5\nproxy-from = [\"10.0.0.0/8\", \"192.0.2.1\"]\nhidden = false\n",
+    );
+    let config = config.to_str().unwrap();
+    // From the file: uploads on, at most 10 bytes.
+    let server = spawn_verbose(&dir, 1, &["--config", config]);
+    assert_eq!(put_reply(&server, 5), "OK 5");
+    assert_eq!(
+        put_reply(&server, 15),
+        "ERR too-large upload of 15 bytes exceeds the size limit of 10 bytes"
+    );
+    drop(server);
+    // The command line's --max-upload wins over the file's.
+    let server = spawn_verbose(
+        &dir,
+        1,
+        &["--max-upload", "20", &format!("--config={config}")],
+    );
+    assert_eq!(put_reply(&server, 15), "OK 15");
+    assert_eq!(
+        put_reply(&server, 25),
+        "ERR too-large upload of 25 bytes exceeds the size limit of 20 bytes"
+    );
+}
+
+#[test]
+fn a_bad_config_file_is_named_in_one_line() {
+    let dir = root_with_notes("cli-config-bad");
+    let root = dir.root();
+    for (text, says) in [
+        ("max-waitin = 5\n", "unknown key 'max-waitin'"),
+        ("max-waiting = \n", "TOML parse error"),
+        ("allow-put = [1]\n", "allow-put: 1 is not a string"),
+    ] {
+        let path = dir.write("../bad.toml", text);
+        let finished = run(&[
+            "0".as_ref(),
+            "1".as_ref(),
+            "--config".as_ref(),
+            path.as_os_str(),
+            "--root".as_ref(),
+            root.as_os_str(),
+        ]);
+        assert_eq!(finished.status.code(), Some(2), "{text}");
+        assert_eq!(finished.stdout, "");
+        let prefix = format!("filesrv: --config {}: ", path.display());
+        assert!(finished.stderr.starts_with(&prefix), "{}", finished.stderr);
+        assert!(finished.stderr.contains(says), "{}", finished.stderr);
+    }
+    let finished = run(&["0", "1", "--config", "/nonexistent/filesrv.toml"]);
+    assert_eq!(finished.status.code(), Some(2));
+    assert!(
+        finished
+            .stderr
+            .starts_with("filesrv: --config /nonexistent/filesrv.toml: "),
+        "{}",
+        finished.stderr
+    );
+}
+
+#[test]
+fn completions_load_in_bash_and_name_every_option() {
+    let finished = run(&["--completions", "bash"]);
+    assert!(finished.status.success(), "{}", finished.stderr);
+    for option in [
+        "--access-log",
+        "--config",
+        "--allow-put",
+        "--shutdown-grace",
+    ] {
+        assert!(finished.stdout.contains(option), "{option}");
+    }
+    let script = std::env::temp_dir().join(format!("filesrv-completions-{}", std::process::id()));
+    std::fs::write(&script, &finished.stdout).unwrap();
+    let loaded = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {} && complete -p filesrv",
+            script.display()
+        ))
+        .output()
+        .unwrap();
+    std::fs::remove_file(&script).unwrap();
+    let complete = String::from_utf8_lossy(&loaded.stdout);
+    assert!(
+        complete.contains(" -F _filesrv ") && complete.trim_end().ends_with(" filesrv"),
+        "{complete}{}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        let finished = run(&["--completions", shell]);
+        assert!(
+            finished.status.success() && finished.stdout.contains("access-log"),
+            "{shell}"
+        );
+    }
+    // Alone: with anything else it is a usage error.
+    let finished = run(&["--completions", "bash", "0", "1"]);
+    assert_eq!(finished.status.code(), Some(2));
+}
+
+#[test]
+fn the_man_page_renders_with_every_option() {
+    let finished = run(&["--man-page"]);
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let roff = &finished.stdout;
+    assert!(roff.contains(".TH filesrv 1"), "{roff}");
+    // As man shows it (groff, which man-db uses, reads it from stdin).
+    let Some(groff) = tools::require("groff") else {
+        return;
+    };
+    let rendered = tools::run_with_input(
+        std::process::Command::new(groff).args(["-man", "-Tascii"]),
+        roff.as_bytes(),
+    );
+    assert!(rendered.status.success());
+    // Bold and underline are overstruck (`X\bX`, `_\bX`): keep the last.
+    let mut text = String::new();
+    for c in String::from_utf8_lossy(&rendered.stdout).chars() {
+        if c == '\u{8}' {
+            text.pop();
+        } else {
+            text.push(c);
+        }
+    }
+    for option in ["--access-log", "--config", "--completions", "MAX_RUNNING"] {
+        assert!(text.contains(option), "{option} not in\n{text}");
+    }
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! [`Server`](filesrv::protocol::Server), wait for SIGINT or SIGTERM, shut
 //! down gracefully. Everything else lives in the library.
 
+use std::ffi::OsString;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use filesrv::protocol::{AccessLog, Server, ServerConfig};
 use ipnet::IpNet;
 use listenfd::ListenFd;
@@ -25,10 +26,23 @@ use signal_hook::iterator::Signals;
 #[command(version, after_help = AFTER_HELP)]
 struct Args {
     /// TCP port to listen on (0 picks a free one).
-    port: u16,
+    // Options: required, but not with --completions or --man-page.
+    #[arg(required = true)]
+    port: Option<u16>,
     /// Clients served at the same time; later ones wait in a queue.
-    #[arg(value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
-    max_running: u64,
+    #[arg(required = true, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    max_running: Option<u64>,
+    /// Read options from a TOML file: its keys are the long options'
+    /// names (`max-waiting = 64`, `allow-put = true`, `proxy-from =
+    /// ["10.0.0.0/8"]`); options on the command line win.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print a completion script for SHELL on stdout, then exit.
+    #[arg(long, value_name = "SHELL", exclusive = true)]
+    completions: Option<clap_complete::Shell>,
+    /// Print the manual page (roff, for `man -l -`) on stdout, then exit.
+    #[arg(long, exclusive = true)]
+    man_page: bool,
     /// Directory served; nothing outside it is ever read or written.
     #[arg(long, value_name = "DIR", default_value = ".")]
     root: PathBuf,
@@ -136,6 +150,101 @@ fn parse_secs(text: &str) -> Result<Secs, String> {
     Ok(Secs((!duration.is_zero()).then_some(duration)))
 }
 
+/// The command line, with the options of `--config FILE` (if given)
+/// before it so that its own win. Exits, as clap does, on a usage error
+/// (2), on --help and --version (0), and on an unreadable or malformed
+/// configuration file (2).
+fn parse_args(raw: Vec<OsString>) -> Args {
+    let Some(path) = option_value(&raw, "config") else {
+        return Args::parse_from(raw);
+    };
+    let from_file = std::fs::read_to_string(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|text| config_args(&text, &raw));
+    let from_file = from_file.unwrap_or_else(|e| {
+        eprintln!("filesrv: --config {}: {e}", Path::new(&path).display());
+        std::process::exit(2)
+    });
+    let mut all = raw;
+    all.splice(1..1, from_file);
+    Args::parse_from(all)
+}
+
+/// The value of `--NAME VALUE` or `--NAME=VALUE` in `raw` (the first).
+fn option_value(raw: &[OsString], name: &str) -> Option<OsString> {
+    let flag = format!("--{name}");
+    let with_value = format!("--{name}=");
+    raw.iter().enumerate().skip(1).find_map(|(i, arg)| {
+        let arg = arg.to_str()?;
+        match arg.strip_prefix(&with_value) {
+            Some(value) => Some(value.into()),
+            None if arg == flag => raw.get(i + 1).cloned(),
+            None => None,
+        }
+    })
+}
+
+/// A configuration file's options as command-line arguments, leaving out
+/// those `raw` (the command line) gives itself. Keys are the long options'
+/// names; `true` gives a flag, `false` leaves it off, an array a
+/// comma-separated value, `verbose = N` N times `-v`.
+fn config_args(text: &str, raw: &[OsString]) -> Result<Vec<OsString>, String> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
+    let command = Args::command();
+    let on_line = |name: &str| {
+        raw.iter().skip(1).any(|arg| {
+            let arg = arg.to_string_lossy();
+            arg == format!("--{name}")
+                || arg.starts_with(&format!("--{name}="))
+                || (name == "verbose" && arg.starts_with("-v"))
+        })
+    };
+    let mut args = Vec::new();
+    for (key, value) in table {
+        let known = command
+            .get_arguments()
+            .any(|arg| arg.get_long() == Some(key.as_str()))
+            && !["config", "completions", "man-page", "help", "version"].contains(&key.as_str());
+        if !known {
+            return Err(format!(
+                "unknown key '{key}' (keys are the long options' names, e.g. max-waiting)"
+            ));
+        }
+        if on_line(&key) {
+            continue;
+        }
+        let flag = OsString::from(format!("--{key}"));
+        let value = match value {
+            toml::Value::Boolean(true) => {
+                args.push(flag);
+                continue;
+            }
+            toml::Value::Boolean(false) => continue,
+            toml::Value::Integer(n) if key == "verbose" => {
+                let times = usize::try_from(n).map_err(|_| format!("{key}: {n} is not a count"))?;
+                args.extend(std::iter::repeat_n(OsString::from("-v"), times));
+                continue;
+            }
+            toml::Value::String(text) => text,
+            toml::Value::Integer(n) => n.to_string(),
+            toml::Value::Float(x) => x.to_string(),
+            toml::Value::Array(items) => {
+                let items: Result<Vec<String>, String> = items
+                    .into_iter()
+                    .map(|item| match item {
+                        toml::Value::String(text) => Ok(text),
+                        other => Err(format!("{key}: {other} is not a string")),
+                    })
+                    .collect();
+                items?.join(",")
+            }
+            other => return Err(format!("{key}: {other} is not a value it takes")),
+        };
+        args.extend([flag, OsString::from(value)]);
+    }
+    Ok(args)
+}
+
 /// The log `--access-log` names: `-` for stderr, else a file.
 fn access_log(path: Option<&Path>) -> Result<Option<AccessLog>, String> {
     match path {
@@ -221,7 +330,11 @@ fn run(args: Args, mut passed: ListenFd) -> Result<(), Box<dyn std::error::Error
     if let Err(e) = filesrv::protocol::raise_descriptor_limit() {
         log::warn!("cannot raise the open-descriptor limit: {e}");
     }
-    let max_running = usize::try_from(args.max_running)?;
+    // Both required by the parser unless an exclusive option was given.
+    let (Some(port), Some(max_running)) = (args.port, args.max_running) else {
+        return Err("PORT and MAX_RUNNING are required".into());
+    };
+    let max_running = usize::try_from(max_running)?;
     let config = ServerConfig::new(args.root)
         .max_running(max_running)
         .max_waiting(args.max_waiting)
@@ -246,7 +359,7 @@ fn run(args: Args, mut passed: ListenFd) -> Result<(), Box<dyn std::error::Error
     // --bind are then ignored); it outlives a restart, with its backlog.
     let server = match passed.take_tcp_listener(0)? {
         Some(listener) => Server::from_listener(listener, config)?,
-        None => Server::bind(SocketAddr::new(args.bind, args.port), config)?,
+        None => Server::bind(SocketAddr::new(args.bind, port), config)?,
     };
     // Under systemd (Type=notify): ready now, stopping on a signal. Without
     // NOTIFY_SOCKET these do nothing.
@@ -311,7 +424,21 @@ fn clients(n: usize) -> String {
 fn main() -> ExitCode {
     // Read (and cleared from the environment) before any thread starts.
     let passed = ListenFd::from_env();
-    let args = Args::parse();
+    let args = parse_args(std::env::args_os().collect());
+    if let Some(shell) = args.completions {
+        let mut command = Args::command();
+        clap_complete::generate(shell, &mut command, "filesrv", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
+    if args.man_page {
+        return match clap_mangen::Man::new(Args::command()).render(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("filesrv: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(args, passed) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

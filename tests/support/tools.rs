@@ -1,4 +1,4 @@
-//! Programs the tests and benches drive (haproxy, curl, nginx): found on
+//! Programs the tests and benches drive (haproxy, curl, nginx, groff): found on
 //! the system, never installed from here. When one is missing, the first
 //! test that asks prints one line (past the test harness's capture)
 //! naming every missing program, its package and the tests that need it,
@@ -24,6 +24,11 @@ const PROGRAMS: &[(&str, &str, &str)] = &[
         "nginx",
         "nginx",
         "the transfer bench's connections scenario",
+    ),
+    (
+        "groff",
+        "groff-base",
+        "cli::the_man_page_renders_with_every_option",
     ),
 ];
 
