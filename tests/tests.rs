@@ -24,6 +24,7 @@ mod protocol;
 mod proxy;
 mod queue;
 mod server_resize;
+mod signals;
 mod slots;
 mod source;
 mod test_deps;

@@ -5,7 +5,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -58,6 +58,9 @@ pub struct Server {
     inner: Arc<Listening>,
     /// Taken by the first shutdown, which holds the lock until it is done.
     threads: Mutex<Option<Threads>>,
+    /// The first shutdown's report, once it is done; [`Server::wait`]
+    /// waits on the condition variable for it.
+    stopped: (Mutex<Option<ShutdownReport>>, Condvar),
 }
 
 #[derive(Debug)]
@@ -242,6 +245,7 @@ impl Server {
                 sidecars,
                 wake,
             })),
+            stopped: (Mutex::new(None), Condvar::new()),
         })
     }
 
@@ -353,7 +357,72 @@ impl Server {
             sidecars.stop();
         }
         // The manager keeps the report of its first shutdown.
-        inner.manager.shutdown(grace)
+        let report = inner.manager.shutdown(grace);
+        let (stopped, done) = &self.stopped;
+        *lock(stopped) = Some(report);
+        done.notify_all();
+        report
+    }
+
+    /// Blocks until the server has stopped, by a [`shutdown`](Server::shutdown)
+    /// on another thread (or [`shutdown_on_signal`](Server::shutdown_on_signal)),
+    /// and returns that shutdown's report. For a program whose main thread
+    /// has nothing else to do than to keep the server alive.
+    ///
+    /// - Returns at once if the server has stopped already.
+    /// - Never returns if nothing ever shuts the server down.
+    pub fn wait(&self) -> ShutdownReport {
+        let (stopped, done) = &self.stopped;
+        let mut report = lock(stopped);
+        loop {
+            if let Some(report) = *report {
+                return report;
+            }
+            report = done.wait(report).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Blocks until the process gets SIGINT or SIGTERM, then shuts the
+    /// server down gracefully ([`shutdown`](Server::shutdown): waiting
+    /// clients refused, running ones given the grace period) and returns
+    /// the report. As `filesrv` does, a second signal during the grace
+    /// ends it at once: the running clients' uploads are removed
+    /// ([`remove_temporary_files`](Server::remove_temporary_files)) and the
+    /// process exits with status 0.
+    ///
+    /// The signals are handled by this process from the call on (and
+    /// stay so after it returns), in place of their default action of
+    /// ending the process. Feature `signals` (on with the default `cli`).
+    ///
+    /// # Errors
+    ///
+    /// The signal handlers could not be installed.
+    #[cfg(feature = "signals")]
+    pub fn shutdown_on_signal(&self) -> io::Result<ShutdownReport> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+        let handle = signals.handle();
+        if let Some(signal) = signals.forever().next() {
+            log::info!(
+                "signal {signal}: shutting down; waiting up to {:?} for {} running clients \
+                 (the signal again stops at once)",
+                self.inner.state.config.shutdown_grace,
+                self.stats().running
+            );
+        }
+        Ok(thread::scope(|scope| {
+            scope.spawn(move || {
+                if let Some(signal) = signals.forever().next() {
+                    let running = self.stats().running;
+                    log::info!("signal {signal}: stopping now, cutting {running} running clients");
+                    self.remove_temporary_files();
+                    std::process::exit(0);
+                }
+            });
+            let report = self.shutdown();
+            handle.close();
+            report
+        }))
     }
 }
 
