@@ -35,6 +35,10 @@ const BIG_FILE: usize = 32 * 1024 * 1024;
 const SOURCES: u8 = 8;
 /// Attempts of one transfer (each resumes where the last stopped).
 const ATTEMPTS: usize = 20;
+/// How long a client waits for its reply: HAProxy may keep it in its
+/// queue for `timeout queue` (60 s in deploy/haproxy.cfg), which a busy
+/// machine can reach while an instance restarts; beyond it, a margin.
+const QUEUED: Duration = Duration::from_secs(90);
 
 /// One instance: its socket (held here, as by `filesrv@.socket`) and
 /// its agent's address, kept across restarts.
@@ -106,6 +110,7 @@ fn fetch(proxy: SocketAddr, from: Ipv4Addr, name: &str, size: usize) -> (Vec<u8>
         let Ok(stream) = connect_from(from, proxy) else {
             continue;
         };
+        stream.set_read_timeout(Some(QUEUED)).unwrap();
         let mut c = Conn::from_stream(stream);
         if c.try_send(format!("GET {name} {}\n", got.len()).as_bytes())
             .is_err()
