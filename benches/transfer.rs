@@ -177,13 +177,15 @@ fn main() -> io::Result<()> {
     if wanted("stats") {
         stats_cost(dir.path(), &smalls, params)?;
     }
-    if wanted("connections") {
+    // nginx and haproxy: when not installed, one line says so (see
+    // tests/support/tools.rs) and the scenario is left out.
+    if wanted("connections") && tools::require("nginx").is_some() {
         connections::connections(dir.path(), &smalls, params)?;
     }
     if wanted("baseline") {
         connections::against_baseline(dir.path(), &smalls, params)?;
     }
-    if wanted("proxy") {
+    if wanted("proxy") && tools::require("haproxy").is_some() {
         proxy::proxy(dir.path(), &smalls, params)?;
     }
     if wanted("waiting") {
@@ -359,7 +361,8 @@ fn bare_sendfile(path: &Path) -> io::Result<u64> {
 
 fn small(root: &Path, paths: &[String], params: &Params) -> io::Result<()> {
     println!(
-        "\nsmall: {} B files, {} clients, {:?} warm-up + {:?} window per run",
+        "\nsmall: {} B files, {} clients, {:?} warm-up + {:?} window per run\n  \
+         (lab: a thread-per-connection server written in this bench, the baseline)",
         SMALL, params.clients, params.warmup, params.window
     );
     let server = serve(ServerConfig::new(root).max_running(params.clients))?;
@@ -417,7 +420,9 @@ fn checked(report: Report) -> Report {
         "requests failed, the first: {:?}",
         report.first_error
     );
-    assert!(report.requests > 0, "no request completed: {report:?}");
+    // Completed at all, not necessarily inside the window: on a busy
+    // machine a smoke run's short window may hold none.
+    assert!(report.completed > 0, "no request completed: {report:?}");
     assert_eq!(report.bytes, report.requests * SMALL as u64);
     report
 }
@@ -617,7 +622,8 @@ fn lab_session(stream: TcpStream, root: &Path) -> io::Result<()> {
 
 fn waiting(root: &Path, small: &str, params: &Params) -> io::Result<()> {
     println!(
-        "\nwaiting: server VmRSS (child process), {} running + {} waiting connections",
+        "\nwaiting: server VmRSS (child process), {} running + {} waiting connections\n  \
+         (lab: a thread-per-connection server written in this bench, the baseline)",
         params.running, params.waiting
     );
     let mut ours = Vec::new();

@@ -112,9 +112,10 @@ fn run() -> Result<(), String> {
     }
     .map_err(|e| e.to_string())?;
     println!(
-        "{} requests in {:?} ({:?}, {clients} clients): {:.0} req/s, {:.1} MB/s, {} errors",
+        "{} requests in {:?} ({} in all; {:?}, {clients} clients): {:.0} req/s, {:.1} MB/s, {} errors",
         report.requests,
         report.window,
+        report.completed,
         mode,
         report.rate(),
         report.bytes as f64 / report.window.as_secs_f64() / 1e6,

@@ -37,13 +37,14 @@ pub(crate) struct Nginx {
 
 impl Nginx {
     /// Starts nginx serving `root` (with `listen ... deferred` when
-    /// `deferred`), installing it first through
-    /// `scripts/install-test-deps` when it is missing. Returns once the
+    /// `deferred`; the caller checked it is installed, a missing one is
+    /// an error here). Returns once the
     /// master has started its workers (it says so on its error log,
     /// which goes to a pipe read here); an nginx that exits instead is an
     /// error carrying what it wrote.
     pub(crate) fn start(root: &Path, deferred: bool) -> io::Result<Nginx> {
-        let program = tools::require("nginx");
+        let program = tools::require("nginx")
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "nginx is not installed"))?;
         let listener = machine::pinned_listener()?;
         // nginx makes only the sockets it opens itself non-blocking; a
         // blocking one would hold a worker in `accept` whenever the other

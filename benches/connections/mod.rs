@@ -243,7 +243,8 @@ fn checked_run(
         contender.name, report.first_error
     );
     assert!(
-        report.requests > 0,
+        // At all, not necessarily inside a busy machine's short window.
+        report.completed > 0,
         "{}: no request completed",
         contender.name
     );

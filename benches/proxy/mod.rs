@@ -95,7 +95,9 @@ impl HaProxy {
         }
         let file = std::env::temp_dir().join(format!("filesrv-bench-haproxy-{addr}.cfg"));
         std::fs::write(&file, config)?;
-        let child = Command::new(tools::require("haproxy"))
+        let haproxy = tools::require("haproxy")
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "haproxy is not installed"))?;
+        let child = Command::new(haproxy)
             .arg("-db")
             .arg("-f")
             .arg(&file)

@@ -4,15 +4,16 @@
 //! [`Server`](filesrv::protocol::Server), wait for SIGINT or SIGTERM, shut
 //! down gracefully. Everything else lives in the library.
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use clap::Parser;
-use filesrv::protocol::{Server, ServerConfig};
+use clap::{CommandFactory, Parser};
+use filesrv::protocol::{AccessLog, Server, ServerConfig};
 use ipnet::IpNet;
 use listenfd::ListenFd;
 use sd_notify::NotifyState;
@@ -34,11 +35,23 @@ struct Args {
     /// Clients served at the same time; later ones wait in a queue.
     #[arg(value_parser = clap::value_parser!(u64).range(1..=1 << 20), required_unless_present = "hash_password")]
     max_running: Option<u64>,
+    /// Read options from a TOML file: its keys are the long options'
+    /// names (`max-waiting = 64`, `allow-put = true`, `proxy-from =
+    /// ["10.0.0.0/8"]`); options on the command line win.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print a completion script for SHELL on stdout, then exit.
+    #[arg(long, value_name = "SHELL", exclusive = true)]
+    completions: Option<clap_complete::Shell>,
+    /// Print the manual page (roff, for `man -l -`) on stdout, then exit.
+    #[arg(long, exclusive = true)]
+    man_page: bool,
     /// Directory served; nothing outside it is ever read or written.
     #[arg(long, value_name = "DIR", default_value = ".")]
     root: PathBuf,
-    /// Address to listen on.
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0")]
+    /// Address to listen on: an IP address or a host name (its first
+    /// address).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0", value_parser = parse_bind)]
     bind: IpAddr,
     /// Bound of the waiting queue; a client finding it full gets `ERR busy`.
     /// 0 = no queue (refuse whenever all running slots are taken).
@@ -132,6 +145,14 @@ struct Args {
     /// `deferred`); also set on a socket passed by systemd.
     #[arg(long)]
     defer_accept: bool,
+    /// Write one line per request to FILE (appended), or to stderr for
+    /// `-`: time, client, user, verb, path, result, bytes, seconds.
+    #[arg(long, value_name = "FILE|-")]
+    access_log: Option<PathBuf>,
+    /// Log the requests of a trusted proxy's health checks too (its own
+    /// connections, with a PROXY v2 LOCAL header); left out by default.
+    #[arg(long)]
+    access_log_checks: bool,
     /// Log to stderr: -v connections and requests, -vv debug details.
     /// RUST_LOG works too.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -149,8 +170,9 @@ Under systemd, a listening socket passed by socket activation
 notified (NOTIFY_SOCKET). Silent unless -v is given (-v sets the level
 over RUST_LOG). SIGINT or SIGTERM stop it gracefully: waiting
 clients get `ERR unavailable`, running ones may finish within
---shutdown-grace, then it exits 0. SIGHUP reloads the users file and
-the TLS certificate. Start-up errors exit 1.";
+--shutdown-grace, then it exits 0; a second signal stops it at once
+(running clients cut, their uploads removed; exit 0). SIGHUP reloads the
+users file and the TLS certificate. Start-up errors exit 1.";
 
 /// A SECS value: fractions allowed; 0 means "none".
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -163,6 +185,131 @@ fn parse_secs(text: &str) -> Result<Secs, String> {
     let duration = Duration::try_from_secs_f64(secs)
         .map_err(|_| format!("'{text}' is not a valid number of seconds"))?;
     Ok(Secs((!duration.is_zero()).then_some(duration)))
+}
+
+/// The command line, with the options of `--config FILE` (if given)
+/// before it so that its own win. Exits, as clap does, on a usage error
+/// (2), on --help and --version (0), and on an unreadable or malformed
+/// configuration file (2).
+fn parse_args(raw: Vec<OsString>) -> Args {
+    let Some(path) = option_value(&raw, "config") else {
+        return Args::parse_from(raw);
+    };
+    let from_file = std::fs::read_to_string(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|text| config_args(&text, &raw));
+    let from_file = from_file.unwrap_or_else(|e| {
+        eprintln!("filesrv: --config {}: {e}", Path::new(&path).display());
+        std::process::exit(2)
+    });
+    let mut all = raw;
+    all.splice(1..1, from_file);
+    Args::parse_from(all)
+}
+
+/// The value of `--NAME VALUE` or `--NAME=VALUE` in `raw` (the first).
+fn option_value(raw: &[OsString], name: &str) -> Option<OsString> {
+    let flag = format!("--{name}");
+    let with_value = format!("--{name}=");
+    raw.iter().enumerate().skip(1).find_map(|(i, arg)| {
+        let arg = arg.to_str()?;
+        match arg.strip_prefix(&with_value) {
+            Some(value) => Some(value.into()),
+            None if arg == flag => raw.get(i + 1).cloned(),
+            None => None,
+        }
+    })
+}
+
+/// A configuration file's options as command-line arguments, leaving out
+/// those `raw` (the command line) gives itself. Keys are the long options'
+/// names; `true` gives a flag, `false` leaves it off, an array a
+/// comma-separated value, `verbose = N` N times `-v`.
+fn config_args(text: &str, raw: &[OsString]) -> Result<Vec<OsString>, String> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
+    let command = Args::command();
+    let on_line = |name: &str| {
+        raw.iter().skip(1).any(|arg| {
+            let arg = arg.to_string_lossy();
+            arg == format!("--{name}")
+                || arg.starts_with(&format!("--{name}="))
+                || (name == "verbose" && arg.starts_with("-v"))
+        })
+    };
+    let mut args = Vec::new();
+    for (key, value) in table {
+        let known = command
+            .get_arguments()
+            .any(|arg| arg.get_long() == Some(key.as_str()))
+            && !["config", "completions", "man-page", "help", "version"].contains(&key.as_str());
+        if !known {
+            return Err(format!(
+                "unknown key '{key}' (keys are the long options' names, e.g. max-waiting)"
+            ));
+        }
+        if on_line(&key) {
+            continue;
+        }
+        let flag = OsString::from(format!("--{key}"));
+        let value = match value {
+            toml::Value::Boolean(true) => {
+                args.push(flag);
+                continue;
+            }
+            toml::Value::Boolean(false) => continue,
+            toml::Value::Integer(n) if key == "verbose" => {
+                let times = usize::try_from(n).map_err(|_| format!("{key}: {n} is not a count"))?;
+                args.extend(std::iter::repeat_n(OsString::from("-v"), times));
+                continue;
+            }
+            toml::Value::String(text) => text,
+            toml::Value::Integer(n) => n.to_string(),
+            toml::Value::Float(x) => x.to_string(),
+            toml::Value::Array(items) => {
+                let items: Result<Vec<String>, String> = items
+                    .into_iter()
+                    .map(|item| match item {
+                        toml::Value::String(text) => Ok(text),
+                        other => Err(format!("{key}: {other} is not a string")),
+                    })
+                    .collect();
+                items?.join(",")
+            }
+            other => return Err(format!("{key}: {other} is not a value it takes")),
+        };
+        args.extend([flag, OsString::from(value)]);
+    }
+    Ok(args)
+}
+
+/// The log `--access-log` names: `-` for stderr, else a file.
+fn access_log(path: Option<&Path>) -> Result<Option<AccessLog>, String> {
+    match path {
+        None => Ok(None),
+        Some(path) if path.as_os_str() == "-" => Ok(Some(AccessLog::stderr())),
+        Some(path) => AccessLog::file(path)
+            .map(Some)
+            .map_err(|e| format!("--access-log {}: {e}", path.display())),
+    }
+}
+
+/// `--bind`'s address: an IP address (`::1` or `[::1]`), or a host name
+/// resolved to its first address.
+fn parse_bind(text: &str) -> Result<IpAddr, String> {
+    let unbracketed = text
+        .strip_prefix('[')
+        .and_then(|b| b.strip_suffix(']'))
+        .unwrap_or(text);
+    if let Ok(ip) = unbracketed.parse::<IpAddr>() {
+        return Ok(ip);
+    }
+    let mut addrs = (text, 0)
+        .to_socket_addrs()
+        .map_err(|e| format!("'{text}' is not an address, nor a host name that resolves: {e}"))?;
+    addrs
+        .next()
+        .map(|addr| addr.ip())
+        .ok_or_else(|| format!("host name '{text}' has no address"))
 }
 
 /// A network (`10.0.0.0/8`, `fd00::/8`) or one address (`127.0.0.1`).
@@ -265,7 +412,9 @@ fn run(args: Args, mut passed: ListenFd) -> Result<(), Box<dyn std::error::Error
         .anonymous_read(args.anonymous_read)
         .allow_plain_auth(args.allow_plain_auth)
         .max_auth_failures(args.max_auth_failures)
-        .defer_accept(args.defer_accept);
+        .defer_accept(args.defer_accept)
+        .access_log(access_log(args.access_log.as_deref())?)
+        .access_log_checks(args.access_log_checks);
     // Socket activation: the listening socket systemd passed (PORT and
     // --bind are then ignored); it outlives a restart, with its backlog.
     let server = match passed.take_tcp_listener(0)? {
@@ -292,24 +441,79 @@ fn run(args: Args, mut passed: ListenFd) -> Result<(), Box<dyn std::error::Error
             server.reload();
             continue;
         }
-        log::info!("signal {signal}: shutting down");
+        log::info!(
+            "signal {signal}: shutting down; waiting up to {:?} for {} (the signal again \
+             stops at once)",
+            args.shutdown_grace.0.unwrap_or(Duration::ZERO),
+            clients(server.stats().running)
+        );
         break;
     }
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
-    let report = server.shutdown();
-    log::info!(
-        "stopped: {} waiting refused, {} of {} running cut",
-        report.refused_waiting,
-        report.cut,
-        report.running_at_start
-    );
+    let handle = signals.handle();
+    std::thread::scope(|scope| {
+        // A second signal during the grace ends it: see `force_exit`.
+        let server = &server;
+        scope.spawn(move || {
+            for signal in signals.forever() {
+                if signal == SIGHUP {
+                    server.reload();
+                    continue;
+                }
+                force_exit(server, signal);
+            }
+        });
+        let report = server.shutdown();
+        handle.close();
+        log::info!(
+            "stopped: {} waiting refused, {} of {} running cut",
+            report.refused_waiting,
+            report.cut,
+            report.running_at_start
+        );
+    });
     Ok(())
+}
+
+/// Ends the process at once (exit 0) on a second signal: the running
+/// clients' connections close with it; their uploads' temporary files
+/// are removed first.
+fn force_exit(server: &Server, signal: i32) -> ! {
+    let running = server.stats().running;
+    log::info!(
+        "signal {signal}: stopping now, cutting {}",
+        clients(running)
+    );
+    let removed = server.remove_temporary_files();
+    if removed > 0 {
+        log::info!("removed {removed} temporary upload files");
+    }
+    std::process::exit(0)
+}
+
+/// "1 running client", "2 running clients".
+fn clients(n: usize) -> String {
+    format!("{n} running client{}", if n == 1 { "" } else { "s" })
 }
 
 fn main() -> ExitCode {
     // Read (and cleared from the environment) before any thread starts.
     let passed = ListenFd::from_env();
-    let args = Args::parse();
+    let args = parse_args(std::env::args_os().collect());
+    if let Some(shell) = args.completions {
+        let mut command = Args::command();
+        clap_complete::generate(shell, &mut command, "filesrv", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
+    if args.man_page {
+        return match clap_mangen::Man::new(Args::command()).render(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("filesrv: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(args, passed) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -339,6 +543,20 @@ mod tests {
         assert_eq!(parse_secs("0"), Ok(Secs(None)));
         assert!(parse_secs("-1").is_err());
         assert!(parse_secs("soon").is_err());
+    }
+
+    #[test]
+    fn bind_takes_an_address_or_a_host_name() {
+        assert_eq!(parse_bind("0.0.0.0"), Ok("0.0.0.0".parse().unwrap()));
+        assert_eq!(parse_bind("::1"), Ok("::1".parse().unwrap()));
+        assert_eq!(parse_bind("[::1]"), Ok("::1".parse().unwrap()));
+        let local = parse_bind("localhost").unwrap();
+        assert!(local.is_loopback(), "{local}");
+        let error = parse_bind("no-such-host.invalid").unwrap_err();
+        assert!(
+            error.starts_with("'no-such-host.invalid' is not an address"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -8,17 +8,22 @@ use std::fmt::Write as _;
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use filesrv::protocol::wire::{EntryKind, ListEntry};
-use filesrv::protocol::{Client, ClientError, ClientTls, TransferOptions};
+use filesrv::protocol::wire::{EntryKind, ErrorCode, ListEntry};
+use filesrv::protocol::{Client, ClientError, ClientTls, Stage, TransferOptions};
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
 /// Exit status when the server refused the request.
 const EXIT_REFUSED: u8 = 1;
 /// Exit status for bad usage and every other failure.
 const EXIT_FAILED: u8 = 2;
+/// The port when HOST has none: the one the README's examples use.
+const DEFAULT_PORT: u16 = 9000;
+/// The commands' names, to find the server after one (`fsc ls HOST`).
+const COMMANDS: [&str; 5] = ["get", "put", "sum", "ls", "stat"];
 
 /// Fetch, store and list files on a filesrv server.
 ///
@@ -31,13 +36,16 @@ const EXIT_FAILED: u8 = 2;
     version,
     after_help = "\
 Examples:
-  fsc localhost:9000 ls
+  fsc localhost ls                  (port 9000 when none is given)
   fsc localhost:9000 get docs/report.pdf
-  fsc localhost:9000 get notes.txt - | less
+  fsc localhost get notes.txt - | less
+  fsc ls localhost:9000 docs        (the command may come first)
   fsc localhost:9000 sum docs/report.pdf | sha256sum -c
-  fsc localhost:9000 put backup.tar archive/backup.tar
+  fsc localhost:9000 put backup.tar archive/backup.tar --timeout 5
   fsc --pin sha256//BASE64 localhost:9000 ls     TLS, trusting one server key
   FSC_PASSWORD=... fsc --tls --user alice files.example.org:9000 ls
+
+Options may come anywhere on the line.
 
 Exit status:
   0  success
@@ -48,7 +56,7 @@ Exit status:
 struct Cli {
     /// Give up when connecting, or when the server is silent, for this
     /// many seconds (fractions allowed; 0 waits forever).
-    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
+    #[arg(long, global = true, overrides_with = "timeout", value_name = "SECS", default_value = "30", value_parser = parse_secs)]
     timeout: Duration,
 
     /// Speak TLS, trusting the system's CA certificates (unless --ca or
@@ -71,8 +79,9 @@ struct Cli {
     #[arg(long, value_name = "NAME")]
     user: Option<String>,
 
-    /// The server, as HOST:PORT (e.g. localhost:9000 or [::1]:9000).
-    #[arg(value_name = "HOST:PORT")]
+    /// The server, as HOST[:PORT] (e.g. localhost, localhost:9000 or
+    /// [::1]:9000); the port is 9000 when none is given.
+    #[arg(value_name = "HOST[:PORT]")]
     server: String,
 
     #[command(subcommand)]
@@ -145,8 +154,11 @@ enum Command {
 enum Failure {
     /// The arguments make no sense together.
     Usage(String),
-    /// The client failed.
+    /// The client failed before a command ran (connecting).
     Client(ClientError),
+    /// The command failed: its whole line, and whether the server
+    /// refused it.
+    Command { line: String, refused: bool },
 }
 
 impl From<ClientError> for Failure {
@@ -156,32 +168,48 @@ impl From<ClientError> for Failure {
 }
 
 impl Failure {
+    /// `command` failed with `error`: the line names the command (`get
+    /// docs/a.txt`) and adds what the error alone does not say ([`hint`]).
+    fn command(command: &Plan, error: &ClientError) -> Failure {
+        let mut line = format!("{}: {}", command.context(), chain(error));
+        if let Some(hint) = hint(command, error) {
+            let _ = write!(line, " ({hint})");
+        }
+        let refused = matches!(error, ClientError::Server { .. });
+        Failure::Command { line, refused }
+    }
+
     fn exit_code(&self) -> u8 {
         match self {
-            Failure::Client(ClientError::Server { .. } | ClientError::Tls { .. }) => EXIT_REFUSED,
+            Failure::Client(ClientError::Server { .. } | ClientError::Tls { .. })
+            | Failure::Command { refused: true, .. } => EXIT_REFUSED,
             _ => EXIT_FAILED,
         }
     }
 
-    /// The message, followed by every source in the chain.
+    /// The message, as one line.
     fn message(&self) -> String {
         match self {
             Failure::Usage(message) => message.clone(),
-            Failure::Client(error) => {
-                let mut message = error.to_string();
-                let mut source = error.source();
-                while let Some(cause) = source {
-                    let _ = write!(message, ": {cause}");
-                    source = cause.source();
-                }
-                message
-            }
+            Failure::Client(error) => chain(error),
+            Failure::Command { line, .. } => line.clone(),
         }
     }
 }
 
+/// `error`'s message followed by every source in its chain.
+fn chain(error: &ClientError) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let _ = write!(message, ": {cause}");
+        source = cause.source();
+    }
+    message
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(server_first(std::env::args_os().collect())) {
         Ok(cli) => cli,
         Err(error) => {
             let _ = error.print();
@@ -208,32 +236,39 @@ fn run(cli: Cli) -> Result<(), Failure> {
     let password = cli.user.as_ref().map(|_| password()).transpose()?;
     // On the command line 0 waits forever; in the library that is "no
     // timeout", not a zero one.
+    let server = with_default_port(&cli.server);
     let timeout = (!cli.timeout.is_zero()).then_some(cli.timeout);
-    let mut client = match (&tls, timeout) {
-        (Some(tls), timeout) => Client::connect_tls(&cli.server, timeout, tls)?,
-        (None, None) => Client::connect(&cli.server)?,
-        (None, Some(timeout)) => Client::connect_timeout(&cli.server, timeout)?,
+    let connected = match (&tls, timeout) {
+        (Some(tls), timeout) => Client::connect_tls(&server, timeout, tls),
+        (None, None) => Client::connect(&server),
+        (None, Some(timeout)) => Client::connect_timeout(&server, timeout),
     };
+    let mut client = connected.map_err(|error| match error {
+        ClientError::Resolve(source) => Failure::Usage(format!(
+            "cannot resolve the server address {server}: {source} (give HOST or HOST:PORT)"
+        )),
+        error => error.into(),
+    })?;
     if let (Some(user), Some(password)) = (&cli.user, password) {
         client.login(user, password.as_bytes())?;
     }
     client.set_notice(|message| eprintln!("fsc: {}", printable(message)));
-    match command {
+    let done = match &command {
         Plan::Get {
             remote,
             local: Some(local),
             options,
-        } => with_progress(&mut client, &remote, |client| {
-            client.get_file(&remote, &local, &options)
+        } => with_progress(&mut client, remote, |client| {
+            client.get_file(remote, local, options)
         })
-        .map(drop)?,
+        .map(drop),
         Plan::Get {
             remote,
             local: None,
-            ..
+            options,
         } => {
-            let sent = with_progress(&mut client, &remote, |client| {
-                client.get_to(&remote, 0, &mut io::stdout().lock())
+            let sent = with_progress(&mut client, remote, |client| {
+                client.get_to_checked(remote, &mut io::stdout().lock(), options)
             });
             match sent {
                 // The reader (`| head`) has all it wanted: stop quietly,
@@ -241,24 +276,62 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 Err(ClientError::Local(e)) if e.kind() == io::ErrorKind::BrokenPipe => {
                     return Ok(());
                 }
-                sent => sent.map(drop)?,
+                sent => sent.map(drop),
             }
         }
         Plan::Put {
             local,
             remote,
             options,
-        } => with_progress(&mut client, &remote, |client| {
-            client.put_file(&local, &remote, &options)
+        } => with_progress(&mut client, remote, |client| {
+            client.put_file(local, remote, options)
         })
-        .map(drop)?,
-        Plan::Sum { remote } => print_sum(&mut client, &remote)?,
-        Plan::List { dir } => print_list(&mut client, &dir)?,
-        Plan::Stat { path } => print_stat(&mut client, &path)?,
+        .map(drop),
+        Plan::Sum { remote } => print_sum(&mut client, remote),
+        Plan::List { dir } => print_list(&mut client, dir),
+        Plan::Stat { path } => print_stat(&mut client, path),
     };
+    done.map_err(|error| Failure::command(&command, &error))?;
     // The work is done: a failed goodbye changes nothing for the user.
     let _ = client.quit();
     Ok(())
+}
+
+/// What to add to `error`'s line so that it names what the user can act
+/// on: the directory missing for an upload, the option that allows
+/// uploads, the partial file behind a local path, what a mismatch on
+/// standard output means.
+fn hint(command: &Plan, error: &ClientError) -> Option<String> {
+    match (command, error) {
+        (Plan::Put { remote, .. }, ClientError::Server { code, .. })
+            if *code == ErrorCode::NotFound =>
+        {
+            let (dir, _) = remote.trim_start_matches('/').rsplit_once('/')?;
+            Some(format!("the server has no directory {dir}"))
+        }
+        (Plan::Put { .. }, ClientError::Server { code, message })
+            if *code == ErrorCode::Forbidden && message.contains("uploads are disabled") =>
+        {
+            Some("a filesrv server accepts them when started with --allow-put".to_owned())
+        }
+        (
+            Plan::Get {
+                remote,
+                local: Some(local),
+                ..
+            },
+            ClientError::File { path, .. },
+        ) if *path == Client::partial_path(local, remote) => Some(format!(
+            "the partial download of {} (it becomes that file once complete)",
+            local.display()
+        )),
+        (Plan::Get { local: None, .. }, ClientError::Mismatch { .. }) => Some(
+            "what was written to standard output is not the server's file (it changed \
+             meanwhile?): discard it"
+                .to_owned(),
+        ),
+        _ => None,
+    }
 }
 
 /// A command with every default filled in.
@@ -286,6 +359,19 @@ enum Plan {
 }
 
 impl Plan {
+    /// The command as the user would name it: `get docs/a.txt`, `put
+    /// up/b.txt`, `ls docs` (`ls` for the root).
+    fn context(&self) -> String {
+        match self {
+            Plan::Get { remote, .. } => format!("get {remote}"),
+            Plan::Put { remote, .. } => format!("put {remote}"),
+            Plan::Sum { remote } => format!("sum {remote}"),
+            Plan::List { dir } if dir.is_empty() => "ls".to_owned(),
+            Plan::List { dir } => format!("ls {dir}"),
+            Plan::Stat { path } => format!("stat {path}"),
+        }
+    }
+
     fn new(command: Command) -> Result<Plan, Failure> {
         Ok(match command {
             Command::Get {
@@ -384,6 +470,46 @@ fn password() -> Result<String, Failure> {
     Ok(line.strip_suffix('\r').unwrap_or(line).to_owned())
 }
 
+/// The arguments with the server before the command: `fsc ls HOST dir`
+/// is read as `fsc HOST ls dir`. The first two arguments that are not
+/// options are swapped when the first is a command's name.
+fn server_first(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut positional = Vec::new();
+    let mut i = 1;
+    while i < args.len() && positional.len() < 2 {
+        let arg = args[i].to_string_lossy();
+        if arg == "--" {
+            break;
+        } else if ["--timeout", "--ca", "--pin", "--user"].contains(&&*arg) {
+            i += 1; // its value
+        } else if !arg.starts_with('-') || arg == "-" {
+            positional.push(i);
+        }
+        i += 1;
+    }
+    if let [command, server] = positional[..] {
+        if COMMANDS.contains(&&*args[command].to_string_lossy()) {
+            args.swap(command, server);
+        }
+    }
+    args
+}
+
+/// `server` with [`DEFAULT_PORT`] added when it has no port: `host`,
+/// `192.0.2.1`, `[::1]` and a bare IPv6 address such as `::1` get one;
+/// `host:port` and `[::1]:port` are kept.
+fn with_default_port(server: &str) -> String {
+    match server.matches(':').count() {
+        0 => format!("{server}:{DEFAULT_PORT}"),
+        _ if server.starts_with('[') && server.ends_with(']') => {
+            format!("{server}:{DEFAULT_PORT}")
+        }
+        1 => server.to_owned(),
+        _ if server.starts_with('[') => server.to_owned(),
+        _ => format!("[{server}]:{DEFAULT_PORT}"),
+    }
+}
+
 /// The last component of a remote path, to name the local copy after.
 fn remote_name(remote: &str) -> Result<&str, Failure> {
     match remote.rsplit('/').find(|name| !name.is_empty()) {
@@ -412,6 +538,9 @@ fn local_name(local: &Path) -> Result<&str, Failure> {
 ///
 /// The bar counts the bytes this run moves (a resumed download's earlier
 /// bytes are shown as where it resumed), so speed and time left are real.
+/// The checks before and after the body (a partial download compared with
+/// the server's, the whole file with the server's SHA-256) are shown as
+/// what they are, and the summary's speed is the body's alone.
 fn with_progress(
     client: &mut Client,
     name: &str,
@@ -420,52 +549,91 @@ fn with_progress(
     if !io::stderr().is_terminal() {
         return transfer(client);
     }
-    let style = ProgressStyle::with_template(
+    let bar_style = ProgressStyle::with_template(
         "{msg} {bytes:>10} / {total_bytes:<10} [{wide_bar}] {binary_bytes_per_sec:>12} eta {eta}",
     )
     .expect("the template is valid")
     .progress_chars("=> ");
+    let check_style =
+        ProgressStyle::with_template("{msg} {spinner}").expect("the template is valid");
     let bar = ProgressBar::new(0)
-        .with_style(style)
+        .with_style(bar_style.clone())
         .with_message(name.to_owned());
     let shown = bar.clone();
     let label = name.to_owned();
+    // When the body began and ended to flow.
+    let body = Arc::new(Mutex::new((None::<Instant>, None::<Instant>)));
+    let timed = body.clone();
     let mut start = None;
     client.set_progress(move |progress| {
-        let from = *start.get_or_insert_with(|| {
-            if progress.done > 0 {
+        let mut body = timed.lock().unwrap_or_else(PoisonError::into_inner);
+        match progress.stage {
+            Stage::ResumeCheck => {
+                shown.set_style(check_style.clone());
                 shown.set_message(format!(
-                    "{label} (resumed at {})",
+                    "{label}: checking the partial download ({}) against the server's",
                     HumanBytes(progress.done)
                 ));
+                // Drawn now, however soon the check ends.
+                shown.force_draw();
+                shown.enable_steady_tick(Duration::from_millis(100));
             }
-            shown.reset();
-            progress.done
-        });
-        shown.set_length(progress.total - from);
-        shown.set_position(progress.done - from);
+            Stage::Verify => {
+                body.1 = Some(Instant::now());
+                shown.set_style(check_style.clone());
+                shown.set_message(format!("{label}: checking its SHA-256 with the server's"));
+                // Drawn now, however soon the check ends.
+                shown.force_draw();
+                shown.enable_steady_tick(Duration::from_millis(100));
+            }
+            _ => {
+                let from = *start.get_or_insert_with(|| {
+                    shown.disable_steady_tick();
+                    shown.set_style(bar_style.clone());
+                    shown.set_message(if progress.done > 0 {
+                        format!("{label} (resumed at {})", HumanBytes(progress.done))
+                    } else {
+                        label.clone()
+                    });
+                    shown.reset();
+                    body.0 = Some(Instant::now());
+                    progress.done
+                });
+                shown.set_length(progress.total - from);
+                shown.set_position(progress.done - from);
+                body.1 = Some(Instant::now());
+            }
+        }
     });
     let began = Instant::now();
     let result = transfer(client);
     bar.finish_and_clear();
     if let Ok(bytes) = result {
-        let elapsed = began.elapsed();
+        let ended = Instant::now();
+        let (body_began, body_ended) = *body.lock().unwrap_or_else(PoisonError::into_inner);
+        let elapsed = body_ended.unwrap_or(ended) - body_began.unwrap_or(began);
         let rate = bytes.checked_mul(1000).map_or(0, |milli| {
             milli / u64::try_from(elapsed.as_millis().max(1)).unwrap_or(u64::MAX)
         });
-        eprintln!(
+        let mut line = format!(
             "{name}: {} in {:.2?} ({}/s)",
             HumanBytes(bytes),
             elapsed,
             HumanBytes(rate)
         );
+        let checks = (ended - began).saturating_sub(elapsed);
+        if checks >= Duration::from_millis(10) {
+            let _ = write!(line, ", checked in {checks:.2?}");
+        }
+        eprintln!("{line}");
     }
     result
 }
 
-fn print_sum(client: &mut Client, remote: &str) -> Result<(), Failure> {
+fn print_sum(client: &mut Client, remote: &str) -> Result<(), ClientError> {
     let sum = client.sum(remote, None)?;
-    let name = remote_name(remote)?;
+    // Checked before connecting.
+    let name = remote_name(remote).unwrap_or(remote);
     // sha256sum's own form for a name with a backslash or a newline.
     let line = if name.contains(['\\', '\n']) {
         let escaped = name.replace('\\', "\\\\").replace('\n', "\\n");
@@ -669,6 +837,37 @@ mod tests {
         }
         assert_eq!(local_name(Path::new("dir/a.txt")).unwrap(), "a.txt");
         assert!(local_name(Path::new("..")).is_err());
+    }
+
+    #[test]
+    fn a_server_without_a_port_gets_the_default() {
+        for (given, used) in [
+            ("localhost", "localhost:9000"),
+            ("localhost:1234", "localhost:1234"),
+            ("192.0.2.1", "192.0.2.1:9000"),
+            ("[::1]", "[::1]:9000"),
+            ("[::1]:1234", "[::1]:1234"),
+            ("::1", "[::1]:9000"),
+        ] {
+            assert_eq!(with_default_port(given), used, "{given}");
+        }
+    }
+
+    #[test]
+    fn the_server_may_follow_the_command() {
+        let args = |line: &str| -> Vec<String> {
+            server_first(line.split(' ').map(Into::into).collect())
+                .into_iter()
+                .map(|a| a.into_string().unwrap())
+                .collect()
+        };
+        assert_eq!(args("fsc ls h:1 dir"), ["fsc", "h:1", "ls", "dir"]);
+        assert_eq!(
+            args("fsc --timeout 5 get h x -"),
+            ["fsc", "--timeout", "5", "h", "get", "x", "-"]
+        );
+        assert_eq!(args("fsc h:1 ls dir"), ["fsc", "h:1", "ls", "dir"]);
+        assert_eq!(args("fsc h:1 get ls"), ["fsc", "h:1", "get", "ls"]);
     }
 
     #[test]

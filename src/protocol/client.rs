@@ -154,6 +154,24 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
+/// A writer that hashes what passes through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Syncs the directory holding `path`, so that a rename into it survives
 /// a crash.
 fn sync_parent(path: &Path) -> io::Result<()> {
@@ -176,6 +194,27 @@ pub struct Progress {
     /// file's size on the server for a download, the body's size for an
     /// upload.
     pub total: u64,
+    /// What the transfer is doing: only [`Stage::Transfer`] moves bytes.
+    pub stage: Stage,
+}
+
+/// The part of a transfer a [`Progress`] report is about. The checks
+/// before and after the body move no bytes but can take seconds on a
+/// large file (both sides hash it), so a caller showing progress can say
+/// what is happening meanwhile, and time the body alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stage {
+    /// Before a download resumes: the partial file's `done` bytes are
+    /// being compared with the server's `SUM` of as many. Reported once,
+    /// when it begins.
+    ResumeCheck,
+    /// The body moves: reported when it is about to flow, then after every
+    /// chunk.
+    Transfer,
+    /// After the body: the whole file is being compared with the server's
+    /// `SUM`. Reported once, when it begins; `done` equals `total`.
+    Verify,
 }
 
 /// The error of a [`Client`] call.
@@ -393,7 +432,9 @@ impl Client {
     }
 
     /// Calls `callback` as transfers move: once when a body is about to
-    /// flow (with [`Progress::done`] at its start), then after every chunk.
+    /// flow (with [`Progress::done`] at its start), then after every chunk
+    /// ([`Stage::Transfer`]); and once as each check before or after the
+    /// body begins ([`Stage::ResumeCheck`], [`Stage::Verify`]).
     ///
     /// It replaces any earlier callback and stays for every later transfer.
     pub fn set_progress(&mut self, callback: impl FnMut(Progress) + Send + 'static) {
@@ -424,6 +465,44 @@ impl Client {
             let size = client.start_get(path, offset)?;
             client.recv_body(offset, size, out)
         })
+    }
+
+    /// Downloads the whole of `path` into `out` (a pipe, standard output),
+    /// and returns the bytes written. With [`TransferOptions::verify`] the
+    /// bytes are hashed as they pass and, once all are written, compared
+    /// with the server's `SUM`: `out` has them all by then, so a mismatch
+    /// can only be reported, not undone. ([`TransferOptions::resume`]
+    /// means nothing here.)
+    ///
+    /// # Errors
+    ///
+    /// - [`ClientError::Mismatch`] if what was written is not the file the
+    ///   server's `SUM` describes (it changed on the server meanwhile);
+    /// - the errors of [`Client::get_to`] and [`Client::sum`] otherwise.
+    pub fn get_to_checked(
+        &mut self,
+        path: &str,
+        out: &mut impl Write,
+        options: &TransferOptions,
+    ) -> Result<u64, ClientError> {
+        if !options.verify {
+            return self.get_to(path, 0, out);
+        }
+        let mut hashing = HashingWriter {
+            inner: out,
+            hasher: Sha256::new(),
+        };
+        let received = self.get_to(path, 0, &mut hashing)?;
+        self.report_stage(Stage::Verify, received, received);
+        let local = FileSum {
+            sha256: hashing.hasher.finalize().into(),
+            len: received,
+        };
+        let remote = self.sum(path, None)?;
+        if local != remote {
+            return Err(ClientError::Mismatch { local, remote });
+        }
+        Ok(received)
     }
 
     /// Downloads `path` into the local file `local`, and returns the bytes
@@ -478,6 +557,7 @@ impl Client {
         };
         let stale = match &existing {
             Some(file) if offset > 0 && options.verify => {
+                self.report_stage(Stage::ResumeCheck, offset, offset);
                 !self.prefix_matches(path, file, offset)?
             }
             _ => false,
@@ -505,6 +585,8 @@ impl Client {
             Ok((size, file))
         })?;
         if options.verify {
+            let whole = offset + received;
+            self.report_stage(Stage::Verify, whole, whole);
             let local_sum = sum_prefix(&file, u64::MAX).map_err(at(&partial))?;
             let remote_sum = self.sum(path, None)?;
             if local_sum != remote_sum {
@@ -592,6 +674,7 @@ impl Client {
             .put_from(remote, &mut hashing, metadata.len())
             .map_err(|error| error.at(local))?;
         if options.verify {
+            self.report_stage(Stage::Verify, size, size);
             let sent = FileSum {
                 sha256: hashing.hasher.finalize().into(),
                 len: size,
@@ -859,8 +942,12 @@ impl Client {
     }
 
     fn report(&mut self, done: u64, total: u64) {
+        self.report_stage(Stage::Transfer, done, total);
+    }
+
+    fn report_stage(&mut self, stage: Stage, done: u64, total: u64) {
         if let Some(callback) = &mut self.progress {
-            callback(Progress { done, total });
+            callback(Progress { done, total, stage });
         }
     }
 

@@ -49,9 +49,9 @@ mod pin;
 mod server;
 pub mod wire;
 
-pub use client::{Client, ClientError, Progress, TransferOptions};
+pub use client::{Client, ClientError, Progress, Stage, TransferOptions};
 pub use client_tls::{ClientTls, ClientTlsError};
 pub use server::{
-    LingeringCloser, Server, ServerConfig, ServerError, TlsError, UsersError, hash_password,
-    raise_descriptor_limit,
+    AccessLog, LingeringCloser, Server, ServerConfig, ServerError, TlsError, UsersError,
+    hash_password, raise_descriptor_limit,
 };

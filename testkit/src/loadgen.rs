@@ -76,6 +76,11 @@ pub struct Report {
     pub requests: u64,
     /// Body bytes of those requests.
     pub bytes: u64,
+    /// Requests completed at any time, the warm-up's and those that
+    /// straddled the window's edges included. Every client completes one
+    /// at least, so a machine too busy to fit one inside the window still
+    /// shows whether the server answers.
+    pub completed: u64,
     /// Failed requests (any time during the run), an `ERR` reply
     /// included; a persistent client reconnects after one.
     pub errors: u64,
@@ -174,19 +179,21 @@ fn run_hooked(
         ready.wait();
         start.open(Instant::now());
         let mut all = Vec::new();
-        let mut bytes = 0;
+        let (mut bytes, mut completed) = (0, 0);
         for worker in workers {
-            let (latencies, got) = worker.join().expect("a load client panicked");
+            let (latencies, got, done) = worker.join().expect("a load client panicked");
             all.extend(latencies);
             bytes += got;
+            completed += done;
         }
-        io::Result::Ok((all, bytes))
+        io::Result::Ok((all, bytes, completed))
     });
-    let (mut latencies, bytes) = results?;
+    let (mut latencies, bytes, completed) = results?;
     latencies.sort_unstable();
     Ok(Report {
         requests: latencies.len() as u64,
         bytes,
+        completed,
         errors: errors.count.into_inner(),
         first_error: errors
             .first
@@ -205,7 +212,9 @@ struct Fixture<'a> {
     after_each: Option<&'a (dyn Fn() + Sync)>,
 }
 
-/// One client thread: its latencies and body bytes inside the window.
+/// One client thread: its latencies and body bytes inside the window, and
+/// how many requests it completed in all (one at least, unless every
+/// attempt failed until the window's end).
 /// `requests[i]` is the request for `load.paths[i]`.
 fn client(
     load: &Load<'_>,
@@ -213,7 +222,7 @@ fn client(
     requests: &[Vec<u8>],
     index: usize,
     fixture: &Fixture<'_>,
-) -> (Vec<u64>, u64) {
+) -> (Vec<u64>, u64, u64) {
     let Fixture {
         errors,
         ready,
@@ -230,11 +239,11 @@ fn client(
     let started = start.wait();
     let (from, until) = (started + load.warmup, started + load.warmup + load.duration);
     let mut latencies = Vec::new();
-    let mut bytes = 0;
+    let (mut bytes, mut completed) = (0, 0);
     let mut next = index;
     loop {
         let began = Instant::now();
-        if began >= until {
+        if began >= until && (completed > 0 || errors.count.load(Ordering::Relaxed) > 0) {
             break;
         }
         let request = &requests[next % requests.len()];
@@ -261,6 +270,7 @@ fn client(
         if let (Some(hook), Ok(_)) = (after_each, &got) {
             hook();
         }
+        completed += u64::from(got.is_ok());
         match got {
             Ok(n) if began >= from && ended <= until => {
                 latencies.push(u64::try_from((ended - began).as_nanos()).unwrap_or(u64::MAX));
@@ -271,7 +281,7 @@ fn client(
             Err(e) => errors.record(&e),
         }
     }
-    (latencies, bytes)
+    (latencies, bytes, completed)
 }
 
 /// One request on a fresh connection, which the server closes after the

@@ -1,7 +1,10 @@
-//! Programs the tests and benches drive (haproxy, promtool, curl, nginx):
-//! found on the system, or installed by `scripts/install-test-deps` when
-//! missing. A test that needs one fails loudly when it cannot be had; it
-//! never skips.
+//! Programs the tests and benches drive (haproxy, curl, nginx, groff,
+//! openssl, socat, htpasswd, wget, chromium): found on
+//! the system, never installed from here. When one is missing, the first
+//! test that asks prints one line (past the test harness's capture)
+//! naming every missing program, its package and the tests that need it,
+//! and `scripts/install-test-deps`; those tests then pass without running.
+//! Under `CI=true` they fail instead, naming the same.
 
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -9,23 +12,71 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::Once;
 
-/// The path of `program`, installing the test dependencies first if it
-/// is not found. Panics, naming the script, when it still is not there.
-pub fn require(program: &str) -> PathBuf {
+/// Each program the tests drive: its Debian package (the smallest that
+/// has it; `scripts/install-test-deps` installs the same) and who needs it.
+const PROGRAMS: &[(&str, &str, &str)] = &[
+    (
+        "haproxy",
+        "haproxy",
+        "proxy::haproxy_*, deploy::*, the transfer bench's proxy scenario",
+    ),
+    ("curl", "curl", "proxy::curl_*"),
+    (
+        "nginx",
+        "nginx",
+        "the transfer bench's connections scenario",
+    ),
+    (
+        "groff",
+        "groff-base",
+        "cli::the_man_page_renders_with_every_option",
+    ),
+    ("openssl", "openssl", "tls::*"),
+    ("socat", "socat", "tls::openssl_and_socat_*"),
+    ("htpasswd", "apache2-utils", "users::*"),
+    ("wget", "wget", "http::wget_*"),
+    ("chromium", "chromium", "http::chromium_*"),
+];
+
+/// The path of `program`, or `None` (after the one line saying so) when
+/// it is not installed: the caller returns, its test passing unrun.
+/// Under `CI=true` a missing program fails the test instead.
+pub fn require(program: &str) -> Option<PathBuf> {
     if let Some(path) = find(program) {
-        return path;
+        return Some(path);
     }
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/install-test-deps");
-        let status = Command::new(script).status();
-        assert!(
-            matches!(status, Ok(s) if s.success()),
-            "{script} failed ({status:?}); install haproxy, prometheus (promtool), curl and nginx"
+    let (_, package, _) = PROGRAMS
+        .iter()
+        .find(|(name, ..)| *name == program)
+        .unwrap_or_else(|| panic!("{program} is not in tools::PROGRAMS"));
+    assert!(
+        std::env::var_os("CI").is_none_or(|ci| ci.is_empty() || ci == "false"),
+        "{program} is not installed (CI is set, so this test fails instead of \
+         skipping): install package {package}, e.g. with scripts/install-test-deps"
+    );
+    static ANNOUNCE: Once = Once::new();
+    ANNOUNCE.call_once(|| {
+        let missing: Vec<String> = PROGRAMS
+            .iter()
+            .filter(|(name, ..)| find(name).is_none())
+            .map(|(name, package, who)| format!("{name} (package {package}) for {who}"))
+            .collect();
+        // Straight to the process's stderr: the harness captures eprintln!.
+        let _ = writeln!(
+            std::io::stderr(),
+            "note: skipped, not installed: {}; scripts/install-test-deps installs them \
+             (with CI=true these tests fail)",
+            missing.join("; ")
         );
     });
-    find(program).unwrap_or_else(|| {
-        panic!("{program} is missing even after scripts/install-test-deps; this test needs it")
+    None
+}
+
+/// The path of `program`, for a test that cannot go on without it: a
+/// missing one fails the test with the same one line.
+pub fn need(program: &str) -> PathBuf {
+    require(program).unwrap_or_else(|| {
+        panic!("{program} is not installed: scripts/install-test-deps installs it")
     })
 }
 

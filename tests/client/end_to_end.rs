@@ -13,7 +13,7 @@ use std::thread;
 use std::time::{Duration, SystemTime};
 
 use filesrv::protocol::wire::{EntryKind, ErrorCode};
-use filesrv::protocol::{Client, ClientError, Server, ServerConfig, TransferOptions};
+use filesrv::protocol::{Client, ClientError, Server, ServerConfig, Stage, TransferOptions};
 
 use crate::support::{LIMIT, TempDir};
 
@@ -101,7 +101,8 @@ fn get_file_resumes_its_own_partial_download() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = seen.clone();
     client.set_progress(move |progress| {
-        record.lock().unwrap().push((progress.done, progress.total));
+        let report = (progress.stage, progress.done, progress.total);
+        record.lock().unwrap().push(report);
     });
     let options = TransferOptions::default();
     assert_eq!(
@@ -110,10 +111,16 @@ fn get_file_resumes_its_own_partial_download() {
     );
     assert_eq!(fs::read(&local).unwrap(), data);
     assert!(!partial.exists());
-    let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen.first(), Some(&(30_000, 100_000)));
-    assert_eq!(seen.last(), Some(&(100_000, 100_000)));
-    assert!(seen.windows(2).all(|pair| pair[0].0 <= pair[1].0));
+    // The check of the partial file, the body, the check of the whole.
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    let n = seen.len();
+    assert!(n > 4, "{seen:?}");
+    assert_eq!(seen[0], (Stage::ResumeCheck, 30_000, 30_000));
+    assert_eq!(seen[1], (Stage::Transfer, 30_000, 100_000));
+    assert_eq!(seen[n - 2], (Stage::Transfer, 100_000, 100_000));
+    assert_eq!(seen[n - 1], (Stage::Verify, 100_000, 100_000));
+    assert!(seen[1..n - 1].iter().all(|s| s.0 == Stage::Transfer));
+    assert!(seen.windows(2).all(|pair| pair[0].1 <= pair[1].1));
 
     // A complete local file is not a partial one: fetched whole again.
     assert_eq!(
@@ -130,6 +137,28 @@ fn get_file_resumes_its_own_partial_download() {
         100_000
     );
     assert_eq!(fs::read(&local).unwrap(), data);
+}
+
+#[test]
+fn uploads_and_streams_report_their_check_after_the_body() {
+    let dir = TempDir::new("client-stages");
+    let data = content(50_000);
+    let file = local_dir(&dir).join("up.bin");
+    fs::write(&file, &data).unwrap();
+    let server = serve(&dir, |config| config.allow_put(true));
+    let mut client = connect(&server);
+    let stages = Arc::new(Mutex::new(Vec::new()));
+    let record = stages.clone();
+    client.set_progress(move |progress| record.lock().unwrap().push(progress.stage));
+    let options = TransferOptions::default();
+    client.put_file(&file, "up.bin", &options).unwrap();
+    let mut out = Vec::new();
+    client.get_to_checked("up.bin", &mut out, &options).unwrap();
+    assert_eq!(out, data);
+    let mut stages = stages.lock().unwrap().clone();
+    stages.dedup();
+    use Stage::{Transfer, Verify};
+    assert_eq!(stages, [Transfer, Verify, Transfer, Verify]);
 }
 
 #[test]
@@ -514,19 +543,23 @@ fn fsc_reports_failures_with_exit_codes() {
     let addr = server.local_addr().to_string();
     let local = local_dir(&dir);
 
-    // Refusals by the server: 1.
+    // Refusals by the server: 1, naming the command and its path.
     let run = fsc(&local, &[&addr, "get", "missing"]);
     assert!(
-        failure(&run, 1).starts_with("fsc: server refused: not-found "),
+        failure(&run, 1).starts_with("fsc: get missing: server refused: not-found "),
         "{run:?}"
     );
     assert!(!local.join("missing").exists());
     let run = fsc(&local, &[&addr, "stat", "../five"]);
-    assert!(failure(&run, 1).starts_with("fsc: server refused: forbidden "));
+    assert!(failure(&run, 1).starts_with("fsc: stat ../five: server refused: forbidden "));
     let run = fsc(&local, &[&addr, "put", "upload"]);
-    assert!(failure(&run, 1).starts_with("fsc: server refused: forbidden "));
+    assert_eq!(
+        failure(&run, 1),
+        "fsc: put upload: server refused: forbidden uploads are disabled \
+         (a filesrv server accepts them when started with --allow-put)"
+    );
     let run = fsc(&local, &[&addr, "ls", "five"]);
-    assert!(failure(&run, 1).starts_with("fsc: server refused: bad-request "));
+    assert!(failure(&run, 1).starts_with("fsc: ls five: server refused: bad-request "));
     let names: Vec<_> = fs::read_dir(&local)
         .unwrap()
         .map(|entry| entry.unwrap().file_name())
@@ -546,7 +579,19 @@ fn fsc_reports_failures_with_exit_codes() {
     let run = fsc(&local, &[&closed, "ls"]);
     assert!(failure(&run, 2).starts_with(&format!("fsc: cannot connect to {closed}: ")));
     let run = fsc(&local, &[&addr, "put", "no-such-file"]);
-    assert!(failure(&run, 2).starts_with("fsc: local file no-such-file: "));
+    assert!(failure(&run, 2).starts_with("fsc: put no-such-file: local file no-such-file: "));
+    // The partial file cannot be made: the line names the path given.
+    fs::write(local.join("plain"), b"").unwrap();
+    let run = fsc(&local, &[&addr, "get", "five", "plain/five"]);
+    let line = failure(&run, 2);
+    assert!(
+        line.starts_with("fsc: get five: local file plain/.five.")
+            && line.ends_with(
+                "(the partial download of plain/five (it becomes that file once complete))"
+            ),
+        "{line}"
+    );
+    fs::remove_file(local.join("plain")).unwrap();
     let run = fsc(&local, &[&addr, "get", "/"]);
     assert!(failure(&run, 2).contains("give LOCAL"));
 
@@ -563,6 +608,109 @@ fn fsc_reports_failures_with_exit_codes() {
     let run = fsc(&local, &["--version"]);
     assert_eq!(run.code, Some(0));
     assert!(String::from_utf8(run.stdout).unwrap().starts_with("fsc "));
+}
+
+#[test]
+fn fsc_upload_refusals_name_the_directory_and_the_limit() {
+    let dir = TempDir::new("client-put-errors");
+    let local = local_dir(&dir);
+    fs::write(local.join("eleven"), b"hello world").unwrap();
+    fs::write(local.join("three"), b"abc").unwrap();
+    let server = serve(&dir, |config| config.allow_put(true).max_upload(10));
+    let addr = server.local_addr().to_string();
+    let run = fsc(&local, &[&addr, "put", "three", "nodir/sub/x"]);
+    let line = failure(&run, 1);
+    assert!(
+        line.starts_with("fsc: put nodir/sub/x: server refused: not-found ")
+            && line.ends_with(" (the server has no directory nodir/sub)"),
+        "{line}"
+    );
+    let run = fsc(&local, &[&addr, "put", "eleven"]);
+    assert_eq!(
+        failure(&run, 1),
+        "fsc: put eleven: server refused: too-large upload of 11 bytes exceeds the size \
+         limit of 10 bytes"
+    );
+}
+
+/// A scripted server for one connection: `GET x` answered `OK 3\nabc`,
+/// then `SUM x` answered with the digest of `abd`. Returns the request
+/// lines it read.
+fn server_whose_file_changes() -> (SocketAddr, thread::JoinHandle<Vec<String>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(LIMIT)).unwrap();
+        let mut reader = BufReader::new(&stream);
+        let mut lines = Vec::new();
+        for reply in [
+            &b"OK 3\nabc"[..],
+            // A digest that is not that of `abc`.
+            b"OK sha256 a52b286a3e7f4d91f4bb0e9b0fc4c1d8c2b9c8e1f2a3b4c5d6e7f8091a2b3c4d 3\n",
+        ] {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            lines.push(line);
+            (&stream).write_all(reply).unwrap();
+        }
+        lines
+    });
+    (addr, handle)
+}
+
+#[test]
+fn fsc_get_to_stdout_is_checked_against_the_servers_sum() {
+    let dir = TempDir::new("client-stdout-sum");
+    let local = local_dir(&dir);
+    let (addr, server) = server_whose_file_changes();
+    let run = fsc(&local, &[&addr.to_string(), "get", "x", "-"]);
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert_eq!(run.stdout, b"abc");
+    assert_eq!(run.stderr.lines().count(), 1, "{run:?}");
+    assert!(
+        run.stderr
+            .starts_with("fsc: get x: the file does not match the server's: ")
+            && run.stderr.trim_end().ends_with(
+                "(what was written to standard output is not the server's file (it changed \
+                 meanwhile?): discard it)"
+            ),
+        "{run:?}"
+    );
+    assert_eq!(server.join().unwrap(), ["GET x\n", "SUM x\n"]);
+
+    // --no-verify: no SUM asked, so none to disagree.
+    let (addr, server) = server_whose_file_changes();
+    let run = fsc(&local, &[&addr.to_string(), "get", "x", "-", "--no-verify"]);
+    assert_eq!(
+        (run.code, &run.stdout[..]),
+        (Some(0), &b"abc"[..]),
+        "{run:?}"
+    );
+    assert_eq!(server.join().unwrap(), ["GET x\n", "QUIT\n"]);
+}
+
+#[test]
+fn fsc_takes_options_anywhere_and_the_server_after_the_command() {
+    let dir = TempDir::new("client-order");
+    fs::write(dir.root().join("a.txt"), b"abc").unwrap();
+    let server = serve(&dir, |config| config);
+    let addr = server.local_addr().to_string();
+    let local = local_dir(&dir);
+    let listing = b"f 3 a.txt\n";
+    assert_eq!(
+        success(fsc(&local, &[&addr, "ls", "--timeout", "5"])),
+        listing
+    );
+    assert_eq!(success(fsc(&local, &["ls", &addr])), listing);
+    assert_eq!(
+        success(fsc(&local, &["--timeout=5", "ls", &addr, "--timeout", "6"])),
+        listing
+    );
+    assert_eq!(
+        success(fsc(&local, &["get", &addr, "a.txt", "-", "--no-verify"])),
+        b"abc"
+    );
 }
 
 #[test]
@@ -622,7 +770,7 @@ fn fsc_ls_streams_an_endless_listing_in_bounded_memory() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(2), "{stderr}");
     assert_eq!(
-        stderr, "fsc: malformed reply: expected `<f|d> <size> <name>`\n",
+        stderr, "fsc: ls: malformed reply: expected `<f|d> <size> <name>`\n",
         "fsc did not read to the last line"
     );
 }
@@ -640,7 +788,7 @@ fn fsc_escapes_control_characters_a_server_sends() {
     assert_eq!(run.code, Some(1), "{run:?}");
     assert_eq!(
         run.stderr,
-        "fsc: server refused: not-found \\u{1b}]0;pwned\\u{7}\\u{1b}[2Jgone\n"
+        "fsc: stat x: server refused: not-found \\u{1b}]0;pwned\\u{7}\\u{1b}[2Jgone\n"
     );
 }
 
@@ -678,4 +826,42 @@ fn fsc_get_refuses_a_symlink_planted_at_its_partial_name() {
         assert_eq!(run.code, Some(2), "{run:?}");
         assert_eq!(fs::read(&partial).unwrap(), b"theirs");
     }
+}
+
+/// `fsc get` on a terminal (a pty through util-linux's `script`): the
+/// check of the partial file and the final check are shown as what they
+/// are, and the summary gives the body's time and the checks' apart.
+#[test]
+fn fsc_shows_its_checks_on_a_terminal() {
+    let dir = TempDir::new("client-tty");
+    let data = content(4 << 20);
+    fs::write(dir.root().join("big.bin"), &data).unwrap();
+    let local = local_dir(&dir);
+    let partial = Client::partial_path(&local.join("big.bin"), "big.bin");
+    fs::write(&partial, &data[..1 << 20]).unwrap();
+    let server = serve(&dir, |config| config);
+    let command = format!(
+        "{} --timeout 20 {} get big.bin",
+        env!("CARGO_BIN_EXE_fsc"),
+        server.local_addr()
+    );
+    let output = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(&local)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{shown}");
+    assert_eq!(fs::read(local.join("big.bin")).unwrap(), data);
+    for part in [
+        "big.bin: checking the partial download (1.00 MiB) against the server's",
+        "big.bin (resumed at 1.00 MiB)",
+        "big.bin: checking its SHA-256 with the server's",
+        "big.bin: 3.00 MiB in ",
+    ] {
+        assert!(shown.contains(part), "no {part:?} in {shown:?}");
+    }
+    let checks = shown.find("checking its SHA-256").unwrap();
+    assert!(shown.find("(resumed at").unwrap() < checks, "{shown:?}");
 }

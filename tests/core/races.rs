@@ -451,7 +451,7 @@ fn expiry_at_a_high_arrival_rate_alone() {
 
 #[test]
 fn expired_waiters_free_their_memory_when_they_leave() {
-    run_alone("queue::expiry_at_a_high_arrival_rate_alone");
+    run_alone("core::races::expiry_at_a_high_arrival_rate_alone");
 }
 
 /// A handler that holds its slot until asked to make room, and reports

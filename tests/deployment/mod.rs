@@ -3,4 +3,5 @@
 
 mod activation;
 mod deploy;
+mod docs;
 mod proxy;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use rustix::process::{Pid, Resource, Signal};
 
 use crate::support::{
-    ChildServer, Conn, LIMIT, NOTES, SLACK, TempDir, begin_upload, running_and_waiting,
+    ChildServer, Conn, LIMIT, NOTES, TempDir, begin_upload, running_and_waiting, tools,
 };
 
 /// A temporary root holding `notes.txt`.
@@ -382,11 +382,10 @@ fn idle_timeout_option_takes_fractions() {
     let began = Instant::now();
     let mut c = server.connect();
     c.expect_err("timeout");
+    // Fired, so not read as 0 (no timeout); not before 0.3 s. How late is
+    // not asserted: a busy machine delays it.
     let took = began.elapsed();
-    assert!(
-        took >= Duration::from_millis(300) && took <= Duration::from_millis(300) + SLACK,
-        "{took:?}"
-    );
+    assert!(took >= Duration::from_millis(300), "{took:?}");
     c.expect_closed();
 }
 
@@ -479,7 +478,7 @@ fn shutdown_grace_cuts_a_stalled_upload_and_exits_0() {
     begin_upload(&mut uploader, &dir, "up.bin", 1000, b"0123456789");
     let began = Instant::now();
     server.signal(Signal::TERM);
-    let status = server.wait_exit(grace + SLACK);
+    let status = server.wait_exit(LIMIT);
     let took = began.elapsed();
     assert!(status.success(), "{status:?}");
     assert!(
@@ -490,6 +489,290 @@ fn shutdown_grace_cuts_a_stalled_upload_and_exits_0() {
     assert!(!uploader.rest().starts_with(b"OK"));
     assert_eq!(dir.temp_files(""), Vec::<String>::new());
     assert!(!dir.root().join("up.bin").exists());
+}
+
+/// With a grace far longer than any test waits, only the second signal
+/// can end it: the upload still running is cut, its temporary file
+/// removed, and the exit is 0. The first, with -v, said whom it waits for.
+fn second_signal_ends_the_grace_at_once(first: Signal, second: Signal, label: &str) {
+    let dir = root_with_notes(label);
+    let mut server = spawn_verbose(&dir, 2, &["--allow-put", "--shutdown-grace", "3600"]);
+    let mut uploader = server.connect();
+    begin_upload(&mut uploader, &dir, "up.bin", 1000, b"0123456789");
+    server.signal(first);
+    let line = server.wait_log("shutting down").unwrap();
+    assert!(
+        line.contains("waiting up to 3600s for 1 running client"),
+        "{line}"
+    );
+    server.signal(second);
+    let line = server.wait_log("stopping now").unwrap();
+    assert!(line.contains("cutting 1 running client"), "{line}");
+    let status = server.wait_exit(LIMIT);
+    assert!(status.success(), "{status:?}");
+    assert!(!uploader.rest().starts_with(b"OK"));
+    assert_eq!(dir.temp_files(""), Vec::<String>::new());
+    assert!(!dir.root().join("up.bin").exists());
+}
+
+#[test]
+fn a_second_sigint_ends_the_grace_at_once() {
+    second_signal_ends_the_grace_at_once(Signal::INT, Signal::INT, "cli-second-int");
+}
+
+#[test]
+fn sigterm_after_sigint_ends_the_grace_at_once() {
+    second_signal_ends_the_grace_at_once(Signal::INT, Signal::TERM, "cli-second-term");
+}
+
+/// The fields of each line of an access log, checked for the documented
+/// form: eight, the first a Unix time with milliseconds, the last seconds
+/// with microseconds; the six between returned.
+fn access_log_fields(log: &str) -> Vec<Vec<String>> {
+    log.lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            assert_eq!(fields.len(), 8, "{line}");
+            let (secs, millis) = fields[0].split_once('.').unwrap();
+            assert!(secs.parse::<u64>().unwrap() > 1_700_000_000, "{line}");
+            assert_eq!(millis.len(), 3, "{line}");
+            let (_, micros) = fields[7].split_once('.').unwrap();
+            assert!(
+                fields[7].parse::<f64>().unwrap() < LIMIT.as_secs_f64(),
+                "{line}"
+            );
+            assert_eq!(micros.len(), 6, "{line}");
+            fields[1..7].iter().map(|f| (*f).to_owned()).collect()
+        })
+        .collect()
+}
+
+#[test]
+fn access_log_has_one_line_per_request() {
+    let dir = root_with_notes("cli-access-log");
+    let log = dir.path().join("access.log");
+    let server = spawn_verbose(
+        &dir,
+        1,
+        &["--allow-put", "--access-log", log.to_str().unwrap()],
+    );
+    let mut c = server.connect();
+    let client = c.stream().local_addr().unwrap().to_string();
+    c.send(b"GET notes.txt\nSTAT no%20such\nFROB\nPUT up.txt 5\nhelloLIST\nQUIT\n");
+    let replies = c.read_until_closed();
+    let replies = String::from_utf8(replies).unwrap();
+    // LIST's body: the lines between its `OK 2` and `OK bye`.
+    let listing = replies
+        .split_once("OK 5\nOK 2\n")
+        .and_then(|(_, rest)| rest.strip_suffix("OK bye\n"))
+        .unwrap_or_else(|| panic!("{replies:?}"));
+    // Written before the connection closed.
+    let fields = access_log_fields(&std::fs::read_to_string(&log).unwrap());
+    let row = |r: &str| -> Vec<String> {
+        std::iter::once(client.clone())
+            .chain(r.split(' ').map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(
+        fields,
+        [
+            row("- GET notes.txt OK 13"),
+            row("- STAT no%20such not-found 0"),
+            row("- invalid - bad-request 0"),
+            row("- PUT up.txt OK 5"),
+            row(&format!("- LIST . OK {}", listing.len())),
+            row("- QUIT - OK 0"),
+        ]
+    );
+}
+
+#[test]
+fn access_log_dash_is_stderr() {
+    let dir = root_with_notes("cli-access-stderr");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_filesrv"));
+    command
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "0",
+            "1",
+            "--access-log",
+            "-",
+            "--root",
+        ])
+        .arg(dir.root());
+    // -v too, for the line saying where it listens; the access log's
+    // lines come among the others.
+    command.arg("-v");
+    command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let server = ChildServer::spawn(command);
+    let mut c = server.connect();
+    c.assert_get("notes.txt", NOTES);
+    let line = server.wait_log(" GET notes.txt OK 13 ").unwrap();
+    assert_eq!(access_log_fields(&line).len(), 1, "{line}");
+}
+
+// ------------------------------------------- config file, completions, man
+
+/// Sends a PUT of `size` bytes and returns the reply line.
+fn put_reply(server: &ChildServer, size: usize) -> String {
+    let mut c = server.connect();
+    c.send(format!("PUT up.bin {size}\n").as_bytes());
+    c.send(&vec![b'x'; size]);
+    c.line()
+}
+
+#[test]
+fn a_config_file_sets_options_and_the_command_line_wins() {
+    let dir = root_with_notes("cli-config");
+    let config = dir.write(
+        "../filesrv.toml",
+        "# uploads up to 10 bytes\nallow-put = true\nmax-upload = \"10\"\n\
+         idle-timeout = 30.5\nproxy-from = [\"10.0.0.0/8\", \"192.0.2.1\"]\nhidden = false\n",
+    );
+    let config = config.to_str().unwrap();
+    // From the file: uploads on, at most 10 bytes.
+    let server = spawn_verbose(&dir, 1, &["--config", config]);
+    assert_eq!(put_reply(&server, 5), "OK 5");
+    assert_eq!(
+        put_reply(&server, 15),
+        "ERR too-large upload of 15 bytes exceeds the size limit of 10 bytes"
+    );
+    drop(server);
+    // The command line's --max-upload wins over the file's.
+    let server = spawn_verbose(
+        &dir,
+        1,
+        &["--max-upload", "20", &format!("--config={config}")],
+    );
+    assert_eq!(put_reply(&server, 15), "OK 15");
+    assert_eq!(
+        put_reply(&server, 25),
+        "ERR too-large upload of 25 bytes exceeds the size limit of 20 bytes"
+    );
+}
+
+#[test]
+fn a_bad_config_file_is_named_in_one_line() {
+    let dir = root_with_notes("cli-config-bad");
+    let root = dir.root();
+    for (text, says) in [
+        ("max-waitin = 5\n", "unknown key 'max-waitin'"),
+        ("max-waiting = \n", "TOML parse error"),
+        ("allow-put = [1]\n", "allow-put: 1 is not a string"),
+    ] {
+        let path = dir.write("../bad.toml", text);
+        let finished = run(&[
+            "0".as_ref(),
+            "1".as_ref(),
+            "--config".as_ref(),
+            path.as_os_str(),
+            "--root".as_ref(),
+            root.as_os_str(),
+        ]);
+        assert_eq!(finished.status.code(), Some(2), "{text}");
+        assert_eq!(finished.stdout, "");
+        let prefix = format!("filesrv: --config {}: ", path.display());
+        assert!(finished.stderr.starts_with(&prefix), "{}", finished.stderr);
+        assert!(finished.stderr.contains(says), "{}", finished.stderr);
+    }
+    let finished = run(&["0", "1", "--config", "/nonexistent/filesrv.toml"]);
+    assert_eq!(finished.status.code(), Some(2));
+    assert!(
+        finished
+            .stderr
+            .starts_with("filesrv: --config /nonexistent/filesrv.toml: "),
+        "{}",
+        finished.stderr
+    );
+}
+
+#[test]
+fn completions_load_in_bash_and_name_every_option() {
+    let finished = run(&["--completions", "bash"]);
+    assert!(finished.status.success(), "{}", finished.stderr);
+    for option in [
+        "--access-log",
+        "--config",
+        "--allow-put",
+        "--shutdown-grace",
+    ] {
+        assert!(finished.stdout.contains(option), "{option}");
+    }
+    let script = std::env::temp_dir().join(format!("filesrv-completions-{}", std::process::id()));
+    std::fs::write(&script, &finished.stdout).unwrap();
+    let loaded = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {} && complete -p filesrv",
+            script.display()
+        ))
+        .output()
+        .unwrap();
+    std::fs::remove_file(&script).unwrap();
+    let complete = String::from_utf8_lossy(&loaded.stdout);
+    assert!(
+        complete.contains(" -F _filesrv ") && complete.trim_end().ends_with(" filesrv"),
+        "{complete}{}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        let finished = run(&["--completions", shell]);
+        assert!(
+            finished.status.success() && finished.stdout.contains("access-log"),
+            "{shell}"
+        );
+    }
+    // Alone: with anything else it is a usage error.
+    let finished = run(&["--completions", "bash", "0", "1"]);
+    assert_eq!(finished.status.code(), Some(2));
+}
+
+#[test]
+fn the_man_page_renders_with_every_option() {
+    let finished = run(&["--man-page"]);
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let roff = &finished.stdout;
+    assert!(roff.contains(".TH filesrv 1"), "{roff}");
+    // As man shows it (groff, which man-db uses, reads it from stdin).
+    let Some(groff) = tools::require("groff") else {
+        return;
+    };
+    let rendered = tools::run_with_input(
+        std::process::Command::new(groff).args(["-man", "-Tascii"]),
+        roff.as_bytes(),
+    );
+    assert!(rendered.status.success());
+    // Bold and underline are overstruck (`X\bX`, `_\bX`): keep the last.
+    let mut text = String::new();
+    for c in String::from_utf8_lossy(&rendered.stdout).chars() {
+        if c == '\u{8}' {
+            text.pop();
+        } else {
+            text.push(c);
+        }
+    }
+    for option in ["--access-log", "--config", "--completions", "MAX_RUNNING"] {
+        assert!(text.contains(option), "{option} not in\n{text}");
+    }
+}
+
+#[test]
+fn bind_takes_a_host_name() {
+    let dir = root_with_notes("cli-bind-name");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_filesrv"));
+    command
+        .args(["-v", "--bind", "localhost", "0", "1", "--root"])
+        .arg(dir.root())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let server = ChildServer::spawn(command);
+    assert!(server.addr().ip().is_loopback(), "{}", server.addr());
+    server.connect().assert_get("notes.txt", NOTES);
 }
 
 #[test]

@@ -22,7 +22,7 @@ fn url(t: &TestServer, path: &str) -> String {
 
 /// Runs curl (silent, failing on no status, bounded in time) with `args`.
 fn curl(args: &[&str]) -> Output {
-    let output = Command::new(tools::require("curl"))
+    let output = Command::new(tools::need("curl"))
         .args(["-sS", "--max-time", "20"])
         .args(args)
         .stdin(Stdio::null())
@@ -277,7 +277,7 @@ fn wget_resumes_a_download_cut_by_killing_it() {
     let contents: Vec<u8> = (0..8u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
     t.dir.write("big.bin", &contents);
     let out = TempDir::new("http-wget-out");
-    let wget = tools::require("wget");
+    let wget = tools::need("wget");
     let target = out.path().join("big.bin");
     let watch = DirWatch::new(out.path());
     let mut child = Command::new(&wget)
@@ -497,7 +497,7 @@ fn curl_haproxy_protocol_header_comes_before_http() {
     let out = curl(&["--haproxy-protocol", &u, &u]);
     assert_eq!(out.stdout, [NOTES, NOTES].concat());
     // From a trusted proxy, a connection without the header is refused.
-    let refused = Command::new(tools::require("curl"))
+    let refused = Command::new(tools::need("curl"))
         .args(["-sS", "--max-time", "20", &u])
         .output()
         .unwrap();
@@ -508,7 +508,7 @@ fn curl_haproxy_protocol_header_comes_before_http() {
 fn chromium(profile: &Path, args: &[&str], url: &str) -> Output {
     let output = Command::new("timeout")
         .arg("60")
-        .arg(tools::require("chromium"))
+        .arg(tools::need("chromium"))
         .args(["--headless", "--no-sandbox", "--disable-gpu"])
         .arg(format!("--user-data-dir={}", profile.display()))
         .args(args)

@@ -14,6 +14,8 @@ mod operations;
 mod pace;
 mod protocol;
 mod server_resize;
+mod signals;
 mod slots;
+mod test_deps;
 pub(crate) mod tls;
 mod users;

@@ -79,10 +79,10 @@ fn request_lines_are_logged_as_sent() {
     assert!(!line.contains("%00"), "{line}");
     c.send(b"LIST d\n");
     assert_eq!(c.line(), "OK 5");
+    // The body's bytes: the entries' lines, not the `OK 5` line.
     let listing: usize = (0..5).map(|_| c.line().len() + 1).sum();
-    let reply = "OK 5\n".len() + listing;
     server
-        .wait_log(&format!("LIST d -> OK {reply} bytes"))
+        .wait_log(&format!("LIST d -> OK {listing} bytes"))
         .unwrap();
     c.send(b"STAT my%20file\n");
     c.expect_err("not-found");

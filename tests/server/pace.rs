@@ -7,10 +7,11 @@ use std::io::{Read, Write};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::{ChildServer, SLACK, TempDir};
+use crate::support::{ChildServer, LIMIT, TempDir};
 
-/// A GET of a large file whose client never reads the body is cut within
-/// 1.5 times the stall timeout.
+/// A GET of a large file whose client never reads the body is cut, not
+/// before the stall timeout (how late is not asserted: a busy machine
+/// delays it; the wait for the log line is bounded by `LIMIT`).
 fn never_read_get_is_cut_in_time(stall: Duration) {
     let dir = TempDir::new("send-stall");
     // Sparse: far more than every socket buffer, at no disk cost.
@@ -26,7 +27,7 @@ fn never_read_get_is_cut_in_time(stall: Duration) {
     let line = server.wait_log("-> stalled").expect("the GET was not cut");
     let cut = asked.elapsed();
     assert!(
-        cut >= stall && cut < stall.mul_f64(1.5),
+        cut >= stall,
         "cut after {cut:?} with a stall timeout of {stall:?}: {line}"
     );
 }
@@ -51,11 +52,13 @@ fn a_put_body_trickling_a_byte_at_a_time_is_cut_by_the_minimum_rate() {
     let server = ChildServer::spawn(command);
     let mut c = server.connect();
     let began = Instant::now();
-    c.send(b"PUT slow.bin 100\n");
+    c.send(b"PUT slow.bin 1000\n");
     let mut cut = None;
     // One byte every 300 ms, until the server answers (looked at without
-    // blocking after each byte) or 6 s pass.
-    for _ in 0..20 {
+    // blocking after each byte), for LIMIT at least: the cut must come
+    // while progress continues, which only the minimum rate explains.
+    let bytes = LIMIT.as_millis() / 300;
+    for _ in 0..bytes {
         if c.try_send(b"x").is_err() {
             cut = Some(began.elapsed());
             break;
@@ -71,10 +74,7 @@ fn a_put_body_trickling_a_byte_at_a_time_is_cut_by_the_minimum_rate() {
     }
     let cut = cut.expect("the slow body was not cut");
     c.expect_last_err("timeout");
-    assert!(
-        cut >= Duration::from_secs(1) && cut < Duration::from_secs(1) + SLACK,
-        "cut after {cut:?}"
-    );
+    assert!(cut >= Duration::from_secs(1), "cut after {cut:?}");
     assert!(dir.temp_files("").is_empty(), "a temporary file was left");
 }
 

@@ -147,7 +147,7 @@ fn with_nobody_waiting_an_idle_connection_keeps_its_slot() {
 
 #[test]
 fn a_thousand_waiters_that_hang_up_leave_at_once() {
-    run_alone("slots::a_thousand_waiters_that_hang_up_leave_at_once_alone");
+    run_alone("server::slots::a_thousand_waiters_that_hang_up_leave_at_once_alone");
 }
 
 /// Run alone in a child process by the test above, so that the resident

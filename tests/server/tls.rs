@@ -22,7 +22,7 @@ fn root() -> TempDir {
 /// `openssl req`: a self-signed P-256 certificate and key in `dir`, for
 /// `names` (`DNS:...` or `IP:...`), as `<stem>.crt` and `<stem>.key`.
 pub(crate) fn openssl_cert(dir: &Path, stem: &str, names: &str) {
-    let status = Command::new(tools::require("openssl"))
+    let status = Command::new(tools::need("openssl"))
         .current_dir(dir)
         .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
         .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
@@ -76,7 +76,7 @@ pub(crate) fn s_client(addr: SocketAddr, input: &[u8]) -> Output {
     let mut command = Command::new("timeout");
     command
         .arg(LIMIT.as_secs().to_string())
-        .arg(tools::require("openssl"))
+        .arg(tools::need("openssl"))
         .args(["s_client", "-quiet", "-connect", &addr.to_string()]);
     tools::run_with_input(&mut command, input)
 }
@@ -113,7 +113,7 @@ fn openssl_and_socat_speak_the_line_protocol_over_tls_with_an_openssl_req_certif
     let mut socat = Command::new("timeout");
     socat
         .arg(LIMIT.as_secs().to_string())
-        .arg(tools::require("socat"));
+        .arg(tools::need("socat"));
     socat.arg("-").arg(format!(
         "OPENSSL:127.0.0.1:{},cafile={},verify=1",
         server.addr().port(),

@@ -29,7 +29,7 @@ fn argon2_line(password: &str) -> String {
 
 /// `htpasswd -nbB name password`: `name:$2y$...`.
 fn htpasswd_line(name: &str, password: &str) -> String {
-    let out = Command::new(tools::require("htpasswd"))
+    let out = Command::new(tools::need("htpasswd"))
         .args(["-nbB", name, password])
         .output()
         .unwrap();
@@ -270,7 +270,7 @@ fn a_thousand_guesses_check_only_the_limit_and_another_source_logs_in() {
 fn curl_status(server: &ChildServer, args: &[&str], path: &str) -> (String, String) {
     let body = tempfile_path();
     let url = format!("http://{}{path}", server.addr());
-    let out = Command::new(tools::require("curl"))
+    let out = Command::new(tools::need("curl"))
         .args(["-s", "--max-time", "20", "-o"])
         .arg(&body)
         .args(["-w", "%{http_code}"])
@@ -308,7 +308,7 @@ fn curl_with_basic_auth_sees_only_its_root_with_its_rights() {
     assert_eq!(curl_status(&server, &[], "/public.txt").0, "401");
     let (status, _) = curl_status(&server, &["-u", "alice:wrong"], "/a.txt");
     assert_eq!(status, "401");
-    let challenge = Command::new(tools::require("curl"))
+    let challenge = Command::new(tools::need("curl"))
         .args(["-s", "-D", "-", "-o", "/dev/null"])
         .arg(format!("http://{}/a.txt", server.addr()))
         .output()

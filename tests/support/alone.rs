@@ -4,18 +4,23 @@
 use std::process::Command;
 
 /// Runs the `#[ignore]`d test `name` (its full path, e.g.
-/// `queue::expiry_alone`) alone in a new process of this test binary and
+/// `core::races::expiry_alone`) alone in a new process of this test binary and
 /// asserts that it passed.
 pub(crate) fn run_alone(name: &str) {
     let output = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", name, "--ignored", "--test-threads", "1"])
         .output()
         .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
-        "{name} failed:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
+        "{name} failed:\n{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
+    );
+    // A name that matches nothing would pass with nothing run.
+    assert!(
+        stdout.contains("test result: ok. 1 passed"),
+        "{name} did not run:\n{stdout}"
     );
 }
 

@@ -49,9 +49,10 @@ impl HaProxy {
 
     /// Starts haproxy on `config`, in which `@FRONTEND@` stands for the
     /// frontend's address (`fd@N`) and `@STATS@` for the stats socket's
-    /// path.
+    /// path. The test checks first that haproxy is there
+    /// ([`tools::require`]); here its absence is a panic.
     pub(crate) fn start(label: &str, config: &str) -> HaProxy {
-        let haproxy = tools::require("haproxy");
+        let haproxy = tools::require("haproxy").expect("haproxy, required first");
         let dir = TempDir::new(label);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();

@@ -28,10 +28,6 @@ pub(crate) const LIMIT: Duration = Duration::from_secs(20);
 /// The short timeout of tests that wait for one to fire.
 pub(crate) const SHORT: Duration = Duration::from_millis(300);
 
-/// How late a timed event may come on a loaded machine before the test
-/// fails.
-pub(crate) const SLACK: Duration = Duration::from_millis(1500);
-
 /// The contents of `notes.txt` in the roots the protocol and command-line
 /// tests serve.
 pub(crate) const NOTES: &[u8] = b"hello, world\n";

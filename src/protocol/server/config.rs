@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use super::AccessLog;
 use crate::admission::{Admission as _, And, MaxWaiting, PerKeyCap, QueueTimeout};
 
 /// Settings of a [`Server`](crate::protocol::Server); the command line of the `filesrv` binary maps
@@ -23,7 +24,8 @@ use crate::admission::{Admission as _, And, MaxWaiting, PerKeyCap, QueueTimeout}
 /// hidden names not served, at most 100,000 entries per LIST, no trusted
 /// proxies (a PROXY header deadline of 5 s once there are some), no
 /// metrics or agent listener, no TLS, no users (10 failed logins per
-/// source per minute once there are some), no deferred accept.
+/// source per minute once there are some), no deferred accept, no access
+/// log.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ServerConfig {
@@ -106,6 +108,13 @@ pub struct ServerConfig {
     /// accepted only once it speaks, or after about a second when the
     /// kernel gives up waiting. Off: the listener is left as it is.
     pub(crate) defer_accept: bool,
+    /// Where to write one line per request ([`AccessLog`] gives the
+    /// format); `None`: nowhere.
+    pub(crate) access_log: Option<AccessLog>,
+    /// Whether the access log has the requests of a trusted proxy's own
+    /// connections (a PROXY v2 `LOCAL` header: HAProxy's health checks);
+    /// off: they are left out.
+    pub(crate) access_log_checks: bool,
 }
 
 impl ServerConfig {
@@ -140,6 +149,8 @@ impl ServerConfig {
             allow_plain_auth: false,
             max_auth_failures: 10,
             defer_accept: false,
+            access_log: None,
+            access_log_checks: false,
         }
     }
 
@@ -345,6 +356,19 @@ impl ServerConfig {
     /// Sets [`defer_accept`](ServerConfig::defer_accept) (default off).
     pub fn defer_accept(mut self, defer: bool) -> Self {
         self.defer_accept = defer;
+        self
+    }
+
+    /// Sets [`access_log`](ServerConfig::access_log) (default none).
+    pub fn access_log(mut self, log: Option<AccessLog>) -> Self {
+        self.access_log = log;
+        self
+    }
+
+    /// Sets [`access_log_checks`](ServerConfig::access_log_checks)
+    /// (default off).
+    pub fn access_log_checks(mut self, on: bool) -> Self {
+        self.access_log_checks = on;
         self
     }
 

@@ -5,8 +5,8 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
 
 use rustix::event::{EventfdFlags, eventfd};
 
@@ -60,6 +60,9 @@ pub struct Server {
     inner: Arc<Listening>,
     /// Taken by the first shutdown, which holds the lock until it is done.
     threads: Mutex<Option<Threads>>,
+    /// The first shutdown's report, once it is done; [`Server::wait`]
+    /// waits on the condition variable for it.
+    stopped: (Mutex<Option<ShutdownReport>>, Condvar),
 }
 
 #[derive(Debug)]
@@ -254,6 +257,7 @@ impl Server {
                 watch,
                 sidecars,
             })),
+            stopped: (Mutex::new(None), Condvar::new()),
         })
     }
 
@@ -318,6 +322,26 @@ impl Server {
         self.inner.manager.set_max_running(n)
     }
 
+    /// Removes the temporary files of the uploads still in progress in
+    /// this process, and any left beneath the root by an earlier one;
+    /// returns how many it removed.
+    ///
+    /// For a program about to exit without waiting for its clients, as
+    /// `filesrv` does on a second SIGINT or SIGTERM: those uploads are
+    /// lost either way, and their files would otherwise stay until the
+    /// next start. A program that goes on serving instead sees each such
+    /// upload fail when it completes (`ERR internal`).
+    pub fn remove_temporary_files(&self) -> usize {
+        self.inner
+            .state
+            .root
+            .cleanup_stale_temps()
+            .unwrap_or_else(|e| {
+                log::warn!("could not remove temporary files: {e}");
+                0
+            })
+    }
+
     /// Stops the server: no more connections are accepted, waiting clients
     /// get `ERR unavailable`, running ones may finish their current request
     /// within the configured grace period and are cut after it, and every
@@ -366,7 +390,72 @@ impl Server {
             sidecars.stop();
         }
         // The manager keeps the report of its first shutdown.
-        inner.manager.shutdown(grace)
+        let report = inner.manager.shutdown(grace);
+        let (stopped, done) = &self.stopped;
+        *lock(stopped) = Some(report);
+        done.notify_all();
+        report
+    }
+
+    /// Blocks until the server has stopped, by a [`shutdown`](Server::shutdown)
+    /// on another thread (or [`shutdown_on_signal`](Server::shutdown_on_signal)),
+    /// and returns that shutdown's report. For a program whose main thread
+    /// has nothing else to do than to keep the server alive.
+    ///
+    /// - Returns at once if the server has stopped already.
+    /// - Never returns if nothing ever shuts the server down.
+    pub fn wait(&self) -> ShutdownReport {
+        let (stopped, done) = &self.stopped;
+        let mut report = lock(stopped);
+        loop {
+            if let Some(report) = *report {
+                return report;
+            }
+            report = done.wait(report).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Blocks until the process gets SIGINT or SIGTERM, then shuts the
+    /// server down gracefully ([`shutdown`](Server::shutdown): waiting
+    /// clients refused, running ones given the grace period) and returns
+    /// the report. As `filesrv` does, a second signal during the grace
+    /// ends it at once: the running clients' uploads are removed
+    /// ([`remove_temporary_files`](Server::remove_temporary_files)) and the
+    /// process exits with status 0.
+    ///
+    /// The signals are handled by this process from the call on (and
+    /// stay so after it returns), in place of their default action of
+    /// ending the process. Feature `signals` (on with the default `cli`).
+    ///
+    /// # Errors
+    ///
+    /// The signal handlers could not be installed.
+    #[cfg(feature = "signals")]
+    pub fn shutdown_on_signal(&self) -> io::Result<ShutdownReport> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+        let handle = signals.handle();
+        if let Some(signal) = signals.forever().next() {
+            log::info!(
+                "signal {signal}: shutting down; waiting up to {:?} for {} running clients \
+                 (the signal again stops at once)",
+                self.inner.state.config.shutdown_grace,
+                self.stats().running
+            );
+        }
+        Ok(thread::scope(|scope| {
+            scope.spawn(move || {
+                if let Some(signal) = signals.forever().next() {
+                    let running = self.stats().running;
+                    log::info!("signal {signal}: stopping now, cutting {running} running clients");
+                    self.remove_temporary_files();
+                    std::process::exit(0);
+                }
+            });
+            let report = self.shutdown();
+            handle.close();
+            report
+        }))
     }
 }
 
@@ -473,9 +562,13 @@ impl Listening {
         Ok(sidecars)
     }
 
-    /// Submits a session for the client at `source` to the manager.
-    fn admit(&self, stream: TcpStream, source: SocketAddr) {
-        let session = Session::new(stream, source, self.state.clone());
+    /// Submits a session for the client at `source` to the manager;
+    /// `check`: the proxy's own connection (its health check).
+    fn admit(&self, stream: TcpStream, source: SocketAddr, check: bool) {
+        let mut session = Session::new(stream, source, self.state.clone());
+        if check {
+            session = session.proxy_check();
+        }
         if let Err(refused) = self.manager.submit(session) {
             refused.notify();
         }
@@ -490,7 +583,9 @@ impl Listening {
                 source,
             } => {
                 log::debug!("{peer}: PROXY header for {source}");
-                self.admit(stream, source);
+                // A LOCAL header (or v1 UNKNOWN) leaves the proxy's own
+                // address as the source.
+                self.admit(stream, source, source == peer);
             }
             Handshake::Refused {
                 stream,

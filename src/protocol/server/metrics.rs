@@ -5,7 +5,8 @@
 //! Names follow Prometheus' conventions (`_total` counters, base units)
 //! and HAProxy's where one fits (`current_sessions`, `current_queue`).
 //! The text is the classic Prometheus format (0.0.4), which
-//! `promtool check metrics` accepts without lint warnings.
+//! `promtool check metrics` accepts without lint warnings (the tests
+//! check the same rules).
 
 use std::fmt;
 use std::io;

@@ -3,6 +3,7 @@
 //! lingering close, and the file-system layer beneath the root.
 
 mod accepting;
+mod access_log;
 mod agent;
 mod closer;
 mod config;
@@ -23,6 +24,7 @@ mod transfer;
 mod users;
 mod watch;
 
+pub use access_log::AccessLog;
 pub use closer::LingeringCloser;
 pub use config::{ServerConfig, ServerError};
 pub use limits::raise_descriptor_limit;

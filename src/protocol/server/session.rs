@@ -11,6 +11,7 @@ use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags};
 
+use super::access_log::AccessLog;
 use super::closer::Closer;
 use super::config::ServerConfig;
 use super::fs::{FsError, Root, TempFile};
@@ -51,6 +52,9 @@ pub(crate) struct Session {
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<ServerState>,
+    /// The proxy's own connection (a v2 `LOCAL` header: its health
+    /// check), left out of the access log unless it asks for checks.
+    check: bool,
 }
 
 impl Session {
@@ -59,7 +63,15 @@ impl Session {
             stream,
             peer,
             shared,
+            check: false,
         }
+    }
+
+    /// Marks the session as a trusted proxy's own connection (its health
+    /// check) rather than a client's it relays.
+    pub(crate) fn proxy_check(mut self) -> Session {
+        self.check = true;
+        self
     }
 }
 
@@ -74,9 +86,10 @@ impl Handler for Session {
         let mut conn = Connection::new(self, ctx)?;
         let result = conn.serve(ctx);
         log::info!(
-            "{}: closed after {} requests in {:?}",
+            "{}: closed after {} request{} in {:?}",
             conn.peer,
             conn.requests,
+            if conn.requests == 1 { "" } else { "s" },
             began.elapsed()
         );
         conn.finish(result)
@@ -193,6 +206,8 @@ struct Connection {
     /// for: the kernel held nothing more then.
     drained: bool,
     requests: u64,
+    /// Where its requests are logged, if they are: see [`Session::check`].
+    access_log: Option<AccessLog>,
 }
 
 /// The buffer a LIST reply is written through.
@@ -204,7 +219,12 @@ impl Connection {
             stream,
             peer,
             shared,
+            check,
         } = session;
+        let access_log = match &shared.config.access_log {
+            Some(log) if !check || shared.config.access_log_checks => Some(log.clone()),
+            _ => None,
+        };
         // Reached by the hooks, which shut it down from other threads:
         // no duplicate descriptor, and the socket stays open (its number
         // never reused) while a hook uses it. The hooks hold it weakly,
@@ -256,6 +276,7 @@ impl Connection {
             end: 0,
             drained: true,
             requests: 0,
+            access_log,
         })
     }
 
@@ -322,7 +343,11 @@ impl Connection {
             // Rendered now: an upload body reuses the buffer the line is in.
             let shown =
                 log::log_enabled!(log::Level::Info).then(|| loggable(&self.buf[line.clone()]));
-            let parsed = parse_request(&self.buf[line]);
+            let parsed = parse_request(&self.buf[line.clone()]);
+            let logged = self
+                .access_log
+                .is_some()
+                .then(|| super::access_log::path_field(&self.buf[line], parsed.as_ref().ok()));
             let outcome = match &parsed {
                 Ok(request) => self.execute(request, ctx),
                 Err(e) => {
@@ -347,6 +372,10 @@ impl Connection {
             );
             let request = parsed.as_ref().ok();
             (self.shared.metrics).request(request, outcome.code, outcome.bytes);
+            if let (Some(log), Some(path)) = (&self.access_log, logged) {
+                let took = began.elapsed();
+                log.record(self.peer, request, &path, outcome.code, outcome.bytes, took);
+            }
             if let Some(end) = outcome.end {
                 return Ok(end);
             }
@@ -655,8 +684,10 @@ impl Connection {
         if !self.config().allow_put {
             return refuse(self, ErrorCode::Forbidden, "uploads are disabled");
         }
-        if size > self.config().max_upload {
-            return refuse(self, ErrorCode::TooLarge, "upload exceeds the size limit");
+        let limit = self.config().max_upload;
+        if size > limit {
+            let message = format!("upload of {size} bytes exceeds the size limit of {limit} bytes");
+            return refuse(self, ErrorCode::TooLarge, &message);
         }
         let mut temp = match self.root().create_temp(path) {
             Ok(temp) => temp,

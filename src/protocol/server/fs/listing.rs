@@ -79,10 +79,10 @@ impl Listing {
     }
 
     /// Writes the reply, `OK <count>` and a line per entry, through
-    /// `out`; returns the bytes written.
+    /// `out`; returns the body's bytes (those of the entries' lines).
     pub(crate) fn write_reply(&self, out: &mut impl Write) -> io::Result<u64> {
+        writeln!(out, "OK {}", self.len())?;
         let mut counted = Counted { out, bytes: 0 };
-        writeln!(counted, "OK {}", self.len())?;
         for entry in self.iter() {
             writeln!(counted, "{entry}")?;
         }
@@ -130,8 +130,8 @@ mod tests {
         listing.sort();
         let mut out = Vec::new();
         let bytes = listing.write_reply(&mut out).unwrap();
-        let text = "OK 3\nd 4096 a\nf 3 b%20b\nf 0 %FF\n";
-        assert_eq!(String::from_utf8(out).unwrap(), text);
-        assert_eq!(bytes, text.len() as u64);
+        let body = "d 4096 a\nf 3 b%20b\nf 0 %FF\n";
+        assert_eq!(String::from_utf8(out).unwrap(), format!("OK 3\n{body}"));
+        assert_eq!(bytes, body.len() as u64);
     }
 }
