@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 
 use filesrv::protocol::ServerConfig;
 
-use crate::support::{DirWatch, NOTES, TempDir, TestServer, tools};
+use crate::support::{DirWatch, LIMIT, NOTES, TempDir, TestServer, tools};
 
 fn serve(label: &str, configure: impl FnOnce(ServerConfig) -> ServerConfig) -> TestServer {
     let t = TestServer::start(label, configure);
@@ -458,7 +458,10 @@ fn busy_gives_curl_503_and_nc_err_busy() {
         reply.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
         "{reply}"
     );
+    // Its slot is free once the server is idle, not when its client
+    // sees the end of the stream.
     drop(running);
+    assert!(t.server.wait_idle_timeout(LIMIT));
     t.assert_serves();
 }
 

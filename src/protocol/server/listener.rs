@@ -7,6 +7,7 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
 use rustix::event::{EventfdFlags, eventfd};
 
@@ -296,6 +297,15 @@ impl Server {
     /// The manager's counters.
     pub fn stats(&self) -> Stats {
         self.inner.manager.stats()
+    }
+
+    /// Blocks until no client runs or waits (parked ones aside), or until
+    /// `timeout` passes.
+    ///
+    /// - `true`: the server was idle at some moment before the timeout.
+    /// - `false`: the timeout passed first.
+    pub fn wait_idle_timeout(&self, timeout: Duration) -> bool {
+        self.inner.manager.wait_idle_timeout(timeout)
     }
 
     /// Changes how many clients are served at once (`max_running`) on the
