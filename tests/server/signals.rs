@@ -79,6 +79,18 @@ fn lines(child: &mut std::process::Child) -> crossbeam_channel::Receiver<String>
     rx
 }
 
+/// The next line containing one of `needles`, within [`LIMIT`].
+fn wait_for_any(lines: &crossbeam_channel::Receiver<String>, needles: &[&str]) -> String {
+    let deadline = std::time::Instant::now() + LIMIT;
+    loop {
+        match lines.recv_deadline(deadline) {
+            Ok(line) if needles.iter().any(|n| line.contains(n)) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("no line with any of {needles:?}: {e}"),
+        }
+    }
+}
+
 /// The next line containing `needle`, within [`LIMIT`].
 fn wait_for(lines: &crossbeam_channel::Receiver<String>, needle: &str) -> String {
     let deadline = std::time::Instant::now() + LIMIT;
@@ -130,7 +142,14 @@ fn shutdown_on_signal_stops_gracefully_and_a_second_signal_at_once() {
     dir.write("notes.txt", NOTES);
     let mut child = spawn_alone("server::signals::serve_until_a_signal", &dir.root());
     let output = lines(&mut child);
-    wait_for(&output, "ready");
+    // Ready, and the handlers in place (a signal before them would end
+    // the process by its default action); stdout and stderr are read
+    // apart, so the two lines may come in either order.
+    let mut needed = vec!["ready", "waiting for SIGINT or SIGTERM"];
+    while !needed.is_empty() {
+        let line = wait_for_any(&output, &needed);
+        needed.retain(|needle| !line.contains(needle));
+    }
     let pid = Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
     kill_process(pid, Signal::TERM).unwrap();
     wait_for(&output, "signal 15: shutting down");

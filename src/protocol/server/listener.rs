@@ -445,6 +445,7 @@ impl Server {
         use signal_hook::consts::{SIGINT, SIGTERM};
         let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
         let handle = signals.handle();
+        log::info!("waiting for SIGINT or SIGTERM to shut down");
         if let Some(signal) = signals.forever().next() {
             log::info!(
                 "signal {signal}: shutting down; waiting up to {:?} for {} running clients \
