@@ -22,7 +22,7 @@
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::{Condvar, PoisonError};
+use std::sync::{Condvar, Mutex, PoisonError};
 
 use rustix::event::epoll::{Event, EventFlags};
 use rustix::event::{EventfdFlags, eventfd};
@@ -119,6 +119,9 @@ pub(super) struct Accepting<Q> {
     /// With the gate's lock: the accepting thread waits for no worker to
     /// wait on the acceptor; a stop waits for the last `accept` to end.
     pub(super) changed: Condvar,
+    /// Held from an `accept` to the admission of what it took, so that
+    /// handlers are admitted in the order they were accepted.
+    pub(super) in_turn: Mutex<()>,
 }
 
 impl<Q: Handler> Accepting<Q> {
@@ -129,6 +132,7 @@ impl<Q: Handler> Accepting<Q> {
             doorbell: eventfd(0, flags | EventfdFlags::SEMAPHORE)?,
             step_back: eventfd(0, flags)?,
             changed: Condvar::new(),
+            in_turn: Mutex::new(()),
         })
     }
 

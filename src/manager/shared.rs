@@ -753,6 +753,10 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
     /// The acceptor's `accept`, counted in the gate, and the admission of
     /// what it took; whether it took something.
     fn accept_with(&self, accepting: &Accepting<Q>, how: Admitting) -> io::Result<bool> {
+        // One accept-and-admit at a time: two threads accepting at once
+        // would otherwise admit two connections in either order, and the
+        // queue is FIFO by arrival.
+        let _in_turn = lock(&accepting.in_turn);
         let mut gate = self.gate();
         if !gate.accepting {
             return Ok(false);
