@@ -69,16 +69,18 @@ pub(crate) struct Closer {
 }
 
 impl Closer {
-    /// Starts the closer thread, whose queue holds at most
-    /// `max_lingering` connections (past that a refusal closes at once);
-    /// it ends after [`Closer::stop`].
+    /// Starts the closer thread, which holds at most `max_lingering`
+    /// connections lingering or waiting for their first bytes; a refusal
+    /// it cannot take now is answered and closed at once, never left to
+    /// wait behind the others; it ends after [`Closer::stop`].
     pub(crate) fn start(name: &str, max_lingering: usize) -> io::Result<(Closer, JoinHandle<()>)> {
-        let (queue, jobs) = crossbeam_channel::bounded(max_lingering.max(1));
+        let max = max_lingering.max(1);
+        let (queue, jobs) = crossbeam_channel::bounded(1);
         let wake = Arc::new(eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?);
         let woken = wake.clone();
         let thread = thread::Builder::new()
             .name(format!("{name}-closer"))
-            .spawn(move || close_in_turn(&jobs, &woken))?;
+            .spawn(move || close_in_turn(&jobs, &woken, max))?;
         Ok((Closer { queue, wake }, thread))
     }
 
@@ -228,14 +230,14 @@ impl LingeringCloser {
 /// when its bytes decide or its wait ends, and closes lingering ones
 /// when theirs ends. On stop, refused connections are answered at once
 /// with what they sent so far.
-fn close_in_turn(jobs: &Receiver<Option<Job>>, wake: &OwnedFd) {
+fn close_in_turn(jobs: &Receiver<Option<Job>>, wake: &OwnedFd, max: usize) {
     let mut lingering: VecDeque<(Instant, Arc<TcpStream>)> = VecDeque::new();
     let mut sniffing: VecDeque<(Instant, Arc<TcpStream>, Refusal)> = VecDeque::new();
     let mut stopping = false;
     loop {
-        // Everything queued is taken at once: a refusal waits in the
-        // queue for no other's second to pass.
-        loop {
+        // At most `max` held; the rest wait in the queue, and past it a
+        // refusal closes at once.
+        while lingering.len() + sniffing.len() < max {
             match jobs.try_recv() {
                 Ok(Some(Job::Linger(deadline, stream))) => lingering.push_back((deadline, stream)),
                 Ok(Some(Job::Sniff(deadline, stream, refusal))) => {
