@@ -22,7 +22,7 @@
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::{Condvar, Mutex, PoisonError};
+use std::sync::{Condvar, Mutex};
 
 use rustix::event::epoll::{Event, EventFlags};
 use rustix::event::{EventfdFlags, eventfd};
@@ -190,12 +190,4 @@ impl IdleWait {
             backoff: Backoff::default(),
         })
     }
-}
-
-/// `Condvar::wait`, ignoring poison as [`crate::util::lock`] does.
-pub(super) fn wait<'a, T>(
-    condvar: &Condvar,
-    guard: std::sync::MutexGuard<'a, T>,
-) -> std::sync::MutexGuard<'a, T> {
-    condvar.wait(guard).unwrap_or_else(PoisonError::into_inner)
 }

@@ -31,7 +31,7 @@ use crate::admission::canonical_source;
 use crate::admission::{Admission, Arrival, Decision, Departure, Key, Outcome, Refusal};
 use crate::handler::{Handler, Stop};
 use crate::poller::Poller;
-use crate::util::{guarded, lock, time_left};
+use crate::util::{guarded, lock, time_left, wait};
 
 /// A queued handler.
 pub(super) struct Entry<Q> {
@@ -443,21 +443,17 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
     ) -> Next<Q> {
         let mut gate = self.gate();
         let mut evicted = None;
-        match ended {
-            None => {}
-            Some(Ended::Done(done)) => {
-                gate.running -= 1;
-                gate.asked -= usize::from(done.asked);
-                gate.depart(done.id, done.key, done.outcome);
-            }
-            Some(Ended::Park {
-                done,
-                source,
-                handler,
-            }) => {
-                gate.running -= 1;
-                gate.asked -= usize::from(done.asked);
-                evicted = self.park(&mut gate, done, source, handler);
+        if let Some(ended) = ended {
+            let (Ended::Done(done) | Ended::Park { done, .. }) = &ended;
+            gate.running -= 1;
+            gate.asked -= usize::from(done.asked);
+            match ended {
+                Ended::Done(done) => gate.depart(done.id, done.key, done.outcome),
+                Ended::Park {
+                    done,
+                    source,
+                    handler,
+                } => evicted = self.park(&mut gate, done, source, handler),
             }
         }
         let next = if gate.workers > gate.max_running {
@@ -702,10 +698,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
                 break true;
             }
             gate = match deadline.map(time_left) {
-                None => self
-                    .became_idle
-                    .wait(gate)
-                    .unwrap_or_else(PoisonError::into_inner),
+                None => wait(&self.became_idle, gate),
                 Some(Some(left)) => {
                     self.became_idle
                         .wait_timeout(gate, left)
@@ -794,7 +787,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
             if gate.on_acceptor == 0 {
                 return true;
             }
-            gate = super::acceptor::wait(&accepting.changed, gate);
+            gate = wait(&accepting.changed, gate);
         }
     }
 
@@ -830,7 +823,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
             accepting.changed.notify_all();
         }
         while gate.in_accept > 0 {
-            gate = super::acceptor::wait(&accepting.changed, gate);
+            gate = wait(&accepting.changed, gate);
         }
     }
 

@@ -6,7 +6,7 @@ use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::metrics::Answer;
@@ -92,7 +92,7 @@ impl AccessLog {
             took.as_secs(),
             took.subsec_micros()
         );
-        let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out = crate::util::lock(&self.out);
         let _ = out.write_all(line.as_bytes()).and_then(|()| out.flush());
     }
 }

@@ -5,7 +5,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -421,7 +421,7 @@ impl Server {
             if let Some(report) = *report {
                 return report;
             }
-            report = done.wait(report).unwrap_or_else(PoisonError::into_inner);
+            report = crate::util::wait(done, report);
         }
     }
 

@@ -100,12 +100,7 @@ struct Current(RwLock<Arc<CertifiedKey>>);
 
 impl ResolvesServerCert for Current {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(
-            self.0
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone(),
-        )
+        Some(crate::util::read(&self.0).clone())
     }
 }
 
@@ -203,11 +198,7 @@ impl Tls {
         };
         match load_pair(cert, key) {
             Ok(certified) => {
-                *self
-                    .current
-                    .0
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(certified);
+                *crate::util::write(&self.current.0) = Arc::new(certified);
                 log::info!("TLS certificate {} reloaded", cert.display());
             }
             Err(e) => {

@@ -284,10 +284,7 @@ impl Users {
         match Table::load(&self.path, served) {
             Ok(table) => {
                 let n = table.users.len();
-                *self
-                    .table
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(table);
+                *crate::util::write(&self.table) = Arc::new(table);
                 log::info!("users file {} reloaded: {n} users", self.path.display());
             }
             Err(e) => log::warn!("{e}; keeping the users loaded before"),
@@ -313,13 +310,7 @@ impl Users {
         let Some(attempt) = self.throttle.begin(source) else {
             return Login::Throttled;
         };
-        let user = self
-            .table
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .users
-            .get(name)
-            .cloned();
+        let user = crate::util::read(&self.table).users.get(name).cloned();
         let matched = {
             let _permit = self.checks.acquire();
             checked();
@@ -426,10 +417,7 @@ impl Permits {
     fn acquire(&self) -> Permit<'_> {
         let mut free = lock(&self.free);
         while *free == 0 {
-            free = self
-                .freed
-                .wait(free)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            free = crate::util::wait(&self.freed, free);
         }
         *free -= 1;
         Permit(self)
