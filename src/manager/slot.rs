@@ -32,6 +32,9 @@ struct Occupant {
     /// Whether, and why, it was asked to make room.
     asked: Option<MakeRoom>,
     stop_hook: Option<Arc<StopHook>>,
+    /// The most urgent stop its hook was called with: each stop reaches
+    /// the hook once, whether `stop` or the registration delivers it.
+    told: Option<Stop>,
     room_hook: Option<Arc<RoomHook>>,
 }
 
@@ -52,6 +55,7 @@ impl Slot {
             idle_since: None,
             asked: None,
             stop_hook: None,
+            told: None,
             room_hook: None,
         });
     }
@@ -120,28 +124,41 @@ impl Slot {
     /// Stores the stop hook; calls it at once if a stop was requested
     /// already. `phase` is read under the slot's lock, and
     /// [`Slot::stop`] takes that lock after the phase is set, so a stop is
-    /// never missed.
+    /// never missed, and `told` (under the same lock) keeps it from being
+    /// delivered twice.
     pub(crate) fn set_stop_hook(&self, hook: StopHook, phase: &Phase) {
         let hook = Arc::new(hook);
         let stop = {
             let mut occupant = lock(&self.occupant);
             let Some(o) = occupant.as_mut() else { return };
             o.stop_hook = Some(hook.clone());
-            phase.get()
+            o.tell(phase.get())
         };
         if let Some(stop) = stop {
             call_guarded("stop hook", || hook(stop));
         }
     }
 
-    /// Calls the stop hook of the handler running here, if it has one.
+    /// Calls the stop hook of the handler running here, if it has one and
+    /// has not heard this stop yet.
     pub(super) fn stop(&self, stop: Stop) {
-        let hook = lock(&self.occupant)
-            .as_ref()
-            .and_then(|o| o.stop_hook.clone());
+        let hook = lock(&self.occupant).as_mut().and_then(|o| {
+            o.tell(Some(stop))?;
+            o.stop_hook.clone()
+        });
         if let Some(hook) = hook {
             call_guarded("stop hook", || hook(stop));
         }
+    }
+}
+
+impl Occupant {
+    /// `stop` if the hook is set and has not heard it (or a more urgent
+    /// one) yet, marking it heard.
+    fn tell(&mut self, stop: Option<Stop>) -> Option<Stop> {
+        let stop = stop.filter(|s| self.stop_hook.is_some() && Some(*s) > self.told)?;
+        self.told = Some(stop);
+        Some(stop)
     }
 }
 
@@ -203,6 +220,15 @@ mod tests {
         let (tx, rx) = crossbeam_channel::unbounded();
         slot.set_stop_hook(Box::new(move |s| tx.send(s).unwrap()), &phase);
         assert_eq!(rx.try_recv(), Ok(Stop::Graceful));
+        // The shutdown's pass reaching this slot after the registration
+        // must not call it again with the same stop (the hook would run on
+        // the shutdown's thread, not at once), only with a more urgent one.
+        slot.stop(Stop::Graceful);
+        assert_eq!(rx.try_recv(), Err(crossbeam_channel::TryRecvError::Empty));
+        slot.stop(Stop::Now);
+        assert_eq!(rx.try_recv(), Ok(Stop::Now));
+        slot.stop(Stop::Now);
+        assert!(rx.try_recv().is_err(), "each stop once");
         phase.set(Stop::Now);
         phase.set(Stop::Graceful);
         assert_eq!(phase.get(), Some(Stop::Now), "never less urgent");
