@@ -153,6 +153,15 @@ struct Args {
     /// connections, with a PROXY v2 LOCAL header); left out by default.
     #[arg(long)]
     access_log_checks: bool,
+    /// A connection between requests gives its running slot back until
+    /// its next request (parked: no thread, no slot; the idle timeout
+    /// still applies).
+    #[arg(long)]
+    park_idle: bool,
+    /// Most connections parked at once; past it the longest parked is
+    /// closed.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    max_parked: usize,
     /// Log to stderr: -v connections and requests, -vv debug details.
     /// RUST_LOG works too.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -414,7 +423,9 @@ fn run(args: Args, mut passed: ListenFd) -> Result<(), Box<dyn std::error::Error
         .max_auth_failures(args.max_auth_failures)
         .defer_accept(args.defer_accept)
         .access_log(access_log(args.access_log.as_deref())?)
-        .access_log_checks(args.access_log_checks);
+        .access_log_checks(args.access_log_checks)
+        .park_idle(args.park_idle)
+        .max_parked(args.max_parked);
     // Socket activation: the listening socket systemd passed (PORT and
     // --bind are then ignored); it outlives a restart, with its backlog.
     let server = match passed.take_tcp_listener(0)? {

@@ -12,6 +12,7 @@ pub(crate) mod metrics;
 mod new_connections;
 mod operations;
 mod pace;
+mod parking;
 mod protocol;
 mod server_resize;
 mod signals;

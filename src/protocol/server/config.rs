@@ -25,7 +25,7 @@ use crate::admission::{Admission as _, And, MaxWaiting, PerKeyCap, QueueTimeout}
 /// proxies (a PROXY header deadline of 5 s once there are some), no
 /// metrics or agent listener, no TLS, no users (10 failed logins per
 /// source per minute once there are some), no deferred accept, no access
-/// log.
+/// log, no parking (at most 10,000 parked once it is on).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ServerConfig {
@@ -115,6 +115,14 @@ pub struct ServerConfig {
     /// connections (a PROXY v2 `LOCAL` header: HAProxy's health checks);
     /// off: they are left out.
     pub(crate) access_log_checks: bool,
+    /// Whether a connection between requests gives its running slot back
+    /// until its next request (parked: no thread, no slot). Off: a
+    /// connection holds its slot for its whole life.
+    pub(crate) park_idle: bool,
+    /// The most connections parked at once; past it the longest parked is
+    /// closed. Lowered at start (with a warning) to fit the descriptor
+    /// limit.
+    pub(crate) max_parked: usize,
 }
 
 impl ServerConfig {
@@ -151,6 +159,8 @@ impl ServerConfig {
             defer_accept: false,
             access_log: None,
             access_log_checks: false,
+            park_idle: false,
+            max_parked: 10_000,
         }
     }
 
@@ -301,6 +311,9 @@ impl ServerConfig {
         if self.proxy_timeout.is_zero() {
             return wrong("proxy_timeout", "must not be zero");
         }
+        if self.park_idle && self.max_parked == 0 {
+            return wrong("max_parked", "must be at least 1 with park_idle");
+        }
         Ok(())
     }
 
@@ -369,6 +382,18 @@ impl ServerConfig {
     /// (default off).
     pub fn access_log_checks(mut self, on: bool) -> Self {
         self.access_log_checks = on;
+        self
+    }
+
+    /// Sets [`park_idle`](ServerConfig::park_idle) (default off).
+    pub fn park_idle(mut self, on: bool) -> Self {
+        self.park_idle = on;
+        self
+    }
+
+    /// Sets [`max_parked`](ServerConfig::max_parked) (default 10,000).
+    pub fn max_parked(mut self, n: usize) -> Self {
+        self.max_parked = n;
         self
     }
 

@@ -55,6 +55,8 @@ pub(super) struct Budget {
     pub(super) lingering: usize,
     /// Connections that may be in the PROXY handshake.
     pub(super) pending: usize,
+    /// Connections that may be parked (none without parking).
+    pub(super) parked: usize,
 }
 
 impl Budget {
@@ -65,12 +67,14 @@ impl Budget {
         let full = Budget::within(None, config);
         if budget != full {
             log::warn!(
-                "the descriptor limit ({}) lowers max waiting from {} to {}, lingering \
-                 refusals from {} to {} and pending PROXY handshakes from {} to {} \
-                 (raise it with ulimit -n)",
+                "the descriptor limit ({}) lowers max waiting from {} to {}, max parked \
+                 from {} to {}, lingering refusals from {} to {} and pending PROXY \
+                 handshakes from {} to {} (raise it with ulimit -n)",
                 getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX),
                 full.waiting,
                 budget.waiting,
+                full.parked,
+                budget.parked,
                 full.lingering,
                 budget.lingering,
                 full.pending,
@@ -83,18 +87,26 @@ impl Budget {
     /// The budget under a soft limit of `soft` descriptors (`None`:
     /// unlimited). What is left after the reserve, the running places and
     /// the sidecars goes to lingering refusals and pending handshakes (a
-    /// quarter each at most) and the rest to the waiting clients.
+    /// quarter each at most) and the rest to the waiting clients and the
+    /// parked ones: each gets what it wants if both fit, and at least half
+    /// of the rest (or what it wants, if less) if not.
     fn within(soft: Option<u64>, config: &ServerConfig) -> Budget {
         let pending_wanted = if config.proxy_from.is_empty() {
             0
         } else {
             MAX_PENDING
         };
+        let parked_wanted = if config.park_idle {
+            config.max_parked
+        } else {
+            0
+        };
         let Some(soft) = soft else {
             return Budget {
                 waiting: config.max_waiting,
                 lingering: MAX_LINGERING,
                 pending: pending_wanted,
+                parked: parked_wanted,
             };
         };
         let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
@@ -105,10 +117,13 @@ impl Budget {
         let room = usize::try_from(soft.saturating_sub(fixed)).unwrap_or(usize::MAX);
         let lingering = MAX_LINGERING.min(room / 4);
         let pending = pending_wanted.min(room / 4);
+        let rest = room - lingering - pending;
+        let parked = parked_wanted.min(rest.saturating_sub(config.max_waiting).max(rest / 2));
         Budget {
-            waiting: config.max_waiting.min(room - lingering - pending),
+            waiting: config.max_waiting.min(rest - parked),
             lingering,
             pending,
+            parked,
         }
     }
 }
@@ -126,7 +141,8 @@ mod tests {
             Budget {
                 waiting: 159,
                 lingering: 53,
-                pending: 0
+                pending: 0,
+                parked: 0
             }
         );
         let proxied = config
@@ -138,9 +154,26 @@ mod tests {
             Budget {
                 waiting: 91,
                 lingering: 44,
-                pending: 44
+                pending: 44,
+                parked: 0
             }
         );
+        // Parked connections share what the waiting ones leave, and get at
+        // least half of it when both cannot have what they want.
+        let parking = ServerConfig::new("/").max_running(8).park_idle(true);
+        // 20,000 - 64 - 8 * 6 = 19,888; a quarter lingers at most (4,096).
+        assert_eq!(
+            Budget::within(Some(20_000), &parking),
+            Budget {
+                waiting: 1024,
+                lingering: MAX_LINGERING,
+                pending: 0,
+                parked: 10_000
+            }
+        );
+        let tight = Budget::within(Some(300), &parking);
+        // 300 - 64 - 48 = 188: 47 linger, 141 left, 70 parked.
+        assert_eq!((tight.waiting, tight.lingering, tight.parked), (71, 47, 70));
         let plenty = Budget::within(Some(1 << 20), &proxied);
         assert_eq!(
             (plenty.waiting, plenty.lingering, plenty.pending),

@@ -188,6 +188,8 @@ impl Server {
             .admission(config.admission(budget.waiting))
             .busy_idle_timeout(config.busy_idle_timeout)
             .busy_session_limit(config.busy_session_limit)
+            .park_idle_timeout(config.idle_timeout)
+            .max_parked(budget.parked)
             .name("filesrv");
         let state = Arc::new(ServerState {
             root,

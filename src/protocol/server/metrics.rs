@@ -316,6 +316,12 @@ impl Collector for Snapshot {
         )?;
         gauge(
             e,
+            "parked_sessions",
+            "Connections parked between requests now (--park-idle)",
+            s.parked,
+        )?;
+        gauge(
+            e,
             "limit_sessions",
             "Clients served at once at most (MAX_RUNNING)",
             self.max_running,

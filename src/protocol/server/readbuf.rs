@@ -30,11 +30,20 @@ impl ReadBuf {
                 .unwrap_or_else(|| vec![0; BUF_SIZE].into_boxed_slice()),
         )
     }
+
+    /// No buffer (what a parked connection holds): empty, allocating
+    /// nothing.
+    pub(super) fn none() -> ReadBuf {
+        ReadBuf(Box::default())
+    }
 }
 
 impl Drop for ReadBuf {
     fn drop(&mut self) {
         let buf = std::mem::take(&mut self.0);
+        if buf.is_empty() {
+            return;
+        }
         // Freed instead if the thread is exiting.
         let _ = SPARE.try_with(|spare| spare.set(Some(buf)));
     }
@@ -64,7 +73,8 @@ mod tests {
         let at = first.as_ptr();
         assert_eq!(first.len(), BUF_SIZE);
         drop(first);
-        assert_eq!(ReadBuf::take().as_ptr(), at);
+        drop(ReadBuf::none());
+        assert_eq!(ReadBuf::take().as_ptr(), at, "an empty one is never kept");
         let elsewhere = std::thread::spawn(move || {
             let buf = ReadBuf::take();
             (buf.len(), buf.as_ptr() as usize)

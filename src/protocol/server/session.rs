@@ -29,7 +29,7 @@ use crate::protocol::wire::{
     ErrorCode, MAX_LINE, Password, RelPath, Request, parse_request, printable_line,
 };
 use crate::util::{Throttle, chunk_len, lock, time_left};
-use crate::{Handler, HandlerContext, MakeRoom, Refusal, Stop};
+use crate::{Handler, HandlerContext, MakeRoom, Refusal, Served, Stop};
 
 /// What every session of one server shares: the root, the settings, the
 /// closer, the metrics, and TLS and the users when configured.
@@ -43,60 +43,112 @@ pub(crate) struct ServerState {
     pub(crate) users: Option<Users>,
 }
 
-/// The protocol handler for one accepted connection.
+/// The protocol handler for one connection.
 ///
 /// Built by the accepting thread and run by the [`Manager`](crate::Manager)
 /// when a slot is free; see the [module docs](super) for the protocol.
-#[derive(Debug)]
-pub(crate) struct Session {
-    stream: TcpStream,
-    peer: SocketAddr,
-    shared: Arc<ServerState>,
-    /// The proxy's own connection (a v2 `LOCAL` header: its health
-    /// check), left out of the access log unless it asks for checks.
-    check: bool,
+/// With parking on, a run may end between requests with the connection
+/// handed back to the manager, parked, and later run again.
+pub(crate) struct Session(Life);
+
+enum Life {
+    /// Accepted, never run.
+    New {
+        stream: TcpStream,
+        peer: SocketAddr,
+        shared: Arc<ServerState>,
+        /// The proxy's own connection (a v2 `LOCAL` header: its health
+        /// check), left out of the access log unless it asks for checks.
+        check: bool,
+    },
+    /// Parked between requests, with everything the next run needs.
+    Parked(Box<Connection>),
 }
 
 impl Session {
     pub(crate) fn new(stream: TcpStream, peer: SocketAddr, shared: Arc<ServerState>) -> Session {
-        Session {
+        Session(Life::New {
             stream,
             peer,
             shared,
             check: false,
-        }
+        })
     }
 
     /// Marks the session as a trusted proxy's own connection (its health
     /// check) rather than a client's it relays.
     pub(crate) fn proxy_check(mut self) -> Session {
-        self.check = true;
+        if let Life::New { check, .. } = &mut self.0 {
+            *check = true;
+        }
         self
+    }
+
+    fn peer(&self) -> SocketAddr {
+        match &self.0 {
+            Life::New { peer, .. } => *peer,
+            Life::Parked(conn) => conn.peer,
+        }
+    }
+
+    fn stream(&self) -> &TcpStream {
+        match &self.0 {
+            Life::New { stream, .. } => stream,
+            Life::Parked(conn) => &conn.stream,
+        }
+    }
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.0 {
+            Life::New { .. } => "new",
+            Life::Parked(_) => "parked",
+        };
+        write!(f, "Session({}, {state})", self.peer())
     }
 }
 
 impl Handler for Session {
+    /// Not called by the manager (it calls [`serve`](Handler::serve)); a
+    /// session that would park here is closed instead.
     fn run(self, ctx: &HandlerContext) -> io::Result<()> {
-        let began = Instant::now();
-        log::info!(
-            "{}: connected (waited {:?})",
-            self.peer,
-            began - ctx.queued_at()
-        );
-        let mut conn = Connection::new(self, ctx)?;
-        let result = conn.serve(ctx);
-        log::info!(
-            "{}: closed after {} request{} in {:?}",
-            conn.peer,
-            conn.requests,
-            if conn.requests == 1 { "" } else { "s" },
-            began.elapsed()
-        );
-        conn.finish(result)
+        self.serve(ctx).map(drop)
+    }
+
+    fn serve(self, ctx: &HandlerContext) -> io::Result<Served<Session>> {
+        let mut conn = match self.0 {
+            Life::New {
+                stream,
+                peer,
+                shared,
+                check,
+            } => {
+                log::info!("{peer}: connected (waited {:?})", ctx.queued_at().elapsed());
+                Box::new(Connection::new(stream, peer, shared, check)?)
+            }
+            Life::Parked(conn) => {
+                log::debug!("{}: back from parking", conn.peer);
+                conn
+            }
+        };
+        conn.attach(ctx);
+        let result = if conn.http {
+            http::serve(&mut *conn, ctx)
+        } else {
+            conn.serve(ctx)
+        };
+        if let Ok(End::Park) = result {
+            conn.park()?;
+            log::debug!("{}: parked", conn.peer);
+            return Ok(Served::Park(Session(Life::Parked(conn))));
+        }
+        conn.log_closed("");
+        conn.finish(result).map(|()| Served::Done)
     }
 
     fn source(&self) -> Option<IpAddr> {
-        Some(self.peer.ip())
+        Some(self.peer().ip())
     }
 
     /// The client hung up if the socket was reset (a request it sent may
@@ -105,7 +157,8 @@ impl Handler for Session {
     fn is_abandoned(&self) -> bool {
         // A reset shows as an error or a hang-up in both directions; a
         // half-close (the client shut its writing side) does not.
-        let mut fds = [PollFd::new(&self.stream, PollFlags::empty())];
+        let stream = self.stream();
+        let mut fds = [PollFd::new(stream, PollFlags::empty())];
         let now = Timespec {
             tv_sec: 0,
             tv_nsec: 0,
@@ -115,37 +168,50 @@ impl Handler for Session {
         {
             return true;
         }
-        let mut probe = [0u8; 1];
-        match rustix::net::recv(
-            &self.stream,
-            &mut probe,
-            RecvFlags::PEEK | RecvFlags::DONTWAIT,
-        ) {
-            Ok((_, 0)) => true,
+        match peek(stream) {
+            Ok(0) => true,
             Ok(_) => false,
             Err(e) => e != Errno::AGAIN && e != Errno::INTR,
         }
     }
 
     /// Watched while waiting, so a client that hangs up leaves the queue
-    /// at once.
+    /// at once, and while parked, for the next request.
     fn socket(&self) -> Option<BorrowedFd<'_>> {
-        Some(self.stream.as_fd())
+        Some(self.stream().as_fd())
     }
 
     fn refused(self, reason: Refusal) {
-        log::info!("{}: refused: {reason}", self.peer);
-        let line = refusal_line(reason);
-        match &self.shared.tls {
-            // Inside TLS, if the handshake completes in time; an HTTPS
-            // client gets the ERR line there too (no sniff inside TLS).
-            Some(tls) => tls.refuse(self.stream, line.as_bytes()),
-            None => {
-                let http = http::refusal().into_bytes();
-                (self.shared.closer).refuse_sniffing(self.stream, line.as_bytes(), http);
+        match self.0 {
+            Life::New {
+                stream,
+                peer,
+                shared,
+                ..
+            } => {
+                log::info!("{peer}: refused: {reason}");
+                let line = refusal_line(reason);
+                match &shared.tls {
+                    // Inside TLS, if the handshake completes in time; an
+                    // HTTPS client gets the ERR line there too (no sniff
+                    // inside TLS).
+                    Some(tls) => tls.refuse(stream, line.as_bytes()),
+                    None => {
+                        let http = http::refusal().into_bytes();
+                        (shared.closer).refuse_sniffing(stream, line.as_bytes(), http);
+                    }
+                }
             }
+            Life::Parked(conn) => conn.refuse_parked(reason),
         }
     }
+}
+
+/// Peeks at one byte the client sent, without waiting: `Ok(0)` at the
+/// end of the stream, `Err(AGAIN)` when nothing is there.
+fn peek(stream: &TcpStream) -> Result<usize, Errno> {
+    let mut probe = [0u8; 1];
+    rustix::net::recv(stream, &mut probe, RecvFlags::PEEK | RecvFlags::DONTWAIT).map(|(n, _)| n)
 }
 
 /// Shuts down a connection's socket `how`, if it is still open.
@@ -178,6 +244,9 @@ pub(super) enum End {
     AfterError,
     /// Cut mid-transfer (a short GET body, a stall): close at once.
     Abruptly,
+    /// Between requests with nothing unread, and parking is on: give the
+    /// slot back until the next request (closed quietly when it cannot).
+    Park,
 }
 
 /// A running session: its socket, its read buffer and its counters.
@@ -206,21 +275,23 @@ struct Connection {
     /// for: the kernel held nothing more then.
     drained: bool,
     requests: u64,
-    /// Where its requests are logged, if they are: see [`Session::check`].
+    /// Where its requests are logged, if they are: see [`Life::New`].
     access_log: Option<AccessLog>,
+    /// Whether it speaks HTTP (decided by its first request line).
+    http: bool,
+    connected: Instant,
 }
 
 /// The buffer a LIST reply is written through.
 const LIST_BUF: usize = 64 * 1024;
 
 impl Connection {
-    fn new(session: Session, ctx: &HandlerContext) -> io::Result<Connection> {
-        let Session {
-            stream,
-            peer,
-            shared,
-            check,
-        } = session;
+    fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        shared: Arc<ServerState>,
+        check: bool,
+    ) -> io::Result<Connection> {
         let access_log = match &shared.config.access_log {
             Some(log) if !check || shared.config.access_log_checks => Some(log.clone()),
             _ => None,
@@ -240,8 +311,34 @@ impl Connection {
         // The write timeout (the stall timeout) and TCP_NODELAY came with
         // the socket from the listener.
         let read_timeout = ReadTimeout::inherited(&shared.config);
-        let busy = Arc::new(Mutex::new(false));
-        let (stop_stream, stop_busy) = (Arc::downgrade(&stream), busy.clone());
+        Ok(Connection {
+            stream,
+            io,
+            user: None,
+            failed_logins: 0,
+            peer,
+            shared,
+            busy: Arc::new(Mutex::new(false)),
+            read_timeout,
+            cork: Cork::default(),
+            buf: ReadBuf::none(),
+            start: 0,
+            end: 0,
+            drained: true,
+            requests: 0,
+            access_log,
+            http: false,
+            connected: Instant::now(),
+        })
+    }
+
+    /// Readies the connection for a run: its read buffer, and the hooks
+    /// through which this run's stop and make-room requests reach it.
+    fn attach(&mut self, ctx: &HandlerContext) {
+        if self.buf.is_empty() {
+            self.buf = ReadBuf::take();
+        }
+        let (stop_stream, stop_busy) = (Arc::downgrade(&self.stream), self.busy.clone());
         ctx.on_stop(move |stop| {
             let busy = lock(&stop_busy);
             // Idle between requests: wake the blocked read. Busy: the
@@ -255,29 +352,73 @@ impl Connection {
         });
         // Asked to make room for a waiting client: the same, the loop
         // sees the request before it reads the next line.
-        let (hook_stream, room_busy) = (Arc::downgrade(&stream), busy.clone());
+        let (hook_stream, room_busy) = (Arc::downgrade(&self.stream), self.busy.clone());
         ctx.on_make_room(move |_| {
             if !*lock(&room_busy) {
                 shut(&hook_stream, Shutdown::Read);
             }
         });
-        Ok(Connection {
+    }
+
+    /// Whether the connection may be parked now: parking is on, nothing
+    /// the client sent is unread (here, inside TLS or on the socket: a
+    /// request arriving after this look wakes the parked connection at
+    /// once), and no stop or make-room request is pending.
+    fn parkable(&mut self, ctx: &HandlerContext) -> bool {
+        self.config().park_idle
+            && self.start == self.end
+            && !self.stop_or_room(ctx)
+            && self.io.is_drained()
+            && peek(&self.stream) == Err(Errno::AGAIN)
+    }
+
+    /// Readies the connection to be parked: replies held back go out, and
+    /// the read buffer goes back to the thread (a parked connection holds
+    /// none).
+    fn park(&mut self) -> io::Result<()> {
+        self.cork.release(&self.stream)?;
+        (self.start, self.end) = (0, 0);
+        self.buf = ReadBuf::none();
+        Ok(())
+    }
+
+    /// Logs the end of the connection, with `why` after it.
+    fn log_closed(&self, why: &str) {
+        log::info!(
+            "{}: closed after {} request{} in {:?}{why}",
+            self.peer,
+            self.requests,
+            if self.requests == 1 { "" } else { "s" },
+            self.connected.elapsed()
+        );
+    }
+
+    /// Closes a parked connection the manager let go: the line protocol
+    /// says why when the contract gives it a reply (`ERR timeout` after
+    /// the idle timeout, `ERR unavailable` on shutdown, `ERR busy` when
+    /// its next request is refused); HTTP answers only a refused request
+    /// (`503`), and is otherwise closed as keep-alive connections are.
+    fn refuse_parked(self, reason: Refusal) {
+        self.log_closed(&format!(" (parked: {reason})"));
+        let reply = match (self.http, reason) {
+            (_, Refusal::Evicted) => None,
+            (true, reason) if reason.is_busy() => Some(http::refusal()),
+            (true, _) => None,
+            (false, Refusal::IdleTimeout) => Some(reply_error(
+                ErrorCode::Timeout,
+                "no complete request in time",
+            )),
+            (false, reason) => Some(refusal_line(reason)),
+        };
+        let Connection {
             stream,
-            io,
-            user: None,
-            failed_logins: 0,
-            peer,
+            mut io,
             shared,
-            busy,
-            read_timeout,
-            cork: Cork::default(),
-            buf: ReadBuf::take(),
-            start: 0,
-            end: 0,
-            drained: true,
-            requests: 0,
-            access_log,
-        })
+            ..
+        } = self;
+        let bytes = io.seal(reply.as_deref().unwrap_or_default().as_bytes());
+        drop(io);
+        shared.closer.refuse(stream, &bytes);
     }
 
     fn config(&self) -> &ServerConfig {
@@ -315,8 +456,10 @@ impl Connection {
                 Line::TooLong
                     if self.requests == 0 && http::long_request_line(self, deadline, ctx)? =>
                 {
+                    self.http = true;
                     return http::serve(self, ctx);
                 }
+                Line::Park => return Ok(End::Park),
                 Line::TooLong => return self.fail(ErrorCode::BadRequest, "request line too long"),
                 Line::TimedOut => {
                     return self.fail(ErrorCode::Timeout, "no complete request in time");
@@ -325,6 +468,7 @@ impl Connection {
             // The first request line decides the protocol for good.
             if self.requests == 0 && http::is_request_line(&self.buf[line.clone()]) {
                 self.start = line.start;
+                self.http = true;
                 return http::serve(self, ctx);
             }
             // Claim the connection for this request, unless a stop came.
@@ -333,7 +477,6 @@ impl Connection {
                 Claim::Stop => return self.stop_unavailable(),
                 Claim::MakeRoom(why) => return self.make_room(why),
             }
-            self.requests += 1;
             // The client sent the next request already: this reply
             // leaves with the next one's.
             if self.buf[self.start..self.end].contains(&b'\n') {
@@ -404,6 +547,8 @@ impl Connection {
                 let _ = self.stream.shutdown(Shutdown::Write);
             }
             Ok(End::Abruptly) => {}
+            // Not parked after all (a run without a manager that parks).
+            Ok(End::Park) => self.io.close_notify(),
             Err(e) => {
                 log::debug!("{}: connection error: {e}", self.peer);
                 return Err(e);
@@ -478,6 +623,11 @@ impl Connection {
             searched = self.end - self.start;
             if searched >= MAX_LINE {
                 return Ok(Line::TooLong);
+            }
+            // Between requests (one answered already, nothing of the next
+            // here yet): the slot goes back until the next one comes.
+            if self.requests > 0 && self.parkable(ctx) {
+                return Ok(Line::Park);
             }
             match self.fill(deadline, &mut idle, ctx)? {
                 Filled::More => {}
@@ -948,9 +1098,9 @@ impl http::Wire for Connection {
         Ok(Filled::More)
     }
 
-    /// Claims the connection for a request, unless a stop or a request
-    /// to make room came first.
-    fn claim(&self, ctx: &HandlerContext) -> Claim {
+    /// Claims the connection for a request (and counts it), unless a
+    /// stop or a request to make room came first.
+    fn claim(&mut self, ctx: &HandlerContext) -> Claim {
         let mut busy = lock(&self.busy);
         if ctx.stop_requested().is_some() {
             return Claim::Stop;
@@ -960,6 +1110,7 @@ impl http::Wire for Connection {
         }
         *busy = true;
         ctx.set_busy();
+        self.requests += 1;
         Claim::Claimed
     }
 
@@ -994,13 +1145,21 @@ impl http::Wire for Connection {
     fn receive_body(&mut self, file: &mut TempFile, size: u64) -> io::Result<Received> {
         Connection::receive_body(self, file, size)
     }
+
+    fn parkable(&mut self, ctx: &HandlerContext) -> bool {
+        Connection::parkable(self, ctx)
+    }
 }
 
 enum Line {
     Complete(std::ops::Range<usize>),
-    Eof { partial: bool },
+    Eof {
+        partial: bool,
+    },
     TooLong,
     TimedOut,
+    /// Nothing of the next request yet, and the connection may park.
+    Park,
 }
 
 pub(super) enum Received {

@@ -56,6 +56,44 @@ impl SessionStream {
         }
     }
 
+    /// Whether nothing received is held inside TLS: no plaintext left to
+    /// read and nothing left to send (always true in plaintext). A
+    /// record still incomplete is held, but the rest of it must come from
+    /// the socket.
+    pub(crate) fn is_drained(&mut self) -> bool {
+        match &mut self.tls {
+            None => true,
+            Some(tls) => {
+                !tls.wants_write()
+                    && tls
+                        .process_new_packets()
+                        .is_ok_and(|state| state.plaintext_bytes_to_read() == 0)
+            }
+        }
+    }
+
+    /// The bytes that say `reply` and end the stream, to be written by
+    /// someone else (without blocking): `reply` itself in plaintext; in
+    /// TLS, its records and close_notify (nothing before the handshake
+    /// completed).
+    pub(crate) fn seal(&mut self, reply: &[u8]) -> Vec<u8> {
+        let Some(tls) = &mut self.tls else {
+            return reply.to_vec();
+        };
+        let mut out = Vec::new();
+        if tls.is_handshaking() {
+            return out;
+        }
+        let _ = tls.writer().write_all(reply);
+        tls.send_close_notify();
+        while tls.wants_write() {
+            if tls.write_tls(&mut out).is_err() {
+                break;
+            }
+        }
+        out
+    }
+
     /// Ends TLS cleanly (close_notify), best effort; nothing in
     /// plaintext or before the handshake completed.
     pub(crate) fn close_notify(&mut self) {

@@ -115,6 +115,9 @@ fn read_head(wire: &mut impl Wire, ctx: &HandlerContext) -> io::Result<Result<He
             return Ok(Err(End::AfterError));
         }
         let started = !wire.pending().is_empty();
+        if !started && wire.parkable(ctx) {
+            return Ok(Err(End::Park));
+        }
         match wire.fill(deadline, &mut idle, ctx)? {
             Filled::More => {}
             // Between requests, stopped, or asked to make room: just close.

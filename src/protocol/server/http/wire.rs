@@ -36,9 +36,9 @@ pub(in crate::protocol::server) trait Wire {
         idle: &mut bool,
         ctx: &HandlerContext,
     ) -> io::Result<Filled>;
-    /// Claims the connection for a request (see the session's stop and
-    /// make-room hooks).
-    fn claim(&self, ctx: &HandlerContext) -> Claim;
+    /// Claims the connection for a request and counts it (see the
+    /// session's stop and make-room hooks).
+    fn claim(&mut self, ctx: &HandlerContext) -> Claim;
     /// Ends the claim once the reply is written.
     fn release(&self);
     /// Holds small replies back while more requests are buffered, so
@@ -52,4 +52,6 @@ pub(in crate::protocol::server) trait Wire {
     /// Copies a request body of `size` bytes (buffered first) to `file`,
     /// within the stall timeout and minimum rate.
     fn receive_body(&mut self, file: &mut TempFile, size: u64) -> io::Result<Received>;
+    /// Whether the connection may be parked now, between requests.
+    fn parkable(&mut self, ctx: &HandlerContext) -> bool;
 }
