@@ -88,6 +88,29 @@ fn connect_with_small_window(addr: std::net::SocketAddr) -> std::net::TcpStream 
     std::net::TcpStream::from(fd)
 }
 
+/// Reads `source` at most `chunk` bytes every 100 ms, until the end, an
+/// error, or the returned sender is dropped; the thread gives the bytes
+/// read.
+fn read_slowly(
+    mut source: impl Read + Send + 'static,
+    chunk: usize,
+) -> (crossbeam_channel::Sender<()>, thread::JoinHandle<usize>) {
+    let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+    let reader = thread::spawn(move || {
+        let mut read = 0;
+        let mut buf = vec![0u8; chunk];
+        let pause = Duration::from_millis(100);
+        while stopped.recv_timeout(pause) == Err(crossbeam_channel::RecvTimeoutError::Timeout) {
+            match source.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+        }
+        read
+    });
+    (stop, reader)
+}
+
 #[test]
 fn a_list_reply_read_slower_than_the_minimum_rate_is_cut() {
     let dir = TempDir::new("list-rate");
@@ -104,23 +127,48 @@ fn a_list_reply_read_slower_than_the_minimum_rate_is_cut() {
     let server = ChildServer::spawn(command);
     let mut stream = connect_with_small_window(server.addr());
     stream.write_all(b"LIST\n").unwrap();
-    let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
-    let reader = thread::spawn(move || {
-        let mut read = 0;
-        let mut chunk = [0u8; 1024];
-        // 1 KiB every 100 ms, until the end, a reset, or the test is done.
-        let pause = Duration::from_millis(100);
-        while stopped.recv_timeout(pause) == Err(crossbeam_channel::RecvTimeoutError::Timeout) {
-            match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => read += n,
-            }
-        }
-        read
-    });
+    let (stop, reader) = read_slowly(stream, 1024);
     let line = server.wait_log("LIST -> ").unwrap();
     drop(stop);
     let read = reader.join().unwrap();
+    eprintln!("{line}; the client had read {read} bytes");
+    assert!(line.contains("-> stalled"), "{line}");
+}
+
+/// Inside TLS there is no `sendfile`, but the same pace holds: a GET
+/// whose client (socat, through a 4 KiB window) reads 20 KB/s, each read
+/// well within the stall timeout, is cut by the minimum rate.
+#[test]
+fn a_tls_get_read_slower_than_the_minimum_rate_is_cut() {
+    use std::process::{Command, Stdio};
+    let dir = TempDir::new("tls-rate");
+    let file = std::fs::File::create(dir.root().join("big.bin")).unwrap();
+    file.set_len(300 << 20).unwrap();
+    let (server, _pin) = super::tls::serve_self_signed(
+        &dir.root(),
+        1,
+        &["--stall-timeout", "1", "--min-rate", "4000000"],
+    );
+    let target = format!("OPENSSL:{},verify=0,rcvbuf=4096", server.addr());
+    let mut socat = Command::new("timeout")
+        .arg(LIMIT.as_secs().to_string())
+        .arg(crate::support::tools::need("socat"))
+        .args(["-", &target])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut input = socat.stdin.take().unwrap();
+    input.write_all(b"GET big.bin\n").unwrap();
+    let output = socat.stdout.take().unwrap();
+    let (stop, reader) = read_slowly(output, 2048);
+    let line = server.wait_log("GET big.bin -> ").unwrap();
+    drop(stop);
+    let read = reader.join().unwrap();
+    drop(input);
+    let _ = socat.kill();
+    let _ = socat.wait();
     eprintln!("{line}; the client had read {read} bytes");
     assert!(line.contains("-> stalled"), "{line}");
 }

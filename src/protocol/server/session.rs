@@ -22,7 +22,7 @@ use super::readbuf::ReadBuf;
 use super::sockopt::{Cork, ReadTimeout};
 use super::stream::SessionStream;
 use super::tls::Tls;
-use super::transfer::{PacedWriter, Sent, copy_body, is_timeout, send_all, send_body};
+use super::transfer::{Sent, copy_body, is_timeout, send_all, send_body};
 use super::users::{Login, User, Users, plain_auth_allowed};
 use crate::protocol::checksum::sum_prefix_until;
 use crate::protocol::wire::{
@@ -804,8 +804,9 @@ impl Connection {
             }
             // TLS: no sendfile; the header goes in the first record batch.
             None => {
-                self.io.write_all(header.as_bytes())?;
-                copy_body(&mut self.io, &file, offset, offset + count, count)?
+                let mut out = self.io.paced(&self.shared.config);
+                out.write_all(header.as_bytes())?;
+                copy_body(&mut out, &file, offset, offset + count, count)?
             }
         };
         match sent {
@@ -931,14 +932,8 @@ impl Connection {
             Err(e) => return self.refuse(&e),
         };
         // Streamed through a small buffer: the reply text is never held
-        // whole. Paced as a GET body is, in plaintext.
-        let Some(socket) = self.io.plain_socket() else {
-            let mut out = io::BufWriter::with_capacity(LIST_BUF, &mut self.io);
-            let bytes = listing.write_reply(&mut out)?;
-            out.flush()?;
-            return Ok(Outcome::new(Answer::Ok, bytes, None));
-        };
-        let paced = PacedWriter::new(socket, &self.shared.config);
+        // whole. Paced as a GET body is.
+        let paced = self.io.paced(&self.shared.config);
         let mut out = io::BufWriter::with_capacity(LIST_BUF, paced);
         match listing
             .write_reply(&mut out)
@@ -1132,10 +1127,9 @@ impl http::Wire for Connection {
     fn send_file(&mut self, head: &[u8], file: &File, offset: u64, count: u64) -> io::Result<Sent> {
         let Some(socket) = self.io.plain_socket() else {
             // TLS: no sendfile; the head goes in the first record batch.
-            self.io.write_all(head)?;
-            let sent = copy_body(&mut self.io, file, offset, offset + count, count)?;
-            self.io.flush()?;
-            return Ok(sent);
+            let mut out = self.io.paced(&self.shared.config);
+            out.write_all(head)?;
+            return copy_body(&mut out, file, offset, offset + count, count);
         };
         // Held back (MSG_MORE) so the head leaves with the body's start.
         send_all(socket, head, SendFlags::MORE)?;

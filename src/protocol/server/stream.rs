@@ -13,6 +13,9 @@ use std::sync::Arc;
 
 use rustls::ServerConnection;
 
+use super::config::ServerConfig;
+use super::transfer::PacedWriter;
+
 /// The socket, shared with the hooks that shut it down from other
 /// threads, and the TLS state when the port speaks TLS.
 #[derive(Debug)]
@@ -94,6 +97,16 @@ impl SessionStream {
         out
     }
 
+    /// A writer for a body: the socket kept to the body's pace (the stall
+    /// timeout as wall time, the minimum rate), through TLS when the port
+    /// speaks it.
+    pub(crate) fn paced<'a>(&'a mut self, config: &ServerConfig) -> Paced<'a> {
+        Paced {
+            tls: self.tls.as_deref_mut(),
+            socket: PacedWriter::new(&self.socket, config),
+        }
+    }
+
     /// Ends TLS cleanly (close_notify), best effort; nothing in
     /// plaintext or before the handshake completed.
     pub(crate) fn close_notify(&mut self) {
@@ -108,6 +121,50 @@ impl SessionStream {
                 }
             }
         }
+    }
+}
+
+/// See [`SessionStream::paced`]. Once the pace is broken every write
+/// fails, and [`stalled`](Paced::stalled) says why.
+pub(crate) struct Paced<'a> {
+    tls: Option<&'a mut ServerConnection>,
+    socket: PacedWriter<'a>,
+}
+
+impl Paced<'_> {
+    /// Whether a write failed because the client read too slowly.
+    pub(crate) fn stalled(&self) -> bool {
+        self.socket.stalled()
+    }
+
+    /// Sends the TLS records waiting to go (none in plaintext).
+    fn send_records(&mut self) -> io::Result<()> {
+        if let Some(tls) = &mut self.tls {
+            while tls.wants_write() {
+                tls.write_tls(&mut self.socket)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Write for Paced<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let Some(tls) = &mut self.tls else {
+            return self.socket.write(buf);
+        };
+        // rustls takes what its buffer holds; the records then go out at
+        // the socket's pace.
+        let n = tls.writer().write(buf)?;
+        self.send_records()?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if let Some(tls) = &mut self.tls {
+            tls.writer().flush()?;
+        }
+        self.send_records()
     }
 }
 
