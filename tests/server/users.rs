@@ -353,3 +353,62 @@ fn curl_with_basic_auth_sees_only_its_root_with_its_rights() {
     );
     assert_eq!(curl_status(&open, &["-T", upload], "/up2.txt").0, "401");
 }
+
+/// Clients failing `AUTH` never keep a user out: on two running slots,
+/// two guessers that failed twice and then sit idle are made to leave
+/// (`ERR timeout`, the busy idle timeout) as soon as a user waits, and
+/// two others guessing without pause (three failures a connection, then a
+/// new one) queue behind the user, who logs in and is served.
+#[test]
+fn clients_failing_auth_never_hold_every_slot() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let dir = users_dir();
+    let mut command = ChildServer::command(&dir.root(), 2);
+    command.arg("--users").arg(dir.path().join("users")).args([
+        "--busy-idle-timeout",
+        "1",
+        "--max-auth-failures",
+        "0",
+    ]);
+    let server = ChildServer::spawn(command);
+    let addr = server.addr();
+    let from =
+        |last: u8| Conn::from_stream(connect_from(Ipv4Addr::new(127, 0, 0, last), addr).unwrap());
+    let mut idle: Vec<Conn> = (3..5).map(from).collect();
+    for c in &mut idle {
+        for _ in 0..2 {
+            assert_eq!(auth(c, "alice", "guess"), "ERR denied bad credentials");
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let guessers: Vec<_> = (5..7)
+        .map(|last| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut tries = 0;
+                while !stop.load(SeqCst) && tries < 300 {
+                    let mut c = Conn::from_stream(
+                        connect_from(Ipv4Addr::new(127, 0, 0, last), addr).unwrap(),
+                    );
+                    for _ in 0..3 {
+                        tries += 1;
+                        if auth(&mut c, "alice", "guess") != "ERR denied bad credentials" {
+                            break;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut user = from(2);
+    assert_eq!(auth(&mut user, "alice", ALICE_PW), "OK alice");
+    user.assert_get("a.txt", b"alice\n");
+    stop.store(true, SeqCst);
+    for guesser in guessers {
+        guesser.join().unwrap();
+    }
+    for c in &mut idle {
+        assert_eq!(c.line(), "ERR timeout idle too long while clients wait");
+    }
+}
