@@ -155,6 +155,7 @@ pub struct FnHandler<F> {
     work: F,
     source: Option<IpAddr>,
     key: Option<Key>,
+    refused: Option<Box<dyn FnOnce(Refusal) + Send>>,
 }
 
 /// Turns a closure into a [`Handler`], for tests, benches and one-off work.
@@ -173,6 +174,7 @@ where
         work,
         source: None,
         key: None,
+        refused: None,
     }
 }
 
@@ -186,6 +188,32 @@ impl<F> FnHandler<F> {
     /// Sets the key the handler gives (default: none, so its source's).
     pub fn with_key(mut self, key: Key) -> Self {
         self.key = Some(key);
+        self
+    }
+
+    /// Sets what to do if the handler is refused instead of run (see
+    /// [`Handler::refused`]): typically to tell the client why, through
+    /// a second handle on its connection. Default: nothing.
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use std::net::{TcpListener, TcpStream};
+    /// use std::sync::Arc;
+    /// use filesrv::handler_fn;
+    ///
+    /// let listener = TcpListener::bind("127.0.0.1:0")?;
+    /// let _client = TcpStream::connect(listener.local_addr()?)?;
+    /// let conn = Arc::new(listener.accept()?.0);
+    /// let told = conn.clone();
+    /// let handler = handler_fn(move |_ctx| (&*conn).write_all(b"hello\n"))
+    ///     .on_refused(move |reason| {
+    ///         let _ = writeln!(&*told, "busy: {reason}");
+    ///     });
+    /// # drop(handler);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn on_refused(mut self, refused: impl FnOnce(Refusal) + Send + 'static) -> Self {
+        self.refused = Some(Box::new(refused));
         self
     }
 }
@@ -204,6 +232,12 @@ where
 
     fn key(&self) -> Option<Key> {
         self.key
+    }
+
+    fn refused(self, reason: Refusal) {
+        if let Some(refused) = self.refused {
+            refused(reason);
+        }
     }
 }
 

@@ -566,6 +566,33 @@ fn a_deadline_passing_behind_a_handler_without_one_loses_neither() {
     assert_eq!(stats.oldest_waiting, Duration::ZERO);
 }
 
+/// A closure handler can tell its client why it was refused: waiting
+/// when the shutdown began, its `on_refused` hears `ShuttingDown`.
+#[test]
+fn a_handler_fn_refused_while_waiting_hears_why() {
+    let manager = ManagerBuilder::new(1).build().unwrap();
+    let (started, starts) = channels();
+    manager
+        .submit(BoxHandler::new(handler_fn(move |ctx| {
+            let (stopped, wait_stop) = bounded::<()>(1);
+            ctx.on_stop(move |_| {
+                let _ = stopped.try_send(());
+            });
+            started.send(()).unwrap();
+            wait_stop.recv_timeout(LIMIT).unwrap();
+            Ok(())
+        })))
+        .unwrap();
+    starts.recv_timeout(LIMIT).unwrap();
+    let (told, heard) = channels();
+    let waiting = handler_fn(|_| Err(io::Error::other("never runs")))
+        .on_refused(move |reason| told.send(reason).unwrap());
+    manager.submit(BoxHandler::new(waiting)).unwrap();
+    let report = manager.shutdown(LIMIT);
+    assert_eq!(heard.recv_timeout(LIMIT), Ok(Refusal::ShuttingDown));
+    assert_eq!(report.refused_waiting, 1, "{report:?}");
+}
+
 #[test]
 fn stop_hook_registered_after_shutdown_began_runs_at_once() {
     let manager = ManagerBuilder::new(2).build().unwrap();
