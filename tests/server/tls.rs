@@ -206,6 +206,34 @@ fn a_refused_connection_gets_its_err_line_inside_tls() {
     assert!(text.starts_with("ERR busy "), "{text:?}");
 }
 
+/// Refused inside TLS, an HTTPS client gets `503` as in plaintext: curl
+/// (ALPN `http/1.1`) at once, and a request line without ALPN from its
+/// first bytes; a line-protocol client gets its `ERR busy` line.
+#[test]
+fn a_refused_https_client_gets_503_inside_tls() {
+    let dir = root();
+    let (server, _pin) = serve_self_signed(&dir.root(), 1, &["--max-waiting", "0"]);
+    let _holder = TcpStream::connect(server.addr()).unwrap();
+    server.wait_log("connected").unwrap();
+    let out = Command::new(tools::need("curl"))
+        .args(["-sk", "-D", "-", "-o", "/dev/null", "--max-time", "20"])
+        .arg(format!(
+            "https://localhost:{}/notes.txt",
+            server.addr().port()
+        ))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&out.stdout);
+    assert!(head.starts_with("HTTP/1.1 503 "), "{out:?}");
+    assert!(head.contains("\r\nRetry-After: 1\r\n"), "{head}");
+    let out = s_client(server.addr(), b"GET /notes.txt HTTP/1.1\r\nHost: x\r\n\r\n");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("HTTP/1.1 503 "), "{text:?}");
+    let out = s_client(server.addr(), b"STAT notes.txt\n");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("ERR busy "), "{text:?}");
+}
+
 #[test]
 fn silent_handshakes_are_cut_as_idle_while_a_tls_client_waits() {
     const SILENT: usize = 500;

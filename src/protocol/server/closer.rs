@@ -39,7 +39,7 @@ const MAX_DISCARD: usize = 1 << 20;
 const SNIFF: Duration = Duration::from_secs(1);
 /// The most first bytes kept to decide; an HTTP-looking start that long
 /// without its line's end is taken as HTTP.
-const MAX_SNIFF: usize = 1024;
+pub(super) const MAX_SNIFF: usize = 1024;
 
 /// What the closer thread is handed.
 #[derive(Debug)]

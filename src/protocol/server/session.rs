@@ -192,10 +192,8 @@ impl Handler for Session {
                 log::info!("{peer}: refused: {reason}");
                 let line = refusal_line(reason);
                 match &shared.tls {
-                    // Inside TLS, if the handshake completes in time; an
-                    // HTTPS client gets the ERR line there too (no sniff
-                    // inside TLS).
-                    Some(tls) => tls.refuse(stream, line.as_bytes()),
+                    // Inside TLS, if the handshake completes in time.
+                    Some(tls) => tls.refuse(stream, line.as_bytes(), http::refusal().into_bytes()),
                     None => {
                         let http = http::refusal().into_bytes();
                         (shared.closer).refuse_sniffing(stream, line.as_bytes(), http);

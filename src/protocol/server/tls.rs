@@ -2,7 +2,8 @@
 //! certificate and key, loaded from PEM and swapped on reload without a
 //! new server configuration; the pin line of a generated certificate; and
 //! the refuser, one thread that gives refused connections their `ERR` line
-//! inside TLS when their handshake completes within [`REFUSAL_BOUND`].
+//! (or `503` to HTTPS clients) inside TLS when their handshake completes
+//! within [`REFUSAL_BOUND`].
 //!
 //! rustls with the *ring* provider, TLS 1.2 and 1.3 only. Sessions do
 //! their handshake on their own worker, through [`SessionStream`]'s first
@@ -26,12 +27,18 @@ use rustls::{ServerConfig, ServerConnection};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::closer::Closer;
+use super::closer::{Closer, MAX_SNIFF};
+use super::http;
 use crate::protocol::pin::{pin_of, provider};
 
 /// How long a refused connection's handshake may take before it is closed
-/// without its `ERR` line.
+/// without its `ERR` line; past it, one whose handshake completed but who
+/// has not sent enough to tell HTTP from the line protocol is answered as
+/// the line protocol.
 pub(crate) const REFUSAL_BOUND: Duration = Duration::from_secs(1);
+
+/// The time an answer decided at [`REFUSAL_BOUND`] has to leave.
+const ANSWER_BOUND: Duration = Duration::from_millis(250);
 
 /// At most this many refused connections are in their handshake at once;
 /// past that they are closed at once.
@@ -213,10 +220,11 @@ impl Tls {
         }
     }
 
-    /// Refuses a connection with `line` inside TLS (see [`Refuser`]).
-    pub(crate) fn refuse(&self, stream: TcpStream, line: &[u8]) {
+    /// Refuses a connection inside TLS (see [`Refuser`]) with `line`, or
+    /// `http` if it speaks HTTP.
+    pub(crate) fn refuse(&self, stream: TcpStream, line: &[u8], http: Vec<u8>) {
         match self.accept() {
-            Ok(conn) => self.refuser.refuse(stream, conn, line),
+            Ok(conn) => self.refuser.refuse(stream, conn, line, http),
             Err(_) => drop(stream),
         }
     }
@@ -244,9 +252,13 @@ struct Refusing {
     stream: TcpStream,
     conn: ServerConnection,
     line: Vec<u8>,
+    /// The reply to an HTTPS client.
+    http: Vec<u8>,
+    /// The first bytes it sent inside TLS, to tell which.
+    seen: Vec<u8>,
     /// Closed without the line after this.
     deadline: Instant,
-    /// The line (and close_notify) is queued in `conn`.
+    /// The reply (and close_notify) is queued in `conn`.
     written: bool,
 }
 
@@ -257,7 +269,9 @@ enum Message {
 
 /// The handle of the refuser thread: connections refused while TLS is on
 /// (busy, unavailable) get their `ERR` line inside TLS if their handshake
-/// completes within [`REFUSAL_BOUND`], else are closed. One thread drives
+/// completes within [`REFUSAL_BOUND`], else are closed; as in plaintext,
+/// the first bytes they send decide between the `ERR` line and `503`
+/// (at once for a client that chose ALPN `http/1.1`). One thread drives
 /// every such handshake on non-blocking sockets, so neither the accepting
 /// thread nor a worker ever waits for one; the finished connections go to
 /// the lingering closer.
@@ -279,7 +293,7 @@ impl Refuser {
         Ok((Refuser { queue, wake }, thread))
     }
 
-    fn refuse(&self, stream: TcpStream, conn: ServerConnection, line: &[u8]) {
+    fn refuse(&self, stream: TcpStream, conn: ServerConnection, line: &[u8], http: Vec<u8>) {
         if stream.set_nonblocking(true).is_err() {
             return;
         }
@@ -287,6 +301,8 @@ impl Refuser {
             stream,
             conn,
             line: line.to_vec(),
+            http,
+            seen: Vec::new(),
             deadline: Instant::now() + REFUSAL_BOUND,
             written: false,
         };
@@ -320,31 +336,69 @@ enum Step {
     Failed,
 }
 
-/// Moves a refusing connection on as far as its socket allows.
-fn step(r: &mut Refusing) -> Step {
-    let mut sock = &r.stream;
+/// Whether a refused connection speaks HTTP, from its ALPN or the first
+/// bytes it sent inside TLS (`None`: not known yet); `expired`: decide
+/// with what came. `Err` if the connection failed.
+fn sniff(r: &mut Refusing, expired: bool) -> Result<Option<bool>, ()> {
+    if r.conn.alpn_protocol() == Some(b"http/1.1") {
+        return Ok(Some(true));
+    }
+    let mut chunk = [0u8; MAX_SNIFF];
+    let mut ended = expired;
+    while r.seen.len() < MAX_SNIFF {
+        let room = MAX_SNIFF - r.seen.len();
+        match io::Read::read(&mut r.conn.reader(), &mut chunk[..room]) {
+            Ok(0) => {
+                ended = true;
+                break;
+            }
+            Ok(n) => r.seen.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(_) => return Err(()),
+        }
+    }
+    Ok(http::refusal_is_http(
+        &r.seen,
+        ended || r.seen.len() == MAX_SNIFF,
+    ))
+}
+
+/// Moves a refusing connection on as far as its socket allows; `expired`:
+/// its deadline passed, so a completed handshake is answered now.
+fn step(r: &mut Refusing, expired: bool) -> Step {
     if !r.written {
-        match r.conn.read_tls(&mut sock) {
+        match r.conn.read_tls(&mut &r.stream) {
             Ok(0) => return Step::Failed,
             Ok(_) => {
                 if r.conn.process_new_packets().is_err() {
-                    let _ = r.conn.write_tls(&mut sock);
+                    let _ = r.conn.write_tls(&mut &r.stream);
                     return Step::Failed;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => return Step::Failed,
         }
-        if !r.conn.is_handshaking() {
-            if r.conn.writer().write_all(&r.line).is_err() {
+        if r.conn.is_handshaking() {
+            if expired {
                 return Step::Failed;
             }
-            r.conn.send_close_notify();
-            r.written = true;
+        } else {
+            let is_http = match sniff(r, expired) {
+                Err(()) => return Step::Failed,
+                Ok(decided) => decided,
+            };
+            if let Some(is_http) = is_http {
+                let reply = if is_http { &r.http } else { &r.line };
+                if r.conn.writer().write_all(reply).is_err() {
+                    return Step::Failed;
+                }
+                r.conn.send_close_notify();
+                r.written = true;
+            }
         }
     }
     while r.conn.wants_write() {
-        match r.conn.write_tls(&mut sock) {
+        match r.conn.write_tls(&mut &r.stream) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Pending,
             Err(_) => return Step::Failed,
@@ -369,10 +423,16 @@ fn refuse_all(incoming: &Receiver<Message>, wake: &OwnedFd, closer: &Closer) {
         // Each connection moves on; finished and expired ones leave.
         let mut kept = Vec::with_capacity(pending.len());
         for mut r in pending.drain(..) {
-            if now >= r.deadline {
-                continue;
+            let expired = now >= r.deadline;
+            if expired {
+                // Its handshake done but its first bytes not telling: the
+                // line protocol's answer gets a moment to leave.
+                if r.written || r.conn.is_handshaking() {
+                    continue;
+                }
+                r.deadline = now + ANSWER_BOUND;
             }
-            match step(&mut r) {
+            match step(&mut r, expired) {
                 Step::Pending => kept.push(r),
                 Step::Done => {
                     let _ = r.stream.set_nonblocking(false);
