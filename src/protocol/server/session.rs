@@ -20,7 +20,7 @@ use super::metrics::{Answer, LoginResult, Metrics};
 use super::pace::Pace;
 use super::readbuf::ReadBuf;
 use super::sockopt::{Cork, ReadTimeout};
-use super::stream::SessionStream;
+use super::stream::{Paced, SessionStream};
 use super::tls::Tls;
 use super::transfer::{Sent, copy_body, is_timeout, send_all, send_body};
 use super::users::{Login, User, Users, plain_auth_allowed};
@@ -281,7 +281,7 @@ struct Connection {
 }
 
 /// The buffer a LIST reply is written through.
-const LIST_BUF: usize = 64 * 1024;
+pub(super) const LIST_BUF: usize = 64 * 1024;
 
 impl Connection {
     fn new(
@@ -1140,6 +1140,10 @@ impl http::Wire for Connection {
 
     fn parkable(&mut self, ctx: &HandlerContext) -> bool {
         Connection::parkable(self, ctx)
+    }
+
+    fn paced(&mut self) -> Paced<'_> {
+        self.io.paced(&self.shared.config)
     }
 }
 
