@@ -21,7 +21,8 @@
 //!   idle connection is checked still open: a server that closed some to
 //!   keep up is said so (and for `filesrv` it is an error). Each server's
 //!   CPU time (user + system, its processes summed) over the load divided
-//!   by the requests wrk counted is its CPU per request.
+//!   by the requests wrk counted is its CPU per request, and its threads'
+//!   context switches divided likewise the wake-ups a request costs.
 //! - `http`: the same client on the loads of issue 25: 4 KiB keep-alive
 //!   GETs with 64 and 8 connections, and with `Connection: close` (a new
 //!   connection per request, the server closing first) with 8; `filesrv
@@ -92,6 +93,9 @@ struct Measured {
     rate: f64,
     /// Server CPU per request, µs.
     cpu: f64,
+    /// The server's context switches per request (its threads', voluntary
+    /// or not): the wake-ups a request costs.
+    switches: f64,
     /// VmRSS before and with the idle connections (KiB), the server's
     /// threads with them, and how many the server closed during the load.
     rss: Option<(u64, u64)>,
@@ -240,11 +244,14 @@ fn measure(
     };
     let cpu = Cpu::Process(target.pid);
     let cpu_before = cpu.used()?;
+    let switches_before = switches(target.pid)?;
     let run = wrk::run(wrk, target.addr, file, load)
         .map_err(|e| io::Error::other(format!("{}: {e}", target.name)))?;
     let used = cpu.used()?.saturating_sub(cpu_before);
+    let switched = switches(target.pid)?.saturating_sub(switches_before);
     measured.rate = run.rate;
     measured.cpu = used.as_secs_f64() * 1e6 / run.requests as f64;
+    measured.switches = switched as f64 / run.requests as f64;
     if let Some(held) = &held {
         measured.closed = held.closed()?;
     }
@@ -253,17 +260,18 @@ fn measure(
 
 fn report_idle(rows: &[Row<'_>], idle: usize, ours: &Target, parks: bool) {
     println!(
-        "  {:<40} {:>10} {:>12}   runs (req/s)",
-        "", "req/s", "µs CPU/req"
+        "  {:<40} {:>10} {:>12} {:>10}   runs (req/s)",
+        "", "req/s", "µs CPU/req", "cs/req"
     );
     for row in rows {
-        let rates: Vec<f64> = row.runs.iter().map(|m| m.rate).collect();
-        let cpu: Vec<f64> = row.runs.iter().map(|m| m.cpu).collect();
+        let pick = |f: fn(&Measured) -> f64| row.runs.iter().map(f).collect::<Vec<f64>>();
+        let rates = pick(|m| m.rate);
         println!(
-            "  {:<40} {:>10.0} {:>12.1}   {}",
+            "  {:<40} {:>10.0} {:>12.1} {:>10.2}   {}",
             row.label(idle),
             median(&rates),
-            median(&cpu),
+            median(&pick(|m| m.cpu)),
+            median(&pick(|m| m.switches)),
             list(&rates, 0)
         );
     }
@@ -280,7 +288,7 @@ fn report_idle(rows: &[Row<'_>], idle: usize, ours: &Target, parks: bool) {
             .map(|(a, b)| a.rate / b.rate)
             .collect();
         println!(
-            "  {label:<40} {:>10.2}x  (target {target}; the same-round ratios {})",
+            "  {label:<44} {:>6.2}x  (target {target}; the same-round ratios {})",
             median(&ratios),
             list(&ratios, 2)
         );
@@ -377,8 +385,8 @@ pub(crate) fn http(root: &Path, file: &str, params: &Params) -> io::Result<()> {
         params.wrk_seconds
     );
     println!(
-        "  {:<40} {:>10} {:>10} {:>12} {:>12}   runs filesrv / nginx (req/s)",
-        "", "filesrv", "nginx", "µs CPU/req", "nginx µs"
+        "  {:<40} {:>10} {:>10} {:>12} {:>12} {:>8} {:>8}   runs filesrv / nginx (req/s)",
+        "", "filesrv", "nginx", "µs CPU/req", "nginx µs", "cs/req", "nginx"
     );
     let nginx = Nginx::start(root, false)?;
     let loads = [(64, false), (8, false), (8, true)].map(|(connections, close)| wrk::Load {
@@ -419,15 +427,18 @@ pub(crate) fn http(root: &Path, file: &str, params: &Params) -> io::Result<()> {
         }
         let rate = |i: usize| runs[i].iter().map(|m| m.rate).collect::<Vec<_>>();
         let cpu = |i: usize| runs[i].iter().map(|m| m.cpu).collect::<Vec<_>>();
+        let cs = |i: usize| median(&runs[i].iter().map(|m| m.switches).collect::<Vec<_>>());
         let ratios: Vec<f64> = rate(0).iter().zip(rate(1)).map(|(a, b)| a / b).collect();
         let cpu_ratios: Vec<f64> = cpu(0).iter().zip(cpu(1)).map(|(a, b)| a / b).collect();
         println!(
-            "  {:<40} {:>10.0} {:>10.0} {:>12.1} {:>12.1}   {} / {}",
+            "  {:<40} {:>10.0} {:>10.0} {:>12.1} {:>12.1} {:>8.2} {:>8.2}   {} / {}",
             load.label(),
             median(&rate(0)),
             median(&rate(1)),
             median(&cpu(0)),
             median(&cpu(1)),
+            cs(0),
+            cs(1),
             list(&rate(0), 0),
             list(&rate(1), 0)
         );
@@ -461,6 +472,25 @@ fn rss_kib(pid: u32) -> io::Result<u64> {
 /// The threads of `pid` (its own, not its children's).
 fn threads(pid: u32) -> io::Result<u64> {
     status_field(pid, "Threads:")
+}
+
+/// The context switches of every thread of `pid` and its children so
+/// far; a thread that ends meanwhile is left out.
+fn switches(pid: u32) -> io::Result<u64> {
+    let mut total = 0;
+    for pid in family(pid)? {
+        for task in fs::read_dir(format!("/proc/{pid}/task"))? {
+            let Ok(status) = fs::read_to_string(task?.path().join("status")) else {
+                continue;
+            };
+            total += status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split(':').nth(1)?.trim().parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    Ok(total)
 }
 
 /// `pid` and its children.
