@@ -45,6 +45,11 @@
 //!   connection per request (8 clients) and with keep-alive (8 and 64),
 //!   `filesrv` against the distribution's nginx; `baseline`: the same
 //!   loads against an earlier build (`FILESRV_BASELINE`).
+//! - `idle` and `http` (`idle/mod.rs`): HTTP loads from `wrk` against the
+//!   `filesrv` binary, nginx and Apache httpd's event MPM: 10,000 idle
+//!   keep-alive connections beside 64 busy ones (`--park-idle`), the
+//!   memory an idle connection costs, what parking costs per request;
+//!   and keep-alive and `Connection: close` GETs against nginx.
 //!
 //! Every scenario runs several times, the implementations interleaved, and
 //! the medians are printed with every run's figure.
