@@ -101,6 +101,9 @@ struct Measured {
     rss: Option<(u64, u64)>,
     threads: u64,
     closed: usize,
+    /// wrk's socket errors: keep-alive connections the server closed
+    /// under the load (an error for `filesrv`).
+    socket_errors: u64,
 }
 
 pub(crate) fn idle(root: &Path, file: &str, params: &Params) -> io::Result<()> {
@@ -206,11 +209,12 @@ pub(crate) fn idle(root: &Path, file: &str, params: &Params) -> io::Result<()> {
             let i = (round + k) % rows.len();
             let row = &rows[i];
             let measured = measure(&wrk, row.target, row.idle.then_some(idle), file, load)?;
-            if measured.closed > 0 && row.target.pid == ours.pid {
+            if (measured.closed > 0 || measured.socket_errors > 0) && row.target.pid == ours.pid {
                 return Err(io::Error::other(format!(
-                    "{}: closed {} idle connections during the load",
+                    "{}: closed {} idle connections during the load, wrk saw {} socket errors",
                     row.label(idle),
-                    measured.closed
+                    measured.closed,
+                    measured.socket_errors
                 )));
             }
             rows[i].runs.push(measured);
@@ -252,6 +256,7 @@ fn measure(
     measured.rate = run.rate;
     measured.cpu = used.as_secs_f64() * 1e6 / run.requests as f64;
     measured.switches = switched as f64 / run.requests as f64;
+    measured.socket_errors = run.socket_errors;
     if let Some(held) = &held {
         measured.closed = held.closed()?;
     }
@@ -371,6 +376,16 @@ fn report_idle(rows: &[Row<'_>], idle: usize, ours: &Target, parks: bool) {
             );
         }
     }
+    for row in rows {
+        let errors: Vec<f64> = row.runs.iter().map(|m| m.socket_errors as f64).collect();
+        if errors.iter().any(|&e| e > 0.0) {
+            println!(
+                "  {}: wrk's socket errors (connections closed under it), per round: {}",
+                row.label(idle),
+                list(&errors, 0)
+            );
+        }
+    }
 }
 
 /// `http`: issue 25's loads, `filesrv` against nginx, the same `wrk`.
@@ -425,6 +440,19 @@ pub(crate) fn http(root: &Path, file: &str, params: &Params) -> io::Result<()> {
                 runs[i].push(measure(&wrk, &targets[i], None, file, load)?);
             }
         }
+        let errors = |i: usize| {
+            runs[i]
+                .iter()
+                .map(|m| m.socket_errors as f64)
+                .collect::<Vec<_>>()
+        };
+        if errors(0).iter().any(|&e| e > 0.0) {
+            return Err(io::Error::other(format!(
+                "filesrv, {}: wrk saw socket errors: {}",
+                load.label(),
+                list(&errors(0), 0)
+            )));
+        }
         let rate = |i: usize| runs[i].iter().map(|m| m.rate).collect::<Vec<_>>();
         let cpu = |i: usize| runs[i].iter().map(|m| m.cpu).collect::<Vec<_>>();
         let cs = |i: usize| median(&runs[i].iter().map(|m| m.switches).collect::<Vec<_>>());
@@ -450,6 +478,12 @@ pub(crate) fn http(root: &Path, file: &str, params: &Params) -> io::Result<()> {
             list(&ratios, 2),
             list(&cpu_ratios, 2)
         );
+        if errors(1).iter().any(|&e| e > 0.0) {
+            println!(
+                "  nginx: wrk's socket errors, per round: {}",
+                list(&errors(1), 0)
+            );
+        }
     }
     Ok(())
 }

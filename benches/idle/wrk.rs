@@ -14,6 +14,9 @@ pub(crate) struct Run {
     pub(crate) requests: u64,
     /// Its `Requests/sec`.
     pub(crate) rate: f64,
+    /// Its socket errors (connect, read, write, timeout), summed: a
+    /// server that closed keep-alive connections under the client.
+    pub(crate) socket_errors: u64,
 }
 
 /// How `wrk` loads the server.
@@ -40,8 +43,8 @@ impl Load {
 }
 
 /// Runs `wrk` at `program` against `http://addr/path` and returns its
-/// figures; a run with a socket error or a status other than 2xx/3xx is
-/// an error carrying wrk's output.
+/// figures; a run with a status other than 2xx/3xx is an error carrying
+/// wrk's output (socket errors are counted, for the caller to judge).
 pub(crate) fn run(program: &Path, addr: SocketAddr, path: &str, load: Load) -> io::Result<Run> {
     let mut command = Command::new(program);
     command
@@ -68,11 +71,23 @@ pub(crate) fn run(program: &Path, addr: SocketAddr, path: &str, load: Load) -> i
     parse(&text).ok_or_else(|| io::Error::other(format!("wrk against {addr}: {text}")))
 }
 
-/// The figures of wrk's report, `None` if it shows an error.
+/// The figures of wrk's report, `None` if it shows a status other than
+/// 2xx/3xx.
 fn parse(text: &str) -> Option<Run> {
-    if text.contains("Socket errors") || text.contains("Non-2xx") {
+    if text.contains("Non-2xx") {
         return None;
     }
+    // `Socket errors: connect 0, read 3, write 0, timeout 0`, when any.
+    let socket_errors = match text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Socket errors:"))
+    {
+        Some(counts) => counts
+            .split(',')
+            .map(|c| c.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<Option<u64>>()?,
+        None => 0,
+    };
     let requests = text
         .lines()
         .find_map(|l| l.trim().split_once(" requests in "))?
@@ -85,5 +100,9 @@ fn parse(text: &str) -> Option<Run> {
         .trim()
         .parse()
         .ok()?;
-    (requests > 0).then_some(Run { requests, rate })
+    (requests > 0).then_some(Run {
+        requests,
+        rate,
+        socket_errors,
+    })
 }
