@@ -535,24 +535,20 @@ impl Connection {
             self.shared.metrics.tls_handshake_failed();
         }
         match result {
-            Ok(End::AfterError) => {
+            // Nothing left unread: closing sends what is unsent (corked
+            // replies included) and then the FIN, as a shutdown would, and
+            // the hooks hold the socket weakly, so it closes here.
+            Ok(End::Quietly | End::Park) if self.start == self.end && self.drained => {
+                self.io.close_notify();
+            }
+            // After an error line, or with bytes left unread (a close would
+            // send a reset, which can destroy replies the client has not
+            // read yet): the closer shuts the write side and lingers.
+            Ok(End::AfterError | End::Quietly | End::Park) => {
                 self.io.close_notify();
                 self.shared.closer.close(self.stream);
             }
-            // Nothing left unread on a plaintext connection: closing sends
-            // what is unsent (corked replies included) and then the FIN, as
-            // a shutdown would, and the hooks hold the socket weakly, so it
-            // closes here. With bytes left unread the close would send a
-            // reset, which can destroy replies the client has not read
-            // yet: the shutdown sends them and the FIN first.
-            Ok(End::Quietly) if !self.io.is_tls() && self.start == self.end && self.drained => {}
-            Ok(End::Quietly) => {
-                self.io.close_notify();
-                let _ = self.stream.shutdown(Shutdown::Write);
-            }
             Ok(End::Abruptly) => {}
-            // Not parked after all (a run without a manager that parks).
-            Ok(End::Park) => self.io.close_notify(),
             Err(e) => {
                 log::debug!("{}: connection error: {e}", self.peer);
                 return Err(e);

@@ -88,8 +88,10 @@ pub(in crate::protocol::server) fn serve(
         if let Some(end) = outcome.end {
             return Ok(end);
         }
+        // Closed as a client's QUIT is: at once when nothing is unread, so
+        // the common `Connection: close` needs no lingering close.
         if !head.keep_alive {
-            return Ok(End::AfterError);
+            return Ok(End::Quietly);
         }
     }
 }
