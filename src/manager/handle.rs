@@ -7,7 +7,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::refused::Refused;
-use super::shared::Shared;
+use super::shared::{Admitting, Shared};
 use super::slot::RunningInfo;
 use super::stats::{ShutdownReport, Stats};
 use super::worker::{on_own_worker, work};
@@ -125,7 +125,7 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
     /// If the admission policy panics; the handler is dropped and nothing
     /// is counted.
     pub fn submit(&self, handler: Q) -> Result<(), Refused<Q>> {
-        self.shared.submit(handler)
+        self.shared.submit(handler, Admitting::New)
     }
 
     /// A snapshot of the counters, taken under the admission lock: every

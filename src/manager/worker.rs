@@ -12,7 +12,7 @@ use crossbeam_channel::RecvTimeoutError;
 use rustix::event::{PollFd, PollFlags};
 
 use super::acceptor::{Accepting, IdleWait, READY};
-use super::shared::{Done, Ended, Entry, Next, Shared};
+use super::shared::{Done, Entry, Next, Shared, abandoned};
 use super::slot::{RunningInfo, Slot};
 use crate::admission::{Admission, Outcome};
 use crate::handler::{Handler, HandlerContext, Served};
@@ -79,7 +79,7 @@ pub(super) fn work<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
 /// waited is asked whether its client left meanwhile: one that started on
 /// a free place had no time to give up, and the question costs a network
 /// handler a system call.
-fn run<Q: Handler, S: Admission>(shared: &Shared<Q, S>, slot: &Slot, entry: Entry<Q>) -> Ended<Q> {
+fn run<Q: Handler, S: Admission>(shared: &Shared<Q, S>, slot: &Slot, entry: Entry<Q>) -> Done<Q> {
     let Entry {
         id,
         source,
@@ -90,21 +90,24 @@ fn run<Q: Handler, S: Admission>(shared: &Shared<Q, S>, slot: &Slot, entry: Entr
         handler,
         deadline: _,
     } = entry;
-    let done = |outcome, asked| Done {
+    let done = |outcome, asked, park| Done {
         id,
+        source,
         key,
         outcome,
         asked,
+        park,
     };
     if watched {
         if let Some(socket) = handler.socket() {
-            shared.signals.watcher.forget(socket);
+            // Its client's eventual hang-up must not wake the watcher.
+            shared.signals.watcher.delete(socket);
         }
     }
-    if waits && guarded("is_abandoned", id, || handler.is_abandoned()).unwrap_or(true) {
+    if waits && abandoned(id, &handler) {
         log::debug!("handler {id} abandoned while waiting");
         guarded("drop", id, || drop(handler));
-        return Ended::Done(done(Outcome::Abandoned, false));
+        return done(Outcome::Abandoned, false, None);
     }
     let started_at = Instant::now();
     slot.occupy(RunningInfo {
@@ -124,22 +127,16 @@ fn run<Q: Handler, S: Admission>(shared: &Shared<Q, S>, slot: &Slot, entry: Entr
         signals: &shared.signals,
     };
     // Under catch_unwind: a panic is counted, and the slot freed below.
-    let outcome = match guarded("run", id, || handler.serve(&ctx)) {
-        Some(Ok(Served::Park(handler))) => {
-            return Ended::Park {
-                done: done(Outcome::Completed, slot.vacate()),
-                source,
-                handler,
-            };
-        }
-        Some(Ok(Served::Done)) => Outcome::Completed,
+    let (outcome, park) = match guarded("run", id, || handler.serve(&ctx)) {
+        Some(Ok(Served::Park(handler))) => (Outcome::Completed, Some(handler)),
+        Some(Ok(Served::Done)) => (Outcome::Completed, None),
         Some(Err(e)) => {
             log::debug!("handler {id} failed: {e}");
-            Outcome::Failed
+            (Outcome::Failed, None)
         }
-        None => Outcome::Panicked,
+        None => (Outcome::Panicked, None),
     };
-    Ended::Done(done(outcome, slot.vacate()))
+    done(outcome, slot.vacate(), park)
 }
 
 /// A worker's wait on the acceptor, counted in the gate by
