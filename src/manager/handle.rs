@@ -77,11 +77,7 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
             let acceptor = manager.shared.clone();
             let handle = thread::Builder::new()
                 .name(format!("{}-accept", manager.name))
-                .spawn(move || {
-                    if let Some(accepting) = &acceptor.accepting {
-                        super::worker::accept_loop(&acceptor, accepting);
-                    }
-                })?;
+                .spawn(move || super::worker::accept_loop(&acceptor))?;
             handles.push(handle);
         }
         manager.start_workers(handles, max_running)?;

@@ -136,11 +136,9 @@ pub(super) struct Gate<Q, S> {
     /// Threads in [`Shared::wait_idle`].
     idle_waiters: usize,
     /// Whether the acceptor, if any, is used: until `stop_accepting`.
-    accepting: bool,
+    pub(super) accepting: bool,
     /// Workers waiting on the acceptor.
-    on_acceptor: usize,
-    /// Threads inside the acceptor's `accept`.
-    in_accept: usize,
+    pub(super) on_acceptor: usize,
 }
 
 impl<Q, S: Admission> Gate<Q, S> {
@@ -254,7 +252,6 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
                 idle_waiters: 0,
                 accepting: accepting.is_some(),
                 on_acceptor: 0,
-                in_accept: 0,
             }),
             became_idle: Condvar::new(),
             tokens: rx,
@@ -692,82 +689,25 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         stats
     }
 
-    /// A worker back from its wait on the acceptor: accepts if the
-    /// acceptor was `ready`, and admits what it took without ringing (it
-    /// takes it itself).
-    pub(super) fn accept_one(&self, accepting: &Accepting<Q>, ready: bool) -> io::Result<()> {
-        let mut gate = self.gate();
-        gate.on_acceptor -= 1;
-        if gate.on_acceptor == 0 {
-            // The accepting thread takes over while this one runs.
-            accepting.changed.notify_all();
-        }
-        if !ready || !gate.accepting {
-            return Ok(());
-        }
-        drop(gate);
-        self.accept_with(accepting, Admitting::Accepted).map(drop)
-    }
-
-    /// The acceptor's `accept`, counted in the gate, and the admission of
-    /// what it took; whether it took something.
-    fn accept_with(&self, accepting: &Accepting<Q>, how: Admitting) -> io::Result<bool> {
+    /// The acceptor's `accept`, and the admission of what it took; whether
+    /// it took something.
+    pub(super) fn accept(&self, accepting: &Accepting<Q>, how: Admitting) -> io::Result<bool> {
         // One accept-and-admit at a time: two threads accepting at once
         // would otherwise admit two connections in either order, and the
-        // queue is FIFO by arrival.
-        let _in_turn = lock(&accepting.in_turn);
-        let mut gate = self.gate();
-        if !gate.accepting {
+        // queue is FIFO by arrival. `stop_accepting` waits for it too.
+        let in_turn = lock(&accepting.in_turn);
+        if !self.gate().accepting {
             return Ok(false);
         }
-        gate.in_accept += 1;
-        drop(gate);
-        let taken = accepting.accept();
-        let mut gate = self.gate();
-        gate.in_accept -= 1;
-        if gate.in_accept == 0 && !gate.accepting {
-            accepting.changed.notify_all();
-        }
-        drop(gate);
-        let Some(handler) = taken? else {
+        let Some(handler) = accepting.accept()? else {
             return Ok(false);
         };
-        if let Err(refused) = self.submit(handler, how) {
+        let admitted = self.submit(handler, how);
+        drop(in_turn);
+        if let Err(refused) = admitted {
             refused.notify();
         }
         Ok(true)
-    }
-
-    /// The accepting thread: blocks until no worker waits on the acceptor;
-    /// false once accepting stopped.
-    pub(super) fn wait_for_no_worker_on_acceptor(&self, accepting: &Accepting<Q>) -> bool {
-        let mut gate = self.gate();
-        loop {
-            if !gate.accepting {
-                return false;
-            }
-            if gate.on_acceptor == 0 {
-                return true;
-            }
-            gate = wait(&accepting.changed, gate);
-        }
-    }
-
-    /// The accepting thread accepts one, unless a worker waits on the
-    /// acceptor now or accepting stopped (`None`); whether it took one.
-    pub(super) fn accept_by_thread(&self, accepting: &Accepting<Q>) -> Option<io::Result<bool>> {
-        if self.gate().on_acceptor > 0 {
-            return None;
-        }
-        Some(self.accept_with(accepting, Admitting::New))
-    }
-
-    /// The accepting thread's back-off after an error; a stop ends it.
-    pub(super) fn pause_accepting_thread(&self, accepting: &Accepting<Q>, pause: Duration) {
-        let gate = self.gate();
-        if gate.accepting {
-            let _ = accepting.changed.wait_timeout(gate, pause);
-        }
     }
 
     /// Stops every use of the acceptor and returns once no thread is
@@ -784,9 +724,9 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
             accepting.wake_thread();
             accepting.changed.notify_all();
         }
-        while gate.in_accept > 0 {
-            gate = wait(&accepting.changed, gate);
-        }
+        drop(gate);
+        // An accept under way ends first; every later one finds it stopped.
+        drop(lock(&accepting.in_turn));
     }
 
     /// Asks every running handler to stop, through its hook.

@@ -12,11 +12,11 @@ use crossbeam_channel::RecvTimeoutError;
 use rustix::event::{PollFd, PollFlags};
 
 use super::acceptor::{Accepting, IdleWait, READY};
-use super::shared::{Done, Entry, Next, Shared, abandoned};
+use super::shared::{Admitting, Done, Entry, Next, Shared, abandoned};
 use super::slot::{RunningInfo, Slot};
 use crate::admission::{Admission, Outcome};
 use crate::handler::{Handler, HandlerContext, Served};
-use crate::util::{Backoff, guarded, lock};
+use crate::util::{Backoff, guarded, lock, wait};
 
 thread_local! {
     /// The state of the manager whose worker this thread is (its address),
@@ -160,8 +160,22 @@ pub(super) fn wait_on_acceptor<Q: Handler, S: Admission>(
     if rung {
         accepting.answer_ring();
     }
-    match shared.accept_one(accepting, ready) {
-        Ok(()) => {
+    let mut gate = shared.gate();
+    gate.on_acceptor -= 1;
+    if gate.on_acceptor == 0 {
+        // The accepting thread takes over while this one runs.
+        accepting.changed.notify_all();
+    }
+    let accept = ready && gate.accepting;
+    drop(gate);
+    // What it accepts, it takes itself: no ring.
+    let accepted = if accept {
+        shared.accept(accepting, Admitting::Accepted)
+    } else {
+        Ok(false)
+    };
+    match accepted {
+        Ok(_) => {
             idle.backoff.reset();
             None
         }
@@ -174,12 +188,20 @@ pub(super) fn wait_on_acceptor<Q: Handler, S: Admission>(
 }
 
 /// The accepting thread, for while no worker waits on the acceptor.
-pub(super) fn accept_loop<Q: Handler, S: Admission>(
-    shared: &Shared<Q, S>,
-    accepting: &Accepting<Q>,
-) {
+pub(super) fn accept_loop<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
+    let Some(accepting) = &shared.accepting else {
+        return;
+    };
     let mut backoff = Backoff::default();
-    while shared.wait_for_no_worker_on_acceptor(accepting) {
+    loop {
+        let mut gate = shared.gate();
+        while gate.accepting && gate.on_acceptor > 0 {
+            gate = wait(&accepting.changed, gate);
+        }
+        if !gate.accepting {
+            return;
+        }
+        drop(gate);
         let fd = accepting.acceptor.fd();
         let mut fds = [
             PollFd::new(&fd, PollFlags::IN),
@@ -194,14 +216,18 @@ pub(super) fn accept_loop<Q: Handler, S: Admission>(
             continue;
         }
         // A burst is accepted back to back, while no worker waits.
-        while let Some(taken) = shared.accept_by_thread(accepting) {
-            match taken {
+        while shared.gate().on_acceptor == 0 {
+            match shared.accept(accepting, Admitting::New) {
                 Ok(true) => backoff.reset(),
                 Ok(false) => break,
                 Err(e) => {
                     let pause = backoff.failed();
                     log::warn!("accept failed: {e}; retrying in {pause:?}");
-                    shared.pause_accepting_thread(accepting, pause);
+                    let gate = shared.gate();
+                    if gate.accepting {
+                        // A stop ends the back-off.
+                        let _ = accepting.changed.wait_timeout(gate, pause);
+                    }
                     break;
                 }
             }
