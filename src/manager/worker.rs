@@ -80,51 +80,40 @@ pub(super) fn work<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
 /// a free place had no time to give up, and the question costs a network
 /// handler a system call.
 fn run<Q: Handler, S: Admission>(shared: &Shared<Q, S>, slot: &Slot, entry: Entry<Q>) -> Done<Q> {
-    let Entry {
-        id,
-        source,
-        key,
-        queued_at,
-        waits,
-        watched,
-        handler,
-        deadline: _,
-    } = entry;
+    let (id, handler) = (entry.id, entry.handler);
     let done = |outcome, asked, park| Done {
         id,
-        source,
-        key,
+        source: entry.source,
+        key: entry.key,
         outcome,
         asked,
         park,
     };
-    if watched {
+    if entry.watched {
         if let Some(socket) = handler.socket() {
             // Its client's eventual hang-up must not wake the watcher.
             shared.signals.watcher.delete(socket);
         }
     }
-    if waits && abandoned(id, &handler) {
+    if entry.waits && abandoned(id, &handler) {
         log::debug!("handler {id} abandoned while waiting");
         guarded("drop", id, || drop(handler));
         return done(Outcome::Abandoned, false, None);
     }
-    let started_at = Instant::now();
-    slot.occupy(RunningInfo {
+    let info = RunningInfo {
         id,
-        source,
-        queued_at,
-        started_at,
-    });
+        source: entry.source,
+        queued_at: entry.queued_at,
+        started_at: Instant::now(),
+    };
+    slot.occupy(info);
     // Others may wait: its limits start counting now.
     shared.signals.room_may_be_due();
+    let signals = &shared.signals;
     let ctx = HandlerContext {
-        id,
-        source,
-        queued_at,
-        started_at,
+        info,
         slot,
-        signals: &shared.signals,
+        signals,
     };
     // Under catch_unwind: a panic is counted, and the slot freed below.
     let (outcome, park) = match guarded("run", id, || handler.serve(&ctx)) {
