@@ -291,7 +291,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         let key = handler
             .key()
             .or_else(|| source.map(|ip| Key::from_source(ip, self.ipv6_prefix)));
-        self.admit(handler, source, key, how)
+        self.admit(self.gate(), handler, source, key, how)
     }
 
     /// Offers a handler to the policy: a new one, or a parked one coming
@@ -299,6 +299,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
     /// so a refusal is its departure.
     fn admit(
         &self,
+        mut gate: MutexGuard<'_, Gate<Q, S>>,
         handler: Q,
         source: Option<IpAddr>,
         key: Option<Key>,
@@ -306,7 +307,6 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
     ) -> Result<(), Refused<Q>> {
         let returning = how == Admitting::Returning;
         let now = Instant::now();
-        let mut gate = self.gate();
         let id = gate.next_id;
         let decision = if gate.is_closed() {
             Decision::Refuse(Refusal::ShuttingDown)
@@ -532,8 +532,6 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         let Some(parked) = gate.parked.remove(&id) else {
             return;
         };
-        self.changed(&gate);
-        drop(gate);
         let Parked {
             source,
             key,
@@ -543,10 +541,14 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         if let Some(socket) = handler.socket() {
             self.signals.watcher.delete(socket);
         }
+        // Decided under the lock that took it out of the parked set, so
+        // that every snapshot counts it somewhere; a peek, which must not
+        // block. (The parked count is not among what `changed` publishes.)
         if abandoned(id, &handler) {
-            self.gate().depart(id, key, Outcome::Abandoned);
+            gate.depart(id, key, Outcome::Abandoned);
+            drop(gate);
             settle(id, handler, Outcome::Abandoned);
-        } else if let Err(refused) = self.admit(handler, source, key, Admitting::Returning) {
+        } else if let Err(refused) = self.admit(gate, handler, source, key, Admitting::Returning) {
             let Refused { handler, reason } = refused;
             settle(id, handler, Outcome::Refused(reason));
         }

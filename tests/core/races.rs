@@ -26,8 +26,10 @@ impl Admission for PastDeadline {
     }
 }
 
-fn accounted(stats: &Stats) -> u64 {
-    (stats.running + stats.waiting) as u64
+/// Where every submitted handler is: `Stats` promises it equals
+/// `submitted` in every snapshot.
+pub(super) fn accounted(stats: &Stats) -> u64 {
+    (stats.running + stats.waiting + stats.parked) as u64
         + stats.completed
         + stats.failed
         + stats.panicked
