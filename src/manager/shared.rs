@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use rustix::event::epoll::EventFlags;
 
-use super::Refused;
 use super::acceptor::Accepting;
+use super::refused::Refused;
 use super::room::BusyLimits;
 use super::slot::{Phase, Slot};
 use super::stats::Stats;
