@@ -96,6 +96,8 @@ pub trait Acceptor<Q>: Send + Sync + 'static {
     ///
     /// - `Ok(Some(handler))`: offered to the admission policy and, if
     ///   admitted, run (by this worker, unless a handler waits already).
+    ///   A policy that panics on it is logged and the handler dropped,
+    ///   uncounted; the thread goes on accepting.
     /// - `Ok(None)`: nothing to run: another thread took the connection,
     ///   it died before it was accepted, or the acceptor dealt with it.
     /// - `Err(e)`: accepting failed, as when the process is out of

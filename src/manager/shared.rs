@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::BorrowedFd;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -31,7 +32,7 @@ use crate::admission::canonical_source;
 use crate::admission::{Admission, Arrival, Decision, Departure, Key, Outcome, Refusal};
 use crate::handler::{Handler, Stop};
 use crate::poller::Poller;
-use crate::util::{guarded, lock, time_left, wait};
+use crate::util::{guarded, lock, panic_message, time_left, wait};
 
 /// A queued handler.
 pub(super) struct Entry<Q> {
@@ -704,10 +705,18 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         let Some(handler) = accepting.accept()? else {
             return Ok(false);
         };
-        let admitted = self.submit(handler, how);
+        let admitted = panic::catch_unwind(AssertUnwindSafe(|| self.submit(handler, how)));
         drop(in_turn);
-        if let Err(refused) = admitted {
-            refused.notify();
+        match admitted {
+            Ok(Ok(())) => {}
+            Ok(Err(refused)) => refused.notify(),
+            // No caller to hand the policy's panic to: the handler is
+            // dropped and nothing counted, as `Manager::submit` documents,
+            // and this thread goes on accepting.
+            Err(payload) => {
+                let message = panic_message(&*payload);
+                log::error!("the admission policy panicked: {message}");
+            }
         }
         Ok(true)
     }
