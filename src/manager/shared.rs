@@ -549,9 +549,16 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
             gate.depart(id, key, Outcome::Abandoned);
             drop(gate);
             settle(id, handler, Outcome::Abandoned);
-        } else if let Err(refused) = self.admit(gate, handler, source, key, Admitting::Returning) {
-            let Refused { handler, reason } = refused;
-            settle(id, handler, Outcome::Refused(reason));
+            return;
+        }
+        // The policy runs on the watcher here, with no caller to hand its
+        // panic to: the handler is dropped, counted as panicked, and the
+        // watcher goes on.
+        let admit = || self.admit(gate, handler, source, key, Admitting::Returning);
+        match guarded("Admission::decide", id, admit) {
+            Some(Ok(())) => {}
+            Some(Err(Refused { handler, reason })) => settle(id, handler, Outcome::Refused(reason)),
+            None => self.gate().depart(id, key, Outcome::Panicked),
         }
     }
 

@@ -360,3 +360,39 @@ fn counts_add_up_in_every_snapshot_while_a_parked_handler_comes_back() {
     });
     assert_eq!(torn, None, "a snapshot missed the returning handler");
 }
+
+/// Queues every arrival, but panics on the first that returns from
+/// being parked.
+struct PanicsOnFirstReturn(bool);
+
+impl Admission for PanicsOnFirstReturn {
+    fn decide(&mut self, arrival: &Arrival) -> Decision {
+        if arrival.returning && !self.0 {
+            self.0 = true;
+            panic!("policy panics");
+        }
+        Decision::Queue
+    }
+}
+
+#[test]
+fn a_policy_panicking_on_a_returning_handler_costs_no_thread() {
+    // The watcher brings parked handlers back: a panic there drops the
+    // handler, counted as panicked, and the watcher goes on.
+    let rig = Rig::new(ManagerBuilder::new(1).admission(PanicsOnFirstReturn(false)));
+    let mut first = rig.connect(None);
+    echo(&mut first, b"1\n");
+    first.write_all(b"2\n").unwrap();
+    // Dropped with its line unread: its client sees the end, or a reset.
+    let mut rest = Vec::new();
+    let _ = first.read_to_end(&mut rest);
+    assert!(rest.is_empty());
+    assert_eq!(rig.next_event(), Event::Dropped);
+    let mut second = rig.connect(None);
+    echo(&mut second, b"3\n");
+    echo(&mut second, b"4\n");
+    assert!(rig.manager.wait_idle_timeout(LIMIT));
+    let s = rig.manager.stats();
+    assert_eq!((s.panicked, s.parked), (1, 1), "{s:?}");
+    assert_eq!(s.submitted, accounted(&s), "{s:?}");
+}
