@@ -88,7 +88,12 @@ fn connections_between_requests_give_their_slot_back_and_keep_their_protocol() {
     b.send(b"QUIT\n");
     assert_eq!(b.line(), "OK bye");
     b.expect_eof();
-    assert_eq!(server.server.stats().running, 0, "parked ones hold no slot");
+    // Idle (nothing running or waiting) while two are parked; waited for,
+    // as `b`'s worker may still be between its end and its bookkeeping.
+    assert!(
+        server.server.wait_idle_timeout(LIMIT),
+        "parked ones hold no slot"
+    );
 }
 
 /// Two clients on one slot, each sending its next request the moment
@@ -215,13 +220,10 @@ fn shutdown_tells_parked_line_clients_and_closes_parked_http_ones() {
     }
     assert_eq!(until_closed(&mut http), b"");
     // The third may still be between its reply and parking: then it is
-    // a running connection idle between requests, told the same.
-    assert_eq!(
-        report.closed_parked + report.running_at_start as u64,
-        3,
-        "{report:?}"
-    );
-    assert!(report.closed_parked >= 2, "{report:?}");
+    // a running connection idle between requests, told the same, or it
+    // parks just after and is closed as parked too (counted in both).
+    let counts = (report.closed_parked, report.running_at_start);
+    assert!(matches!(counts, (3, 0) | (2, 1) | (3, 1)), "{report:?}");
 }
 
 /// Over TLS with users, a parked session keeps its TLS session and its
