@@ -82,7 +82,8 @@ pub enum Outcome {
     Completed,
     /// Its `run` returned `Err`.
     Failed,
-    /// Its `run` panicked.
+    /// Its `run` panicked, or the policy's `decide` did when it came back
+    /// from being parked.
     Panicked,
     /// Its client left while it waited: dropped unrun.
     Abandoned,

@@ -8,7 +8,7 @@ use std::os::fd::BorrowedFd;
 use std::time::Instant;
 
 use crate::admission::{Key, Refusal};
-use crate::manager::{MakeRoom, Signals, Slot};
+use crate::manager::{MakeRoom, RunningInfo, Signals, Slot};
 
 /// The work for one client, built when the client arrives but not started.
 ///
@@ -269,10 +269,7 @@ pub(crate) type StopHook = Box<dyn Fn(Stop) + Send + Sync>;
 ///
 /// Passed to [`Handler::run`]. Cheap to use; all methods are non-blocking.
 pub struct HandlerContext<'a> {
-    pub(crate) id: u64,
-    pub(crate) source: Option<IpAddr>,
-    pub(crate) queued_at: Instant,
-    pub(crate) started_at: Instant,
+    pub(crate) info: RunningInfo,
     pub(crate) slot: &'a Slot,
     pub(crate) signals: &'a Signals,
 }
@@ -280,22 +277,22 @@ pub struct HandlerContext<'a> {
 impl HandlerContext<'_> {
     /// The handler's id, unique within its manager, in order of submission.
     pub fn id(&self) -> u64 {
-        self.id
+        self.info.id
     }
 
     /// The source the handler reported, if any.
     pub fn source(&self) -> Option<IpAddr> {
-        self.source
+        self.info.source
     }
 
     /// When the handler was queued.
     pub fn queued_at(&self) -> Instant {
-        self.queued_at
+        self.info.queued_at
     }
 
     /// When the handler was started.
     pub fn started_at(&self) -> Instant {
-        self.started_at
+        self.info.started_at
     }
 
     /// The most urgent stop requested so far, if a shutdown has begun.
@@ -360,8 +357,8 @@ impl HandlerContext<'_> {
 impl fmt::Debug for HandlerContext<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HandlerContext")
-            .field("id", &self.id)
-            .field("source", &self.source)
+            .field("id", &self.info.id)
+            .field("source", &self.info.source)
             .field("stop_requested", &self.stop_requested())
             .finish_non_exhaustive()
     }

@@ -96,6 +96,8 @@ pub trait Acceptor<Q>: Send + Sync + 'static {
     ///
     /// - `Ok(Some(handler))`: offered to the admission policy and, if
     ///   admitted, run (by this worker, unless a handler waits already).
+    ///   A policy that panics on it is logged and the handler dropped,
+    ///   uncounted; the thread goes on accepting.
     /// - `Ok(None)`: nothing to run: another thread took the connection,
     ///   it died before it was accepted, or the acceptor dealt with it.
     /// - `Err(e)`: accepting failed, as when the process is out of
@@ -108,8 +110,8 @@ pub trait Acceptor<Q>: Send + Sync + 'static {
 pub(super) const READY: u64 = 0;
 const DOORBELL: u64 = 1;
 
-/// A manager's acceptor and what its users share; the counts are in the
-/// gate ([`Shared::accept_one`] and friends).
+/// A manager's acceptor and what its users share; who waits on it is
+/// counted in the gate.
 pub(super) struct Accepting<Q> {
     pub(super) acceptor: Box<dyn Acceptor<Q>>,
     /// Rung once per handler queued while workers wait on the acceptor.
@@ -117,10 +119,11 @@ pub(super) struct Accepting<Q> {
     /// Wakes the accepting thread from its `poll`.
     pub(super) step_back: OwnedFd,
     /// With the gate's lock: the accepting thread waits for no worker to
-    /// wait on the acceptor; a stop waits for the last `accept` to end.
+    /// wait on the acceptor, or for a stop.
     pub(super) changed: Condvar,
     /// Held from an `accept` to the admission of what it took, so that
-    /// handlers are admitted in the order they were accepted.
+    /// handlers are admitted in the order they were accepted, and so that
+    /// a stop can wait for the last `accept` to end.
     pub(super) in_turn: Mutex<()>,
 }
 
@@ -139,14 +142,12 @@ impl<Q: Handler> Accepting<Q> {
     /// Takes one ring off the doorbell: another worker woken for the same
     /// one finds nothing and looks at the queue anyway.
     pub(super) fn answer_ring(&self) {
-        let mut count = [0u8; 8];
-        let _ = rustix::io::read(&self.doorbell, &mut count);
+        let _ = rustix::io::read(&self.doorbell, &mut [0u8; 8]);
     }
 
     /// Resets the accepting thread's wake-up.
     pub(super) fn answer_step_back(&self) {
-        let mut count = [0u8; 8];
-        let _ = rustix::io::read(&self.step_back, &mut count);
+        let _ = rustix::io::read(&self.step_back, &mut [0u8; 8]);
     }
 
     /// Wakes `n` workers waiting on the acceptor.
@@ -156,6 +157,7 @@ impl<Q: Handler> Accepting<Q> {
         }
     }
 
+    /// Wakes the accepting thread, to step back or to stop.
     pub(super) fn wake_thread(&self) {
         let _ = rustix::io::write(&self.step_back, &1u64.to_ne_bytes());
     }

@@ -7,10 +7,11 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::refused::Refused;
-use super::shared::Shared;
+use super::shared::{Admitting, Shared};
 use super::slot::RunningInfo;
 use super::stats::{ShutdownReport, Stats};
-use super::worker::{on_own_worker, work};
+use super::watcher::watch;
+use super::worker::{accept_loop, on_own_worker, work};
 use crate::admission::{Admission, MaxWaiting};
 use crate::handler::{Handler, Stop};
 use crate::util::lock;
@@ -34,8 +35,10 @@ use crate::util::lock;
 /// [`set_max_running`](Manager::set_max_running) starts more, or lets
 /// surplus ones retire after their current handler. One more thread, the
 /// watcher, refuses handlers whose queue deadline passed, notices waiting
-/// clients that hang up, and asks running handlers to make room. Idle,
-/// they all sleep in the kernel and use no CPU.
+/// clients that hang up, watches parked handlers, and asks running
+/// handlers to make room; with an [`Acceptor`](crate::Acceptor), another
+/// accepts while every worker is busy. Idle, they all sleep in the kernel
+/// and use no CPU.
 ///
 /// # Drop
 ///
@@ -51,7 +54,8 @@ pub struct Manager<Q: Handler, S: Admission = MaxWaiting> {
     /// Every thread started; taken by the shutdown, which joins them.
     threads: Mutex<Option<Vec<JoinHandle<()>>>>,
     report: Mutex<Option<ShutdownReport>>,
-    /// Threads are named `<name>-worker-<n>` and `<name>-watcher`.
+    /// Threads are named `<name>-worker-<n>`, `<name>-watcher` and
+    /// `<name>-accept`.
     name: String,
 }
 
@@ -62,27 +66,15 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
         check_map_room(max_running + 2)?;
         let manager = Manager {
             shared: Arc::new(shared),
-            threads: Mutex::new(Some(Vec::with_capacity(max_running + 1))),
+            threads: Mutex::new(Some(Vec::with_capacity(max_running + 2))),
             report: Mutex::new(None),
             name,
         };
-        let watcher = manager.shared.clone();
-        let handle = thread::Builder::new()
-            .name(format!("{}-watcher", manager.name))
-            .spawn(move || super::watcher::watch(&watcher))?;
         let mut threads = lock(&manager.threads);
         let handles = threads.as_mut().expect("taken only by shutdown");
-        handles.push(handle);
+        handles.push(manager.spawn("watcher", watch)?);
         if manager.shared.accepting.is_some() {
-            let acceptor = manager.shared.clone();
-            let handle = thread::Builder::new()
-                .name(format!("{}-accept", manager.name))
-                .spawn(move || {
-                    if let Some(accepting) = &acceptor.accepting {
-                        super::worker::accept_loop(&acceptor, accepting);
-                    }
-                })?;
-            handles.push(handle);
+            handles.push(manager.spawn("accept", accept_loop)?);
         }
         manager.start_workers(handles, max_running)?;
         drop(threads);
@@ -93,11 +85,7 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
     fn start_workers(&self, threads: &mut Vec<JoinHandle<()>>, n: usize) -> io::Result<()> {
         self.shared.gate().workers += n;
         for started in 0..n {
-            let worker = self.shared.clone();
-            let spawned = thread::Builder::new()
-                .name(format!("{}-worker-{}", self.name, threads.len()))
-                .spawn(move || work(&worker));
-            match spawned {
+            match self.spawn(&format!("worker-{}", threads.len()), work) {
                 Ok(handle) => threads.push(handle),
                 Err(e) => {
                     let mut gate = self.shared.gate();
@@ -108,6 +96,15 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
             }
         }
         Ok(())
+    }
+
+    /// Starts the thread `<name>-<role>`, running `body`.
+    fn spawn(&self, role: &str, body: fn(&Shared<Q, S>)) -> io::Result<JoinHandle<()>> {
+        let shared = self.shared.clone();
+        let name = format!("{}-{role}", self.name);
+        thread::Builder::new()
+            .name(name)
+            .spawn(move || body(&shared))
     }
 
     /// Offers a handler to the admission policy.
@@ -125,7 +122,7 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
     /// If the admission policy panics; the handler is dropped and nothing
     /// is counted.
     pub fn submit(&self, handler: Q) -> Result<(), Refused<Q>> {
-        self.shared.submit(handler)
+        self.shared.submit(handler, Admitting::New)
     }
 
     /// A snapshot of the counters, taken under the admission lock: every

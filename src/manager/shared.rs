@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::BorrowedFd;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -22,8 +23,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use rustix::event::epoll::EventFlags;
 
-use super::Refused;
 use super::acceptor::Accepting;
+use super::refused::Refused;
 use super::room::BusyLimits;
 use super::slot::{Phase, Slot};
 use super::stats::Stats;
@@ -31,7 +32,7 @@ use crate::admission::canonical_source;
 use crate::admission::{Admission, Arrival, Decision, Departure, Key, Outcome, Refusal};
 use crate::handler::{Handler, Stop};
 use crate::poller::Poller;
-use crate::util::{guarded, lock, time_left, wait};
+use crate::util::{guarded, lock, panic_message, time_left, wait};
 
 /// A queued handler.
 pub(super) struct Entry<Q> {
@@ -61,20 +62,9 @@ pub(super) struct Parked<Q> {
     handler: Q,
 }
 
-/// How a run ended, as the worker hands it to [`Shared::next`].
-pub(super) enum Ended<Q> {
-    Done(Done),
-    /// The handler asked to be parked ([`Served::Park`](crate::Served::Park)).
-    Park {
-        done: Done,
-        source: Option<IpAddr>,
-        handler: Q,
-    },
-}
-
 /// Where an admitted handler comes from.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Admitting {
+pub(super) enum Admitting {
     /// [`Shared::submit`], or the accepting thread.
     New,
     /// Accepted by the worker that will take it.
@@ -92,14 +82,17 @@ pub(super) struct ParkLimits {
     pub(super) max: usize,
 }
 
-/// A handler that ran (or was found abandoned) leaving its running place.
-#[derive(Clone, Copy)]
-pub(super) struct Done {
+/// A handler that ran (or was found abandoned) leaving its running place,
+/// as the worker hands it to [`Shared::next`].
+pub(super) struct Done<Q> {
     pub(super) id: u64,
+    pub(super) source: Option<IpAddr>,
     pub(super) key: Option<Key>,
     pub(super) outcome: Outcome,
     /// Whether it had been asked to make room.
     pub(super) asked: bool,
+    /// The handler, if it asked to be parked ([`Served::Park`](crate::Served::Park)).
+    pub(super) park: Option<Q>,
 }
 
 /// A worker's next step, as [`Shared::next`] decides it.
@@ -144,11 +137,9 @@ pub(super) struct Gate<Q, S> {
     /// Threads in [`Shared::wait_idle`].
     idle_waiters: usize,
     /// Whether the acceptor, if any, is used: until `stop_accepting`.
-    accepting: bool,
+    pub(super) accepting: bool,
     /// Workers waiting on the acceptor.
-    on_acceptor: usize,
-    /// Threads inside the acceptor's `accept`.
-    in_accept: usize,
+    pub(super) on_acceptor: usize,
 }
 
 impl<Q, S: Admission> Gate<Q, S> {
@@ -182,41 +173,15 @@ impl<Q, S: Admission> Gate<Q, S> {
             self.policy.departed(&departure);
         });
     }
-
-    /// Takes handler `id` out of the queue, wherever it is.
-    fn remove(&mut self, id: u64) -> Option<Entry<Q>> {
-        let entry = self.waiting.remove(&id)?;
-        if let Some(deadline) = entry.deadline {
-            self.deadlines.remove(&(deadline, id));
-        }
-        Some(entry)
-    }
-}
-
-/// How a handler left the queue or the parked set without running.
-#[derive(Clone, Copy)]
-pub(super) enum Left {
-    Refused(Refusal),
-    Abandoned,
-    /// A handler that asked to be parked but cannot be watched.
-    Dropped,
-}
-
-impl Left {
-    fn outcome(self) -> Outcome {
-        match self {
-            Left::Refused(reason) => Outcome::Refused(reason),
-            Left::Abandoned => Outcome::Abandoned,
-            Left::Dropped => Outcome::Completed,
-        }
-    }
 }
 
 /// What a running handler's context reaches without knowing the
 /// manager's type parameters.
 pub(crate) struct Signals {
     pub(crate) phase: Phase,
-    pub(super) watcher: Watcher,
+    /// The watcher thread's epoll set (its loop is in `watcher.rs`): the
+    /// sockets of waiting handlers (hang-ups) and of parked ones.
+    pub(super) watcher: Poller,
     pub(super) limits: BusyLimits,
     /// Whether handlers wait for a running place beyond the free ones: a
     /// copy of [`Gate::crowding`]` > 0` for readers without the lock.
@@ -288,14 +253,13 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
                 idle_waiters: 0,
                 accepting: accepting.is_some(),
                 on_acceptor: 0,
-                in_accept: 0,
             }),
             became_idle: Condvar::new(),
             tokens: rx,
             slots: Mutex::default(),
             signals: Signals {
                 phase: Phase::default(),
-                watcher: Watcher::new()?,
+                watcher: Poller::new()?,
                 limits,
                 crowded: AtomicBool::new(false),
                 room_due: Mutex::new(None),
@@ -321,13 +285,14 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         }
     }
 
-    /// [`Manager::submit`](crate::Manager::submit).
-    pub(super) fn submit(&self, handler: Q) -> Result<(), Refused<Q>> {
+    /// [`Manager::submit`](crate::Manager::submit), or the admission of a
+    /// handler the acceptor gave.
+    pub(super) fn submit(&self, handler: Q, how: Admitting) -> Result<(), Refused<Q>> {
         let source = handler.source().map(canonical_source);
         let key = handler
             .key()
             .or_else(|| source.map(|ip| Key::from_source(ip, self.ipv6_prefix)));
-        self.admit(handler, source, key, Admitting::New)
+        self.admit(self.gate(), handler, source, key, how)
     }
 
     /// Offers a handler to the policy: a new one, or a parked one coming
@@ -335,6 +300,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
     /// so a refusal is its departure.
     fn admit(
         &self,
+        mut gate: MutexGuard<'_, Gate<Q, S>>,
         handler: Q,
         source: Option<IpAddr>,
         key: Option<Key>,
@@ -342,7 +308,6 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
     ) -> Result<(), Refused<Q>> {
         let returning = how == Admitting::Returning;
         let now = Instant::now();
-        let mut gate = self.gate();
         let id = gate.next_id;
         let decision = if gate.is_closed() {
             Decision::Refuse(Refusal::ShuttingDown)
@@ -387,10 +352,8 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         let deadline = deadline.filter(|_| waits);
         // Watched under the lock: a hang-up reported at once waits for the
         // lock and then finds the handler queued.
-        let watched = waits
-            && handler
-                .socket()
-                .is_some_and(|socket| self.signals.watcher.watch(socket, id));
+        let flags = EventFlags::RDHUP | EventFlags::ET;
+        let watched = waits && handler.socket().is_some_and(|s| self.watch(s, id, flags));
         let earliest = deadline.is_some_and(|deadline| {
             let first = gate.deadlines.first().map(|d| d.0);
             gate.deadlines.insert((deadline, id));
@@ -428,6 +391,15 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         Ok(())
     }
 
+    /// Adds `socket` to the watcher's epoll set under `id`; false if epoll
+    /// cannot watch it (it is then simply not watched).
+    fn watch(&self, socket: BorrowedFd<'_>, id: u64, flags: EventFlags) -> bool {
+        let added = self.signals.watcher.add(socket, id, flags);
+        added
+            .inspect_err(|e| log::debug!("handler {id}: socket not watched: {e}"))
+            .is_ok()
+    }
+
     /// A worker's step between handlers: `done`, the handler it ran last,
     /// departs, and it takes the head of the queue in the same step, so a
     /// running place passes straight from one to the next.
@@ -437,23 +409,20 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
     /// `may_accept`: the worker can wait on the acceptor, if there is one.
     pub(super) fn next(
         &self,
-        ended: Option<Ended<Q>>,
+        done: Option<Done<Q>>,
         have_token: bool,
         may_accept: bool,
     ) -> Next<Q> {
         let mut gate = self.gate();
         let mut evicted = None;
-        if let Some(ended) = ended {
-            let (Ended::Done(done) | Ended::Park { done, .. }) = &ended;
+        if let Some(done) = done {
             gate.running -= 1;
             gate.asked -= usize::from(done.asked);
-            match ended {
-                Ended::Done(done) => gate.depart(done.id, done.key, done.outcome),
-                Ended::Park {
-                    done,
-                    source,
-                    handler,
-                } => evicted = self.park(&mut gate, done, source, handler),
+            match done.park {
+                None => gate.depart(done.id, done.key, done.outcome),
+                Some(handler) => {
+                    evicted = self.park(&mut gate, done.id, done.source, done.key, handler);
+                }
             }
         }
         let next = if gate.workers > gate.max_running {
@@ -488,51 +457,51 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         };
         self.changed(&gate);
         drop(gate);
-        if let Some((id, handler, how)) = evicted {
-            self.settle_parked(id, handler, how);
+        if let Some((id, handler, outcome)) = evicted {
+            self.settle_parked(id, handler, outcome);
         }
         next
     }
 
-    /// Parks a handler that asked for it, under the gate's lock: it is
+    /// Parks handler `id` that asked for it, under the gate's lock: it is
     /// watched from here on, and a readable socket brings it back through
     /// admission. Returns one to settle after the lock: the one evicted to
     /// make room, or this one if it cannot be watched.
     fn park(
         &self,
         gate: &mut Gate<Q, S>,
-        done: Done,
+        id: u64,
         source: Option<IpAddr>,
+        key: Option<Key>,
         handler: Q,
-    ) -> Option<(u64, Q, Left)> {
+    ) -> Option<(u64, Q, Outcome)> {
         if gate.is_closed() {
             // The shutdown closed the parked set already.
-            let how = Left::Refused(Refusal::ShuttingDown);
-            gate.depart(done.id, done.key, how.outcome());
+            let refused = Outcome::Refused(Refusal::ShuttingDown);
+            gate.depart(id, key, refused);
             gate.closed_parked += 1;
-            return Some((done.id, handler, how));
+            return Some((id, handler, refused));
         }
-        let id = gate.next_id;
+        let parked_id = gate.next_id;
         gate.next_id += 1;
         // Watched before it is in the map, under the lock: an event at
-        // once waits for the lock and then finds it.
+        // once waits for the lock and then finds it. Level-triggered and
+        // once: bytes that came before this call report at once.
+        let flags = EventFlags::IN | EventFlags::RDHUP | EventFlags::ONESHOT;
         let watched = handler
             .socket()
-            .is_some_and(|socket| self.signals.watcher.watch_parked(socket, id));
+            .is_some_and(|s| self.watch(s, parked_id, flags));
         if !watched {
-            log::debug!(
-                "handler {}: cannot be parked without a socket to watch",
-                done.id
-            );
-            gate.depart(done.id, done.key, Outcome::Completed);
-            return Some((done.id, handler, Left::Dropped));
+            log::debug!("handler {id}: cannot be parked without a socket to watch");
+            gate.depart(id, key, Outcome::Completed);
+            return Some((id, handler, Outcome::Completed));
         }
         let first = gate.parked.is_empty();
         gate.parked.insert(
-            id,
+            parked_id,
             Parked {
                 source,
-                key: done.key,
+                key,
                 parked_at: Instant::now(),
                 handler,
             },
@@ -545,28 +514,25 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
             return None;
         }
         let (id, longest) = gate.parked.pop_first()?;
-        let how = Left::Refused(Refusal::Evicted);
-        gate.depart(id, longest.key, how.outcome());
-        Some((id, longest.handler, how))
+        let evicted = Outcome::Refused(Refusal::Evicted);
+        gate.depart(id, longest.key, evicted);
+        Some((id, longest.handler, evicted))
     }
 
     /// A watched socket reported an event: a waiting handler whose client
     /// may have hung up, or a parked one to bring back.
     pub(super) fn socket_event(&self, id: u64) {
         let mut gate = self.gate();
-        if gate.waiting.contains_key(&id) {
-            drop(gate);
+        if let Some(entry) = gate.waiting.get(&id) {
             // A peek, under the lock: it must not block.
-            self.leave_if(id, Left::Abandoned, |entry| {
-                guarded("is_abandoned", id, || entry.handler.is_abandoned()).unwrap_or(true)
-            });
+            if abandoned(id, &entry.handler) {
+                self.leave(gate, id, Outcome::Abandoned);
+            }
             return;
         }
         let Some(parked) = gate.parked.remove(&id) else {
             return;
         };
-        self.changed(&gate);
-        drop(gate);
         let Parked {
             source,
             key,
@@ -574,74 +540,85 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
             ..
         } = parked;
         if let Some(socket) = handler.socket() {
-            self.signals.watcher.forget(socket);
+            self.signals.watcher.delete(socket);
         }
-        if guarded("is_abandoned", id, || handler.is_abandoned()).unwrap_or(true) {
-            self.gate().depart(id, key, Outcome::Abandoned);
-            settle(id, handler, Left::Abandoned);
+        // Decided under the lock that took it out of the parked set, so
+        // that every snapshot counts it somewhere; a peek, which must not
+        // block. (The parked count is not among what `changed` publishes.)
+        if abandoned(id, &handler) {
+            gate.depart(id, key, Outcome::Abandoned);
+            drop(gate);
+            settle(id, handler, Outcome::Abandoned);
             return;
         }
-        if let Err(refused) = self.admit(handler, source, key, Admitting::Returning) {
-            let Refused { handler, reason } = refused;
-            settle(id, handler, Left::Refused(reason));
+        // The policy runs on the watcher here, with no caller to hand its
+        // panic to: the handler is dropped, counted as panicked, and the
+        // watcher goes on.
+        let admit = || self.admit(gate, handler, source, key, Admitting::Returning);
+        match guarded("Admission::decide", id, admit) {
+            Some(Ok(())) => {}
+            Some(Err(Refused { handler, reason })) => settle(id, handler, Outcome::Refused(reason)),
+            None => self.gate().depart(id, key, Outcome::Panicked),
         }
     }
 
-    /// Settles a handler taken out of the parked set.
-    fn settle_parked(&self, id: u64, handler: Q, how: Left) {
+    /// Settles a handler taken out of the parked set: its socket leaves
+    /// the watcher's set, so that it may be watched again.
+    fn settle_parked(&self, id: u64, handler: Q, outcome: Outcome) {
         if let Some(socket) = handler.socket() {
-            self.signals.watcher.forget(socket);
+            self.signals.watcher.delete(socket);
         }
-        settle(id, handler, how);
+        settle(id, handler, outcome);
     }
 
-    /// Takes handler `id` out of the queue if it still waits there and
-    /// `leaves` says so (asked under the lock); settles it.
-    pub(super) fn leave_if(&self, id: u64, how: Left, leaves: impl FnOnce(&Entry<Q>) -> bool) {
-        let mut gate = self.gate();
-        if !gate.waiting.get(&id).is_some_and(leaves) {
+    /// Takes waiting handler `id` out of the queue, under the lock held in
+    /// `gate`, and settles it.
+    fn leave(&self, mut gate: MutexGuard<'_, Gate<Q, S>>, id: u64, outcome: Outcome) {
+        let Some(entry) = gate.waiting.remove(&id) else {
             return;
+        };
+        if let Some(deadline) = entry.deadline {
+            gate.deadlines.remove(&(deadline, id));
         }
-        let Some(entry) = gate.remove(id) else { return };
-        gate.depart(id, entry.key, how.outcome());
+        gate.depart(id, entry.key, outcome);
         // Its token goes with it (tokens are alike); if a worker holds it
         // already, that worker finds the queue without this handler.
         let _ = self.tokens.try_recv();
         self.changed(&gate);
         drop(gate);
-        settle(entry.id, entry.handler, how);
+        settle(id, entry.handler, outcome);
     }
 
-    /// Refuses every waiting handler whose deadline passed; the earliest
-    /// deadline left, or `Err` once the manager is closed.
+    /// Refuses every waiting handler whose deadline passed, and every
+    /// parked one whose idle time did; the earliest deadline or expiry
+    /// left, or `Err` once the manager is closed.
     pub(super) fn expire(&self, now: Instant) -> Result<Option<Instant>, ()> {
         loop {
             let mut gate = self.gate();
             if gate.is_closed() {
                 return Err(());
             }
-            let parked_expiry = self.park.idle.and_then(|idle| {
+            let deadline = gate.deadlines.first().copied();
+            let expiry = self.park.idle.and_then(|idle| {
                 let (&id, first) = gate.parked.first_key_value()?;
                 Some((first.parked_at.checked_add(idle)?, id))
             });
-            match (gate.deadlines.first().copied(), parked_expiry) {
+            match (deadline, expiry) {
                 (Some((deadline, id)), _) if deadline <= now => {
-                    drop(gate);
-                    self.leave_if(id, Left::Refused(Refusal::QueueTimeout), |_| true);
+                    self.leave(gate, id, Outcome::Refused(Refusal::QueueTimeout));
                 }
                 (_, Some((expiry, id))) if expiry <= now => {
                     let Some(parked) = gate.parked.remove(&id) else {
                         continue;
                     };
-                    let how = Left::Refused(Refusal::IdleTimeout);
-                    gate.depart(id, parked.key, how.outcome());
+                    let refused = Outcome::Refused(Refusal::IdleTimeout);
+                    gate.depart(id, parked.key, refused);
                     self.changed(&gate);
                     drop(gate);
-                    self.settle_parked(id, parked.handler, how);
+                    self.settle_parked(id, parked.handler, refused);
                 }
                 (deadline, expiry) => {
-                    let next = [deadline.map(|d| d.0), expiry.map(|e| e.0)];
-                    return Ok(next.into_iter().flatten().min());
+                    return Ok([deadline, expiry].into_iter().flatten().map(|d| d.0).min());
                 }
             }
         }
@@ -650,19 +627,19 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
     /// Closes admission and refuses every waiting handler; returns how
     /// many handlers were running then. Later calls find nothing to do.
     pub(super) fn close(&self) -> usize {
+        let refused = Outcome::Refused(Refusal::ShuttingDown);
         let (tokens, waiting, parked, running) = {
             let mut gate = self.gate();
             let tokens = gate.tokens.take();
             gate.deadlines.clear();
             let waiting = std::mem::take(&mut gate.waiting);
             for entry in waiting.values() {
-                let outcome = Outcome::Refused(Refusal::ShuttingDown);
-                gate.depart(entry.id, entry.key, outcome);
+                gate.depart(entry.id, entry.key, refused);
             }
             gate.refused_waiting += waiting.len() as u64;
             let parked = std::mem::take(&mut gate.parked);
             for (&id, p) in &parked {
-                gate.depart(id, p.key, Outcome::Refused(Refusal::ShuttingDown));
+                gate.depart(id, p.key, refused);
             }
             gate.closed_parked += parked.len() as u64;
             self.changed(&gate);
@@ -672,12 +649,11 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         // tokens left in it are taken, and exit after their handler.
         drop(tokens);
         self.signals.watcher.wake();
-        let how = Left::Refused(Refusal::ShuttingDown);
         for entry in waiting.into_values() {
-            settle(entry.id, entry.handler, how);
+            settle(entry.id, entry.handler, refused);
         }
         for (id, p) in parked {
-            self.settle_parked(id, p.handler, how);
+            self.settle_parked(id, p.handler, refused);
         }
         running
     }
@@ -693,10 +669,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
     pub(super) fn wait_idle(&self, deadline: Option<Instant>) -> bool {
         let mut gate = self.gate();
         gate.idle_waiters += 1;
-        let idle = loop {
-            if gate.is_idle() {
-                break true;
-            }
+        while !gate.is_idle() {
             gate = match deadline.map(time_left) {
                 None => wait(&self.became_idle, gate),
                 Some(Some(left)) => {
@@ -705,11 +678,11 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
                         .unwrap_or_else(PoisonError::into_inner)
                         .0
                 }
-                Some(None) => break false,
+                Some(None) => break,
             };
-        };
+        }
         gate.idle_waiters -= 1;
-        idle
+        gate.is_idle()
     }
 
     pub(super) fn stats(&self) -> Stats {
@@ -726,86 +699,33 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         stats
     }
 
-    /// A worker back from its wait on the acceptor: accepts if the
-    /// acceptor was `ready`, and admits what it took without ringing (it
-    /// takes it itself).
-    pub(super) fn accept_one(&self, accepting: &Accepting<Q>, ready: bool) -> io::Result<()> {
-        let mut gate = self.gate();
-        gate.on_acceptor -= 1;
-        if gate.on_acceptor == 0 {
-            // The accepting thread takes over while this one runs.
-            accepting.changed.notify_all();
-        }
-        if !ready || !gate.accepting {
-            return Ok(());
-        }
-        drop(gate);
-        self.accept_with(accepting, Admitting::Accepted).map(drop)
-    }
-
-    /// The acceptor's `accept`, counted in the gate, and the admission of
-    /// what it took; whether it took something.
-    fn accept_with(&self, accepting: &Accepting<Q>, how: Admitting) -> io::Result<bool> {
+    /// The acceptor's `accept`, and the admission of what it took; whether
+    /// it took something.
+    pub(super) fn accept(&self, accepting: &Accepting<Q>, how: Admitting) -> io::Result<bool> {
         // One accept-and-admit at a time: two threads accepting at once
         // would otherwise admit two connections in either order, and the
-        // queue is FIFO by arrival.
-        let _in_turn = lock(&accepting.in_turn);
-        let mut gate = self.gate();
-        if !gate.accepting {
+        // queue is FIFO by arrival. `stop_accepting` waits for it too.
+        let in_turn = lock(&accepting.in_turn);
+        if !self.gate().accepting {
             return Ok(false);
         }
-        gate.in_accept += 1;
-        drop(gate);
-        let taken = accepting.accept();
-        let mut gate = self.gate();
-        gate.in_accept -= 1;
-        if gate.in_accept == 0 && !gate.accepting {
-            accepting.changed.notify_all();
-        }
-        drop(gate);
-        let Some(handler) = taken? else {
+        let Some(handler) = accepting.accept()? else {
             return Ok(false);
         };
-        let source = handler.source().map(canonical_source);
-        let key = handler
-            .key()
-            .or_else(|| source.map(|ip| Key::from_source(ip, self.ipv6_prefix)));
-        if let Err(refused) = self.admit(handler, source, key, how) {
-            refused.notify();
+        let admitted = panic::catch_unwind(AssertUnwindSafe(|| self.submit(handler, how)));
+        drop(in_turn);
+        match admitted {
+            Ok(Ok(())) => {}
+            Ok(Err(refused)) => refused.notify(),
+            // No caller to hand the policy's panic to: the handler is
+            // dropped and nothing counted, as `Manager::submit` documents,
+            // and this thread goes on accepting.
+            Err(payload) => {
+                let message = panic_message(&*payload);
+                log::error!("the admission policy panicked: {message}");
+            }
         }
         Ok(true)
-    }
-
-    /// The accepting thread: blocks until no worker waits on the acceptor;
-    /// false once accepting stopped.
-    pub(super) fn wait_for_no_worker_on_acceptor(&self, accepting: &Accepting<Q>) -> bool {
-        let mut gate = self.gate();
-        loop {
-            if !gate.accepting {
-                return false;
-            }
-            if gate.on_acceptor == 0 {
-                return true;
-            }
-            gate = wait(&accepting.changed, gate);
-        }
-    }
-
-    /// The accepting thread accepts one, unless a worker waits on the
-    /// acceptor now or accepting stopped (`None`); whether it took one.
-    pub(super) fn accept_by_thread(&self, accepting: &Accepting<Q>) -> Option<io::Result<bool>> {
-        if self.gate().on_acceptor > 0 {
-            return None;
-        }
-        Some(self.accept_with(accepting, Admitting::New))
-    }
-
-    /// The accepting thread's back-off after an error; a stop ends it.
-    pub(super) fn pause_accepting_thread(&self, accepting: &Accepting<Q>, pause: Duration) {
-        let gate = self.gate();
-        if gate.accepting {
-            let _ = accepting.changed.wait_timeout(gate, pause);
-        }
     }
 
     /// Stops every use of the acceptor and returns once no thread is
@@ -822,9 +742,9 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
             accepting.wake_thread();
             accepting.changed.notify_all();
         }
-        while gate.in_accept > 0 {
-            gate = wait(&accepting.changed, gate);
-        }
+        drop(gate);
+        // An accept under way ends first; every later one finds it stopped.
+        drop(lock(&accepting.in_turn));
     }
 
     /// Asks every running handler to stop, through its hook.
@@ -838,77 +758,19 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
     }
 }
 
-/// The watcher thread's epoll set (its loop is in `watcher.rs`): the
-/// sockets of waiting handlers (hang-ups) and of parked ones.
-pub(super) struct Watcher(Poller);
-
-impl Watcher {
-    pub(super) fn new() -> io::Result<Watcher> {
-        Poller::new().map(Watcher)
-    }
-
-    /// Watches `socket` for a hang-up while handler `id` waits; false if
-    /// epoll cannot watch it (it is then simply not watched).
-    pub(super) fn watch(&self, socket: BorrowedFd<'_>, id: u64) -> bool {
-        match self.0.add(socket, id, EventFlags::RDHUP | EventFlags::ET) {
-            Ok(()) => true,
-            Err(e) => {
-                log::debug!("handler {id}: socket not watched: {e}");
-                false
-            }
-        }
-    }
-
-    /// Watches the socket of parked handler `id` until it is readable or
-    /// hangs up, once (level-triggered: bytes that came before this call
-    /// report at once); false if epoll cannot watch it.
-    pub(super) fn watch_parked(&self, socket: BorrowedFd<'_>, id: u64) -> bool {
-        let flags = EventFlags::IN | EventFlags::RDHUP | EventFlags::ONESHOT;
-        match self.0.add(socket, id, flags) {
-            Ok(()) => true,
-            Err(e) => {
-                log::debug!("parked handler {id}: socket not watched: {e}");
-                false
-            }
-        }
-    }
-
-    /// Stops watching `socket`, whose handler left the queue to run or
-    /// the parked set: its client's eventual hang-up must not wake the
-    /// thread for nothing, and a parked one may be watched again.
-    pub(super) fn forget(&self, socket: BorrowedFd<'_>) {
-        self.0.delete(socket);
-    }
-
-    /// Makes the thread look at the queue and the running handlers soon.
-    pub(super) fn wake(&self) {
-        self.0.wake();
-    }
-
-    /// Blocks until an event, a wake-up or `until`; hands the id of each
-    /// socket that reported to `event`.
-    pub(super) fn wait(
-        &self,
-        until: Option<Instant>,
-        events: &mut Vec<rustix::event::epoll::Event>,
-        mut event: impl FnMut(u64),
-    ) {
-        if let Err(e) = self.0.wait(until, events, |id, _| event(id)) {
-            log::error!("epoll_wait failed: {e}");
-        }
-    }
+/// Whether `handler`'s client left; a panicking `is_abandoned` counts as
+/// yes.
+pub(super) fn abandoned<Q: Handler>(id: u64, handler: &Q) -> bool {
+    guarded("is_abandoned", id, || handler.is_abandoned()).unwrap_or(true)
 }
 
 /// Tells a handler that left the queue (or the parked set) without
 /// running why, or drops it.
-fn settle<Q: Handler>(id: u64, handler: Q, how: Left) {
-    match how {
-        Left::Refused(reason) => {
-            guarded("refused", id, || handler.refused(reason));
-        }
-        Left::Abandoned | Left::Dropped => {
-            log::debug!("handler {id} left: its client is gone");
-            guarded("drop", id, || drop(handler));
-        }
+fn settle<Q: Handler>(id: u64, handler: Q, outcome: Outcome) {
+    if let Outcome::Refused(reason) = outcome {
+        guarded("refused", id, || handler.refused(reason));
+    } else {
+        log::debug!("handler {id} left: its client is gone");
+        guarded("drop", id, || drop(handler));
     }
 }

@@ -38,10 +38,10 @@ pub(super) fn watch<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
         };
         let pass = make_room(shared);
         let until = [deadline, pass].into_iter().flatten().min();
-        shared
-            .signals
-            .watcher
-            .wait(until, &mut events, |id| shared.socket_event(id));
+        let watcher = &shared.signals.watcher;
+        if let Err(e) = watcher.wait(until, &mut events, |id, _| shared.socket_event(id)) {
+            log::error!("epoll_wait failed: {e}");
+        }
     }
 }
 

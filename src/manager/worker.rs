@@ -12,11 +12,11 @@ use crossbeam_channel::RecvTimeoutError;
 use rustix::event::{PollFd, PollFlags};
 
 use super::acceptor::{Accepting, IdleWait, READY};
-use super::shared::{Done, Ended, Entry, Next, Shared};
+use super::shared::{Admitting, Done, Entry, Next, Shared, abandoned};
 use super::slot::{RunningInfo, Slot};
 use crate::admission::{Admission, Outcome};
 use crate::handler::{Handler, HandlerContext, Served};
-use crate::util::{Backoff, guarded, lock};
+use crate::util::{Backoff, guarded, lock, wait};
 
 thread_local! {
     /// The state of the manager whose worker this thread is (its address),
@@ -79,67 +79,53 @@ pub(super) fn work<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
 /// waited is asked whether its client left meanwhile: one that started on
 /// a free place had no time to give up, and the question costs a network
 /// handler a system call.
-fn run<Q: Handler, S: Admission>(shared: &Shared<Q, S>, slot: &Slot, entry: Entry<Q>) -> Ended<Q> {
-    let Entry {
+fn run<Q: Handler, S: Admission>(shared: &Shared<Q, S>, slot: &Slot, entry: Entry<Q>) -> Done<Q> {
+    let (id, handler) = (entry.id, entry.handler);
+    let done = |outcome, asked, park| Done {
         id,
-        source,
-        key,
-        queued_at,
-        waits,
-        watched,
-        handler,
-        deadline: _,
-    } = entry;
-    let done = |outcome, asked| Done {
-        id,
-        key,
+        source: entry.source,
+        key: entry.key,
         outcome,
         asked,
+        park,
     };
-    if watched {
+    if entry.watched {
         if let Some(socket) = handler.socket() {
-            shared.signals.watcher.forget(socket);
+            // Its client's eventual hang-up must not wake the watcher.
+            shared.signals.watcher.delete(socket);
         }
     }
-    if waits && guarded("is_abandoned", id, || handler.is_abandoned()).unwrap_or(true) {
+    if entry.waits && abandoned(id, &handler) {
         log::debug!("handler {id} abandoned while waiting");
         guarded("drop", id, || drop(handler));
-        return Ended::Done(done(Outcome::Abandoned, false));
+        return done(Outcome::Abandoned, false, None);
     }
-    let started_at = Instant::now();
-    slot.occupy(RunningInfo {
+    let info = RunningInfo {
         id,
-        source,
-        queued_at,
-        started_at,
-    });
+        source: entry.source,
+        queued_at: entry.queued_at,
+        started_at: Instant::now(),
+    };
+    slot.occupy(info);
     // Others may wait: its limits start counting now.
     shared.signals.room_may_be_due();
+    let signals = &shared.signals;
     let ctx = HandlerContext {
-        id,
-        source,
-        queued_at,
-        started_at,
+        info,
         slot,
-        signals: &shared.signals,
+        signals,
     };
     // Under catch_unwind: a panic is counted, and the slot freed below.
-    let outcome = match guarded("run", id, || handler.serve(&ctx)) {
-        Some(Ok(Served::Park(handler))) => {
-            return Ended::Park {
-                done: done(Outcome::Completed, slot.vacate()),
-                source,
-                handler,
-            };
-        }
-        Some(Ok(Served::Done)) => Outcome::Completed,
+    let (outcome, park) = match guarded("run", id, || handler.serve(&ctx)) {
+        Some(Ok(Served::Park(handler))) => (Outcome::Completed, Some(handler)),
+        Some(Ok(Served::Done)) => (Outcome::Completed, None),
         Some(Err(e)) => {
             log::debug!("handler {id} failed: {e}");
-            Outcome::Failed
+            (Outcome::Failed, None)
         }
-        None => Outcome::Panicked,
+        None => (Outcome::Panicked, None),
     };
-    Ended::Done(done(outcome, slot.vacate()))
+    done(outcome, slot.vacate(), park)
 }
 
 /// A worker's wait on the acceptor, counted in the gate by
@@ -163,8 +149,22 @@ pub(super) fn wait_on_acceptor<Q: Handler, S: Admission>(
     if rung {
         accepting.answer_ring();
     }
-    match shared.accept_one(accepting, ready) {
-        Ok(()) => {
+    let mut gate = shared.gate();
+    gate.on_acceptor -= 1;
+    if gate.on_acceptor == 0 {
+        // The accepting thread takes over while this one runs.
+        accepting.changed.notify_all();
+    }
+    let accept = ready && gate.accepting;
+    drop(gate);
+    // What it accepts, it takes itself: no ring.
+    let accepted = if accept {
+        shared.accept(accepting, Admitting::Accepted)
+    } else {
+        Ok(false)
+    };
+    match accepted {
+        Ok(_) => {
             idle.backoff.reset();
             None
         }
@@ -177,12 +177,20 @@ pub(super) fn wait_on_acceptor<Q: Handler, S: Admission>(
 }
 
 /// The accepting thread, for while no worker waits on the acceptor.
-pub(super) fn accept_loop<Q: Handler, S: Admission>(
-    shared: &Shared<Q, S>,
-    accepting: &Accepting<Q>,
-) {
+pub(super) fn accept_loop<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
+    let Some(accepting) = &shared.accepting else {
+        return;
+    };
     let mut backoff = Backoff::default();
-    while shared.wait_for_no_worker_on_acceptor(accepting) {
+    loop {
+        let mut gate = shared.gate();
+        while gate.accepting && gate.on_acceptor > 0 {
+            gate = wait(&accepting.changed, gate);
+        }
+        if !gate.accepting {
+            return;
+        }
+        drop(gate);
         let fd = accepting.acceptor.fd();
         let mut fds = [
             PollFd::new(&fd, PollFlags::IN),
@@ -197,14 +205,18 @@ pub(super) fn accept_loop<Q: Handler, S: Admission>(
             continue;
         }
         // A burst is accepted back to back, while no worker waits.
-        while let Some(taken) = shared.accept_by_thread(accepting) {
-            match taken {
+        while shared.gate().on_acceptor == 0 {
+            match shared.accept(accepting, Admitting::New) {
                 Ok(true) => backoff.reset(),
                 Ok(false) => break,
                 Err(e) => {
                     let pause = backoff.failed();
                     log::warn!("accept failed: {e}; retrying in {pause:?}");
-                    shared.pause_accepting_thread(accepting, pause);
+                    let gate = shared.gate();
+                    if gate.accepting {
+                        // A stop ends the back-off.
+                        let _ = accepting.changed.wait_timeout(gate, pause);
+                    }
                     break;
                 }
             }

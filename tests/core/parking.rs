@@ -5,6 +5,7 @@
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ use crossbeam_channel::{Receiver, Sender, unbounded};
 use filesrv::admission::{Admission, Arrival, Decision, Departure, Key, PerKeyCap, Unbounded};
 use filesrv::{Handler, HandlerContext, Manager, ManagerBuilder, Refusal, Served};
 
+use super::races::accounted;
 use crate::support::LIMIT;
 
 /// What happened to an echo handler, in order.
@@ -328,12 +330,69 @@ fn counts_add_up_with_parked_handlers() {
     assert_eq!(rig.next_event(), Event::Dropped);
     assert!(rig.manager.wait_idle_timeout(LIMIT));
     let s = rig.manager.stats();
-    let accounted = (s.running + s.waiting + s.parked) as u64
-        + s.completed
-        + s.failed
-        + s.panicked
-        + s.abandoned
-        + s.refused_total();
-    assert_eq!(s.submitted, accounted, "{s:?}");
+    assert_eq!(s.submitted, accounted(&s), "{s:?}");
     assert_eq!(s.parked, 4);
+}
+
+#[test]
+fn counts_add_up_in_every_snapshot_while_a_parked_handler_comes_back() {
+    // A returning handler is parked, waiting or running in every
+    // snapshot, never in none of them, however the snapshot falls.
+    const ROUNDS: usize = 2_000;
+    let rig = Rig::new(ManagerBuilder::new(1).admission(Unbounded));
+    let mut client = rig.connect(None);
+    let done = AtomicBool::new(false);
+    let torn = std::thread::scope(|scope| {
+        let snapshots = scope.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                let s = rig.manager.stats();
+                if accounted(&s) != s.submitted {
+                    return Some(s);
+                }
+            }
+            None
+        });
+        for round in 0..ROUNDS {
+            echo(&mut client, format!("round {round}\n").as_bytes());
+        }
+        done.store(true, Ordering::Relaxed);
+        snapshots.join().unwrap()
+    });
+    assert_eq!(torn, None, "a snapshot missed the returning handler");
+}
+
+/// Queues every arrival, but panics on the first that returns from
+/// being parked.
+struct PanicsOnFirstReturn(bool);
+
+impl Admission for PanicsOnFirstReturn {
+    fn decide(&mut self, arrival: &Arrival) -> Decision {
+        if arrival.returning && !self.0 {
+            self.0 = true;
+            panic!("policy panics");
+        }
+        Decision::Queue
+    }
+}
+
+#[test]
+fn a_policy_panicking_on_a_returning_handler_costs_no_thread() {
+    // The watcher brings parked handlers back: a panic there drops the
+    // handler, counted as panicked, and the watcher goes on.
+    let rig = Rig::new(ManagerBuilder::new(1).admission(PanicsOnFirstReturn(false)));
+    let mut first = rig.connect(None);
+    echo(&mut first, b"1\n");
+    first.write_all(b"2\n").unwrap();
+    // Dropped with its line unread: its client sees the end, or a reset.
+    let mut rest = Vec::new();
+    let _ = first.read_to_end(&mut rest);
+    assert!(rest.is_empty());
+    assert_eq!(rig.next_event(), Event::Dropped);
+    let mut second = rig.connect(None);
+    echo(&mut second, b"3\n");
+    echo(&mut second, b"4\n");
+    assert!(rig.manager.wait_idle_timeout(LIMIT));
+    let s = rig.manager.stats();
+    assert_eq!((s.panicked, s.parked), (1, 1), "{s:?}");
+    assert_eq!(s.submitted, accounted(&s), "{s:?}");
 }

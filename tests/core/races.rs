@@ -3,7 +3,9 @@
 //! but the panicking handler, and misuse that fails instead of hanging.
 //! Each test loops over a race a bounded number of times.
 
-use std::io;
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, unbounded};
 use filesrv::admission::{Arrival, Decision, MaxWaiting, Unbounded};
 use filesrv::{
-    Admission, Handler, HandlerContext, MakeRoom, Manager, ManagerBuilder, Refusal, Stats,
+    Acceptor, Admission, Handler, HandlerContext, MakeRoom, Manager, ManagerBuilder, Refusal, Stats,
 };
 
 use crate::support::{LIMIT, rss_kib, run_alone};
@@ -26,8 +28,10 @@ impl Admission for PastDeadline {
     }
 }
 
-fn accounted(stats: &Stats) -> u64 {
-    (stats.running + stats.waiting) as u64
+/// Where every submitted handler is: `Stats` promises it equals
+/// `submitted` in every snapshot.
+pub(super) fn accounted(stats: &Stats) -> u64 {
+    (stats.running + stats.waiting + stats.parked) as u64
         + stats.completed
         + stats.failed
         + stats.panicked
@@ -250,12 +254,13 @@ fn an_abandoned_handler_that_panics_in_drop_keeps_its_worker() {
 }
 
 /// Panics on its first decision, then queues.
-struct PanicsOnce(bool);
+/// Panics on its first `n` arrivals, then queues every one.
+struct PanicsFirst(usize);
 
-impl Admission for PanicsOnce {
+impl Admission for PanicsFirst {
     fn decide(&mut self, _: &Arrival) -> Decision {
-        if !self.0 {
-            self.0 = true;
+        if self.0 > 0 {
+            self.0 -= 1;
             panic!("policy panics");
         }
         Decision::Queue
@@ -266,7 +271,7 @@ impl Admission for PanicsOnce {
 fn a_panicking_policy_leaves_the_counts_whole() {
     let manager = Arc::new(
         ManagerBuilder::new(1)
-            .admission(PanicsOnce(false))
+            .admission(PanicsFirst(1))
             .build()
             .unwrap(),
     );
@@ -278,6 +283,51 @@ fn a_panicking_policy_leaves_the_counts_whole() {
     let stats = manager.stats();
     assert_eq!(stats.submitted, 1, "{stats:?}");
     assert_eq!(accounted(&stats), stats.submitted);
+}
+
+/// Says hello to each client it accepts.
+struct Greeter(TcpListener);
+
+impl Acceptor<Job> for Greeter {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+
+    fn accept(&self) -> io::Result<Option<Job>> {
+        match self.0.accept() {
+            Ok((mut stream, _)) => Ok(Some(job(move |_| {
+                let _ = stream.write_all(b"hello\n");
+            }))),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[test]
+fn a_policy_panicking_on_accepted_handlers_costs_no_thread() {
+    // No caller to hand the panic to: each handler is dropped unrun and
+    // uncounted, and the thread that accepted it (an idle worker or the
+    // accepting thread) goes on. Two panics would otherwise end both.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let manager = ManagerBuilder::new(1)
+        .admission(PanicsFirst(2))
+        .build_with_acceptor(Greeter(listener))
+        .unwrap();
+    let reply = || {
+        let mut client = TcpStream::connect(addr).unwrap();
+        client.set_read_timeout(Some(LIMIT)).unwrap();
+        let mut reply = String::new();
+        client.read_to_string(&mut reply).map(|_| reply)
+    };
+    assert_eq!(reply().unwrap(), "");
+    assert_eq!(reply().unwrap(), "");
+    assert_eq!(reply().expect("nobody accepts any more"), "hello\n");
+    assert!(manager.wait_idle_timeout(LIMIT));
+    let stats = manager.stats();
+    assert_eq!((stats.submitted, stats.completed), (1, 1), "{stats:?}");
 }
 
 #[test]

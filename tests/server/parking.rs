@@ -239,9 +239,11 @@ fn shutdown_tells_parked_line_clients_and_closes_parked_http_ones() {
         line.expect_eof();
     }
     assert_eq!(until_closed(&mut http), b"");
-    // The third may still have been between its reply and parking: then
-    // it ran at the start and was closed as it parked, told the same.
-    assert!(report.closed_parked >= 2, "{report:?}");
+    // The third may still be between its reply and parking: then it is
+    // a running connection idle between requests, told the same, or it
+    // parks just after and is closed as parked too (counted in both).
+    let counts = (report.closed_parked, report.running_at_start);
+    assert!(matches!(counts, (3, 0) | (2, 1) | (3, 1)), "{report:?}");
 }
 
 /// Over TLS with users, a parked session keeps its TLS session and its
