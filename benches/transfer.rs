@@ -45,6 +45,11 @@
 //!   connection per request (8 clients) and with keep-alive (8 and 64),
 //!   `filesrv` against the distribution's nginx; `baseline`: the same
 //!   loads against an earlier build (`FILESRV_BASELINE`).
+//! - `idle` and `http` (`idle/mod.rs`): HTTP loads from `wrk` against the
+//!   `filesrv` binary, nginx and Apache httpd's event MPM: 10,000 idle
+//!   keep-alive connections beside 64 busy ones (`--park-idle`), the
+//!   memory an idle connection costs, what parking costs per request;
+//!   and keep-alive and `Connection: close` GETs against nginx.
 //!
 //! Every scenario runs several times, the implementations interleaved, and
 //! the medians are printed with every run's figure.
@@ -65,12 +70,17 @@
 //! it) a smoke version with tiny sizes checks that everything works, in a
 //! second or two. docs/BENCHMARKS.md has the figures.
 
+#[path = "common/apache.rs"]
+mod apache;
 mod common;
 mod connections;
+mod idle;
 #[path = "common/machine.rs"]
 mod machine;
 #[path = "common/nginx.rs"]
 mod nginx;
+#[path = "common/process.rs"]
+mod process;
 mod proxy;
 
 use std::fs::{self, File};
@@ -107,6 +117,13 @@ struct Params {
     running: usize,
     waiting: usize,
     waiting_runs: usize,
+    /// Idle keep-alive connections held by the `idle` scenario, its rounds
+    /// (and `http`'s), each `wrk` run's seconds, and whether the warm-up
+    /// runs and the rows that are context only run.
+    idle: usize,
+    idle_runs: usize,
+    wrk_seconds: u32,
+    full_rows: bool,
 }
 
 const FULL: Params = Params {
@@ -120,6 +137,10 @@ const FULL: Params = Params {
     running: 64,
     waiting: 1000,
     waiting_runs: 3,
+    idle: 10_000,
+    idle_runs: 3,
+    wrk_seconds: 5,
+    full_rows: true,
 };
 
 /// `cargo test --all-targets`: everything once, tiny.
@@ -134,6 +155,10 @@ const SMOKE: Params = Params {
     running: 4,
     waiting: 20,
     waiting_runs: 1,
+    idle: 200,
+    idle_runs: 1,
+    wrk_seconds: 1,
+    full_rows: false,
 };
 
 /// The size of each small file.
@@ -190,6 +215,13 @@ fn main() -> io::Result<()> {
     }
     if wanted("waiting") {
         waiting(dir.path(), &smalls[0], params)?;
+    }
+    // wrk, nginx and apache2: as above when not installed.
+    if wanted("idle") {
+        idle::idle(dir.path(), &smalls[0], params)?;
+    }
+    if wanted("http") {
+        idle::http(dir.path(), &smalls[0], params)?;
     }
     Ok(())
 }

@@ -124,10 +124,12 @@ impl ChildServer {
             .arg(root)
             .args(extra)
             // The address line only: per-request lines would cost the
-            // server time (the session module's path in older builds too).
+            // server time (the session module's path in older builds too,
+            // and HTTP's requests).
             .env(
                 "RUST_LOG",
-                "filesrv::protocol::session=off,filesrv::protocol::server::session=off",
+                "filesrv::protocol::session=off,filesrv::protocol::server::session=off,\
+                 filesrv::protocol::server::http=off",
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())

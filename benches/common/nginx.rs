@@ -15,14 +15,12 @@
 //! `TCP_DEFER_ACCEPT` on it (its `listen ... deferred`).
 
 use std::fs;
-use std::io::{self, BufRead, BufReader};
+use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use rustix::process::{Pid, Signal, kill_process};
-
-use super::machine;
+use super::{machine, process};
 use filesrv_testkit::tools;
 
 /// A running nginx serving a directory on 127.0.0.1; stopped (`SIGTERM`,
@@ -43,6 +41,17 @@ impl Nginx {
     /// which goes to a pipe read here); an nginx that exits instead is an
     /// error carrying what it wrote.
     pub(crate) fn start(root: &Path, deferred: bool) -> io::Result<Nginx> {
+        Nginx::start_sized(root, deferred, 1024)
+    }
+
+    /// [`start`](Nginx::start) with `connections` as each worker's
+    /// `worker_connections` (and descriptors for them): enough for the
+    /// `idle` scenario's connections all in one worker.
+    pub(crate) fn start_sized(
+        root: &Path,
+        deferred: bool,
+        connections: usize,
+    ) -> io::Result<Nginx> {
         let program = tools::require("nginx")
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "nginx is not installed"))?;
         let listener = machine::pinned_listener()?;
@@ -54,7 +63,10 @@ impl Nginx {
         let dir = std::env::temp_dir().join(format!("filesrv-bench-nginx-{}", addr.port()));
         fs::create_dir_all(&dir)?;
         let config = dir.join("nginx.conf");
-        fs::write(&config, config_text(&dir, root, addr, deferred))?;
+        fs::write(
+            &config,
+            config_text(&dir, root, addr, deferred, connections),
+        )?;
         let inherited = tools::Inherited::new(&listener);
         let child = Command::new(program)
             .arg("-p")
@@ -89,38 +101,29 @@ impl Nginx {
     /// its workers; then keeps draining it on a thread.
     fn wait_started(&mut self) -> io::Result<()> {
         let stderr = self.child.stderr.take().expect("piped");
-        let mut log = BufReader::new(stderr);
-        let mut said = String::new();
-        loop {
-            let from = said.len();
-            if log.read_line(&mut said)? == 0 {
-                return Err(io::Error::other(format!("nginx did not start: {said}")));
-            }
-            if said[from..].contains("start worker processes") {
-                break;
-            }
-        }
-        std::thread::spawn(move || io::copy(&mut log, &mut io::sink()));
-        Ok(())
+        process::wait_for_line(stderr, "start worker processes")
+            .map_err(|said| io::Error::other(format!("nginx did not start: {said}")))
     }
 }
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        // SIGTERM, not the SIGKILL of `Child::kill`: a killed master
-        // would leave its workers serving.
-        let pid = Pid::from_child(&self.child);
-        if kill_process(pid, Signal::TERM).is_err() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
+        process::terminate(&mut self.child);
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
 
 /// The configuration: Debian's defaults that matter for speed, paths in
-/// `dir`, the listening address `addr` (the inherited socket's).
-fn config_text(dir: &Path, root: &Path, addr: SocketAddr, deferred: bool) -> String {
+/// `dir`, the listening address `addr` (the inherited socket's), up to
+/// `connections` per worker, idle keep-alive connections kept longer than
+/// any run.
+fn config_text(
+    dir: &Path,
+    root: &Path,
+    addr: SocketAddr,
+    deferred: bool,
+    connections: usize,
+) -> String {
     let dir = dir.display();
     let deferred = if deferred { " deferred" } else { "" };
     format!(
@@ -129,11 +132,13 @@ master_process on;
 worker_processes auto;
 pid {dir}/nginx.pid;
 error_log stderr notice;
+worker_rlimit_nofile {files};
 events {{
-    worker_connections 1024;
+    worker_connections {connections};
 }}
 http {{
     access_log off;
+    keepalive_timeout 600s;
     sendfile on;
     tcp_nopush on;
     keepalive_requests 1000000;
@@ -149,6 +154,7 @@ http {{
     }}
 }}
 ",
-        root = root.display()
+        root = root.display(),
+        files = connections + 64,
     )
 }

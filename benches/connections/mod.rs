@@ -39,7 +39,7 @@ use super::{Params, SMALL, list, median, print_rates, rates, serve, shut_down_cl
 use cpu::Cpu;
 use filesrv_testkit::loadgen::{self, Load, Mode, Protocol, Report};
 
-mod cpu;
+pub(crate) mod cpu;
 
 /// The loads of the scenario: connection use, clients, and whether both
 /// servers defer accepting.

@@ -1,5 +1,5 @@
 //! Programs the tests and benches drive (haproxy, curl, nginx, groff,
-//! openssl, socat, htpasswd, wget, chromium): found on
+//! openssl, socat, htpasswd, wget, chromium, wrk, apache2): found on
 //! the system, never installed from here. When one is missing, the first
 //! test that asks prints one line (past the test harness's capture)
 //! naming every missing program, its package and the tests that need it,
@@ -36,6 +36,12 @@ const PROGRAMS: &[(&str, &str, &str)] = &[
     ("htpasswd", "apache2-utils", "users::*"),
     ("wget", "wget", "http::wget_*"),
     ("chromium", "chromium", "http::chromium_*"),
+    ("wrk", "wrk", "the transfer bench's idle and http scenarios"),
+    (
+        "apache2",
+        "apache2-bin",
+        "the transfer bench's idle scenario",
+    ),
 ];
 
 /// The path of `program`, or `None` (after the one line saying so) when

@@ -168,6 +168,14 @@ fn curl_reuses_one_connection_and_http10_closes() {
     );
     assert!(all.contains("Connection: keep-alive\r\n"));
     assert!(all.contains("\r\n\r\nhello, world\nHTTP/1.1 200 OK\r\n"));
+    // A request after `Connection: close` is never read, and the reply
+    // before it arrives whole, closed cleanly (no reset).
+    let all = raw(
+        &t,
+        b"GET /notes.txt HTTP/1.1\r\nConnection: close\r\n\r\nGET /notes.txt HTTP/1.1\r\n\r\n",
+    );
+    assert_eq!(all.matches("HTTP/1.1 ").count(), 1, "{all}");
+    assert!(all.ends_with("\r\n\r\nhello, world\n"), "{all}");
 }
 
 #[test]

@@ -111,20 +111,24 @@ fn read_slowly(
     (stop, reader)
 }
 
-#[test]
-fn a_list_reply_read_slower_than_the_minimum_rate_is_cut() {
-    let dir = TempDir::new("list-rate");
-    // About 6 MB of listing, more than the server's socket buffer takes
-    // (4 MiB at most): 25,000 names of 250 bytes.
+/// A server whose root holds about 6 MB of listing, more than the
+/// server's socket buffer takes (4 MiB at most): 25,000 names of 250
+/// bytes. It wants 4 MB/s after a 1 s allowance; the slow clients read
+/// 10 KB/s, each read within the stall timeout.
+fn serve_a_large_directory(label: &str) -> (TempDir, ChildServer) {
+    let dir = TempDir::new(label);
     for i in 0..25_000 {
         let name = format!("{i:0>250}");
         std::fs::File::create(dir.root().join(name)).unwrap();
     }
     let mut command = ChildServer::command(&dir.root(), 1);
-    // 4 MB/s after a 1 s allowance; the client reads 10 KB/s, each read
-    // within the stall timeout.
     command.args(["--stall-timeout", "1", "--min-rate", "4000000"]);
-    let server = ChildServer::spawn(command);
+    (dir, ChildServer::spawn(command))
+}
+
+#[test]
+fn a_list_reply_read_slower_than_the_minimum_rate_is_cut() {
+    let (_dir, server) = serve_a_large_directory("list-rate");
     let mut stream = connect_with_small_window(server.addr());
     stream.write_all(b"LIST\n").unwrap();
     let (stop, reader) = read_slowly(stream, 1024);
@@ -171,4 +175,33 @@ fn a_tls_get_read_slower_than_the_minimum_rate_is_cut() {
     let _ = socat.wait();
     eprintln!("{line}; the client had read {read} bytes");
     assert!(line.contains("-> stalled"), "{line}");
+}
+
+/// An HTTP listing keeps the same pace as a LIST: read slower than the
+/// minimum rate (10 KB/s through a 4 KiB window, each read within the
+/// stall timeout), it is cut long before its end.
+#[test]
+fn an_http_listing_read_slower_than_the_minimum_rate_is_cut() {
+    let (_dir, server) = serve_a_large_directory("http-list-rate");
+    let mut stream = connect_with_small_window(server.addr());
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let (stop, reader) = read_slowly(stream, 1024);
+    let line = server.wait_log("GET / -> ").unwrap();
+    drop(stop);
+    let read = reader.join().unwrap();
+    eprintln!("{line}; the client had read {read} bytes");
+    // The page is over 12 MB; what left before the cut is what the
+    // socket buffers took.
+    let sent: u64 = line
+        .split(" -> 200 ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(sent < 12_000_000, "{line}");
 }

@@ -20,7 +20,7 @@ use super::metrics::{Answer, LoginResult, Metrics};
 use super::pace::Pace;
 use super::readbuf::ReadBuf;
 use super::sockopt::{Cork, ReadTimeout};
-use super::stream::SessionStream;
+use super::stream::{Paced, SessionStream};
 use super::tls::Tls;
 use super::transfer::{Sent, copy_body, is_timeout, send_all, send_body};
 use super::users::{Login, User, Users, plain_auth_allowed};
@@ -277,11 +277,14 @@ struct Connection {
     access_log: Option<AccessLog>,
     /// Whether it speaks HTTP (decided by its first request line).
     http: bool,
+    /// A run began and has not read from the client yet: what woke it is
+    /// still to be read, so it must not park.
+    unread_wake: bool,
     connected: Instant,
 }
 
 /// The buffer a LIST reply is written through.
-const LIST_BUF: usize = 64 * 1024;
+pub(super) const LIST_BUF: usize = 64 * 1024;
 
 impl Connection {
     fn new(
@@ -326,6 +329,7 @@ impl Connection {
             requests: 0,
             access_log,
             http: false,
+            unread_wake: true,
             connected: Instant::now(),
         })
     }
@@ -336,6 +340,7 @@ impl Connection {
         if self.buf.is_empty() {
             self.buf = ReadBuf::take();
         }
+        self.unread_wake = true;
         let (stop_stream, stop_busy) = (Arc::downgrade(&self.stream), self.busy.clone());
         ctx.on_stop(move |stop| {
             let busy = lock(&stop_busy);
@@ -358,16 +363,17 @@ impl Connection {
         });
     }
 
-    /// Whether the connection may be parked now: parking is on, nothing
-    /// the client sent is unread (here, inside TLS or on the socket: a
-    /// request arriving after this look wakes the parked connection at
-    /// once), and no stop or make-room request is pending.
+    /// Whether the connection may be parked now: parking is on, this run
+    /// read what woke it, nothing the client sent is unread here or inside
+    /// TLS, and no stop or make-room request is pending. Bytes still in
+    /// the socket need no look: the manager's epoll registration reports
+    /// them at once, and the next run reads them before parking again.
     fn parkable(&mut self, ctx: &HandlerContext) -> bool {
         self.config().park_idle
+            && !self.unread_wake
             && self.start == self.end
             && !self.stop_or_room(ctx)
             && self.io.is_drained()
-            && peek(&self.stream) == Err(Errno::AGAIN)
     }
 
     /// Readies the connection to be parked: replies held back go out, and
@@ -529,24 +535,20 @@ impl Connection {
             self.shared.metrics.tls_handshake_failed();
         }
         match result {
-            Ok(End::AfterError) => {
+            // Nothing left unread: closing sends what is unsent (corked
+            // replies included) and then the FIN, as a shutdown would, and
+            // the hooks hold the socket weakly, so it closes here.
+            Ok(End::Quietly | End::Park) if self.start == self.end && self.drained => {
+                self.io.close_notify();
+            }
+            // After an error line, or with bytes left unread (a close would
+            // send a reset, which can destroy replies the client has not
+            // read yet): the closer shuts the write side and lingers.
+            Ok(End::AfterError | End::Quietly | End::Park) => {
                 self.io.close_notify();
                 self.shared.closer.close(self.stream);
             }
-            // Nothing left unread on a plaintext connection: closing sends
-            // what is unsent (corked replies included) and then the FIN, as
-            // a shutdown would, and the hooks hold the socket weakly, so it
-            // closes here. With bytes left unread the close would send a
-            // reset, which can destroy replies the client has not read
-            // yet: the shutdown sends them and the FIN first.
-            Ok(End::Quietly) if !self.io.is_tls() && self.start == self.end && self.drained => {}
-            Ok(End::Quietly) => {
-                self.io.close_notify();
-                let _ = self.stream.shutdown(Shutdown::Write);
-            }
             Ok(End::Abruptly) => {}
-            // Not parked after all (a run without a manager that parks).
-            Ok(End::Park) => self.io.close_notify(),
             Err(e) => {
                 log::debug!("{}: connection error: {e}", self.peer);
                 return Err(e);
@@ -1078,6 +1080,7 @@ impl http::Wire for Connection {
             Ok(n) => {
                 self.end += n;
                 self.drained = n < room;
+                self.unread_wake = false;
             }
             Err(e) if is_timeout(&e) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -1140,6 +1143,10 @@ impl http::Wire for Connection {
 
     fn parkable(&mut self, ctx: &HandlerContext) -> bool {
         Connection::parkable(self, ctx)
+    }
+
+    fn paced(&mut self) -> Paced<'_> {
+        self.io.paced(&self.shared.config)
     }
 }
 

@@ -2,42 +2,54 @@
 //! HTML-escaped in text and percent-encoded in its link.
 
 use std::fmt::Write as _;
+use std::io;
 
 use crate::protocol::server::fs::Listing;
 use crate::protocol::wire::{EntryKind, RelPath};
 
-/// The page for the directory at `path` (the root or not), whose entries
-/// are `listing`.
-pub(super) fn page(path: &RelPath, listing: &Listing) -> String {
+/// Writes the page for the directory at `path` (the root or not), whose
+/// entries are `listing`, to `out`; returns its length. Written, never
+/// held whole: once to [`io::sink`] for its length, then to the client.
+pub(super) fn write_page(
+    path: &RelPath,
+    listing: &Listing,
+    out: &mut impl io::Write,
+) -> io::Result<u64> {
     let title = if path.is_root() {
         "/".to_owned()
     } else {
         format!("/{}/", html(path.as_bytes()))
     };
-    let mut out = String::with_capacity(512 + listing.len() * 128);
-    let _ = write!(
-        out,
+    let mut length = 0;
+    let mut put = |text: &str| {
+        length += text.len() as u64;
+        out.write_all(text.as_bytes())
+    };
+    put(&format!(
         "<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"utf-8\">\n\
          <title>Index of {title}</title>\n</head>\n<body>\n\
          <h1>Index of {title}</h1>\n<table>\n"
-    );
+    ))?;
     if !path.is_root() {
-        out.push_str("<tr><td><a href=\"../\">../</a></td><td></td></tr>\n");
+        put("<tr><td><a href=\"../\">../</a></td><td></td></tr>\n")?;
     }
+    let mut row = String::new();
     for entry in listing.iter() {
         let (slash, size) = match entry.kind {
             EntryKind::Dir => ("/", String::new()),
             EntryKind::File => ("", entry.size.to_string()),
         };
+        row.clear();
         let _ = writeln!(
-            out,
+            row,
             "<tr><td><a href=\"./{}{slash}\">{}{slash}</a></td><td>{size}</td></tr>",
             link(entry.name),
             html(entry.name),
         );
+        put(&row)?;
     }
-    out.push_str("</table>\n</body>\n</html>\n");
-    out
+    put("</table>\n</body>\n</html>\n")?;
+    Ok(length)
 }
 
 /// A name as link text: invalid UTF-8 replaced, `& < > " '` escaped.

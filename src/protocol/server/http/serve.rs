@@ -3,7 +3,7 @@
 //! and the replies that end a connection.
 
 use std::ffi::OsStr;
-use std::io;
+use std::io::{self, Write as _};
 use std::os::unix::ffi::OsStrExt as _;
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,7 +18,7 @@ use super::wire::Wire;
 use crate::protocol::checksum::sum_prefix_until;
 use crate::protocol::server::fs::{FsError, Root};
 use crate::protocol::server::metrics::LoginResult;
-use crate::protocol::server::session::{Claim, End, Filled, Received, ServerState};
+use crate::protocol::server::session::{Claim, End, Filled, LIST_BUF, Received, ServerState};
 use crate::protocol::server::transfer::Sent;
 use crate::protocol::server::users::{Login, User, plain_auth_allowed};
 use crate::protocol::wire::{EntryKind, ErrorCode, RelPath, printable_line};
@@ -88,8 +88,10 @@ pub(in crate::protocol::server) fn serve(
         if let Some(end) = outcome.end {
             return Ok(end);
         }
+        // Closed as a client's QUIT is: at once when nothing is unread, so
+        // the common `Connection: close` needs no lingering close.
         if !head.keep_alive {
-            return Ok(End::AfterError);
+            return Ok(End::Quietly);
         }
     }
 }
@@ -400,17 +402,25 @@ fn directory(
         Ok(listing) => listing,
         Err(e) => return refuse(wire, head, &e, true),
     };
-    let page = listing::page(path, &listing);
-    let mut text = ReplyHead::new(Status::Ok)
+    let length = listing::write_page(path, &listing, &mut io::sink())?;
+    let text = ReplyHead::new(Status::Ok)
         .field("Content-Type", "text/html; charset=utf-8")
-        .finish(page.len() as u64, head.keep_alive, head.http10);
-    let mut bytes = 0;
-    if head.method == Method::Get {
-        text.push_str(&page);
-        bytes = page.len() as u64;
+        .finish(length, head.keep_alive, head.http10);
+    if head.method != Method::Get {
+        wire.write_all(text.as_bytes())?;
+        return Ok(Outcome::new(Status::Ok, 0, None));
     }
-    wire.write_all(text.as_bytes())?;
-    Ok(Outcome::new(Status::Ok, bytes, None))
+    // Streamed through a small buffer at a body's pace, as a LIST is.
+    let mut out = io::BufWriter::with_capacity(LIST_BUF, wire.paced());
+    let written = out
+        .write_all(text.as_bytes())
+        .and_then(|()| listing::write_page(path, &listing, &mut out))
+        .and_then(|bytes| out.flush().map(|()| bytes));
+    match written {
+        Ok(bytes) => Ok(Outcome::new(Status::Ok, bytes, None)),
+        Err(_) if out.get_ref().stalled() => Ok(Outcome::new(Status::Ok, 0, Some(End::Abruptly))),
+        Err(e) => Err(e),
+    }
 }
 
 /// An upload through the line protocol's atomic path. Every refusal

@@ -12,6 +12,7 @@ use std::time::Instant;
 use crate::HandlerContext;
 use crate::protocol::server::fs::TempFile;
 use crate::protocol::server::session::{Claim, Filled, Received, ServerState};
+use crate::protocol::server::stream::Paced;
 use crate::protocol::server::transfer::Sent;
 
 /// A connection as the HTTP serve loop sees it.
@@ -52,6 +53,9 @@ pub(in crate::protocol::server) trait Wire {
     /// Copies a request body of `size` bytes (buffered first) to `file`,
     /// within the stall timeout and minimum rate.
     fn receive_body(&mut self, file: &mut TempFile, size: u64) -> io::Result<Received>;
+    /// A writer for a body, kept to the body's pace (the stall timeout,
+    /// the minimum rate), through TLS when the port speaks it.
+    fn paced(&mut self) -> Paced<'_>;
     /// Whether the connection may be parked now, between requests.
     fn parkable(&mut self, ctx: &HandlerContext) -> bool;
 }
