@@ -45,10 +45,16 @@ impl Poller {
         })
     }
 
-    /// Watches `fd` for `flags`; its events carry `key` (below `u64::MAX`).
-    pub(crate) fn add(&self, fd: impl AsFd, key: u64, flags: EventFlags) -> io::Result<()> {
+    /// Watches `fd` for `flags`, its events carrying `key` (below
+    /// `u64::MAX`): added, or changed if it is watched already (a one-shot registration that fired stays, off,
+    /// until changed or closed, so it is changed rather than added again).
+    pub(crate) fn watch(&self, fd: impl AsFd, key: u64, flags: EventFlags) -> io::Result<()> {
         debug_assert_ne!(key, WAKE, "the wake-up's key");
-        Ok(epoll::add(&self.epoll, fd, EventData::new_u64(key), flags)?)
+        let data = EventData::new_u64(key);
+        match epoll::add(&self.epoll, &fd, data, flags) {
+            Err(rustix::io::Errno::EXIST) => Ok(epoll::modify(&self.epoll, &fd, data, flags)?),
+            added => Ok(added?),
+        }
     }
 
     /// Stops watching `fd` (closing it does that too).

@@ -184,8 +184,8 @@ impl IdleWait {
     pub(super) fn new<Q: Handler>(accepting: &Accepting<Q>) -> io::Result<IdleWait> {
         let poller = Poller::new()?;
         let flags = EventFlags::IN | EventFlags::EXCLUSIVE;
-        poller.add(accepting.acceptor.fd(), READY, flags)?;
-        poller.add(&accepting.doorbell, DOORBELL, flags)?;
+        poller.watch(accepting.acceptor.fd(), READY, flags)?;
+        poller.watch(&accepting.doorbell, DOORBELL, flags)?;
         Ok(IdleWait {
             poller,
             events: Poller::events(),

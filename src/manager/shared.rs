@@ -394,7 +394,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
     /// Adds `socket` to the watcher's epoll set under `id`; false if epoll
     /// cannot watch it (it is then simply not watched).
     fn watch(&self, socket: BorrowedFd<'_>, id: u64, flags: EventFlags) -> bool {
-        let added = self.signals.watcher.add(socket, id, flags);
+        let added = self.signals.watcher.watch(socket, id, flags);
         added
             .inspect_err(|e| log::debug!("handler {id}: socket not watched: {e}"))
             .is_ok()
@@ -496,7 +496,6 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
             gate.depart(id, key, Outcome::Completed);
             return Some((id, handler, Outcome::Completed));
         }
-        let first = gate.parked.is_empty();
         gate.parked.insert(
             parked_id,
             Parked {
@@ -506,10 +505,6 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
                 handler,
             },
         );
-        if first && self.park.idle.is_some() {
-            // Its expiry is the watcher's next timer.
-            self.signals.watcher.wake();
-        }
         if gate.parked.len() <= self.park.max {
             return None;
         }
@@ -521,7 +516,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
 
     /// A watched socket reported an event: a waiting handler whose client
     /// may have hung up, or a parked one to bring back.
-    pub(super) fn socket_event(&self, id: u64) {
+    pub(super) fn socket_event(&self, id: u64, flags: EventFlags) {
         let mut gate = self.gate();
         if let Some(entry) = gate.waiting.get(&id) {
             // A peek, under the lock: it must not block.
@@ -539,13 +534,15 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
             handler,
             ..
         } = parked;
-        if let Some(socket) = handler.socket() {
-            self.signals.watcher.delete(socket);
-        }
-        // Decided under the lock that took it out of the parked set, so
-        // that every snapshot counts it somewhere; a peek, which must not
-        // block. (The parked count is not among what `changed` publishes.)
-        if abandoned(id, &handler) {
+        // Its one-shot registration is off now and stays until it parks
+        // again (changed, not added) or closes. Asked only when the client
+        // hung up or failed: a readable socket alone means a request, and
+        // a peek costs system calls. Decided under the lock that took it
+        // out of the parked set, so that every snapshot counts it
+        // somewhere; a peek, which must not block. (The parked count is
+        // not among what `changed` publishes.)
+        let hung_up = flags.intersects(EventFlags::RDHUP | EventFlags::HUP | EventFlags::ERR);
+        if hung_up && abandoned(id, &handler) {
             gate.depart(id, key, Outcome::Abandoned);
             drop(gate);
             settle(id, handler, Outcome::Abandoned);
@@ -618,7 +615,14 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
                     self.settle_parked(id, parked.handler, refused);
                 }
                 (deadline, expiry) => {
-                    return Ok([deadline, expiry].into_iter().flatten().map(|d| d.0).min());
+                    // With none parked, the watcher still wakes within the
+                    // idle timeout: whatever parks later expires after
+                    // that, so parking never has to wake it.
+                    let horizon = (self.park.idle)
+                        .filter(|_| self.park.max > 0 && gate.parked.is_empty())
+                        .and_then(|idle| now.checked_add(idle));
+                    let next = [deadline, expiry].into_iter().flatten().map(|d| d.0);
+                    return Ok(next.chain(horizon).min());
                 }
             }
         }

@@ -39,7 +39,9 @@ pub(super) fn watch<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
         let pass = make_room(shared);
         let until = [deadline, pass].into_iter().flatten().min();
         let watcher = &shared.signals.watcher;
-        if let Err(e) = watcher.wait(until, &mut events, |id, _| shared.socket_event(id)) {
+        if let Err(e) = watcher.wait(until, &mut events, |id, flags| {
+            shared.socket_event(id, flags)
+        }) {
             log::error!("epoll_wait failed: {e}");
         }
     }

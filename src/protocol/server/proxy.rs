@@ -253,7 +253,8 @@ impl<F: FnMut(Handshake)> HandshakeSet<F> {
         let key = self.next_key;
         self.next_key += 1;
         let flags = EventFlags::IN | EventFlags::RDHUP | EventFlags::ET;
-        if stream.set_nonblocking(true).is_err() || self.poller.add(&stream, key, flags).is_err() {
+        if stream.set_nonblocking(true).is_err() || self.poller.watch(&stream, key, flags).is_err()
+        {
             return (self.finished)(Handshake::Closed(stream));
         }
         // Registering a socket with bytes already waiting reports it at
