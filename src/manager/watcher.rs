@@ -13,7 +13,9 @@
 //!   level-triggered, for `EPOLLIN` and `EPOLLRDHUP`): the handler goes
 //!   through admission again, or is dropped if its client hung up;
 //! - the earliest queue deadline or parked handler's idle expiry (the
-//!   `epoll_wait` timeout), when the handlers past it are refused;
+//!   `epoll_wait` timeout), when the handlers past it are refused; with
+//!   parking on and none parked, the idle timeout from now, so that a
+//!   handler parking later never has to wake the thread;
 //! - a make-room pass (see `room.rs`): woken when a handler starts to
 //!   wait for a place or a running one goes idle while others wait, and
 //!   timed for when the next running handler passes a busy limit.
