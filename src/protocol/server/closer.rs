@@ -39,7 +39,7 @@ const MAX_DISCARD: usize = 1 << 20;
 const SNIFF: Duration = Duration::from_secs(1);
 /// The most first bytes kept to decide; an HTTP-looking start that long
 /// without its line's end is taken as HTTP.
-pub(super) const MAX_SNIFF: usize = 1024;
+const MAX_SNIFF: usize = 1024;
 
 /// What the closer thread is handed.
 #[derive(Debug)]
@@ -299,26 +299,39 @@ fn close_in_turn(jobs: &Receiver<Option<Job>>, wake: &OwnedFd, max: usize) {
                 still.push_back((deadline, stream, refusal));
                 continue;
             }
-            let mut chunk = [0u8; MAX_SNIFF];
-            let room = MAX_SNIFF - refusal.seen.len();
-            match (&*stream).read(&mut chunk[..room]) {
-                // Gone before a byte came: answered all the same.
-                Ok(0) => lingering.push_back(answer(stream, &refusal)),
-                Ok(n) => {
-                    refusal.seen.extend_from_slice(&chunk[..n]);
-                    match http::refusal_is_http(&refusal.seen, refusal.seen.len() == MAX_SNIFF) {
-                        None => still.push_back((deadline, stream, refusal)),
-                        Some(_) => lingering.push_back(answer(stream, &refusal)),
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    still.push_back((deadline, stream, refusal));
-                }
+            // Gone before a byte came: answered all the same.
+            match sniff(&mut refusal.seen, &mut &*stream) {
+                Ok(None) => still.push_back((deadline, stream, refusal)),
+                Ok(Some(_)) => lingering.push_back(answer(stream, &refusal)),
                 Err(_) => {}
             }
         }
         sniffing = still;
     }
+}
+
+/// Reads what `source` holds now of a refused client's first bytes into
+/// `seen` (at most [`MAX_SNIFF`] in all, without waiting) and says whether
+/// they begin an HTTP request: `None` while they cannot tell yet. The end
+/// of the stream decides with what came.
+pub(super) fn sniff(seen: &mut Vec<u8>, source: &mut impl Read) -> io::Result<Option<bool>> {
+    let mut chunk = [0u8; MAX_SNIFF];
+    let mut ended = false;
+    while seen.len() < MAX_SNIFF {
+        match source.read(&mut chunk[..MAX_SNIFF - seen.len()]) {
+            Ok(0) => {
+                ended = true;
+                break;
+            }
+            Ok(n) => seen.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(http::refusal_is_http(
+        seen,
+        ended || seen.len() == MAX_SNIFF,
+    ))
 }
 
 /// Writes a refused connection's answer (the `503` when its first bytes

@@ -27,7 +27,7 @@ use rustls::{ServerConfig, ServerConnection};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::closer::{Closer, MAX_SNIFF};
+use super::closer::{self, Closer};
 use super::http;
 use crate::protocol::pin::{pin_of, provider};
 
@@ -343,24 +343,8 @@ fn sniff(r: &mut Refusing, expired: bool) -> Result<Option<bool>, ()> {
     if r.conn.alpn_protocol() == Some(b"http/1.1") {
         return Ok(Some(true));
     }
-    let mut chunk = [0u8; MAX_SNIFF];
-    let mut ended = expired;
-    while r.seen.len() < MAX_SNIFF {
-        let room = MAX_SNIFF - r.seen.len();
-        match io::Read::read(&mut r.conn.reader(), &mut chunk[..room]) {
-            Ok(0) => {
-                ended = true;
-                break;
-            }
-            Ok(n) => r.seen.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(_) => return Err(()),
-        }
-    }
-    Ok(http::refusal_is_http(
-        &r.seen,
-        ended || r.seen.len() == MAX_SNIFF,
-    ))
+    let decided = closer::sniff(&mut r.seen, &mut r.conn.reader()).map_err(drop)?;
+    Ok(decided.or_else(|| expired.then(|| http::refusal_is_http(&r.seen, true) == Some(true))))
 }
 
 /// Moves a refusing connection on as far as its socket allows; `expired`:
