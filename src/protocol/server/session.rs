@@ -168,8 +168,9 @@ impl Handler for Session {
         {
             return true;
         }
-        match peek(stream) {
-            Ok(0) => true,
+        let mut probe = [0u8; 1];
+        match rustix::net::recv(stream, &mut probe, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+            Ok((_, 0)) => true,
             Ok(_) => false,
             Err(e) => e != Errno::AGAIN && e != Errno::INTR,
         }
@@ -203,13 +204,6 @@ impl Handler for Session {
             Life::Parked(conn) => conn.refuse_parked(reason),
         }
     }
-}
-
-/// Peeks at one byte the client sent, without waiting: `Ok(0)` at the
-/// end of the stream, `Err(AGAIN)` when nothing is there.
-fn peek(stream: &TcpStream) -> Result<usize, Errno> {
-    let mut probe = [0u8; 1];
-    rustix::net::recv(stream, &mut probe, RecvFlags::PEEK | RecvFlags::DONTWAIT).map(|(n, _)| n)
 }
 
 /// Shuts down a connection's socket `how`, if it is still open.

@@ -110,17 +110,8 @@ impl SessionStream {
     /// Ends TLS cleanly (close_notify), best effort; nothing in
     /// plaintext or before the handshake completed.
     pub(crate) fn close_notify(&mut self) {
-        if let Some(tls) = &mut self.tls
-            && !tls.is_handshaking()
-        {
-            tls.send_close_notify();
-            let mut socket = &*self.socket;
-            while tls.wants_write() {
-                if tls.write_tls(&mut socket).is_err() {
-                    break;
-                }
-            }
-        }
+        let records = self.seal(&[]);
+        let _ = (&*self.socket).write_all(&records);
     }
 }
 
