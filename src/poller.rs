@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use rustix::event::epoll::{self, CreateFlags, Event, EventData, EventFlags};
 use rustix::event::{EventfdFlags, Timespec, eventfd};
+use rustix::io::Errno;
 
 /// The key of the wake-up eventfd's events; callers' keys stay below it.
 const WAKE: u64 = u64::MAX;
@@ -46,15 +47,32 @@ impl Poller {
     }
 
     /// Watches `fd` for `flags`, its events carrying `key` (below
-    /// `u64::MAX`): added, or changed if it is watched already (a one-shot registration that fired stays, off,
-    /// until changed or closed, so it is changed rather than added again).
+    /// `u64::MAX`): added, or changed if it is watched already (a one-shot
+    /// registration that fired stays, off, until changed or closed).
     pub(crate) fn watch(&self, fd: impl AsFd, key: u64, flags: EventFlags) -> io::Result<()> {
+        self.register(fd, key, flags, false)
+    }
+
+    /// As [`watch`](Poller::watch), for an `fd` most likely registered
+    /// already (a one-shot registration spent): one system call where
+    /// `watch` takes two.
+    pub(crate) fn rearm(&self, fd: impl AsFd, key: u64, flags: EventFlags) -> io::Result<()> {
+        self.register(fd, key, flags, true)
+    }
+
+    /// Adds or changes `fd`'s registration, trying first the one likely
+    /// to succeed.
+    fn register(&self, fd: impl AsFd, key: u64, flags: EventFlags, known: bool) -> io::Result<()> {
         debug_assert_ne!(key, WAKE, "the wake-up's key");
         let data = EventData::new_u64(key);
-        match epoll::add(&self.epoll, &fd, data, flags) {
-            Err(rustix::io::Errno::EXIST) => Ok(epoll::modify(&self.epoll, &fd, data, flags)?),
-            added => Ok(added?),
-        }
+        let add = || epoll::add(&self.epoll, &fd, data, flags);
+        let modify = || epoll::modify(&self.epoll, &fd, data, flags);
+        let done = if known {
+            modify().or_else(|e| if e == Errno::NOENT { add() } else { Err(e) })
+        } else {
+            add().or_else(|e| if e == Errno::EXIST { modify() } else { Err(e) })
+        };
+        Ok(done?)
     }
 
     /// Stops watching `fd` (closing it does that too).

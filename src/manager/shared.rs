@@ -47,8 +47,11 @@ pub(super) struct Entry<Q> {
     /// whether its client left meanwhile.
     pub(super) waits: bool,
     pub(super) deadline: Option<Instant>,
-    /// Whether the watcher watches its socket.
+    /// Whether the watcher watches its socket for a hang-up.
     pub(super) watched: bool,
+    /// A parked handler coming back: its socket stays in the watcher's
+    /// set, its one-shot registration spent, until it parks again.
+    pub(super) returning: bool,
     pub(super) handler: Q,
 }
 
@@ -93,6 +96,9 @@ pub(super) struct Done<Q> {
     pub(super) asked: bool,
     /// The handler, if it asked to be parked ([`Served::Park`](crate::Served::Park)).
     pub(super) park: Option<Q>,
+    /// Whether its socket is still in the watcher's set (it came back
+    /// from parking), so that parking again re-arms it.
+    pub(super) registered: bool,
 }
 
 /// A worker's next step, as [`Shared::next`] decides it.
@@ -351,9 +357,12 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         let waits = gate.running + gate.waiting.len() >= gate.max_running;
         let deadline = deadline.filter(|_| waits);
         // Watched under the lock: a hang-up reported at once waits for the
-        // lock and then finds the handler queued.
+        // lock and then finds the handler queued. Not one coming back from
+        // parking: its client just sent a request, which its run reads
+        // (hung up or not) at no extra system call.
         let flags = EventFlags::RDHUP | EventFlags::ET;
-        let watched = waits && handler.socket().is_some_and(|s| self.watch(s, id, flags));
+        let watched =
+            waits && !returning && handler.socket().is_some_and(|s| self.watch(s, id, flags));
         let earliest = deadline.is_some_and(|deadline| {
             let first = gate.deadlines.first().map(|d| d.0);
             gate.deadlines.insert((deadline, id));
@@ -369,6 +378,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
                 waits,
                 deadline,
                 watched,
+                returning,
                 handler,
             },
         );
@@ -415,14 +425,12 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
     ) -> Next<Q> {
         let mut gate = self.gate();
         let mut evicted = None;
-        if let Some(done) = done {
+        if let Some(mut done) = done {
             gate.running -= 1;
             gate.asked -= usize::from(done.asked);
-            match done.park {
+            match done.park.take() {
                 None => gate.depart(done.id, done.key, done.outcome),
-                Some(handler) => {
-                    evicted = self.park(&mut gate, done.id, done.source, done.key, handler);
-                }
+                Some(handler) => evicted = self.park(&mut gate, &done, handler),
             }
         }
         let next = if gate.workers > gate.max_running {
@@ -463,18 +471,14 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         next
     }
 
-    /// Parks handler `id` that asked for it, under the gate's lock: it is
-    /// watched from here on, and a readable socket brings it back through
-    /// admission. Returns one to settle after the lock: the one evicted to
-    /// make room, or this one if it cannot be watched.
-    fn park(
-        &self,
-        gate: &mut Gate<Q, S>,
-        id: u64,
-        source: Option<IpAddr>,
-        key: Option<Key>,
-        handler: Q,
-    ) -> Option<(u64, Q, Outcome)> {
+    /// Parks handler `done` that asked for it, under the gate's lock: it
+    /// is watched from here on, and a readable socket brings it back
+    /// through admission. Returns one to settle after the lock: the one
+    /// evicted to make room, or this one if it cannot be watched.
+    fn park(&self, gate: &mut Gate<Q, S>, done: &Done<Q>, handler: Q) -> Option<(u64, Q, Outcome)> {
+        let Done {
+            id, source, key, ..
+        } = *done;
         if gate.is_closed() {
             // The shutdown closed the parked set already.
             let refused = Outcome::Refused(Refusal::ShuttingDown);
@@ -488,9 +492,17 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         // once waits for the lock and then finds it. Level-triggered and
         // once: bytes that came before this call report at once.
         let flags = EventFlags::IN | EventFlags::RDHUP | EventFlags::ONESHOT;
-        let watched = handler
-            .socket()
-            .is_some_and(|s| self.watch(s, parked_id, flags));
+        let watcher = &self.signals.watcher;
+        let watched = handler.socket().is_some_and(|s| {
+            let watched = if done.registered {
+                watcher.rearm(s, parked_id, flags)
+            } else {
+                watcher.watch(s, parked_id, flags)
+            };
+            watched
+                .inspect_err(|e| log::debug!("handler {id}: socket not watched: {e}"))
+                .is_ok()
+        });
         if !watched {
             log::debug!("handler {id}: cannot be parked without a socket to watch");
             gate.depart(id, key, Outcome::Completed);

@@ -75,10 +75,11 @@ pub(super) fn work<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
     lock(&shared.slots).retain(|s| !Arc::ptr_eq(s, &slot));
 }
 
-/// Runs one handler taken from the queue; how it ended. Only one that
-/// waited is asked whether its client left meanwhile: one that started on
-/// a free place had no time to give up, and the question costs a network
-/// handler a system call.
+/// Runs one handler taken from the queue; how it ended. Only a new one
+/// that waited is asked whether its client left meanwhile: one that
+/// started on a free place had no time to give up, one back from parking
+/// came with a request to read, and the question costs a network handler
+/// a system call.
 fn run<Q: Handler, S: Admission>(shared: &Shared<Q, S>, slot: &Slot, entry: Entry<Q>) -> Done<Q> {
     let (id, handler) = (entry.id, entry.handler);
     let done = |outcome, asked, park| Done {
@@ -88,6 +89,7 @@ fn run<Q: Handler, S: Admission>(shared: &Shared<Q, S>, slot: &Slot, entry: Entr
         outcome,
         asked,
         park,
+        registered: entry.returning,
     };
     if entry.watched {
         if let Some(socket) = handler.socket() {
@@ -95,7 +97,7 @@ fn run<Q: Handler, S: Admission>(shared: &Shared<Q, S>, slot: &Slot, entry: Entr
             shared.signals.watcher.delete(socket);
         }
     }
-    if entry.waits && abandoned(id, &handler) {
+    if entry.waits && !entry.returning && abandoned(id, &handler) {
         log::debug!("handler {id} abandoned while waiting");
         guarded("drop", id, || drop(handler));
         return done(Outcome::Abandoned, false, None);
