@@ -7,12 +7,14 @@
 //! Who waits where, all counted under the gate's lock:
 //!
 //! - **Idle workers** wait in their own epoll set on the acceptor's
-//!   descriptor and on the doorbell, both `EPOLLEXCLUSIVE`, so the kernel
-//!   wakes one of them per connection or per ring.
-//! - **The doorbell** (an eventfd in semaphore mode) is rung once for each
-//!   handler queued while workers wait there: they take handlers that are
-//!   submitted or accepted by someone else, as a worker on the token
-//!   channel would.
+//!   descriptor (`EPOLLEXCLUSIVE`, so the kernel wakes one of them per
+//!   connection) and on their own [`Bell`].
+//! - **The bells** (an eventfd each, one waiter each): for each handler
+//!   queued while workers wait there, the one that began to wait last is
+//!   rung, so that it takes a handler submitted or accepted by someone
+//!   else, as a worker on the token channel would. One bell per worker,
+//!   not one for all: a ring then wakes one thread without the kernel
+//!   walking every worker's registration.
 //! - **The accepting thread** (`<name>-accept`) accepts only while no
 //!   worker waits on the acceptor (all are busy), so that connections
 //!   still reach the queue, its deadlines and the hang-up watch. It sleeps
@@ -22,7 +24,7 @@
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use rustix::event::epoll::{Event, EventFlags};
 use rustix::event::{EventfdFlags, eventfd};
@@ -108,14 +110,12 @@ pub trait Acceptor<Q>: Send + Sync + 'static {
 
 /// Event keys in a worker's epoll set.
 pub(super) const READY: u64 = 0;
-const DOORBELL: u64 = 1;
+const BELL: u64 = 1;
 
 /// A manager's acceptor and what its users share; who waits on it is
 /// counted in the gate.
 pub(super) struct Accepting<Q> {
     pub(super) acceptor: Box<dyn Acceptor<Q>>,
-    /// Rung once per handler queued while workers wait on the acceptor.
-    doorbell: OwnedFd,
     /// Wakes the accepting thread from its `poll`.
     pub(super) step_back: OwnedFd,
     /// With the gate's lock: the accepting thread waits for no worker to
@@ -132,29 +132,15 @@ impl<Q: Handler> Accepting<Q> {
         let flags = EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK;
         Ok(Accepting {
             acceptor,
-            doorbell: eventfd(0, flags | EventfdFlags::SEMAPHORE)?,
             step_back: eventfd(0, flags)?,
             changed: Condvar::new(),
             in_turn: Mutex::new(()),
         })
     }
 
-    /// Takes one ring off the doorbell: another worker woken for the same
-    /// one finds nothing and looks at the queue anyway.
-    pub(super) fn answer_ring(&self) {
-        let _ = rustix::io::read(&self.doorbell, &mut [0u8; 8]);
-    }
-
     /// Resets the accepting thread's wake-up.
     pub(super) fn answer_step_back(&self) {
         let _ = rustix::io::read(&self.step_back, &mut [0u8; 8]);
-    }
-
-    /// Wakes `n` workers waiting on the acceptor.
-    pub(super) fn ring(&self, n: usize) {
-        for _ in 0..n {
-            let _ = rustix::io::write(&self.doorbell, &1u64.to_ne_bytes());
-        }
     }
 
     /// Wakes the accepting thread, to step back or to stop.
@@ -173,23 +159,63 @@ impl<Q: Handler> Accepting<Q> {
     }
 }
 
-/// A worker's own epoll set on the acceptor and the doorbell.
+/// A worker's own doorbell, which only it waits on.
+pub(super) struct Bell(OwnedFd);
+
+impl Bell {
+    fn new() -> io::Result<Arc<Bell>> {
+        let flags = EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK;
+        Ok(Arc::new(Bell(eventfd(0, flags)?)))
+    }
+
+    /// Wakes its worker, or makes its next wait return at once.
+    pub(super) fn ring(&self) {
+        let _ = rustix::io::write(&self.0, &1u64.to_ne_bytes());
+    }
+
+    fn answer(&self) {
+        let _ = rustix::io::read(&self.0, &mut [0u8; 8]);
+    }
+}
+
+/// A worker's own epoll set on the acceptor and its bell.
 pub(super) struct IdleWait {
     pub(super) poller: Poller,
     pub(super) events: Vec<Event>,
     pub(super) backoff: Backoff,
+    pub(super) bell: Arc<Bell>,
 }
 
 impl IdleWait {
     pub(super) fn new<Q: Handler>(accepting: &Accepting<Q>) -> io::Result<IdleWait> {
         let poller = Poller::new()?;
+        let bell = Bell::new()?;
         let flags = EventFlags::IN | EventFlags::EXCLUSIVE;
         poller.watch(accepting.acceptor.fd(), READY, flags)?;
-        poller.watch(&accepting.doorbell, DOORBELL, flags)?;
+        poller.watch(&bell.0, BELL, EventFlags::IN)?;
         Ok(IdleWait {
             poller,
             events: Poller::events(),
             backoff: Backoff::default(),
+            bell,
         })
+    }
+
+    /// Waits for a connection or a ring; whether a connection is ready.
+    pub(super) fn wait(&mut self) -> bool {
+        let (mut ready, mut rung) = (false, false);
+        let waited = self
+            .poller
+            .wait(None, &mut self.events, |key, _| match key {
+                READY => ready = true,
+                _ => rung = true,
+            });
+        if let Err(e) = waited {
+            log::error!("epoll_wait failed: {e}");
+        }
+        if rung {
+            self.bell.answer();
+        }
+        ready
     }
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use rustix::event::epoll::EventFlags;
 
-use super::acceptor::Accepting;
+use super::acceptor::{Accepting, Bell};
 use super::refused::Refused;
 use super::room::BusyLimits;
 use super::slot::{Phase, Slot};
@@ -106,7 +106,7 @@ pub(super) enum Next<Q> {
     Run(Entry<Q>),
     /// Nothing queued: wait for a token.
     Wait,
-    /// Nothing queued: wait on the acceptor and the doorbell (counted in
+    /// Nothing queued: wait on the acceptor and the worker's bell (counted in
     /// [`Gate::on_acceptor`] already).
     WaitOnAcceptor,
     /// More workers live than the bound allows: this one ends.
@@ -144,8 +144,9 @@ pub(super) struct Gate<Q, S> {
     idle_waiters: usize,
     /// Whether the acceptor, if any, is used: until `stop_accepting`.
     pub(super) accepting: bool,
-    /// Workers waiting on the acceptor.
-    pub(super) on_acceptor: usize,
+    /// The bells of the workers waiting on the acceptor, the latest to
+    /// wait last: a ring takes the last off.
+    pub(super) on_acceptor: Vec<Arc<Bell>>,
 }
 
 impl<Q, S: Admission> Gate<Q, S> {
@@ -258,7 +259,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
                 tokens: Some(tx),
                 idle_waiters: 0,
                 accepting: accepting.is_some(),
-                on_acceptor: 0,
+                on_acceptor: Vec::new(),
             }),
             became_idle: Condvar::new(),
             tokens: rx,
@@ -383,17 +384,18 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
             },
         );
         gate.send_token();
-        if let Some(accepting) = &self.accepting {
-            // A worker waiting on the acceptor takes it, unless the one
-            // that accepted it runs it.
-            if gate.on_acceptor > 0 && how != Admitting::Accepted {
-                accepting.ring(1);
-            }
-        }
+        // A worker waiting on the acceptor takes it, unless the one that
+        // accepted it runs it; rung once the lock is free for it.
+        let ring = (how != Admitting::Accepted)
+            .then(|| gate.on_acceptor.pop())
+            .flatten();
         self.changed(&gate);
         // Read under the gate's lock, as the watcher writes it.
         let room = waits && self.signals.limits.any() && self.signals.room_pass_due();
         drop(gate);
+        if let Some(bell) = ring {
+            bell.ring();
+        }
         if earliest || room {
             // A new earliest deadline, or a make-room pass for a waiter.
             self.signals.watcher.wake();
@@ -416,12 +418,12 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
     /// `have_token`: the worker was just woken by a token; otherwise it
     /// takes one out of the channel for the handler it takes, so no other
     /// worker wakes for it.
-    /// `may_accept`: the worker can wait on the acceptor, if there is one.
+    /// `bell`: the worker's, if it can wait on the acceptor.
     pub(super) fn next(
         &self,
         done: Option<Done<Q>>,
         have_token: bool,
-        may_accept: bool,
+        bell: Option<&Arc<Bell>>,
     ) -> Next<Q> {
         let mut gate = self.gate();
         let mut evicted = None;
@@ -450,9 +452,9 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
                 let _ = self.tokens.try_recv();
             }
             Next::Run(entry)
-        } else if may_accept && gate.accepting && !gate.is_closed() {
-            gate.on_acceptor += 1;
-            if gate.on_acceptor == 1 {
+        } else if let Some(bell) = bell.filter(|_| gate.accepting && !gate.is_closed()) {
+            gate.on_acceptor.push(bell.clone());
+            if gate.on_acceptor.len() == 1 {
                 if let Some(accepting) = &self.accepting {
                     // A worker takes the next connection: the accepting
                     // thread steps back.
@@ -754,7 +756,9 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         let mut gate = self.gate();
         if gate.accepting {
             gate.accepting = false;
-            accepting.ring(gate.workers);
+            for bell in gate.on_acceptor.drain(..) {
+                bell.ring();
+            }
             accepting.wake_thread();
             accepting.changed.notify_all();
         }

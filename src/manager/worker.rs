@@ -11,7 +11,7 @@ use crossbeam_channel::RecvTimeoutError;
 
 use rustix::event::{PollFd, PollFlags};
 
-use super::acceptor::{Accepting, IdleWait, READY};
+use super::acceptor::{Accepting, IdleWait};
 use super::shared::{Admitting, Done, Entry, Next, Shared, abandoned};
 use super::slot::{RunningInfo, Slot};
 use crate::admission::{Admission, Outcome};
@@ -45,7 +45,7 @@ pub(super) fn work<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
     let mut done = None;
     let mut have_token = false;
     loop {
-        match shared.next(done.take(), have_token, idle.is_some()) {
+        match shared.next(done.take(), have_token, idle.as_ref().map(|i| &i.bell)) {
             Next::Run(entry) => {
                 have_token = false;
                 done = Some(run(shared, &slot, entry));
@@ -138,22 +138,17 @@ pub(super) fn wait_on_acceptor<Q: Handler, S: Admission>(
     accepting: &Accepting<Q>,
     idle: &mut IdleWait,
 ) -> Option<Duration> {
-    let (mut ready, mut rung) = (false, false);
-    let waited = idle
-        .poller
-        .wait(None, &mut idle.events, |key, _| match key {
-            READY => ready = true,
-            _ => rung = true,
-        });
-    if let Err(e) = waited {
-        log::error!("epoll_wait failed: {e}");
-    }
-    if rung {
-        accepting.answer_ring();
-    }
+    let ready = idle.wait();
     let mut gate = shared.gate();
-    gate.on_acceptor -= 1;
-    if gate.on_acceptor == 0 {
+    // Still counted, unless a ring took it off the list already.
+    let own = gate
+        .on_acceptor
+        .iter()
+        .position(|b| Arc::ptr_eq(b, &idle.bell));
+    if let Some(i) = own {
+        gate.on_acceptor.remove(i);
+    }
+    if gate.on_acceptor.is_empty() {
         // The accepting thread takes over while this one runs.
         accepting.changed.notify_all();
     }
@@ -186,7 +181,7 @@ pub(super) fn accept_loop<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
     let mut backoff = Backoff::default();
     loop {
         let mut gate = shared.gate();
-        while gate.accepting && gate.on_acceptor > 0 {
+        while gate.accepting && !gate.on_acceptor.is_empty() {
             gate = wait(&accepting.changed, gate);
         }
         if !gate.accepting {
@@ -207,7 +202,7 @@ pub(super) fn accept_loop<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
             continue;
         }
         // A burst is accepted back to back, while no worker waits.
-        while shared.gate().on_acceptor == 0 {
+        while shared.gate().on_acceptor.is_empty() {
             match shared.accept(accepting, Admitting::New) {
                 Ok(true) => backoff.reset(),
                 Ok(false) => break,
