@@ -1,6 +1,7 @@
 //! Programs the tests and benches drive (haproxy, curl, nginx, groff,
-//! openssl, socat, htpasswd, wget, chromium, wrk, apache2): found on
-//! the system, never installed from here. When one is missing, the first
+//! openssl, socat, htpasswd, wget, chromium, wrk, apache2, redbot): found
+//! on the system (redbot in the virtual environment
+//! `scripts/install-test-deps` makes for it), never installed from here. When one is missing, the first
 //! test that asks prints one line (past the test harness's capture)
 //! naming every missing program, its package and the tests that need it,
 //! and `scripts/install-test-deps`; those tests then pass without running.
@@ -41,6 +42,11 @@ const PROGRAMS: &[(&str, &str, &str)] = &[
         "apache2",
         "apache2-bin",
         "the transfer bench's idle scenario",
+    ),
+    (
+        "redbot",
+        "redbot from PyPI, in a virtual environment",
+        "http::redbot_*",
     ),
 ];
 
@@ -86,12 +92,18 @@ pub fn need(program: &str) -> PathBuf {
     })
 }
 
-/// `program` on `PATH`, or in the sbin directories a non-root `PATH` may
-/// lack (Debian puts haproxy in /usr/sbin).
+/// `program` on `PATH`, in the sbin directories a non-root `PATH` may
+/// lack (Debian puts haproxy in /usr/sbin), or in the virtual environment
+/// `scripts/install-test-deps` makes for the tools from PyPI.
 fn find(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")));
+    let venv = cache.map(|cache| cache.join("filesrv-test-tools/venv/bin"));
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .chain(venv)
         .map(|dir| dir.join(program))
         .find(|candidate| candidate.is_file())
 }

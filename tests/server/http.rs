@@ -624,3 +624,69 @@ fn timeouts_hidden_puts_and_shutdown() {
     t.server.shutdown();
     c.expect_closed();
 }
+
+/// REDbot's notes on `url`, as (note id, level) pairs read from its HAR
+/// output (levels GOOD, INFO, WARN, BAD), bounded in time by `timeout`.
+fn redbot_notes(redbot: &Path, url: &str) -> Vec<(String, String)> {
+    let output = Command::new("timeout")
+        .arg("60")
+        .arg(redbot)
+        .args(["-o", "har", url])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "redbot {url} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let value = |line: &str, key: &str| {
+        let rest = line.trim().strip_prefix(&format!("\"{key}\": \""))?;
+        Some(rest.split('"').next()?.to_owned())
+    };
+    let mut notes = Vec::new();
+    let mut id = None;
+    for line in String::from_utf8(output.stdout).unwrap().lines() {
+        if let Some(note) = value(line, "note_id") {
+            id = Some(note);
+        } else if let Some(level) = value(line, "level") {
+            notes.push((id.take().expect("a level after its note_id"), level));
+        }
+    }
+    notes
+}
+
+#[test]
+fn redbot_finds_no_error_in_a_file_a_range_and_a_listing() {
+    let Some(redbot) = tools::require("redbot") else {
+        return;
+    };
+    let t = serve("http-redbot", |c| c);
+    let contents: Vec<u8> = (0..64u32 << 10).map(|i| (i * 7 % 251) as u8).collect();
+    t.dir.write("data/file.bin", &contents);
+    t.dir.write("data/notes & <more>.txt", NOTES);
+    // REDbot checks a file's ranges and validators itself, with requests
+    // of its own (Range, If-None-Match, If-Modified-Since).
+    let file = ["CL_CORRECT", "RANGE_CORRECT", "INM_304", "IMS_304"];
+    for (path, expected) in [
+        ("/data/file.bin", &file[..]),
+        ("/data/", &["CL_CORRECT"][..]),
+    ] {
+        let notes = redbot_notes(&redbot, &url(&t, path));
+        let bad: Vec<_> = notes.iter().filter(|(_, level)| level == "BAD").collect();
+        assert!(bad.is_empty(), "{path}: REDbot errors {bad:?} in {notes:?}");
+        // The one warning allowed: without Cache-Control, caches choose
+        // their own freshness lifetime (nginx's defaults do the same).
+        let warned: Vec<_> = notes
+            .iter()
+            .filter(|(id, level)| level == "WARN" && id != "FRESHNESS_HEURISTIC")
+            .collect();
+        assert!(warned.is_empty(), "{path}: REDbot warns {warned:?}");
+        for id in expected {
+            assert!(
+                notes.iter().any(|(n, level)| n == id && level == "GOOD"),
+                "{path}: no {id} among {notes:?}"
+            );
+        }
+    }
+}
