@@ -435,11 +435,17 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
                 Some(handler) => evicted = self.park(&mut gate, &done, handler),
             }
         }
+        let mut pass_on = None;
         let next = if gate.workers > gate.max_running {
             gate.workers -= 1;
-            if have_token && !gate.waiting.is_empty() {
+            if !gate.waiting.is_empty() {
                 // The token may be a waiting handler's: pass it on.
-                gate.send_token();
+                if have_token {
+                    gate.send_token();
+                }
+                // And the handler it may have been rung for, or have just
+                // accepted, goes to a worker that stays.
+                pass_on = gate.on_acceptor.pop();
             }
             Next::Retire
         } else if let Some((_, entry)) = gate.waiting.pop_first() {
@@ -467,6 +473,9 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         };
         self.changed(&gate);
         drop(gate);
+        if let Some(bell) = pass_on {
+            bell.ring();
+        }
         if let Some((id, handler, outcome)) = evicted {
             self.settle_parked(id, handler, outcome);
         }

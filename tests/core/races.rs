@@ -570,3 +570,32 @@ fn shutdown_elsewhere<Q: Handler, S: Admission>(
     });
     done
 }
+
+#[test]
+fn a_worker_retiring_after_it_accepted_leaves_the_connection_to_one_that_stays() {
+    // After the bound shrinks, the workers waiting on the acceptor are
+    // surplus: one a connection wakes accepts it, finds itself past the
+    // bound and retires. The connection it queued must still start at
+    // once, on a worker that stays (it waited for the next connection).
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let manager = ManagerBuilder::new(4)
+        .build_with_acceptor(Greeter(listener))
+        .unwrap();
+    let hello = |n: usize| {
+        let mut client = TcpStream::connect(addr).unwrap();
+        client.set_read_timeout(Some(LIMIT)).unwrap();
+        let mut reply = String::new();
+        (client.read_to_string(&mut reply)).unwrap_or_else(|e| panic!("client {n}: {e}"));
+        assert_eq!(reply, "hello\n", "client {n}");
+    };
+    // Each worker has served once and gone back to the acceptor.
+    (0..8).for_each(hello);
+    assert!(manager.wait_idle_timeout(LIMIT));
+    manager.set_max_running(1).unwrap();
+    (8..14).for_each(hello);
+    assert!(manager.wait_idle_timeout(LIMIT));
+    let stats = manager.stats();
+    assert_eq!((stats.submitted, stats.completed), (14, 14), "{stats:?}");
+}
