@@ -125,11 +125,12 @@ impl ChildServer {
             .args(extra)
             // The address line only: per-request lines would cost the
             // server time (the session module's path in older builds too,
-            // and HTTP's requests).
+            // and HTTP's requests), nor rustls' warning for each client
+            // that names the server by its IP address (wrk's SNI).
             .env(
                 "RUST_LOG",
                 "filesrv::protocol::session=off,filesrv::protocol::server::session=off,\
-                 filesrv::protocol::server::http=off",
+                 filesrv::protocol::server::http=off,rustls=off",
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
