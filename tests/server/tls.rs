@@ -145,6 +145,41 @@ fn the_self_signed_pin_is_the_one_openssl_computes() {
 }
 
 /// `filesrv` with `args` must not start: a non-zero exit and a message.
+#[test]
+fn no_session_is_resumed_so_every_handshake_is_full() {
+    let dir = root();
+    openssl_cert(dir.path(), "server", "DNS:localhost,IP:127.0.0.1");
+    let server = serve_with_cert(&dir, "server", &[]);
+    let session = dir.path().join("session.pem");
+    // Not -quiet, which leaves out the line that says New or Reused.
+    let connect = |version: &str, how: &str| {
+        let mut command = Command::new("timeout");
+        command
+            .arg(LIMIT.as_secs().to_string())
+            .arg(tools::need("openssl"))
+            .args(["s_client", "-ign_eof", version, "-connect"])
+            .arg(server.addr().to_string())
+            .arg(how)
+            .arg(&session);
+        let out = tools::run_with_input(&mut command, SESSION);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.contains(SESSION_REPLY), "{text}");
+        text
+    };
+    for (version, full) in [("-tls1_3", "\nNew, TLSv1.3"), ("-tls1_2", "\nNew, TLSv1.2")] {
+        let _ = std::fs::remove_file(&session);
+        let first = connect(version, "-sess_out");
+        assert!(first.contains(full), "{first}");
+        // TLS 1.3 offers resumption by tickets after the handshake, which
+        // s_client reports; TLS 1.2 by a session id, offered again below.
+        assert!(!first.contains("Session Ticket arrived"), "{first}");
+        if session.exists() {
+            let again = connect(version, "-sess_in");
+            assert!(again.contains(full), "{again}");
+        }
+    }
+}
+
 fn refuses_to_start(dir: &TempDir, args: &[&str], says: &str) {
     let out = Command::new(env!("CARGO_BIN_EXE_filesrv"))
         .args(["--bind", "127.0.0.1", "0", "1", "--root"])
