@@ -176,7 +176,9 @@ pub(super) fn copy_body(
 ) -> io::Result<Sent> {
     use std::os::unix::fs::FileExt;
     let sent = |offset: u64| count - (end - offset);
-    let mut buf = vec![0u8; COPY_CHUNK];
+    // No larger than the body: a 4 KiB GET over TLS would otherwise
+    // allocate and zero 64 KiB.
+    let mut buf = vec![0u8; chunk_len(end - offset, COPY_CHUNK)];
     while offset < end {
         let want = chunk_len(end - offset, buf.len());
         let n = match file.read_at(&mut buf[..want], offset) {
