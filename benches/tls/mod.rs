@@ -30,8 +30,9 @@
 //! order. Neither server has kTLS here, so neither uses `sendfile` over
 //! TLS.
 //!
-//! `FILESRV_BASELINE=<an earlier build's filesrv>` adds its TLS download
-//! as a row: a change's before and after in the same run. Without curl,
+//! `FILESRV_BASELINE=<an earlier build's filesrv>` adds that build, with
+//! the same arguments, as a row of every table: a change's before and
+//! after in the same run. Without curl,
 //! wrk, nginx or openssl installed, one line says so and the scenario is
 //! left out.
 
@@ -81,7 +82,18 @@ pub(crate) fn tls(root: &Path, file: &str, params: &Params) -> io::Result<()> {
         key: &key,
         resumption,
     };
+    let baseline = std::env::var_os("FILESRV_BASELINE").map(PathBuf::from);
+    let start_baseline = |slots| {
+        baseline
+            .as_ref()
+            .map(|program| ChildServer::start(program, root, slots, &tls_args))
+            .transpose()
+    };
+    if let Some(program) = &baseline {
+        println!("  baseline: {}", program.display());
+    }
     let secure8 = ChildServer::start(program, root, HANDSHAKE_CLIENTS, &tls_args)?;
+    let base8 = start_baseline(HANDSHAKE_CLIENTS)?;
     let nginx_full = Nginx::start_ssl(root, &ssl(false))?;
     let nginx_resuming = Nginx::start_ssl(root, &ssl(true))?;
     for (name, addr) in [
@@ -104,7 +116,7 @@ pub(crate) fn tls(root: &Path, file: &str, params: &Params) -> io::Result<()> {
             pid: nginx_full.pid(),
         },
     };
-    download(root, &curl, &servers, &tls_args, params)?;
+    download(root, &curl, &servers, base8.as_ref(), params)?;
 
     let handshake = Load {
         connections: HANDSHAKE_CLIENTS,
@@ -121,17 +133,19 @@ pub(crate) fn tls(root: &Path, file: &str, params: &Params) -> io::Result<()> {
             pid: nginx_resuming.pid(),
         });
     }
+    targets.extend(base8.as_ref().map(baseline_target));
     println!(
         "\n  new TLS connections: wrk -t2 -c{HANDSHAKE_CLIENTS} -d{}s -H 'Connection: close' \
          https://, {SMALL} B GETs, filesrv <port> {HANDSHAKE_CLIENTS}",
         params.wrk_seconds
     );
     compare(&wrk, &targets, file, handshake, rounds, params)?;
-    drop((secure8, nginx_resuming));
+    drop((secure8, base8, nginx_resuming));
 
     if params.full_rows {
         let secure64 = ChildServer::start(program, root, KEEP_ALIVE_CLIENTS, &tls_args)?;
-        let targets = [
+        let base64 = start_baseline(KEEP_ALIVE_CLIENTS)?;
+        let mut targets = vec![
             Target {
                 name: format!("filesrv {KEEP_ALIVE_CLIENTS}"),
                 addr: secure64.addr,
@@ -143,6 +157,7 @@ pub(crate) fn tls(root: &Path, file: &str, params: &Params) -> io::Result<()> {
                 pid: nginx_full.pid(),
             },
         ];
+        targets.extend(base64.as_ref().map(baseline_target));
         println!(
             "\n  keep-alive over TLS: wrk -t2 -c{KEEP_ALIVE_CLIENTS} -d{}s https://, \
              {SMALL} B GETs, filesrv <port> {KEEP_ALIVE_CLIENTS}",
@@ -156,6 +171,15 @@ pub(crate) fn tls(root: &Path, file: &str, params: &Params) -> io::Result<()> {
         compare(&wrk, &targets, file, load, rounds, params)?;
     }
     Ok(())
+}
+
+/// A row for the baseline build.
+fn baseline_target(server: &ChildServer) -> Target {
+    Target {
+        name: "baseline filesrv".to_owned(),
+        addr: server.addr,
+        pid: server.child.id(),
+    }
 }
 
 /// The TLS servers of the download rows.
@@ -284,12 +308,12 @@ struct Fetch {
 }
 
 /// The large download by curl over TLS and in plaintext, from `filesrv`
-/// and nginx (and a baseline build of `filesrv`, if given).
+/// and nginx (and a baseline build of `filesrv` over TLS, if given).
 fn download(
     root: &Path,
     curl: &Path,
     servers: &Servers,
-    tls_args: &[&str],
+    baseline: Option<&ChildServer>,
     params: &Params,
 ) -> io::Result<()> {
     let path = root.join(LARGE);
@@ -299,15 +323,6 @@ fn download(
     let program = Path::new(env!("CARGO_BIN_EXE_filesrv"));
     let plain = ChildServer::start(program, root, HANDSHAKE_CLIENTS, &[])?;
     let nginx_plain = Nginx::start(root, false)?;
-    let baseline = match std::env::var_os("FILESRV_BASELINE") {
-        Some(p) => Some(ChildServer::start(
-            Path::new(&p),
-            root,
-            HANDSHAKE_CLIENTS,
-            tls_args,
-        )?),
-        None => None,
-    };
     let row = |label: &str, scheme: &str, addr: SocketAddr, pid: u32| Fetch {
         label: label.to_owned(),
         url: format!("{scheme}://{addr}/{LARGE}"),
@@ -329,17 +344,13 @@ fn download(
         ),
         row("nginx http", "http", nginx_plain.addr, nginx_plain.pid()),
     ];
-    if let Some(b) = &baseline {
+    if let Some(b) = baseline {
         fetches.push(row("baseline filesrv https", "https", b.addr, b.child.id()));
     }
     println!(
         "\n  {} MiB GET by curl -s -k -o /dev/null, https:// vs http://, the file read \
-         through before each; filesrv <port> {HANDSHAKE_CLIENTS}{}",
+         through before each; filesrv <port> {HANDSHAKE_CLIENTS}",
         size >> 20,
-        baseline.as_ref().map_or(String::new(), |_| format!(
-            "; baseline: {}",
-            std::env::var("FILESRV_BASELINE").unwrap_or_default()
-        ))
     );
     if params.full_rows {
         for fetch in &fetches {
@@ -349,7 +360,7 @@ fn download(
     let (runs, least_resident) = warmed_rounds(&path, rounds, fetches.len(), |i| {
         curl_get(curl, &fetches[i], size)
     })?;
-    drop((plain, nginx_plain, baseline));
+    drop((plain, nginx_plain));
     std::fs::remove_file(&path)?;
     if let Some(f) = least_resident {
         println!(
