@@ -269,6 +269,45 @@ fn a_refused_https_client_gets_503_inside_tls() {
     assert!(text.starts_with("ERR busy "), "{text:?}");
 }
 
+/// Bodies through TLS leave at the flush (a reply's head with the start
+/// of its body, in one `sendmsg`): every size arrives whole, over HTTPS
+/// to curl and over the line protocol to `openssl s_client`.
+#[test]
+fn bodies_of_every_size_arrive_whole_through_tls() {
+    let dir = root();
+    let sizes = [0, 1, 4096, 65_536, 300_001];
+    for size in sizes {
+        dir.write(&format!("{size}.bin"), body(size));
+    }
+    let (server, _pin) = serve_self_signed(&dir.root(), 2, &[]);
+    for size in sizes {
+        let out = Command::new(tools::need("curl"))
+            .args(["-sk", "--max-time", "20"])
+            .arg(format!(
+                "https://localhost:{}/{size}.bin",
+                server.addr().port()
+            ))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{size}: {out:?}");
+        assert!(
+            out.stdout == body(size),
+            "{size}: {} bytes",
+            out.stdout.len()
+        );
+        let out = s_client(server.addr(), format!("GET {size}.bin\nQUIT\n").as_bytes());
+        let mut expected = format!("OK {size}\n").into_bytes();
+        expected.extend(body(size));
+        expected.extend(b"OK bye\n");
+        assert!(out.stdout == expected, "{size}: {} bytes", out.stdout.len());
+    }
+}
+
+/// `len` bytes that differ from one offset to the next.
+fn body(len: usize) -> Vec<u8> {
+    (0..251u8).cycle().take(len).collect()
+}
+
 #[test]
 fn silent_handshakes_are_cut_as_idle_while_a_tls_client_waits() {
     const SILENT: usize = 500;
