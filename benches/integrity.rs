@@ -17,6 +17,11 @@
 //! in docs/BENCHMARKS.md.
 
 mod common;
+// For ChildServer's listener (its congestion control pinned); the page
+// cache helpers are the transfer bench's.
+#[allow(dead_code)]
+#[path = "common/machine.rs"]
+mod machine;
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Write};

@@ -50,6 +50,11 @@
 //!   keep-alive connections beside 64 busy ones (`--park-idle`), the
 //!   memory an idle connection costs, what parking costs per request;
 //!   and keep-alive and `Connection: close` GETs against nginx.
+//! - `tls` (`tls/mod.rs`): what TLS costs: a 1 GiB GET by curl over
+//!   `https://` against the same over `http://` (`filesrv` and nginx),
+//!   new TLS connections per second from `wrk` (8 clients, a handshake
+//!   per request) and 4 KiB keep-alive GETs over TLS (64 clients),
+//!   `filesrv` against nginx's `ssl` listener, with each server's CPU.
 //!
 //! Every scenario runs several times, the implementations interleaved, and
 //! the medians are printed with every run's figure.
@@ -62,8 +67,8 @@
 //!
 //! `cargo bench --bench transfer` runs everything (about 1.5 minutes);
 //! `cargo bench --bench transfer -- small` runs the scenarios whose name
-//! holds `small`; `FILESRV_BENCH_RUNS=N` sets the rounds of `large` and
-//! `connections`. On two cores the large-file figures swing 2-3x from run
+//! holds `small`; `FILESRV_BENCH_RUNS=N` sets the rounds of `large`,
+//! `connections`, `idle`, `http` and `tls`. On two cores the large-file figures swing 2-3x from run
 //! to run with where the scheduler puts sender and receiver; `taskset -c 0
 //! cargo bench --bench transfer -- large` puts both on one core and gives
 //! steady figures (a third of the throughput). Without `--bench` (as `cargo test --all-targets` runs
@@ -82,6 +87,7 @@ mod nginx;
 #[path = "common/process.rs"]
 mod process;
 mod proxy;
+mod tls;
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Write};
@@ -124,6 +130,8 @@ struct Params {
     idle_runs: usize,
     wrk_seconds: u32,
     full_rows: bool,
+    /// The `tls` scenario's large file.
+    tls_large: u64,
 }
 
 const FULL: Params = Params {
@@ -141,6 +149,7 @@ const FULL: Params = Params {
     idle_runs: 3,
     wrk_seconds: 5,
     full_rows: true,
+    tls_large: 1 << 30,
 };
 
 /// `cargo test --all-targets`: everything once, tiny.
@@ -159,6 +168,7 @@ const SMOKE: Params = Params {
     idle_runs: 1,
     wrk_seconds: 1,
     full_rows: false,
+    tls_large: 4 << 20,
 };
 
 /// The size of each small file.
@@ -223,6 +233,10 @@ fn main() -> io::Result<()> {
     if wanted("http") {
         idle::http(dir.path(), &smalls[0], params)?;
     }
+    // curl, wrk, nginx and openssl: as above when not installed.
+    if wanted("tls") {
+        tls::tls(dir.path(), &smalls[0], params)?;
+    }
     Ok(())
 }
 
@@ -264,17 +278,8 @@ fn large(root: &Path, params: &Params) -> io::Result<()> {
     for (_, fetch) in &fetches {
         fetch()?;
     }
-    let mut runs_of_each = vec![Vec::new(); fetches.len()];
-    let mut least_resident: Option<f64> = None;
-    for round in 0..runs {
-        for k in 0..fetches.len() {
-            let i = (round + k) % fetches.len();
-            if let Some(resident) = machine::warm(&path)? {
-                least_resident = Some(least_resident.map_or(resident, |l| l.min(resident)));
-            }
-            runs_of_each[i].push(timed(fetches[i].1)?);
-        }
-    }
+    let (runs_of_each, least_resident) =
+        warmed_rounds(&path, runs, fetches.len(), |i| timed(fetches[i].1))?;
     let local = root.join("downloaded.bin");
     let mut file = Vec::new();
     for _ in 0..params.file_runs {
@@ -349,6 +354,31 @@ fn large(root: &Path, params: &Params) -> io::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `rounds` rounds of `contenders` downloads of the file at `path`, each
+/// by `fetch(i)`, the file read through ([`machine::warm`]) before each,
+/// each round starting one contender further along. Returns each
+/// contender's results and the least fraction of the file found resident
+/// (`None` if `fincore` cannot say).
+fn warmed_rounds<T>(
+    path: &Path,
+    rounds: usize,
+    contenders: usize,
+    mut fetch: impl FnMut(usize) -> io::Result<T>,
+) -> io::Result<(Vec<Vec<T>>, Option<f64>)> {
+    let mut runs: Vec<Vec<T>> = (0..contenders).map(|_| Vec::new()).collect();
+    let mut least_resident: Option<f64> = None;
+    for round in 0..rounds {
+        for k in 0..contenders {
+            let i = (round + k) % contenders;
+            if let Some(resident) = machine::warm(path)? {
+                least_resident = Some(least_resident.map_or(resident, |l| l.min(resident)));
+            }
+            runs[i].push(fetch(i)?);
+        }
+    }
+    Ok((runs, least_resident))
 }
 
 /// `default`, or `FILESRV_BENCH_RUNS` when set: more rounds for a

@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use filesrv_testkit::tools;
+
 pub(crate) fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
@@ -103,7 +105,11 @@ impl BenchArgs {
 /// A `filesrv` binary (this build's, or an earlier build's as a baseline)
 /// as a child process on 127.0.0.1, ready once it logs its address (no
 /// polling); its log is drained, request lines switched off; killed on
-/// drop.
+/// drop. It serves a listener made here with the congestion control the
+/// bench pins ([`machine::pinned_listener`](super::machine::pinned_listener)),
+/// passed down as systemd's socket activation passes one (`LISTEN_FDS`,
+/// the descriptor in `LISTEN_FDS_FIRST_FD`); a build without socket
+/// activation binds its own, with the system's default.
 pub(crate) struct ChildServer {
     pub(crate) child: Child,
     /// Where it listens.
@@ -117,24 +123,35 @@ impl ChildServer {
         max_running: usize,
         extra: &[&str],
     ) -> io::Result<ChildServer> {
-        let mut child = Command::new(program)
+        let listener = super::machine::pinned_listener()?;
+        let pinned = listener.local_addr()?;
+        let passed = tools::Inherited::new(&listener);
+        let child = Command::new(program)
             .args(["-v", "--bind", "127.0.0.1", "0"])
             .arg(max_running.to_string())
             .arg("--root")
             .arg(root)
             .args(extra)
+            .env("LISTEN_FDS", "1")
+            .env("LISTEN_FDS_FIRST_FD", passed.raw().to_string())
+            .env_remove("LISTEN_PID")
             // The address line only: per-request lines would cost the
             // server time (the session module's path in older builds too,
-            // and HTTP's requests).
+            // and HTTP's requests), nor rustls' warning for each client
+            // that names the server by its IP address (wrk's SNI).
             .env(
                 "RUST_LOG",
                 "filesrv::protocol::session=off,filesrv::protocol::server::session=off,\
-                 filesrv::protocol::server::http=off",
+                 filesrv::protocol::server::http=off,rustls=off",
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .spawn()?;
+            .spawn();
+        drop(passed);
+        // The child holds its own copy now.
+        drop(listener);
+        let mut child = child?;
         let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();
         let addr = loop {
             let Some(line) = lines.next().transpose()? else {
@@ -144,6 +161,13 @@ impl ChildServer {
                 break addr.trim().parse().map_err(io::Error::other)?;
             }
         };
+        if addr != pinned {
+            println!(
+                "  {} serves a listener of its own (no socket activation), with the \
+                 system's congestion control",
+                program.display()
+            );
+        }
         // Keep draining the log so the server never blocks on it.
         std::thread::spawn(move || for _ in lines {});
         Ok(ChildServer { child, addr })

@@ -12,7 +12,10 @@
 //! never guessed and connections queue from the first moment. The
 //! socket has the congestion control the bench pins
 //! ([`machine::pinned_listener`]); with `deferred`, nginx sets
-//! `TCP_DEFER_ACCEPT` on it (its `listen ... deferred`).
+//! `TCP_DEFER_ACCEPT` on it (its `listen ... deferred`). With [`Ssl`]
+//! the listener speaks TLS (`listen ... ssl`): TLS 1.2 and 1.3, as
+//! `filesrv` (rustls) offers, OpenSSL's default suites, with or without
+//! session resumption.
 
 use std::fs;
 use std::io;
@@ -52,6 +55,20 @@ impl Nginx {
         deferred: bool,
         connections: usize,
     ) -> io::Result<Nginx> {
+        Nginx::launch(root, deferred, connections, None)
+    }
+
+    /// [`start`](Nginx::start) with an `ssl` listener.
+    pub(crate) fn start_ssl(root: &Path, ssl: &Ssl<'_>) -> io::Result<Nginx> {
+        Nginx::launch(root, false, 1024, Some(ssl))
+    }
+
+    fn launch(
+        root: &Path,
+        deferred: bool,
+        connections: usize,
+        ssl: Option<&Ssl<'_>>,
+    ) -> io::Result<Nginx> {
         let program = tools::require("nginx")
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "nginx is not installed"))?;
         let listener = machine::pinned_listener()?;
@@ -65,7 +82,7 @@ impl Nginx {
         let config = dir.join("nginx.conf");
         fs::write(
             &config,
-            config_text(&dir, root, addr, deferred, connections),
+            config_text(&dir, root, addr, deferred, connections, ssl),
         )?;
         let inherited = tools::Inherited::new(&listener);
         let child = Command::new(program)
@@ -113,19 +130,56 @@ impl Drop for Nginx {
     }
 }
 
+/// An `ssl` listener's certificate and key (PEM), and whether clients
+/// may resume sessions.
+pub(crate) struct Ssl<'a> {
+    pub(crate) cert: &'a Path,
+    pub(crate) key: &'a Path,
+    /// `true`: nginx's defaults, `ssl_session_cache none` (no cache) and
+    /// `ssl_session_tickets on` (OpenSSL's stateless tickets, two per
+    /// TLS 1.3 handshake), so a client that offers a ticket resumes;
+    /// `false`: `ssl_session_cache off` and `ssl_session_tickets off`, no
+    /// ticket sent, every handshake full.
+    pub(crate) resumption: bool,
+}
+
 /// The configuration: Debian's defaults that matter for speed, paths in
 /// `dir`, the listening address `addr` (the inherited socket's), up to
 /// `connections` per worker, idle keep-alive connections kept longer than
-/// any run.
+/// any run; TLS on the listener with `ssl`.
 fn config_text(
     dir: &Path,
     root: &Path,
     addr: SocketAddr,
     deferred: bool,
     connections: usize,
+    ssl: Option<&Ssl<'_>>,
 ) -> String {
     let dir = dir.display();
     let deferred = if deferred { " deferred" } else { "" };
+    let (ssl, tls) = match ssl {
+        None => ("", String::new()),
+        Some(ssl) => {
+            let sessions = if ssl.resumption {
+                ""
+            } else {
+                "
+        ssl_session_cache off;
+        ssl_session_tickets off;"
+            };
+            (
+                " ssl",
+                format!(
+                    "
+        ssl_certificate \"{}\";
+        ssl_certificate_key \"{}\";
+        ssl_protocols TLSv1.2 TLSv1.3;{sessions}",
+                    ssl.cert.display(),
+                    ssl.key.display()
+                ),
+            )
+        }
+    };
     format!(
         "daemon off;
 master_process on;
@@ -149,8 +203,8 @@ http {{
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
     server {{
-        listen {addr}{deferred};
-        root \"{root}\";
+        listen {addr}{deferred}{ssl};
+        root \"{root}\";{tls}
     }}
 }}
 ",

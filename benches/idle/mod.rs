@@ -54,7 +54,7 @@ use filesrv_testkit::tools;
 use hold::Idle;
 
 mod hold;
-mod wrk;
+pub(crate) mod wrk;
 
 /// Slots of the parking `filesrv` under the idle load.
 const PARKING_SLOTS: usize = 8;
@@ -63,10 +63,10 @@ const CLIENTS: usize = 64;
 
 /// A server as a child process: what the rows call it, where it listens,
 /// and its process id (its children are counted with it).
-struct Target {
-    name: String,
-    addr: SocketAddr,
-    pid: u32,
+pub(crate) struct Target {
+    pub(crate) name: String,
+    pub(crate) addr: SocketAddr,
+    pub(crate) pid: u32,
 }
 
 /// One row of the `idle` scenario: a server, and whether the idle
@@ -89,13 +89,13 @@ impl Row<'_> {
 
 /// What one load of one row gave.
 #[derive(Clone, Copy, Debug, Default)]
-struct Measured {
-    rate: f64,
+pub(crate) struct Measured {
+    pub(crate) rate: f64,
     /// Server CPU per request, µs.
-    cpu: f64,
+    pub(crate) cpu: f64,
     /// The server's context switches per request (its threads', voluntary
     /// or not): the wake-ups a request costs.
-    switches: f64,
+    pub(crate) switches: f64,
     /// VmRSS before and with the idle connections (KiB), the server's
     /// threads with them, and how many the server closed during the load.
     rss: Option<(u64, u64)>,
@@ -103,7 +103,7 @@ struct Measured {
     closed: usize,
     /// wrk's socket errors: keep-alive connections the server closed
     /// under the load (an error for `filesrv`).
-    socket_errors: u64,
+    pub(crate) socket_errors: u64,
 }
 
 pub(crate) fn idle(root: &Path, file: &str, params: &Params) -> io::Result<()> {
@@ -121,6 +121,7 @@ pub(crate) fn idle(root: &Path, file: &str, params: &Params) -> io::Result<()> {
         connections: CLIENTS,
         seconds: params.wrk_seconds,
         close: false,
+        tls: false,
     };
     let rounds = runs_of(params.idle_runs);
     let max_parked = (idle + 1000).to_string();
@@ -227,7 +228,7 @@ pub(crate) fn idle(root: &Path, file: &str, params: &Params) -> io::Result<()> {
 
 /// One load of `wrk` against `target`, with `idle` connections held open
 /// meanwhile if given.
-fn measure(
+pub(crate) fn measure(
     wrk: &Path,
     target: &Target,
     idle: Option<usize>,
@@ -408,6 +409,7 @@ pub(crate) fn http(root: &Path, file: &str, params: &Params) -> io::Result<()> {
         connections,
         seconds: params.wrk_seconds,
         close,
+        tls: false,
     });
     // A smoke run: the new connection per request only (keep-alive is
     // the `idle` scenario's load).

@@ -1,6 +1,6 @@
-//! `wrk` (Debian's package) as the one HTTP client of the `idle` and
-//! `http` scenarios: the same program, arguments and file against every
-//! server, so what differs is the server.
+//! `wrk` (Debian's package) as the one HTTP client of the `idle`, `http`
+//! and `tls` scenarios: the same program, arguments and file against
+//! every server, so what differs is the server.
 
 use std::io;
 use std::net::SocketAddr;
@@ -29,6 +29,10 @@ pub(crate) struct Load {
     /// `-H 'Connection: close'`: a new connection per request, the server
     /// closing first.
     pub(crate) close: bool,
+    /// `https://`: wrk's OpenSSL, no certificate check, the session of a
+    /// connection offered again on its next one (`SSL_clear`), so a server
+    /// that resumes sessions does no full handshake after the first.
+    pub(crate) tls: bool,
 }
 
 impl Load {
@@ -42,7 +46,8 @@ impl Load {
     }
 }
 
-/// Runs `wrk` at `program` against `http://addr/path` and returns its
+/// Runs `wrk` at `program` against `http://addr/path` (`https` with
+/// [`Load::tls`]) and returns its
 /// figures; a run with a status other than 2xx/3xx is an error carrying
 /// wrk's output (socket errors are counted, for the caller to judge).
 pub(crate) fn run(program: &Path, addr: SocketAddr, path: &str, load: Load) -> io::Result<Run> {
@@ -57,8 +62,9 @@ pub(crate) fn run(program: &Path, addr: SocketAddr, path: &str, load: Load) -> i
     if load.close {
         command.args(["-H", "Connection: close"]);
     }
+    let scheme = if load.tls { "https" } else { "http" };
     let out = command
-        .arg(format!("http://{addr}/{path}"))
+        .arg(format!("{scheme}://{addr}/{path}"))
         .stdin(Stdio::null())
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();

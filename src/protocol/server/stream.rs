@@ -99,7 +99,8 @@ impl SessionStream {
 
     /// A writer for a body: the socket kept to the body's pace (the stall
     /// timeout as wall time, the minimum rate), through TLS when the port
-    /// speaks it.
+    /// speaks it. Through TLS what is written leaves at `flush`, or
+    /// sooner when rustls' buffer is full: flush at the end.
     pub(crate) fn paced<'a>(&'a mut self, config: &ServerConfig) -> Paced<'a> {
         Paced {
             tls: self.tls.as_deref_mut(),
@@ -141,14 +142,22 @@ impl Paced<'_> {
 
 impl Write for Paced<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let Some(tls) = &mut self.tls else {
+        let Some(tls) = self.tls.as_deref_mut() else {
             return self.socket.write(buf);
         };
-        // rustls takes what its buffer holds; the records then go out at
-        // the socket's pace.
+        // rustls takes what its buffer holds. The records wait for the
+        // flush, so that a reply's head leaves with the start of its body
+        // (one send, as `MSG_MORE` does in plaintext); a full buffer goes
+        // out now, at the socket's pace, to make room.
         let n = tls.writer().write(buf)?;
+        if n > 0 || buf.is_empty() {
+            return Ok(n);
+        }
         self.send_records()?;
-        Ok(n)
+        match self.tls.as_deref_mut() {
+            Some(tls) => tls.writer().write(buf),
+            None => Ok(0),
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -176,6 +176,13 @@ impl Tls {
             .with_cert_resolver(current.clone());
         // HTTP on the same port: a client offering ALPN http/1.1 gets it.
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // No session resumption: every connection does a full handshake.
+        // fsc and curl make one connection per run and never come back
+        // with a session, so rustls' default (two tickets after every
+        // TLS 1.3 handshake, each a record and an entry in a cache that
+        // every worker locks) is work for nothing.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
         Ok((Arc::new(config), current, pin))
     }
 

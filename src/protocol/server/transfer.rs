@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use std::net::TcpStream;
 
 use rustix::io::Errno;
-use rustix::net::SendFlags;
+use rustix::net::{SendAncillaryBuffer, SendFlags};
 
 use super::config::ServerConfig;
 use super::pace::Pace;
@@ -53,16 +53,18 @@ impl<'a> PacedWriter<'a> {
     pub(super) fn stalled(&self) -> bool {
         self.stalled
     }
-}
 
-impl Write for PacedWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+    /// One non-blocking `send` by `send`, after waiting for room as long
+    /// as the pace allows.
+    fn send_paced(
+        &mut self,
+        send: impl Fn(&TcpStream, SendFlags) -> rustix::io::Result<usize>,
+    ) -> io::Result<usize> {
         loop {
             if self.stalled {
                 return Err(io::ErrorKind::TimedOut.into());
             }
-            let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
-            match rustix::net::send(self.stream, buf, flags) {
+            match send(self.stream, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
                 Ok(n) => {
                     self.pace.progress(n);
                     return Ok(n);
@@ -74,6 +76,20 @@ impl Write for PacedWriter<'_> {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+}
+
+impl Write for PacedWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.send_paced(|stream, flags| rustix::net::send(stream, buf, flags))
+    }
+
+    /// One `sendmsg` for all of `bufs`: the TLS records rustls holds
+    /// (a reply's head and its body) leave in one call.
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.send_paced(|stream, flags| {
+            rustix::net::sendmsg(stream, bufs, &mut SendAncillaryBuffer::default(), flags)
+        })
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -176,7 +192,9 @@ pub(super) fn copy_body(
 ) -> io::Result<Sent> {
     use std::os::unix::fs::FileExt;
     let sent = |offset: u64| count - (end - offset);
-    let mut buf = vec![0u8; COPY_CHUNK];
+    // No larger than the body: a 4 KiB GET over TLS would otherwise
+    // allocate and zero 64 KiB.
+    let mut buf = vec![0u8; chunk_len(end - offset, COPY_CHUNK)];
     while offset < end {
         let want = chunk_len(end - offset, buf.len());
         let n = match file.read_at(&mut buf[..want], offset) {
@@ -193,6 +211,11 @@ pub(super) fn copy_body(
             return Ok(Sent::Stalled(sent(offset)));
         }
         offset += n as u64;
+    }
+    // A body of no bytes has flushed nothing yet: through TLS its head
+    // is still held.
+    if stream.flush().is_err() {
+        return Ok(Sent::Stalled(sent(offset)));
     }
     Ok(Sent::All)
 }
