@@ -353,6 +353,10 @@ fn init_logging(verbose: u8) {
     };
     let mut logger = env_logger::Builder::new();
     logger.filter_level(log::LevelFilter::Off);
+    // rustls warns of what clients get wrong and it ignores, such as an
+    // IP address sent as the server name (wrk and OpenSSL clients do),
+    // once per connection: noise in an access log. Its errors stay.
+    logger.filter_module("rustls", log::LevelFilter::Error);
     // RUST_LOG, when set, gives the level and per-module filters; an
     // explicit -v then sets the overall level over it (its module
     // filters stay).

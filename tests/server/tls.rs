@@ -503,3 +503,33 @@ fn haproxy_sends_proxy_headers_then_tls_and_each_client_keeps_its_cap() {
     let mut again = through(two);
     again.expect_err("busy");
 }
+
+#[test]
+fn a_client_sending_an_ip_address_as_sni_leaves_no_warning_in_the_log() {
+    // wrk and other OpenSSL clients name the server by the address they
+    // were given; rustls ignores such a name and said so at WARN, in the
+    // `-v` log, once per connection.
+    let root = root();
+    let (server, _) = serve_self_signed(&root.root(), 2, &[]);
+    let addr = server.addr().to_string();
+    let mut command = Command::new("timeout");
+    command
+        .arg(LIMIT.as_secs().to_string())
+        .arg(tools::need("openssl"))
+        .args([
+            "s_client",
+            "-quiet",
+            "-servername",
+            "127.0.0.1",
+            "-connect",
+            &addr,
+        ]);
+    let out = tools::run_with_input(&mut command, b"STAT notes.txt\nQUIT\n");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.starts_with("OK "), "{said:?}");
+    let log = server.log_until("closed after");
+    assert!(
+        !log.iter().any(|line| line.contains("rustls")),
+        "the log: {log:#?}"
+    );
+}

@@ -78,15 +78,25 @@ impl ChildServer {
     /// The next log line containing `needle`, waiting at most [`LIMIT`];
     /// `None` if the log ended first.
     pub(crate) fn wait_log(&self, needle: &str) -> Option<String> {
+        self.log_until(needle).pop()
+    }
+
+    /// The log lines up to and including the next one containing
+    /// `needle`, waiting at most [`LIMIT`]; empty if the log ended first.
+    pub(crate) fn log_until(&self, needle: &str) -> Vec<String> {
         let deadline = std::time::Instant::now() + LIMIT;
+        let mut lines = Vec::new();
         loop {
             match self.log.recv_deadline(deadline) {
-                Ok(line) if line.contains(needle) => return Some(line),
-                Ok(_) => {}
+                Ok(line) if line.contains(needle) => {
+                    lines.push(line);
+                    return lines;
+                }
+                Ok(line) => lines.push(line),
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                     panic!("no log line with {needle:?} within {LIMIT:?}")
                 }
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return None,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Vec::new(),
             }
         }
     }
