@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use rustix::event::epoll::EventFlags;
 
-use super::acceptor::{Accepting, Bell};
+use super::acceptor::Accepting;
 use super::refused::Refused;
 use super::room::BusyLimits;
 use super::slot::{Phase, Slot};
@@ -123,7 +123,7 @@ pub(super) struct Gate<Q, S> {
     /// Whether the acceptor, if any, is used: until `stop_accepting`.
     pub(super) accepting: bool,
     /// The bells of the workers waiting on the acceptor, latest last.
-    pub(super) on_acceptor: Vec<Arc<Bell>>,
+    pub(super) on_acceptor: Vec<Arc<Poller>>,
 }
 
 impl<Q, S: Admission> Gate<Q, S> {
@@ -362,7 +362,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         let room = waits && self.signals.limits.any() && self.signals.room_pass_due();
         drop(gate);
         if let Some(bell) = ring {
-            bell.ring();
+            bell.wake();
         }
         if earliest || room {
             self.signals.watcher.wake();
@@ -392,7 +392,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         &self,
         done: Option<Done<Q>>,
         have_token: bool,
-        bell: Option<&Arc<Bell>>,
+        bell: Option<&Arc<Poller>>,
     ) -> Next<Q> {
         let mut gate = self.gate();
         let mut evicted = None;
@@ -426,7 +426,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
             if gate.on_acceptor.len() == 1 {
                 if let Some(accepting) = &self.accepting {
                     // The accepting thread steps back.
-                    accepting.wake_thread();
+                    accepting.thread.wake();
                 }
             }
             Next::WaitOnAcceptor
@@ -703,9 +703,9 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         if gate.accepting {
             gate.accepting = false;
             for bell in gate.on_acceptor.drain(..) {
-                bell.ring();
+                bell.wake();
             }
-            accepting.wake_thread();
+            accepting.thread.wake();
             accepting.changed.notify_all();
         }
         drop(gate);

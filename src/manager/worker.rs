@@ -9,13 +9,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::RecvTimeoutError;
 
-use rustix::event::{PollFd, PollFlags};
-
 use super::acceptor::{Accepting, IdleWait};
 use super::shared::{Admitting, Done, Entry, Next, Shared, abandoned};
 use super::slot::{RunningInfo, Slot};
 use crate::admission::{Admission, Outcome};
 use crate::handler::{Handler, HandlerContext, Served};
+use crate::poller::Poller;
 use crate::util::{Backoff, guarded, lock, wait};
 
 thread_local! {
@@ -179,6 +178,7 @@ pub(super) fn accept_loop<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
         return;
     };
     let mut backoff = Backoff::default();
+    let mut events = Poller::events();
     loop {
         let mut gate = shared.gate();
         while gate.accepting && !gate.on_acceptor.is_empty() {
@@ -188,18 +188,11 @@ pub(super) fn accept_loop<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
             return;
         }
         drop(gate);
-        let fd = accepting.acceptor.fd();
-        let mut fds = [
-            PollFd::new(&fd, PollFlags::IN),
-            PollFd::new(&accepting.step_back, PollFlags::IN),
-        ];
-        match rustix::event::poll(&mut fds, None) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(e) => log::error!("poll failed: {e}"),
-        }
-        if !fds[1].revents().is_empty() {
-            accepting.answer_step_back();
-            continue;
+        match accepting.thread.wait(None, &mut events, |_, _| {}) {
+            // Woken to step back or to stop.
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(e) => log::error!("epoll_wait failed: {e}"),
         }
         // A burst is accepted back to back, while no worker waits.
         while shared.gate().on_acceptor.is_empty() {
