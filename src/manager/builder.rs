@@ -80,8 +80,7 @@ impl<S: Admission> ManagerBuilder<S> {
     /// it reports with [`HandlerContext::set_idle`](crate::HandlerContext::set_idle))
     /// for longer than `timeout` is asked to make room
     /// ([`MakeRoom::IdleTooLong`](crate::MakeRoom::IdleTooLong)), one per
-    /// waiting handler, longest past its limit first. Default `None`: no
-    /// such limit. With nobody waiting it never applies.
+    /// waiting handler, longest past its limit first. Default `None`.
     ///
     /// # Panics
     ///
@@ -91,11 +90,10 @@ impl<S: Admission> ManagerBuilder<S> {
         self
     }
 
-    /// While handlers wait, a handler running for longer than `limit` is
-    /// asked to make room
-    /// ([`MakeRoom::RanTooLong`](crate::MakeRoom::RanTooLong)), one per
-    /// waiting handler, longest past its limit first. Default `None`: no
-    /// such limit. With nobody waiting it never applies.
+    /// As [`busy_idle_timeout`](ManagerBuilder::busy_idle_timeout), for a
+    /// handler running for longer than `limit`
+    /// ([`MakeRoom::RanTooLong`](crate::MakeRoom::RanTooLong)). Default
+    /// `None`.
     ///
     /// # Panics
     ///
@@ -138,18 +136,16 @@ impl<S: Admission> ManagerBuilder<S> {
     ///
     /// # Errors
     ///
-    /// The OS refused to start a thread or an epoll set, or the process
-    /// is too close to its memory-map limit (`vm.max_map_count`) to start
-    /// `max_running` threads; the threads already started are stopped and
-    /// joined before this returns.
+    /// The OS refused a thread or an epoll set, or the process is too close
+    /// to its memory-map limit (`vm.max_map_count`) for `max_running`
+    /// threads; the threads already started are stopped and joined first.
     pub fn build<Q: Handler>(self) -> io::Result<Manager<Q, S>> {
         self.start(None)
     }
 
-    /// Starts the manager, as [`build`](ManagerBuilder::build), with an
-    /// [`Acceptor`] its idle workers accept handlers from themselves, plus
-    /// a thread (`<name>-accept`) that accepts and queues while every
-    /// worker is busy. [`Manager::submit`] still works beside it.
+    /// As [`build`](ManagerBuilder::build), with an [`Acceptor`] that idle
+    /// workers accept handlers from, and a thread (`<name>-accept`) that
+    /// accepts while every worker is busy. [`Manager::submit`] still works.
     ///
     /// # Errors
     ///

@@ -17,10 +17,9 @@ use crossbeam_channel::{Receiver, Sender};
 use rustix::event::epoll::EventFlags;
 
 use super::acceptor::Accepting;
-use super::refused::Refused;
+use super::outcomes::{Refused, Stats};
 use super::room::BusyLimits;
 use super::slot::{Phase, Slot};
-use super::stats::Stats;
 use crate::admission::canonical_source;
 use crate::admission::{Admission, Arrival, Decision, Departure, Key, Outcome, Refusal};
 use crate::handler::{Handler, Stop};
