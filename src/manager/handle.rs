@@ -181,17 +181,14 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
         }
         let more = {
             let mut gate = self.shared.gate();
-            if gate.is_closed() {
+            if gate.closed {
                 return Ok(());
             }
             gate.max_running = n;
-            let surplus = gate.workers.saturating_sub(n);
-            // An idle surplus worker needs a token to wake and retire.
-            for _ in 0..surplus {
-                gate.send_token();
-            }
             n.saturating_sub(gate.workers)
         };
+        // Idle surplus workers wake to retire.
+        self.shared.work.notify_all();
         if more > 0 {
             check_map_room(more)?;
             self.start_workers(handles, more)?;
@@ -234,7 +231,7 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
 
     /// Whether [`shutdown`](Manager::shutdown) has begun.
     pub fn is_shutting_down(&self) -> bool {
-        self.shared.gate().is_closed()
+        self.shared.gate().closed
     }
 
     /// Stops the manager and joins every thread it started.

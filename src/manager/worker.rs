@@ -5,15 +5,13 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::RecvTimeoutError;
-
 use super::acceptor::{Accepting, IdleWait};
 use super::shared::{Admitting, Done, Entry, Next, Shared, abandoned};
 use super::slot::{RunningInfo, Slot};
 use crate::admission::{Admission, Outcome};
 use crate::handler::{Handler, HandlerContext, Served};
 use crate::poller::Poller;
-use crate::util::{Backoff, guarded, lock, wait};
+use crate::util::{Backoff, guarded, lock, wait, wait_timeout};
 
 thread_local! {
     /// The address of the state of the manager whose worker this is: a
@@ -38,30 +36,15 @@ pub(super) fn work<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
             .ok()
     });
     let mut done = None;
-    let mut have_token = false;
+    let mut pause = None;
     loop {
-        match shared.next(done.take(), have_token, idle.as_ref().map(|i| &i.bell)) {
-            Next::Run(entry) => {
-                have_token = false;
-                done = Some(run(shared, &slot, entry));
-            }
-            // Woken by a token, or gone when the channel closes at shutdown.
-            Next::Wait => match shared.tokens.recv() {
-                Ok(()) => have_token = true,
-                Err(_) => break,
-            },
+        match shared.next(done.take(), idle.as_ref().map(|i| &i.bell), pause.take()) {
+            Next::Run(entry) => done = Some(run(shared, &slot, entry)),
             Next::WaitOnAcceptor => {
-                have_token = false;
-                let (Some(accepting), Some(idle)) = (&shared.accepting, &mut idle) else {
-                    continue;
-                };
-                if let Some(pause) = wait_on_acceptor(shared, accepting, idle) {
-                    // Queued handlers still run during the back-off.
-                    match shared.tokens.recv_timeout(pause) {
-                        Ok(()) => have_token = true,
-                        Err(RecvTimeoutError::Timeout) => {}
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    }
+                if let (Some(accepting), Some(idle)) = (&shared.accepting, &mut idle) {
+                    // Accepting failed: a back-off, which queued handlers
+                    // still end.
+                    pause = wait_on_acceptor(shared, accepting, idle);
                 }
             }
             Next::Retire => break,
@@ -183,7 +166,7 @@ pub(super) fn accept_loop<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
                     let gate = shared.gate();
                     if gate.accepting {
                         // A stop ends the back-off.
-                        let _ = accepting.changed.wait_timeout(gate, pause);
+                        drop(wait_timeout(&accepting.changed, gate, pause));
                     }
                     break;
                 }
