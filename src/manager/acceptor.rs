@@ -96,8 +96,7 @@ const READY: u64 = 0;
 /// counted in the gate.
 pub(super) struct Accepting<Q> {
     pub(super) acceptor: Box<dyn Acceptor<Q>>,
-    /// The accepting thread's epoll set on the acceptor; woken to step
-    /// back or to stop.
+    /// The accepting thread's epoll set on the acceptor.
     pub(super) thread: Poller,
     /// With the gate's lock: the accepting thread waits for no worker to
     /// wait on the acceptor, or for a stop.
@@ -109,13 +108,22 @@ pub(super) struct Accepting<Q> {
 impl<Q: Handler> Accepting<Q> {
     pub(super) fn new(acceptor: Box<dyn Acceptor<Q>>) -> io::Result<Accepting<Q>> {
         let thread = Poller::new()?;
-        thread.watch(acceptor.fd(), READY, EventFlags::IN)?;
+        thread.watch(acceptor.fd(), READY, EventFlags::ONESHOT)?;
         Ok(Accepting {
             acceptor,
             thread,
             changed: Condvar::new(),
             in_turn: Mutex::new(()),
         })
+    }
+
+    /// The accepting thread's wait: `Ok(true)` when woken (to step back or
+    /// to stop), else the acceptor may be ready. Armed for one event per
+    /// wait, so that connections do not call into its set meanwhile.
+    pub(super) fn wait_ready(&self, events: &mut Vec<Event>) -> io::Result<bool> {
+        let flags = EventFlags::IN | EventFlags::ONESHOT;
+        self.thread.rearm(self.acceptor.fd(), READY, flags)?;
+        self.thread.wait(None, events, |_, _| {})
     }
 
     /// The acceptor's `accept`, a panic in it an error like any other.

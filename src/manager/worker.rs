@@ -42,8 +42,8 @@ pub(super) fn work<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
             Next::Run(entry) => done = Some(run(shared, &slot, entry)),
             Next::WaitOnAcceptor => {
                 if let (Some(accepting), Some(idle)) = (&shared.accepting, &mut idle) {
-                    // Accepting failed: a back-off, which queued handlers
-                    // still end.
+                    // After a failed accept, a back-off in `next`, which
+                    // a queued handler ends.
                     pause = wait_on_acceptor(shared, accepting, idle);
                 }
             }
@@ -149,7 +149,7 @@ pub(super) fn accept_loop<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
             return;
         }
         drop(gate);
-        match accepting.thread.wait(None, &mut events, |_, _| {}) {
+        match accepting.wait_ready(&mut events) {
             // Woken to step back or to stop.
             Ok(true) => continue,
             Ok(false) => {}
