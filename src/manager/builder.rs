@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::acceptor::{Accepting, Acceptor};
 use super::handle::{Manager, check_bound};
 use super::room::BusyLimits;
-use super::shared::{ParkLimits, Shared};
+use super::shared::{Options, ParkLimits, Shared};
 use crate::admission::{Admission, MaxWaiting};
 use crate::handler::Handler;
 use crate::util::timeout_setting;
@@ -15,12 +15,8 @@ use crate::util::timeout_setting;
 /// options, then [`build`](ManagerBuilder::build).
 #[derive(Debug)]
 pub struct ManagerBuilder<S> {
-    max_running: usize,
     admission: S,
-    name: String,
-    limits: BusyLimits,
-    ipv6_prefix: u8,
-    park: ParkLimits,
+    options: Options,
 }
 
 impl ManagerBuilder<MaxWaiting> {
@@ -33,14 +29,16 @@ impl ManagerBuilder<MaxWaiting> {
     pub fn new(max_running: usize) -> ManagerBuilder<MaxWaiting> {
         check_bound(max_running);
         ManagerBuilder {
-            max_running,
             admission: MaxWaiting(1024),
-            name: "filesrv".to_owned(),
-            limits: BusyLimits::default(),
-            ipv6_prefix: 64,
-            park: ParkLimits {
-                idle: None,
-                max: 10_000,
+            options: Options {
+                max_running,
+                name: "filesrv".to_owned(),
+                limits: BusyLimits::default(),
+                ipv6_prefix: 64,
+                park: ParkLimits {
+                    idle: None,
+                    max: 10_000,
+                },
             },
         }
     }
@@ -50,12 +48,8 @@ impl<S: Admission> ManagerBuilder<S> {
     /// Sets the admission policy (default: [`MaxWaiting`]`(1024)`).
     pub fn admission<S2: Admission>(self, policy: S2) -> ManagerBuilder<S2> {
         ManagerBuilder {
-            max_running: self.max_running,
             admission: policy,
-            name: self.name,
-            limits: self.limits,
-            ipv6_prefix: self.ipv6_prefix,
-            park: self.park,
+            options: self.options,
         }
     }
 
@@ -72,7 +66,7 @@ impl<S: Admission> ManagerBuilder<S> {
             bits <= 128,
             "an IPv6 prefix has at most 128 bits, got {bits}"
         );
-        self.ipv6_prefix = bits;
+        self.options.ipv6_prefix = bits;
         self
     }
 
@@ -86,7 +80,7 @@ impl<S: Admission> ManagerBuilder<S> {
     ///
     /// If `timeout` is `Some(Duration::ZERO)`: a zero is not "none".
     pub fn busy_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.limits.idle = timeout_setting(timeout, "busy_idle_timeout");
+        self.options.limits.idle = timeout_setting(timeout, "busy_idle_timeout");
         self
     }
 
@@ -99,7 +93,7 @@ impl<S: Admission> ManagerBuilder<S> {
     ///
     /// If `limit` is `Some(Duration::ZERO)`: a zero is not "none".
     pub fn busy_session_limit(mut self, limit: Option<Duration>) -> Self {
-        self.limits.session = timeout_setting(limit, "busy_session_limit");
+        self.options.limits.session = timeout_setting(limit, "busy_session_limit");
         self
     }
 
@@ -112,7 +106,7 @@ impl<S: Admission> ManagerBuilder<S> {
     ///
     /// If `timeout` is `Some(Duration::ZERO)`: a zero is not "none".
     pub fn park_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.park.idle = timeout_setting(timeout, "park_idle_timeout");
+        self.options.park.idle = timeout_setting(timeout, "park_idle_timeout");
         self
     }
 
@@ -121,14 +115,14 @@ impl<S: Admission> ManagerBuilder<S> {
     /// [`Refusal::Evicted`](crate::Refusal::Evicted). 0 turns parking off:
     /// a handler that asks to be parked is evicted at once.
     pub fn max_parked(mut self, n: usize) -> Self {
-        self.park.max = n;
+        self.options.park.max = n;
         self
     }
 
     /// Names the manager's threads `<name>-worker-<i>`, `<name>-watcher`
     /// and `<name>-accept` (default: `filesrv`).
     pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
+        self.options.name = name.into();
         self
     }
 
@@ -158,14 +152,7 @@ impl<S: Admission> ManagerBuilder<S> {
     }
 
     fn start<Q: Handler>(self, accepting: Option<Accepting<Q>>) -> io::Result<Manager<Q, S>> {
-        let shared = Shared::new(
-            self.admission,
-            self.max_running,
-            self.limits,
-            self.ipv6_prefix,
-            self.park,
-            accepting,
-        )?;
-        Manager::start(shared, self.name)
+        let shared = Shared::new(self.admission, &self.options, accepting)?;
+        Manager::start(shared, self.options.name)
     }
 }

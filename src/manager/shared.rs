@@ -62,6 +62,18 @@ pub(super) enum Admitting {
     Returning,
 }
 
+/// A builder's settings beside the policy.
+#[derive(Debug)]
+pub(super) struct Options {
+    pub(super) max_running: usize,
+    /// Threads are named `<name>-worker-<i>`, `<name>-watcher` and
+    /// `<name>-accept`.
+    pub(super) name: String,
+    pub(super) limits: BusyLimits,
+    pub(super) ipv6_prefix: u8,
+    pub(super) park: ParkLimits,
+}
+
 /// How long one may stay parked (`None`: no limit), and how many at once.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct ParkLimits {
@@ -191,10 +203,7 @@ pub(super) struct Shared<Q, S> {
 impl<Q: Handler, S: Admission> Shared<Q, S> {
     pub(super) fn new(
         policy: S,
-        max_running: usize,
-        limits: BusyLimits,
-        ipv6_prefix: u8,
-        park: ParkLimits,
+        options: &Options,
         accepting: Option<Accepting<Q>>,
     ) -> io::Result<Shared<Q, S>> {
         Ok(Shared {
@@ -205,7 +214,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
                 parked: BTreeMap::new(),
                 next_id: 0,
                 running: 0,
-                max_running,
+                max_running: options.max_running,
                 workers: 0,
                 asked: 0,
                 stats: Stats::default(),
@@ -223,12 +232,12 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
             signals: Signals {
                 phase: Phase::default(),
                 watcher: Poller::new()?,
-                limits,
+                limits: options.limits,
                 crowded: AtomicBool::new(false),
                 room_due: Mutex::new(None),
             },
-            ipv6_prefix,
-            park,
+            ipv6_prefix: options.ipv6_prefix,
+            park: options.park,
             accepting,
         })
     }
