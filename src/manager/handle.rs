@@ -181,14 +181,17 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
         }
         let more = {
             let mut gate = self.shared.gate();
-            if gate.closed {
+            if gate.is_closed() {
                 return Ok(());
             }
             gate.max_running = n;
+            let surplus = gate.workers.saturating_sub(n);
+            // An idle surplus worker needs a token to wake and retire.
+            for _ in 0..surplus {
+                gate.send_token();
+            }
             n.saturating_sub(gate.workers)
         };
-        // Idle surplus workers wake to retire.
-        self.shared.work.notify_all();
         if more > 0 {
             check_map_room(more)?;
             self.start_workers(handles, more)?;
@@ -231,7 +234,7 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
 
     /// Whether [`shutdown`](Manager::shutdown) has begun.
     pub fn is_shutting_down(&self) -> bool {
-        self.shared.gate().closed
+        self.shared.gate().is_closed()
     }
 
     /// Stops the manager and joins every thread it started.

@@ -1,8 +1,8 @@
 //! What the manager's threads share, and every step that moves a handler,
 //! under one lock (the [`Gate`]): so FIFO order and every count hold by
-//! construction. No loops here. An idle worker sleeps on a condition
-//! variable of that lock, signalled once per handler queued while workers
-//! sleep, and takes the head of the queue.
+//! construction. No loops here. Workers sleep on a channel of tokens, one
+//! sent per queued handler; a woken worker takes the head, whoever's token
+//! it holds; a handler leaving the queue early takes a token with it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -10,9 +10,10 @@ use std::net::IpAddr;
 use std::os::fd::BorrowedFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, Sender};
 use rustix::event::epoll::EventFlags;
 
 use super::acceptor::Accepting;
@@ -23,7 +24,7 @@ use crate::admission::canonical_source;
 use crate::admission::{Admission, Arrival, Decision, Departure, Key, Outcome, Refusal};
 use crate::handler::{Handler, Stop};
 use crate::poller::Poller;
-use crate::util::{guarded, lock, panic_message, time_left, wait, wait_timeout};
+use crate::util::{guarded, lock, panic_message, time_left, wait};
 
 /// A queued handler.
 pub(super) struct Entry<Q> {
@@ -98,9 +99,11 @@ pub(super) struct Done<Q> {
 /// A worker's next step, as [`Shared::next`] decides it.
 pub(super) enum Next<Q> {
     Run(Entry<Q>),
+    /// Nothing queued: wait for a token.
+    Wait,
     /// Nothing queued: wait on the acceptor and the bell (counted already).
     WaitOnAcceptor,
-    /// More workers live than the bound allows, or the manager closed.
+    /// More workers live than the bound allows.
     Retire,
 }
 
@@ -124,10 +127,8 @@ pub(super) struct Gate<Q, S> {
     stats: Stats,
     refused_waiting: u64,
     closed_parked: u64,
-    /// Set by the shutdown: admission is closed.
-    pub(super) closed: bool,
-    /// Workers asleep on [`Shared::work`].
-    sleeping: usize,
+    /// Dropped at shutdown: workers see the channel disconnect.
+    tokens: Option<Sender<()>>,
     /// Threads in [`Shared::wait_idle`].
     idle_waiters: usize,
     /// Whether the acceptor, if any, is used: until `stop_accepting`.
@@ -140,6 +141,17 @@ impl<Q, S: Admission> Gate<Q, S> {
     /// Handlers that wait for a running place beyond the free ones.
     pub(super) fn crowding(&self) -> usize {
         (self.running + self.waiting.len()).saturating_sub(self.max_running)
+    }
+
+    /// Wakes a worker, unless the manager is closed.
+    pub(super) fn send_token(&self) {
+        if let Some(tokens) = &self.tokens {
+            let _ = tokens.send(());
+        }
+    }
+
+    pub(super) fn is_closed(&self) -> bool {
+        self.tokens.is_none()
     }
 
     fn is_idle(&self) -> bool {
@@ -191,8 +203,7 @@ pub(super) struct Shared<Q, S> {
     gate: Mutex<Gate<Q, S>>,
     /// Signalled, with the gate's lock, when nothing runs or waits.
     became_idle: Condvar,
-    /// Signalled for a handler queued while workers sleep, and at close.
-    pub(super) work: Condvar,
+    pub(super) tokens: Receiver<()>,
     pub(super) slots: Mutex<Vec<Arc<Slot>>>,
     pub(super) signals: Signals,
     ipv6_prefix: u8,
@@ -206,6 +217,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         options: &Options,
         accepting: Option<Accepting<Q>>,
     ) -> io::Result<Shared<Q, S>> {
+        let (tx, rx) = crossbeam_channel::unbounded();
         Ok(Shared {
             gate: Mutex::new(Gate {
                 policy,
@@ -220,14 +232,13 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
                 stats: Stats::default(),
                 refused_waiting: 0,
                 closed_parked: 0,
-                closed: false,
-                sleeping: 0,
+                tokens: Some(tx),
                 idle_waiters: 0,
                 accepting: accepting.is_some(),
                 on_acceptor: Vec::new(),
             }),
             became_idle: Condvar::new(),
-            work: Condvar::new(),
+            tokens: rx,
             slots: Mutex::default(),
             signals: Signals {
                 phase: Phase::default(),
@@ -280,7 +291,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         let returning = how == Admitting::Returning;
         let now = Instant::now();
         let id = gate.next_id;
-        let decision = if gate.closed {
+        let decision = if gate.is_closed() {
             Decision::Refuse(Refusal::ShuttingDown)
         } else {
             let arrival = Arrival {
@@ -348,21 +359,18 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
                 handler,
             },
         );
+        gate.send_token();
         // A worker waiting on the acceptor takes it (unless the one that
-        // accepted it runs it), or a sleeping one: woken once the lock is
-        // free.
+        // accepted it runs it), rung once the lock is free.
         let ring = (how != Admitting::Accepted)
             .then(|| gate.on_acceptor.pop())
             .flatten();
-        let notify = ring.is_none() && gate.sleeping > 0;
         self.changed(&gate);
         // Under the gate's lock, as the watcher writes it.
         let room = waits && self.signals.limits.any() && self.signals.room_pass_due();
         drop(gate);
         if let Some(bell) = ring {
             bell.wake();
-        } else if notify {
-            self.work.notify_one();
         }
         if earliest || room {
             self.signals.watcher.wake();
@@ -385,61 +393,59 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
     }
 
     /// A worker's step between handlers: `done` departs and the head of
-    /// the queue starts in one step; with nothing queued, it sleeps here
-    /// (for at most `pause`, if given) or waits on the acceptor with
-    /// `bell`, if it can.
+    /// the queue starts in one step. `have_token`: woken by a token;
+    /// otherwise it takes one for the handler it takes, so no other worker
+    /// wakes for it. `bell`: the worker's, if it can wait on the acceptor.
     pub(super) fn next(
         &self,
         done: Option<Done<Q>>,
+        have_token: bool,
         bell: Option<&Arc<Poller>>,
-        mut pause: Option<Duration>,
     ) -> Next<Q> {
         let mut gate = self.gate();
+        let mut evicted = None;
         if let Some(mut done) = done {
             gate.running -= 1;
             gate.asked -= usize::from(done.asked);
             match done.park.take() {
                 None => gate.depart(done.id, done.key, done.outcome),
-                Some(handler) => {
-                    if let Some((id, handler, outcome)) = self.park(&mut gate, &done, handler) {
-                        self.changed(&gate);
-                        drop(gate);
-                        self.settle_parked(id, handler, outcome);
-                        gate = self.gate();
-                    }
-                }
+                Some(handler) => evicted = self.park(&mut gate, &done, handler),
             }
         }
-        let next = loop {
-            if gate.workers > gate.max_running || gate.closed {
-                gate.workers -= 1;
-                break Next::Retire;
+        let next = if gate.workers > gate.max_running {
+            gate.workers -= 1;
+            if have_token && !gate.waiting.is_empty() {
+                // The token may be a waiting handler's: pass it on.
+                gate.send_token();
             }
-            if let Some((_, entry)) = gate.waiting.pop_first() {
-                if let Some(deadline) = entry.deadline {
-                    gate.deadlines.remove(&(deadline, entry.id));
-                }
-                gate.running += 1;
-                gate.stats.started(entry.queued_at, Instant::now());
-                break Next::Run(entry);
+            Next::Retire
+        } else if let Some((_, entry)) = gate.waiting.pop_first() {
+            if let Some(deadline) = entry.deadline {
+                gate.deadlines.remove(&(deadline, entry.id));
             }
-            if let Some(bell) = bell.filter(|_| gate.accepting && pause.is_none()) {
-                gate.on_acceptor.push(bell.clone());
-                if let (1, Some(accepting)) = (gate.on_acceptor.len(), &self.accepting) {
+            gate.running += 1;
+            gate.stats.started(entry.queued_at, Instant::now());
+            if !have_token {
+                let _ = self.tokens.try_recv();
+            }
+            Next::Run(entry)
+        } else if let Some(bell) = bell.filter(|_| gate.accepting && !gate.is_closed()) {
+            gate.on_acceptor.push(bell.clone());
+            if gate.on_acceptor.len() == 1 {
+                if let Some(accepting) = &self.accepting {
                     // The accepting thread steps back.
                     accepting.thread.wake();
                 }
-                break Next::WaitOnAcceptor;
             }
-            self.changed(&gate);
-            gate.sleeping += 1;
-            gate = match pause.take() {
-                None => wait(&self.work, gate),
-                Some(pause) => wait_timeout(&self.work, gate, pause),
-            };
-            gate.sleeping -= 1;
+            Next::WaitOnAcceptor
+        } else {
+            Next::Wait
         };
         self.changed(&gate);
+        drop(gate);
+        if let Some((id, handler, outcome)) = evicted {
+            self.settle_parked(id, handler, outcome);
+        }
         next
     }
 
@@ -454,7 +460,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
             registered,
             ..
         } = *done;
-        if gate.closed {
+        if gate.is_closed() {
             let refused = Outcome::Refused(Refusal::ShuttingDown);
             gate.depart(id, key, refused);
             gate.closed_parked += 1;
@@ -548,6 +554,8 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
             gate.deadlines.remove(&(deadline, id));
         }
         gate.depart(id, entry.key, outcome);
+        // Its token goes with it (tokens are alike).
+        let _ = self.tokens.try_recv();
         self.changed(&gate);
         drop(gate);
         settle(id, entry.handler, outcome);
@@ -559,7 +567,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
     pub(super) fn expire(&self, now: Instant) -> Result<Option<Instant>, ()> {
         loop {
             let mut gate = self.gate();
-            if gate.closed {
+            if gate.is_closed() {
                 return Err(());
             }
             let deadline = gate.deadlines.first().copied();
@@ -598,9 +606,9 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
     /// returns how many were running then. Later calls find nothing to do.
     pub(super) fn close(&self) -> usize {
         let refused = Outcome::Refused(Refusal::ShuttingDown);
-        let (waiting, parked, running) = {
+        let (tokens, waiting, parked, running) = {
             let mut gate = self.gate();
-            gate.closed = true;
+            let tokens = gate.tokens.take();
             gate.deadlines.clear();
             let waiting = std::mem::take(&mut gate.waiting);
             for entry in waiting.values() {
@@ -613,9 +621,9 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
             }
             gate.closed_parked += parked.len() as u64;
             self.changed(&gate);
-            (waiting, parked, gate.running)
+            (tokens, waiting, parked, gate.running)
         };
-        self.work.notify_all();
+        drop(tokens);
         self.signals.watcher.wake();
         for entry in waiting.into_values() {
             settle(entry.id, entry.handler, refused);
@@ -640,7 +648,12 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         while !gate.is_idle() {
             gate = match deadline.map(time_left) {
                 None => wait(&self.became_idle, gate),
-                Some(Some(left)) => wait_timeout(&self.became_idle, gate, left),
+                Some(Some(left)) => {
+                    self.became_idle
+                        .wait_timeout(gate, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
                 Some(None) => break,
             };
         }

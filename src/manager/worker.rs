@@ -5,13 +5,15 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::RecvTimeoutError;
+
 use super::acceptor::{Accepting, IdleWait};
 use super::shared::{Admitting, Done, Entry, Next, Shared, abandoned};
 use super::slot::{RunningInfo, Slot};
 use crate::admission::{Admission, Outcome};
 use crate::handler::{Handler, HandlerContext, Served};
 use crate::poller::Poller;
-use crate::util::{Backoff, guarded, lock, wait, wait_timeout};
+use crate::util::{Backoff, guarded, lock, wait};
 
 thread_local! {
     /// The address of the state of the manager whose worker this is: a
@@ -36,15 +38,30 @@ pub(super) fn work<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
             .ok()
     });
     let mut done = None;
-    let mut pause = None;
+    let mut have_token = false;
     loop {
-        match shared.next(done.take(), idle.as_ref().map(|i| &i.bell), pause.take()) {
-            Next::Run(entry) => done = Some(run(shared, &slot, entry)),
+        match shared.next(done.take(), have_token, idle.as_ref().map(|i| &i.bell)) {
+            Next::Run(entry) => {
+                have_token = false;
+                done = Some(run(shared, &slot, entry));
+            }
+            // Woken by a token, or gone when the channel closes at shutdown.
+            Next::Wait => match shared.tokens.recv() {
+                Ok(()) => have_token = true,
+                Err(_) => break,
+            },
             Next::WaitOnAcceptor => {
-                if let (Some(accepting), Some(idle)) = (&shared.accepting, &mut idle) {
-                    // After a failed accept, a back-off in `next`, which
-                    // a queued handler ends.
-                    pause = wait_on_acceptor(shared, accepting, idle);
+                have_token = false;
+                let (Some(accepting), Some(idle)) = (&shared.accepting, &mut idle) else {
+                    continue;
+                };
+                if let Some(pause) = wait_on_acceptor(shared, accepting, idle) {
+                    // Queued handlers still run during the back-off.
+                    match shared.tokens.recv_timeout(pause) {
+                        Ok(()) => have_token = true,
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
                 }
             }
             Next::Retire => break,
@@ -166,7 +183,7 @@ pub(super) fn accept_loop<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
                     let gate = shared.gate();
                     if gate.accepting {
                         // A stop ends the back-off.
-                        drop(wait_timeout(&accepting.changed, gate, pause));
+                        let _ = accepting.changed.wait_timeout(gate, pause);
                     }
                     break;
                 }
