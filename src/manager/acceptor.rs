@@ -1,33 +1,16 @@
-//! Idle workers that accept (leader/follower): with an [`Acceptor`], a
-//! worker that finds the queue empty waits on the acceptor's descriptor
-//! itself and runs what it accepts, with no thread in between. A new
-//! connection then costs one wake-up, not two (an accepting thread's and
-//! then a worker's).
-//!
-//! Who waits where, all counted under the gate's lock:
-//!
-//! - **Idle workers** wait in their own epoll set on the acceptor's
-//!   descriptor (`EPOLLEXCLUSIVE`, so the kernel wakes one of them per
-//!   connection) and on their own [`Bell`].
-//! - **The bells** (an eventfd each, one waiter each): for each handler
-//!   queued while workers wait there, the one that began to wait last is
-//!   rung, so that it takes a handler submitted or accepted by someone
-//!   else, as a worker on the token channel would. One bell per worker,
-//!   not one for all: a ring then wakes one thread without the kernel
-//!   walking every worker's registration.
-//! - **The accepting thread** (`<name>-accept`) accepts only while no
-//!   worker waits on the acceptor (all are busy), so that connections
-//!   still reach the queue, its deadlines and the hang-up watch. It sleeps
-//!   on a condition variable otherwise, and in `poll` on the acceptor
-//!   while it accepts; a worker that starts to wait wakes it to step back.
+//! Idle workers that accept (leader/follower): a worker that finds the
+//! queue empty waits in its own epoll set on the acceptor's descriptor
+//! (`EPOLLEXCLUSIVE`), whose wake-up is its bell, rung for a handler
+//! queued by someone else; it runs what it accepts itself, one wake-up per
+//! connection. While all are busy, the `<name>-accept` thread accepts and
+//! queues. docs/ARCHITECTURE.md ("Accepting") tells why each piece is so.
 
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::BorrowedFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex};
 
 use rustix::event::epoll::{Event, EventFlags};
-use rustix::event::{EventfdFlags, eventfd};
 
 use crate::handler::Handler;
 use crate::poller::Poller;
@@ -39,11 +22,10 @@ use crate::util::{Backoff, panic_message};
 /// Given to [`ManagerBuilder::build_with_acceptor`](crate::ManagerBuilder::build_with_acceptor).
 /// A worker with nothing queued waits for [`fd`](Acceptor::fd) to become
 /// readable, calls [`accept`](Acceptor::accept), and runs the handler at
-/// once; while every worker is busy, the manager's `<name>-accept` thread
-/// accepts instead and queues what it takes. Either way the handler goes
-/// through the admission policy like a submitted one (a refused one gets
-/// [`Handler::refused`] on the thread that accepted it), and a waiting
-/// handler always starts before a newer one.
+/// once; while every worker is busy, the `<name>-accept` thread accepts
+/// and queues. Either way the policy admits it like a submitted one (a
+/// refused one gets [`Handler::refused`]), and a waiting handler always
+/// starts before a newer one.
 ///
 /// ```
 /// use std::io::{self, Read, Write};
@@ -96,56 +78,52 @@ pub trait Acceptor<Q>: Send + Sync + 'static {
     /// Takes the next handler, without blocking (several threads may call
     /// it at once).
     ///
-    /// - `Ok(Some(handler))`: offered to the admission policy and, if
-    ///   admitted, run (by this worker, unless a handler waits already).
-    ///   A policy that panics on it is logged and the handler dropped,
-    ///   uncounted; the thread goes on accepting.
-    /// - `Ok(None)`: nothing to run: another thread took the connection,
-    ///   it died before it was accepted, or the acceptor dealt with it.
-    /// - `Err(e)`: accepting failed, as when the process is out of
-    ///   descriptors. It is logged, and that thread leaves the acceptor
-    ///   alone for 5 ms, doubled on each failure in a row up to 500 ms.
+    /// - `Ok(Some(handler))`: offered to the policy and, if admitted, run
+    ///   (by this worker, unless a handler waits already). A policy that
+    ///   panics on it is logged and the handler dropped, uncounted.
+    /// - `Ok(None)`: nothing to run (another thread took the connection,
+    ///   or the acceptor dealt with it).
+    /// - `Err(e)`: accepting failed (out of descriptors...): logged, and
+    ///   that thread waits 5 ms, doubled on each failure in a row up to
+    ///   500 ms.
     fn accept(&self) -> io::Result<Option<Q>>;
 }
 
-/// Event keys in a worker's epoll set.
-pub(super) const READY: u64 = 0;
-const BELL: u64 = 1;
+/// The acceptor's key in the epoll sets that wait on it.
+const READY: u64 = 0;
 
 /// A manager's acceptor and what its users share; who waits on it is
 /// counted in the gate.
 pub(super) struct Accepting<Q> {
     pub(super) acceptor: Box<dyn Acceptor<Q>>,
-    /// Wakes the accepting thread from its `poll`.
-    pub(super) step_back: OwnedFd,
+    /// The accepting thread's epoll set on the acceptor.
+    pub(super) thread: Poller,
     /// With the gate's lock: the accepting thread waits for no worker to
     /// wait on the acceptor, or for a stop.
     pub(super) changed: Condvar,
-    /// Held from an `accept` to the admission of what it took, so that
-    /// handlers are admitted in the order they were accepted, and so that
-    /// a stop can wait for the last `accept` to end.
+    /// Held from an `accept` to the admission of what it took.
     pub(super) in_turn: Mutex<()>,
 }
 
 impl<Q: Handler> Accepting<Q> {
     pub(super) fn new(acceptor: Box<dyn Acceptor<Q>>) -> io::Result<Accepting<Q>> {
-        let flags = EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK;
+        let thread = Poller::new()?;
+        thread.watch(acceptor.fd(), READY, EventFlags::ONESHOT)?;
         Ok(Accepting {
             acceptor,
-            step_back: eventfd(0, flags)?,
+            thread,
             changed: Condvar::new(),
             in_turn: Mutex::new(()),
         })
     }
 
-    /// Resets the accepting thread's wake-up.
-    pub(super) fn answer_step_back(&self) {
-        let _ = rustix::io::read(&self.step_back, &mut [0u8; 8]);
-    }
-
-    /// Wakes the accepting thread, to step back or to stop.
-    pub(super) fn wake_thread(&self) {
-        let _ = rustix::io::write(&self.step_back, &1u64.to_ne_bytes());
+    /// The accepting thread's wait: `Ok(true)` when woken (to step back or
+    /// to stop), else the acceptor may be ready. Armed for one event per
+    /// wait, so that connections do not call into its set meanwhile.
+    pub(super) fn wait_ready(&self, events: &mut Vec<Event>) -> io::Result<bool> {
+        let flags = EventFlags::IN | EventFlags::ONESHOT;
+        self.thread.rearm(self.acceptor.fd(), READY, flags)?;
+        self.thread.wait(None, events, |_, _| {})
     }
 
     /// The acceptor's `accept`, a panic in it an error like any other.
@@ -159,62 +137,31 @@ impl<Q: Handler> Accepting<Q> {
     }
 }
 
-/// A worker's own doorbell, which only it waits on.
-pub(super) struct Bell(OwnedFd);
-
-impl Bell {
-    fn new() -> io::Result<Arc<Bell>> {
-        let flags = EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK;
-        Ok(Arc::new(Bell(eventfd(0, flags)?)))
-    }
-
-    /// Wakes its worker, or makes its next wait return at once.
-    pub(super) fn ring(&self) {
-        let _ = rustix::io::write(&self.0, &1u64.to_ne_bytes());
-    }
-
-    fn answer(&self) {
-        let _ = rustix::io::read(&self.0, &mut [0u8; 8]);
-    }
-}
-
-/// A worker's own epoll set on the acceptor and its bell.
+/// A worker's own epoll set on the acceptor; its wake-up is the worker's
+/// bell, which only it waits on.
 pub(super) struct IdleWait {
-    pub(super) poller: Poller,
-    pub(super) events: Vec<Event>,
+    pub(super) bell: Arc<Poller>,
+    events: Vec<Event>,
     pub(super) backoff: Backoff,
-    pub(super) bell: Arc<Bell>,
 }
 
 impl IdleWait {
     pub(super) fn new<Q: Handler>(accepting: &Accepting<Q>) -> io::Result<IdleWait> {
-        let poller = Poller::new()?;
-        let bell = Bell::new()?;
+        let bell = Arc::new(Poller::new()?);
         let flags = EventFlags::IN | EventFlags::EXCLUSIVE;
-        poller.watch(accepting.acceptor.fd(), READY, flags)?;
-        poller.watch(&bell.0, BELL, EventFlags::IN)?;
+        bell.watch(accepting.acceptor.fd(), READY, flags)?;
         Ok(IdleWait {
-            poller,
+            bell,
             events: Poller::events(),
             backoff: Backoff::default(),
-            bell,
         })
     }
 
     /// Waits for a connection or a ring; whether a connection is ready.
     pub(super) fn wait(&mut self) -> bool {
-        let (mut ready, mut rung) = (false, false);
-        let waited = self
-            .poller
-            .wait(None, &mut self.events, |key, _| match key {
-                READY => ready = true,
-                _ => rung = true,
-            });
-        if let Err(e) = waited {
+        let mut ready = false;
+        if let Err(e) = self.bell.wait(None, &mut self.events, |_, _| ready = true) {
             log::error!("epoll_wait failed: {e}");
-        }
-        if rung {
-            self.bell.answer();
         }
         ready
     }

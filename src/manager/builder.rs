@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::acceptor::{Accepting, Acceptor};
 use super::handle::{Manager, check_bound};
 use super::room::BusyLimits;
-use super::shared::{ParkLimits, Shared};
+use super::shared::{Options, ParkLimits, Shared};
 use crate::admission::{Admission, MaxWaiting};
 use crate::handler::Handler;
 use crate::util::timeout_setting;
@@ -15,12 +15,8 @@ use crate::util::timeout_setting;
 /// options, then [`build`](ManagerBuilder::build).
 #[derive(Debug)]
 pub struct ManagerBuilder<S> {
-    max_running: usize,
     admission: S,
-    name: String,
-    limits: BusyLimits,
-    ipv6_prefix: u8,
-    park: ParkLimits,
+    options: Options,
 }
 
 impl ManagerBuilder<MaxWaiting> {
@@ -33,14 +29,16 @@ impl ManagerBuilder<MaxWaiting> {
     pub fn new(max_running: usize) -> ManagerBuilder<MaxWaiting> {
         check_bound(max_running);
         ManagerBuilder {
-            max_running,
             admission: MaxWaiting(1024),
-            name: "filesrv".to_owned(),
-            limits: BusyLimits::default(),
-            ipv6_prefix: 64,
-            park: ParkLimits {
-                idle: None,
-                max: 10_000,
+            options: Options {
+                max_running,
+                name: "filesrv".to_owned(),
+                limits: BusyLimits::default(),
+                ipv6_prefix: 64,
+                park: ParkLimits {
+                    idle: None,
+                    max: 10_000,
+                },
             },
         }
     }
@@ -50,12 +48,8 @@ impl<S: Admission> ManagerBuilder<S> {
     /// Sets the admission policy (default: [`MaxWaiting`]`(1024)`).
     pub fn admission<S2: Admission>(self, policy: S2) -> ManagerBuilder<S2> {
         ManagerBuilder {
-            max_running: self.max_running,
             admission: policy,
-            name: self.name,
-            limits: self.limits,
-            ipv6_prefix: self.ipv6_prefix,
-            park: self.park,
+            options: self.options,
         }
     }
 
@@ -72,7 +66,7 @@ impl<S: Admission> ManagerBuilder<S> {
             bits <= 128,
             "an IPv6 prefix has at most 128 bits, got {bits}"
         );
-        self.ipv6_prefix = bits;
+        self.options.ipv6_prefix = bits;
         self
     }
 
@@ -80,28 +74,26 @@ impl<S: Admission> ManagerBuilder<S> {
     /// it reports with [`HandlerContext::set_idle`](crate::HandlerContext::set_idle))
     /// for longer than `timeout` is asked to make room
     /// ([`MakeRoom::IdleTooLong`](crate::MakeRoom::IdleTooLong)), one per
-    /// waiting handler, longest past its limit first. Default `None`: no
-    /// such limit. With nobody waiting it never applies.
+    /// waiting handler, longest past its limit first. Default `None`.
     ///
     /// # Panics
     ///
     /// If `timeout` is `Some(Duration::ZERO)`: a zero is not "none".
     pub fn busy_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.limits.idle = timeout_setting(timeout, "busy_idle_timeout");
+        self.options.limits.idle = timeout_setting(timeout, "busy_idle_timeout");
         self
     }
 
-    /// While handlers wait, a handler running for longer than `limit` is
-    /// asked to make room
-    /// ([`MakeRoom::RanTooLong`](crate::MakeRoom::RanTooLong)), one per
-    /// waiting handler, longest past its limit first. Default `None`: no
-    /// such limit. With nobody waiting it never applies.
+    /// As [`busy_idle_timeout`](ManagerBuilder::busy_idle_timeout), for a
+    /// handler running for longer than `limit`
+    /// ([`MakeRoom::RanTooLong`](crate::MakeRoom::RanTooLong)). Default
+    /// `None`.
     ///
     /// # Panics
     ///
     /// If `limit` is `Some(Duration::ZERO)`: a zero is not "none".
     pub fn busy_session_limit(mut self, limit: Option<Duration>) -> Self {
-        self.limits.session = timeout_setting(limit, "busy_session_limit");
+        self.options.limits.session = timeout_setting(limit, "busy_session_limit");
         self
     }
 
@@ -114,7 +106,7 @@ impl<S: Admission> ManagerBuilder<S> {
     ///
     /// If `timeout` is `Some(Duration::ZERO)`: a zero is not "none".
     pub fn park_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.park.idle = timeout_setting(timeout, "park_idle_timeout");
+        self.options.park.idle = timeout_setting(timeout, "park_idle_timeout");
         self
     }
 
@@ -123,14 +115,14 @@ impl<S: Admission> ManagerBuilder<S> {
     /// [`Refusal::Evicted`](crate::Refusal::Evicted). 0 turns parking off:
     /// a handler that asks to be parked is evicted at once.
     pub fn max_parked(mut self, n: usize) -> Self {
-        self.park.max = n;
+        self.options.park.max = n;
         self
     }
 
     /// Names the manager's threads `<name>-worker-<i>`, `<name>-watcher`
     /// and `<name>-accept` (default: `filesrv`).
     pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
+        self.options.name = name.into();
         self
     }
 
@@ -138,18 +130,16 @@ impl<S: Admission> ManagerBuilder<S> {
     ///
     /// # Errors
     ///
-    /// The OS refused to start a thread or an epoll set, or the process
-    /// is too close to its memory-map limit (`vm.max_map_count`) to start
-    /// `max_running` threads; the threads already started are stopped and
-    /// joined before this returns.
+    /// The OS refused a thread or an epoll set, or the process is too close
+    /// to its memory-map limit (`vm.max_map_count`) for `max_running`
+    /// threads; the threads already started are stopped and joined first.
     pub fn build<Q: Handler>(self) -> io::Result<Manager<Q, S>> {
         self.start(None)
     }
 
-    /// Starts the manager, as [`build`](ManagerBuilder::build), with an
-    /// [`Acceptor`] its idle workers accept handlers from themselves, plus
-    /// a thread (`<name>-accept`) that accepts and queues while every
-    /// worker is busy. [`Manager::submit`] still works beside it.
+    /// As [`build`](ManagerBuilder::build), with an [`Acceptor`] that idle
+    /// workers accept handlers from, and a thread (`<name>-accept`) that
+    /// accepts while every worker is busy. [`Manager::submit`] still works.
     ///
     /// # Errors
     ///
@@ -162,14 +152,7 @@ impl<S: Admission> ManagerBuilder<S> {
     }
 
     fn start<Q: Handler>(self, accepting: Option<Accepting<Q>>) -> io::Result<Manager<Q, S>> {
-        let shared = Shared::new(
-            self.admission,
-            self.max_running,
-            self.limits,
-            self.ipv6_prefix,
-            self.park,
-            accepting,
-        )?;
-        Manager::start(shared, self.name)
+        let shared = Shared::new(self.admission, &self.options, accepting)?;
+        Manager::start(shared, self.options.name)
     }
 }

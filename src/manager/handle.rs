@@ -6,56 +6,41 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::refused::Refused;
+use super::outcomes::{Refused, ShutdownReport, Stats};
 use super::shared::{Admitting, Shared};
 use super::slot::RunningInfo;
-use super::stats::{ShutdownReport, Stats};
 use super::watcher::watch;
 use super::worker::{accept_loop, on_own_worker, work};
 use crate::admission::{Admission, MaxWaiting};
 use crate::handler::{Handler, Stop};
 use crate::util::lock;
 
-/// Runs handlers with at most `max_running` at a time, in arrival order,
-/// behind an admission policy.
-///
-/// The two parameters: `Q` is the handler type that waits in the queue
-/// (one [`Handler`] per client), `S` is the admission strategy
-/// ([`Admission`]) that screens each arrival.
+/// Runs handlers ([`Handler`], `Q`) with at most `max_running` at a time,
+/// in arrival order, behind an admission policy ([`Admission`], `S`).
 ///
 /// Build one with [`ManagerBuilder`](crate::ManagerBuilder); hand it work with
 /// [`submit`](Manager::submit); end it with [`shutdown`](Manager::shutdown).
-/// All methods take `&self`, so a manager can be shared (e.g. in an `Arc`)
-/// between an accepting thread and a signal handler.
+/// All methods take `&self`, so a manager can be shared (e.g. in an `Arc`).
 ///
 /// # Threads
 ///
-/// `max_running` worker threads are started up front and reused: each
-/// takes the next handler the moment its previous one ends.
-/// [`set_max_running`](Manager::set_max_running) starts more, or lets
-/// surplus ones retire after their current handler. One more thread, the
-/// watcher, refuses handlers whose queue deadline passed, notices waiting
-/// clients that hang up, watches parked handlers, and asks running
-/// handlers to make room; with an [`Acceptor`](crate::Acceptor), another
-/// accepts while every worker is busy. Idle, they all sleep in the kernel
-/// and use no CPU.
+/// `max_running` workers, started up front and reused
+/// ([`set_max_running`](Manager::set_max_running) starts more or retires
+/// some); a watcher, for queue deadlines, waiting clients that hang up,
+/// parked handlers and making room; with an [`Acceptor`](crate::Acceptor),
+/// one that accepts while every worker is busy. Idle, they use no CPU.
 ///
 /// # Drop
 ///
 /// Dropping a manager that was not shut down is
-/// `shutdown(Duration::ZERO)`: waiting handlers are refused with
-/// [`Refusal::ShuttingDown`](crate::Refusal::ShuttingDown), running ones
-/// are asked to stop at once ([`Stop::Now`]), and the drop blocks until
-/// every thread is joined. A shutdown called inside one of the manager's
-/// own handlers panics rather than wait for itself; the last drop there
-/// stops the manager without waiting.
+/// `shutdown(Duration::ZERO)`. Inside one of its own handlers, where a
+/// shutdown panics rather than wait for itself, the last drop stops the
+/// manager without waiting.
 pub struct Manager<Q: Handler, S: Admission = MaxWaiting> {
     shared: Arc<Shared<Q, S>>,
     /// Every thread started; taken by the shutdown, which joins them.
     threads: Mutex<Option<Vec<JoinHandle<()>>>>,
     report: Mutex<Option<ShutdownReport>>,
-    /// Threads are named `<name>-worker-<n>`, `<name>-watcher` and
-    /// `<name>-accept`.
     name: String,
 }
 
@@ -131,11 +116,10 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
         self.shared.stats()
     }
 
-    /// Calls `f` with the admission policy, under the admission lock: no
-    /// arrival is decided and no handler departs meanwhile. For changing
-    /// a policy at run time (a maintenance switch, a new cap) or reading
-    /// its counts. `f` must be quick and must not call back into this
-    /// manager (the lock is not reentrant).
+    /// Calls `f` with the admission policy, under the admission lock (no
+    /// arrival or departure meanwhile): to change a policy at run time or
+    /// read its counts. `f` must be quick and must not call back into
+    /// this manager (the lock is not reentrant).
     ///
     /// ```
     /// use filesrv::ManagerBuilder;
@@ -170,23 +154,21 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
     ///
     /// Growing starts workers at once, and waiting handlers start on them
     /// in queue order. Shrinking never cuts a handler: surplus workers
-    /// retire as their current handler ends (idle ones at once), so the
-    /// running count falls to the new bound as handlers finish, and no
-    /// handler starts beyond it meanwhile. After a shutdown began it does
-    /// nothing.
+    /// retire as their handler ends (idle ones at once), and no handler
+    /// starts beyond the new bound meanwhile. After a shutdown began it
+    /// does nothing.
     ///
     /// # Errors
     ///
     /// The OS refused to start a thread, or the process is too close to
-    /// its memory-map limit; the workers already started stay, and the
-    /// bound is what they make.
+    /// its memory-map limit; the bound is what the workers started make.
     ///
     /// # Panics
     ///
     /// If `n` is 0 or above 2³¹.
     pub fn set_max_running(&self, n: usize) -> io::Result<()> {
         check_bound(n);
-        // Held throughout, so two calls do not interleave.
+        // Held throughout: two calls do not interleave.
         let mut threads = lock(&self.threads);
         let Some(handles) = threads.as_mut() else {
             return Ok(());
@@ -204,8 +186,7 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
             }
             gate.max_running = n;
             let surplus = gate.workers.saturating_sub(n);
-            // An idle surplus worker needs a token to wake and retire; a
-            // busy one retires when its handler ends.
+            // An idle surplus worker needs a token to wake and retire.
             for _ in 0..surplus {
                 gate.send_token();
             }
@@ -219,14 +200,12 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
     }
 
     /// Stops taking handlers from the [`Acceptor`](crate::Acceptor): once
-    /// this returns, no thread calls its `accept` again, and idle workers
-    /// wait for submitted handlers only. Handlers taken already run or
-    /// wait as usual, and [`submit`](Manager::submit) still works.
-    ///
-    /// For a server that stops accepting before a graceful
-    /// [`shutdown`](Manager::shutdown) (which does this first anyway):
-    /// under socket activation the listener's backlog then belongs to the
-    /// successor. Without an acceptor it does nothing.
+    /// this returns, no thread calls its `accept` again. Handlers taken
+    /// already run or wait as usual, and [`submit`](Manager::submit)
+    /// still works. For a server that stops accepting before a graceful
+    /// [`shutdown`](Manager::shutdown) (which does this first anyway), so
+    /// that the backlog goes to a successor. Without an acceptor it does
+    /// nothing.
     pub fn stop_accepting(&self) {
         self.shared.stop_accepting();
     }
@@ -268,13 +247,12 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
     /// 4. Those still running then get [`Stop::Now`], and the call waits
     ///    for them to return before joining the threads.
     ///
-    /// Steps 1 and 2 and the count of running handlers happen in one step
-    /// under the admission lock: no handler starts after the shutdown
-    /// began, and the report's counts are exact.
+    /// Steps 1 and 2 and the count of running handlers are one step under
+    /// the admission lock: the report's counts are exact.
     ///
     /// A handler that ignores both stops delays this call until it returns.
-    /// Calling it again, or from several threads at once, is safe: the
-    /// first call does the work and every call returns its report.
+    /// Calling it again, or from several threads at once, is safe: every
+    /// call returns the first call's report.
     ///
     /// # Panics
     ///
@@ -319,10 +297,8 @@ impl<Q: Handler, S: Admission> Manager<Q, S> {
 }
 
 impl<Q: Handler, S: Admission> Drop for Manager<Q, S> {
-    /// `shutdown(Duration::ZERO)`; dropped on one of its own workers (the
-    /// last handle dropped inside a handler), it cannot wait for itself:
-    /// it closes admission, refuses the waiting handlers, asks the running
-    /// ones to stop at once, and lets its threads end on their own.
+    /// `shutdown(Duration::ZERO)`; on one of its own workers, the same
+    /// without waiting: its threads end on their own.
     fn drop(&mut self) {
         if on_own_worker(&self.shared) {
             self.shared.stop_accepting();
@@ -355,11 +331,9 @@ pub(super) fn check_bound(n: usize) {
 /// alternate signal stack and guard page Rust's runtime maps for it.
 const MAPS_PER_THREAD: usize = 4;
 
-/// Fails when starting `threads` more threads would pass the kernel's
-/// limit on memory maps (`vm.max_map_count`). Past it, `mmap` fails inside
-/// a new thread's start-up, where Rust's runtime can only abort the
-/// process; this turns that abort into an error the caller can report.
-/// Where `/proc` cannot be read, nothing is checked.
+/// Fails when `threads` more threads would pass `vm.max_map_count`:
+/// past it, a new thread's `mmap` fails where Rust's runtime can only
+/// abort. Where `/proc` cannot be read, nothing is checked.
 fn check_map_room(threads: usize) -> io::Result<()> {
     let Ok(limit) = std::fs::read_to_string("/proc/sys/vm/max_map_count") else {
         return Ok(());

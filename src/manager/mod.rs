@@ -10,20 +10,18 @@
 mod acceptor;
 mod builder;
 mod handle;
-mod refused;
+mod outcomes;
 mod room;
 mod shared;
 mod slot;
-mod stats;
 mod watcher;
 mod worker;
 
 pub use acceptor::Acceptor;
 pub use builder::ManagerBuilder;
 pub use handle::Manager;
-pub use refused::Refused;
+pub use outcomes::{Refused, ShutdownReport, Stats};
 pub use room::MakeRoom;
 pub(crate) use shared::Signals;
 pub use slot::RunningInfo;
 pub(crate) use slot::Slot;
-pub use stats::{ShutdownReport, Stats};

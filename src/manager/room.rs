@@ -1,21 +1,7 @@
-//! Making room: running handlers cannot hold their slots against waiting
-//! ones for ever.
-//!
-//! With busy limits set ([`ManagerBuilder::busy_idle_timeout`],
-//! [`ManagerBuilder::busy_session_limit`]), each waiting handler entitles
-//! the manager to ask one running handler that is past a limit to make
-//! room: idle between requests (as it reports through
-//! [`HandlerContext::set_idle`]) for longer than the busy idle timeout, or
-//! running for longer than the busy session limit. The one longest past
-//! its limit is asked first. The manager only asks, through the hook of
-//! [`HandlerContext::on_make_room`]; the handler decides how to leave.
-//! With nobody waiting, nobody is asked. The watcher thread runs the pass
-//! (see `watcher.rs`); this file only chooses.
-//!
-//! [`ManagerBuilder::busy_idle_timeout`]: crate::ManagerBuilder::busy_idle_timeout
-//! [`ManagerBuilder::busy_session_limit`]: crate::ManagerBuilder::busy_session_limit
-//! [`HandlerContext::set_idle`]: crate::HandlerContext::set_idle
-//! [`HandlerContext::on_make_room`]: crate::HandlerContext::on_make_room
+//! Making room: with busy limits set, each waiting handler entitles the
+//! manager to ask one running handler past a limit, longest past first,
+//! to make room. The watcher runs the pass (`watcher.rs`); this file only
+//! chooses whom to ask.
 
 use std::time::{Duration, Instant};
 
@@ -34,7 +20,7 @@ pub enum MakeRoom {
     RanTooLong,
 }
 
-/// A running handler past a busy limit, as the make-room pass sees it.
+/// A running handler, as the make-room pass sees it.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Candidate {
     pub(super) id: u64,
@@ -46,8 +32,7 @@ pub(super) struct Candidate {
 /// [`HandlerContext::on_make_room`](crate::HandlerContext::on_make_room).
 pub(crate) type RoomHook = Box<dyn Fn(MakeRoom) + Send + Sync>;
 
-/// The limits past which a running handler must make room for a waiting
-/// one; `None`: no such limit.
+/// The busy limits; `None`: no such limit.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct BusyLimits {
     pub(super) idle: Option<Duration>,

@@ -1,15 +1,8 @@
-//! What the manager's handle, its workers and its watcher share, and the
-//! steps each takes on it. No loops here: the worker's is in `worker.rs`,
-//! the watcher's in `watcher.rs`.
-//!
-//! Everything that decides who runs lives in one [`Gate`] under one lock:
-//! the policy, the waiting queue (FIFO by id), the queue deadlines and the
-//! counts. A handler moves from waiting to running, or leaves, only under
-//! that lock, so FIFO order and every count hold by construction. Workers
-//! sleep on a crossbeam channel of tokens, one sent per queued handler; a
-//! woken worker takes the head of the queue under the lock, whoever's
-//! token it holds. A handler that leaves the queue early takes a token
-//! with it, and a token that finds the queue empty is simply dropped.
+//! What the manager's threads share, and every step that moves a handler,
+//! under one lock (the [`Gate`]): so FIFO order and every count hold by
+//! construction. No loops here. Workers sleep on a channel of tokens, one
+//! sent per queued handler; a woken worker takes the head, whoever's token
+//! it holds; a handler leaving the queue early takes a token with it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -23,11 +16,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use rustix::event::epoll::EventFlags;
 
-use super::acceptor::{Accepting, Bell};
-use super::refused::Refused;
+use super::acceptor::Accepting;
+use super::outcomes::{Refused, Stats};
 use super::room::BusyLimits;
 use super::slot::{Phase, Slot};
-use super::stats::Stats;
 use crate::admission::canonical_source;
 use crate::admission::{Admission, Arrival, Decision, Departure, Key, Outcome, Refusal};
 use crate::handler::{Handler, Stop};
@@ -39,26 +31,21 @@ pub(super) struct Entry<Q> {
     pub(super) id: u64,
     /// The canonical source, when the handler reported one.
     pub(super) source: Option<IpAddr>,
-    /// What the policy counts it by.
     pub(super) key: Option<Key>,
     pub(super) queued_at: Instant,
-    /// Whether it found every running place taken, so it may wait: only
-    /// then does it get a deadline, a watched socket, and the question
-    /// whether its client left meanwhile.
+    /// It found every running place taken: only then does it get a
+    /// deadline, a hang-up watch, and the question whether its client left.
     pub(super) waits: bool,
     pub(super) deadline: Option<Instant>,
     /// Whether the watcher watches its socket for a hang-up.
     pub(super) watched: bool,
-    /// A parked handler coming back: its socket stays in the watcher's
-    /// set, its one-shot registration spent, until it parks again.
+    /// Back from parking: its spent one-shot registration stays.
     pub(super) returning: bool,
     pub(super) handler: Q,
 }
 
-/// A parked handler: it holds no thread and no running place until its
-/// socket is readable.
+/// A parked handler: no thread, no running place, until it is readable.
 pub(super) struct Parked<Q> {
-    /// The canonical source, as when it was first submitted.
     source: Option<IpAddr>,
     key: Option<Key>,
     parked_at: Instant,
@@ -76,17 +63,26 @@ pub(super) enum Admitting {
     Returning,
 }
 
-/// The limits on parked handlers.
+/// A builder's settings beside the policy.
+#[derive(Debug)]
+pub(super) struct Options {
+    pub(super) max_running: usize,
+    /// Threads are named `<name>-worker-<i>`, `<name>-watcher` and
+    /// `<name>-accept`.
+    pub(super) name: String,
+    pub(super) limits: BusyLimits,
+    pub(super) ipv6_prefix: u8,
+    pub(super) park: ParkLimits,
+}
+
+/// How long one may stay parked (`None`: no limit), and how many at once.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct ParkLimits {
-    /// How long one may stay parked; `None`: no limit.
     pub(super) idle: Option<Duration>,
-    /// The most parked at once; the longest parked is evicted past it.
     pub(super) max: usize,
 }
 
-/// A handler that ran (or was found abandoned) leaving its running place,
-/// as the worker hands it to [`Shared::next`].
+/// A handler leaving its running place, as a worker hands it to [`Shared::next`].
 pub(super) struct Done<Q> {
     pub(super) id: u64,
     pub(super) source: Option<IpAddr>,
@@ -96,8 +92,7 @@ pub(super) struct Done<Q> {
     pub(super) asked: bool,
     /// The handler, if it asked to be parked ([`Served::Park`](crate::Served::Park)).
     pub(super) park: Option<Q>,
-    /// Whether its socket is still in the watcher's set (it came back
-    /// from parking), so that parking again re-arms it.
+    /// Its socket is still in the watcher's set: parking re-arms it.
     pub(super) registered: bool,
 }
 
@@ -106,47 +101,40 @@ pub(super) enum Next<Q> {
     Run(Entry<Q>),
     /// Nothing queued: wait for a token.
     Wait,
-    /// Nothing queued: wait on the acceptor and the worker's bell (counted in
-    /// [`Gate::on_acceptor`] already).
+    /// Nothing queued: wait on the acceptor and the bell (counted already).
     WaitOnAcceptor,
-    /// More workers live than the bound allows: this one ends.
+    /// More workers live than the bound allows.
     Retire,
 }
 
 /// The state under the admission lock.
 pub(super) struct Gate<Q, S> {
     pub(super) policy: S,
-    /// In id order, which is arrival order.
+    /// By id, which is arrival order.
     waiting: BTreeMap<u64, Entry<Q>>,
     /// `(deadline, id)` of the waiting handlers that have one.
     deadlines: BTreeSet<(Instant, u64)>,
-    /// The parked handlers by id, ids rising with the moment they were
-    /// parked: the first is the longest parked, so expiry and eviction
-    /// look only at it.
+    /// By id, rising as they park: the first is the longest parked.
     parked: BTreeMap<u64, Parked<Q>>,
     next_id: u64,
     pub(super) running: usize,
-    /// The bound on running handlers.
     pub(super) max_running: usize,
     /// Workers alive (counted until they retire).
     pub(super) workers: usize,
     /// Running handlers asked to make room that have not left yet.
     pub(super) asked: usize,
-    /// The counters; `running`, `waiting` and `oldest_waiting` are
-    /// filled in by [`Shared::stats`].
+    /// The counters; [`Shared::stats`] fills in the rest.
     stats: Stats,
     refused_waiting: u64,
     closed_parked: u64,
-    /// The sending side of the workers' tokens; dropped at shutdown,
-    /// which wakes every worker once the tokens left are taken.
+    /// Dropped at shutdown: workers see the channel disconnect.
     tokens: Option<Sender<()>>,
     /// Threads in [`Shared::wait_idle`].
     idle_waiters: usize,
     /// Whether the acceptor, if any, is used: until `stop_accepting`.
     pub(super) accepting: bool,
-    /// The bells of the workers waiting on the acceptor, the latest to
-    /// wait last: a ring takes the last off.
-    pub(super) on_acceptor: Vec<Arc<Bell>>,
+    /// The bells of the workers waiting on the acceptor, latest last.
+    pub(super) on_acceptor: Vec<Arc<Poller>>,
 }
 
 impl<Q, S: Admission> Gate<Q, S> {
@@ -158,7 +146,6 @@ impl<Q, S: Admission> Gate<Q, S> {
     /// Wakes a worker, unless the manager is closed.
     pub(super) fn send_token(&self) {
         if let Some(tokens) = &self.tokens {
-            // The receiver lives as long as the gate: this cannot fail.
             let _ = tokens.send(());
         }
     }
@@ -171,8 +158,8 @@ impl<Q, S: Admission> Gate<Q, S> {
         self.running == 0 && self.waiting.is_empty()
     }
 
-    /// Tells the policy an admitted handler left, and counts how. A policy
-    /// that panics here is logged, and the manager goes on.
+    /// Tells the policy an admitted handler left (a panic there is
+    /// logged), and counts how.
     fn depart(&mut self, id: u64, key: Option<Key>, outcome: Outcome) {
         self.stats.count(outcome);
         let departure = Departure { id, key, outcome };
@@ -182,26 +169,21 @@ impl<Q, S: Admission> Gate<Q, S> {
     }
 }
 
-/// What a running handler's context reaches without knowing the
-/// manager's type parameters.
+/// What a running handler's context reaches, without the type parameters.
 pub(crate) struct Signals {
     pub(crate) phase: Phase,
-    /// The watcher thread's epoll set (its loop is in `watcher.rs`): the
-    /// sockets of waiting handlers (hang-ups) and of parked ones.
+    /// The watcher's epoll set: waiting handlers' and parked ones' sockets.
     pub(super) watcher: Poller,
     pub(super) limits: BusyLimits,
-    /// Whether handlers wait for a running place beyond the free ones: a
-    /// copy of [`Gate::crowding`]` > 0` for readers without the lock.
+    /// [`Gate::crowding`]` > 0`, for readers without the lock.
     crowded: AtomicBool,
-    /// When a make-room pass can next find a handler past a limit, as the
-    /// last pass saw it; `None`: now. Written by the watcher under the
-    /// gate's lock.
+    /// When a make-room pass can next find anyone past a limit (`None`:
+    /// now); written by the watcher under the gate's lock.
     room_due: Mutex<Option<Instant>>,
 }
 
 impl Signals {
-    /// A running handler went idle or started: a make-room pass may be
-    /// due, if anyone waits for its place.
+    /// A running handler went idle or started: a make-room pass may be due.
     pub(crate) fn room_may_be_due(&self) {
         if self.limits.any() && self.crowded.load(Ordering::Relaxed) && self.room_pass_due() {
             self.watcher.wake();
@@ -222,23 +204,17 @@ pub(super) struct Shared<Q, S> {
     /// Signalled, with the gate's lock, when nothing runs or waits.
     became_idle: Condvar,
     pub(super) tokens: Receiver<()>,
-    /// Every worker's slot.
     pub(super) slots: Mutex<Vec<Arc<Slot>>>,
     pub(super) signals: Signals,
-    /// The prefix length IPv6 sources are grouped by into keys.
     ipv6_prefix: u8,
     park: ParkLimits,
-    /// Where idle workers accept handlers themselves, if anywhere.
     pub(super) accepting: Option<Accepting<Q>>,
 }
 
 impl<Q: Handler, S: Admission> Shared<Q, S> {
     pub(super) fn new(
         policy: S,
-        max_running: usize,
-        limits: BusyLimits,
-        ipv6_prefix: u8,
-        park: ParkLimits,
+        options: &Options,
         accepting: Option<Accepting<Q>>,
     ) -> io::Result<Shared<Q, S>> {
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -250,7 +226,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
                 parked: BTreeMap::new(),
                 next_id: 0,
                 running: 0,
-                max_running,
+                max_running: options.max_running,
                 workers: 0,
                 asked: 0,
                 stats: Stats::default(),
@@ -267,12 +243,12 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
             signals: Signals {
                 phase: Phase::default(),
                 watcher: Poller::new()?,
-                limits,
+                limits: options.limits,
                 crowded: AtomicBool::new(false),
                 room_due: Mutex::new(None),
             },
-            ipv6_prefix,
-            park,
+            ipv6_prefix: options.ipv6_prefix,
+            park: options.park,
             accepting,
         })
     }
@@ -281,8 +257,8 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         lock(&self.gate)
     }
 
-    /// After the counts changed under `gate`: publishes whether anyone
-    /// waits for a place, and wakes the threads waiting for idle.
+    /// After the counts changed under `gate`: publishes `crowded`, wakes
+    /// the threads waiting for idle.
     fn changed(&self, gate: &Gate<Q, S>) {
         self.signals
             .crowded
@@ -303,8 +279,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
     }
 
     /// Offers a handler to the policy: a new one, or a parked one coming
-    /// back (`returning`), which was admitted before and has not departed,
-    /// so a refusal is its departure.
+    /// back, admitted before, for which a refusal is its departure.
     fn admit(
         &self,
         mut gate: MutexGuard<'_, Gate<Q, S>>,
@@ -340,12 +315,13 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
             gate.stats.submitted += 1;
         }
         let deadline = match decision {
-            Decision::Refuse(reason) if returning => {
-                gate.depart(id, key, Outcome::Refused(reason));
-                return Err(Refused { handler, reason });
-            }
             Decision::Refuse(reason) => {
-                gate.stats.count(Outcome::Refused(reason));
+                let outcome = Outcome::Refused(reason);
+                if returning {
+                    gate.depart(id, key, outcome);
+                } else {
+                    gate.stats.count(outcome);
+                }
                 return Err(Refused { handler, reason });
             }
             Decision::Queue => None,
@@ -357,13 +333,13 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         gate.next_id += 1;
         let waits = gate.running + gate.waiting.len() >= gate.max_running;
         let deadline = deadline.filter(|_| waits);
-        // Watched under the lock: a hang-up reported at once waits for the
-        // lock and then finds the handler queued. Not one coming back from
-        // parking: its client just sent a request, which its run reads
-        // (hung up or not) at no extra system call.
+        // Watched under the lock: a hang-up reported at once waits for it,
+        // then finds the handler queued. Not one back from parking: its
+        // client just sent a request, which its run reads anyway.
         let flags = EventFlags::RDHUP | EventFlags::ET;
-        let watched =
-            waits && !returning && handler.socket().is_some_and(|s| self.watch(s, id, flags));
+        let watched = waits
+            && !returning
+            && (handler.socket()).is_some_and(|s| self.watch(s, id, flags, false));
         let earliest = deadline.is_some_and(|deadline| {
             let first = gate.deadlines.first().map(|d| d.0);
             gate.deadlines.insert((deadline, id));
@@ -384,46 +360,47 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
             },
         );
         gate.send_token();
-        // A worker waiting on the acceptor takes it, unless the one that
-        // accepted it runs it; rung once the lock is free for it.
+        // A worker waiting on the acceptor takes it (unless the one that
+        // accepted it runs it), rung once the lock is free.
         let ring = (how != Admitting::Accepted)
             .then(|| gate.on_acceptor.pop())
             .flatten();
         self.changed(&gate);
-        // Read under the gate's lock, as the watcher writes it.
+        // Under the gate's lock, as the watcher writes it.
         let room = waits && self.signals.limits.any() && self.signals.room_pass_due();
         drop(gate);
         if let Some(bell) = ring {
-            bell.ring();
+            bell.wake();
         }
         if earliest || room {
-            // A new earliest deadline, or a make-room pass for a waiter.
             self.signals.watcher.wake();
         }
         Ok(())
     }
 
-    /// Adds `socket` to the watcher's epoll set under `id`; false if epoll
-    /// cannot watch it (it is then simply not watched).
-    fn watch(&self, socket: BorrowedFd<'_>, id: u64, flags: EventFlags) -> bool {
-        let added = self.signals.watcher.watch(socket, id, flags);
+    /// Adds `socket` to the watcher's epoll set under `id` (`rearm`: it is
+    /// in the set already); false if epoll cannot watch it.
+    fn watch(&self, socket: BorrowedFd<'_>, id: u64, flags: EventFlags, rearm: bool) -> bool {
+        let watcher = &self.signals.watcher;
+        let added = if rearm {
+            watcher.rearm(socket, id, flags)
+        } else {
+            watcher.watch(socket, id, flags)
+        };
         added
             .inspect_err(|e| log::debug!("handler {id}: socket not watched: {e}"))
             .is_ok()
     }
 
-    /// A worker's step between handlers: `done`, the handler it ran last,
-    /// departs, and it takes the head of the queue in the same step, so a
-    /// running place passes straight from one to the next.
-    /// `have_token`: the worker was just woken by a token; otherwise it
-    /// takes one out of the channel for the handler it takes, so no other
-    /// worker wakes for it.
-    /// `bell`: the worker's, if it can wait on the acceptor.
+    /// A worker's step between handlers: `done` departs and the head of
+    /// the queue starts in one step. `have_token`: woken by a token;
+    /// otherwise it takes one for the handler it takes, so no other worker
+    /// wakes for it. `bell`: the worker's, if it can wait on the acceptor.
     pub(super) fn next(
         &self,
         done: Option<Done<Q>>,
         have_token: bool,
-        bell: Option<&Arc<Bell>>,
+        bell: Option<&Arc<Poller>>,
     ) -> Next<Q> {
         let mut gate = self.gate();
         let mut evicted = None;
@@ -462,9 +439,8 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
             gate.on_acceptor.push(bell.clone());
             if gate.on_acceptor.len() == 1 {
                 if let Some(accepting) = &self.accepting {
-                    // A worker takes the next connection: the accepting
-                    // thread steps back.
-                    accepting.wake_thread();
+                    // The accepting thread steps back.
+                    accepting.thread.wake();
                 }
             }
             Next::WaitOnAcceptor
@@ -482,16 +458,18 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         next
     }
 
-    /// Parks handler `done` that asked for it, under the gate's lock: it
-    /// is watched from here on, and a readable socket brings it back
-    /// through admission. Returns one to settle after the lock: the one
-    /// evicted to make room, or this one if it cannot be watched.
+    /// Parks `done`'s handler, under the gate's lock, until its socket
+    /// reports. Returns one to settle after the lock: the one evicted to
+    /// make room, or this one if it cannot be watched.
     fn park(&self, gate: &mut Gate<Q, S>, done: &Done<Q>, handler: Q) -> Option<(u64, Q, Outcome)> {
         let Done {
-            id, source, key, ..
+            id,
+            source,
+            key,
+            registered,
+            ..
         } = *done;
         if gate.is_closed() {
-            // The shutdown closed the parked set already.
             let refused = Outcome::Refused(Refusal::ShuttingDown);
             gate.depart(id, key, refused);
             gate.closed_parked += 1;
@@ -499,22 +477,11 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         }
         let parked_id = gate.next_id;
         gate.next_id += 1;
-        // Watched before it is in the map, under the lock: an event at
-        // once waits for the lock and then finds it. Level-triggered and
-        // once: bytes that came before this call report at once.
+        // Watched under the lock, level-triggered: bytes that came before
+        // report at once, and the event waits for the lock.
         let flags = EventFlags::IN | EventFlags::RDHUP | EventFlags::ONESHOT;
-        let watcher = &self.signals.watcher;
-        let watched = handler.socket().is_some_and(|s| {
-            let watched = if done.registered {
-                watcher.rearm(s, parked_id, flags)
-            } else {
-                watcher.watch(s, parked_id, flags)
-            };
-            watched
-                .inspect_err(|e| log::debug!("handler {id}: socket not watched: {e}"))
-                .is_ok()
-        });
-        if !watched {
+        let socket = handler.socket();
+        if !socket.is_some_and(|s| self.watch(s, parked_id, flags, registered)) {
             log::debug!("handler {id}: cannot be parked without a socket to watch");
             gate.depart(id, key, Outcome::Completed);
             return Some((id, handler, Outcome::Completed));
@@ -537,8 +504,8 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         Some((id, longest.handler, evicted))
     }
 
-    /// A watched socket reported an event: a waiting handler whose client
-    /// may have hung up, or a parked one to bring back.
+    /// A watched socket reported: a waiting client may have hung up, or a
+    /// parked one is back.
     pub(super) fn socket_event(&self, id: u64, flags: EventFlags) {
         let mut gate = self.gate();
         if let Some(entry) = gate.waiting.get(&id) {
@@ -557,13 +524,10 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
             handler,
             ..
         } = parked;
-        // Its one-shot registration is off now and stays until it parks
-        // again (changed, not added) or closes. Asked only when the client
-        // hung up or failed: a readable socket alone means a request, and
-        // a peek costs system calls. Decided under the lock that took it
-        // out of the parked set, so that every snapshot counts it
-        // somewhere; a peek, which must not block. (The parked count is
-        // not among what `changed` publishes.)
+        // Its spent registration stays until it parks again or closes.
+        // Peeked only on a hang-up or error (readable alone means a
+        // request), under the lock that took it out of the parked set, so
+        // that every snapshot counts it somewhere.
         let hung_up = flags.intersects(EventFlags::RDHUP | EventFlags::HUP | EventFlags::ERR);
         if hung_up && abandoned(id, &handler) {
             gate.depart(id, key, Outcome::Abandoned);
@@ -571,9 +535,8 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
             settle(id, handler, Outcome::Abandoned);
             return;
         }
-        // The policy runs on the watcher here, with no caller to hand its
-        // panic to: the handler is dropped, counted as panicked, and the
-        // watcher goes on.
+        // No caller to hand a policy panic to: the handler is dropped and
+        // counted as panicked, and the watcher goes on.
         let admit = || self.admit(gate, handler, source, key, Admitting::Returning);
         match guarded("Admission::decide", id, admit) {
             Some(Ok(())) => {}
@@ -582,8 +545,8 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         }
     }
 
-    /// Settles a handler taken out of the parked set: its socket leaves
-    /// the watcher's set, so that it may be watched again.
+    /// Settles a handler taken out of the parked set, its socket out of
+    /// the watcher's.
     fn settle_parked(&self, id: u64, handler: Q, outcome: Outcome) {
         if let Some(socket) = handler.socket() {
             self.signals.watcher.delete(socket);
@@ -591,8 +554,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         settle(id, handler, outcome);
     }
 
-    /// Takes waiting handler `id` out of the queue, under the lock held in
-    /// `gate`, and settles it.
+    /// Takes waiting handler `id` out of the queue and settles it.
     fn leave(&self, mut gate: MutexGuard<'_, Gate<Q, S>>, id: u64, outcome: Outcome) {
         let Some(entry) = gate.waiting.remove(&id) else {
             return;
@@ -601,17 +563,16 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
             gate.deadlines.remove(&(deadline, id));
         }
         gate.depart(id, entry.key, outcome);
-        // Its token goes with it (tokens are alike); if a worker holds it
-        // already, that worker finds the queue without this handler.
+        // Its token goes with it (tokens are alike).
         let _ = self.tokens.try_recv();
         self.changed(&gate);
         drop(gate);
         settle(id, entry.handler, outcome);
     }
 
-    /// Refuses every waiting handler whose deadline passed, and every
-    /// parked one whose idle time did; the earliest deadline or expiry
-    /// left, or `Err` once the manager is closed.
+    /// Refuses the waiting handlers past their deadline and the parked
+    /// ones past the idle timeout; when to call again, or `Err` once
+    /// closed.
     pub(super) fn expire(&self, now: Instant) -> Result<Option<Instant>, ()> {
         loop {
             let mut gate = self.gate();
@@ -638,9 +599,8 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
                     self.settle_parked(id, parked.handler, refused);
                 }
                 (deadline, expiry) => {
-                    // With none parked, the watcher still wakes within the
-                    // idle timeout: whatever parks later expires after
-                    // that, so parking never has to wake it.
+                    // With none parked, wake within the idle timeout, so
+                    // that parking never has to wake the watcher.
                     let horizon = (self.park.idle)
                         .filter(|_| self.park.max > 0 && gate.parked.is_empty())
                         .and_then(|idle| now.checked_add(idle));
@@ -651,8 +611,8 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         }
     }
 
-    /// Closes admission and refuses every waiting handler; returns how
-    /// many handlers were running then. Later calls find nothing to do.
+    /// Closes admission and refuses every waiting and parked handler;
+    /// returns how many were running then. Later calls find nothing to do.
     pub(super) fn close(&self) -> usize {
         let refused = Outcome::Refused(Refusal::ShuttingDown);
         let (tokens, waiting, parked, running) = {
@@ -672,8 +632,6 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
             self.changed(&gate);
             (tokens, waiting, parked, gate.running)
         };
-        // Without a sender, workers see the channel disconnect once the
-        // tokens left in it are taken, and exit after their handler.
         drop(tokens);
         self.signals.watcher.wake();
         for entry in waiting.into_values() {
@@ -726,12 +684,10 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         stats
     }
 
-    /// The acceptor's `accept`, and the admission of what it took; whether
-    /// it took something.
+    /// The acceptor's `accept` and the admission of what it took; whether
+    /// it took something. One at a time, so that handlers are admitted in
+    /// the order they were accepted.
     pub(super) fn accept(&self, accepting: &Accepting<Q>, how: Admitting) -> io::Result<bool> {
-        // One accept-and-admit at a time: two threads accepting at once
-        // would otherwise admit two connections in either order, and the
-        // queue is FIFO by arrival. `stop_accepting` waits for it too.
         let in_turn = lock(&accepting.in_turn);
         if !self.gate().accepting {
             return Ok(false);
@@ -744,9 +700,8 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         match admitted {
             Ok(Ok(())) => {}
             Ok(Err(refused)) => refused.notify(),
-            // No caller to hand the policy's panic to: the handler is
-            // dropped and nothing counted, as `Manager::submit` documents,
-            // and this thread goes on accepting.
+            // No caller to hand the panic to: dropped, uncounted, as
+            // `Manager::submit` documents; this thread goes on.
             Err(payload) => {
                 let message = panic_message(&*payload);
                 log::error!("the admission policy panicked: {message}");
@@ -755,9 +710,8 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         Ok(true)
     }
 
-    /// Stops every use of the acceptor and returns once no thread is
-    /// inside its `accept`: the workers waiting on it go back to the token
-    /// channel, the accepting thread ends.
+    /// Stops every use of the acceptor; returns once no thread is inside
+    /// its `accept`.
     pub(super) fn stop_accepting(&self) {
         let Some(accepting) = &self.accepting else {
             return;
@@ -766,9 +720,9 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         if gate.accepting {
             gate.accepting = false;
             for bell in gate.on_acceptor.drain(..) {
-                bell.ring();
+                bell.wake();
             }
-            accepting.wake_thread();
+            accepting.thread.wake();
             accepting.changed.notify_all();
         }
         drop(gate);
@@ -787,14 +741,12 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
     }
 }
 
-/// Whether `handler`'s client left; a panicking `is_abandoned` counts as
-/// yes.
+/// Whether `handler`'s client left; a panic counts as yes.
 pub(super) fn abandoned<Q: Handler>(id: u64, handler: &Q) -> bool {
     guarded("is_abandoned", id, || handler.is_abandoned()).unwrap_or(true)
 }
 
-/// Tells a handler that left the queue (or the parked set) without
-/// running why, or drops it.
+/// Tells a handler that left unrun why, or drops it.
 fn settle<Q: Handler>(id: u64, handler: Q, outcome: Outcome) {
     if let Outcome::Refused(reason) = outcome {
         guarded("refused", id, || handler.refused(reason));

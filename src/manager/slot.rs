@@ -38,10 +38,8 @@ struct Occupant {
     room_hook: Option<Arc<RoomHook>>,
 }
 
-/// A worker's slot: the worker fills it when a handler starts and empties
-/// it when the handler ends; the shutdown, the make-room pass and
-/// [`Manager::running`](crate::Manager::running) read it. One small lock,
-/// never held while a hook runs (a hook may call back into the manager).
+/// A worker's slot, filled while a handler runs. One small lock, never
+/// held while a hook runs (a hook may call back into the manager).
 #[derive(Default)]
 pub(crate) struct Slot {
     occupant: Mutex<Option<Occupant>>,
@@ -62,8 +60,7 @@ impl Slot {
 
     /// Empties the slot; true if its handler had been asked to make room.
     pub(super) fn vacate(&self) -> bool {
-        // Taken out under the lock, dropped outside it: a hook may own a
-        // socket or more.
+        // Dropped outside the lock: a hook may own a socket or more.
         let left = lock(&self.occupant).take();
         left.is_some_and(|o| o.asked.is_some())
     }
@@ -79,8 +76,7 @@ impl Slot {
         lock(&self.occupant).as_ref().map(|o| o.info)
     }
 
-    /// The running handler, unless the slot is empty or its handler was
-    /// asked already.
+    /// The running handler, unless it was asked already.
     pub(super) fn candidate(&self) -> Option<Candidate> {
         let occupant = lock(&self.occupant);
         let o = occupant.as_ref().filter(|o| o.asked.is_none())?;
@@ -95,9 +91,8 @@ impl Slot {
         lock(&self.occupant).as_ref().and_then(|o| o.asked)
     }
 
-    /// Asks handler `id`, if it still runs here and was not asked yet, to
-    /// make room; its hook, if any, is returned for the caller to call
-    /// outside its locks.
+    /// Asks handler `id`, if it still runs here unasked, to make room; its
+    /// hook, if any, is for the caller to call outside the lock.
     pub(super) fn ask(&self, id: u64, why: MakeRoom) -> Option<Option<Arc<RoomHook>>> {
         let mut occupant = lock(&self.occupant);
         let o = occupant
@@ -122,10 +117,9 @@ impl Slot {
     }
 
     /// Stores the stop hook; calls it at once if a stop was requested
-    /// already. `phase` is read under the slot's lock, and
-    /// [`Slot::stop`] takes that lock after the phase is set, so a stop is
-    /// never missed, and `told` (under the same lock) keeps it from being
-    /// delivered twice.
+    /// already. `phase` is read under the slot's lock, which [`Slot::stop`]
+    /// takes after the phase is set: a stop is never missed, and `told`
+    /// keeps it from being delivered twice.
     pub(crate) fn set_stop_hook(&self, hook: StopHook, phase: &Phase) {
         let hook = Arc::new(hook);
         let stop = {
@@ -139,8 +133,7 @@ impl Slot {
         }
     }
 
-    /// Calls the stop hook of the handler running here, if it has one and
-    /// has not heard this stop yet.
+    /// Calls the stop hook, unless it heard this stop already.
     pub(super) fn stop(&self, stop: Stop) {
         let hook = lock(&self.occupant).as_mut().and_then(|o| {
             o.tell(Some(stop))?;
@@ -153,8 +146,8 @@ impl Slot {
 }
 
 impl Occupant {
-    /// `stop` if the hook is set and has not heard it (or a more urgent
-    /// one) yet, marking it heard.
+    /// `stop` if the hook is set and has not heard it or a more urgent
+    /// one, marking it heard.
     fn tell(&mut self, stop: Option<Stop>) -> Option<Stop> {
         let stop = stop.filter(|s| self.stop_hook.is_some() && Some(*s) > self.told)?;
         self.told = Some(stop);

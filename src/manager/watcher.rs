@@ -1,27 +1,8 @@
-//! The watcher: the one service thread of a manager. It blocks in
-//! `epoll_wait` and wakes for these, none of them by polling:
-//!
-//! - a waiting client hanging up: a handler that exposes a socket
-//!   ([`Handler::socket`]) and has to wait is registered edge-triggered
-//!   for `EPOLLRDHUP` (plus the implied `EPOLLHUP` and `EPOLLERR`), never
-//!   for `EPOLLIN`, so a client sending its request wakes nothing. The
-//!   thread asks [`Handler::is_abandoned`] and, if the client is gone,
-//!   takes the handler out of the queue at once. Each registration
-//!   carries the handler's id, never reused, so an event for a handler
-//!   that already left is ignored;
-//! - a parked handler's socket becoming readable (registered one-shot,
-//!   level-triggered, for `EPOLLIN` and `EPOLLRDHUP`): the handler goes
-//!   through admission again, or is dropped if its client hung up;
-//! - the earliest queue deadline or parked handler's idle expiry (the
-//!   `epoll_wait` timeout), when the handlers past it are refused; with
-//!   parking on and none parked, the idle timeout from now, so that a
-//!   handler parking later never has to wake the thread;
-//! - a make-room pass (see `room.rs`): woken when a handler starts to
-//!   wait for a place or a running one goes idle while others wait, and
-//!   timed for when the next running handler passes a busy limit.
-//!
-//! [`Handler::socket`]: crate::Handler::socket
-//! [`Handler::is_abandoned`]: crate::Handler::is_abandoned
+//! The watcher thread's loop. It blocks in `epoll_wait` until a waiting
+//! client hangs up (registered edge-triggered for `EPOLLRDHUP` only, under
+//! the handler's id, never reused), a parked handler's socket reports
+//! (one-shot, level-triggered), the earliest queue deadline or parked
+//! expiry, or a make-room pass is due (see `room.rs`).
 
 use std::time::Instant;
 
@@ -53,12 +34,11 @@ pub(super) fn watch<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
 /// there are handlers waiting for a place that nobody made room for yet.
 /// Returns when to run the next pass if some still wait for room.
 ///
-/// It also publishes when a pass can next find anyone to ask
-/// (`Signals::set_room_due`), so that a handler queued, started or going
-/// idle before then wakes nobody. That moment is the earliest a running
-/// handler not past a limit will pass one, or a shortest limit from now (a
-/// handler starting or going idle after this pass passes one no sooner);
-/// or now, if handlers past a limit were left unasked.
+/// It publishes when a pass can next find anyone to ask
+/// (`Signals::set_room_due`: the earliest a running handler passes a
+/// limit, or the shortest limit from now; now if some past one were left
+/// unasked), so that a handler queued, started or going idle before then
+/// wakes nobody.
 fn make_room<Q: Handler, S: Admission>(shared: &Shared<Q, S>) -> Option<Instant> {
     let signals = &shared.signals;
     let limits = signals.limits;
@@ -101,15 +81,13 @@ fn make_room<Q: Handler, S: Admission>(shared: &Shared<Q, S>) -> Option<Instant>
         let horizon = limits.shortest().and_then(|l| now.checked_add(l));
         [next, horizon].into_iter().flatten().min()
     };
-    // Published under the lock a submission reads it with: a handler
-    // queued since the pass began either sees it, or is seen here.
+    // Under the lock a submission reads it with: a handler queued since
+    // the pass began either sees it, or is seen here.
     let gate = shared.gate();
     if gate.crowding().saturating_sub(gate.asked) > left {
         signals.set_room_due(None);
         return Some(now);
     }
     signals.set_room_due(due);
-    // The timer covers a handler that goes idle after this pass: it
-    // passes a limit no sooner than `due`, and wakes nobody before then.
     if left > 0 { due } else { None }
 }

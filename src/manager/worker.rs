@@ -1,7 +1,5 @@
-//! The threads that take handlers: a worker takes the head of the queue
-//! (or, idle, accepts from the acceptor) and runs it, until the manager
-//! closes or the bound shrinks below the workers alive; the accepting
-//! thread accepts while every worker is busy.
+//! The loops of the threads that take handlers: the workers, and the
+//! accepting thread for while every worker is busy.
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -9,19 +7,17 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::RecvTimeoutError;
 
-use rustix::event::{PollFd, PollFlags};
-
 use super::acceptor::{Accepting, IdleWait};
 use super::shared::{Admitting, Done, Entry, Next, Shared, abandoned};
 use super::slot::{RunningInfo, Slot};
 use crate::admission::{Admission, Outcome};
 use crate::handler::{Handler, HandlerContext, Served};
+use crate::poller::Poller;
 use crate::util::{Backoff, guarded, lock, wait};
 
 thread_local! {
-    /// The state of the manager whose worker this thread is (its address),
-    /// so a shutdown called from inside a handler is caught, not a
-    /// deadlock.
+    /// The address of the state of the manager whose worker this is: a
+    /// shutdown from inside a handler is caught, not a deadlock.
     static WORKER_OF: Cell<usize> = const { Cell::new(0) };
 }
 
@@ -30,13 +26,12 @@ pub(super) fn on_own_worker<Q, S>(shared: &Shared<Q, S>) -> bool {
     WORKER_OF.get() == std::ptr::from_ref(shared) as usize
 }
 
-/// A worker: take the next handler, run it, repeat. The queue is FIFO, so
-/// a freed running place always goes to the head.
+/// A worker: take the head of the queue (or, idle, accept), run it,
+/// repeat; until the manager closes or the bound shrinks below it.
 pub(super) fn work<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
     WORKER_OF.set(std::ptr::from_ref(shared) as usize);
     let slot = Arc::new(Slot::default());
     lock(&shared.slots).push(slot.clone());
-    // With an acceptor: this worker's epoll set on it, made once.
     let mut idle = shared.accepting.as_ref().and_then(|accepting| {
         IdleWait::new(accepting)
             .inspect_err(|e| log::error!("a worker cannot wait on the acceptor: {e}"))
@@ -76,10 +71,8 @@ pub(super) fn work<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
 }
 
 /// Runs one handler taken from the queue; how it ended. Only a new one
-/// that waited is asked whether its client left meanwhile: one that
-/// started on a free place had no time to give up, one back from parking
-/// came with a request to read, and the question costs a network handler
-/// a system call.
+/// that waited is asked whether its client left (one back from parking
+/// came with a request to read).
 fn run<Q: Handler, S: Admission>(shared: &Shared<Q, S>, slot: &Slot, entry: Entry<Q>) -> Done<Q> {
     let (id, handler) = (entry.id, entry.handler);
     let done = |outcome, asked, park| Done {
@@ -130,9 +123,8 @@ fn run<Q: Handler, S: Admission>(shared: &Shared<Q, S>, slot: &Slot, entry: Entr
     done(outcome, slot.vacate(), park)
 }
 
-/// A worker's wait on the acceptor, counted in the gate by
-/// [`Shared::next`]: returns once it was rung or took a connection; the
-/// back-off to wait out (on the token channel) if accepting failed.
+/// A worker's wait on the acceptor, as [`Shared::next`] counted it; the
+/// back-off to wait out if accepting failed.
 pub(super) fn wait_on_acceptor<Q: Handler, S: Admission>(
     shared: &Shared<Q, S>,
     accepting: &Accepting<Q>,
@@ -141,13 +133,7 @@ pub(super) fn wait_on_acceptor<Q: Handler, S: Admission>(
     let ready = idle.wait();
     let mut gate = shared.gate();
     // Still counted, unless a ring took it off the list already.
-    let own = gate
-        .on_acceptor
-        .iter()
-        .position(|b| Arc::ptr_eq(b, &idle.bell));
-    if let Some(i) = own {
-        gate.on_acceptor.remove(i);
-    }
+    gate.on_acceptor.retain(|b| !Arc::ptr_eq(b, &idle.bell));
     if gate.on_acceptor.is_empty() {
         // The accepting thread takes over while this one runs.
         accepting.changed.notify_all();
@@ -155,22 +141,13 @@ pub(super) fn wait_on_acceptor<Q: Handler, S: Admission>(
     let accept = ready && gate.accepting;
     drop(gate);
     // What it accepts, it takes itself: no ring.
-    let accepted = if accept {
-        shared.accept(accepting, Admitting::Accepted)
-    } else {
-        Ok(false)
-    };
-    match accepted {
-        Ok(_) => {
-            idle.backoff.reset();
-            None
-        }
-        Err(e) => {
-            let pause = idle.backoff.failed();
-            log::warn!("accept failed: {e}; a worker retries in {pause:?}");
-            Some(pause)
-        }
+    if let Some(Err(e)) = accept.then(|| shared.accept(accepting, Admitting::Accepted)) {
+        let pause = idle.backoff.failed();
+        log::warn!("accept failed: {e}; a worker retries in {pause:?}");
+        return Some(pause);
     }
+    idle.backoff.reset();
+    None
 }
 
 /// The accepting thread, for while no worker waits on the acceptor.
@@ -179,6 +156,7 @@ pub(super) fn accept_loop<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
         return;
     };
     let mut backoff = Backoff::default();
+    let mut events = Poller::events();
     loop {
         let mut gate = shared.gate();
         while gate.accepting && !gate.on_acceptor.is_empty() {
@@ -188,18 +166,11 @@ pub(super) fn accept_loop<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
             return;
         }
         drop(gate);
-        let fd = accepting.acceptor.fd();
-        let mut fds = [
-            PollFd::new(&fd, PollFlags::IN),
-            PollFd::new(&accepting.step_back, PollFlags::IN),
-        ];
-        match rustix::event::poll(&mut fds, None) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(e) => log::error!("poll failed: {e}"),
-        }
-        if !fds[1].revents().is_empty() {
-            accepting.answer_step_back();
-            continue;
+        match accepting.wait_ready(&mut events) {
+            // Woken to step back or to stop.
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(e) => log::error!("epoll_wait failed: {e}"),
         }
         // A burst is accepted back to back, while no worker waits.
         while shared.gate().on_acceptor.is_empty() {
