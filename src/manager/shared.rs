@@ -450,7 +450,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         self.changed(&gate);
         drop(gate);
         if let Some(bell) = pass_on {
-            bell.ring();
+            bell.wake();
         }
         if let Some((id, handler, outcome)) = evicted {
             self.settle_parked(id, handler, outcome);
