@@ -53,21 +53,21 @@ impl Poller {
         self.register(fd, key, flags, false)
     }
 
-    /// As [`watch`](Poller::watch), for an `fd` most likely registered
-    /// already (a one-shot registration spent): one system call where
-    /// `watch` takes two.
-    pub(crate) fn rearm(&self, fd: impl AsFd, key: u64, flags: EventFlags) -> io::Result<()> {
-        self.register(fd, key, flags, true)
-    }
-
-    /// Adds or changes `fd`'s registration, trying first the one likely
-    /// to succeed.
-    fn register(&self, fd: impl AsFd, key: u64, flags: EventFlags, known: bool) -> io::Result<()> {
+    /// As [`watch`](Poller::watch); `registered`: `fd` is most likely in
+    /// the set already (a one-shot registration spent), so it is changed
+    /// first and added only if that fails: one system call, not two.
+    pub(crate) fn register(
+        &self,
+        fd: impl AsFd,
+        key: u64,
+        flags: EventFlags,
+        registered: bool,
+    ) -> io::Result<()> {
         debug_assert_ne!(key, WAKE, "the wake-up's key");
         let data = EventData::new_u64(key);
         let add = || epoll::add(&self.epoll, &fd, data, flags);
         let modify = || epoll::modify(&self.epoll, &fd, data, flags);
-        let done = if known {
+        let done = if registered {
             modify().or_else(|e| if e == Errno::NOENT { add() } else { Err(e) })
         } else {
             add().or_else(|e| if e == Errno::EXIST { modify() } else { Err(e) })

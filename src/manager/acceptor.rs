@@ -122,7 +122,8 @@ impl<Q: Handler> Accepting<Q> {
     /// wait, so that connections do not call into its set meanwhile.
     pub(super) fn wait_ready(&self, events: &mut Vec<Event>) -> io::Result<bool> {
         let flags = EventFlags::IN | EventFlags::ONESHOT;
-        self.thread.rearm(self.acceptor.fd(), READY, flags)?;
+        self.thread
+            .register(self.acceptor.fd(), READY, flags, true)?;
         self.thread.wait(None, events, |_, _| {})
     }
 

@@ -378,16 +378,11 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         Ok(())
     }
 
-    /// Adds `socket` to the watcher's epoll set under `id` (`rearm`: it is
-    /// in the set already); false if epoll cannot watch it.
-    fn watch(&self, socket: BorrowedFd<'_>, id: u64, flags: EventFlags, rearm: bool) -> bool {
+    /// Adds `socket` to the watcher's epoll set under `id` (`registered`:
+    /// it is in the set already); false if epoll cannot watch it.
+    fn watch(&self, socket: BorrowedFd<'_>, id: u64, flags: EventFlags, registered: bool) -> bool {
         let watcher = &self.signals.watcher;
-        let added = if rearm {
-            watcher.rearm(socket, id, flags)
-        } else {
-            watcher.watch(socket, id, flags)
-        };
-        added
+        (watcher.register(socket, id, flags, registered))
             .inspect_err(|e| log::debug!("handler {id}: socket not watched: {e}"))
             .is_ok()
     }
