@@ -408,6 +408,8 @@ fn download(
     ratio("filesrv https / filesrv http", 0, 1, "target >= 0.8x; ");
     ratio("nginx https / nginx http", 2, 3, "");
     ratio("filesrv https / nginx https", 0, 2, "");
+    // Issue 25's plaintext target, the same client and rounds.
+    ratio("filesrv http / nginx http", 1, 3, "target >= 1.0x; ");
     if fetches.len() > 4 {
         ratio("filesrv https / baseline https", 0, 4, "");
     }
