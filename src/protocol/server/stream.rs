@@ -128,43 +128,43 @@ impl Paced<'_> {
     pub(crate) fn stalled(&self) -> bool {
         self.socket.stalled()
     }
+}
 
-    /// Sends the TLS records waiting to go (none in plaintext).
-    fn send_records(&mut self) -> io::Result<()> {
-        if let Some(tls) = &mut self.tls {
-            while tls.wants_write() {
-                tls.write_tls(&mut self.socket)?;
-            }
-        }
-        Ok(())
+/// Sends the TLS records waiting to go, at the socket's pace.
+fn send_records(tls: &mut ServerConnection, socket: &mut PacedWriter<'_>) -> io::Result<()> {
+    while tls.wants_write() {
+        tls.write_tls(socket)?;
     }
+    Ok(())
 }
 
 impl Write for Paced<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let Some(tls) = self.tls.as_deref_mut() else {
-            return self.socket.write(buf);
+        let Paced { tls, socket } = self;
+        let Some(tls) = tls.as_deref_mut() else {
+            return socket.write(buf);
         };
         // rustls takes what its buffer holds. The records wait for the
         // flush, so that a reply's head leaves with the start of its body
         // (one send, as `MSG_MORE` does in plaintext); a full buffer goes
-        // out now, at the socket's pace, to make room.
+        // out now to make room.
         let n = tls.writer().write(buf)?;
         if n > 0 || buf.is_empty() {
             return Ok(n);
         }
-        self.send_records()?;
-        match self.tls.as_deref_mut() {
-            Some(tls) => tls.writer().write(buf),
-            None => Ok(0),
-        }
+        send_records(tls, socket)?;
+        tls.writer().write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        if let Some(tls) = &mut self.tls {
-            tls.writer().flush()?;
+        let Paced { tls, socket } = self;
+        match tls.as_deref_mut() {
+            Some(tls) => {
+                tls.writer().flush()?;
+                send_records(tls, socket)
+            }
+            None => Ok(()),
         }
-        self.send_records()
     }
 }
 
