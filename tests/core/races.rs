@@ -4,7 +4,7 @@
 //! Each test loops over a race a bounded number of times.
 
 use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Barrier, Mutex};
@@ -304,27 +304,38 @@ impl Acceptor<Job> for Greeter {
     }
 }
 
+impl Greeter {
+    /// A non-blocking listener on a free loopback port, and its address.
+    fn bind() -> (Greeter, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        (Greeter(listener), addr)
+    }
+}
+
+/// Connects to `addr` and reads until the server closes (at most
+/// [`LIMIT`]).
+fn greeted(addr: SocketAddr) -> io::Result<String> {
+    let mut client = TcpStream::connect(addr).unwrap();
+    client.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut reply = String::new();
+    client.read_to_string(&mut reply).map(|_| reply)
+}
+
 #[test]
 fn a_policy_panicking_on_accepted_handlers_costs_no_thread() {
     // No caller to hand the panic to: each handler is dropped unrun and
     // uncounted, and the thread that accepted it (an idle worker or the
     // accepting thread) goes on. Two panics would otherwise end both.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (greeter, addr) = Greeter::bind();
     let manager = ManagerBuilder::new(1)
         .admission(PanicsFirst(2))
-        .build_with_acceptor(Greeter(listener))
+        .build_with_acceptor(greeter)
         .unwrap();
-    let reply = || {
-        let mut client = TcpStream::connect(addr).unwrap();
-        client.set_read_timeout(Some(LIMIT)).unwrap();
-        let mut reply = String::new();
-        client.read_to_string(&mut reply).map(|_| reply)
-    };
-    assert_eq!(reply().unwrap(), "");
-    assert_eq!(reply().unwrap(), "");
-    assert_eq!(reply().expect("nobody accepts any more"), "hello\n");
+    assert_eq!(greeted(addr).unwrap(), "");
+    assert_eq!(greeted(addr).unwrap(), "");
+    assert_eq!(greeted(addr).expect("nobody accepts any more"), "hello\n");
     assert!(manager.wait_idle_timeout(LIMIT));
     let stats = manager.stats();
     assert_eq!((stats.submitted, stats.completed), (1, 1), "{stats:?}");
@@ -577,17 +588,10 @@ fn a_worker_retiring_after_it_accepted_leaves_the_connection_to_one_that_stays()
     // surplus: one a connection wakes accepts it, finds itself past the
     // bound and retires. The connection it queued must still start at
     // once, on a worker that stays (it waited for the next connection).
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let manager = ManagerBuilder::new(4)
-        .build_with_acceptor(Greeter(listener))
-        .unwrap();
+    let (greeter, addr) = Greeter::bind();
+    let manager = ManagerBuilder::new(4).build_with_acceptor(greeter).unwrap();
     let hello = |n: usize| {
-        let mut client = TcpStream::connect(addr).unwrap();
-        client.set_read_timeout(Some(LIMIT)).unwrap();
-        let mut reply = String::new();
-        (client.read_to_string(&mut reply)).unwrap_or_else(|e| panic!("client {n}: {e}"));
+        let reply = greeted(addr).unwrap_or_else(|e| panic!("client {n}: {e}"));
         assert_eq!(reply, "hello\n", "client {n}");
     };
     // Each worker has served once and gone back to the acceptor.
