@@ -14,9 +14,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
@@ -44,6 +43,25 @@ pub(crate) enum Answer {
 }
 
 impl Answer {
+    /// Every answer, in the order of their counters.
+    const ALL: [Answer; 15] = [
+        Answer::Ok,
+        Answer::Err(ErrorCode::BadRequest),
+        Answer::Err(ErrorCode::NotFound),
+        Answer::Err(ErrorCode::Forbidden),
+        Answer::Err(ErrorCode::TooLarge),
+        Answer::Err(ErrorCode::Range),
+        Answer::Err(ErrorCode::Busy),
+        Answer::Err(ErrorCode::Unavailable),
+        Answer::Err(ErrorCode::Timeout),
+        Answer::Err(ErrorCode::Denied),
+        Answer::Err(ErrorCode::Internal),
+        Answer::Cut,
+        Answer::CutByShutdown,
+        Answer::Gone,
+        Answer::Stalled,
+    ];
+
     /// The label value, as in the log: `OK`, the error code, or `cut`,
     /// `cut-by-shutdown`, `gone`, `stalled`.
     pub(crate) const fn as_str(self) -> &'static str {
@@ -64,32 +82,33 @@ impl fmt::Display for Answer {
     }
 }
 
-/// The labels of the `requests` family.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestLabels {
-    /// The verb, or `invalid` for a line that did not parse.
-    verb: &'static str,
-    result: &'static str,
-}
+/// The `verb` label of `requests`: the verbs, then `invalid` for a line
+/// that did not parse.
+const VERBS: [&str; 8] = [
+    "GET", "PUT", "LIST", "STAT", "SUM", "AUTH", "QUIT", "invalid",
+];
 
-/// The labels of the `http_requests` family.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct HttpLabels {
-    /// `GET`, `HEAD`, `PUT`, `other`, or `invalid` for a refused head.
-    method: &'static str,
-    /// `1xx` to `5xx`.
-    class: &'static str,
-}
+/// The `method` label of `http_requests`; `invalid` for a refused head.
+const METHODS: [&str; 5] = ["GET", "HEAD", "PUT", "other", "invalid"];
+
+/// The `class` label of `http_requests`, by status / 100 - 1.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Requests by (verb, result), as counted and shown.
+type RequestCounts<T> = [[T; Answer::ALL.len()]; VERBS.len()];
+
+/// HTTP requests by (method, status class).
+type HttpCounts<T> = [[T; CLASSES.len()]; METHODS.len()];
 
 /// What the server counts as it goes; shared by the accepting thread,
-/// the handshake thread and every session. A request is counted in a
-/// labelled family (a read lock and a hash lookup: about 30 ns, under
-/// 0.5% of the cheapest request even when two threads count at once).
+/// the handshake thread and every session. A request is one atomic add
+/// in a fixed table (a labelled `Family` took a read lock and a hash
+/// lookup: 1.5% of a keep-alive request's server CPU).
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
     accepted: Counter,
-    requests: Family<RequestLabels, Counter>,
-    http_requests: Family<HttpLabels, Counter>,
+    requests: RequestCounts<AtomicU64>,
+    http_requests: HttpCounts<AtomicU64>,
     bytes_sent: Counter,
     bytes_received: Counter,
     /// Trusted connections refused in the PROXY handshake, by
@@ -139,11 +158,9 @@ impl Metrics {
     /// A request was answered: its verb (`invalid` for a line that did
     /// not parse), how it ended and its body bytes.
     pub(crate) fn request(&self, request: Option<&Request>, answer: Answer, bytes: u64) {
-        let labels = RequestLabels {
-            verb: request.map_or("invalid", Request::verb),
-            result: answer.as_str(),
-        };
-        self.requests.get_or_create(&labels).inc();
+        let verb = request.map_or("invalid", Request::verb);
+        self.requests[position(&VERBS, &verb)][position(&Answer::ALL, &answer)]
+            .fetch_add(1, Relaxed);
         // `bytes` is a body's size: received for PUT, sent for GET and
         // LIST; for SUM it is what was hashed, which never crossed the wire.
         match request {
@@ -177,16 +194,8 @@ impl Metrics {
         received: bool,
         bytes: u64,
     ) {
-        let class = match status / 100 {
-            1 => "1xx",
-            2 => "2xx",
-            3 => "3xx",
-            4 => "4xx",
-            _ => "5xx",
-        };
-        self.http_requests
-            .get_or_create(&HttpLabels { method, class })
-            .inc();
+        let class = usize::from(status / 100).clamp(1, CLASSES.len()) - 1;
+        self.http_requests[position(&METHODS, &method)][class].fetch_add(1, Relaxed);
         if received {
             self.bytes_received.inc_by(bytes);
         } else {
@@ -208,10 +217,21 @@ const PROXY_REASONS: [NoHeader; 4] = [
 ];
 
 fn proxy_index(reason: NoHeader) -> usize {
-    PROXY_REASONS
-        .iter()
-        .position(|&r| r == reason)
-        .expect("every reason is listed")
+    position(&PROXY_REASONS, &reason)
+}
+
+/// Where `value` is in `all`, which lists every value it can take.
+fn position<T: PartialEq>(all: &[T], value: &T) -> usize {
+    all.iter()
+        .position(|v| v == value)
+        .expect("every value is listed")
+}
+
+/// The loaded counts of a table of counters.
+fn load<const N: usize, const M: usize>(table: &[[AtomicU64; M]; N]) -> [[u64; M]; N] {
+    table
+        .each_ref()
+        .map(|row| row.each_ref().map(|c| c.load(Relaxed)))
 }
 
 /// The `reason` label of a refusal.
@@ -272,19 +292,11 @@ pub(crate) fn encode(metrics: &Metrics, stats: &Stats, max_running: usize) -> St
     for (name, help, counter) in counters {
         registry.register(name, help, counter.clone());
     }
-    registry.register(
-        "requests",
-        "Requests answered, by verb and result (OK or the error code)",
-        metrics.requests.clone(),
-    );
-    registry.register(
-        "http_requests",
-        "HTTP requests answered, by method and status class",
-        metrics.http_requests.clone(),
-    );
     registry.register_collector(Box::new(Snapshot {
         stats: *stats,
         max_running,
+        requests: load(&metrics.requests),
+        http_requests: load(&metrics.http_requests),
         proxy_refused: metrics.proxy_refused.each_ref().map(|c| c.load(Relaxed)),
         logins: metrics.logins.each_ref().map(|c| c.load(Relaxed)),
     }));
@@ -299,6 +311,8 @@ pub(crate) fn encode(metrics: &Metrics, stats: &Stats, max_running: usize) -> St
 struct Snapshot {
     stats: Stats,
     max_running: usize,
+    requests: RequestCounts<u64>,
+    http_requests: HttpCounts<u64>,
     proxy_refused: [u64; 4],
     logins: [u64; 4],
 }
@@ -307,6 +321,21 @@ impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let s = &self.stats;
         let e = &mut encoder;
+        let answers = Answer::ALL.map(Answer::as_str);
+        table(
+            e,
+            "requests",
+            "Requests answered, by verb and result (OK or the error code)",
+            [("verb", &VERBS), ("result", &answers)],
+            &self.requests,
+        )?;
+        table(
+            e,
+            "http_requests",
+            "HTTP requests answered, by method and status class",
+            [("method", &METHODS), ("class", &CLASSES)],
+            &self.http_requests,
+        )?;
         gauge(e, "current_sessions", "Clients being served now", s.running)?;
         gauge(
             e,
@@ -426,6 +455,29 @@ fn family(
     for &(value, count) in values {
         let labels = [(label, value)];
         ConstCounter::new(count).encode(descriptor.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// A counter family with two labels, from a table indexed by their
+/// values; a label set shows once it has counted something.
+fn table<const N: usize, const M: usize>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    [(row, rows), (column, columns)]: [(&'static str, &[&'static str]); 2],
+    counts: &[[u64; M]; N],
+) -> fmt::Result {
+    let kind = ConstCounter::new(0u64).metric_type();
+    let help = format!("{help}.");
+    let mut descriptor = e.encode_descriptor(name, &help, None, kind)?;
+    for (&r, counts) in rows.iter().zip(counts) {
+        for (&c, &count) in columns.iter().zip(counts) {
+            if count > 0 {
+                let labels = [(row, r), (column, c)];
+                ConstCounter::new(count).encode(descriptor.encode_family(&labels)?)?;
+            }
+        }
     }
     Ok(())
 }
