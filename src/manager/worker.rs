@@ -132,16 +132,25 @@ pub(super) fn wait_on_acceptor<Q: Handler, S: Admission>(
 ) -> Option<Duration> {
     let ready = idle.wait();
     let mut gate = shared.gate();
-    // Still counted, unless a ring took it off the list already.
+    // Still counted, unless a ring took it off the list already: then a
+    // queued handler is this worker's to run, and what it accepts now
+    // needs a worker of its own, rung like any other.
+    let counted = gate.on_acceptor.len();
     gate.on_acceptor.retain(|b| !Arc::ptr_eq(b, &idle.bell));
+    let rung = gate.on_acceptor.len() == counted;
     if gate.on_acceptor.is_empty() {
         // The accepting thread takes over while this one runs.
         accepting.changed.notify_all();
     }
     let accept = ready && gate.accepting;
     drop(gate);
-    // What it accepts, it takes itself: no ring.
-    if let Some(Err(e)) = accept.then(|| shared.accept(accepting, Admitting::Accepted)) {
+    // What it accepts, it takes itself (no ring), unless it was rung.
+    let how = if rung {
+        Admitting::New
+    } else {
+        Admitting::Accepted
+    };
+    if let Some(Err(e)) = accept.then(|| shared.accept(accepting, how)) {
         let pause = idle.backoff.failed();
         log::warn!("accept failed: {e}; a worker retries in {pause:?}");
         return Some(pause);

@@ -603,3 +603,47 @@ fn a_worker_retiring_after_it_accepted_leaves_the_connection_to_one_that_stays()
     let stats = manager.stats();
     assert_eq!((stats.submitted, stats.completed), (14, 14), "{stats:?}");
 }
+
+#[test]
+fn a_connection_accepted_by_a_worker_rung_for_another_handler_starts_on_a_sleeping_one() {
+    // A worker rung for a submitted handler can find a connection ready in
+    // the same wake-up and accept it. It runs the submitted one (the head
+    // of the queue), so the connection needs another worker: one sleeping
+    // on the acceptor must be rung for it, not left asleep while the
+    // connection waits for the submitted handler to end. Each round makes
+    // the submission and the connection meet; the submitted handler is
+    // held until the connection was served or its client gave up.
+    let (greeter, addr) = Greeter::bind();
+    let manager = ManagerBuilder::new(3).build_with_acceptor(greeter).unwrap();
+    let patience = Duration::from_secs(5);
+    let began = Instant::now();
+    for round in 0..2000 {
+        let (release, held) = bounded::<()>(1);
+        let meet = Arc::new(Barrier::new(2));
+        let client = {
+            let meet = meet.clone();
+            thread::spawn(move || {
+                let mut client = TcpStream::connect_timeout(&addr, LIMIT).unwrap();
+                client.set_read_timeout(Some(patience)).unwrap();
+                meet.wait();
+                let mut reply = String::new();
+                client.read_to_string(&mut reply).map(|_| reply)
+            })
+        };
+        meet.wait();
+        manager
+            .submit(job(move |_| {
+                let _ = held.recv_timeout(LIMIT);
+            }))
+            .unwrap();
+        let reply = client.join().unwrap();
+        let _ = release.send(());
+        assert_eq!(
+            reply.ok().as_deref(),
+            Some("hello\n"),
+            "round {round}: the connection waited behind the submitted handler"
+        );
+        assert!(manager.wait_idle_timeout(LIMIT));
+        assert!(began.elapsed() < Duration::from_secs(60), "too slow");
+    }
+}
