@@ -1,7 +1,8 @@
 //! Response heads: the status line and the fields every reply carries.
 
-use std::fmt::Write as _;
-use std::time::SystemTime;
+use std::cell::RefCell;
+use std::thread::LocalKey;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::protocol::wire::ErrorCode;
 
@@ -89,18 +90,27 @@ pub(super) struct ReplyHead {
 }
 
 impl ReplyHead {
-    /// `HTTP/1.1 <status>` and `Date`.
+    /// `HTTP/1.1 <status>` and `Date`. Written without `fmt`, the date
+    /// formatted once a second per thread: a 4 KiB keep-alive GET spent
+    /// 2% of its CPU formatting its head.
     pub(super) fn new(status: Status) -> ReplyHead {
         let (code, reason) = status.line();
         let mut text = String::with_capacity(256);
-        let date = httpdate::fmt_http_date(SystemTime::now());
-        let _ = write!(text, "HTTP/1.1 {code} {reason}\r\nDate: {date}\r\n");
+        text.push_str("HTTP/1.1 ");
+        push_digits(&mut text, code.into(), 10);
+        text.push(' ');
+        text.push_str(reason);
+        text.push_str("\r\nDate: ");
+        push_date(&mut text, SystemTime::now(), &NOW);
+        text.push_str("\r\n");
         ReplyHead { text, status }
     }
 
     /// Adds a field; `value` must hold no CR or LF.
-    pub(super) fn field(mut self, name: &str, value: impl std::fmt::Display) -> ReplyHead {
-        let _ = write!(self.text, "{name}: {value}\r\n");
+    pub(super) fn field(mut self, name: &str, value: &str) -> ReplyHead {
+        for part in [name, ": ", value, "\r\n"] {
+            self.text.push_str(part);
+        }
         self
     }
 
@@ -109,7 +119,9 @@ impl ReplyHead {
     /// it), and ends the head.
     pub(super) fn finish(mut self, length: u64, keep_alive: bool, http10: bool) -> String {
         if self.status.has_length() {
-            let _ = write!(self.text, "Content-Length: {length}\r\n");
+            self.text.push_str("Content-Length: ");
+            push_digits(&mut self.text, length, 10);
+            self.text.push_str("\r\n");
         }
         if !keep_alive {
             self.text.push_str("Connection: close\r\n");
@@ -119,6 +131,52 @@ impl ReplyHead {
         self.text.push_str("\r\n");
         self.text
     }
+}
+
+/// Appends `n` in `radix` (2 to 16), lower-case.
+pub(super) fn push_digits(text: &mut String, mut n: u64, radix: u64) {
+    let mut digits = [0u8; 64];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        let digit = usize::try_from(n % radix).expect("below 16");
+        digits[start] = b"0123456789abcdef"[digit];
+        n /= radix;
+        if n == 0 {
+            break;
+        }
+    }
+    text.extend(digits[start..].iter().map(|&d| char::from(d)));
+}
+
+/// A thread's last formatted HTTP date: the second it shows, and the text.
+type DateCache = LocalKey<RefCell<(u64, String)>>;
+
+thread_local! {
+    /// For `Date`: a reply formats it at most once a second per thread.
+    static NOW: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    /// For `Last-Modified`: files changed in the same second share it.
+    static MODIFIED: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+/// Appends `time` as an HTTP date (whole seconds), formatted again only
+/// when the second differs from the one `cache` holds.
+fn push_date(text: &mut String, time: SystemTime, cache: &'static DateCache) {
+    let second = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    cache.with_borrow_mut(|(shown, date)| {
+        if *shown != second {
+            *date = httpdate::fmt_http_date(time);
+            *shown = second;
+        }
+        text.push_str(date);
+    });
+}
+
+/// `time` (whole seconds) as an HTTP date, for `Last-Modified`.
+pub(super) fn http_date(time: SystemTime) -> String {
+    let mut text = String::with_capacity(29);
+    push_date(&mut text, time, &MODIFIED);
+    text
 }
 
 /// A reply with a short `text/plain` body: an error or a redirect.

@@ -345,7 +345,7 @@ fn get(
         .field("Accept-Ranges", "bytes");
     if status == Status::PartialContent {
         let end = start + len - 1;
-        reply = reply.field("Content-Range", format!("bytes {start}-{end}/{size}"));
+        reply = reply.field("Content-Range", &format!("bytes {start}-{end}/{size}"));
     }
     if head.want_sha256 {
         // The end of the shutdown grace stops a long hash.
@@ -353,7 +353,7 @@ fn get(
         match sum_prefix_until(&file, size, &cut) {
             Ok(sum) => {
                 let digest = base64::engine::general_purpose::STANDARD.encode(sum.sha256);
-                reply = reply.field("Repr-Digest", format!("sha-256=:{digest}:"));
+                reply = reply.field("Repr-Digest", &format!("sha-256=:{digest}:"));
             }
             Err(_) if cut() => return Ok(Outcome::new(status, 0, Some(End::Abruptly))),
             Err(e) => return refuse(wire, head, &FsError::from(e), true),
