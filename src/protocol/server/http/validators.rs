@@ -30,7 +30,7 @@ impl Validators {
             (".", nanos),
         ] {
             etag.push_str(part);
-            push_digits(&mut etag, n, 16);
+            push_digits::<16>(&mut etag, n);
         }
         etag.push('"');
         Validators {
@@ -156,8 +156,8 @@ mod tests {
         assert_eq!(v.etag, expected);
         for n in [0, 9, 10, 255, u64::MAX] {
             let (mut decimal, mut hex) = (String::new(), String::new());
-            push_digits(&mut decimal, n, 10);
-            push_digits(&mut hex, n, 16);
+            push_digits::<10>(&mut decimal, n);
+            push_digits::<16>(&mut hex, n);
             assert_eq!((decimal, hex), (n.to_string(), format!("{n:x}")));
         }
         // Two seconds in turn through the one-entry cache: each its own.
