@@ -2,6 +2,7 @@
 //! or to make room.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -156,17 +157,23 @@ impl Occupant {
 }
 
 /// The manager-wide stop phase: the most urgent stop requested so far.
+/// An atomic, not a lock: every request of every worker reads it, and a
+/// lock shared by all made their cores pass its cache line around.
 #[derive(Debug, Default)]
-pub(crate) struct Phase(Mutex<Option<Stop>>);
+pub(crate) struct Phase(AtomicU8);
 
 impl Phase {
+    /// The phases in order: none, then each stop as it grows urgent.
+    const ALL: [Option<Stop>; 3] = [None, Some(Stop::Graceful), Some(Stop::Now)];
+
     pub(crate) fn get(&self) -> Option<Stop> {
-        *lock(&self.0)
+        Self::ALL[usize::from(self.0.load(Ordering::Acquire))]
     }
 
     pub(super) fn set(&self, stop: Stop) {
-        let mut phase = lock(&self.0);
-        *phase = (*phase).max(Some(stop));
+        let index = Self::ALL.iter().position(|&p| p == Some(stop));
+        let index = u8::try_from(index.expect("every stop is listed")).expect("three phases");
+        self.0.fetch_max(index, Ordering::AcqRel);
     }
 }
 
