@@ -25,9 +25,10 @@
 //!   context switches divided likewise the wake-ups a request costs.
 //! - `http`: the same client on the loads of issue 25: 4 KiB keep-alive
 //!   GETs with 64 and 8 connections, and with `Connection: close` (a new
-//!   connection per request, the server closing first) with 8; `filesrv
-//!   <port> <clients>` (no connection ever waits for a slot) against
-//!   nginx.
+//!   connection per request, the server closing first) with 8, then the
+//!   same with both servers deferring accept (`--defer-accept`, nginx's
+//!   `deferred`); `filesrv <port> <clients>` (no connection ever waits
+//!   for a slot) against nginx.
 //!
 //! `filesrv` runs as the binary (`CARGO_BIN_EXE_filesrv`) with
 //! `--idle-timeout 600` in `idle`, nginx as in the `connections` scenario
@@ -405,21 +406,40 @@ pub(crate) fn http(root: &Path, file: &str, params: &Params) -> io::Result<()> {
         "", "filesrv", "nginx", "µs CPU/req", "nginx µs", "cs/req", "nginx"
     );
     let nginx = Nginx::start(root, false)?;
-    let loads = [(64, false), (8, false), (8, true)].map(|(connections, close)| wrk::Load {
-        connections,
-        seconds: params.wrk_seconds,
-        close,
-        tls: false,
+    let deferring_nginx = Nginx::start(root, true)?;
+    // The last: both servers deferring accept (`--defer-accept`, nginx's
+    // `deferred`), so that a connection reaches them with its request.
+    let loads = [
+        (64, false, false),
+        (8, false, false),
+        (8, true, false),
+        (8, true, true),
+    ];
+    let loads = loads.map(|(connections, close, deferred)| {
+        let load = wrk::Load {
+            connections,
+            seconds: params.wrk_seconds,
+            close,
+            tls: false,
+        };
+        (load, deferred)
     });
     // A smoke run: the new connection per request only (keep-alive is
     // the `idle` scenario's load).
     let loads = if params.full_rows {
         &loads[..]
     } else {
-        &loads[2..]
+        &loads[2..3]
     };
-    for &load in loads {
-        let server = ChildServer::start(program, root, load.connections, &[])?;
+    for &(load, deferred) in loads {
+        let flags: &[&str] = if deferred { &["--defer-accept"] } else { &[] };
+        let server = ChildServer::start(program, root, load.connections, flags)?;
+        let nginx = if deferred { &deferring_nginx } else { &nginx };
+        let label = format!(
+            "{}{}",
+            load.label(),
+            if deferred { ", both deferred" } else { "" }
+        );
         let targets = [
             Target {
                 name: "filesrv".to_owned(),
@@ -450,8 +470,7 @@ pub(crate) fn http(root: &Path, file: &str, params: &Params) -> io::Result<()> {
         };
         if errors(0).iter().any(|&e| e > 0.0) {
             return Err(io::Error::other(format!(
-                "filesrv, {}: wrk saw socket errors: {}",
-                load.label(),
+                "filesrv, {label}: wrk saw socket errors: {}",
                 list(&errors(0), 0)
             )));
         }
@@ -462,7 +481,7 @@ pub(crate) fn http(root: &Path, file: &str, params: &Params) -> io::Result<()> {
         let cpu_ratios: Vec<f64> = cpu(0).iter().zip(cpu(1)).map(|(a, b)| a / b).collect();
         println!(
             "  {:<40} {:>10.0} {:>10.0} {:>12.1} {:>12.1} {:>8.2} {:>8.2}   {} / {}",
-            load.label(),
+            label,
             median(&rate(0)),
             median(&rate(1)),
             median(&cpu(0)),
