@@ -44,7 +44,9 @@
 //! - `connections` (`connections/mod.rs`): 4 KiB GETs with a new
 //!   connection per request (8 clients) and with keep-alive (8 and 64),
 //!   `filesrv` against the distribution's nginx; `baseline`: the same
-//!   loads against an earlier build (`FILESRV_BASELINE`).
+//!   loads against an earlier build (`FILESRV_BASELINE`); `protocols`:
+//!   one `filesrv`, keep-alive, HTTP/1.1 against the line protocol from
+//!   the same client.
 //! - `idle` and `http` (`idle/mod.rs`): HTTP loads from `wrk` against the
 //!   `filesrv` binary, nginx and Apache httpd's event MPM: 10,000 idle
 //!   keep-alive connections beside 64 busy ones (`--park-idle`), the
@@ -219,6 +221,9 @@ fn main() -> io::Result<()> {
     }
     if wanted("baseline") {
         connections::against_baseline(dir.path(), &smalls, params)?;
+    }
+    if wanted("protocols") {
+        connections::protocols(dir.path(), &smalls, params)?;
     }
     if wanted("proxy") && tools::require("haproxy").is_some() {
         proxy::proxy(dir.path(), &smalls, params)?;

@@ -140,6 +140,38 @@ pub(crate) fn against_baseline(root: &Path, paths: &[String], params: &Params) -
     Ok(())
 }
 
+/// `protocols`: one `filesrv` (`max_running` = clients) and one client,
+/// the bench's, speaking HTTP/1.1 and the line protocol in turn:
+/// keep-alive GETs of the 4 KiB files, 8 and 64 clients. What the HTTP
+/// path costs the server beside the line protocol's, per request.
+pub(crate) fn protocols(root: &Path, paths: &[String], params: &Params) -> io::Result<()> {
+    println!(
+        "\nprotocols: {SMALL} B files, keep-alive, one filesrv (max_running = clients), \
+         the same client speaking HTTP/1.1 and the line protocol, {} runs",
+        runs_of(params)
+    );
+    println!(
+        "  {:<44} {:>10} {:>8} {:>9} {:>9}   runs (req/s)",
+        "", "req/s", "x line", "p50", "p99"
+    );
+    for clients in [8, 64] {
+        let server = serve(ServerConfig::new(root).max_running(clients))?;
+        let contender = |name, protocol| Contender {
+            name,
+            addr: server.local_addr(),
+            protocol,
+            cpu: Cpu::ServerThreads,
+        };
+        let contenders = [
+            contender("HTTP", Protocol::Http),
+            contender("line", Protocol::Filesrv),
+        ];
+        compare(&contenders, Mode::Persistent, clients, false, paths, params)?;
+        shut_down_clean(&server);
+    }
+    Ok(())
+}
+
 fn label(mode: Mode, clients: usize, deferred: bool) -> String {
     let deferred = if deferred { ", deferred" } else { "" };
     match mode {
