@@ -22,6 +22,9 @@ const EXIT_REFUSED: u8 = 1;
 const EXIT_FAILED: u8 = 2;
 /// The port when HOST has none: the one the README's examples use.
 const DEFAULT_PORT: u16 = 9000;
+/// What to do when the server speaks TLS and fsc was not told to.
+const TLS_HINT: &str = "use --pin sha256//... as `filesrv --tls-self-signed` prints it, \
+                        --ca FILE or --tls";
 /// The commands' names, to find the server after one (`fsc ls HOST`).
 const COMMANDS: [&str; 5] = ["get", "put", "sum", "ls", "stat"];
 
@@ -191,6 +194,9 @@ impl Failure {
     fn message(&self) -> String {
         match self {
             Failure::Usage(message) => message.clone(),
+            Failure::Client(error @ ClientError::ServerSpeaksTls) => {
+                format!("{} ({TLS_HINT})", chain(error))
+            }
             Failure::Client(error) => chain(error),
             Failure::Command { line, .. } => line.clone(),
         }
@@ -325,6 +331,7 @@ fn hint(command: &Plan, error: &ClientError) -> Option<String> {
             "the partial download of {} (it becomes that file once complete)",
             local.display()
         )),
+        (_, ClientError::ServerSpeaksTls) => Some(TLS_HINT.to_owned()),
         (Plan::Get { local: None, .. }, ClientError::Mismatch { .. }) => Some(
             "what was written to standard output is not the server's file (it changed \
              meanwhile?): discard it"

@@ -282,6 +282,12 @@ pub enum ClientError {
         #[source]
         source: io::Error,
     },
+    /// The server answered a plaintext connection with a TLS alert: it
+    /// speaks TLS, so connect with [`Client::connect_tls`].
+    #[error(
+        "the server speaks TLS (it answered with a TLS alert), and this connection is plaintext"
+    )]
+    ServerSpeaksTls,
     /// The server closed the connection before the end of an announced body.
     #[error("transfer cut short: got {got} of {expected} bytes")]
     Truncated {
@@ -968,7 +974,9 @@ impl Client {
             return Ok(());
         };
         match self.reply() {
-            Err(refusal @ ClientError::Server { .. }) => Err(refusal),
+            Err(refusal @ (ClientError::Server { .. } | ClientError::ServerSpeaksTls)) => {
+                Err(refusal)
+            }
             _ => Err(ClientError::net(error)),
         }
     }
@@ -998,6 +1006,11 @@ impl Client {
             .take(MAX_REPLY)
             .read_until(b'\n', &mut line)
             .map_err(ClientError::net)?;
+        // A TLS record header: alert (21), version 3.x. A TLS server
+        // sends one to a client that does not speak TLS, then closes.
+        if line.starts_with(&[21, 3]) {
+            return Err(ClientError::ServerSpeaksTls);
+        }
         if line.pop() != Some(b'\n') {
             return Err(if line.len() as u64 + 1 >= MAX_REPLY {
                 ClientError::Protocol("reply line too long".to_owned())

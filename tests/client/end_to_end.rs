@@ -865,3 +865,41 @@ fn fsc_shows_its_checks_on_a_terminal() {
     let checks = shown.find("checking its SHA-256").unwrap();
     assert!(shown.find("(resumed at").unwrap() < checks, "{shown:?}");
 }
+
+/// `fsc` without a TLS option, against a server that speaks TLS: one
+/// line saying so and naming the options, not "the server closed the
+/// connection", whether the command is the first thing sent or a login is.
+/// (Not an upload: the server closes with the body unread, and the reset
+/// that sends may destroy its alert before fsc reads it.)
+#[test]
+fn fsc_without_tls_options_says_the_server_speaks_tls() {
+    let dir = TempDir::new("client");
+    fs::write(dir.root().join("five"), b"12345").unwrap();
+    let local = local_dir(&dir);
+    let server = serve(&dir, |config| config.tls_self_signed(true));
+    let addr = server.local_addr().to_string();
+    for args in [
+        &[&*addr, "ls"][..],
+        &[&addr, "get", "five", "-"],
+        &["--user", "ann", &addr, "ls"],
+    ] {
+        let child = Command::new(env!("CARGO_BIN_EXE_fsc"))
+            .args(["--timeout", "20"])
+            .args(args)
+            .current_dir(&local)
+            .env("FSC_PASSWORD", "pw")
+            .output()
+            .unwrap();
+        let run = Run {
+            code: child.status.code(),
+            stdout: child.stdout,
+            stderr: String::from_utf8(child.stderr).unwrap(),
+        };
+        let line = failure(&run, 2);
+        assert!(
+            line.contains("the server speaks TLS") && line.contains("--pin"),
+            "{args:?}: {line}"
+        );
+    }
+    server.shutdown();
+}
