@@ -98,14 +98,20 @@ impl ClientTls {
             .collect::<Result<Vec<_>, _>>()
             .map_err(invalid)?;
         let mut roots = RootCertStore::empty();
-        let (added, _) = roots.add_parsable_certificates(certs);
+        let (added, _) = roots.add_parsable_certificates(certs.iter().cloned());
         if added == 0 {
             return Err(error(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "no usable CERTIFICATE in the file",
             )));
         }
-        Ok(ClientTls::with_roots(roots))
+        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .map_err(|e| error(io::Error::other(e)))?;
+        Ok(ClientTls::with_verifier(Trust::CaFile { webpki, certs }))
     }
 
     /// Trust only a server whose public key has the pin `pin`
@@ -123,9 +129,13 @@ impl ClientTls {
         if digest.len() != 32 {
             return Err(ClientTlsError::BadPin);
         }
+        Ok(ClientTls::with_verifier(Trust::Pin(pin.to_owned())))
+    }
+
+    fn with_verifier(trust: Trust) -> ClientTls {
         let provider = provider();
-        let verifier = PinVerifier {
-            pin: pin.to_owned(),
+        let verifier = Verifier {
+            trust,
             algorithms: provider.signature_verification_algorithms,
         };
         let config = ClientConfig::builder_with_provider(provider)
@@ -134,9 +144,9 @@ impl ClientTls {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_no_client_auth();
-        Ok(ClientTls {
+        ClientTls {
             config: Arc::new(config),
-        })
+        }
     }
 
     fn with_roots(roots: RootCertStore) -> ClientTls {
@@ -166,30 +176,74 @@ impl ClientTls {
     }
 }
 
-/// Accepts exactly the server key with the pin; the handshake's
-/// signatures are still checked against that key.
+/// A server certificate check of our own; the handshake's signatures are
+/// still checked against the certificate's key.
 #[derive(Debug)]
-struct PinVerifier {
-    pin: String,
+struct Verifier {
+    trust: Trust,
     algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for PinVerifier {
+/// Whom a [`Verifier`] trusts.
+#[derive(Debug)]
+enum Trust {
+    /// Exactly the server key with this pin, whatever its certificate says.
+    Pin(String),
+    /// The CA file's certificates as trust anchors, with the name check;
+    /// and a server certificate found in the file as is, though marked
+    /// as a CA (as `openssl req -x509` makes self-signed ones, which
+    /// webpki refuses as a server's own), trusted as itself, still with
+    /// the name check.
+    CaFile {
+        webpki: Arc<rustls::client::WebPkiServerVerifier>,
+        certs: Vec<CertificateDer<'static>>,
+    },
+}
+
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if pin_of(end_entity)? == self.pin {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(
-                "the server's public key does not match the pin".to_owned(),
-            ))
+        let (webpki, certs) = match &self.trust {
+            Trust::Pin(pin) if pin_of(end_entity)? == *pin => {
+                return Ok(ServerCertVerified::assertion());
+            }
+            Trust::Pin(_) => {
+                return Err(rustls::Error::General(
+                    "the server's public key does not match the pin".to_owned(),
+                ));
+            }
+            Trust::CaFile { webpki, certs } => (webpki, certs),
+        };
+        let verified =
+            webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
+        let Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) =
+            &verified
+        else {
+            return verified;
+        };
+        // webpki checks the validity dates before it finds the CA flag.
+        let ca_as_server =
+            other.0.downcast_ref::<webpki::Error>() == Some(&webpki::Error::CaUsedAsEndEntity);
+        if !ca_as_server || !certs.iter().any(|cert| cert == end_entity) {
+            return verified;
         }
+        webpki::EndEntityCert::try_from(end_entity)
+            .and_then(|cert| cert.verify_is_valid_for_subject_name(server_name))
+            .map_err(|e| {
+                rustls::Error::InvalidCertificate(match e {
+                    webpki::Error::CertNotValidForName(_) => {
+                        rustls::CertificateError::NotValidForName
+                    }
+                    e => rustls::CertificateError::Other(rustls::OtherError(Arc::new(e))),
+                })
+            })?;
+        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(

@@ -39,7 +39,7 @@ const PROGRAMS: &[(&str, &str, &str)] = &[
     (
         "openssl",
         "openssl",
-        "tls::*, the transfer bench's tls scenario",
+        "tls::*, end_to_end::fsc_ca_*, the transfer bench's tls scenario",
     ),
     ("socat", "socat", "tls::openssl_and_socat_*"),
     ("htpasswd", "apache2-utils", "users::*"),

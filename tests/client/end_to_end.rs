@@ -903,3 +903,50 @@ fn fsc_without_tls_options_says_the_server_speaks_tls() {
     }
     server.shutdown();
 }
+
+/// A self-signed certificate as `openssl req -x509` makes it by default
+/// (marked as a CA), given to `fsc --ca`: trusted as itself, with the
+/// name still checked, as curl's `--cacert` does.
+#[test]
+fn fsc_ca_trusts_a_default_openssl_req_certificate_and_checks_its_name() {
+    let Some(openssl) = crate::support::tools::require("openssl") else {
+        return;
+    };
+    let dir = TempDir::new("client");
+    fs::write(dir.root().join("five"), b"12345").unwrap();
+    let status = Command::new(openssl)
+        .current_dir(dir.path())
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+        ])
+        .args(["-keyout", "key.pem", "-out", "cert.pem"])
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{status:?}");
+    let mut command = crate::support::ChildServer::command(&dir.root(), 2);
+    command
+        .arg("--tls-cert")
+        .arg(dir.path().join("cert.pem"))
+        .arg("--tls-key")
+        .arg(dir.path().join("key.pem"));
+    let server = crate::support::ChildServer::spawn(command);
+    let port = server.addr().port();
+    let local = local_dir(&dir);
+    let ca = dir.path().join("cert.pem");
+    let ca = ca.to_str().unwrap();
+    let got = success(fsc(
+        &local,
+        &["--ca", ca, &format!("localhost:{port}"), "get", "five", "-"],
+    ));
+    assert_eq!(got, b"12345");
+    let run = fsc(&local, &["--ca", ca, &format!("127.0.0.1:{port}"), "ls"]);
+    assert!(
+        failure(&run, 1).contains("NotValidForName"),
+        "the name is still checked: {run:?}"
+    );
+}
