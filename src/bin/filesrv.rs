@@ -375,6 +375,15 @@ fn hash_password() -> Result<(), Box<dyn std::error::Error>> {
     std::io::stdin().read_line(&mut line)?;
     let password = line.strip_suffix('\n').unwrap_or(&line);
     let password = password.strip_suffix('\r').unwrap_or(password);
+    // Empty input (`echo "$UNSET" |`, a Ctrl-D) would make a users line
+    // that logs in with no password at all.
+    if password.is_empty() {
+        return Err(
+            "--hash-password read no password: give it as one line on standard \
+                    input (echo 'a long pass phrase' | filesrv --hash-password)"
+                .into(),
+        );
+    }
     println!("{}", filesrv::protocol::hash_password(password.as_bytes())?);
     Ok(())
 }

@@ -352,6 +352,25 @@ fn help_mentions_every_option_of_the_contract() {
     assert_eq!(finished.stderr, "");
 }
 
+/// `--hash-password` with no password on stdin (empty input, an empty
+/// line, as `echo "$UNSET" |` gives) fails in one line: a hash of the
+/// empty password would be a users line anyone logs in with.
+#[test]
+fn hash_password_refuses_an_empty_password() {
+    for input in [&b""[..], b"\n", b"\r\n"] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_filesrv"));
+        let out = tools::run_with_input(command.arg("--hash-password"), input);
+        let finished = Finished {
+            status: out.status,
+            stdout: String::from_utf8(out.stdout).unwrap(),
+            stderr: String::from_utf8(out.stderr).unwrap(),
+        };
+        let line = assert_fails_with_one_line(&finished, "an empty password");
+        assert!(line.contains("no password"), "{input:?}: {line}");
+        assert_eq!(finished.status.code(), Some(1), "{input:?}");
+    }
+}
+
 #[test]
 fn version_prints_name_and_version() {
     let finished = run(&["--version"]);
