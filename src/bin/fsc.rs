@@ -243,6 +243,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
     // On the command line 0 waits forever; in the library that is "no
     // timeout", not a zero one.
     let server = with_default_port(&cli.server);
+    if cli.user.is_some() && tls.is_none() && !loopback_only(&server) {
+        return Err(Failure::Usage(
+            "--user sends a password, in clear without TLS: use --pin, --ca FILE or --tls \
+             (only a server on this machine, at a loopback address, may go without)"
+                .to_owned(),
+        ));
+    }
     let timeout = (!cli.timeout.is_zero()).then_some(cli.timeout);
     let connected = match (&tls, timeout) {
         (Some(tls), timeout) => Client::connect_tls(&server, timeout, tls),
@@ -442,6 +449,16 @@ fn trust(tls: bool, ca: Option<&Path>, pin: Option<&str>) -> Result<Option<Clien
             let _ = write!(message, ": {cause}");
         }
         Failure::Usage(message)
+    })
+}
+
+/// Whether every address `server` resolves to is a loopback one, where a
+/// password may go without TLS (as the server accepts it). One that does
+/// not resolve counts as loopback: connecting then fails, sending nothing.
+fn loopback_only(server: &str) -> bool {
+    use std::net::ToSocketAddrs as _;
+    server.to_socket_addrs().map_or(true, |mut addrs| {
+        addrs.all(|addr| addr.ip().to_canonical().is_loopback())
     })
 }
 

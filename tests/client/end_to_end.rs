@@ -950,3 +950,38 @@ fn fsc_ca_trusts_a_default_openssl_req_certificate_and_checks_its_name() {
         "the name is still checked: {run:?}"
     );
 }
+
+/// `fsc --user` without TLS to an address that is not loopback refuses
+/// before connecting: the password would cross the network in clear
+/// (the server refuses it, but only after reading it). To 127.0.0.1 it
+/// logs in as before.
+#[test]
+fn fsc_user_without_tls_goes_only_to_loopback() {
+    let dir = TempDir::new("client");
+    fs::write(dir.root().join("five"), b"12345").unwrap();
+    let users = dir.path().join("users");
+    let hash = filesrv::protocol::hash_password(b"pw").unwrap();
+    fs::write(&users, format!("ann:{hash}\n")).unwrap();
+    let server = serve(&dir, |config| config.users(Some(users)));
+    let local = local_dir(&dir);
+    let run = |addr: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_fsc"))
+            .args(["--timeout", "20", "--user", "ann", addr, "stat", "five"])
+            .current_dir(&local)
+            .env("FSC_PASSWORD", "pw")
+            .output()
+            .unwrap();
+        Run {
+            code: out.status.code(),
+            stdout: out.stdout,
+            stderr: String::from_utf8(out.stderr).unwrap(),
+        }
+    };
+    // 192.0.2.1 is a documentation address (RFC 5737), never routed.
+    let refused = run("192.0.2.1:9");
+    let line = failure(&refused, 2);
+    assert!(line.contains("--user") && line.contains("--pin"), "{line}");
+    let stat = success(run(&server.local_addr().to_string()));
+    assert!(stat.starts_with(b"kind: file"), "{stat:?}");
+    server.shutdown();
+}
