@@ -181,7 +181,8 @@ over RUST_LOG). SIGINT or SIGTERM stop it gracefully: waiting
 clients get `ERR unavailable`, running ones may finish within
 --shutdown-grace, then it exits 0; a second signal stops it at once
 (running clients cut, their uploads removed; exit 0). SIGHUP reloads the
-users file and the TLS certificate. Start-up errors exit 1.";
+users file and the TLS certificate. Start-up errors exit 1 (bad
+arguments: 2).";
 
 /// A SECS value: fractions allowed; 0 means "none".
 #[derive(Clone, Copy, Debug, PartialEq)]

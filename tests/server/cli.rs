@@ -371,6 +371,21 @@ fn hash_password_refuses_an_empty_password() {
     }
 }
 
+/// The exit statuses --help states are the ones a bad argument and a
+/// failed start give.
+#[test]
+fn help_states_the_exit_statuses_start_up_errors_give() {
+    let help = run(&["--help"]).stdout;
+    assert!(
+        help.contains("Start-up errors exit 1 (bad\narguments: 2)"),
+        "{help}"
+    );
+    assert_eq!(run(&["9000"]).status.code(), Some(2));
+    let dir = TempDir::new("cli-exit");
+    let missing = dir.path().join("missing");
+    assert_eq!(run_with_root(&missing).status.code(), Some(1));
+}
+
 #[test]
 fn version_prints_name_and_version() {
     let finished = run(&["--version"]);
