@@ -143,6 +143,11 @@ impl Handler for Session {
             log::debug!("{}: parked", conn.peer);
             return Ok(Served::Park(Session(Life::Parked(conn))));
         }
+        // Counted before the line that says it closed: whoever reads that
+        // line and then the metrics finds the failure counted.
+        if conn.io.is_handshaking() {
+            conn.shared.metrics.tls_handshake_failed();
+        }
         conn.log_closed("");
         conn.finish(result).map(|()| Served::Done)
     }
@@ -525,9 +530,6 @@ impl Connection {
 
     /// Closes the connection the way `end` says.
     fn finish(mut self, result: io::Result<End>) -> io::Result<()> {
-        if self.io.is_handshaking() {
-            self.shared.metrics.tls_handshake_failed();
-        }
         match result {
             // Nothing left unread: closing sends what is unsent (corked
             // replies included) and then the FIN, as a shutdown would, and
