@@ -45,6 +45,9 @@ pub(in crate::protocol::server) fn serve(
     wire: &mut impl Wire,
     ctx: &HandlerContext,
 ) -> io::Result<End> {
+    // Owned once per run, not per request: every worker's connections
+    // count references on this one, and each clone moves its cache line.
+    let state = wire.shared();
     loop {
         // An idle keep-alive connection is simply closed, as HTTP allows
         // at any time between requests.
@@ -67,7 +70,7 @@ pub(in crate::protocol::server) fn serve(
             wire.hold()?;
         }
         let began = Instant::now();
-        let outcome = respond(wire, &head, ctx);
+        let outcome = respond(wire, &state, &head, ctx);
         wire.release();
         let outcome = outcome?;
         log::info!(
@@ -145,9 +148,13 @@ fn read_head(wire: &mut impl Wire, ctx: &HandlerContext) -> io::Result<Result<He
 }
 
 /// Answers one request.
-fn respond(wire: &mut impl Wire, head: &Head, ctx: &HandlerContext) -> io::Result<Outcome> {
-    let state = wire.shared();
-    let user = match authorize(wire, head, &state)? {
+fn respond(
+    wire: &mut impl Wire,
+    state: &ServerState,
+    head: &Head,
+    ctx: &HandlerContext,
+) -> io::Result<Outcome> {
+    let user = match authorize(wire, head, state)? {
         Ok(user) => user,
         Err(refused) => return Ok(refused),
     };
