@@ -159,6 +159,39 @@ fn the_log_never_shows_a_password() {
 }
 
 #[test]
+fn the_access_log_names_the_user_a_connection_logged_in_as() {
+    let dir = users_dir();
+    let log = dir.path().join("access.log");
+    let server = serve(&dir, &["--access-log", log.to_str().unwrap()]);
+    let mut c = server.connect();
+    c.send(b"LIST\n");
+    assert!(c.line().starts_with("ERR denied authentication required"));
+    assert_eq!(auth(&mut c, "alice", ALICE_PW), "OK alice");
+    c.assert_get("a.txt", b"alice\n");
+    c.send(b"QUIT\n");
+    assert_eq!(c.line(), "OK bye");
+    c.read_until_closed();
+    // Each line is written before its reply: all are there once the
+    // connection closed. The fields after the time and the client: the
+    // user, the verb, the path, the result.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|line| line.split(' ').skip(2).take(4).collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ["-", "LIST", ".", "denied"],
+            ["alice", "AUTH", "alice", "OK"],
+            ["alice", "GET", "a.txt", "OK"],
+            ["alice", "QUIT", "-", "OK"],
+        ],
+        "{text}"
+    );
+}
+
+#[test]
 fn anonymous_read_serves_reads_before_auth_and_never_put() {
     let dir = users_dir();
     let server = serve(&dir, &["--anonymous-read", "--allow-put"]);

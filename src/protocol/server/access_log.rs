@@ -72,22 +72,24 @@ impl AccessLog {
     }
 
     /// Writes the line of one request.
-    pub(crate) fn record(
-        &self,
-        client: SocketAddr,
-        request: Option<&Request>,
-        path: &str,
-        answer: Answer,
-        bytes: u64,
-        took: Duration,
-    ) {
+    pub(crate) fn record(&self, entry: &Entry<'_>) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
+        let Entry {
+            client,
+            user,
+            request,
+            path,
+            answer,
+            bytes,
+            took,
+        } = entry;
         let line = format!(
-            "{}.{:03} {client} - {} {path} {answer} {bytes} {}.{:06}\n",
+            "{}.{:03} {client} {} {} {path} {answer} {bytes} {}.{:06}\n",
             now.as_secs(),
             now.subsec_millis(),
+            user.unwrap_or("-"),
             request.map_or("invalid", Request::verb),
             took.as_secs(),
             took.subsec_micros()
@@ -95,6 +97,19 @@ impl AccessLog {
         let mut out = crate::util::lock(&self.out);
         let _ = out.write_all(line.as_bytes()).and_then(|()| out.flush());
     }
+}
+
+/// One request, as its access log line shows it.
+pub(crate) struct Entry<'a> {
+    pub(crate) client: SocketAddr,
+    /// The name the connection logged in as (`AUTH`), if any.
+    pub(crate) user: Option<&'a str>,
+    pub(crate) request: Option<&'a Request>,
+    /// As sent, percent-encoded.
+    pub(crate) path: &'a str,
+    pub(crate) answer: Answer,
+    pub(crate) bytes: u64,
+    pub(crate) took: Duration,
 }
 
 impl fmt::Debug for AccessLog {
@@ -163,13 +178,27 @@ mod tests {
         let request = parse_request(b"GET a.txt").unwrap();
         let client = "192.0.2.1:5000".parse().unwrap();
         let took = Duration::from_micros(1_500_042);
-        log.record(client, Some(&request), "a.txt", Answer::Ok, 6, took);
+        let mut entry = Entry {
+            client,
+            user: None,
+            request: Some(&request),
+            path: "a.txt",
+            answer: Answer::Ok,
+            bytes: 6,
+            took,
+        };
+        log.record(&entry);
         let line = String::from_utf8(sink.lock().unwrap().clone()).unwrap();
         let fields: Vec<&str> = line.trim_end_matches('\n').split(' ').collect();
         assert_eq!(
             fields[1..],
             ["192.0.2.1:5000", "-", "GET", "a.txt", "OK", "6", "1.500042"]
         );
+        entry.user = Some("alice");
+        log.record(&entry);
+        let lines = String::from_utf8(sink.lock().unwrap().clone()).unwrap();
+        let second = lines.lines().nth(1).unwrap();
+        assert_eq!(second.split(' ').nth(2), Some("alice"), "{second}");
         let (secs, millis) = fields[0].split_once('.').unwrap();
         assert!(secs.parse::<u64>().unwrap() > 1_700_000_000 && millis.len() == 3);
         assert!(line.ends_with('\n') && line.matches('\n').count() == 1);

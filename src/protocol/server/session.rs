@@ -11,7 +11,7 @@ use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags};
 
-use super::access_log::AccessLog;
+use super::access_log::{self, AccessLog};
 use super::closer::Closer;
 use super::config::ServerConfig;
 use super::fs::{FsError, Root, TempFile};
@@ -519,8 +519,15 @@ impl Connection {
             let request = parsed.as_ref().ok();
             (self.shared.metrics).request(request, outcome.code, outcome.bytes);
             if let (Some(log), Some(path)) = (&self.access_log, logged) {
-                let took = began.elapsed();
-                log.record(self.peer, request, &path, outcome.code, outcome.bytes, took);
+                log.record(&access_log::Entry {
+                    client: self.peer,
+                    user: self.user.as_ref().map(|user| user.name()),
+                    request,
+                    path: &path,
+                    answer: outcome.code,
+                    bytes: outcome.bytes,
+                    took: began.elapsed(),
+                });
             }
             if let Some(end) = outcome.end {
                 return Ok(end);
