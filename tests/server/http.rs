@@ -6,7 +6,7 @@ use std::os::unix::ffi::OsStrExt as _;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use filesrv::protocol::ServerConfig;
+use filesrv::protocol::{AccessLog, ServerConfig};
 
 use crate::support::{DirWatch, LIMIT, NOTES, TempDir, TestServer, tools};
 
@@ -308,6 +308,47 @@ fn wget_resumes_a_download_cut_by_killing_it() {
         .unwrap();
     assert!(status.success());
     assert!(std::fs::read(&target).unwrap() == contents);
+}
+
+#[test]
+fn the_access_log_has_a_line_per_http_request() {
+    let dir = TempDir::new("http-access-log");
+    let log = dir.path().join("access.log");
+    let opened = AccessLog::file(&log).unwrap();
+    let t = serve("http-access-log", |c| c.access_log(Some(opened)));
+    // Pipelined on one connection, so one worker answers them in order:
+    // each line is written before the next request is read, and the
+    // refused head's (a space before a colon) before its reply.
+    let replies = raw(
+        &t,
+        b"GET /notes.txt HTTP/1.1\r\nHost: x\r\n\r\n\
+          HEAD /notes.txt HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /no%20such HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /notes.txt HTTP/1.1\r\nHost : x\r\n\r\n",
+    );
+    let statuses: Vec<&str> = replies
+        .lines()
+        .filter(|line| line.starts_with("HTTP/1.1 "))
+        .collect();
+    assert_eq!(statuses.len(), 4, "{replies}");
+    // The fields after the time and the client: user, verb, path,
+    // result, bytes.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|line| line.split(' ').skip(2).take(5).collect())
+        .collect();
+    let size = NOTES.len().to_string();
+    assert_eq!(
+        rows,
+        [
+            ["-", "GET", "/notes.txt", "200", size.as_str()],
+            ["-", "HEAD", "/notes.txt", "200", "0"],
+            ["-", "GET", "/no%20such", "404", "0"],
+            ["-", "invalid", "-", "400", "0"],
+        ],
+        "{text}"
+    );
 }
 
 #[test]

@@ -171,9 +171,22 @@ fn the_access_log_names_the_user_a_connection_logged_in_as() {
     c.send(b"QUIT\n");
     assert_eq!(c.line(), "OK bye");
     c.read_until_closed();
-    // Each line is written before its reply: all are there once the
-    // connection closed. The fields after the time and the client: the
-    // user, the verb, the path, the result.
+    // And over HTTP, with Basic auth: written before the server closes.
+    use base64::Engine as _;
+    let credentials = base64::engine::general_purpose::STANDARD.encode(format!("alice:{ALICE_PW}"));
+    let mut h = server.connect();
+    h.send(
+        format!(
+            "GET /a.txt HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {credentials}\r\n\
+             Connection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    let reply = String::from_utf8_lossy(&h.read_until_closed()).into_owned();
+    assert!(reply.starts_with("HTTP/1.1 200 "), "{reply}");
+    // Each line is written before the next request is read (the last,
+    // before the connection closes): all are there now. The fields after
+    // the time and the client: the user, the verb, the path, the result.
     let text = std::fs::read_to_string(&log).unwrap();
     let rows: Vec<Vec<&str>> = text
         .lines()
@@ -186,6 +199,7 @@ fn the_access_log_names_the_user_a_connection_logged_in_as() {
             ["alice", "AUTH", "alice", "OK"],
             ["alice", "GET", "a.txt", "OK"],
             ["alice", "QUIT", "-", "OK"],
+            ["alice", "GET", "/a.txt", "200"],
         ],
         "{text}"
     );

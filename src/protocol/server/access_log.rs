@@ -9,7 +9,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::metrics::Answer;
 use crate::protocol::wire::Request;
 
 /// Where a [`Server`](crate::protocol::Server) writes its access log
@@ -79,18 +78,17 @@ impl AccessLog {
         let Entry {
             client,
             user,
-            request,
+            verb,
             path,
-            answer,
+            result,
             bytes,
             took,
         } = entry;
         let line = format!(
-            "{}.{:03} {client} {} {} {path} {answer} {bytes} {}.{:06}\n",
+            "{}.{:03} {client} {} {verb} {path} {result} {bytes} {}.{:06}\n",
             now.as_secs(),
             now.subsec_millis(),
             user.unwrap_or("-"),
-            request.map_or("invalid", Request::verb),
             took.as_secs(),
             took.subsec_micros()
         );
@@ -104,10 +102,14 @@ pub(crate) struct Entry<'a> {
     pub(crate) client: SocketAddr,
     /// The name the connection logged in as (`AUTH`), if any.
     pub(crate) user: Option<&'a str>,
-    pub(crate) request: Option<&'a Request>,
+    /// The line protocol's verb (`invalid` for a line that is not a
+    /// request), or the HTTP method.
+    pub(crate) verb: &'a str,
     /// As sent, percent-encoded.
     pub(crate) path: &'a str,
-    pub(crate) answer: Answer,
+    /// The line protocol's answer (`OK`, an error code...), or the HTTP
+    /// status code.
+    pub(crate) result: &'a dyn fmt::Display,
     pub(crate) bytes: u64,
     pub(crate) took: Duration,
 }
@@ -145,6 +147,7 @@ pub(crate) fn path_field(line: &[u8], request: Option<&Request>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::server::metrics::Answer;
     use crate::protocol::wire::parse_request;
 
     #[test]
@@ -181,9 +184,9 @@ mod tests {
         let mut entry = Entry {
             client,
             user: None,
-            request: Some(&request),
+            verb: request.verb(),
             path: "a.txt",
-            answer: Answer::Ok,
+            result: &Answer::Ok,
             bytes: 6,
             took,
         };

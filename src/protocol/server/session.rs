@@ -522,9 +522,9 @@ impl Connection {
                 log.record(&access_log::Entry {
                     client: self.peer,
                     user: self.user.as_ref().map(|user| user.name()),
-                    request,
+                    verb: request.map_or("invalid", Request::verb),
                     path: &path,
-                    answer: outcome.code,
+                    result: &outcome.code,
                     bytes: outcome.bytes,
                     took: began.elapsed(),
                 });
@@ -1026,6 +1026,10 @@ pub(super) enum Claim {
 impl http::Wire for Connection {
     fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    fn access_log(&self) -> Option<&AccessLog> {
+        self.access_log.as_ref()
     }
 
     fn state(&self) -> &ServerState {

@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::io::{self, Write as _};
 use std::os::unix::ffi::OsStrExt as _;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
@@ -16,6 +16,7 @@ use super::reply::{ReplyHead, Status, plain};
 use super::validators::{Ranged, Validators, range};
 use super::wire::Wire;
 use crate::protocol::checksum::sum_prefix_until;
+use crate::protocol::server::access_log::Entry;
 use crate::protocol::server::fs::{FsError, Root};
 use crate::protocol::server::metrics::LoginResult;
 use crate::protocol::server::session::{Claim, End, Filled, LIST_BUF, Received, ServerState};
@@ -31,11 +32,18 @@ struct Outcome {
     bytes: u64,
     /// `None`: the connection stays for the next request.
     end: Option<End>,
+    /// Who asked (`Authorization: Basic`), for the access log.
+    user: Option<Arc<User>>,
 }
 
 impl Outcome {
     fn new(status: Status, bytes: u64, end: Option<End>) -> Outcome {
-        Outcome { status, bytes, end }
+        Outcome {
+            status,
+            bytes,
+            end,
+            user: None,
+        }
     }
 }
 
@@ -88,6 +96,17 @@ pub(in crate::protocol::server) fn serve(
             head.method == Method::Put,
             outcome.bytes,
         );
+        if let Some(log) = wire.access_log() {
+            log.record(&Entry {
+                client: wire.peer(),
+                user: outcome.user.as_ref().map(|user| user.name()),
+                verb: head.method.as_str(),
+                path: &head.target,
+                result: &outcome.status.code(),
+                bytes: outcome.bytes,
+                took: began.elapsed(),
+            });
+        }
         if let Some(end) = outcome.end {
             return Ok(end);
         }
@@ -116,6 +135,17 @@ fn read_head(wire: &mut impl Wire, ctx: &HandlerContext) -> io::Result<Result<He
         if let Some((status, why)) = refused {
             log::info!("{}: HTTP request refused: {why}", wire.peer());
             (wire.state().metrics).http_request("invalid", status.code(), false, 0);
+            if let Some(log) = wire.access_log() {
+                log.record(&Entry {
+                    client: wire.peer(),
+                    user: None,
+                    verb: "invalid",
+                    path: "-",
+                    result: &status.code(),
+                    bytes: 0,
+                    took: Duration::ZERO,
+                });
+            }
             let _ = wire.write_all(plain(status, &[], false, false).as_bytes());
             return Ok(Err(End::AfterError));
         }
@@ -158,9 +188,22 @@ fn respond(
         Ok(user) => user,
         Err(refused) => return Ok(refused),
     };
+    let mut outcome = respond_as(wire, state, head, ctx, user.as_deref())?;
+    outcome.user = user;
+    Ok(outcome)
+}
+
+/// Answers one request made as `user`.
+fn respond_as(
+    wire: &mut impl Wire,
+    state: &ServerState,
+    head: &Head,
+    ctx: &HandlerContext,
+    user: Option<&User>,
+) -> io::Result<Outcome> {
     // Paths resolve beneath the user's root, with every rule of the
     // served root.
-    let root = user.as_ref().and_then(|u| u.root()).unwrap_or(&state.root);
+    let root = user.and_then(User::root).unwrap_or(&state.root);
     let config = &state.config;
     let allow_put = config.allow_put;
     let path = match (&head.path, head.method) {
@@ -181,8 +224,7 @@ fn respond(
         }
         // PUT needs --allow-put, and with users the `rw` right.
         (_, Method::Put)
-            if !allow_put
-                || (state.users.is_some() && !user.as_ref().is_some_and(|u| u.may_write())) =>
+            if !allow_put || (state.users.is_some() && !user.is_some_and(User::may_write)) =>
         {
             return reply_plain(wire, head, Status::Forbidden, &[], false);
         }

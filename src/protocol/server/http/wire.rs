@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::HandlerContext;
+use crate::protocol::server::access_log::AccessLog;
 use crate::protocol::server::fs::TempFile;
 use crate::protocol::server::session::{Claim, Filled, Received, ServerState};
 use crate::protocol::server::stream::Paced;
@@ -19,6 +20,8 @@ use crate::protocol::server::transfer::Sent;
 pub(in crate::protocol::server) trait Wire {
     /// The client's address, for logs.
     fn peer(&self) -> SocketAddr;
+    /// Where its requests are logged, if anywhere.
+    fn access_log(&self) -> Option<&AccessLog>;
     /// What every session of the server shares.
     fn state(&self) -> &ServerState;
     /// The same, owned: for what must outlive a borrow of the connection.
