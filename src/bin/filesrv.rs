@@ -138,7 +138,7 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 10)]
     max_auth_failures: usize,
     /// Read a password from stdin, print its argon2id hash, exit.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["port", "max_running"])]
     hash_password: bool,
     /// Accept a connection only once its client has sent something, or
     /// after about a second of silence (TCP_DEFER_ACCEPT, as nginx's

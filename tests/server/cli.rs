@@ -371,6 +371,19 @@ fn hash_password_refuses_an_empty_password() {
     }
 }
 
+#[test]
+fn hash_password_with_a_port_is_a_mistake_said_at_once() {
+    // Read as a server's start, it would wait on stdin and print a hash.
+    let finished = run(&["--hash-password", "9000", "5"]);
+    assert_eq!(finished.status.code(), Some(2), "{}", finished.stderr);
+    assert!(
+        finished.stderr.contains("cannot be used with"),
+        "{}",
+        finished.stderr
+    );
+    assert!(finished.stdout.is_empty(), "{}", finished.stdout);
+}
+
 /// The exit statuses --help states are the ones a bad argument and a
 /// failed start give.
 #[test]
