@@ -43,24 +43,33 @@ pub(crate) enum Answer {
 }
 
 impl Answer {
-    /// Every answer, in the order of their counters.
-    const ALL: [Answer; 15] = [
-        Answer::Ok,
-        Answer::Err(ErrorCode::BadRequest),
-        Answer::Err(ErrorCode::NotFound),
-        Answer::Err(ErrorCode::Forbidden),
-        Answer::Err(ErrorCode::TooLarge),
-        Answer::Err(ErrorCode::Range),
-        Answer::Err(ErrorCode::Busy),
-        Answer::Err(ErrorCode::Unavailable),
-        Answer::Err(ErrorCode::Timeout),
-        Answer::Err(ErrorCode::Denied),
-        Answer::Err(ErrorCode::Internal),
+    /// The answers besides `OK` and the error codes.
+    const BROKEN: [Answer; 4] = [
         Answer::Cut,
         Answer::CutByShutdown,
         Answer::Gone,
         Answer::Stalled,
     ];
+
+    /// How many answers there are: `OK`, each error code, the broken.
+    const COUNT: usize = 1 + ErrorCode::ALL.len() + Answer::BROKEN.len();
+
+    /// Every answer, in the order of their counters.
+    fn all() -> impl Iterator<Item = Answer> {
+        let codes = ErrorCode::ALL.into_iter().map(Answer::Err);
+        std::iter::once(Answer::Ok)
+            .chain(codes)
+            .chain(Answer::BROKEN)
+    }
+
+    /// The place of its counter.
+    fn index(self) -> usize {
+        match self {
+            Answer::Ok => 0,
+            Answer::Err(code) => 1 + position(&ErrorCode::ALL, &code),
+            broken => 1 + ErrorCode::ALL.len() + position(&Answer::BROKEN, &broken),
+        }
+    }
 
     /// The label value, as in the log: `OK`, the error code, or `cut`,
     /// `cut-by-shutdown`, `gone`, `stalled`.
@@ -95,7 +104,7 @@ const METHODS: [&str; 5] = ["GET", "HEAD", "PUT", "other", "invalid"];
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Requests by (verb, result), as counted and shown.
-type RequestCounts<T> = [[T; Answer::ALL.len()]; VERBS.len()];
+type RequestCounts<T> = [[T; Answer::COUNT]; VERBS.len()];
 
 /// HTTP requests by (method, status class).
 type HttpCounts<T> = [[T; CLASSES.len()]; METHODS.len()];
@@ -159,8 +168,7 @@ impl Metrics {
     /// not parse), how it ended and its body bytes.
     pub(crate) fn request(&self, request: Option<&Request>, answer: Answer, bytes: u64) {
         let verb = request.map_or("invalid", Request::verb);
-        self.requests[position(&VERBS, &verb)][position(&Answer::ALL, &answer)]
-            .fetch_add(1, Relaxed);
+        self.requests[position(&VERBS, &verb)][answer.index()].fetch_add(1, Relaxed);
         // `bytes` is a body's size: received for PUT, sent for GET and
         // LIST; for SUM it is what was hashed, which never crossed the wire.
         match request {
@@ -321,7 +329,7 @@ impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let s = &self.stats;
         let e = &mut encoder;
-        let answers = Answer::ALL.map(Answer::as_str);
+        let answers: Vec<&str> = Answer::all().map(Answer::as_str).collect();
         table(
             e,
             "requests",
@@ -521,4 +529,18 @@ fn respond(status: &str, kind: &str, body: &str) -> Vec<u8> {
     .into_bytes();
     response.extend_from_slice(body.as_bytes());
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_answer_has_its_own_counter_in_label_order() {
+        let all: Vec<Answer> = Answer::all().collect();
+        assert_eq!(all.len(), Answer::COUNT);
+        for (i, answer) in all.into_iter().enumerate() {
+            assert_eq!(answer.index(), i, "{answer}");
+        }
+    }
 }
