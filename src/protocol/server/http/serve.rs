@@ -32,18 +32,11 @@ struct Outcome {
     bytes: u64,
     /// `None`: the connection stays for the next request.
     end: Option<End>,
-    /// Who asked (`Authorization: Basic`), for the access log.
-    user: Option<Arc<User>>,
 }
 
 impl Outcome {
     fn new(status: Status, bytes: u64, end: Option<End>) -> Outcome {
-        Outcome {
-            status,
-            bytes,
-            end,
-            user: None,
-        }
+        Outcome { status, bytes, end }
     }
 }
 
@@ -78,7 +71,15 @@ pub(in crate::protocol::server) fn serve(
             wire.hold()?;
         }
         let began = Instant::now();
-        let outcome = respond(wire, &state, &head, ctx);
+        // Who asked (`Authorization: Basic`), for the access log too.
+        let mut user = None;
+        let outcome = authorize(wire, &head, &state).and_then(|authorized| match authorized {
+            Ok(who) => {
+                user = who;
+                respond(wire, &state, &head, ctx, user.as_deref())
+            }
+            Err(refused) => Ok(refused),
+        });
         wire.release();
         let outcome = outcome?;
         log::info!(
@@ -99,7 +100,7 @@ pub(in crate::protocol::server) fn serve(
         if let Some(log) = wire.access_log() {
             log.record(&Entry {
                 client: wire.peer(),
-                user: outcome.user.as_ref().map(|user| user.name()),
+                user: user.as_ref().map(|user| user.name()),
                 verb: head.method.as_str(),
                 path: &head.target,
                 result: &outcome.status.code(),
@@ -177,24 +178,8 @@ fn read_head(wire: &mut impl Wire, ctx: &HandlerContext) -> io::Result<Result<He
     }
 }
 
-/// Answers one request.
+/// Answers one request made as `user` (see [`authorize`]).
 fn respond(
-    wire: &mut impl Wire,
-    state: &ServerState,
-    head: &Head,
-    ctx: &HandlerContext,
-) -> io::Result<Outcome> {
-    let user = match authorize(wire, head, state)? {
-        Ok(user) => user,
-        Err(refused) => return Ok(refused),
-    };
-    let mut outcome = respond_as(wire, state, head, ctx, user.as_deref())?;
-    outcome.user = user;
-    Ok(outcome)
-}
-
-/// Answers one request made as `user`.
-fn respond_as(
     wire: &mut impl Wire,
     state: &ServerState,
     head: &Head,
