@@ -370,12 +370,23 @@ fn init_logging(verbose: u8) {
     logger.init();
 }
 
-/// `--hash-password`: one line of stdin in, its argon2id hash out.
+/// `--hash-password`: one line of stdin in, its argon2id hash out. On a
+/// terminal it is asked for twice with echo off, as `htpasswd` does: a
+/// password typed there is neither shown nor hashed with a typo.
 fn hash_password() -> Result<(), Box<dyn std::error::Error>> {
-    let mut line = String::new();
-    std::io::stdin().read_line(&mut line)?;
-    let password = line.strip_suffix('\n').unwrap_or(&line);
-    let password = password.strip_suffix('\r').unwrap_or(password);
+    use std::io::IsTerminal as _;
+    let password = if std::io::stdin().is_terminal() {
+        let password = filesrv::protocol::ask_password("Password: ")?;
+        if filesrv::protocol::ask_password("Again: ")? != password {
+            return Err("--hash-password: the two passwords typed differ".into());
+        }
+        password
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        let password = line.strip_suffix('\n').unwrap_or(&line);
+        password.strip_suffix('\r').unwrap_or(password).to_owned()
+    };
     // Empty input (`echo "$UNSET" |`, a Ctrl-D) would make a users line
     // that logs in with no password at all.
     if password.is_empty() {

@@ -468,30 +468,11 @@ fn password() -> Result<String, Failure> {
     if let Ok(password) = std::env::var("FSC_PASSWORD") {
         return Ok(password);
     }
-    let failed = |e: io::Error| Failure::Usage(format!("cannot ask for the password: {e}"));
-    let tty = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/tty")
-        .map_err(|e| {
-            Failure::Usage(format!(
-                "--user needs FSC_PASSWORD or a terminal to ask on: {e}"
-            ))
-        })?;
-    let saved = rustix::termios::tcgetattr(&tty).map_err(|e| failed(e.into()))?;
-    let mut quiet = saved.clone();
-    quiet.local_modes.remove(rustix::termios::LocalModes::ECHO);
-    rustix::termios::tcsetattr(&tty, rustix::termios::OptionalActions::Flush, &quiet)
-        .map_err(|e| failed(e.into()))?;
-    let mut line = String::new();
-    let asked = (&tty)
-        .write_all(b"Password: ")
-        .and_then(|()| io::BufRead::read_line(&mut io::BufReader::new(&tty), &mut line));
-    let _ = rustix::termios::tcsetattr(&tty, rustix::termios::OptionalActions::Flush, &saved);
-    let _ = (&tty).write_all(b"\n");
-    asked.map_err(failed)?;
-    let line = line.strip_suffix('\n').unwrap_or(&line);
-    Ok(line.strip_suffix('\r').unwrap_or(line).to_owned())
+    filesrv::protocol::ask_password("Password: ").map_err(|e| {
+        Failure::Usage(format!(
+            "--user needs FSC_PASSWORD or a terminal to ask on: {e}"
+        ))
+    })
 }
 
 /// The arguments with the server before the command: `fsc ls HOST dir`

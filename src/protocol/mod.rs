@@ -47,6 +47,7 @@ mod client;
 mod client_tls;
 mod pin;
 mod server;
+mod terminal;
 pub mod wire;
 
 pub use client::{Client, ClientError, Progress, Stage, TransferOptions};
@@ -55,3 +56,4 @@ pub use server::{
     AccessLog, LingeringCloser, Server, ServerConfig, ServerError, TlsError, UsersError,
     hash_password, raise_descriptor_limit,
 };
+pub use terminal::ask_password;

@@ -1,5 +1,5 @@
 //! Programs the tests and benches drive (haproxy, curl, nginx, groff,
-//! openssl, socat, htpasswd, wget, chromium, wrk, apache2, redbot): found
+//! openssl, socat, htpasswd, wget, setsid, chromium, wrk, apache2, redbot): found
 //! on the system (redbot in the virtual environment
 //! `scripts/install-test-deps` makes for it), never installed from here. When one is missing, the first
 //! test that asks prints one line (past the test harness's capture)
@@ -44,6 +44,11 @@ const PROGRAMS: &[(&str, &str, &str)] = &[
     ("socat", "socat", "tls::openssl_and_socat_*"),
     ("htpasswd", "apache2-utils", "users::*"),
     ("wget", "wget", "http::wget_*"),
+    (
+        "setsid",
+        "util-linux",
+        "cli::hash_password_on_a_terminal_*, end_to_end::fsc_asks_*",
+    ),
     ("chromium", "chromium", "http::chromium_*"),
     (
         "wrk",

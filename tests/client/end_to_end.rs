@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use filesrv::protocol::wire::{EntryKind, ErrorCode};
 use filesrv::protocol::{Client, ClientError, Server, ServerConfig, Stage, TransferOptions};
 
-use crate::support::{LIMIT, TempDir};
+use crate::support::{LIMIT, TempDir, Terminal};
 
 /// A directory outside the root for the client's own files.
 pub(crate) fn local_dir(dir: &TempDir) -> PathBuf {
@@ -983,5 +983,28 @@ fn fsc_user_without_tls_goes_only_to_loopback() {
     assert!(line.contains("--user") && line.contains("--pin"), "{line}");
     let stat = success(run(&server.local_addr().to_string()));
     assert!(stat.starts_with(b"kind: file"), "{stat:?}");
+    server.shutdown();
+}
+
+/// `fsc --user` without `FSC_PASSWORD` asks on its terminal with echo
+/// off: it logs in, and the password is never shown.
+#[test]
+fn fsc_asks_for_the_password_on_its_terminal_without_showing_it() {
+    let dir = TempDir::new("client");
+    fs::write(dir.root().join("five"), b"12345").unwrap();
+    let users = dir.path().join("users");
+    let hash = filesrv::protocol::hash_password(b"ann's secret").unwrap();
+    fs::write(&users, format!("ann:{hash}\n")).unwrap();
+    let server = serve(&dir, |config| config.users(Some(users)));
+    let addr = server.local_addr().to_string();
+    let fsc = Path::new(env!("CARGO_BIN_EXE_fsc"));
+    let args = ["--timeout", "20", "--user", "ann", &addr, "stat", "five"];
+    let (mut terminal, child) = Terminal::spawn(fsc, &args);
+    terminal.expect("Password: ");
+    terminal.type_line("ann's secret");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(terminal.closed(), "Password: \r\n");
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.starts_with(b"kind: file"), "{out:?}");
     server.shutdown();
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use rustix::process::{Pid, Resource, Signal};
 
 use crate::support::{
-    ChildServer, Conn, LIMIT, NOTES, TempDir, begin_upload, running_and_waiting, tools,
+    ChildServer, Conn, LIMIT, NOTES, TempDir, Terminal, begin_upload, running_and_waiting, tools,
 };
 
 /// A temporary root holding `notes.txt`.
@@ -838,4 +838,45 @@ fn max_running_past_the_memory_map_limit_fails_with_one_line() {
     assert_eq!(finished.status.code(), Some(1), "{:?}", finished.status);
     let line = assert_fails_with_one_line(&finished, "too many threads");
     assert!(line.contains("max_map_count"), "{line}");
+}
+
+/// `--hash-password` on a terminal, as `htpasswd` does it: asked twice
+/// with echo off, so the password is never shown, and a typo in either
+/// is an error rather than a hash nobody can log in with.
+#[test]
+fn hash_password_on_a_terminal_asks_twice_and_never_shows_it() {
+    use argon2::password_hash::{PasswordVerifier as _, phc::PasswordHash};
+
+    let filesrv = Path::new(env!("CARGO_BIN_EXE_filesrv"));
+    let (mut terminal, child) = Terminal::spawn(filesrv, &["--hash-password"]);
+    terminal.expect("Password: ");
+    terminal.type_line("correct horse");
+    terminal.expect("Again: ");
+    terminal.type_line("correct horse");
+    let out = child.wait_with_output().unwrap();
+    let screen = terminal.closed();
+    assert_eq!(screen, "Password: \r\nAgain: \r\n");
+    assert_eq!(out.status.code(), Some(0), "{screen}");
+    let hash = String::from_utf8(out.stdout).unwrap();
+    let hash = PasswordHash::new(hash.trim_end()).unwrap();
+    assert!(
+        argon2::Argon2::default()
+            .verify_password(b"correct horse", &hash)
+            .is_ok()
+    );
+
+    let (mut terminal, child) = Terminal::spawn(filesrv, &["--hash-password"]);
+    terminal.expect("Password: ");
+    terminal.type_line("correct horse");
+    terminal.expect("Again: ");
+    terminal.type_line("correct hose");
+    let out = child.wait_with_output().unwrap();
+    let screen = terminal.closed();
+    assert_eq!(out.status.code(), Some(1), "{screen}");
+    assert!(out.stdout.is_empty());
+    assert!(
+        screen.contains("the two passwords typed differ"),
+        "{screen}"
+    );
+    assert!(!screen.contains("horse"), "{screen}");
 }

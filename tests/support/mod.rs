@@ -6,6 +6,7 @@ mod child;
 mod conn;
 mod haproxy;
 mod server;
+mod terminal;
 mod tmpfs;
 mod watch;
 
@@ -19,6 +20,7 @@ pub(crate) use filesrv_testkit::hostile::{SECRET, contains, outside_names, plant
 pub(crate) use filesrv_testkit::{TempDir, tools};
 pub(crate) use haproxy::HaProxy;
 pub(crate) use server::{TestServer, begin_upload, running_and_waiting};
+pub(crate) use terminal::Terminal;
 pub(crate) use tmpfs::Tmpfs;
 pub(crate) use watch::DirWatch;
 
