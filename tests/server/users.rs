@@ -459,3 +459,26 @@ fn clients_failing_auth_never_hold_every_slot() {
         assert_eq!(c.line(), "ERR timeout idle too long while clients wait");
     }
 }
+
+/// A users line whose hash is of the empty password (`htpasswd -nbB bob
+/// ''`) is a user nobody logs in as: an empty password gets the same
+/// refusal as a wrong one, by `AUTH` and by HTTP Basic auth. Before, both
+/// logged in.
+#[test]
+fn an_empty_password_never_logs_in_even_against_a_hash_of_one() {
+    let dir = users_dir();
+    let users = format!(
+        "{}\n{}:ro\n",
+        std::fs::read_to_string(dir.path().join("users")).unwrap(),
+        htpasswd_line("eve", "")
+    );
+    std::fs::write(dir.path().join("users"), users).unwrap();
+    let server = serve(&dir, &[]);
+    let mut c = server.connect();
+    assert_eq!(auth(&mut c, "eve", ""), "ERR denied bad credentials");
+    let (status, _) = curl_status(&server, &["-u", "eve:"], "/public.txt");
+    assert_eq!(status, "401");
+    // The file's other users still log in.
+    let mut c = server.connect();
+    assert_eq!(auth(&mut c, "bob", BOB_PW), "OK bob");
+}

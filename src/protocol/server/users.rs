@@ -322,8 +322,10 @@ impl Users {
                 }
             }
         };
+        // An empty password never logs in, even against a hash of one
+        // (`htpasswd -nbB bob ''`): that would be a user anyone is.
         match user {
-            Some(user) if matched => {
+            Some(user) if matched && !password.is_empty() => {
                 self.throttle.succeeded(source, attempt);
                 Login::Ok(user)
             }
