@@ -63,6 +63,13 @@ fn raw(t: &TestServer, request: &[u8]) -> String {
     String::from_utf8_lossy(&c.read_until_closed()).into_owned()
 }
 
+/// A reply without its `Date` field, the one part two replies sent in
+/// different seconds may not share.
+pub(crate) fn without_date(reply: &str) -> String {
+    let lines = reply.split_inclusive('\n');
+    lines.filter(|line| !line.starts_with("Date: ")).collect()
+}
+
 #[test]
 fn curl_get_and_head_beside_the_line_protocol() {
     let t = serve("http-get", |c| c);
@@ -273,10 +280,100 @@ fn curl_uploads_only_when_allowed() {
     let (code, _) = curl_head(&args, &b);
     assert_eq!(code, 413);
     assert_eq!(t.dir.read("up.bin"), vec![7u8; 100_000]);
+    // The line protocol's words for the same upload.
+    let mut c = t.connect();
+    c.send(b"PUT up.bin 300000\n");
+    let why = c.err_message("too-large");
+    assert_eq!(
+        why,
+        "upload of 300000 bytes exceeds the size limit of 200000 bytes"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&b).unwrap(),
+        format!("413 Content Too Large: {why}\n")
+    );
     // The other methods: 405 naming what is allowed.
     let (code, head) = curl_head(&["-X", "DELETE", &u], &b);
     assert_eq!(code, 405);
     assert_eq!(field(&head, "allow"), Some("GET, HEAD, PUT"));
+}
+
+/// An upload while uploads are off says why, as `ERR forbidden` does.
+/// (Before, the body was the status line alone: `403 Forbidden`.)
+#[test]
+fn curl_upload_without_allow_put_says_uploads_are_disabled() {
+    let t = serve("http-why-put", |c| c);
+    let out = TempDir::new("http-why-put-out");
+    let local = out.path().join("a.txt");
+    std::fs::write(&local, "hello\n").unwrap();
+    let u = url(&t, "/b.txt");
+    let body = curl(&["-T", local.to_str().unwrap(), &u]).stdout;
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        "403 Forbidden: uploads are disabled\n"
+    );
+    let mut c = t.connect();
+    c.send(b"PUT b.txt 6\n");
+    assert_eq!(c.err_message("forbidden"), "uploads are disabled");
+    assert!(!t.dir.root().join("b.txt").exists());
+}
+
+/// A symlink out of the root: the resolver's reason, as the line
+/// protocol gives it, in a body whose length the head states exactly,
+/// with no host path in it (and none after HEAD).
+#[test]
+fn a_path_out_of_the_root_says_why_and_no_host_path() {
+    let t = serve("http-why-out", |c| c);
+    let outside = TempDir::new("http-why-outside");
+    let secret = outside.write("secret.txt", "secret\n");
+    std::os::unix::fs::symlink(&secret, t.dir.root().join("out")).unwrap();
+    let mut c = t.connect();
+    c.send(b"GET out\n");
+    let why = c.err_message("forbidden");
+    assert_eq!(why, "path leads outside the served root");
+    let reply = String::from_utf8(curl(&["-i", &url(&t, "/out")]).stdout).unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{head}");
+    assert_eq!(body, format!("403 Forbidden: {why}\n"));
+    let length = body.len().to_string();
+    assert_eq!(field(head, "content-length"), Some(length.as_str()));
+    // HEAD: the same head, no body.
+    let head_only = String::from_utf8(curl(&["-I", &url(&t, "/out")]).stdout).unwrap();
+    assert_eq!(
+        without_date(&head_only),
+        without_date(&format!("{head}\r\n\r\n"))
+    );
+    for text in [&reply, &head_only] {
+        for path in [outside.path(), &t.dir.root()] {
+            assert!(!text.contains(path.to_str().unwrap()), "{text}");
+        }
+    }
+}
+
+/// A hidden name and a missing one: the same `ERR` line, and replies
+/// that differ in no byte but the `Date`.
+#[test]
+fn hidden_and_missing_names_get_the_same_bytes() {
+    let t = serve("http-why-hidden", |c| c);
+    t.dir.write(".env", "SECRET");
+    t.dir.write("sub/.env", "SECRET");
+    let mut c = t.connect();
+    c.send(b"GET .env\nGET env\nGET sub/.env\nGET sub/env\n");
+    let lines: Vec<String> = (0..4).map(|_| c.line()).collect();
+    assert_eq!(lines, ["ERR not-found no such file or directory"; 4]);
+    for (hidden, missing) in [("/.env", "/env"), ("/sub/.env", "/sub/env")] {
+        for how in ["-i", "-I"] {
+            let reply = |path| String::from_utf8(curl(&[how, &url(&t, path)]).stdout).unwrap();
+            let (hidden, missing) = (reply(hidden), reply(missing));
+            assert_eq!(without_date(&hidden), without_date(&missing));
+            let expected = if how == "-i" {
+                "\r\n\r\n404 Not Found: no such file or directory\n"
+            } else {
+                "\r\nContent-Length: 41\r\n\r\n"
+            };
+            assert!(hidden.ends_with(expected), "{hidden}");
+        }
+    }
 }
 
 #[test]
@@ -405,6 +502,12 @@ fn framing_refusals_get_exact_statuses_and_close() {
         assert!(reply.contains("\r\nConnection: close\r\n"), "{reply}");
         assert_eq!(reply.matches("HTTP/1.1 ").count(), 1, "{reply}");
     }
+    // The body says why.
+    let reply = raw(&t, b"PUT /a HTTP/1.1\r\n\r\n");
+    assert!(
+        reply.ends_with("\r\n\r\n411 Length Required: uploads need a Content-Length\n"),
+        "{reply}"
+    );
     // A request smuggled after a refused one is never executed.
     let smuggled = raw(
         &t,

@@ -7,7 +7,7 @@ mod hidden;
 mod hostile_input;
 mod hostile_net;
 mod hostile_process;
-mod http;
+pub(crate) mod http;
 pub(crate) mod metrics;
 mod new_connections;
 mod operations;

@@ -7,6 +7,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
 
+use crate::server::http::without_date;
 use crate::server::metrics::sample;
 use crate::server::tls::{metrics_addr, scrape};
 use crate::support::{ChildServer, Conn, TempDir, connect_from, tools};
@@ -399,6 +400,55 @@ fn curl_with_basic_auth_sees_only_its_root_with_its_rights() {
         ("200".to_owned(), "public\n".to_owned())
     );
     assert_eq!(curl_status(&open, &["-T", upload], "/up2.txt").0, "401");
+}
+
+/// A read-only user's PUT says why in PUT's words: the `rw` right it
+/// lacks. (Before, the body was the status line alone.)
+#[test]
+fn http_put_of_a_read_only_user_says_why() {
+    let dir = users_dir();
+    let server = serve(&dir, &["--allow-put"]);
+    let upload = dir.path().join("upload.txt");
+    std::fs::write(&upload, "new\n").unwrap();
+    let bob = format!("bob:{BOB_PW}");
+    let args = ["-u", &bob, "-T", upload.to_str().unwrap()];
+    assert_eq!(
+        curl_status(&server, &args, "/up.txt"),
+        (
+            "403".to_owned(),
+            "403 Forbidden: this user may not upload\n".to_owned()
+        )
+    );
+    let mut c = server.connect();
+    assert_eq!(auth(&mut c, "bob", BOB_PW), "OK bob");
+    c.send(b"PUT up.txt 4\n");
+    assert_eq!(c.err_message("forbidden"), "this user may not upload");
+    assert!(!dir.root().join("bob/up.txt").exists());
+}
+
+/// No credentials, a wrong password, an unknown name: `401`s that say
+/// why in `AUTH`'s words, the last two the same to the byte (but the
+/// `Date`), as `ERR denied bad credentials` is.
+#[test]
+fn http_wrong_password_and_unknown_user_get_the_same_bytes() {
+    let dir = users_dir();
+    let server = serve(&dir, &[]);
+    assert_eq!(
+        curl_status(&server, &[], "/a.txt").1,
+        "401 Unauthorized: authentication required\n"
+    );
+    let wrong = curl_status(&server, &["-i", "-u", "alice:wrong"], "/a.txt");
+    let unknown = curl_status(&server, &["-i", "-u", "mallory:wrong"], "/a.txt");
+    assert_eq!(wrong.0, "401");
+    assert_eq!(without_date(&wrong.1), without_date(&unknown.1));
+    let body = "\r\n\r\n401 Unauthorized: bad credentials\n";
+    assert!(wrong.1.ends_with(body), "{}", wrong.1);
+    let mut c = server.connect();
+    assert_eq!(auth(&mut c, "alice", "wrong"), "ERR denied bad credentials");
+    assert_eq!(
+        auth(&mut c, "mallory", "wrong"),
+        "ERR denied bad credentials"
+    );
 }
 
 /// Clients failing `AUTH` never keep a user out: on two running slots,

@@ -17,6 +17,8 @@ pub(super) const MAX_REQUEST_LINE: usize = 8 * 1024;
 pub(super) const MAX_HEADER_SECTION: usize = 16 * 1024;
 /// The most header fields: more is `431`.
 pub(super) const MAX_FIELDS: usize = 100;
+/// Why a request other than PUT with a body is refused.
+pub(super) const NO_BODIES: &str = "request bodies are not accepted";
 /// How far a long first line is read to find its end and decide whether
 /// it is HTTP: a 414 is certain well before.
 const MAX_HEAD: usize = 32 * 1024;
@@ -272,7 +274,7 @@ fn head(request: &httparse::Request<'_, '_>) -> Result<Head, (Status, &'static s
                 "Transfer-Encoding and Content-Length together",
             ),
             (None, Method::Put) => (Status::LengthRequired, "uploads need a Content-Length"),
-            (None, _) => (Status::BadRequest, "request bodies are not accepted"),
+            (None, _) => (Status::BadRequest, NO_BODIES),
         });
     }
     if method == Method::Put && head.content_length.is_none() {

@@ -180,15 +180,21 @@ pub(super) fn http_date(time: SystemTime) -> String {
     text
 }
 
-/// A reply with a short `text/plain` body: an error or a redirect.
+/// A reply with a short `text/plain` body: an error or a redirect. The
+/// body is the status line, then `: ` and `why` when given: the message
+/// the line protocol's `ERR` line gives in the same case.
 pub(super) fn plain(
     status: Status,
+    why: Option<&str>,
     extra: &[(&str, &str)],
     keep_alive: bool,
     http10: bool,
 ) -> String {
     let (code, reason) = status.line();
-    let body = format!("{code} {reason}\n");
+    let body = match why {
+        Some(why) => format!("{code} {reason}: {why}\n"),
+        None => format!("{code} {reason}\n"),
+    };
     let mut head = ReplyHead::new(status).field("Content-Type", "text/plain; charset=utf-8");
     for (name, value) in extra {
         head = head.field(name, value);
@@ -201,5 +207,11 @@ pub(super) fn plain(
 /// The `503` a refused connection gets when its first bytes begin an
 /// HTTP request line.
 pub(in crate::protocol::server) fn refusal() -> String {
-    plain(Status::Unavailable, &[("Retry-After", "1")], false, false)
+    plain(
+        Status::Unavailable,
+        None,
+        &[("Retry-After", "1")],
+        false,
+        false,
+    )
 }

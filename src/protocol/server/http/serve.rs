@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use rustix::io::Errno;
 
 use super::head::{self, Head, Method, Parsed};
 use super::listing;
@@ -147,7 +148,7 @@ fn read_head(wire: &mut impl Wire, ctx: &HandlerContext) -> io::Result<Result<He
                     took: Duration::ZERO,
                 });
             }
-            let _ = wire.write_all(plain(status, &[], false, false).as_bytes());
+            let _ = wire.write_all(plain(status, Some(why), &[], false, false).as_bytes());
             return Ok(Err(End::AfterError));
         }
         let started = !wire.pending().is_empty();
@@ -165,12 +166,15 @@ fn read_head(wire: &mut impl Wire, ctx: &HandlerContext) -> io::Result<Result<He
                 return Ok(Err(End::Quietly));
             }
             Filled::Eof => {
-                let _ = wire.write_all(plain(Status::BadRequest, &[], false, false).as_bytes());
+                let why = Some("incomplete request head");
+                let reply = plain(Status::BadRequest, why, &[], false, false);
+                let _ = wire.write_all(reply.as_bytes());
                 return Ok(Err(End::AfterError));
             }
             Filled::TimedOut if !started => return Ok(Err(End::Quietly)),
             Filled::TimedOut => {
-                let reply = plain(Status::RequestTimeout, &[], false, false);
+                let why = Some("no complete request in time");
+                let reply = plain(Status::RequestTimeout, why, &[], false, false);
                 let _ = wire.write_all(reply.as_bytes());
                 return Ok(Err(End::AfterError));
             }
@@ -203,32 +207,42 @@ fn respond(
                 wire,
                 head,
                 Status::MethodNotAllowed,
+                None,
                 &[("Allow", allow)],
                 keep,
             );
         }
         // PUT needs --allow-put, and with users the `rw` right.
-        (_, Method::Put)
-            if !allow_put || (state.users.is_some() && !user.is_some_and(User::may_write)) =>
-        {
-            return reply_plain(wire, head, Status::Forbidden, &[], false);
+        (_, Method::Put) if !allow_put => {
+            let why = Some("uploads are disabled");
+            return reply_plain(wire, head, Status::Forbidden, why, &[], false);
+        }
+        (_, Method::Put) if state.users.is_some() && !user.is_some_and(User::may_write) => {
+            let why = Some("this user may not upload");
+            return reply_plain(wire, head, Status::Forbidden, why, &[], false);
         }
         (Err(e), _) => {
             let keep = head.keep_alive && head.method != Method::Put;
-            return reply_plain(wire, head, Status::of(e.code()), &[], keep);
+            let why = Some(e.message());
+            return reply_plain(wire, head, Status::of(e.code()), why, &[], keep);
         }
         (Ok(path), _) => path,
     };
     if !config.hidden && path.is_hidden() {
         return match head.method {
-            Method::Put => reply_plain(wire, head, Status::Forbidden, &[], false),
-            _ => reply_plain(wire, head, Status::NotFound, &[], head.keep_alive),
+            Method::Put => {
+                let why = Some("hidden names may not be written");
+                reply_plain(wire, head, Status::Forbidden, why, &[], false)
+            }
+            // Answered as an absent name is, to the byte.
+            _ => refuse(wire, head, &FsError::resolving(Errno::NOENT), true),
         };
     }
     match head.method {
         Method::Put => put(wire, head, root, path),
         _ if head.content_length.unwrap_or(0) > 0 => {
-            reply_plain(wire, head, Status::BadRequest, &[], false)
+            let why = Some(head::NO_BODIES);
+            reply_plain(wire, head, Status::BadRequest, why, &[], false)
         }
         _ => get(wire, head, root, path, ctx),
     }
@@ -254,7 +268,8 @@ fn authorize(
         if anonymous && state.config.anonymous_read {
             return Ok(Ok(None));
         }
-        return reply_plain(wire, head, Status::Unauthorized, &challenge, keep).map(Err);
+        let why = Some("authentication required");
+        return reply_plain(wire, head, Status::Unauthorized, why, &challenge, keep).map(Err);
     };
     let metrics = &state.metrics;
     if !plain_auth_allowed(
@@ -263,7 +278,8 @@ fn authorize(
         state.config.allow_plain_auth,
     ) {
         metrics.login(LoginResult::PlaintextRefused);
-        return reply_plain(wire, head, Status::Forbidden, &[], keep).map(Err);
+        let why = Some("AUTH needs TLS");
+        return reply_plain(wire, head, Status::Forbidden, why, &[], keep).map(Err);
     }
     // `name:password`, base64 (RFC 7617); anything else is a bad one.
     let decoded = base64::engine::general_purpose::STANDARD
@@ -277,27 +293,31 @@ fn authorize(
     let login = users.authenticate(wire.peer().ip(), &name, password, || {
         metrics.password_checked();
     });
-    let result = match login {
+    // A wrong password and an unknown name get the same words, as AUTH's.
+    let (result, why) = match login {
         Login::Ok(user) => {
             metrics.login(LoginResult::Ok);
             return Ok(Ok(Some(user)));
         }
-        Login::Denied => LoginResult::Denied,
-        Login::Throttled => LoginResult::Throttled,
+        Login::Denied => (LoginResult::Denied, "bad credentials"),
+        Login::Throttled => (LoginResult::Throttled, "too many failed logins"),
     };
     metrics.login(result);
-    reply_plain(wire, head, Status::Unauthorized, &challenge, keep).map(Err)
+    let why = Some(why);
+    reply_plain(wire, head, Status::Unauthorized, why, &challenge, keep).map(Err)
 }
 
-/// A short `text/plain` reply (without its body for HEAD).
+/// A short `text/plain` reply saying `why` when given, in the line
+/// protocol's words (without its body for HEAD).
 fn reply_plain(
     wire: &mut impl Wire,
     head: &Head,
     status: Status,
+    why: Option<&str>,
     extra: &[(&str, &str)],
     keep_alive: bool,
 ) -> io::Result<Outcome> {
-    let mut text = plain(status, extra, keep_alive, head.http10);
+    let mut text = plain(status, why, extra, keep_alive, head.http10);
     if head.method == Method::Head {
         let end = text.find("\r\n\r\n").map_or(text.len(), |i| i + 4);
         text.truncate(end);
@@ -313,7 +333,8 @@ fn refuse(wire: &mut impl Wire, head: &Head, e: &FsError, keep: bool) -> io::Res
         log::warn!("{}: {e}: {:?}", wire.peer(), std::error::Error::source(e));
     }
     let keep = keep && head.keep_alive && e.code() != ErrorCode::TooLarge;
-    reply_plain(wire, head, Status::of(e.code()), &[], keep)
+    let why = Some(e.message());
+    reply_plain(wire, head, Status::of(e.code()), why, &[], keep)
 }
 
 fn get(
@@ -363,6 +384,7 @@ fn get(
                 wire,
                 head,
                 Status::RangeNotSatisfiable,
+                None,
                 &extra,
                 head.keep_alive,
             );
@@ -426,6 +448,7 @@ fn directory(
             wire,
             head,
             Status::MovedPermanently,
+            None,
             &extra,
             head.keep_alive,
         );
@@ -461,8 +484,10 @@ fn directory(
 /// closes the connection: the body cannot be skipped safely.
 fn put(wire: &mut impl Wire, head: &Head, root: &Root, path: &RelPath) -> io::Result<Outcome> {
     let size = head.content_length.unwrap_or(0);
-    if size > wire.state().config.max_upload {
-        return reply_plain(wire, head, Status::ContentTooLarge, &[], false);
+    let limit = wire.state().config.max_upload;
+    if size > limit {
+        let why = format!("upload of {size} bytes exceeds the size limit of {limit} bytes");
+        return reply_plain(wire, head, Status::ContentTooLarge, Some(&why), &[], false);
     }
     let existed = root.stat(path).is_ok();
     let mut temp = match root.create_temp(path) {
@@ -481,7 +506,10 @@ fn put(wire: &mut impl Wire, head: &Head, root: &Root, path: &RelPath) -> io::Re
     match wire.receive_body(&mut temp, size)? {
         Received::All => {}
         Received::Gone => return Ok(Outcome::new(Status::BadRequest, 0, Some(End::Quietly))),
-        Received::Stalled => return reply_plain(wire, head, Status::RequestTimeout, &[], false),
+        Received::Stalled => {
+            let why = Some("upload stalled");
+            return reply_plain(wire, head, Status::RequestTimeout, why, &[], false);
+        }
         Received::WriteFailed(e) => {
             log::warn!("{}: upload to {path} failed: {e}", wire.peer());
             return refuse(wire, head, &FsError::from(e), false);
