@@ -15,6 +15,7 @@ mod metrics;
 mod pace;
 mod proxy;
 mod readbuf;
+mod reasons;
 mod session;
 mod sidecar;
 mod sockopt;

@@ -19,6 +19,7 @@ use super::http::{self, Wire as _};
 use super::metrics::{Answer, LoginResult, Metrics};
 use super::pace::Pace;
 use super::readbuf::ReadBuf;
+use super::reasons;
 use super::sockopt::{Cork, ReadTimeout};
 use super::stream::{Paced, SessionStream};
 use super::tls::Tls;
@@ -407,10 +408,9 @@ impl Connection {
             (_, Refusal::Evicted) => None,
             (true, reason) if reason.is_busy() => Some(http::refusal()),
             (true, _) => None,
-            (false, Refusal::IdleTimeout) => Some(reply_error(
-                ErrorCode::Timeout,
-                "no complete request in time",
-            )),
+            (false, Refusal::IdleTimeout) => {
+                Some(reply_error(ErrorCode::Timeout, reasons::NO_REQUEST_IN_TIME))
+            }
             (false, reason) => Some(refusal_line(reason)),
         };
         let Connection {
@@ -465,7 +465,7 @@ impl Connection {
                 Line::Park => return Ok(End::Park),
                 Line::TooLong => return self.fail(ErrorCode::BadRequest, "request line too long"),
                 Line::TimedOut => {
-                    return self.fail(ErrorCode::Timeout, "no complete request in time");
+                    return self.fail(ErrorCode::Timeout, reasons::NO_REQUEST_IN_TIME);
                 }
             };
             // The first request line decides the protocol for good.
@@ -689,7 +689,7 @@ impl Connection {
                 {
                     return None;
                 }
-                _ => (ErrorCode::Denied, "authentication required"),
+                _ => (ErrorCode::Denied, reasons::AUTH_REQUIRED),
             },
         };
         Some(if is_put {
@@ -733,8 +733,8 @@ impl Connection {
                 self.user = Some(user);
                 return Ok(Outcome::new(Answer::Ok, 0, None));
             }
-            Login::Denied => (LoginResult::Denied, "bad credentials"),
-            Login::Throttled => (LoginResult::Throttled, "too many failed logins"),
+            Login::Denied => (LoginResult::Denied, reasons::BAD_CREDENTIALS),
+            Login::Throttled => (LoginResult::Throttled, reasons::TOO_MANY_FAILURES),
         };
         metrics.login(result);
         self.failed_logins += 1;
@@ -836,11 +836,11 @@ impl Connection {
                 .map(|end| Outcome::new(Answer::Err(code), 0, Some(end)))
         };
         if !self.config().allow_put {
-            return refuse(self, ErrorCode::Forbidden, "uploads are disabled");
+            return refuse(self, ErrorCode::Forbidden, reasons::UPLOADS_DISABLED);
         }
         let limit = self.config().max_upload;
         if size > limit {
-            let message = format!("upload of {size} bytes exceeds the size limit of {limit} bytes");
+            let message = reasons::too_large(size, limit);
             return refuse(self, ErrorCode::TooLarge, &message);
         }
         let mut temp = match self.root().create_temp(path) {
@@ -857,7 +857,7 @@ impl Connection {
             Received::All => {}
             Received::Gone => return Ok(Outcome::new(Answer::Gone, 0, Some(End::Quietly))),
             Received::Stalled => {
-                return refuse(self, ErrorCode::Timeout, "upload stalled");
+                return refuse(self, ErrorCode::Timeout, reasons::UPLOAD_STALLED);
             }
             Received::WriteFailed(e) => {
                 log::warn!("{}: upload to {path} failed: {e}", self.peer);

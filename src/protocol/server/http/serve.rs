@@ -20,6 +20,7 @@ use crate::protocol::checksum::sum_prefix_until;
 use crate::protocol::server::access_log::Entry;
 use crate::protocol::server::fs::{FsError, Root};
 use crate::protocol::server::metrics::LoginResult;
+use crate::protocol::server::reasons;
 use crate::protocol::server::session::{Claim, End, Filled, LIST_BUF, Received, ServerState};
 use crate::protocol::server::transfer::Sent;
 use crate::protocol::server::users::{Login, User, plain_auth_allowed};
@@ -173,7 +174,7 @@ fn read_head(wire: &mut impl Wire, ctx: &HandlerContext) -> io::Result<Result<He
             }
             Filled::TimedOut if !started => return Ok(Err(End::Quietly)),
             Filled::TimedOut => {
-                let why = Some("no complete request in time");
+                let why = Some(reasons::NO_REQUEST_IN_TIME);
                 let reply = plain(Status::RequestTimeout, why, &[], false, false);
                 let _ = wire.write_all(reply.as_bytes());
                 return Ok(Err(End::AfterError));
@@ -214,7 +215,7 @@ fn respond(
         }
         // PUT needs --allow-put, and with users the `rw` right.
         (_, Method::Put) if !allow_put => {
-            let why = Some("uploads are disabled");
+            let why = Some(reasons::UPLOADS_DISABLED);
             return reply_plain(wire, head, Status::Forbidden, why, &[], false);
         }
         (_, Method::Put) if state.users.is_some() && !user.is_some_and(User::may_write) => {
@@ -268,7 +269,7 @@ fn authorize(
         if anonymous && state.config.anonymous_read {
             return Ok(Ok(None));
         }
-        let why = Some("authentication required");
+        let why = Some(reasons::AUTH_REQUIRED);
         return reply_plain(wire, head, Status::Unauthorized, why, &challenge, keep).map(Err);
     };
     let metrics = &state.metrics;
@@ -278,7 +279,7 @@ fn authorize(
         state.config.allow_plain_auth,
     ) {
         metrics.login(LoginResult::PlaintextRefused);
-        let why = Some("AUTH needs TLS");
+        let why = Some("a password needs TLS");
         return reply_plain(wire, head, Status::Forbidden, why, &[], keep).map(Err);
     }
     // `name:password`, base64 (RFC 7617); anything else is a bad one.
@@ -299,8 +300,8 @@ fn authorize(
             metrics.login(LoginResult::Ok);
             return Ok(Ok(Some(user)));
         }
-        Login::Denied => (LoginResult::Denied, "bad credentials"),
-        Login::Throttled => (LoginResult::Throttled, "too many failed logins"),
+        Login::Denied => (LoginResult::Denied, reasons::BAD_CREDENTIALS),
+        Login::Throttled => (LoginResult::Throttled, reasons::TOO_MANY_FAILURES),
     };
     metrics.login(result);
     let why = Some(why);
@@ -486,7 +487,7 @@ fn put(wire: &mut impl Wire, head: &Head, root: &Root, path: &RelPath) -> io::Re
     let size = head.content_length.unwrap_or(0);
     let limit = wire.state().config.max_upload;
     if size > limit {
-        let why = format!("upload of {size} bytes exceeds the size limit of {limit} bytes");
+        let why = reasons::too_large(size, limit);
         return reply_plain(wire, head, Status::ContentTooLarge, Some(&why), &[], false);
     }
     let existed = root.stat(path).is_ok();
@@ -507,7 +508,7 @@ fn put(wire: &mut impl Wire, head: &Head, root: &Root, path: &RelPath) -> io::Re
         Received::All => {}
         Received::Gone => return Ok(Outcome::new(Status::BadRequest, 0, Some(End::Quietly))),
         Received::Stalled => {
-            let why = Some("upload stalled");
+            let why = Some(reasons::UPLOAD_STALLED);
             return reply_plain(wire, head, Status::RequestTimeout, why, &[], false);
         }
         Received::WriteFailed(e) => {
