@@ -87,6 +87,20 @@ impl Poller {
         }
     }
 
+    /// Takes one ready event without blocking, unless it is a wake-up:
+    /// that one is left, unread, for the thread that waits.
+    pub(crate) fn try_one(&self) -> Option<(u64, EventFlags)> {
+        let mut events = [std::mem::MaybeUninit::<Event>::uninit(); 1];
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let (ready, _) = epoll::wait(&self.epoll, &mut events, Some(&zero)).ok()?;
+        let event = ready.first()?;
+        let key = event.data.u64();
+        (key != WAKE).then_some((key, event.flags))
+    }
+
     /// A buffer for [`Poller::wait`].
     pub(crate) fn events() -> Vec<Event> {
         Vec::with_capacity(BATCH)

@@ -61,6 +61,9 @@ pub(super) enum Admitting {
     Accepted,
     /// A parked handler coming back.
     Returning,
+    /// A parked handler coming back, its event taken by a worker about
+    /// to wait, which runs the queue's head next: no other is rung.
+    Taken,
 }
 
 /// A builder's settings beside the policy.
@@ -105,6 +108,9 @@ pub(super) enum Next<Q> {
     WaitOnAcceptor,
     /// More workers live than the bound allows.
     Retire,
+    /// Nothing queued, some parked: take one that is back, if any,
+    /// before waiting ([`Shared::take_parked`]).
+    TryParked,
 }
 
 /// The state under the admission lock.
@@ -288,7 +294,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         key: Option<Key>,
         how: Admitting,
     ) -> Result<(), Refused<Q>> {
-        let returning = how == Admitting::Returning;
+        let returning = matches!(how, Admitting::Returning | Admitting::Taken);
         let now = Instant::now();
         let id = gate.next_id;
         let decision = if gate.is_closed() {
@@ -362,7 +368,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         gate.send_token();
         // A worker waiting on the acceptor takes it (unless the one that
         // accepted it runs it), rung once the lock is free.
-        let ring = (how != Admitting::Accepted)
+        let ring = matches!(how, Admitting::New | Admitting::Returning)
             .then(|| gate.on_acceptor.pop())
             .flatten();
         self.changed(&gate);
@@ -396,6 +402,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
         done: Option<Done<Q>>,
         have_token: bool,
         bell: Option<&Arc<Poller>>,
+        try_parked: bool,
     ) -> Next<Q> {
         let mut gate = self.gate();
         let mut evicted = None;
@@ -430,6 +437,8 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
                 let _ = self.tokens.try_recv();
             }
             Next::Run(entry)
+        } else if try_parked && !gate.parked.is_empty() && !gate.is_closed() {
+            Next::TryParked
         } else if let Some(bell) = bell.filter(|_| gate.accepting && !gate.is_closed()) {
             gate.on_acceptor.push(bell.clone());
             if gate.on_acceptor.len() == 1 {
@@ -500,8 +509,8 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
     }
 
     /// A watched socket reported: a waiting client may have hung up, or a
-    /// parked one is back.
-    pub(super) fn socket_event(&self, id: u64, flags: EventFlags) {
+    /// parked one is back (admitted as `how`: by the watcher or a worker).
+    pub(super) fn socket_event(&self, id: u64, flags: EventFlags, how: Admitting) {
         let mut gate = self.gate();
         if let Some(entry) = gate.waiting.get(&id) {
             // A peek, under the lock: it must not block.
@@ -531,13 +540,27 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
             return;
         }
         // No caller to hand a policy panic to: the handler is dropped and
-        // counted as panicked, and the watcher goes on.
-        let admit = || self.admit(gate, handler, source, key, Admitting::Returning);
+        // counted as panicked, and the thread goes on.
+        let admit = || self.admit(gate, handler, source, key, how);
         match guarded("Admission::decide", id, admit) {
             Some(Ok(())) => {}
             Some(Err(Refused { handler, reason })) => settle(id, handler, Outcome::Refused(reason)),
             None => self.gate().depart(id, key, Outcome::Panicked),
         }
+    }
+
+    /// A worker about to wait takes one ready event of the watcher's set,
+    /// if any, and handles it as the watcher would; a parked handler back
+    /// is queued without ringing anyone, as the worker runs the queue's
+    /// head next. Under load this spares a wake-up of the watcher and one
+    /// of a worker per request (docs/ARCHITECTURE.md, "Parked handlers").
+    /// Whether it took one.
+    pub(super) fn take_parked(&self) -> bool {
+        let Some((id, flags)) = self.signals.watcher.try_one() else {
+            return false;
+        };
+        self.socket_event(id, flags, Admitting::Taken);
+        true
     }
 
     /// Settles a handler taken out of the parked set, its socket out of

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use super::shared::Shared;
+use super::shared::{Admitting, Shared};
 use crate::admission::Admission;
 use crate::handler::Handler;
 use crate::poller::Poller;
@@ -23,7 +23,7 @@ pub(super) fn watch<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
         let until = [deadline, pass].into_iter().flatten().min();
         let watcher = &shared.signals.watcher;
         if let Err(e) = watcher.wait(until, &mut events, |id, flags| {
-            shared.socket_event(id, flags)
+            shared.socket_event(id, flags, Admitting::Returning)
         }) {
             log::error!("epoll_wait failed: {e}");
         }

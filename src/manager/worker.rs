@@ -39,8 +39,14 @@ pub(super) fn work<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
     });
     let mut done = None;
     let mut have_token = false;
+    // Off once a look found no parked handler back, until the next wait.
+    let mut try_parked = true;
     loop {
-        match shared.next(done.take(), have_token, idle.as_ref().map(|i| &i.bell)) {
+        let bell = idle.as_ref().map(|i| &i.bell);
+        let next = shared.next(done.take(), have_token, bell, try_parked);
+        try_parked = true;
+        match next {
+            Next::TryParked => try_parked = shared.take_parked(),
             Next::Run(entry) => {
                 have_token = false;
                 done = Some(run(shared, &slot, entry));
