@@ -273,7 +273,7 @@ pub trait Admission: Send + 'static {
 
     /// A handler this policy saw admitted left the manager. Called under
     /// the admission lock, on the thread where it left (a worker, the
-    /// deadline thread, the watcher, or the one calling
+    /// watcher, or the one calling
     /// [`shutdown`](crate::Manager::shutdown)). The default does nothing.
     fn departed(&mut self, departure: &Departure) {
         let _ = departure;

@@ -116,7 +116,8 @@ pub trait Handler: Send + Sized + 'static {
     /// A watched client that shuts down its write side, closes, or resets
     /// while waiting makes the manager ask
     /// [`is_abandoned`](Handler::is_abandoned) at once (from its watcher
-    /// thread, on a socket it must not read from: a peek); `true` drops the
+    /// thread, or a worker about to wait, on a socket it must not read
+    /// from: a peek); `true` drops the
     /// handler and frees its place in the queue within milliseconds. The
     /// socket must stay open as long as the handler waits.
     ///
@@ -130,7 +131,8 @@ pub trait Handler: Send + Sized + 'static {
     /// `ERR unavailable`). The handler is dropped afterwards.
     ///
     /// Called on the thread that made the decision: the manager's watcher
-    /// (a queue deadline passed) or the thread that called
+    /// (a queue deadline passed), a worker (a parked handler evicted or
+    /// refused on its return) or the thread that called
     /// [`shutdown`](crate::Manager::shutdown). A handler refused at
     /// [`submit`](crate::Manager::submit) comes back to the submitter
     /// instead, which may call this itself ([`Refused::notify`](crate::Refused::notify)).

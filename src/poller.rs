@@ -1,6 +1,7 @@
 //! An epoll set with a wake-up eventfd, for the threads that wait on many
 //! sockets at once: the manager's watcher of waiting clients and the file
-//! server's PROXY handshake thread.
+//! server's PROXY handshake thread. The manager's workers also take one
+//! event of the watcher's set at a time without waiting.
 //!
 //! Built on `rustix`'s epoll and eventfd, already a dependency for the
 //! file server's system calls: the `polling` crate would add a portable
@@ -88,7 +89,9 @@ impl Poller {
     }
 
     /// Takes one ready event without blocking, unless it is a wake-up:
-    /// that one is left, unread, for the thread that waits.
+    /// that one is left, unread, for the thread that waits, and `None` is
+    /// returned even if other events are ready behind it (that thread,
+    /// woken anyway, takes them).
     pub(crate) fn try_one(&self) -> Option<(u64, EventFlags)> {
         let mut events = [std::mem::MaybeUninit::<Event>::uninit(); 1];
         let zero = Timespec {

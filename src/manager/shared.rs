@@ -366,8 +366,9 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
             },
         );
         gate.send_token();
-        // A worker waiting on the acceptor takes it (unless the one that
-        // accepted it runs it), rung once the lock is free.
+        // A worker waiting on the acceptor takes it, rung once the lock is
+        // free; not when the worker that accepted it or took it back runs
+        // the queue's head next.
         let ring = matches!(how, Admitting::New | Admitting::Returning)
             .then(|| gate.on_acceptor.pop())
             .flatten();
@@ -554,7 +555,7 @@ impl<Q: Handler, S: Admission> Shared<Q, S> {
     /// is queued without ringing anyone, as the worker runs the queue's
     /// head next. Under load this spares a wake-up of the watcher and one
     /// of a worker per request (docs/ARCHITECTURE.md, "Parked handlers").
-    /// Whether it took one.
+    /// Whether it took an event (a waiting client's hang-up counts).
     pub(super) fn take_parked(&self) -> bool {
         let Some((id, flags)) = self.signals.watcher.try_one() else {
             return false;

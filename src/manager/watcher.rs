@@ -2,7 +2,9 @@
 //! client hangs up (registered edge-triggered for `EPOLLRDHUP` only, under
 //! the handler's id, never reused), a parked handler's socket reports
 //! (one-shot, level-triggered), the earliest queue deadline or parked
-//! expiry, or a make-room pass is due (see `room.rs`).
+//! expiry, or a make-room pass is due (see `room.rs`). A worker about to
+//! wait may take one of those socket events first
+//! (`Shared::take_parked`); it handles it with the same code.
 
 use std::time::Instant;
 

@@ -39,14 +39,10 @@ pub(super) fn work<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
     });
     let mut done = None;
     let mut have_token = false;
-    // Off once a look found no parked handler back, until the next wait.
-    let mut try_parked = true;
     loop {
         let bell = idle.as_ref().map(|i| &i.bell);
-        let next = shared.next(done.take(), have_token, bell, try_parked);
-        try_parked = true;
-        match next {
-            Next::TryParked => try_parked = shared.take_parked(),
+        match step(shared, done.take(), &mut have_token, bell) {
+            Next::TryParked => unreachable!("step takes parked handlers back itself"),
             Next::Run(entry) => {
                 have_token = false;
                 done = Some(run(shared, &slot, entry));
@@ -74,6 +70,30 @@ pub(super) fn work<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
         }
     }
     lock(&shared.slots).retain(|s| !Arc::ptr_eq(s, &slot));
+}
+
+/// [`Shared::next`], taking back the parked handlers whose events are
+/// ready, one at a time, while the queue is empty; never
+/// [`Next::TryParked`].
+pub(super) fn step<Q: Handler, S: Admission>(
+    shared: &Shared<Q, S>,
+    mut done: Option<Done<Q>>,
+    have_token: &mut bool,
+    bell: Option<&Arc<Poller>>,
+) -> Next<Q> {
+    let mut try_parked = true;
+    loop {
+        match shared.next(done.take(), *have_token, bell, try_parked) {
+            Next::TryParked => {
+                // The queue was empty: a token held now is spent (its
+                // handler went to another worker), and a handler taken
+                // back brings its own.
+                *have_token = false;
+                try_parked = shared.take_parked();
+            }
+            next => return next,
+        }
+    }
 }
 
 /// Runs one handler taken from the queue; how it ended. Only a new one
@@ -204,5 +224,88 @@ pub(super) fn accept_loop<Q: Handler, S: Admission>(shared: &Shared<Q, S>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{self, Write};
+    use std::os::fd::{AsFd, BorrowedFd};
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+    use crate::admission::Unbounded;
+    use crate::manager::room::BusyLimits;
+    use crate::manager::shared::{Options, ParkLimits};
+
+    /// A handler with a socket to park on.
+    struct Socket(UnixStream);
+
+    impl Handler for Socket {
+        fn run(self, _: &HandlerContext) -> io::Result<()> {
+            Ok(())
+        }
+
+        fn socket(&self) -> Option<BorrowedFd<'_>> {
+            Some(self.0.as_fd())
+        }
+    }
+
+    fn run_of(next: Next<Socket>) -> Entry<Socket> {
+        match next {
+            Next::Run(entry) => entry,
+            _ => panic!("expected a handler to run"),
+        }
+    }
+
+    /// A worker woken by a token whose handler another worker took finds
+    /// the queue empty and a parked handler back. It takes that one back
+    /// and runs it: the token it held is spent, and the one the handler
+    /// taken back brought must not be left in the channel with nothing
+    /// queued (it would wake a worker for nothing, and go round). Found
+    /// by review; before the fix one token was left over.
+    #[test]
+    fn a_token_held_through_taking_a_parked_handler_back_is_not_left_over() {
+        let options = Options {
+            max_running: 2,
+            name: "t".into(),
+            limits: BusyLimits::default(),
+            ipv6_prefix: 64,
+            park: ParkLimits {
+                idle: None,
+                max: 16,
+            },
+        };
+        let shared = Shared::new(Unbounded, &options, None).unwrap();
+        // A runs and parks.
+        let (a, mut a_client) = UnixStream::pair().unwrap();
+        assert!(shared.submit(Socket(a), Admitting::New).is_ok());
+        let mut have_token = false;
+        let entry = run_of(step(&shared, None, &mut have_token, None));
+        let parked = Done {
+            id: entry.id,
+            source: None,
+            key: None,
+            outcome: Outcome::Completed,
+            asked: false,
+            park: Some(entry.handler),
+            registered: false,
+        };
+        assert!(matches!(
+            shared.next(Some(parked), false, None, false),
+            Next::Wait
+        ));
+        // H's token wakes W1, but W2, ending a run, takes H first.
+        let (h, _h_client) = UnixStream::pair().unwrap();
+        assert!(shared.submit(Socket(h), Admitting::New).is_ok());
+        shared.tokens.recv().unwrap();
+        let _h = run_of(shared.next(None, false, None, true));
+        // A's client speaks; W1 goes on, holding the token.
+        a_client.write_all(b"again\n").unwrap();
+        let mut have_token = true;
+        let a = run_of(step(&shared, None, &mut have_token, None));
+        assert!(a.returning, "A, back from parking");
+        assert_eq!(shared.stats().waiting, 0);
+        assert_eq!(shared.tokens.len(), 0, "a token left with nothing queued");
     }
 }

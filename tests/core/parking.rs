@@ -379,8 +379,9 @@ impl Admission for PanicsOnFirstReturn {
 
 #[test]
 fn a_policy_panicking_on_a_returning_handler_costs_no_thread() {
-    // The watcher brings parked handlers back: a panic there drops the
-    // handler, counted as panicked, and the watcher goes on.
+    // The watcher, or a worker about to wait, brings parked handlers
+    // back: a panic there drops the handler, counted as panicked, and
+    // that thread goes on.
     let rig = Rig::new(ManagerBuilder::new(1).admission(PanicsOnFirstReturn(false)));
     let mut first = rig.connect(None);
     echo(&mut first, b"1\n");
