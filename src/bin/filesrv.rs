@@ -382,10 +382,11 @@ fn hash_password() -> Result<(), Box<dyn std::error::Error>> {
         }
         password
     } else {
-        let mut line = String::new();
-        std::io::stdin().read_line(&mut line)?;
-        let password = line.strip_suffix('\n').unwrap_or(&line);
-        password.strip_suffix('\r').unwrap_or(password).to_owned()
+        std::io::stdin()
+            .lines()
+            .next()
+            .transpose()?
+            .unwrap_or_default()
     };
     // Empty input (`echo "$UNSET" |`, a Ctrl-D) would make a users line
     // that logs in with no password at all.

@@ -171,8 +171,10 @@ impl Phase {
     }
 
     pub(super) fn set(&self, stop: Stop) {
-        let index = Self::ALL.iter().position(|&p| p == Some(stop));
-        let index = u8::try_from(index.expect("every stop is listed")).expect("three phases");
+        let index = match stop {
+            Stop::Graceful => 1,
+            Stop::Now => 2,
+        };
         self.0.fetch_max(index, Ordering::AcqRel);
     }
 }

@@ -19,15 +19,13 @@ pub fn ask_password(prompt: &str) -> io::Result<String> {
     let mut quiet = saved.clone();
     quiet.local_modes.remove(LocalModes::ECHO);
     tcsetattr(&tty, OptionalActions::Flush, &quiet)?;
-    let mut line = String::new();
     let asked = (&tty)
         .write_all(prompt.as_bytes())
-        .and_then(|()| BufReader::new(&tty).read_line(&mut line));
+        .and_then(|()| BufReader::new(&tty).lines().next().transpose());
     // Restored whatever happened: a terminal left without echo is broken.
     let restored = tcsetattr(&tty, OptionalActions::Flush, &saved);
     (&tty).write_all(b"\n")?;
-    asked?;
+    let line = asked?;
     restored?;
-    let line = line.strip_suffix('\n').unwrap_or(&line);
-    Ok(line.strip_suffix('\r').unwrap_or(line).to_owned())
+    Ok(line.unwrap_or_default())
 }
