@@ -213,7 +213,7 @@ impl Metrics {
 
     /// A trusted connection was refused in the PROXY handshake.
     pub(crate) fn proxy_refused(&self, reason: NoHeader) {
-        self.proxy_refused[proxy_index(reason)].fetch_add(1, Relaxed);
+        self.proxy_refused[position(&PROXY_REASONS, &reason)].fetch_add(1, Relaxed);
     }
 }
 
@@ -223,10 +223,6 @@ const PROXY_REASONS: [NoHeader; 4] = [
     NoHeader::Full,
     NoHeader::ShuttingDown,
 ];
-
-fn proxy_index(reason: NoHeader) -> usize {
-    position(&PROXY_REASONS, &reason)
-}
 
 /// Where `value` is in `all`, which lists every value it can take.
 fn position<T: PartialEq>(all: &[T], value: &T) -> usize {
@@ -330,19 +326,21 @@ impl Collector for Snapshot {
         let s = &self.stats;
         let e = &mut encoder;
         let answers: Vec<&str> = Answer::all().map(Answer::as_str).collect();
-        table(
+        family(
             e,
             "requests",
             "Requests answered, by verb and result (OK or the error code)",
-            [("verb", &VERBS), ("result", &answers)],
-            &self.requests,
+            by_two(("verb", &VERBS), ("result", &answers), &self.requests),
         )?;
-        table(
+        family(
             e,
             "http_requests",
             "HTTP requests answered, by method and status class",
-            [("method", &METHODS), ("class", &CLASSES)],
-            &self.http_requests,
+            by_two(
+                ("method", &METHODS),
+                ("class", &CLASSES),
+                &self.http_requests,
+            ),
         )?;
         gauge(e, "current_sessions", "Clients being served now", s.running)?;
         gauge(
@@ -399,28 +397,20 @@ impl Collector for Snapshot {
             ("panicked", s.panicked),
             ("abandoned", s.abandoned),
         ];
-        family(e, "sessions_ended", "Sessions ended, by how", "how", &ended)?;
-        let refusals: Vec<_> = Refusal::ALL
+        let ended = ended.map(|(how, n)| ([("how", how)], n));
+        family(e, "sessions_ended", "Sessions ended, by how", ended)?;
+        let refusals = Refusal::ALL
             .iter()
             .map(|&r| (refusal_label(r), s.refused(r)))
             .chain(
-                PROXY_REASONS
-                    .iter()
-                    .map(|&r| (proxy_label(r), self.proxy_refused[proxy_index(r)])),
+                (PROXY_REASONS.iter().zip(self.proxy_refused)).map(|(&r, n)| (proxy_label(r), n)),
             )
-            .collect();
-        let logins: Vec<_> = LoginResult::ALL
+            .map(|(reason, n)| ([("reason", reason)], n));
+        let logins = LoginResult::ALL
             .iter()
-            .map(|&r| (r.label(), self.logins[r as usize]))
-            .collect();
-        family(e, "logins", "AUTH requests, by result", "result", &logins)?;
-        family(
-            e,
-            "refusals",
-            "Connections refused, by reason",
-            "reason",
-            &refusals,
-        )
+            .map(|&r| ([("result", r.label())], self.logins[r as usize]));
+        family(e, "logins", "AUTH requests, by result", logins)?;
+        family(e, "refusals", "Connections refused, by reason", refusals)
     }
 }
 
@@ -450,44 +440,34 @@ fn single(
 }
 
 /// A counter family with one label.
-fn family(
+/// A counter family: each series' labels and count.
+fn family<'a, const L: usize>(
     e: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    label: &'static str,
-    values: &[(&'static str, u64)],
+    series: impl IntoIterator<Item = ([(&'static str, &'a str); L], u64)>,
 ) -> fmt::Result {
     let kind = ConstCounter::new(0u64).metric_type();
     let help = format!("{help}.");
     let mut descriptor = e.encode_descriptor(name, &help, None, kind)?;
-    for &(value, count) in values {
-        let labels = [(label, value)];
+    for (labels, count) in series {
         ConstCounter::new(count).encode(descriptor.encode_family(&labels)?)?;
     }
     Ok(())
 }
 
-/// A counter family with two labels, from a table indexed by their
-/// values; a label set shows once it has counted something.
-fn table<const N: usize, const M: usize>(
-    e: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    [(row, rows), (column, columns)]: [(&'static str, &[&'static str]); 2],
-    counts: &[[u64; M]; N],
-) -> fmt::Result {
-    let kind = ConstCounter::new(0u64).metric_type();
-    let help = format!("{help}.");
-    let mut descriptor = e.encode_descriptor(name, &help, None, kind)?;
-    for (&r, counts) in rows.iter().zip(counts) {
-        for (&c, &count) in columns.iter().zip(counts) {
-            if count > 0 {
-                let labels = [(row, r), (column, c)];
-                ConstCounter::new(count).encode(descriptor.encode_family(&labels)?)?;
-            }
-        }
-    }
-    Ok(())
+/// The series of a table of counts by two labels, whose values index it;
+/// a label pair shows once it has counted something.
+fn by_two<'a, const N: usize, const M: usize>(
+    (row, rows): (&'static str, &'a [&'a str]),
+    (column, columns): (&'static str, &'a [&'a str]),
+    counts: &'a [[u64; M]; N],
+) -> impl Iterator<Item = ([(&'static str, &'a str); 2], u64)> + 'a {
+    rows.iter().zip(counts).flat_map(move |(&r, counts)| {
+        (columns.iter().zip(counts))
+            .filter(|&(_, &count)| count > 0)
+            .map(move |(&c, &count)| ([(row, r), (column, c)], count))
+    })
 }
 
 /// Serves `GET /metrics` on `addr`, with the text `scrape` makes.
