@@ -2,6 +2,8 @@
 //! protocol's `ERR` message and the body of HTTP's error reply.
 
 pub(super) const UPLOADS_DISABLED: &str = "uploads are disabled";
+pub(super) const READ_ONLY_USER: &str = "this user may not upload";
+pub(super) const HIDDEN_WRITE: &str = "hidden names may not be written";
 pub(super) const AUTH_REQUIRED: &str = "authentication required";
 pub(super) const BAD_CREDENTIALS: &str = "bad credentials";
 pub(super) const TOO_MANY_FAILURES: &str = "too many failed logins";

@@ -676,7 +676,7 @@ impl Connection {
         let is_put = matches!(request, Request::Put { .. });
         let (code, message) = match &self.user {
             Some(user) if is_put && self.config().allow_put && !user.may_write() => {
-                (ErrorCode::Forbidden, "this user may not upload")
+                (ErrorCode::Forbidden, reasons::READ_ONLY_USER)
             }
             Some(_) => return None,
             None => match request {
@@ -754,12 +754,10 @@ impl Connection {
         }
         Some(match request {
             Request::Put { .. } => self
-                .fail(ErrorCode::Forbidden, "hidden names may not be written")
+                .fail(ErrorCode::Forbidden, reasons::HIDDEN_WRITE)
                 .map(|end| Outcome::new(Answer::Err(ErrorCode::Forbidden), 0, Some(end))),
-            _ => self.refuse(&FsError::new(
-                ErrorCode::NotFound,
-                "no such file or directory",
-            )),
+            // Answered as an absent name is, by the same error.
+            _ => self.refuse(&FsError::resolving(Errno::NOENT)),
         })
     }
 

@@ -219,7 +219,7 @@ fn respond(
             return reply_plain(wire, head, Status::Forbidden, why, &[], false);
         }
         (_, Method::Put) if state.users.is_some() && !user.is_some_and(User::may_write) => {
-            let why = Some("this user may not upload");
+            let why = Some(reasons::READ_ONLY_USER);
             return reply_plain(wire, head, Status::Forbidden, why, &[], false);
         }
         (Err(e), _) => {
@@ -232,10 +232,10 @@ fn respond(
     if !config.hidden && path.is_hidden() {
         return match head.method {
             Method::Put => {
-                let why = Some("hidden names may not be written");
+                let why = Some(reasons::HIDDEN_WRITE);
                 reply_plain(wire, head, Status::Forbidden, why, &[], false)
             }
-            // Answered as an absent name is, to the byte.
+            // Answered as an absent name is, by the same error.
             _ => refuse(wire, head, &FsError::resolving(Errno::NOENT), true),
         };
     }
