@@ -174,10 +174,7 @@ impl Failure {
     /// `command` failed with `error`: the line names the command (`get
     /// docs/a.txt`) and adds what the error alone does not say ([`hint`]).
     fn command(command: &Plan, error: &ClientError) -> Failure {
-        let mut line = format!("{}: {}", command.context(), chain(error));
-        if let Some(hint) = hint(command, error) {
-            let _ = write!(line, " ({hint})");
-        }
+        let line = format!("{}: {}", command.context(), explained(Some(command), error));
         let refused = matches!(error, ClientError::Server { .. });
         Failure::Command { line, refused }
     }
@@ -194,13 +191,20 @@ impl Failure {
     fn message(&self) -> String {
         match self {
             Failure::Usage(message) => message.clone(),
-            Failure::Client(error @ ClientError::ServerSpeaksTls) => {
-                format!("{} ({TLS_HINT})", chain(error))
-            }
-            Failure::Client(error) => chain(error),
+            Failure::Client(error) => explained(None, error),
             Failure::Command { line, .. } => line.clone(),
         }
     }
+}
+
+/// `error`'s chain, then what it alone does not say ([`hint`]), for the
+/// command that failed if any.
+fn explained(command: Option<&Plan>, error: &ClientError) -> String {
+    let mut line = chain(error);
+    if let Some(hint) = hint(command, error) {
+        let _ = write!(line, " ({hint})");
+    }
+    line
 }
 
 /// `error`'s message followed by every source in its chain.
@@ -313,33 +317,34 @@ fn run(cli: Cli) -> Result<(), Failure> {
 /// What to add to `error`'s line so that it names what the user can act
 /// on: the directory missing for an upload, the option that allows
 /// uploads, the partial file behind a local path, what a mismatch on
-/// standard output means.
-fn hint(command: &Plan, error: &ClientError) -> Option<String> {
+/// standard output means, the options for a server that speaks TLS
+/// (whether connecting or running `command`).
+fn hint(command: Option<&Plan>, error: &ClientError) -> Option<String> {
     match (command, error) {
-        (Plan::Put { remote, .. }, ClientError::Server { code, .. })
+        (Some(Plan::Put { remote, .. }), ClientError::Server { code, .. })
             if *code == ErrorCode::NotFound =>
         {
             let (dir, _) = remote.trim_start_matches('/').rsplit_once('/')?;
             Some(format!("the server has no directory {dir}"))
         }
-        (Plan::Put { .. }, ClientError::Server { code, message })
+        (Some(Plan::Put { .. }), ClientError::Server { code, message })
             if *code == ErrorCode::Forbidden && message.contains("uploads are disabled") =>
         {
             Some("a filesrv server accepts them when started with --allow-put".to_owned())
         }
         (
-            Plan::Get {
+            Some(Plan::Get {
                 remote,
                 local: Some(local),
                 ..
-            },
+            }),
             ClientError::File { path, .. },
         ) if *path == Client::partial_path(local, remote) => Some(format!(
             "the partial download of {} (it becomes that file once complete)",
             local.display()
         )),
         (_, ClientError::ServerSpeaksTls) => Some(TLS_HINT.to_owned()),
-        (Plan::Get { local: None, .. }, ClientError::Mismatch { .. }) => Some(
+        (Some(Plan::Get { local: None, .. }), ClientError::Mismatch { .. }) => Some(
             "what was written to standard output is not the server's file (it changed \
              meanwhile?): discard it"
                 .to_owned(),
