@@ -951,18 +951,24 @@ fn fsc_ca_trusts_a_default_openssl_req_certificate_and_checks_its_name() {
     );
 }
 
+/// A server of `five` whose one user, `ann`, logs in with `password`.
+fn serve_with_ann(password: &[u8]) -> (TempDir, Server) {
+    let dir = TempDir::new("client");
+    fs::write(dir.root().join("five"), b"12345").unwrap();
+    let users = dir.path().join("users");
+    let hash = filesrv::protocol::hash_password(password).unwrap();
+    fs::write(&users, format!("ann:{hash}\n")).unwrap();
+    let server = serve(&dir, |config| config.users(Some(users)));
+    (dir, server)
+}
+
 /// `fsc --user` without TLS to an address that is not loopback refuses
 /// before connecting: the password would cross the network in clear
 /// (the server refuses it, but only after reading it). To 127.0.0.1 it
 /// logs in as before.
 #[test]
 fn fsc_user_without_tls_goes_only_to_loopback() {
-    let dir = TempDir::new("client");
-    fs::write(dir.root().join("five"), b"12345").unwrap();
-    let users = dir.path().join("users");
-    let hash = filesrv::protocol::hash_password(b"pw").unwrap();
-    fs::write(&users, format!("ann:{hash}\n")).unwrap();
-    let server = serve(&dir, |config| config.users(Some(users)));
+    let (dir, server) = serve_with_ann(b"pw");
     let local = local_dir(&dir);
     let run = |addr: &str| {
         let out = Command::new(env!("CARGO_BIN_EXE_fsc"))
@@ -990,12 +996,7 @@ fn fsc_user_without_tls_goes_only_to_loopback() {
 /// off: it logs in, and the password is never shown.
 #[test]
 fn fsc_asks_for_the_password_on_its_terminal_without_showing_it() {
-    let dir = TempDir::new("client");
-    fs::write(dir.root().join("five"), b"12345").unwrap();
-    let users = dir.path().join("users");
-    let hash = filesrv::protocol::hash_password(b"ann's secret").unwrap();
-    fs::write(&users, format!("ann:{hash}\n")).unwrap();
-    let server = serve(&dir, |config| config.users(Some(users)));
+    let (_dir, server) = serve_with_ann(b"ann's secret");
     let addr = server.local_addr().to_string();
     let fsc = Path::new(env!("CARGO_BIN_EXE_fsc"));
     let args = ["--timeout", "20", "--user", "ann", &addr, "stat", "five"];

@@ -847,14 +847,18 @@ fn max_running_past_the_memory_map_limit_fails_with_one_line() {
 fn hash_password_on_a_terminal_asks_twice_and_never_shows_it() {
     use argon2::password_hash::{PasswordVerifier as _, phc::PasswordHash};
 
-    let filesrv = Path::new(env!("CARGO_BIN_EXE_filesrv"));
-    let (mut terminal, child) = Terminal::spawn(filesrv, &["--hash-password"]);
-    terminal.expect("Password: ");
-    terminal.type_line("correct horse");
-    terminal.expect("Again: ");
-    terminal.type_line("correct horse");
-    let out = child.wait_with_output().unwrap();
-    let screen = terminal.closed();
+    // Types `first` at the first prompt and `again` at the second: the
+    // process's output and what the terminal showed.
+    let hash_password = |first: &str, again: &str| {
+        let filesrv = Path::new(env!("CARGO_BIN_EXE_filesrv"));
+        let (mut terminal, child) = Terminal::spawn(filesrv, &["--hash-password"]);
+        terminal.expect("Password: ");
+        terminal.type_line(first);
+        terminal.expect("Again: ");
+        terminal.type_line(again);
+        (child.wait_with_output().unwrap(), terminal.closed())
+    };
+    let (out, screen) = hash_password("correct horse", "correct horse");
     assert_eq!(screen, "Password: \r\nAgain: \r\n");
     assert_eq!(out.status.code(), Some(0), "{screen}");
     let hash = String::from_utf8(out.stdout).unwrap();
@@ -865,13 +869,7 @@ fn hash_password_on_a_terminal_asks_twice_and_never_shows_it() {
             .is_ok()
     );
 
-    let (mut terminal, child) = Terminal::spawn(filesrv, &["--hash-password"]);
-    terminal.expect("Password: ");
-    terminal.type_line("correct horse");
-    terminal.expect("Again: ");
-    terminal.type_line("correct hose");
-    let out = child.wait_with_output().unwrap();
-    let screen = terminal.closed();
+    let (out, screen) = hash_password("correct horse", "correct hose");
     assert_eq!(out.status.code(), Some(1), "{screen}");
     assert!(out.stdout.is_empty());
     assert!(
