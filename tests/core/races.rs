@@ -615,8 +615,10 @@ fn a_connection_accepted_by_a_worker_rung_for_another_handler_starts_on_a_sleepi
     // held until the connection was served or its client gave up.
     let (greeter, addr) = Greeter::bind();
     let manager = ManagerBuilder::new(3).build_with_acceptor(greeter).unwrap();
+    // Bounded in count and in time: a slow machine runs fewer rounds,
+    // rather than failing for its slowness.
     let began = Instant::now();
-    for round in 0..2000 {
+    for round in (0..2000).take_while(|_| began.elapsed() < 3 * LIMIT) {
         let (release, held) = bounded::<()>(1);
         let meet = Arc::new(Barrier::new(2));
         let client = {
@@ -645,6 +647,5 @@ fn a_connection_accepted_by_a_worker_rung_for_another_handler_starts_on_a_sleepi
             "round {round}: the connection waited behind the submitted handler"
         );
         assert!(manager.wait_idle_timeout(LIMIT));
-        assert!(began.elapsed() < 3 * LIMIT, "too slow");
     }
 }
